@@ -1,0 +1,1 @@
+"""Source kinds: fetchers (network, state) and pure parsers (bytes -> records)."""

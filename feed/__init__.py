@@ -1,0 +1,1 @@
+"""roadfeed core: configuration, domain model, storage, scheduling, HTTP wiring, CLI."""

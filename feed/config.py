@@ -1,0 +1,120 @@
+"""The one TOML configuration file, validated with pydantic.
+
+`ROADFEED_DATABASE_URL` overrides `[database] url`. Errors name the key, the
+value and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SourceKind = Literal["opendatasoft", "datex2", "comptage-mobilites"]
+
+
+class ConfigError(Exception):
+    """The configuration file cannot be used; the message says where and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatabaseConfig(_Section):
+    url: str | None = None  # None: the embedded cluster started by `roadfeed db up`
+    pool_size: int = Field(default=10, ge=1, le=200)
+    statement_timeout_ms: int = Field(default=15000, ge=100)
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    admin_token: str | None = None
+    feed_max_age: int = Field(default=30, ge=0)  # Cache-Control max-age of live feeds
+
+
+class PublicationConfig(_Section):
+    publisher: str = "Département de l'Hérault"
+    country: str = Field(default="fr", min_length=2, max_length=2)
+    national_identifier: str = "FR-HERAULT"
+    licence: str = "Licence Ouverte 2.0"
+    licence_url: str = "https://www.etalab.gouv.fr/licence-ouverte-open-licence/"
+    languages: list[str] = Field(default_factory=lambda: ["fr", "en"], min_length=1)
+    timezone: str = "Europe/Paris"
+    # Area accepted from sources (lon_min, lat_min, lon_max, lat_max): Hérault.
+    bbox: tuple[float, float, float, float] = (2.53, 43.2, 4.2, 43.98)
+    bbox_margin_deg: float = Field(default=0.5, ge=0)
+    ended_events_hours: int = Field(default=24, ge=0)  # how long ended events stay in live feeds
+    coverage_threshold: float = Field(default=0.95, ge=0, le=1)
+
+    @field_validator("country")
+    @classmethod
+    def _lower(cls, v: str) -> str:
+        return v.lower()
+
+
+class SourceConfig(_Section):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    kind: SourceKind
+    url: str
+    interval: int = Field(default=60, ge=1)  # seconds between polls
+    enabled: bool = True
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Config(_Section):
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    publication: PublicationConfig = Field(default_factory=PublicationConfig)
+    sources: list[SourceConfig] = Field(default_factory=list)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_ids(cls, v: list[SourceConfig]) -> list[SourceConfig]:
+        seen: set[str] = set()
+        for s in v:
+            if s.id in seen:
+                raise ValueError(f"source id {s.id!r} is used twice")
+            seen.add(s.id)
+        return v
+
+
+def _describe(err: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: invalid configuration"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        value = e.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "a table"
+        lines.append(f"  {loc} = {shown}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, origin)) from None
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read the TOML file (or the defaults with no file), then apply the environment."""
+    if path is None:
+        config = Config()
+    else:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: no such configuration file") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{p}: not valid TOML: {err}") from None
+        config = parse_config(raw, str(p))
+    env_url = os.environ.get("ROADFEED_DATABASE_URL")
+    if env_url:
+        config = config.model_copy(update={"database": config.database.model_copy(update={"url": env_url})})
+    return config
