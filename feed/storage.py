@@ -1,0 +1,595 @@
+"""Storage API (asyncpg): sources and runs, sites and channels, measurements with
+exact rollups, versioned events, quarantine and retention.
+
+Measurements travel as plain tuples (`MeasurementRow`), not pydantic objects:
+ingest handles millions of rows and the per-object cost would dominate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from feed.model import (
+    ChannelRecord,
+    EventRecord,
+    Geometry,
+    Quarantined,
+    SiteRecord,
+    StoredChannel,
+    StoredEvent,
+    StoredSite,
+    public_event_id,
+)
+
+# (channel_id, start, length seconds, count, speed km/h, occupancy %, quality)
+MeasurementRow = tuple[int, datetime, int, int | None, float | None, float | None, str]
+MEASUREMENT_COLUMNS = ("channel_id", "start", "length", "count", "speed", "occupancy", "quality")
+
+_LOCK_CHANNEL = 1  # advisory lock class for channels being ingested
+_LOCK_SOURCE = 2  # advisory lock class for a source's events
+
+
+@dataclass
+class Counts:
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+    def __iadd__(self, other: Counts) -> Counts:
+        self.new += other.new
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        return self
+
+
+@dataclass
+class SourceState:
+    id: str
+    etag: str | None
+    last_modified: str | None
+    watermark: str | None
+    last_success: datetime | None
+    last_error: str | None
+
+
+@dataclass
+class RunStats:
+    http_status: int | None = None
+    bytes: int = 0
+    counts: Counts = field(default_factory=Counts)
+    quarantined: int = 0
+    complete: bool = False
+    error: str | None = None
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10, **kwargs: Any) -> asyncpg.Pool:
+    settings = {"timezone": "UTC", **kwargs.pop("server_settings", {})}
+    return await asyncpg.create_pool(
+        url, min_size=min_size, max_size=max_size, init=_init_connection, server_settings=settings, **kwargs
+    )
+
+
+# --- rollups -------------------------------------------------------------------
+
+_PRESENT = "m.count IS NOT NULL AND m.quality IN ('observed', 'estimated')"
+_ROLLUP_VALUES = f"""
+       coalesce(sum(m.count) FILTER (WHERE {_PRESENT}), 0),
+       coalesce(sum(m.speed::float8 * m.count) FILTER (WHERE {_PRESENT} AND m.speed IS NOT NULL), 0),
+       coalesce(sum(m.count) FILTER (WHERE {_PRESENT} AND m.speed IS NOT NULL), 0),
+       count(*) FILTER (WHERE {_PRESENT}),
+       count(*) FILTER (WHERE {_PRESENT} AND m.quality = 'estimated')"""
+_ROLLUP_UPDATE = """
+    count_sum = EXCLUDED.count_sum, speed_weighted_sum = EXCLUDED.speed_weighted_sum,
+    speed_count = EXCLUDED.speed_count, intervals_present = EXCLUDED.intervals_present,
+    intervals_estimated = EXCLUDED.intervals_estimated, intervals_expected = EXCLUDED.intervals_expected"""
+
+# $1 channel ids, $2 first and $3 last interval start per channel: every hour
+# bucket between them is recomputed from the raw rows. Only channels finer than
+# an hour have hourly rollups: an hourly channel's raw rows are its hourly
+# series (the `hourly` view joins both), and storing them twice would halve
+# ingest speed for nothing.
+_REFRESH_HOURLY = f"""
+INSERT INTO rollup_hourly AS r (channel_id, bucket, count_sum, speed_weighted_sum, speed_count,
+                                intervals_present, intervals_estimated, intervals_expected)
+SELECT m.channel_id, date_trunc('hour', m.start), {_ROLLUP_VALUES},
+       greatest(1, 3600 / min(c.time_step))
+  FROM unnest($1::int[], $2::timestamptz[], $3::timestamptz[]) AS t(channel_id, lo, hi)
+  JOIN measurements m ON m.channel_id = t.channel_id
+                     AND m.start >= date_trunc('hour', t.lo)
+                     AND m.start < date_trunc('hour', t.hi) + interval '1 hour'
+  JOIN channels c ON c.id = m.channel_id AND c.time_step < 3600
+ GROUP BY m.channel_id, date_trunc('hour', m.start)
+ON CONFLICT (channel_id, bucket) DO UPDATE SET {_ROLLUP_UPDATE}"""
+
+# The same for local days of zone $4; expected intervals follow the day's real
+# length (23 or 25 hours on DST changes).
+_REFRESH_DAILY = f"""
+INSERT INTO rollup_daily AS r (channel_id, day, count_sum, speed_weighted_sum, speed_count,
+                               intervals_present, intervals_estimated, intervals_expected)
+SELECT m.channel_id, (m.start AT TIME ZONE $4)::date AS day, {_ROLLUP_VALUES},
+       extract(epoch FROM ((((m.start AT TIME ZONE $4)::date + 1)::timestamp AT TIME ZONE $4)
+                         - (((m.start AT TIME ZONE $4)::date)::timestamp AT TIME ZONE $4)))::integer
+       / min(c.time_step)
+  FROM unnest($1::int[], $2::timestamptz[], $3::timestamptz[]) AS t(channel_id, lo, hi)
+  JOIN measurements m ON m.channel_id = t.channel_id
+                     AND m.start >= (date_trunc('day', t.lo AT TIME ZONE $4) AT TIME ZONE $4)
+                     AND m.start < ((date_trunc('day', t.hi AT TIME ZONE $4) + interval '1 day') AT TIME ZONE $4)
+  JOIN channels c ON c.id = m.channel_id
+ GROUP BY m.channel_id, (m.start AT TIME ZONE $4)::date
+ON CONFLICT (channel_id, day) DO UPDATE SET {_ROLLUP_UPDATE}"""
+
+_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS rf_staging (
+    channel_id integer, start timestamptz, length integer, count integer,
+    speed real, occupancy real, quality quality
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS rf_changed (
+    channel_id integer, start timestamptz, inserted boolean
+) ON COMMIT DELETE ROWS"""
+
+# Writes only rows that are new or whose values differ; records which ones.
+# {pick} is either the staging table or its de-duplicated form.
+_UPSERT = """
+WITH up AS (
+    INSERT INTO measurements AS m (channel_id, start, length, count, speed, occupancy, quality, run_id)
+    SELECT channel_id, start, length, count, speed, occupancy, quality, $1 FROM {pick}
+    ON CONFLICT (channel_id, start) DO UPDATE
+       SET length = EXCLUDED.length, count = EXCLUDED.count, speed = EXCLUDED.speed,
+           occupancy = EXCLUDED.occupancy, quality = EXCLUDED.quality, run_id = EXCLUDED.run_id
+     WHERE (m.length, m.count, m.speed, m.occupancy, m.quality)
+           IS DISTINCT FROM (EXCLUDED.length, EXCLUDED.count, EXCLUDED.speed, EXCLUDED.occupancy, EXCLUDED.quality)
+    RETURNING m.channel_id, m.start, (xmax = 0) AS inserted
+)
+INSERT INTO rf_changed SELECT channel_id, start, inserted FROM up"""
+
+# The last row of a key wins when a batch repeats it (COPY fills a fresh heap in order).
+_DEDUPED = """(SELECT DISTINCT ON (channel_id, start) * FROM rf_staging
+               ORDER BY channel_id, start, ctid DESC) AS s"""
+
+
+class Storage:
+    """Everything the collectors and the HTTP layer read and write."""
+
+    def __init__(self, pool: asyncpg.Pool, timezone: str):
+        self.pool = pool
+        self.timezone = timezone
+
+    @classmethod
+    async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> Storage:
+        pool = await create_pool(url, min_size=min_size, max_size=max_size)
+        tz = await pool.fetchval("SELECT value FROM roadfeed_meta WHERE key = 'timezone'")
+        return cls(pool, tz)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    # --- sources and runs ------------------------------------------------------
+
+    async def ensure_source(self, source_id: str, kind: str, url: str) -> None:
+        await self.pool.execute(
+            """INSERT INTO sources (id, kind, url) VALUES ($1, $2, $3)
+               ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind, url = EXCLUDED.url
+               WHERE (sources.kind, sources.url) IS DISTINCT FROM (EXCLUDED.kind, EXCLUDED.url)""",
+            source_id, kind, url,
+        )
+
+    async def source_state(self, source_id: str) -> SourceState:
+        row = await self.pool.fetchrow(
+            "SELECT id, etag, last_modified, watermark, last_success, last_error FROM sources WHERE id = $1",
+            source_id,
+        )
+        if row is None:
+            raise KeyError(f"unknown source {source_id!r}")
+        return SourceState(**dict(row))
+
+    async def start_run(self, source_id: str) -> int:
+        return await self.pool.fetchval("INSERT INTO source_runs (source_id) VALUES ($1) RETURNING id", source_id)
+
+    async def finish_run(
+        self,
+        run_id: int,
+        stats: RunStats,
+        *,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        watermark: str | None = None,
+    ) -> None:
+        """Closes a run; a successful one also moves the source's polling state forward."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            source_id = await conn.fetchval(
+                """UPDATE source_runs SET finished = now(), http_status = $2, bytes = $3,
+                          records_new = $4, records_updated = $5, records_unchanged = $6,
+                          records_quarantined = $7, complete = $8, error = $9
+                    WHERE id = $1 RETURNING source_id""",
+                run_id, stats.http_status, stats.bytes, stats.counts.new, stats.counts.updated,
+                stats.counts.unchanged, stats.quarantined, stats.complete, stats.error,
+            )
+            if stats.error is None:
+                await conn.execute(
+                    """UPDATE sources SET last_success = now(), updated = now(),
+                              etag = coalesce($2, etag), last_modified = coalesce($3, last_modified),
+                              watermark = coalesce($4, watermark)
+                        WHERE id = $1""",
+                    source_id, etag, last_modified, watermark,
+                )
+            else:
+                await conn.execute(
+                    "UPDATE sources SET last_error = $2, last_error_at = now(), updated = now() WHERE id = $1",
+                    source_id, stats.error,
+                )
+
+    async def quarantine(self, source_id: str, run_id: int | None, items: Sequence[Quarantined]) -> None:
+        if items:
+            await self.pool.executemany(
+                "INSERT INTO quarantine (source_id, run_id, record_ref, reason, excerpt) VALUES ($1, $2, $3, $4, $5)",
+                [(source_id, run_id, q.record_ref, q.reason, q.excerpt[:2000]) for q in items],
+            )
+
+    # --- sites and channels ----------------------------------------------------
+
+    async def upsert_sites(self, source_id: str, sites: Sequence[SiteRecord]) -> Counts:
+        rows = [
+            (s.external_id, s.name, s.road, s.pr, s.abscissa, s.insee, s.lon, s.lat, s.metadata)
+            for s in {s.external_id: s for s in sites}.values()
+        ]
+        if not rows:
+            return Counts()
+        result = await self.pool.fetchrow(
+            """WITH input AS (
+                   SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
+                                        $7::text[], $8::float8[], $9::float8[], $10::jsonb[])
+                          AS i(external_id, name, road, pr, abscissa, insee, lon, lat, metadata)),
+               up AS (
+                   INSERT INTO sites AS s (source_id, external_id, name, road, pr, abscissa, insee, geom, metadata)
+                   SELECT $1, external_id, name, road, pr, abscissa, insee,
+                          CASE WHEN lon IS NOT NULL AND lat IS NOT NULL
+                               THEN ST_SetSRID(ST_MakePoint(lon, lat), 4326) END, metadata
+                     FROM input
+                   ON CONFLICT (source_id, external_id) DO UPDATE
+                      SET name = EXCLUDED.name, road = EXCLUDED.road, pr = EXCLUDED.pr,
+                          abscissa = EXCLUDED.abscissa, insee = EXCLUDED.insee, geom = EXCLUDED.geom,
+                          metadata = EXCLUDED.metadata, updated = now()
+                    WHERE (s.name, s.road, s.pr, s.abscissa, s.insee, s.metadata)
+                          IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.road, EXCLUDED.pr, EXCLUDED.abscissa,
+                                            EXCLUDED.insee, EXCLUDED.metadata)
+                       OR NOT (s.geom IS NOT DISTINCT FROM EXCLUDED.geom)
+                   RETURNING (xmax = 0) AS inserted)
+               SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up""",
+            source_id, *map(list, zip(*rows)),
+        )
+        return Counts(result[0], result[1], len(rows) - result[0] - result[1])
+
+    async def upsert_channels(self, source_id: str, channels: Sequence[ChannelRecord]) -> Counts:
+        """Channels of sites already stored; a channel of an unknown site raises KeyError."""
+        chans = list({c.external_id: c for c in channels}.values())
+        if not chans:
+            return Counts()
+        site_ids = await self.site_ids(source_id, {c.site_external_id for c in chans})
+        missing = sorted({c.site_external_id for c in chans} - site_ids.keys())
+        if missing:
+            raise KeyError(f"source {source_id}: channels refer to unknown sites {missing[:5]}")
+        rows = [
+            (site_ids[c.site_external_id], c.external_id, c.direction, c.lane, c.vehicle_class,
+             c.mobility_type, c.time_step)
+            for c in chans
+        ]
+        result = await self.pool.fetchrow(
+            """WITH up AS (
+                   INSERT INTO channels AS c (source_id, site_id, external_id, direction, lane,
+                                              vehicle_class, mobility_type, time_step)
+                   SELECT $1, * FROM unnest($2::int[], $3::text[], $4::text[], $5::int[], $6::text[],
+                                           $7::text[], $8::int[])
+                   ON CONFLICT (source_id, external_id) DO UPDATE
+                      SET site_id = EXCLUDED.site_id, direction = EXCLUDED.direction, lane = EXCLUDED.lane,
+                          vehicle_class = EXCLUDED.vehicle_class, mobility_type = EXCLUDED.mobility_type,
+                          time_step = EXCLUDED.time_step
+                    WHERE (c.site_id, c.direction, c.lane, c.vehicle_class, c.mobility_type, c.time_step)
+                          IS DISTINCT FROM (EXCLUDED.site_id, EXCLUDED.direction, EXCLUDED.lane,
+                                            EXCLUDED.vehicle_class, EXCLUDED.mobility_type, EXCLUDED.time_step)
+                   RETURNING (xmax = 0) AS inserted)
+               SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up""",
+            source_id, *map(list, zip(*rows)),
+        )
+        return Counts(result[0], result[1], len(rows) - result[0] - result[1])
+
+    async def site_ids(self, source_id: str, external_ids: Iterable[str]) -> dict[str, int]:
+        rows = await self.pool.fetch(
+            "SELECT external_id, id FROM sites WHERE source_id = $1 AND external_id = ANY($2::text[])",
+            source_id, list(external_ids),
+        )
+        return {r[0]: r[1] for r in rows}
+
+    async def channel_ids(self, source_id: str, external_ids: Iterable[str] | None = None) -> dict[str, int]:
+        """Channel ids by external id (all of the source's channels when none are named)."""
+        if external_ids is None:
+            rows = await self.pool.fetch("SELECT external_id, id FROM channels WHERE source_id = $1", source_id)
+        else:
+            rows = await self.pool.fetch(
+                "SELECT external_id, id FROM channels WHERE source_id = $1 AND external_id = ANY($2::text[])",
+                source_id, list(external_ids),
+            )
+        return {r[0]: r[1] for r in rows}
+
+    # --- measurements ----------------------------------------------------------
+
+    async def ingest_measurements(self, rows: Sequence[MeasurementRow], run_id: int | None = None) -> Counts:
+        """Stores a batch idempotently and refreshes the rollup buckets it changed.
+
+        New data (the usual case: the next intervals of each channel) is copied
+        straight into the table; anything overlapping stored rows goes through a
+        staging table and an upsert that writes only rows whose values changed.
+        """
+        if not rows:
+            return Counts()
+        channels = sorted({r[0] for r in rows})
+        lo = min(r[1] for r in rows)
+        hi = max(r[1] for r in rows)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT set_config('roadfeed.run_id', $1, true)", "" if run_id is None else str(run_id))
+            # Serialise ingests of the same channels, so rollups see every committed row.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1, c) FROM unnest($2::int[]) AS c ORDER BY c", _LOCK_CHANNEL, channels
+            )
+            overlap = await conn.fetchval(
+                """SELECT EXISTS (SELECT 1 FROM measurements
+                                   WHERE channel_id = ANY($1::int[]) AND start BETWEEN $2 AND $3)""",
+                channels, lo, hi,
+            )
+            if not overlap and await self._copy_new(conn, rows):
+                await self._refresh_rollups(conn, channels, [lo] * len(channels), [hi] * len(channels))
+                return Counts(new=len(rows))
+            return await self._upsert(conn, rows, run_id)
+
+    async def _copy_new(self, conn: asyncpg.Connection, rows: Sequence[MeasurementRow]) -> bool:
+        """COPY straight into measurements; False when the batch repeats a key."""
+        try:
+            async with conn.transaction():
+                await conn.copy_records_to_table("measurements", records=rows, columns=MEASUREMENT_COLUMNS)
+            return True
+        except asyncpg.UniqueViolationError:
+            return False
+
+    async def _upsert(self, conn: asyncpg.Connection, rows: Sequence[MeasurementRow], run_id: int | None) -> Counts:
+        await conn.execute(_STAGING)
+        await conn.copy_records_to_table("rf_staging", records=rows, columns=MEASUREMENT_COLUMNS)
+        await conn.execute("ANALYZE rf_staging")
+        distinct = len(rows)
+        try:
+            async with conn.transaction():
+                await conn.execute(_UPSERT.format(pick="rf_staging"), run_id)
+        except asyncpg.CardinalityViolationError:  # the batch repeats a key
+            await conn.execute(_UPSERT.format(pick=_DEDUPED), run_id)
+            distinct = await conn.fetchval("SELECT count(*) FROM (SELECT DISTINCT channel_id, start FROM rf_staging) s")
+        changed = await conn.fetch(
+            """SELECT channel_id, min(start) AS lo, max(start) AS hi,
+                      count(*) FILTER (WHERE inserted) AS new, count(*) FILTER (WHERE NOT inserted) AS updated
+                 FROM rf_changed GROUP BY channel_id"""
+        )
+        new = sum(r["new"] for r in changed)
+        updated = sum(r["updated"] for r in changed)
+        if changed:
+            await self._refresh_rollups(
+                conn, [r["channel_id"] for r in changed], [r["lo"] for r in changed], [r["hi"] for r in changed]
+            )
+        return Counts(new=new, updated=updated, unchanged=distinct - new - updated)
+
+    async def _refresh_rollups(
+        self, conn: asyncpg.Connection, channels: list[int], los: list[datetime], his: list[datetime]
+    ) -> None:
+        if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM channels WHERE id = ANY($1::int[]) AND time_step < 3600)",
+                               channels):
+            await conn.execute(_REFRESH_HOURLY, channels, los, his)
+        await conn.execute(_REFRESH_DAILY, channels, los, his, self.timezone)
+
+    async def drop_measurements_before(self, cutoff: datetime, batch: int = 50_000) -> int:
+        """Retention: removes raw rows older than `cutoff`; rollups stay."""
+        mode = await self.pool.fetchval("SELECT value FROM roadfeed_meta WHERE key = 'storage_mode'")
+        if mode and mode.startswith("timescaledb"):
+            # Whole chunks first, then the rows of the chunk that straddles the cutoff.
+            before = await self.pool.fetchval("SELECT count(*) FROM measurements WHERE start < $1", cutoff)
+            await self.pool.execute("SELECT drop_chunks('measurements', older_than => $1::timestamptz)", cutoff)
+            await self.pool.execute("DELETE FROM measurements WHERE start < $1", cutoff)
+            return before
+        removed = 0
+        while True:
+            n = await self.pool.fetchval(
+                """WITH gone AS (
+                       DELETE FROM measurements WHERE ctid = ANY (ARRAY(
+                           SELECT ctid FROM measurements WHERE start < $1 LIMIT $2))
+                       RETURNING 1)
+                   SELECT count(*) FROM gone""",
+                cutoff, batch,
+            )
+            removed += n
+            if n < batch:
+                return removed
+
+    # --- events ----------------------------------------------------------------
+
+    async def upsert_events(
+        self,
+        source_id: str,
+        records: Sequence[EventRecord],
+        *,
+        seen_at: datetime,
+        run_id: int | None = None,
+        complete_snapshot: bool = False,
+    ) -> Counts:
+        """New version for each changed event; unchanged ones only move `last_seen`.
+
+        With `complete_snapshot`, the source's open events absent from `records`
+        are ended (status ended, actual end = `seen_at`), never deleted.
+        """
+        latest = {r.external_id: r for r in records}
+        counts = Counts()
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_SOURCE, source_id)
+            existing = {
+                r["external_id"]: r
+                for r in await conn.fetch(
+                    """SELECT external_id, id, version, content_hash, status, first_seen FROM events
+                        WHERE source_id = $1 AND external_id = ANY($2::text[])""",
+                    source_id, list(latest),
+                )
+            }
+            unchanged: list[str] = []
+            writes: list[tuple[EventRecord, str, int, str, datetime]] = []
+            for ext, rec in latest.items():
+                digest = _content_hash(rec)
+                old = existing.get(ext)
+                if old is None:
+                    writes.append((rec, public_event_id(source_id, ext), 1, "created", seen_at))
+                    counts.new += 1
+                elif old["content_hash"] == digest:
+                    unchanged.append(old["id"])
+                    counts.unchanged += 1
+                else:
+                    change = "reopened" if old["status"] == "ended" and rec.status != "ended" else (
+                        "ended" if rec.status == "ended" else "updated")
+                    writes.append((rec, old["id"], old["version"] + 1, change, old["first_seen"]))
+                    counts.updated += 1
+            if writes:
+                await self._write_event_versions(conn, source_id, writes, seen_at, run_id)
+            if unchanged:
+                await conn.execute("UPDATE events SET last_seen = $2 WHERE id = ANY($1::text[])", unchanged, seen_at)
+            if complete_snapshot:
+                counts.updated += await self._end_missing(conn, source_id, list(latest), seen_at, run_id)
+        return counts
+
+    async def _end_missing(
+        self, conn: asyncpg.Connection, source_id: str, present: list[str], seen_at: datetime, run_id: int | None
+    ) -> int:
+        gone = await conn.fetch(
+            f"""SELECT {_EVENT_COLUMNS} FROM events
+                 WHERE source_id = $1 AND status <> 'ended' AND NOT (external_id = ANY($2::text[]))""",
+            source_id, present,
+        )
+        writes = []
+        for row in gone:
+            old = _stored_event(row)
+            ended = EventRecord.model_validate(
+                {**old.model_dump(include=set(EventRecord.model_fields)), "status": "ended", "actual_end": seen_at}
+            )
+            writes.append((ended, old.id, old.version + 1, "ended", old.first_seen))
+        if writes:
+            await self._write_event_versions(conn, source_id, writes, seen_at, run_id)
+        return len(writes)
+
+    async def _write_event_versions(
+        self,
+        conn: asyncpg.Connection,
+        source_id: str,
+        writes: list[tuple[EventRecord, str, int, str, datetime]],
+        seen_at: datetime,
+        run_id: int | None,
+    ) -> None:
+        event_rows = []
+        version_rows = []
+        for rec, event_id, version, change, first_seen in writes:
+            geometry = rec.geometry.model_dump_json() if rec.geometry else None
+            event_rows.append((
+                event_id, source_id, rec.external_id, version, rec.type, rec.subtype, rec.status, rec.severity,
+                rec.planned_start, rec.planned_end, rec.actual_start, rec.actual_end, rec.road, rec.direction,
+                rec.lanes_affected, geometry, rec.descriptions, rec.detour, rec.location_refs,
+                rec.source_version, rec.source_updated, _content_hash(rec), first_seen, seen_at, seen_at,
+            ))
+            state = StoredEvent(
+                **rec.model_dump(), id=event_id, source_id=source_id, version=version,
+                first_seen=first_seen, last_seen=seen_at, updated=seen_at,
+            ).model_dump(mode="json")
+            version_rows.append((event_id, version, change, seen_at, run_id, state))
+        await conn.executemany(
+            """INSERT INTO events (id, source_id, external_id, version, type, subtype, status, severity,
+                                   planned_start, planned_end, actual_start, actual_end, road, direction,
+                                   lanes_affected, geom, descriptions, detour, location_refs, source_version,
+                                   source_updated, content_hash, first_seen, last_seen, updated)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                       ST_SetSRID(ST_GeomFromGeoJSON($16), 4326), $17, $18, $19, $20, $21, $22, $23, $24, $25)
+               ON CONFLICT (id) DO UPDATE SET
+                   version = EXCLUDED.version, type = EXCLUDED.type, subtype = EXCLUDED.subtype,
+                   status = EXCLUDED.status, severity = EXCLUDED.severity,
+                   planned_start = EXCLUDED.planned_start, planned_end = EXCLUDED.planned_end,
+                   actual_start = EXCLUDED.actual_start, actual_end = EXCLUDED.actual_end,
+                   road = EXCLUDED.road, direction = EXCLUDED.direction, lanes_affected = EXCLUDED.lanes_affected,
+                   geom = EXCLUDED.geom, descriptions = EXCLUDED.descriptions, detour = EXCLUDED.detour,
+                   location_refs = EXCLUDED.location_refs, source_version = EXCLUDED.source_version,
+                   source_updated = EXCLUDED.source_updated, content_hash = EXCLUDED.content_hash,
+                   last_seen = EXCLUDED.last_seen, updated = EXCLUDED.updated""",
+            event_rows,
+        )
+        await conn.executemany(
+            """INSERT INTO event_versions (event_id, version, change, recorded, run_id, state)
+               VALUES ($1, $2, $3, $4, $5, $6)""",
+            version_rows,
+        )
+
+    async def events(self, *, ended_since: datetime | None = None, source_id: str | None = None) -> list[StoredEvent]:
+        """Open events, plus those ended since `ended_since` (all ended ones when None)."""
+        rows = await self.pool.fetch(
+            f"""SELECT {_EVENT_COLUMNS} FROM events
+                 WHERE ($1::timestamptz IS NULL OR status <> 'ended' OR updated >= $1)
+                   AND ($2::text IS NULL OR source_id = $2)
+                 ORDER BY id""",
+            ended_since, source_id,
+        )
+        return [_stored_event(r) for r in rows]
+
+    async def event_versions(self, event_id: str) -> list[StoredEvent]:
+        rows = await self.pool.fetch("SELECT state FROM event_versions WHERE event_id = $1 ORDER BY version", event_id)
+        return [StoredEvent.model_validate(r["state"]) for r in rows]
+
+    # --- reading sites ---------------------------------------------------------
+
+    async def sites(self) -> list[StoredSite]:
+        """All sites with their channels and each channel's latest interval."""
+        site_rows = await self.pool.fetch(
+            """SELECT id, source_id, external_id, name, road, pr, abscissa, insee,
+                      ST_X(geom) AS lon, ST_Y(geom) AS lat, metadata
+                 FROM sites ORDER BY id"""
+        )
+        chan_rows = await self.pool.fetch(
+            """SELECT c.id, c.site_id, s.external_id AS site_external_id, c.external_id, c.direction, c.lane,
+                      c.vehicle_class, c.mobility_type, c.time_step,
+                      l.start AS latest_start, l.length AS latest_length, l.count AS latest_count,
+                      l.speed AS latest_speed, l.quality::text AS latest_quality
+                 FROM channels c JOIN sites s ON s.id = c.site_id
+                 LEFT JOIN LATERAL (SELECT start, length, count, speed, quality FROM measurements m
+                                     WHERE m.channel_id = c.id ORDER BY start DESC LIMIT 1) l ON true
+                ORDER BY c.site_id, c.id"""
+        )
+        by_site: dict[int, list[StoredChannel]] = {}
+        for r in chan_rows:
+            d = dict(r)
+            site_id = d.pop("site_id")
+            by_site.setdefault(site_id, []).append(StoredChannel(**d))
+        return [StoredSite(**dict(r), channels=by_site.get(r["id"], [])) for r in site_rows]
+
+
+_EVENT_COLUMNS = """id, source_id, external_id, version, type, subtype, status::text AS status, severity,
+    planned_start, planned_end, actual_start, actual_end, road, direction, lanes_affected,
+    ST_AsGeoJSON(geom) AS geometry, descriptions, detour, location_refs, source_version, source_updated,
+    first_seen, last_seen, updated"""
+
+
+def _stored_event(row: asyncpg.Record) -> StoredEvent:
+    d = dict(row)
+    geometry = d.pop("geometry")
+    d["geometry"] = Geometry.model_validate_json(geometry) if geometry else None
+    return StoredEvent(**d)
+
+
+def _content_hash(rec: EventRecord) -> bytes:
+    return hashlib.sha256(rec.model_dump_json().encode()).digest()
+
