@@ -75,7 +75,9 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10, **kwargs: Any) -> asyncpg.Pool:
-    settings = {"timezone": "UTC", **kwargs.pop("server_settings", {})}
+    # Custom plans: generic ones cannot see the size of the arrays we pass and
+    # turn the rollup refresh into full scans as the table grows.
+    settings = {"timezone": "UTC", "plan_cache_mode": "force_custom_plan", **kwargs.pop("server_settings", {})}
     return await asyncpg.create_pool(
         url, min_size=min_size, max_size=max_size, init=_init_connection, server_settings=settings, **kwargs
     )
@@ -139,17 +141,23 @@ CREATE TEMP TABLE IF NOT EXISTS rf_changed (
     channel_id integer, start timestamptz, inserted boolean
 ) ON COMMIT DELETE ROWS"""
 
-# Writes only rows that are new or whose values differ; records which ones.
-# {pick} is either the staging table or its de-duplicated form.
+# Writes only rows that are new or whose values differ, and records which ones.
+# Unchanged rows are filtered out by a read-only join first: ON CONFLICT alone
+# would lock (and so write) every conflicting row even when nothing changes.
+# {pick} is the staging table or its de-duplicated form.
 _UPSERT = """
 WITH up AS (
     INSERT INTO measurements AS m (channel_id, start, length, count, speed, occupancy, quality, run_id)
-    SELECT channel_id, start, length, count, speed, occupancy, quality, $1 FROM {pick}
+    SELECT s.channel_id, s.start, s.length, s.count, s.speed, s.occupancy, s.quality, $1
+      FROM {pick}
+      LEFT JOIN measurements o ON o.channel_id = s.channel_id AND o.start = s.start
+                              AND o.start BETWEEN $2 AND $3  -- lets the planner read only the batch's time range
+     WHERE o.channel_id IS NULL
+        OR (o.length, o.count, o.speed, o.occupancy, o.quality)
+           IS DISTINCT FROM (s.length, s.count, s.speed, s.occupancy, s.quality)
     ON CONFLICT (channel_id, start) DO UPDATE
        SET length = EXCLUDED.length, count = EXCLUDED.count, speed = EXCLUDED.speed,
            occupancy = EXCLUDED.occupancy, quality = EXCLUDED.quality, run_id = EXCLUDED.run_id
-     WHERE (m.length, m.count, m.speed, m.occupancy, m.quality)
-           IS DISTINCT FROM (EXCLUDED.length, EXCLUDED.count, EXCLUDED.speed, EXCLUDED.occupancy, EXCLUDED.quality)
     RETURNING m.channel_id, m.start, (xmax = 0) AS inserted
 )
 INSERT INTO rf_changed SELECT channel_id, start, inserted FROM up"""
@@ -350,7 +358,7 @@ class Storage:
             if not overlap and await self._copy_new(conn, rows):
                 await self._refresh_rollups(conn, channels, [lo] * len(channels), [hi] * len(channels))
                 return Counts(new=len(rows))
-            return await self._upsert(conn, rows, run_id)
+            return await self._upsert(conn, rows, run_id, lo, hi)
 
     async def _copy_new(self, conn: asyncpg.Connection, rows: Sequence[MeasurementRow]) -> bool:
         """COPY straight into measurements; False when the batch repeats a key."""
@@ -361,16 +369,18 @@ class Storage:
         except asyncpg.UniqueViolationError:
             return False
 
-    async def _upsert(self, conn: asyncpg.Connection, rows: Sequence[MeasurementRow], run_id: int | None) -> Counts:
+    async def _upsert(
+        self, conn: asyncpg.Connection, rows: Sequence[MeasurementRow], run_id: int | None, lo: datetime, hi: datetime
+    ) -> Counts:
         await conn.execute(_STAGING)
         await conn.copy_records_to_table("rf_staging", records=rows, columns=MEASUREMENT_COLUMNS)
         await conn.execute("ANALYZE rf_staging")
         distinct = len(rows)
         try:
             async with conn.transaction():
-                await conn.execute(_UPSERT.format(pick="rf_staging"), run_id)
+                await conn.execute(_UPSERT.format(pick="rf_staging AS s"), run_id, lo, hi)
         except asyncpg.CardinalityViolationError:  # the batch repeats a key
-            await conn.execute(_UPSERT.format(pick=_DEDUPED), run_id)
+            await conn.execute(_UPSERT.format(pick=_DEDUPED), run_id, lo, hi)
             distinct = await conn.fetchval("SELECT count(*) FROM (SELECT DISTINCT channel_id, start FROM rf_staging) s")
         changed = await conn.fetch(
             """SELECT channel_id, min(start) AS lo, max(start) AS hi,

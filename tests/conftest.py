@@ -13,6 +13,7 @@ import itertools
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -39,8 +40,18 @@ class Server:
         name = f"t{os.getpid()}_{next(_counter)}"
         template = "roadfeed_template" if migrated else "template0"
         with psycopg.connect(self.cluster.url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE {template}')
+            for attempt in range(50):
+                try:
+                    conn.execute(f'CREATE DATABASE "{name}" TEMPLATE {template}')
+                    break
+                except psycopg.errors.ObjectInUse:  # a TimescaleDB worker still attached
+                    _disconnect_all(conn, template)
+                    time.sleep(0.05)
         return self.cluster.url_for(name)
+
+
+def _disconnect_all(conn: psycopg.Connection, dbname: str) -> None:
+    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (dbname,))
 
 
 def _find_engine(name: str) -> Engine | None:
@@ -69,6 +80,10 @@ def server(request: pytest.FixtureRequest) -> Iterator[Server]:
         with psycopg.connect(cluster.url, autocommit=True) as conn:
             conn.execute("CREATE DATABASE roadfeed_template")
         migrate(cluster.url_for("roadfeed_template"))
+        with psycopg.connect(cluster.url, autocommit=True) as conn:
+            # TimescaleDB's background workers would otherwise hold the template open.
+            conn.execute("ALTER DATABASE roadfeed_template ALLOW_CONNECTIONS false")
+            _disconnect_all(conn, "roadfeed_template")
         yield Server(engine, cluster)
     finally:
         cluster.stop()

@@ -1,0 +1,113 @@
+"""The `roadfeed` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+import psycopg
+
+from feed import embedded
+from feed.cluster import ClusterError
+from feed.config import Config, ConfigError, load_config
+from feed.migrations import MigrationError, detect_engine, migrate, table_sizes
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(getattr(args, "config", None))
+
+
+def cmd_db_up(args: argparse.Namespace) -> int:
+    url = embedded.up()
+    print(f"embedded PostgreSQL running: {url}")
+    print("later roadfeed commands use it unless ROADFEED_DATABASE_URL is set")
+    return 0
+
+
+def cmd_db_down(args: argparse.Namespace) -> int:
+    print("embedded PostgreSQL stopped" if embedded.down() else "embedded PostgreSQL was not running")
+    return 0
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    report = migrate(embedded.database_url(_config(args)))
+    for name in report.applied:
+        print(f"applied {name}")
+    print(f"{len(report.applied)} applied, {len(report.already)} already applied; "
+          f"storage mode: {report.engine.storage_mode}")
+    for note in report.engine.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def cmd_db_info(args: argparse.Namespace) -> int:
+    url = embedded.database_url(_config(args))
+    with psycopg.connect(url) as conn:
+        info = detect_engine(conn)
+        mode = conn.execute(
+            "SELECT value FROM roadfeed_meta WHERE key = 'storage_mode'"
+        ).fetchone() if _has_table(conn, "roadfeed_meta") else None
+        sizes = table_sizes(conn)
+    print(f"server:       PostgreSQL {info.server_version}")
+    print(f"PostGIS:      {info.postgis_version or 'not available'}")
+    print(f"TimescaleDB:  {info.timescaledb_version or 'not available'}"
+          + (f" (licence: {info.timescaledb_license})" if info.timescaledb_license else ""))
+    print(f"storage mode: {mode[0] if mode else 'not migrated yet (run roadfeed db migrate)'}")
+    for note in info.notes:
+        print(f"note:         {note}")
+    if sizes:
+        print("tables:")
+        for name, size in sizes:
+            print(f"  {name:<24}{_human(size):>10}")
+    return 0
+
+
+def _has_table(conn: psycopg.Connection, name: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="roadfeed", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    db = sub.add_parser("db", help="the database: embedded cluster and migrations")
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    for name, func, text in [
+        ("up", cmd_db_up, "create and start the embedded cluster under ./var/pg"),
+        ("down", cmd_db_down, "stop the embedded cluster"),
+        ("migrate", cmd_db_migrate, "apply the migrations in sql/"),
+        ("info", cmd_db_info, "server, PostGIS and TimescaleDB versions, storage mode, table sizes"),
+    ]:
+        p = dbsub.add_parser(name, help=text)
+        p.add_argument("--config", help="TOML configuration file (for [database] url)")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (ConfigError, ClusterError, MigrationError, embedded.NoDatabase) as err:
+        print(f"roadfeed: {err}", file=sys.stderr)
+        return 2
+    except psycopg.OperationalError as err:
+        print(f"roadfeed: cannot reach the database ({str(err).strip()}); "
+              "is it running? `roadfeed db up` starts the embedded one", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
