@@ -3,7 +3,7 @@
 Two kinds of server binaries are supported:
 - the host's own PostgreSQL with PostGIS (Debian: `postgresql-15-postgis-3`);
 - a Debian 13 root filesystem with PostgreSQL 17 + TimescaleDB + PostGIS, run
-  through chroot (built by `.ci/engine-b-rootfs`), because Debian 12 has no
+  through chroot (built by `scripts/engine-b-rootfs`), because Debian 12 has no
   TimescaleDB package.
 PostgreSQL refuses to run as root, so when we are root the server runs as the
 `postgres` user of the tree that holds the binaries.

@@ -32,6 +32,8 @@ from feed.model import (
 MeasurementRow = tuple[int, datetime, int, int | None, float | None, float | None, str]
 MEASUREMENT_COLUMNS = ("channel_id", "start", "length", "count", "speed", "occupancy", "quality")
 
+# LISTEN on this channel to hear, at commit, that 'events' or 'measurements' changed.
+CHANGES_CHANNEL = "roadfeed_changes"
 _LOCK_CHANNEL = 1  # advisory lock class for channels being ingested
 _LOCK_SOURCE = 2  # advisory lock class for a source's events
 
@@ -357,8 +359,12 @@ class Storage:
             )
             if not overlap and await self._copy_new(conn, rows):
                 await self._refresh_rollups(conn, channels, [lo] * len(channels), [hi] * len(channels))
-                return Counts(new=len(rows))
-            return await self._upsert(conn, rows, run_id, lo, hi)
+                counts = Counts(new=len(rows))
+            else:
+                counts = await self._upsert(conn, rows, run_id, lo, hi)
+            if counts.new or counts.updated:
+                await conn.execute("SELECT pg_notify($1, 'measurements')", CHANGES_CHANNEL)
+            return counts
 
     async def _copy_new(self, conn: asyncpg.Connection, rows: Sequence[MeasurementRow]) -> bool:
         """COPY straight into measurements; False when the batch repeats a key."""
@@ -476,6 +482,8 @@ class Storage:
                 await conn.execute("UPDATE events SET last_seen = $2 WHERE id = ANY($1::text[])", unchanged, seen_at)
             if complete_snapshot:
                 counts.updated += await self._end_missing(conn, source_id, list(latest), seen_at, run_id)
+            if counts.new or counts.updated:
+                await conn.execute("SELECT pg_notify($1, 'events')", CHANGES_CHANNEL)
         return counts
 
     async def _end_missing(

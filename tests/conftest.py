@@ -3,7 +3,7 @@
 Every test that asks for `db_url` (or `storage`) runs on both engines:
 - `pg15-postgis`: the host's PostgreSQL with PostGIS;
 - `pg17-timescaledb`: PostgreSQL 17 + TimescaleDB + PostGIS from the Debian 13
-  root filesystem built by `.ci/engine-b-rootfs`.
+  root filesystem built by `scripts/engine-b-rootfs`.
 Each test gets a fresh database cloned from a migrated template.
 """
 
@@ -25,7 +25,7 @@ from feed.migrations import migrate
 from feed.storage import Storage
 
 ENGINES = ["pg15-postgis", "pg17-timescaledb"]
-BUILD_HINT = "build it with: sudo bash .ci/engine-b-rootfs"
+BUILD_HINT = "build it with: sudo scripts/engine-b-rootfs"
 _counter = itertools.count()
 
 
