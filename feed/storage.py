@@ -240,6 +240,11 @@ class Storage:
                     source_id, stats.error,
                 )
 
+    async def save_watermark(self, source_id: str, watermark: str | None) -> None:
+        """Progress inside a run (page by page), so a crash resumes where it stopped."""
+        await self.pool.execute("UPDATE sources SET watermark = $2, updated = now() WHERE id = $1",
+                                source_id, watermark)
+
     async def quarantine(self, source_id: str, run_id: int | None, items: Sequence[Quarantined]) -> None:
         if items:
             await self.pool.executemany(

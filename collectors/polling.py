@@ -1,0 +1,149 @@
+"""One poll of each source kind: which URLs to fetch, which parser reads them.
+
+A poller fetches through the shared `Fetcher`, hands parsed items to the run's
+`Sink`, and returns the polling state to persist. Runs, errors and quarantine
+bookkeeping live in `feed.collect`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from collectors import comptage_parse, opendatasoft_parse
+from collectors.datex2_parse import parse_datex2
+from collectors.fetch import Fetched, Fetcher
+from feed.config import SourceConfig
+from feed.ingest import Sink
+from feed.storage import SourceState
+
+MAX_PAGES_PER_POLL = 100  # Opendatasoft: 10,000 records, then the next poll goes on
+
+
+@dataclass
+class PollOutcome:
+    http_status: int | None = None
+    bytes: int = 0
+    etag: str | None = None
+    last_modified: str | None = None
+    watermark: str | None = None
+    snapshot: bool = False  # the events seen are the source's complete current list
+
+
+Poller = Callable[[SourceConfig, SourceState, Fetcher, Sink], Awaitable[PollOutcome]]
+
+
+def _read(fetched: Fetched) -> bytes:
+    assert fetched.body is not None
+    try:
+        return fetched.body.read()
+    finally:
+        fetched.close()
+
+
+async def poll_datex2(source: SourceConfig, state: SourceState, fetcher: Fetcher, sink: Sink) -> PollOutcome:
+    """A DATEX II v2/v3 pull: conditional GET, streaming parse of the whole document."""
+    fetched = await fetcher.get(source.id, source.url, etag=state.etag, last_modified=state.last_modified)
+    outcome = PollOutcome(fetched.status, fetched.size, fetched.etag, fetched.last_modified,
+                          snapshot=bool(source.options.get("snapshot", True)))
+    if fetched.status == 304:
+        outcome.snapshot = False  # nothing read: nothing may be ended
+        return outcome
+    try:
+        await sink.consume(parse_datex2(fetched.body, source_id=source.id, now=sink.now))
+    finally:
+        fetched.close()
+    return outcome
+
+
+async def poll_comptage(source: SourceConfig, state: SourceState, fetcher: Fetcher, sink: Sink) -> PollOutcome:
+    """The national CSV model: optional site and channel files, then the measures at `url`."""
+    opts = source.options
+    tz = opts.get("timezone", "Europe/Paris")
+    total = 0
+    time_steps: dict[str, int] = {}
+    if "sites_url" in opts:
+        fetched = await fetcher.get(source.id, opts["sites_url"])
+        total += fetched.size
+        await sink.consume(iter(comptage_parse.parse_sites(_read(fetched), source=source.id)))
+    if "channels_url" in opts:
+        fetched = await fetcher.get(source.id, opts["channels_url"])
+        total += fetched.size
+        channels = list(comptage_parse.parse_channels(
+            _read(fetched), source=source.id, default_time_step=opts.get("time_step"), local_timezone=tz))
+        time_steps = {c.external_id: c.time_step for c in channels if hasattr(c, "time_step")}
+        await sink.consume(iter(channels))
+    fetched = await fetcher.get(source.id, source.url, etag=state.etag, last_modified=state.last_modified)
+    outcome = PollOutcome(fetched.status, total + fetched.size, fetched.etag, fetched.last_modified)
+    if fetched.status == 304:
+        return outcome
+    try:
+        await sink.consume(iter(comptage_parse.parse_measures_stream(
+            fetched.body, source=source.id, time_steps=time_steps, default_time_step=opts.get("time_step"),
+            local_timezone=tz, columns=opts.get("columns"))))
+    finally:
+        fetched.close()
+    return outcome
+
+
+def _api_headers(source: SourceConfig) -> dict[str, str]:
+    key = source.options.get("api_key")
+    return {"Authorization": f"Apikey {key}"} if key else {}
+
+
+def _cursor(state: SourceState) -> tuple[datetime | None, int]:
+    if not state.watermark:
+        return None, 0
+    saved = json.loads(state.watermark)
+    return datetime.fromisoformat(saved["time"]), int(saved.get("seen", 0))
+
+
+def _cursor_text(watermark: datetime | None, seen: int) -> str | None:
+    return None if watermark is None else json.dumps({"time": watermark.isoformat(), "seen": seen})
+
+
+async def poll_opendatasoft(source: SourceConfig, state: SourceState, fetcher: Fetcher, sink: Sink) -> PollOutcome:
+    """Counters page by watermark through `records`; event datasets come whole from
+    `exports/json`, so that events no longer listed can be ended."""
+    opts = source.options
+    mapping = opendatasoft_parse.mapping_from_options(opts)
+    dataset = opts["dataset"]
+    headers = _api_headers(source)
+    if isinstance(mapping, opendatasoft_parse.EventMapping):
+        url = opendatasoft_parse.exports_url(source.url, dataset)
+        fetched = await fetcher.get(source.id, url, headers=headers, error_detail=opendatasoft_parse.parse_ods_error)
+        try:
+            await sink.consume(iter(opendatasoft_parse.parse_export_json(
+                fetched.body, mapping, source=source.id, now=sink.now)))
+        finally:
+            fetched.close()
+        return PollOutcome(fetched.status, fetched.size, snapshot=True)
+
+    watermark, seen = _cursor(state)
+    outcome = PollOutcome()
+    for _ in range(MAX_PAGES_PER_POLL):
+        url = opendatasoft_parse.records_url(
+            source.url, dataset, time_field=mapping.time_field, watermark=watermark, seen_at_watermark=seen,
+            order_by_id=opts.get("order_by_id", mapping.site_id),
+        )
+        fetched = await fetcher.get(source.id, url, headers=headers, error_detail=opendatasoft_parse.parse_ods_error)
+        outcome.http_status = fetched.status
+        outcome.bytes += fetched.size
+        page = opendatasoft_parse.parse_records_page(_read(fetched), mapping, source=source.id, now=sink.now)
+        await sink.store([*page.sites, *page.channels, *page.measurements, *page.events, *page.quarantined])
+        watermark, seen = page.cursor_after(watermark, seen)
+        # Progress is kept page by page: a crash resumes after the last stored page.
+        outcome.watermark = _cursor_text(watermark, seen)
+        await sink.storage.save_watermark(source.id, outcome.watermark)
+        if page.result_count < opendatasoft_parse.MAX_LIMIT:
+            break
+    return outcome
+
+
+POLLERS: dict[str, Poller] = {
+    "datex2": poll_datex2,
+    "comptage-mobilites": poll_comptage,
+    "opendatasoft": poll_opendatasoft,
+}

@@ -1,0 +1,77 @@
+"""One poll of one source, with its run row: what `collect --once` and the scheduler call.
+
+Whatever goes wrong in a poll is caught here and recorded on the run and the
+source; it never escapes to take the scheduler or other sources down.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from collectors.fetch import FetchError, Fetcher
+from collectors.polling import POLLERS
+from feed.config import PublicationConfig, SourceConfig
+from feed.ingest import Plausibility, Sink
+from feed.storage import RunStats, Storage
+
+log = logging.getLogger("roadfeed.collect")
+
+
+@dataclass
+class RunReport:
+    source_id: str
+    run_id: int
+    stats: RunStats
+    duration: float
+    watermark: str | None
+
+    def line(self) -> str:
+        s = self.stats
+        status = "ok" if s.error is None else f"FAILED: {s.error}"
+        unchanged = " (not modified)" if s.http_status == 304 else ""
+        return (f"{self.source_id}: {status}{unchanged}; new {s.counts.new}, updated {s.counts.updated}, "
+                f"unchanged {s.counts.unchanged}, quarantined {s.quarantined}; {s.bytes:,} bytes in "
+                f"{self.duration:.2f} s" + (f"; next watermark {self.watermark}" if self.watermark else ""))
+
+
+async def poll_source(
+    source: SourceConfig,
+    storage: Storage,
+    fetcher: Fetcher,
+    publication: PublicationConfig,
+    *,
+    now: datetime | None = None,
+) -> RunReport:
+    started = time.monotonic()
+    await storage.ensure_source(source.id, source.kind, source.url)
+    state = await storage.source_state(source.id)
+    run_id = await storage.start_run(source.id)
+    now = now or datetime.now(UTC)
+    sink = Sink(storage, source.id, run_id, Plausibility.from_publication(publication), now)
+    stats = RunStats()
+    outcome = None
+    try:
+        outcome = await POLLERS[source.kind](source, state, fetcher, sink)
+        result = await sink.finish(snapshot=outcome.snapshot)
+        stats.http_status, stats.bytes = outcome.http_status, outcome.bytes
+        stats.error = None if result.complete else f"document cut short: {result.error}"
+    except FetchError as err:
+        stats.http_status, stats.error = err.status, err.reason
+    except Exception as err:  # noqa: BLE001 - a poll must never take the process down
+        log.exception("source %s: poll failed", source.id)
+        stats.error = f"{type(err).__name__}: {err}"
+    stats.counts = sink.result.counts
+    stats.quarantined = sink.result.quarantined
+    stats.complete = stats.error is None
+    await storage.finish_run(
+        run_id, stats,
+        etag=outcome.etag if outcome and stats.complete else None,
+        last_modified=outcome.last_modified if outcome and stats.complete else None,
+        watermark=outcome.watermark if outcome else None,
+    )
+    report = RunReport(source.id, run_id, stats, time.monotonic() - started, outcome.watermark if outcome else None)
+    (log.info if stats.error is None else log.warning)(report.line())
+    return report

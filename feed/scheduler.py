@@ -1,0 +1,61 @@
+"""Polls every enabled source at its interval (APScheduler, on the asyncio loop).
+
+One job per source: runs of a source never overlap (`max_instances=1`), a slow
+or failing source delays no other (each poll is its own task, bounded by the
+fetch timeouts), and start times are spread with jitter.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from collectors.fetch import Fetcher
+from feed.collect import RunReport, poll_source
+from feed.config import Config, SourceConfig
+from feed.storage import Storage
+
+log = logging.getLogger("roadfeed.scheduler")
+
+
+class Collector:
+    """The collectors of one process."""
+
+    def __init__(self, config: Config, storage: Storage, fetcher: Fetcher,
+                 on_report: Callable[[RunReport], Awaitable[None] | None] | None = None):
+        self.config = config
+        self.storage = storage
+        self.fetcher = fetcher
+        self.on_report = on_report
+        self.scheduler = AsyncIOScheduler(timezone=UTC)
+
+    def start(self) -> None:
+        now = datetime.now(UTC)
+        for source in self.config.sources:
+            if not source.enabled:
+                continue
+            first = now + timedelta(seconds=random.uniform(0, min(2.0, source.interval / 10)))
+            self.scheduler.add_job(
+                self.poll, "interval", args=[source], id=source.id, name=f"poll {source.id}",
+                seconds=source.interval, jitter=max(0.0, min(10.0, source.interval / 10)),
+                max_instances=1, coalesce=True, misfire_grace_time=source.interval,
+                next_run_time=first,
+            )
+        self.scheduler.start()
+        log.info("polling %d source(s)", len(self.scheduler.get_jobs()))
+
+    async def poll(self, source: SourceConfig) -> RunReport:
+        report = await poll_source(source, self.storage, self.fetcher, self.config.publication)
+        if self.on_report is not None:
+            result = self.on_report(report)
+            if result is not None:
+                await result
+        return report
+
+    def shutdown(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
