@@ -1,0 +1,19 @@
+# roadfeed service image. Build: docker build -t roadfeed .
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    ROADFEED_SQL_DIR=/app/sql
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY feed ./feed
+COPY collectors ./collectors
+COPY exporters ./exporters
+COPY sql ./sql
+RUN pip install . && useradd --system --home-dir /app roadfeed
+USER roadfeed
+
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s \
+  CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz').status != 200)"
+CMD ["roadfeed", "run", "--config", "/etc/roadfeed/roadfeed.toml", "--host", "0.0.0.0", "--port", "8080"]
