@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import sys
 from collections.abc import Callable
 
@@ -63,6 +65,37 @@ def cmd_db_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_collect(args: argparse.Namespace) -> int:
+    config = _config(args)
+    sources = {s.id: s for s in config.sources}
+    if args.source not in sources:
+        known = ", ".join(sources) or "none"
+        raise ConfigError(f"{args.config}: no source {args.source!r} (sources: {known})")
+    logging.getLogger("roadfeed.collect").setLevel(logging.WARNING)  # the report is printed instead
+    return asyncio.run(_collect(config, sources[args.source], args.once))
+
+
+async def _collect(config: Config, source, once: bool) -> int:
+    import aiohttp
+
+    from collectors.fetch import Fetcher
+    from feed.collect import poll_source
+    from feed.storage import Storage
+
+    storage = await Storage.open(embedded.database_url(config), max_size=4)
+    try:
+        async with aiohttp.ClientSession() as session:
+            fetcher = Fetcher(session)
+            while True:
+                report = await poll_source(source, storage, fetcher, config.publication)
+                print(report.line(), flush=True)
+                if once:
+                    return 0 if report.stats.error is None else 1
+                await asyncio.sleep(source.interval)
+    finally:
+        await storage.close()
+
+
 def _has_table(conn: psycopg.Connection, name: str) -> bool:
     return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
 
@@ -90,11 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
         p = dbsub.add_parser(name, help=text)
         p.add_argument("--config", help="TOML configuration file (for [database] url)")
         p.set_defaults(func=func)
+
+    collect = sub.add_parser("collect", help="poll one source and print what the poll did")
+    collect.add_argument("--config", required=True, help="TOML configuration file")
+    collect.add_argument("--source", required=True, help="the source id")
+    collect.add_argument("--once", action="store_true", help="one poll, then exit (else poll at its interval)")
+    collect.set_defaults(func=cmd_collect)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
