@@ -28,6 +28,7 @@ class DatabaseConfig(_Section):
     url: str | None = None  # None: the embedded cluster started by `roadfeed db up`
     pool_size: int = Field(default=10, ge=1, le=200)
     statement_timeout_ms: int = Field(default=15000, ge=100)
+    retention_days: int | None = Field(default=None, ge=1)  # raw measurements kept; rollups stay forever
 
 
 class ServerConfig(_Section):

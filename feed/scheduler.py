@@ -45,8 +45,18 @@ class Collector:
                 max_instances=1, coalesce=True, misfire_grace_time=source.interval,
                 next_run_time=first,
             )
+        days = self.config.database.retention_days
+        if days:
+            self.scheduler.add_job(self.apply_retention, "interval", args=[days], id="retention",
+                                   hours=6, max_instances=1, coalesce=True, next_run_time=now + timedelta(minutes=1))
         self.scheduler.start()
-        log.info("polling %d source(s)", len(self.scheduler.get_jobs()))
+        log.info("polling %d source(s)", len([j for j in self.scheduler.get_jobs() if j.id != "retention"]))
+
+    async def apply_retention(self, days: int) -> int:
+        """Drops raw measurements older than `days`; the rollups keep their history."""
+        removed = await self.storage.drop_measurements_before(datetime.now(UTC) - timedelta(days=days))
+        log.info("retention: removed %d raw measurement(s) older than %d days", removed, days)
+        return removed
 
     async def poll(self, source: SourceConfig) -> RunReport:
         report = await poll_source(source, self.storage, self.fetcher, self.config.publication)
