@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
 from collectors import comptage_parse, opendatasoft_parse
 from collectors.datex2_parse import parse_datex2
@@ -122,6 +122,8 @@ async def poll_opendatasoft(source: SourceConfig, state: SourceState, fetcher: F
         return PollOutcome(fetched.status, fetched.size, snapshot=True)
 
     watermark, seen = _cursor(state)
+    if watermark is None and "backfill_days" in opts:
+        return await _backfill_counters(source, mapping, fetcher, sink, headers)
     outcome = PollOutcome()
     for _ in range(MAX_PAGES_PER_POLL):
         url = opendatasoft_parse.records_url(
@@ -140,6 +142,24 @@ async def poll_opendatasoft(source: SourceConfig, state: SourceState, fetcher: F
         if page.result_count < opendatasoft_parse.MAX_LIMIT:
             break
     return outcome
+
+
+async def _backfill_counters(
+    source: SourceConfig, mapping: opendatasoft_parse.CounterMapping, fetcher: Fetcher, sink: Sink,
+    headers: dict[str, str],
+) -> PollOutcome:
+    """First poll of a counters dataset: the last `backfill_days` in one streamed export."""
+    since = sink.now - timedelta(days=float(source.options["backfill_days"]))
+    url = opendatasoft_parse.exports_url(source.url, source.options["dataset"], time_field=mapping.time_field,
+                                         watermark=since, order_by_id=source.options.get("order_by_id", mapping.site_id))
+    fetched = await fetcher.get(source.id, url, headers=headers, error_detail=opendatasoft_parse.parse_ods_error,
+                                policy=replace(fetcher.policy, timeout=max(fetcher.policy.timeout, 600)))
+    try:
+        items = opendatasoft_parse.parse_export_json(fetched.body, mapping, source=source.id, now=sink.now)
+        await sink.consume(iter(items))
+    finally:
+        fetched.close()
+    return PollOutcome(fetched.status, fetched.size, watermark=_cursor_text(items.watermark, items.at_watermark))
 
 
 POLLERS: dict[str, Poller] = {

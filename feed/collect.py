@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from collectors.fetch import FetchError, Fetcher
 from collectors.polling import POLLERS
 from feed.config import PublicationConfig, SourceConfig
-from feed.ingest import Plausibility, Sink
+from feed.ingest import Plausibility, Sink, SinkResult
 from feed.storage import RunStats, Storage
 
 log = logging.getLogger("roadfeed.collect")
@@ -44,13 +45,14 @@ async def poll_source(
     publication: PublicationConfig,
     *,
     now: datetime | None = None,
+    progress: Callable[[str, SinkResult], None] | None = None,
 ) -> RunReport:
     started = time.monotonic()
     await storage.ensure_source(source.id, source.kind, source.url)
     state = await storage.source_state(source.id)
     run_id = await storage.start_run(source.id)
     now = now or datetime.now(UTC)
-    sink = Sink(storage, source.id, run_id, Plausibility.from_publication(publication), now)
+    sink = Sink(storage, source.id, run_id, Plausibility.from_publication(publication), now, progress)
     stats = RunStats()
     outcome = None
     try:

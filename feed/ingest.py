@@ -7,7 +7,7 @@ thread a chunk at a time so one large document never blocks the other sources.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -87,7 +87,9 @@ def _take(items: Iterator[ParsedItem], n: int) -> tuple[list[ParsedItem], str | 
 class Sink:
     """Stores what one run parsed. Events are written at the end, as one snapshot."""
 
-    def __init__(self, storage: Storage, source_id: str, run_id: int | None, rules: Plausibility, now: datetime):
+    def __init__(self, storage: Storage, source_id: str, run_id: int | None, rules: Plausibility, now: datetime,
+                 progress: Callable[[str, SinkResult], None] | None = None):
+        self.progress = progress  # told after every stored chunk: long backfills show they move
         self.storage = storage
         self.source_id = source_id
         self.run_id = run_id
@@ -139,6 +141,8 @@ class Sink:
         if quarantined:
             await self.storage.quarantine(self.source_id, self.run_id, quarantined)
             self.result.quarantined += len(quarantined)
+        if self.progress is not None:
+            self.progress(self.source_id, self.result)
 
     async def _store_sites(self, sites: list[SiteRecord]) -> None:
         # Sites a parser made up from measured data never overwrite a described one.

@@ -239,6 +239,7 @@ class Storage:
                     "UPDATE sources SET last_error = $2, last_error_at = now(), updated = now() WHERE id = $1",
                     source_id, stats.error,
                 )
+            await conn.execute("SELECT pg_notify($1, 'sources')", CHANGES_CHANNEL)
 
     async def save_watermark(self, source_id: str, watermark: str | None) -> None:
         """Progress inside a run (page by page), so a crash resumes where it stopped."""
@@ -284,6 +285,8 @@ class Storage:
                SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up""",
             source_id, *map(list, zip(*rows)),
         )
+        if result[0] or result[1]:
+            await self.pool.execute("SELECT pg_notify($1, 'sites')", CHANGES_CHANNEL)
         return Counts(result[0], result[1], len(rows) - result[0] - result[1])
 
     async def upsert_channels(self, source_id: str, channels: Sequence[ChannelRecord]) -> Counts:
@@ -317,6 +320,8 @@ class Storage:
                SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up""",
             source_id, *map(list, zip(*rows)),
         )
+        if result[0] or result[1]:
+            await self.pool.execute("SELECT pg_notify($1, 'sites')", CHANGES_CHANNEL)
         return Counts(result[0], result[1], len(rows) - result[0] - result[1])
 
     async def site_ids(self, source_id: str, external_ids: Iterable[str]) -> dict[str, int]:
