@@ -14,6 +14,7 @@ from feed import embedded
 from feed.cluster import ClusterError
 from feed.config import Config, ConfigError, load_config
 from feed.migrations import MigrationError, detect_engine, migrate, table_sizes
+from feed.service import NotMigrated, run
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -96,6 +97,31 @@ async def _collect(config: Config, source, once: bool) -> int:
         await storage.close()
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _config(args)
+    asyncio.run(run(config, embedded.database_url(config), args.host or config.server.host,
+                    args.port or config.server.port, collect=args.command == "run"))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from feed.simulator import run_simulator
+
+    if args.speed <= 0:
+        raise ConfigError(f"--speed {args.speed:g}: must be greater than 0 (1 = real time)")
+    asyncio.run(run_simulator(args.host, args.port, args.seed, args.speed, args.history_days))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from feed.demo import run_demo
+
+    if args.speed <= 0 or args.interval < 1:
+        raise ConfigError("--speed must be greater than 0 and --interval at least 1 second")
+    asyncio.run(run_demo(args.host, args.port, args.seed, args.speed, args.interval))
+    return 0
+
+
 def _has_table(conn: psycopg.Connection, name: str) -> bool:
     return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
 
@@ -124,6 +150,29 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="TOML configuration file (for [database] url)")
         p.set_defaults(func=func)
 
+    for name, text in (("run", "collectors, scheduler and the HTTP server"), ("serve", "the HTTP server only")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", required=name == "run", help="TOML configuration file")
+        p.add_argument("--host", help="address to listen on (default from [server], 127.0.0.1)")
+        p.add_argument("--port", type=int, help="port (default from [server], 8080)")
+        p.set_defaults(func=cmd_run)
+
+    simulate = sub.add_parser("simulate", help="serve a simulated Hérault (Opendatasoft API + DATEX II feeds)")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=8081)
+    simulate.add_argument("--seed", type=int, default=34, help="same seed, same département")
+    simulate.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
+    simulate.add_argument("--history-days", type=float, default=30, help="days of counts before now")
+    simulate.set_defaults(func=cmd_simulate)
+
+    demo = sub.add_parser("demo", help="embedded database + simulated département + collectors + feeds")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--seed", type=int, default=34)
+    demo.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
+    demo.add_argument("--interval", type=int, default=60, help="seconds between polls of each source")
+    demo.set_defaults(func=cmd_demo)
+
     collect = sub.add_parser("collect", help="poll one source and print what the poll did")
     collect.add_argument("--config", required=True, help="TOML configuration file")
     collect.add_argument("--source", required=True, help="the source id")
@@ -135,10 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ConfigError, ClusterError, MigrationError, embedded.NoDatabase) as err:
+    except (ConfigError, ClusterError, MigrationError, embedded.NoDatabase, NotMigrated) as err:
         print(f"roadfeed: {err}", file=sys.stderr)
         return 2
     except psycopg.OperationalError as err:

@@ -7,6 +7,7 @@ fetch timeouts), and start times are spread with jitter.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from collectors.fetch import Fetcher
 from feed.collect import RunReport, poll_source
 from feed.config import Config, SourceConfig
+from feed.ingest import SinkResult
 from feed.storage import Storage
 
 log = logging.getLogger("roadfeed.scheduler")
@@ -26,19 +28,26 @@ class Collector:
     """The collectors of one process."""
 
     def __init__(self, config: Config, storage: Storage, fetcher: Fetcher,
-                 on_report: Callable[[RunReport], Awaitable[None] | None] | None = None):
+                 on_report: Callable[[RunReport], Awaitable[None] | None] | None = None,
+                 progress: Callable[[str, SinkResult], None] | None = None,
+                 clock: Callable[[], datetime] | None = None):
+        self.clock = clock  # "now" for plausibility and event status; the demo's simulated time
         self.config = config
         self.storage = storage
         self.fetcher = fetcher
         self.on_report = on_report
+        self.progress = progress
         self.scheduler = AsyncIOScheduler(timezone=UTC)
+        # Polls of one source never overlap, whoever starts them (scheduler or a caller).
+        self._locks = {s.id: asyncio.Lock() for s in config.sources}
 
-    def start(self) -> None:
+    def start(self, *, first_after_interval: bool = False) -> None:
         now = datetime.now(UTC)
         for source in self.config.sources:
             if not source.enabled:
                 continue
-            first = now + timedelta(seconds=random.uniform(0, min(2.0, source.interval / 10)))
+            soon = source.interval if first_after_interval else random.uniform(0, min(2.0, source.interval / 10))
+            first = now + timedelta(seconds=soon)
             self.scheduler.add_job(
                 self.poll, "interval", args=[source], id=source.id, name=f"poll {source.id}",
                 seconds=source.interval, jitter=max(0.0, min(10.0, source.interval / 10)),
@@ -59,7 +68,9 @@ class Collector:
         return removed
 
     async def poll(self, source: SourceConfig) -> RunReport:
-        report = await poll_source(source, self.storage, self.fetcher, self.config.publication)
+        async with self._locks[source.id]:
+            report = await poll_source(source, self.storage, self.fetcher, self.config.publication,
+                                       now=self.clock() if self.clock else None, progress=self.progress)
         if self.on_report is not None:
             result = self.on_report(report)
             if result is not None:
