@@ -347,3 +347,78 @@ async def test_one_hanging_source_does_not_delay_another(storage, origin, fetche
     finally:
         collector.shutdown()
         hang.set()
+
+
+@pytest.mark.parametrize("sample,events,sites", [
+    (DATA / "datex2" / "nl-ndw-srti-situation-messagecontainer.xml", 1, 0),
+    (DATA / "datex2" / "no-npra-measurementsitetable-weather-v2.xml", 0, 1),
+    (DATA / "datex2" / "no-npra-measureddata-weather-v2.xml", 0, 0),
+])
+async def test_other_real_publications(storage, origin, fetcher, sample, events, sites):
+    origin.respond = conditional(sample.read_bytes())
+    report = await poll_source(datex(origin), storage, fetcher, EUROPE)
+    assert report.stats.error is None
+    assert len(await storage.events()) == events
+    assert await storage.pool.fetchval("SELECT count(*) FROM sites") == sites
+
+
+async def test_lying_encoding_is_refused_with_the_reason(storage, origin, fetcher):
+    # Declared UTF-8, written in Latin-1: the accented bytes are not UTF-8.
+    doc = BISON_EVENTS.read_bytes().decode("utf-8").encode("latin-1", "replace")
+    assert doc != BISON_EVENTS.read_bytes()
+    origin.respond = lambda r: web.Response(body=doc, content_type="text/xml")
+    report = await poll_source(datex(origin), storage, fetcher, EUROPE)
+    assert report.stats.error and "cut short" in report.stats.error
+    assert await storage.events() == []
+
+
+async def test_malformed_json_from_opendatasoft_is_reported(storage, origin, fetcher):
+    origin.respond = lambda r: web.Response(body=b'{"total_count": 3, "results": [{"a": ', content_type="application/json")
+    source = SourceConfig(id="ods", kind="opendatasoft", url=origin.url("/"), options={
+        "dataset": "x", "dataset_type": "counters", "mapping": {"site_id": "a", "time": "b", "count": "c"}})
+    report = await poll_source(source, storage, fetcher, EUROPE)
+    assert report.stats.error and "not valid JSON" in report.stats.error
+    assert (await storage.source_state("ods")).watermark is None
+
+
+async def test_malformed_csv_rows_and_impossible_speeds_are_quarantined(storage, origin, fetcher):
+    records = [
+        {"iu_ac": "1", "t_1h": "2026-06-21T00:00:00+02:00", "q": 100, "v": 88.0},
+        {"iu_ac": "2", "t_1h": "2026-06-21T00:00:00+02:00", "q": 100, "v": 420.0},  # 420 km/h
+        {"iu_ac": "3", "t_1h": "2026-06-21T00:00:00+02:00", "q": -5, "v": 50.0},    # negative count
+    ]
+    origin.respond = lambda r: web.json_response({"total_count": 3, "results": records})
+    source = SourceConfig(id="ods", kind="opendatasoft", url=origin.url("/"), options={
+        "dataset": "x", "dataset_type": "counters",
+        "mapping": {"site_id": "iu_ac", "time": "t_1h", "count": "q", "speed": "v", "geo_point": None}})
+    report = await poll_source(source, storage, fetcher, EUROPE)
+    assert report.stats.error is None and report.stats.quarantined == 2
+    assert await storage.pool.fetchval("SELECT count(*) FROM measurements") == 1
+    reasons = " | ".join(r["reason"] for r in await quarantine(storage))
+    assert "300" in reasons or "speed" in reasons
+
+    header = "channel_id,counter_id,start_datetime,end_datetime,count\n"
+    body = header + 'C-C-01-Baix,C01,2021-09-07T13:15:00Z,2021-09-07T13:30:00Z,20\n"unterminated,quote\nx,y\n'
+    files = {"/site.csv": (COMPTAGE / "site.exemple-valide.csv").read_bytes(),
+             "/channel.csv": (COMPTAGE / "channel.exemple-valide.csv").read_bytes(), "/measure.csv": body.encode()}
+    origin.respond = lambda r: web.Response(body=files[r.path], content_type="text/csv")
+    csv_source = SourceConfig(id="baix", kind="comptage-mobilites", url=origin.url("/measure.csv"),
+                              options={"sites_url": origin.url("/site.csv"),
+                                       "channels_url": origin.url("/channel.csv")})
+    report = await poll_source(csv_source, storage, fetcher, EUROPE, now=datetime(2030, 1, 1, tzinfo=UTC))
+    assert report.stats.error is None and report.stats.quarantined >= 1
+    assert await storage.pool.fetchval(
+        "SELECT count(*) FROM measurements m JOIN channels c ON c.id = m.channel_id WHERE c.source_id = 'baix'") == 1
+
+
+def test_retry_delay_backs_off_with_jitter_and_obeys_the_server():
+    from collectors.fetch import retry_delay
+
+    policy = FetchPolicy(backoff_base=1.0, backoff_max=60.0)
+    assert [retry_delay(n, policy, rand=lambda: 0.5) for n in range(4)] == [1.0, 2.0, 4.0, 8.0]
+    assert retry_delay(10, policy, rand=lambda: 0.5) == 60.0
+    low, high = retry_delay(2, policy, rand=lambda: 0.0), retry_delay(2, policy, rand=lambda: 0.999)
+    assert low == 2.0 and 5.99 < high < 6.0
+    assert retry_delay(0, policy, {"Retry-After": "7"}) == 7.0
+    assert retry_delay(0, policy, {"Retry-After": "600"}) == 60.0  # capped
+    assert 0 <= retry_delay(0, policy, {"X-RateLimit-Reset": "5"}) <= 5
