@@ -176,7 +176,8 @@ def validity(event: StoredEvent, published_at: datetime, *, planned_status: bool
 
     `definedByValidityTimeSpec` whenever the times alone tell the truth at
     `published_at`; otherwise the status says it (`active`, or `planned` where the
-    version has it), and an active event past its planned end is `overrunning`.
+    version has it), and an active event past its planned end is `overrunning` (its
+    planned end is still given).
     An ended event always gets an end: its actual end, else its planned end if that
     had passed when we saw it end, else the time we saw it end (`updated`).
     """
@@ -194,7 +195,8 @@ def validity(event: StoredEvent, published_at: datetime, *, planned_status: bool
         if start <= published_at and (end is None or end > published_at):
             return Validity("definedByValidityTimeSpec", start, end, False)
         if end is not None and end <= published_at:
-            return Validity("active", start, None, True)
+            # Still running past its planned end: say so, and keep the end it had.
+            return Validity("active", start, end, True)
         return Validity("active", start, end, False)
     if start > published_at or not planned_status:
         return Validity("definedByValidityTimeSpec", start, end, False)

@@ -401,7 +401,7 @@ def test_ended_events_are_listed_with_their_end(schema_v36: etree.XMLSchema) -> 
     [
         ({}, "definedByValidityTimeSpec", "2026-07-29T08:00:00Z", False),
         ({"planned_end": None}, "definedByValidityTimeSpec", None, False),
-        ({"planned_end": NOW - timedelta(hours=1)}, "active", None, True),  # overrunning works
+        ({"planned_end": NOW - timedelta(hours=1)}, "active", "2026-07-24T07:00:00Z", True),  # overrunning, end kept
         ({"planned_start": NOW + timedelta(hours=1)}, "active", "2026-07-29T08:00:00Z", False),  # source says active
         (
             {"status": "planned", "planned_start": NOW + timedelta(days=1)},
