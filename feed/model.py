@@ -6,6 +6,7 @@ Times are always timezone-aware; coordinates are WGS 84 (EPSG:4326) lon/lat.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
@@ -35,6 +36,16 @@ EventType = Literal[
 
 class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _printable_id(value: str) -> str:
+    """Ids travel into XML and JSON feeds: control characters have no place there."""
+    if _CONTROL.search(value):
+        raise ValueError("ids must not contain control characters")
+    return value
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -78,6 +89,8 @@ class SiteRecord(_Record):
     lat: float | None = Field(default=None, ge=-90, le=90)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    _ids = field_validator("external_id")(_printable_id)
+
 
 class ChannelRecord(_Record):
     """One series at a site (national model: `channel`)."""
@@ -89,6 +102,8 @@ class ChannelRecord(_Record):
     vehicle_class: VehicleClass = "all"
     mobility_type: str = "car"
     time_step: int = Field(gt=0, le=86400)  # seconds
+
+    _ids = field_validator("site_external_id", "external_id")(_printable_id)
 
     @field_validator("time_step")
     @classmethod
@@ -110,6 +125,7 @@ class MeasurementRecord(_Record):
     quality: Quality = "observed"
 
     _start_aware = field_validator("start")(_aware)
+    _ids = field_validator("channel_external_id")(_printable_id)
 
 
 class EventRecord(_Record):
@@ -137,6 +153,7 @@ class EventRecord(_Record):
     _times_aware = field_validator(
         "planned_start", "planned_end", "actual_start", "actual_end", "source_updated"
     )(_aware)
+    _ids = field_validator("external_id")(_printable_id)
 
 
 class Quarantined(_Record):
@@ -159,6 +176,8 @@ class StoredEvent(EventRecord):
     first_seen: datetime
     last_seen: datetime
     updated: datetime
+
+    _public_id = field_validator("id")(_printable_id)
 
 
 class StoredSite(SiteRecord):
