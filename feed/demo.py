@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 from aiohttp import web
+
+from collectors.fetch import Fetcher
 
 from feed import embedded
 from feed.config import Config, ServerConfig, SourceConfig
@@ -18,7 +21,7 @@ from feed.cluster import free_port
 from feed.ingest import SinkResult
 from feed.migrations import migrate
 from feed.scheduler import Collector
-from feed.service import collectors, http_server, wait_for_signal
+from feed.service import http_server, wait_for_signal
 from feed.simulator import build_simulator_app, simulator_clock, simulator_sources
 from feed.storage import Storage
 
@@ -84,10 +87,14 @@ async def run_demo(host: str, port: int, seed: int, speed: float = 1.0, interval
             print(f"        {base}/feeds/sites.geojson  {base}/feeds/waze/cifs.xml  {base}/feeds/wzdx/v4.2/work-zones.geojson")
             print(f"status: {base}/feeds/status.json   (Ctrl-C stops; `roadfeed db down` stops the database)", flush=True)
             clock = simulator_clock(sim_app).now
-            async with collectors(config, storage, progress=progress, first_after_interval=True,
-                                  clock=clock) as collector:
-                await _first_polls(collector, config)
-                await wait_for_signal()
+            async with aiohttp.ClientSession() as session:
+                collector = Collector(config, storage, Fetcher(session), progress=progress, clock=clock)
+                await _first_polls(collector, config)  # before the schedule starts: backfill first
+                collector.start()
+                try:
+                    await wait_for_signal()
+                finally:
+                    collector.shutdown()
     finally:
         await storage.close()
         await sim.cleanup()

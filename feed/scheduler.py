@@ -1,15 +1,20 @@
 """Polls every enabled source at its interval (APScheduler, on the asyncio loop).
 
-One job per source: runs of a source never overlap (`max_instances=1`), a slow
-or failing source delays no other (each poll is its own task, bounded by the
-fetch timeouts), and start times are spread with jitter.
+Several processes may run collectors against one database: each ticks often and
+polls a source only after claiming it in PostgreSQL (`Storage.claim_poll`), which
+succeeds once per interval and never while another worker holds the source's
+lease. So every source is polled once per interval, by one worker at a time; a
+slow or failing source delays no other (each poll is its own task, bounded by
+the fetch timeouts).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import socket
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -22,6 +27,9 @@ from feed.ingest import SinkResult
 from feed.storage import Storage
 
 log = logging.getLogger("roadfeed.scheduler")
+
+LEASE_SECONDS = 300.0  # a worker that dies mid-poll frees its sources after this
+MAX_TICK_SECONDS = 5.0
 
 
 class Collector:
@@ -37,45 +45,59 @@ class Collector:
         self.fetcher = fetcher
         self.on_report = on_report
         self.progress = progress
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
         self.scheduler = AsyncIOScheduler(timezone=UTC)
-        # Polls of one source never overlap, whoever starts them (scheduler or a caller).
-        self._locks = {s.id: asyncio.Lock() for s in config.sources}
+        self._known: set[str] = set()
 
-    def start(self, *, first_after_interval: bool = False) -> None:
+    def start(self) -> None:
         now = datetime.now(UTC)
         for source in self.config.sources:
             if not source.enabled:
                 continue
-            soon = source.interval if first_after_interval else random.uniform(0, min(2.0, source.interval / 10))
-            first = now + timedelta(seconds=soon)
+            tick = min(MAX_TICK_SECONDS, source.interval / 2)
             self.scheduler.add_job(
-                self.poll, "interval", args=[source], id=source.id, name=f"poll {source.id}",
-                seconds=source.interval, jitter=max(0.0, min(10.0, source.interval / 10)),
-                max_instances=1, coalesce=True, misfire_grace_time=source.interval,
-                next_run_time=first,
+                self._tick, "interval", args=[source], id=source.id, name=f"poll {source.id}",
+                seconds=tick, jitter=tick / 10, max_instances=1, coalesce=True, misfire_grace_time=source.interval,
+                next_run_time=now + timedelta(seconds=random.uniform(0, tick)),
             )
         days = self.config.database.retention_days
         if days:
             self.scheduler.add_job(self.apply_retention, "interval", args=[days], id="retention",
                                    hours=6, max_instances=1, coalesce=True, next_run_time=now + timedelta(minutes=1))
         self.scheduler.start()
-        log.info("polling %d source(s)", len([j for j in self.scheduler.get_jobs() if j.id != "retention"]))
+        log.info("worker %s polling %d source(s)", self.owner,
+                 len([j for j in self.scheduler.get_jobs() if j.id != "retention"]))
+
+    async def _tick(self, source: SourceConfig) -> None:
+        await self._poll(source, due_only=True)
+
+    async def poll(self, source: SourceConfig) -> RunReport | None:
+        """Polls now, due or not; None when another worker is polling this source."""
+        return await self._poll(source, due_only=False)
+
+    async def _poll(self, source: SourceConfig, *, due_only: bool) -> RunReport | None:
+        if source.id not in self._known:
+            await self.storage.ensure_source(source.id, source.kind, source.url)
+            self._known.add(source.id)
+        if not await self.storage.claim_poll(source.id, self.owner, source.interval, LEASE_SECONDS,
+                                             due_only=due_only):
+            return None
+        try:
+            report = await poll_source(source, self.storage, self.fetcher, self.config.publication,
+                                       now=self.clock() if self.clock else None, progress=self.progress)
+        finally:
+            await self.storage.release_poll(source.id, self.owner)
+        if self.on_report is not None:
+            result = self.on_report(report)
+            if result is not None:
+                await result
+        return report
 
     async def apply_retention(self, days: int) -> int:
         """Drops raw measurements older than `days`; the rollups keep their history."""
         removed = await self.storage.drop_measurements_before(datetime.now(UTC) - timedelta(days=days))
         log.info("retention: removed %d raw measurement(s) older than %d days", removed, days)
         return removed
-
-    async def poll(self, source: SourceConfig) -> RunReport:
-        async with self._locks[source.id]:
-            report = await poll_source(source, self.storage, self.fetcher, self.config.publication,
-                                       now=self.clock() if self.clock else None, progress=self.progress)
-        if self.on_report is not None:
-            result = self.on_report(report)
-            if result is not None:
-                await result
-        return report
 
     def shutdown(self) -> None:
         if self.scheduler.running:

@@ -204,6 +204,26 @@ class Storage:
             raise KeyError(f"unknown source {source_id!r}")
         return SourceState(**dict(row))
 
+    async def claim_poll(self, source_id: str, owner: str, interval: float, lease: float, *,
+                         due_only: bool = True) -> bool:
+        """Takes the source for one poll: when it is due (unless `due_only` is off)
+        and no other worker holds a live lease. The next due time moves one interval on."""
+        claimed = await self.pool.fetchval(
+            """UPDATE sources
+                  SET lease_owner = $2, lease_until = now() + make_interval(secs => $4),
+                      next_poll_at = now() + make_interval(secs => $3)
+                WHERE id = $1
+                  AND (NOT $5 OR next_poll_at IS NULL OR next_poll_at <= now())
+                  AND (lease_until IS NULL OR lease_until < now() OR lease_owner = $2)
+               RETURNING true""",
+            source_id, owner, float(interval), float(lease), due_only,
+        )
+        return bool(claimed)
+
+    async def release_poll(self, source_id: str, owner: str) -> None:
+        await self.pool.execute(
+            "UPDATE sources SET lease_until = NULL WHERE id = $1 AND lease_owner = $2", source_id, owner)
+
     async def start_run(self, source_id: str) -> int:
         return await self.pool.fetchval("INSERT INTO source_runs (source_id) VALUES ($1) RETURNING id", source_id)
 

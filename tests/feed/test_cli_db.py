@@ -42,7 +42,7 @@ def lifecycle(cwd: Path, user: str | None = None) -> str:
 
 def check_output(text: str) -> None:
     assert "embedded PostgreSQL running: postgresql://postgres@127.0.0.1:" in text
-    assert "applied 001_core.sql" in text and "0 applied, 3 already applied" in text
+    assert "applied 001_core.sql" in text and "0 applied, 4 already applied" in text
     assert "PostGIS:      3." in text and "storage mode: postgresql" in text
     assert "measurements" in text
 

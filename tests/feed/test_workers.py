@@ -1,0 +1,64 @@
+"""Two collector workers on one database poll each source exactly once per interval,
+and never at the same time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from collectors.fetch import Fetcher, FetchPolicy
+from feed.config import Config, PublicationConfig, SourceConfig
+from feed.scheduler import Collector
+from feed.storage import Storage
+
+
+async def test_two_workers_poll_each_source_once_per_interval(storage: Storage, db_url: str):
+    hits: list[tuple[str, float, float]] = []
+    busy: set[str] = set()
+    overlaps: list[str] = []
+
+    async def feed(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name in busy:
+            overlaps.append(name)
+        busy.add(name)
+        start = asyncio.get_running_loop().time()
+        await asyncio.sleep(0.3)  # a poll that takes a while, so overlaps would show
+        busy.discard(name)
+        hits.append((name, start, asyncio.get_running_loop().time()))
+        return web.Response(body=b'<d2LogicalModel xmlns="http://datex2.eu/schema/2/2_0" modelBaseVersion="2"/>',
+                            content_type="text/xml")
+
+    app = web.Application()
+    app.router.add_get("/{name}", feed)
+    origin = TestServer(app, host="127.0.0.1")
+    await origin.start_server()
+    config = Config(publication=PublicationConfig(), sources=[
+        SourceConfig(id=f"s{i}", kind="datex2", url=str(origin.make_url(f"/s{i}")), interval=1) for i in range(2)])
+    second = await Storage.open(db_url)  # the other worker: its own connections, the same database
+    async with aiohttp.ClientSession() as session:
+        fetcher = Fetcher(session, FetchPolicy(timeout=5, retries=0))
+        workers = [Collector(config, s, fetcher) for s in (storage, second)]
+        assert workers[0].owner != workers[1].owner
+        began = asyncio.get_running_loop().time()
+        for w in workers:
+            w.start()
+        await asyncio.sleep(5.2)
+        for w in workers:
+            w.shutdown()
+        elapsed = asyncio.get_running_loop().time() - began
+        await asyncio.sleep(0.5)  # let an in-flight poll finish
+    await origin.close()
+    await second.close()
+    assert overlaps == []
+    for name in ("s0", "s1"):
+        starts = sorted(h[1] for h in hits if h[0] == name)
+        # Once per interval: about elapsed / 1 s polls, not twice that.
+        assert int(elapsed) - 1 <= len(starts) <= int(elapsed) + 1, (name, len(starts), elapsed)
+        gaps = [b - a for a, b in zip(starts, starts[1:])]
+        assert min(gaps) >= 0.9, gaps
+    runs = await storage.pool.fetchval("SELECT count(*) FROM source_runs WHERE finished IS NOT NULL")
+    assert runs == len(hits)
