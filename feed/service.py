@@ -52,12 +52,11 @@ async def collectors(
     storage: Storage,
     *,
     progress: Callable[[str, SinkResult], None] | None = None,
-    first_after_interval: bool = False,
     clock: Callable[[], datetime] | None = None,
 ) -> AsyncIterator[Collector]:
     async with aiohttp.ClientSession() as session:
         collector = Collector(config, storage, Fetcher(session), progress=progress, clock=clock)
-        collector.start(first_after_interval=first_after_interval)
+        collector.start()
         try:
             yield collector
         finally:
