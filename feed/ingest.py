@@ -100,14 +100,24 @@ class Sink:
         self._channels: dict[str, int] | None = None
 
     async def consume(self, items: Iterator[ParsedItem], chunk_size: int = CHUNK) -> None:
-        """Reads the parser to its end (or its error), storing as it goes."""
+        """Reads the parser to its end (or its error), storing as it goes: the next
+        chunk is parsed in a worker thread while this one is being stored."""
+        pending = asyncio.ensure_future(asyncio.to_thread(_take, items, chunk_size))
         while True:
-            chunk, error = await asyncio.to_thread(_take, items, chunk_size)
-            await self.store(chunk)
+            chunk, error = await pending
+            last = error is not None or len(chunk) < chunk_size
+            if not last:
+                pending = asyncio.ensure_future(asyncio.to_thread(_take, items, chunk_size))
+            try:
+                await self.store(chunk)
+            except BaseException:
+                if not last:  # a thread cannot be stopped: let it finish its chunk
+                    await asyncio.gather(pending, return_exceptions=True)
+                raise
             if error is not None:
                 self.result.error = error
                 return
-            if len(chunk) < chunk_size:
+            if last:
                 return
 
     async def store(self, items: list[ParsedItem]) -> None:

@@ -11,7 +11,8 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 from typing import Any
 
 import asyncpg
@@ -117,21 +118,40 @@ SELECT m.channel_id, date_trunc('hour', m.start), {_ROLLUP_VALUES},
  GROUP BY m.channel_id, date_trunc('hour', m.start)
 ON CONFLICT (channel_id, bucket) DO UPDATE SET {_ROLLUP_UPDATE}"""
 
+_DAILY_EXPECTED = """extract(epoch FROM ((({day} + 1)::timestamp AT TIME ZONE $4)
+                         - (({day})::timestamp AT TIME ZONE $4)))::integer / min(c.time_step)"""
+
 # The same for local days of zone $4; expected intervals follow the day's real
-# length (23 or 25 hours on DST changes).
+# length (23 or 25 hours on DST changes). {channels} narrows the channels.
 _REFRESH_DAILY = f"""
 INSERT INTO rollup_daily AS r (channel_id, day, count_sum, speed_weighted_sum, speed_count,
                                intervals_present, intervals_estimated, intervals_expected)
 SELECT m.channel_id, (m.start AT TIME ZONE $4)::date AS day, {_ROLLUP_VALUES},
-       extract(epoch FROM ((((m.start AT TIME ZONE $4)::date + 1)::timestamp AT TIME ZONE $4)
-                         - (((m.start AT TIME ZONE $4)::date)::timestamp AT TIME ZONE $4)))::integer
-       / min(c.time_step)
+       {_DAILY_EXPECTED.format(day="(m.start AT TIME ZONE $4)::date")}
   FROM unnest($1::int[], $2::timestamptz[], $3::timestamptz[]) AS t(channel_id, lo, hi)
   JOIN measurements m ON m.channel_id = t.channel_id
                      AND m.start >= (date_trunc('day', t.lo AT TIME ZONE $4) AT TIME ZONE $4)
                      AND m.start < ((date_trunc('day', t.hi AT TIME ZONE $4) + interval '1 day') AT TIME ZONE $4)
-  JOIN channels c ON c.id = m.channel_id
+  JOIN channels c ON c.id = m.channel_id {{channels}}
  GROUP BY m.channel_id, (m.start AT TIME ZONE $4)::date
+ON CONFLICT (channel_id, day) DO UPDATE SET {_ROLLUP_UPDATE}"""
+
+# Channels finer than an hour: their days summed from the hourly rollup just
+# refreshed (an hour never straddles two local days in a zone whose offsets are
+# whole hours), which reads 4 to 60 times fewer rows than the raw intervals.
+_REFRESH_DAILY_FROM_HOURLY = f"""
+INSERT INTO rollup_daily AS r (channel_id, day, count_sum, speed_weighted_sum, speed_count,
+                               intervals_present, intervals_estimated, intervals_expected)
+SELECT h.channel_id, (h.bucket AT TIME ZONE $4)::date AS day,
+       sum(h.count_sum), sum(h.speed_weighted_sum), sum(h.speed_count),
+       sum(h.intervals_present), sum(h.intervals_estimated),
+       {_DAILY_EXPECTED.format(day="(h.bucket AT TIME ZONE $4)::date")}
+  FROM unnest($1::int[], $2::timestamptz[], $3::timestamptz[]) AS t(channel_id, lo, hi)
+  JOIN rollup_hourly h ON h.channel_id = t.channel_id
+                      AND h.bucket >= (date_trunc('day', t.lo AT TIME ZONE $4) AT TIME ZONE $4)
+                      AND h.bucket < ((date_trunc('day', t.hi AT TIME ZONE $4) + interval '1 day') AT TIME ZONE $4)
+  JOIN channels c ON c.id = h.channel_id AND c.time_step < 3600
+ GROUP BY h.channel_id, (h.bucket AT TIME ZONE $4)::date
 ON CONFLICT (channel_id, day) DO UPDATE SET {_ROLLUP_UPDATE}"""
 
 _STAGING = """
@@ -175,6 +195,7 @@ class Storage:
     def __init__(self, pool: asyncpg.Pool, timezone: str):
         self.pool = pool
         self.timezone = timezone
+        self.whole_hour_zone = _whole_hour_offsets(timezone)
 
     @classmethod
     async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> Storage:
@@ -434,10 +455,18 @@ class Storage:
     async def _refresh_rollups(
         self, conn: asyncpg.Connection, channels: list[int], los: list[datetime], his: list[datetime]
     ) -> None:
-        if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM channels WHERE id = ANY($1::int[]) AND time_step < 3600)",
-                               channels):
+        finer, coarser = await conn.fetchrow(
+            "SELECT bool_or(time_step < 3600), bool_or(time_step >= 3600) FROM channels WHERE id = ANY($1::int[])",
+            channels)
+        if finer:
             await conn.execute(_REFRESH_HOURLY, channels, los, his)
-        await conn.execute(_REFRESH_DAILY, channels, los, his, self.timezone)
+        if finer and self.whole_hour_zone:
+            await conn.execute(_REFRESH_DAILY_FROM_HOURLY, channels, los, his, self.timezone)
+            if coarser:
+                await conn.execute(_REFRESH_DAILY.format(channels="AND c.time_step >= 3600"),
+                                   channels, los, his, self.timezone)
+        else:
+            await conn.execute(_REFRESH_DAILY.format(channels=""), channels, los, his, self.timezone)
 
     async def drop_measurements_before(self, cutoff: datetime, batch: int = 50_000) -> int:
         """Retention: removes raw rows older than `cutoff`; rollups stay."""
@@ -636,6 +665,13 @@ def _stored_event(row: asyncpg.Record) -> StoredEvent:
     geometry = d.pop("geometry")
     d["geometry"] = Geometry.model_validate_json(geometry) if geometry else None
     return StoredEvent(**d)
+
+
+def _whole_hour_offsets(timezone: str) -> bool:
+    """Whether every UTC offset the zone has used since 1990 is a whole number of hours."""
+    zone = ZoneInfo(timezone)
+    probes = (datetime(year, month, 1, tzinfo=UTC) for year in range(1990, 2041) for month in (1, 4, 7, 10))
+    return all(p.astimezone(zone).utcoffset().total_seconds() % 3600 == 0 for p in probes)
 
 
 def _content_hash(rec: EventRecord) -> bytes:

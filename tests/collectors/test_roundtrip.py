@@ -88,3 +88,23 @@ def test_our_situation_feeds_read_back_as_the_same_events(moments, version):
         assert set(back) == {e.id for e in events}
         for e in events:
             same_event(e, back[e.id], full_line=version == "v3")
+
+
+def test_our_measured_data_reads_back_with_its_counts_and_hourly_periods():
+    from feed.model import MeasurementRecord, StoredChannel, StoredSite
+
+    hour = datetime(2026, 11, 28, 7, tzinfo=UTC)
+    sites = [StoredSite(id=n, source_id="cd34", external_id=f"S{n}", name=f"site {n}", road="RD613",
+                        lon=3.6 + n / 100, lat=43.5, channels=[
+                            StoredChannel(id=n * 10 + k, site_external_id=f"S{n}", external_id=f"S{n}-{k}",
+                                          direction="N", vehicle_class="light", time_step=3600,
+                                          latest_start=hour, latest_length=3600, latest_count=100 * n + k,
+                                          latest_speed=70.0, latest_quality="observed")
+                            for k in range(2)])
+             for n in range(1, 4)]
+    body = datex2_v3.render_measured_data(sites, PUB, hour + timedelta(hours=1))
+    items = list(parse_datex2(body, source_id="roundtrip", now=hour + timedelta(hours=1)))
+    counts = sorted(m.count for m in items if isinstance(m, MeasurementRecord) and m.count is not None)
+    assert counts == sorted(100 * n + k for n in range(1, 4) for k in range(2))
+    flows = [m for m in items if isinstance(m, MeasurementRecord) and m.count is not None]
+    assert {(m.start, m.length) for m in flows} == {(hour, 3600)}
