@@ -99,8 +99,10 @@ async def _collect(config: Config, source, once: bool) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
+    if args.workers is not None and not 0 <= args.workers <= 64:
+        raise ConfigError(f"--workers {args.workers}: expected 0 (one per CPU) to 64")
     asyncio.run(run(config, embedded.database_url(config), args.host or config.server.host,
-                    args.port or config.server.port, collect=args.command == "run"))
+                    args.port or config.server.port, collect=args.command == "run", workers=args.workers))
     return 0
 
 
@@ -155,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", required=name == "run", help="TOML configuration file")
         p.add_argument("--host", help="address to listen on (default from [server], 127.0.0.1)")
         p.add_argument("--port", type=int, help="port (default from [server], 8080)")
+        p.add_argument("--workers", type=int, metavar="N",
+                       help="HTTP processes sharing the port (default from [server] workers; 0: one per CPU)")
         p.set_defaults(func=cmd_run)
 
     simulate = sub.add_parser("simulate", help="serve a simulated Hérault (Opendatasoft API + DATEX II feeds)")
@@ -189,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(args)
     except (ConfigError, ClusterError, MigrationError, embedded.NoDatabase, NotMigrated) as err:
+        print(f"roadfeed: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. the port is taken
         print(f"roadfeed: {err}", file=sys.stderr)
         return 2
     except psycopg.OperationalError as err:

@@ -34,7 +34,7 @@ class DatabaseConfig(_Section):
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    workers: int = Field(default=1, ge=1, le=64)
+    workers: int = Field(default=0, ge=0, le=64)  # HTTP processes sharing the port; 0: one per CPU
     admin_token: str | None = None
     feed_max_age: int = Field(default=30, ge=0)  # Cache-Control max-age of live feeds
 

@@ -8,12 +8,18 @@ many GPS apps poll.
 
 Rendering is skipped when the data is unchanged (same fingerprint), so ETags stay
 stable and clients keep getting 304s; the feed is still republished every
-`republish_after` seconds so its publication time never grows very old.
+`republish_after` seconds so its publication time never grows very old. After a
+change, the event feeds are re-rendered incrementally where that gives the very
+bytes of a whole rendering (`_Splicer`), so a change is published in milliseconds
+of rendering rather than a second.
 
 The HTTP side (`add_feed_routes`) is a thin adapter: conditional GET (ETag and
 Last-Modified), content-coding negotiation over the precomputed variants, CORS,
 and the `?bbox=&type=&status=` filters of `/feeds/events.geojson`, whose results
-are rendered once per distinct query and feed version.
+are rendered once per distinct query and feed version. `FeedFastPath` answers
+the plain GET/HEAD of a whole feed (what polling apps send) before aiohttp sees
+the request, with the same answers; `FeedSite` puts it in front of an aiohttp
+runner. Other processes can serve the same versions (`copy_state`, feed.workers).
 """
 
 from __future__ import annotations
@@ -23,17 +29,21 @@ import contextlib
 import gzip
 import hashlib
 import logging
+import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime, parsedate_to_datetime
+from email.utils import format_datetime, formatdate, parsedate_to_datetime
+from functools import partial
 from typing import Any, Literal, NamedTuple, get_args
 
 import asyncpg
 from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict, MultiMapping
 
 from exporters import datex2_v2, datex2_v3, geojson, waze, wzdx
@@ -52,12 +62,16 @@ __all__ = [
     "STATUS_PATH",
     "BadParameter",
     "EventFilter",
+    "FeedFastPath",
     "FeedPublisher",
+    "FeedSite",
     "FeedSpec",
     "FeedState",
+    "FeedStateCopy",
     "RenderedFeed",
     "add_feed_routes",
     "etag_matches",
+    "feed_cache_control",
     "negotiate_encoding",
     "parse_event_filter",
 ]
@@ -72,7 +86,7 @@ JSON = "application/json"
 GEOJSON = "application/geo+json"
 
 GZIP_LEVEL = 6
-BROTLI_QUALITY = 9  # whole feeds: rendered once, served many times
+BROTLI_QUALITY = 7  # whole feeds: 1-4 % larger than 9 for a third of the time (Brotli holds the GIL)
 BROTLI_QUALITY_FILTERED = 5  # per-query renderings: cheaper to make
 LISTENER_APPLICATION_NAME = "roadfeed-feed-listener"
 
@@ -94,13 +108,16 @@ class FeedSpec:
 EVENTS_GEOJSON = "/feeds/events.geojson"
 STATUS_PATH = "/feeds/status.json"
 
+# After a change, the feeds of its kind are rendered one at a time in this order
+# (live data first: the measurement site table, which only changes with the
+# sites, comes after the feeds of the latest counts).
 FEEDS: tuple[FeedSpec, ...] = (
     FeedSpec("/feeds/datex2/v3/situations.xml", "events", XML, datex2_v3.render_situations),
-    FeedSpec("/feeds/datex2/v3/measurement-sites.xml", "sites", XML, datex2_v3.render_measurement_sites),
     FeedSpec("/feeds/datex2/v3/measured-data.xml", "sites", XML, datex2_v3.render_measured_data),
+    FeedSpec("/feeds/sites.geojson", "sites", GEOJSON, geojson.render_sites),
+    FeedSpec("/feeds/datex2/v3/measurement-sites.xml", "sites", XML, datex2_v3.render_measurement_sites),
     FeedSpec("/feeds/datex2/v2/situations.xml", "events", XML, datex2_v2.render_situations),
     FeedSpec(EVENTS_GEOJSON, "events", GEOJSON, geojson.render_events),
-    FeedSpec("/feeds/sites.geojson", "sites", GEOJSON, geojson.render_sites),
     FeedSpec("/feeds/wzdx/v4.2/work-zones.geojson", "events", GEOJSON, wzdx.render_work_zones),
     FeedSpec("/feeds/waze/cifs.xml", "events", XML, waze.render_cifs_xml),
     FeedSpec("/feeds/waze/cifs.json", "events", JSON, waze.render_cifs_json),
@@ -154,12 +171,24 @@ def body_tag(body: bytes) -> str:
     return hashlib.blake2b(body, digest_size=16).hexdigest()
 
 
+_GZIP_ASIDE = 256 * 1024  # bodies from this size are gzipped in another thread while Brotli runs here
+_gzip_pool: ThreadPoolExecutor | None = None
+
+
 def compress_variants(body: bytes, brotli_quality: int = BROTLI_QUALITY) -> dict[str, bytes]:
-    """gzip and Brotli forms of `body`, keeping only those that are smaller."""
-    variants = {"gzip": gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)}
-    if brotli is not None:
-        variants["br"] = brotli.compress(body, quality=brotli_quality)
-    return {coding: data for coding, data in variants.items() if len(data) < len(body)}
+    """gzip and Brotli forms of `body`, keeping only those that are smaller.
+
+    zlib releases the GIL and Brotli does not: for big bodies both run at once."""
+    global _gzip_pool
+    pending = None
+    if brotli is not None and len(body) >= _GZIP_ASIDE:
+        if _gzip_pool is None:
+            _gzip_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="feed-gzip")
+        pending = _gzip_pool.submit(gzip.compress, body, compresslevel=GZIP_LEVEL, mtime=0)
+    zipped = None if pending else gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+    compressed = brotli.compress(body, quality=brotli_quality) if brotli is not None else None
+    variants = {"gzip": pending.result() if pending else zipped, "br": compressed}
+    return {coding: data for coding, data in variants.items() if data is not None and len(data) < len(body)}
 
 
 def _next_last_modified(published_at: datetime, previous: RenderedFeed | None) -> datetime:
@@ -200,14 +229,25 @@ class _Outcome(NamedTuple):
     compression_ms: float
     empty: str | None  # the exporter had nothing it may publish
     error: str | None
+    spliced: bool = False  # made from cached parts (see _Splicer)
 
 
-def _render_outcome(spec: FeedSpec, data: Sequence[Any], publication: PublicationConfig, at: datetime) -> _Outcome:
-    """Runs in a worker thread: render and compress one feed, never raising."""
+def _render_outcome(
+    spec: FeedSpec,
+    data: Sequence[Any],
+    publication: PublicationConfig,
+    at: datetime,
+    splicer: _Splicer | None = None,
+    keys: Sequence[bytes] = (),
+) -> _Outcome:
+    """Runs in a worker thread: render (from cached fragments when it can) and compress one feed, never raising."""
     assert spec.render is not None
     t0 = time.perf_counter()
     try:
-        body = spec.render(data, publication, at)
+        body = splicer.splice(data, keys, publication, at) if splicer is not None else None
+        spliced = body is not None
+        if body is None:
+            body = spec.render(data, publication, at)
     except datex2_v3.NothingToPublish as exc:
         return _Outcome(None, {}, 0.0, 0.0, str(exc), None)
     except Exception as exc:  # an exporter bug must not take the other feeds down
@@ -215,16 +255,188 @@ def _render_outcome(spec: FeedSpec, data: Sequence[Any], publication: Publicatio
         return _Outcome(None, {}, 0.0, 0.0, None, f"{type(exc).__name__}: {exc}")
     t1 = time.perf_counter()
     encoded = compress_variants(body)
-    return _Outcome(body, encoded, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000, None, None)
+    return _Outcome(body, encoded, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000, None, None,
+                    spliced=spliced)
 
 
-def _fingerprint(items: Sequence[Any]) -> bytes:
+# What every poll of a source moves without the event changing (see Storage.upsert_events).
+_POLL_FIELDS = {"last_seen"}
+
+
+def _keyed(items: Sequence[Any]) -> tuple[bytes, list[bytes], list[bytes]]:
+    """The data's fingerprint; each item's complete JSON; and each item's JSON without
+    what every poll moves (the keys of the parts of feeds that do not show it)."""
+    if items and isinstance(items[0], StoredEvent):
+        steady = [item.model_dump_json(exclude=_POLL_FIELDS).encode() for item in items]
+        keys = [key + b"\x1f" + item.last_seen.isoformat().encode() for key, item in zip(steady, items, strict=True)]
+    else:
+        keys = steady = [item.model_dump_json().encode() for item in items]
     digest = hashlib.blake2b(digest_size=16)
     digest.update(str(len(items)).encode())
-    for item in items:
-        digest.update(item.model_dump_json().encode())
+    for key in keys:
+        digest.update(key)
         digest.update(b"\x00")
-    return digest.digest()
+    return digest.digest(), keys, steady
+
+
+# --------------------------------------------------------------------------- incremental rendering
+#
+# The event feeds are lists: a head, one part per event, a tail. After a change,
+# only the changed events' parts need rendering, and re-rendering 2,000 events to
+# change one is most of the time between a change and its publication. A `_Splicer`
+# keeps each event's part, keyed by the event's complete data and by what of the
+# publication time the part depends on (declared below, per exporter: a DATEX
+# situation's validity status moves with the time, a GeoJSON feature does not),
+# and rebuilds the document as head + parts + tail, the head and tail taken from
+# the exporter's own rendering of no event at the current time.
+#
+# Nothing about an exporter is assumed blindly: a feed is spliced only after a
+# whole rendering equalled the splice of the same data, and a whole rendering is
+# compared again every `verify_every`-th splice; any difference (an exporter that
+# changed shape) turns splicing off for that feed and publishes the whole rendering.
+
+
+def _timeless(_item: Any, _at: datetime) -> None:
+    return None
+
+
+def _v3_validity(event: StoredEvent, at: datetime) -> Any:
+    return datex2_v3.validity(event, at)
+
+
+def _v2_validity(event: StoredEvent, at: datetime) -> Any:
+    return datex2_v3.validity(event, at, planned_status=False)
+
+
+class SpliceRule(NamedTuple):
+    """What one item's part of a list-shaped feed depends on, besides the item's content."""
+
+    time_key: Callable[[Any, datetime], Any]  # what of the publication time it shows
+    shows_poll_fields: bool = False  # it shows what every poll moves (an event's last_seen)
+
+
+# Renderers not listed are always rendered whole (their head depends on the items,
+# like WZDx's data sources, or an empty list renders differently, like CIFS XML).
+SPLICE_RULES: dict[Callable[..., bytes], SpliceRule] = {
+    datex2_v3.render_situations: SpliceRule(_v3_validity),
+    datex2_v2.render_situations: SpliceRule(_v2_validity),
+    geojson.render_events: SpliceRule(_timeless, shows_poll_fields=True),
+    waze.render_cifs_json: SpliceRule(_timeless),
+}
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    n = min(len(a), len(b))
+    lo, hi = 0, n  # a[:lo] == b[:lo]; binary search on slices compares in C
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+class _Splicer:
+    """One feed's per-item parts, and whether splicing may be trusted for it."""
+
+    def __init__(self, path: str, render: Callable[..., bytes], time_key: Callable[[Any, datetime], Any],
+                 *, verify_every: int = 20, max_misses: float = 0.1) -> None:
+        self.path = path
+        self.render = render
+        self.time_key = time_key
+        self.verify_every = verify_every
+        self.max_misses = max_misses  # share of items to render one by one before a whole rendering is cheaper
+        self.parts: dict[tuple[bytes, Any], bytes] = {}
+        self.trusted = False  # a whole rendering equalled a splice
+        self.disabled: str | None = None
+        self.splices = 0
+
+    def _frame(self, items: Sequence[Any], publication: PublicationConfig, at: datetime
+               ) -> tuple[bytes, bytes, bytes] | None:
+        """(head, separator, tail) of the document at `at`, or None if it does not split."""
+        empty = self.render([], publication, at)
+        for item in items[:8]:
+            one = self.render([item], publication, at)
+            if one != empty:
+                break
+        else:
+            return None
+        cut = _common_prefix(empty, one)
+        head, tail = empty[:cut], empty[cut:]
+        if not (one.startswith(head) and one.endswith(tail)) or len(one) < len(empty):
+            return None
+        part = one[cut:len(one) - len(tail)]
+        two = self.render([item, item], publication, at)
+        if not (two.startswith(head + part) and two.endswith(part + tail)
+                and len(two) >= len(head) + 2 * len(part) + len(tail)):
+            return None
+        separator = two[cut + len(part):len(two) - len(tail) - len(part)]
+        return head, separator, tail
+
+    def _assemble(self, items: Sequence[Any], keys: Sequence[bytes], publication: PublicationConfig, at: datetime,
+                  budget: int | None) -> bytes | None:
+        """head + the items' parts + tail, rendering at most `budget` missing parts (None: no limit)."""
+        frame = self._frame(items, publication, at)
+        if frame is None:
+            return None
+        head, separator, tail = frame
+        parts: dict[tuple[bytes, Any], bytes] = {}
+        out: list[bytes] = []
+        time_key, cached = self.time_key, self.parts
+        for item, key in zip(items, keys, strict=True):
+            k = (key, time_key(item, at))
+            part = cached.get(k)
+            if part is None:
+                if budget is not None:
+                    budget -= 1
+                    if budget < 0:
+                        return None
+                one = self.render([item], publication, at)
+                if not (one.startswith(head) and one.endswith(tail)) or len(one) < len(head) + len(tail):
+                    return None
+                part = one[len(head):len(one) - len(tail)]
+            parts[k] = part
+            if part:
+                out.append(part)
+        self.parts = parts  # only the current items' parts are kept
+        return head + separator.join(out) + tail
+
+    def splice(self, items: Sequence[Any], keys: Sequence[bytes], publication: PublicationConfig,
+               at: datetime) -> bytes | None:
+        """The document from cached parts, or None when a whole rendering is due (or cheaper)."""
+        if self.disabled or not self.trusted or not items:
+            return None
+        if (self.splices + 1) % self.verify_every == 0:
+            return None  # this one is rendered whole, and checked against the parts in `check`
+        try:
+            body = self._assemble(items, keys, publication, at, int(len(items) * self.max_misses) + 1)
+        except Exception:  # noqa: BLE001 - the whole rendering says what is wrong, if anything
+            self.trusted = False
+            return None
+        if body is not None:
+            self.splices += 1
+        return body
+
+    def check(self, items: Sequence[Any], keys: Sequence[bytes], publication: PublicationConfig, at: datetime,
+              whole: bytes) -> None:
+        """After a whole rendering: fill the parts, and trust splicing only if it gives the same bytes."""
+        if self.disabled or not items:
+            return
+        try:
+            spliced = self._assemble(items, keys, publication, at, None)
+        except Exception as exc:  # noqa: BLE001 - the whole rendering worked: keep it, stop splicing
+            spliced, reason = None, f"{type(exc).__name__}: {exc}"
+        else:
+            reason = "the document does not split into a head, one part per item and a tail"
+        if spliced is not None and spliced != whole:
+            reason = "splicing gave other bytes than a whole rendering"
+        if spliced != whole:
+            self.disabled, self.parts, self.trusted = reason, {}, False
+            log.warning("%s: rendered whole from now on (%s)", self.path, reason)
+            return
+        self.trusted = True
+        self.splices += 1  # counts toward the next check
 
 
 # --------------------------------------------------------------------------- publisher state
@@ -269,6 +481,19 @@ class EventFilter(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class FeedStateCopy:
+    """One feed's state as `FeedPublisher.copy_state` hands it to another process."""
+
+    path: str
+    current: RenderedFeed | None
+    empty: str | None
+    error: str | None
+    error_at: datetime | None
+    renders: int
+    complete: bool  # status.json: rendered after every feed was
+
+
+@dataclass(frozen=True, slots=True)
 class _EventsSnapshot:
     tag: str  # the unfiltered events.geojson version these events were rendered into
     events: list[StoredEvent]
@@ -285,6 +510,10 @@ class _Listener:
     last_error_at: datetime | None = None
 
 
+def _tag(feed: RenderedFeed | None) -> str | None:
+    return feed.tag if feed is not None else None
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -292,11 +521,18 @@ def _utc_now() -> datetime:
 class FeedPublisher:
     """Renders the live feeds when their data changes and keeps them in memory.
 
-    One task per data kind (events, sites, status) waits for a change, coalesces
-    the burst (`debounce` seconds), reads the data, and renders every feed of
-    that kind in worker threads. A dedicated connection LISTENs for changes and
-    reconnects when lost; each (re)connection triggers a full refresh, so nothing
-    committed while it was away is missed.
+    One task per data kind (events, sites, status) waits for a change, reads the
+    data, and renders every feed of that kind in worker threads, publishing each
+    feed as soon as it is ready (first in `feeds` order, first out). A change after
+    a quiet spell is read at once; changes arriving while a refresh runs are
+    coalesced into one more refresh, started `debounce` seconds after the previous
+    one ended. A dedicated connection LISTENs for changes and reconnects when lost;
+    each (re)connection triggers a full refresh, so nothing committed while it was
+    away is missed.
+
+    Observers (`add_observer`) hear the path of every feed whose state changed;
+    `copy_state` / `apply_state` carry that state to another process's publisher
+    (see feed.workers), so several processes serve the very same versions.
     """
 
     def __init__(
@@ -311,6 +547,7 @@ class FeedPublisher:
         republish_after: float = 600.0,
         retry_interval: float = 5.0,
         filter_cache_size: int = 128,
+        render_concurrency: int = 1,
     ) -> None:
         self.storage = storage
         self.config = config
@@ -321,19 +558,26 @@ class FeedPublisher:
         self.republish_after = republish_after
         self.retry_interval = retry_interval
         self.filter_cache_size = filter_cache_size
+        self.render_concurrency = render_concurrency  # renders hold the GIL: more at once only delays the first
         self._states: dict[str, FeedState] = {spec.path: FeedState(spec) for spec in feeds}
         self._status = FeedState(FeedSpec(STATUS_PATH, "status", JSON, None))
         self._fingerprints: dict[DataKind, tuple[bytes, float]] = {}
+        self._splicers = {spec.path: _Splicer(spec.path, spec.render, SPLICE_RULES[spec.render].time_key)
+                          for spec in feeds if spec.render in SPLICE_RULES}
+        self._checks: dict[Kind, list[Callable[[], None]]] = {}
         self._reads: dict[DataKind, int] = {"events": 0, "sites": 0}  # data reads, rendered or not
+        self._read_ms: dict[DataKind, dict[str, float]] = {}  # the last read's and fingerprint's durations
         self._fetch_errors: dict[Kind, tuple[str, datetime] | None] = {}
         self._sources: list[dict[str, Any]] = []
         self._events: _EventsSnapshot | None = None
-        self._filtered: OrderedDict[tuple[str, EventFilter], asyncio.Task[RenderedFeed]] = OrderedDict()
+        self._filtered: OrderedDict[tuple[str, EventFilter], asyncio.Future[RenderedFeed | None]] = OrderedDict()
         self._wake: dict[Kind, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
         self._status_complete = False  # status.json rendered after every feed was
+        self._observers: list[Callable[[str], None]] = []
         self.listener = _Listener()
+        self.processes: Callable[[], dict[str, Any]] | None = None  # shown in status.json when set
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -359,7 +603,7 @@ class FeedPublisher:
         self._filtered.clear()
 
     def request(self, *kinds: Kind) -> None:
-        """Marks data as changed: the feeds of these kinds re-render after the debounce."""
+        """Marks data as changed: the feeds of these kinds re-render (at once, unless a refresh just ran)."""
         for kind in kinds or ("events", "sites", "status"):
             if kind not in ("events", "sites", "status"):
                 raise ValueError(f"unknown feed kind {kind!r}; expected events, sites or status")
@@ -394,15 +638,53 @@ class FeedPublisher:
     def state(self, path: str) -> FeedState:
         return self._status if path == STATUS_PATH else self._states[path]
 
+    # --- other processes serving the same feeds ---------------------------------
+
+    def add_observer(self, observer: Callable[[str], None]) -> None:
+        """`observer(path)` is called (in the event loop) whenever that feed's state changed."""
+        self._observers.append(observer)
+
+    def _notify(self, path: str) -> None:
+        for observer in self._observers:
+            try:
+                observer(path)
+            except Exception:  # an observer must not break publishing
+                log.exception("feed observer failed for %s", path)
+
+    def copy_state(self, path: str) -> FeedStateCopy:
+        """What another process needs to serve `path` exactly as this one does (picklable)."""
+        state = self.state(path)
+        complete = self._status_complete if path == STATUS_PATH else state.settled
+        return FeedStateCopy(path, state.current, state.empty, state.error, state.error_at, state.renders, complete)
+
+    def apply_state(self, copy: FeedStateCopy) -> None:
+        """Takes over a state made by another process's publisher (`copy_state`)."""
+        state = self.state(copy.path)
+        if copy.path == EVENTS_GEOJSON and _tag(state.current) != _tag(copy.current):
+            self._filtered.clear()  # renderings of the previous version
+        state.current, state.empty, state.error, state.error_at = copy.current, copy.empty, copy.error, copy.error_at
+        state.renders = copy.renders
+        if copy.path == STATUS_PATH:
+            self._status_complete = copy.complete
+        self._notify(copy.path)
+        self._check_ready()
+
     async def filtered_events(self, query: EventFilter) -> RenderedFeed | None:
         """events.geojson restricted to `query`, rendered once per query and feed version."""
         snapshot = self._events
         if snapshot is None:
             return None
-        key = (snapshot.tag, query)
+        return await self._cached_filtered(snapshot.tag, query,
+                                           lambda: asyncio.to_thread(self._render_filtered, snapshot, query))
+
+    async def _cached_filtered(
+        self, tag: str, query: EventFilter, make: Callable[[], Awaitable[RenderedFeed | None]]
+    ) -> RenderedFeed | None:
+        """`make()`'s rendering of `query` for the events version `tag`, shared by concurrent requests."""
+        key = (tag, query)
         task = self._filtered.get(key)
         if task is None:
-            task = asyncio.create_task(asyncio.to_thread(self._render_filtered, snapshot, query))
+            task = asyncio.ensure_future(make())
             task.add_done_callback(_consume_exception)
             self._filtered[key] = task
             while len(self._filtered) > self.filter_cache_size:
@@ -430,12 +712,19 @@ class FeedPublisher:
     # --- rendering -------------------------------------------------------------
 
     async def _kind_loop(self, kind: Kind, interval: float) -> None:
+        loop = asyncio.get_running_loop()
         wake = self._wake[kind]
         delay = 0.0 if wake.is_set() else interval
+        finished = -math.inf
         while True:
             try:
                 await asyncio.wait_for(wake.wait(), delay)
-                await asyncio.sleep(self.debounce)  # let the rest of a burst arrive
+                # A change after a quiet spell is read at once (no fixed debounce on the
+                # path of every change); during a burst, the refreshes are `debounce`
+                # seconds apart and each takes whatever arrived meanwhile.
+                pause = finished + self.debounce - loop.time()
+                if pause > 0:
+                    await asyncio.sleep(pause)
             except TimeoutError:
                 pass  # periodic safety refresh
             wake.clear()
@@ -444,10 +733,17 @@ class FeedPublisher:
             except Exception:  # keep the loop alive whatever happens
                 log.exception("refreshing %s feeds failed", kind)
                 ok = False
+            finished = loop.time()
             if kind != "status":
                 self._wake["status"].set()
             delay = interval if ok else min(interval, self.retry_interval)
             self._check_ready()
+            checks, self._checks[kind] = self._checks.get(kind, []), []
+            for check in checks:  # after publishing and readiness: nobody waits for these
+                try:
+                    await asyncio.to_thread(check)
+                except Exception:
+                    log.exception("checking the incremental rendering of %s feeds failed", kind)
 
     def _check_ready(self) -> None:
         if self.ready:
@@ -456,6 +752,7 @@ class FeedPublisher:
     async def _refresh(self, kind: DataKind) -> bool:
         """Reads `kind`'s data and re-renders its feeds if it changed; False if the read failed."""
         now = _utc_now()
+        t0 = time.perf_counter()
         try:
             if kind == "events":
                 cutoff = now - timedelta(hours=self.publication.ended_events_hours)
@@ -469,16 +766,29 @@ class FeedPublisher:
         self._fetch_errors[kind] = None
         self._reads[kind] += 1
         loop = asyncio.get_running_loop()
-        digest = await asyncio.to_thread(_fingerprint, data)
+        t1 = time.perf_counter()
+        digest, keys, steady_keys = await asyncio.to_thread(_keyed, data)
+        self._read_ms[kind] = {"read": round((t1 - t0) * 1000, 2),
+                               "fingerprint": round((time.perf_counter() - t1) * 1000, 2)}
         states = [s for s in self._states.values() if s.spec.kind == kind]
         previous = self._fingerprints.get(kind)
         if previous and previous[0] == digest and loop.time() - previous[1] < self.republish_after:
             return True
-        outcomes = await asyncio.gather(
-            *(asyncio.to_thread(_render_outcome, s.spec, data, self.publication, now) for s in states)
-        )
-        for state, outcome in zip(states, outcomes, strict=True):
-            self._apply(state, outcome, now)
+        gate = asyncio.Semaphore(self.render_concurrency)  # FIFO: feeds start in `feeds` order
+
+        async def render(state: FeedState) -> _Outcome:
+            splicer = self._splicers.get(state.spec.path)
+            item_keys = keys if splicer is None or SPLICE_RULES[state.spec.render].shows_poll_fields else steady_keys
+            async with gate:
+                outcome = await asyncio.to_thread(_render_outcome, state.spec, data, self.publication, now,
+                                                  splicer, item_keys)
+            self._apply(state, outcome, now)  # published now, not when the slowest feed is done
+            if splicer is not None and outcome.body is not None and not outcome.spliced:
+                self._checks.setdefault(kind, []).append(
+                    partial(splicer.check, data, item_keys, self.publication, now, outcome.body))
+            return outcome
+
+        outcomes = await asyncio.gather(*(render(s) for s in states))
         self._fingerprints[kind] = (digest, loop.time())
         if kind == "events":
             current = self._states[EVENTS_GEOJSON].current if EVENTS_GEOJSON in self._states else None
@@ -489,6 +799,10 @@ class FeedPublisher:
         return True
 
     def _apply(self, state: FeedState, outcome: _Outcome, now: datetime) -> None:
+        self._set(state, outcome, now)
+        self._notify(state.spec.path)
+
+    def _set(self, state: FeedState, outcome: _Outcome, now: datetime) -> None:
         state.renders += 1
         if outcome.error is not None:
             state.error, state.error_at = outcome.error, now
@@ -529,6 +843,7 @@ class FeedPublisher:
         self._status.current = _rendered(JSON, body, now, self._status.current, (time.perf_counter() - t0) * 1000,
                                          BROTLI_QUALITY_FILTERED)
         self._status_complete = self._status_complete or settled
+        self._notify(STATUS_PATH)
         return ok
 
     def status_document(self, now: datetime) -> dict[str, Any]:
@@ -587,6 +902,8 @@ class FeedPublisher:
             },
             "database_errors": database_errors,
             "data_reads": dict(self._reads),
+            "data_read_ms": dict(self._read_ms),
+            **({"processes": self.processes()} if self.processes is not None else {}),
             "sources": sources,
             "feeds": feeds,
         }
@@ -847,9 +1164,338 @@ def add_feed_routes(router: web.UrlDispatcher, publisher: FeedPublisher, max_age
     for path in publisher.paths:
         if path == EVENTS_GEOJSON:
             handler = events_handler()
-        elif path == STATUS_PATH:
-            handler = feed_handler(path, "no-cache")  # operators want it fresh; 304s keep it cheap
         else:
-            handler = feed_handler(path, public)
+            handler = feed_handler(path, feed_cache_control(path, max_age))
         router.add_get(path, handler)
         router.add_route("OPTIONS", path, preflight)
+
+
+# --------------------------------------------------------------------------- HTTP fast path
+#
+# A GPS app polling a feed sends a GET of a known path with a few headers and gets
+# a 304 (or the bytes of the current version): work that aiohttp does with a
+# Request, a router, a Response and a header multidict per request. `FeedFastPath`
+# answers exactly those requests straight from the connection's bytes, with every
+# response's headers prepared once per feed version, and hands everything else
+# (other paths, query strings, other methods, HTTP/1.0, bodies, upgrades, anything
+# unusual) to aiohttp on the same connection, which then keeps it. Both paths send
+# the same status, headers and body for the same request (tests/feed/test_feeds_fastpath.py).
+
+MAX_HEAD = 8190  # longer request heads go to aiohttp, which refuses lines beyond this
+BODY_CHUNK = 256 * 1024  # bigger bodies are handed to the socket this much at a time, as the client reads
+KEEPALIVE_TIMEOUT = 75.0  # idle keep-alive connections are closed after this (aiohttp's default)
+_HANDOFF_FIELDS = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"content-length"})
+_SERVER_LINE = b"Server: " + SERVER_SOFTWARE.encode() + b"\r\n"
+_CORS_LINES = "".join(f"{name}: {value}\r\n" for name, value in CORS_HEADERS.items())
+_date_cache: list[Any] = [0, b""]
+
+
+def _date_line() -> bytes:
+    now = int(time.time())
+    if now != _date_cache[0]:
+        _date_cache[0], _date_cache[1] = now, f"Date: {formatdate(now, usegmt=True)}\r\n".encode()
+    return _date_cache[1]
+
+
+def feed_cache_control(path: str, max_age: int) -> str:
+    """operators want status.json fresh (304s keep it cheap); feeds may be cached `max_age` seconds."""
+    return "no-cache" if path == STATUS_PATH else f"public, max-age={max_age}"
+
+
+class _Prepared:
+    """One feed version's responses, as bytes, for each content coding."""
+
+    __slots__ = ("codings", "feed", "last_modified", "matching", "not_modified", "ok", "bodies")
+
+    def __init__(self, feed: RenderedFeed, cache_control: str) -> None:
+        self.feed = feed
+        self.codings: dict[bytes | None, str] = {}  # Accept-Encoding value -> chosen coding
+        self.last_modified = feed.last_modified_http.encode()
+        self.ok: dict[str, bytes] = {}
+        self.not_modified: dict[str, bytes] = {}
+        self.bodies: dict[str, bytes] = {}
+        self.matching: set[bytes] = set()  # If-None-Match values that match as they are
+        for coding in ("identity", *feed.encoded):
+            body = feed.body if coding == "identity" else feed.encoded[coding]
+            etag = feed.etag_for(coding)
+            common = (f"{_CORS_LINES}ETag: {etag}\r\nLast-Modified: {feed.last_modified_http}\r\n"
+                      f"Cache-Control: {cache_control}\r\nVary: Accept-Encoding\r\n")
+            encoding = "" if coding == "identity" else f"Content-Encoding: {coding}\r\n"
+            self.not_modified[coding] = f"HTTP/1.1 304 Not Modified\r\n{common}".encode()
+            self.ok[coding] = (f"HTTP/1.1 200 OK\r\n{common}Content-Type: {feed.content_type}\r\n{encoding}"
+                               f"Content-Length: {len(body)}\r\n").encode()
+            self.bodies[coding] = body
+            self.matching.update((etag.encode(), b"W/" + etag.encode()))
+        self.matching.add(b"*")
+
+    def coding(self, accept_encoding: bytes | None) -> str:
+        coding = self.codings.get(accept_encoding)
+        if coding is None:
+            text = accept_encoding.decode("latin-1") if accept_encoding is not None else None
+            coding = negotiate_encoding(text, self.feed.encoded)
+            if len(self.codings) < 256:  # clients send few distinct values; do not grow on garbage
+                self.codings[accept_encoding] = coding
+        return coding
+
+
+class _FastRoute:
+    __slots__ = ("cache_control", "prepared", "state")
+
+    def __init__(self, state: FeedState, cache_control: str) -> None:
+        self.state = state
+        self.cache_control = cache_control
+        self.prepared: _Prepared | None = None
+
+
+_ANSWERED, _CLOSE, _HANDOFF = 0, 1, 2
+
+
+class FeedFastPath:
+    """Answers GET/HEAD of the whole feeds of `publisher`; `protocol_factory` wraps aiohttp's."""
+
+    def __init__(self, publisher: FeedPublisher, max_age: int, *, keepalive_timeout: float = KEEPALIVE_TIMEOUT):
+        self.routes = {path.encode(): _FastRoute(publisher.state(path), feed_cache_control(path, max_age))
+                       for path in publisher.paths}
+        self.keepalive_timeout = keepalive_timeout
+        self.connections: set[_FeedConnection] = set()
+        self.handed_off = 0  # connections given to aiohttp (a gauge of what the fast path misses)
+
+    def protocol_factory(self, fallback: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        return lambda: _FeedConnection(self, fallback)
+
+    def close_connections(self) -> None:
+        """Closes every connection still on the fast path (pending writes are sent first)."""
+        for conn in list(self.connections):
+            conn.close()
+
+    def answer(self, head: bytes, conn: _FeedConnection) -> int:
+        """Writes the response to one request head (without its final CRLF CRLF), or says _HANDOFF."""
+        line_end = head.find(b"\r\n")
+        request_line = head if line_end < 0 else head[:line_end]
+        method, _, rest = request_line.partition(b" ")
+        target, _, version = rest.partition(b" ")
+        route = self.routes.get(target)
+        if route is None or version != b"HTTP/1.1" or (method != b"GET" and method != b"HEAD"):
+            return _HANDOFF
+        feed = route.state.current
+        if feed is None:
+            return _HANDOFF  # aiohttp explains the 503
+        inm = ims = accept = None
+        close = False
+        if line_end >= 0:
+            for line in head[line_end + 2:].split(b"\r\n"):
+                name, colon, value = line.partition(b":")
+                if not colon or not name or name[-1] in b" \t" or name[0] in b" \t" or b"\r" in line or b"\n" in line:
+                    return _HANDOFF  # malformed, folded or bare-CR/LF: aiohttp refuses it properly
+                name = name.lower()  # a repeated field counts once, as `request.headers.get` reads it
+                if name == b"if-none-match":
+                    if inm is None:
+                        inm = value.strip()
+                elif name == b"accept-encoding":
+                    if accept is None:
+                        accept = value.strip()
+                elif name == b"if-modified-since":
+                    if ims is None:
+                        ims = value.strip()
+                elif name == b"connection":
+                    tokens = {t.strip() for t in value.lower().split(b",")}
+                    if b"upgrade" in tokens:
+                        return _HANDOFF
+                    close = b"close" in tokens
+                elif name in _HANDOFF_FIELDS and not (name == b"content-length" and value.strip() == b"0"):
+                    return _HANDOFF
+        prepared = route.prepared
+        if prepared is None or prepared.feed is not feed:
+            prepared = route.prepared = _Prepared(feed, route.cache_control)
+        coding = prepared.coding(accept)
+        if inm is not None:  # takes precedence over If-Modified-Since (RFC 9110 §13.2.2)
+            not_modified = inm in prepared.matching or etag_matches(inm.decode("latin-1"), feed.tag)
+        elif ims is not None:
+            not_modified = ims == prepared.last_modified or not _modified_since(ims.decode("latin-1"),
+                                                                                feed.last_modified)
+        else:
+            not_modified = False
+        end = b"Connection: close\r\n" + _SERVER_LINE + b"\r\n" if close else _SERVER_LINE + b"\r\n"
+        transport = conn.transport
+        assert transport is not None
+        if not_modified:
+            transport.write(prepared.not_modified[coding] + _date_line() + end)
+        else:
+            transport.write(prepared.ok[coding] + _date_line() + end)
+            if method == b"GET":
+                conn.send_body(prepared.bodies[coding])
+        return _CLOSE if close else _ANSWERED
+
+
+class _FeedConnection(asyncio.Protocol):
+    """One client connection, on the fast path until a request needs aiohttp."""
+
+    __slots__ = ("buffer", "close_after", "fallback", "fast", "last_active", "loop", "paused", "sending", "timer",
+                 "transport")
+
+    def __init__(self, fast: FeedFastPath, fallback: Callable[[], asyncio.Protocol]) -> None:
+        self.fast = fast
+        self.fallback = fallback
+        self.buffer = b""
+        self.paused = False  # the client reads slower than we write
+        self.sending: memoryview | None = None  # the rest of a big body, handed over as the client reads
+        self.close_after = False
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.loop = asyncio.get_running_loop()
+        self.last_active = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.fast.connections.add(self)
+        self.last_active = self.loop.time()
+        self.timer = self.loop.call_later(self.fast.keepalive_timeout, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = self.loop.time()
+        self.buffer = self.buffer + data if self.buffer else data
+        if not self.paused:
+            self._process()
+
+    def _process(self) -> None:
+        buffer, answer = self.buffer, self.fast.answer
+        while buffer:
+            end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
+            if end < 0:
+                if len(buffer) > MAX_HEAD or b"\n\n" in buffer:  # too long, or bare LF line ends
+                    self._hand_off(buffer)
+                    return
+                break
+            outcome = answer(buffer[:end], self)
+            if outcome == _HANDOFF:
+                self._hand_off(buffer)
+                return
+            buffer = buffer[end + 4:]
+            if outcome == _CLOSE:
+                buffer = b""
+                if self.sending is None:
+                    self.close()
+                else:
+                    self.close_after = True
+                break
+            if self.paused or self.sending is not None:  # the next request waits for resume_writing
+                break
+        self.buffer = buffer
+
+    def send_body(self, body: bytes) -> None:
+        """Small bodies go at once; big ones a chunk at a time, so a connection never
+        buffers a whole feed and every client's download moves at each turn of the loop."""
+        if len(body) <= BODY_CHUNK:
+            assert self.transport is not None
+            self.transport.write(body)
+        else:
+            self.sending = memoryview(body)
+            self._pump()
+
+    def _pump(self) -> None:
+        view, transport = self.sending, self.transport
+        assert transport is not None
+        while view is not None and not self.paused:
+            transport.write(view[:BODY_CHUNK])  # pause_writing may come from inside this call
+            view = view[BODY_CHUNK:] or None
+        self.sending = view
+
+    def _hand_off(self, data: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        self._detach()
+        self.fast.handed_off += 1
+        protocol = self.fallback()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        protocol.data_received(data)
+
+    def _detach(self) -> None:
+        self.fast.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.buffer = b""
+        self.sending = None
+
+    def _check_idle(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        idle = self.loop.time() - self.last_active
+        if idle >= self.fast.keepalive_timeout and not transport.get_write_buffer_size() and self.sending is None:
+            self.close()
+        else:
+            self.timer = self.loop.call_later(max(self.fast.keepalive_timeout - idle, 1.0), self._check_idle)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self._detach()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.sending is not None:
+            self._pump()
+            if self.sending is not None:
+                return  # paused again
+        if self.close_after:
+            self.close()
+            return
+        self.transport.resume_reading()
+        if self.buffer:
+            self._process()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._detach()
+        self.transport = None
+
+
+class FeedSite(web.BaseSite):
+    """A TCP site of an aiohttp runner whose connections start on a `FeedFastPath`.
+
+    `reuse_port` lets several processes listen on the same address (SO_REUSEPORT):
+    the kernel spreads new connections over them.
+    """
+
+    __slots__ = ("_bound_port", "_fast", "_host", "_port", "_reuse_port")
+
+    def __init__(self, runner: web.BaseRunner, fast: FeedFastPath, host: str, port: int, *,
+                 reuse_port: bool = False, backlog: int = 1024) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._fast = fast
+        self._host = host
+        self._port = port
+        self._reuse_port = reuse_port
+        self._bound_port: int | None = None
+
+    @property
+    def port(self) -> int:
+        return self._bound_port if self._bound_port is not None else self._port
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self.port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self._fast.protocol_factory(server), self._host, self._port, backlog=self._backlog,
+            reuse_address=True, reuse_port=self._reuse_port or None,
+        )
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+    async def stop(self) -> None:
+        await super().stop()
+        self._fast.close_connections()

@@ -1,6 +1,10 @@
 """Running the service: HTTP server, optionally the collectors, until a signal.
 
 `roadfeed run` = collectors + scheduler + HTTP; `roadfeed serve` = HTTP only.
+Both serve with `[server] workers` processes (0: one per CPU; see feed.workers):
+this process renders the feeds and runs the collectors, every process serves.
+Connections start on the feeds' fast path (feed.feeds.FeedFastPath) and move to
+aiohttp for anything else.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from aiohttp import web
 
 from collectors.fetch import Fetcher
 from feed.config import Config
-from feed.http import build_app
+from feed.feeds import FeedFastPath, FeedSite
+from feed.http import CONTEXT, build_app
 from feed.ingest import SinkResult
 from feed.scheduler import Collector
 from feed.storage import Storage
+from feed.workers import check_address_free, serving, serving_processes
 
 log = logging.getLogger("roadfeed.service")
 
@@ -35,13 +41,26 @@ async def check_schema(storage: Storage) -> None:
 
 
 @asynccontextmanager
-async def http_server(config: Config, storage: Storage, host: str, port: int) -> AsyncIterator[web.AppRunner]:
-    runner = web.AppRunner(build_app(config, storage), access_log=None)
+async def http_server(
+    config: Config, storage: Storage, host: str, port: int, *, workers: int = 1, database_url: str | None = None
+) -> AsyncIterator[web.AppRunner]:
+    """The HTTP application on host:port, in `workers` processes (this one renders the feeds).
+
+    Followers need `database_url` (their own pools); with one worker nothing is started."""
+    app = build_app(config, storage)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
     try:
-        yield runner
+        if workers > 1:
+            if database_url is None:
+                raise ValueError("several workers need the database URL")
+            check_address_free(host, port)  # SO_REUSEPORT would share it silently
+        publisher = app[CONTEXT].publisher
+        site = FeedSite(runner, FeedFastPath(publisher, config.server.feed_max_age), host, port,
+                        reuse_port=workers > 1)
+        await site.start()
+        async with serving(publisher, config, database_url or "", host, site.port, workers):
+            yield runner
     finally:
         await runner.cleanup()
 
@@ -75,13 +94,15 @@ async def wait_for_signal() -> None:
             loop.remove_signal_handler(sig)
 
 
-async def run(config: Config, url: str, host: str, port: int, *, collect: bool) -> None:
+async def run(config: Config, url: str, host: str, port: int, *, collect: bool, workers: int | None = None) -> None:
+    """Serves until SIGINT/SIGTERM; `workers` overrides `[server] workers` (0: one per CPU)."""
+    processes = serving_processes(config.server.workers if workers is None else workers)
     storage = await Storage.open(url, max_size=config.database.pool_size)
     try:
         await check_schema(storage)
-        async with http_server(config, storage, host, port):
-            print(f"roadfeed serving on http://{host}:{port}/ (feeds under /feeds/, status at /feeds/status.json)",
-                  flush=True)
+        async with http_server(config, storage, host, port, workers=processes, database_url=url):
+            print(f"roadfeed serving on http://{host}:{port}/ (feeds under /feeds/, status at /feeds/status.json)"
+                  + (f" with {processes} processes" if processes > 1 else ""), flush=True)
             if collect:
                 async with collectors(config, storage):
                     await wait_for_signal()
