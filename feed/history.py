@@ -1,89 +1,386 @@
-"""History queries over the rollups: a site's series at a step, the annual table.
+"""History queries over the rollups: sites, a site's series at a step, the annual
+table, events with their versions, sources' state.
 
 Every value comes with its coverage (intervals present / intervals expected),
 and buckets without any data are returned with coverage 0 rather than left out,
 so a gap is visible. A site's total uses its all-vehicle channels when it has
 them, otherwise light + heavy, so vehicles are never counted twice.
+
+Expected intervals come from the calendar of the publication's time zone (a
+local day lasts 23 or 25 hours on DST changes) and each channel's time step, so
+they never depend on what was stored. The queries read the rollups by primary
+key ranges (`channel_id = ANY(...)` and a time range): a year of one site is a
+few thousand index entries, whatever the size of the tables.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date, datetime
-from typing import Literal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from feed.model import StoredEvent
+
 Step = Literal["hour", "day", "month", "year"]
+STEPS: tuple[Step, ...] = ("hour", "day", "month", "year")
 AGGREGATION_VERSION = "1"
 
-# Channels of site $1 for direction $2 (any when NULL) and class $3 (the site's
-# total when NULL).
-_CHANNELS = """
-WITH has_all AS (SELECT EXISTS (SELECT 1 FROM channels WHERE site_id = $1 AND vehicle_class = 'all') AS yes),
-ch AS (
-    SELECT c.id, c.time_step FROM channels c, has_all
-     WHERE c.site_id = $1
-       AND ($2::text IS NULL OR c.direction = $2)
-       AND CASE WHEN $3::text IS NOT NULL THEN c.vehicle_class = $3
-                WHEN has_all.yes THEN c.vehicle_class = 'all'
-                ELSE c.vehicle_class IN ('light', 'heavy') END)"""
+Conn = asyncpg.Pool | asyncpg.Connection
 
-# $4 first bucket, $5 bucket after the last, $6 time zone.
-_SERIES = {
-    "hour": _CHANNELS + """
-SELECT b AS period, coalesce(sum(r.count_sum), 0)::bigint AS count,
-       coalesce(sum(r.intervals_present), 0)::bigint AS present,
-       sum(coalesce(r.intervals_expected, greatest(1, 3600 / ch.time_step)))::bigint AS expected,
-       coalesce(sum(r.intervals_estimated), 0)::bigint AS estimated,
-       sum(r.speed_weighted_sum) / nullif(sum(r.speed_count), 0) AS speed
-  FROM generate_series($4::timestamptz, $5::timestamptz - interval '1 hour', interval '1 hour') AS b
- CROSS JOIN ch
-  LEFT JOIN hourly r ON r.channel_id = ch.id AND r.bucket = b
- WHERE ch.time_step <= 3600 AND $6::text IS NOT NULL  -- hours need no zone; same parameters for every step
- GROUP BY b ORDER BY b""",
-    "day": _CHANNELS + """
-SELECT d::date AS period, coalesce(sum(r.count_sum), 0)::bigint AS count,
-       coalesce(sum(r.intervals_present), 0)::bigint AS present,
-       sum(coalesce(r.intervals_expected,
-                    extract(epoch FROM (((d::date + 1)::timestamp AT TIME ZONE $6)
-                                        - (d::date::timestamp AT TIME ZONE $6)))::integer / ch.time_step))::bigint
-           AS expected,
-       coalesce(sum(r.intervals_estimated), 0)::bigint AS estimated,
-       sum(r.speed_weighted_sum) / nullif(sum(r.speed_count), 0) AS speed
-  FROM generate_series($4::timestamptz AT TIME ZONE $6, ($5::timestamptz AT TIME ZONE $6) - interval '1 day',
-                       interval '1 day') AS d
- CROSS JOIN ch
-  LEFT JOIN rollup_daily r ON r.channel_id = ch.id AND r.day = d::date
- GROUP BY d ORDER BY d""",
-}
-for _step, _view, _key in (("month", "rollup_monthly", "month"), ("year", "rollup_annual", "year")):
-    _bucket = "date_trunc('month', d)::date" if _step == "month" else "extract(year FROM d)::integer"
-    _SERIES[_step] = _CHANNELS + f"""
-SELECT min(d)::date AS period, coalesce(sum(r.count_sum), 0)::bigint AS count,
-       coalesce(sum(r.intervals_present), 0)::bigint AS present,
-       sum(extract(epoch FROM ((((d + interval '1 {_step}')::timestamp) AT TIME ZONE $6)
-                              - (d::timestamp AT TIME ZONE $6)))::integer / ch.time_step)::bigint AS expected,
-       coalesce(sum(r.intervals_estimated), 0)::bigint AS estimated,
-       sum(r.speed_weighted_sum) / nullif(sum(r.speed_count), 0) AS speed
-  FROM generate_series(date_trunc('{_step}', $4::timestamptz AT TIME ZONE $6),
-                       ($5::timestamptz AT TIME ZONE $6) - interval '1 {_step}', interval '1 {_step}') AS d
- CROSS JOIN ch
-  LEFT JOIN {_view} r ON r.channel_id = ch.id AND r.{_key} = {_bucket}
- GROUP BY d ORDER BY d"""
+
+# --------------------------------------------------------------------------- calendar
+
+
+def local_midnight(day: date, tz: ZoneInfo) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=tz)
+
+
+def next_period(start: date, step: Step) -> date:
+    """The first day of the period after the one starting on `start` (day, month or year)."""
+    if step == "day":
+        return start + timedelta(days=1)
+    if step == "month":
+        return date(start.year + start.month // 12, start.month % 12 + 1, 1)
+    return date(start.year + 1, 1, 1)
+
+
+def period_start(day: date, step: Step) -> date:
+    if step == "month":
+        return day.replace(day=1)
+    if step == "year":
+        return date(day.year, 1, 1)
+    return day
+
+
+@lru_cache(maxsize=512)
+def odd_days(year: int, timezone: str) -> dict[date, int]:
+    """The local days of `year` that do not last 86,400 s (DST changes), with their length."""
+    tz = ZoneInfo(timezone)
+    out = {}
+    day = date(year, 1, 1)
+    start = local_midnight(day, tz).astimezone(UTC)
+    while day.year == year:
+        after = day + timedelta(days=1)
+        end = local_midnight(after, tz).astimezone(UTC)
+        seconds = int((end - start).total_seconds())
+        if seconds != 86400:
+            out[day] = seconds
+        day, start = after, end
+    return out
+
+
+def expected_intervals(seconds: int, time_step: int) -> int:
+    """Intervals a channel should deliver in `seconds`; at least one for a non-empty period,
+    so that a daily channel still owes one interval on a 23-hour day."""
+    return max(1, seconds // time_step) if seconds > 0 else 0
+
+
+# --------------------------------------------------------------------------- sites
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    id: int
+    external_id: str
+    direction: str | None
+    lane: int | None
+    vehicle_class: str
+    time_step: int
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    id: int
+    external_id: str
+    source: str
+    name: str
+    road: str | None
+    pr: int | None
+    abscissa: int | None
+    insee: str | None
+    commune: str | None
+    lon: float | None
+    lat: float | None
+    channels: tuple[Channel, ...] = ()
+    first_data: datetime | None = None  # start of the first stored interval
+    last_data: datetime | None = None  # end of the last stored interval
+
+    @property
+    def directions(self) -> list[str]:
+        return sorted({c.direction for c in self.channels if c.direction is not None})
+
+    @property
+    def vehicle_classes(self) -> list[str]:
+        order = {"all": 0, "light": 1, "heavy": 2}
+        return sorted({c.vehicle_class for c in self.channels}, key=lambda v: order.get(v, 3))
+
+
+_SITE_COLUMNS = """s.id, s.external_id, s.source_id, s.name, s.road, s.pr, s.abscissa, s.insee,
+       s.metadata->>'commune' AS commune, ST_X(s.geom) AS lon, ST_Y(s.geom) AS lat"""
+
+# Sites (filtered: $1 after id, $2 roads (normalised), $3 commune, $4 bbox, $5
+# limit, $6 one id) with their channels and each channel's first and last day of
+# data: two probes of the daily rollup's primary key (rollups are kept forever,
+# raw rows may not be). One statement, one round trip.
+_SITES = f"""
+WITH s AS (
+    SELECT {_SITE_COLUMNS}
+      FROM sites s
+     WHERE ($1::integer IS NULL OR s.id > $1)
+       AND ($2::text[] IS NULL OR upper(replace(s.road, ' ', '')) = ANY($2::text[]))
+       AND ($3::text IS NULL OR s.insee = $3 OR lower(s.metadata->>'commune') = lower($3))
+       AND ($4::float8[] IS NULL OR s.geom && ST_MakeEnvelope($4[1], $4[2], $4[3], $4[4], 4326))
+       AND ($6::integer IS NULL OR s.id = $6)
+     ORDER BY s.id
+     LIMIT $5)
+SELECT s.*, c.id AS channel_id, c.external_id AS channel_external_id, c.direction, c.lane, c.vehicle_class,
+       c.time_step, fd.day AS first_day, ld.day AS last_day
+  FROM s
+  LEFT JOIN channels c ON c.site_id = s.id
+  LEFT JOIN LATERAL (SELECT day FROM rollup_daily WHERE channel_id = c.id ORDER BY day LIMIT 1) fd ON true
+  LEFT JOIN LATERAL (SELECT day FROM rollup_daily WHERE channel_id = c.id ORDER BY day DESC LIMIT 1) ld ON true
+ ORDER BY s.id, c.direction NULLS FIRST, c.vehicle_class, c.lane NULLS FIRST, c.id"""
+
+# The first interval start and last interval end of channels $1 within some local
+# days (one branch per day, each with constant bounds, so a hypertable reads only
+# the chunks of those days).
+_DAY_BOUNDS_BRANCH = """
+SELECT channel_id, min(start) AS first, max(start + length * interval '1 second') AS last
+  FROM measurements
+ WHERE channel_id = ANY($1::integer[]) AND start >= ${lo} AND start < ${hi}
+ GROUP BY channel_id"""
+MAX_BOUND_DAYS = 8  # days looked up per statement
+
+
+def normalise_road(road: str) -> str:
+    """'rd 613' and 'RD613' are the same road."""
+    return road.replace(" ", "").upper()
+
+
+async def sites(
+    conn: Conn,
+    timezone: str,
+    *,
+    after: int | None = None,
+    roads: Sequence[str] | None = None,
+    commune: str | None = None,
+    bbox: tuple[float, float, float, float] | None = None,
+    limit: int = 100,
+) -> list[Site]:
+    """Sites in id order after `after`, with their channels."""
+    rows = await conn.fetch(
+        _SITES, after, None if roads is None else [normalise_road(r) for r in roads], commune,
+        None if bbox is None else list(bbox), limit, None,
+    )
+    return await _build_sites(conn, rows, ZoneInfo(timezone))
+
+
+async def site(conn: Conn, site_id: int, timezone: str) -> Site | None:
+    found = await _build_sites(conn, await conn.fetch(_SITES, None, None, None, None, 1, site_id), ZoneInfo(timezone))
+    return found[0] if found else None
+
+
+async def _build_sites(conn: Conn, rows: Sequence[asyncpg.Record], tz: ZoneInfo) -> list[Site]:
+    chan_rows = [r for r in rows if r["channel_id"] is not None]
+    first, last = await _data_bounds(conn, chan_rows, tz)
+    grouped: dict[int, list[asyncpg.Record]] = {}
+    for r in rows:
+        grouped.setdefault(r["id"], []).append(r)
+    result = []
+    for chans in grouped.values():
+        r = chans[0]
+        ids = [c["channel_id"] for c in chans if c["channel_id"] is not None]
+        firsts = [first[i] for i in ids if i in first]
+        lasts = [last[i] for i in ids if i in last]
+        result.append(Site(
+            r["id"], r["external_id"], r["source_id"], r["name"], r["road"], r["pr"], r["abscissa"], r["insee"],
+            r["commune"], r["lon"], r["lat"],
+            tuple(Channel(c["channel_id"], c["channel_external_id"], c["direction"], c["lane"], c["vehicle_class"],
+                          c["time_step"]) for c in chans if c["channel_id"] is not None),
+            min(firsts) if firsts else None, max(lasts) if lasts else None,
+        ))
+    return result
+
+
+async def _data_bounds(
+    conn: Conn, chan_rows: Sequence[asyncpg.Record], tz: ZoneInfo
+) -> tuple[dict[int, datetime], dict[int, datetime]]:
+    """Each channel's first interval start and last interval end: the raw rows of its
+    first and last rollup day when retention kept them, else that day's bounds.
+    Channels share their days (every live channel ends today), so the raw rows of
+    a few days are read, in one statement."""
+    first_day: dict[int, tuple[datetime, datetime]] = {}  # channel -> its first local day [start, end)
+    last_day: dict[int, tuple[datetime, datetime]] = {}
+    days: set[date] = set()
+    for c in chan_rows:
+        if c["first_day"] is not None:
+            first_day[c["channel_id"]] = _day_span(c["first_day"], tz)
+            last_day[c["channel_id"]] = _day_span(c["last_day"], tz)
+            days.update((c["first_day"], c["last_day"]))
+    first = {cid: span[0] for cid, span in first_day.items()}
+    last = {cid: span[1] for cid, span in last_day.items()}
+    refined_first: dict[int, datetime] = {}
+    refined_last: dict[int, datetime] = {}
+    ordered = sorted(days)
+    for i in range(0, len(ordered), MAX_BOUND_DAYS):
+        chunk = ordered[i:i + MAX_BOUND_DAYS]
+        query = " UNION ALL ".join(
+            _DAY_BOUNDS_BRANCH.replace("${lo}", f"${2 * k + 2}").replace("${hi}", f"${2 * k + 3}")
+            for k in range(len(chunk)))
+        args: list[Any] = [sorted(first)]
+        for day in chunk:
+            args += list(_day_span(day, tz))
+        for r in await conn.fetch(query, *args):
+            cid = r["channel_id"]
+            lo, hi = first_day[cid]  # only a channel's own first day refines its first interval
+            if lo <= r["first"] < hi and (cid not in refined_first or r["first"] < refined_first[cid]):
+                refined_first[cid] = r["first"]
+            lo, hi = last_day[cid]
+            if lo < r["last"] <= hi and (cid not in refined_last or r["last"] > refined_last[cid]):
+                refined_last[cid] = r["last"]
+    return {**first, **refined_first}, {**last, **refined_last}
+
+
+def _day_span(day: date, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    return local_midnight(day, tz), local_midnight(day + timedelta(days=1), tz)
+
+
+def select_channels(site: Site, direction: str | None = None, vehicle_class: str | None = None) -> list[Channel]:
+    """The channels summed for a direction (all when None) and a class (the site's
+    total when None or 'all': its all-vehicle channels, or light + heavy)."""
+    chans = [c for c in site.channels if direction is None or c.direction == direction]
+    if vehicle_class in (None, "all"):
+        if any(c.vehicle_class == "all" for c in site.channels):
+            return [c for c in chans if c.vehicle_class == "all"]
+        return [c for c in chans if c.vehicle_class in ("light", "heavy")]
+    return [c for c in chans if c.vehicle_class == vehicle_class]
+
+
+# --------------------------------------------------------------------------- series
 
 
 @dataclass(frozen=True)
 class Point:
-    period: datetime | date
-    count: int
+    period: datetime | date  # hour: the hour's start (aware); other steps: the period's first day
+    count: int  # 0 when nothing is present (see `present`)
     coverage: float  # share of expected intervals present, 0..1
     estimated_share: float  # share of present intervals that are estimated
     speed: float | None  # count-weighted mean, km/h
+    present: int = 0
+    expected: int = 0
+
+
+# $1 sub-hourly channels (hourly rollup), $2 hourly channels (raw rows are their
+# hourly series), $3 first hour, $4 hour after the last.
+_HOURLY = """
+SELECT bucket, sum(count_sum)::bigint AS count, sum(present)::bigint AS present,
+       sum(estimated)::bigint AS estimated, sum(sws) AS sws, sum(sc)::bigint AS sc
+  FROM (SELECT bucket, count_sum, intervals_present AS present, intervals_estimated AS estimated,
+               speed_weighted_sum AS sws, speed_count AS sc
+          FROM rollup_hourly
+         WHERE channel_id = ANY($1::integer[]) AND bucket >= $3 AND bucket < $4
+        UNION ALL
+        SELECT date_trunc('hour', m.start, 'UTC'), CASE WHEN q.ok THEN m.count ELSE 0 END,
+               q.ok::integer, (q.ok AND m.quality = 'estimated')::integer,
+               CASE WHEN q.ok AND m.speed IS NOT NULL THEN m.speed::float8 * m.count ELSE 0 END,
+               CASE WHEN q.ok AND m.speed IS NOT NULL THEN m.count ELSE 0 END
+          FROM measurements m
+         CROSS JOIN LATERAL (SELECT m.count IS NOT NULL AND m.quality IN ('observed', 'estimated') AS ok) q
+         WHERE m.channel_id = ANY($2::integer[]) AND m.start >= $3 AND m.start < $4) h
+ GROUP BY bucket"""
+
+# $1 channels, $2 first day, $3 day after the last, $4 'day' | 'month' | 'year'.
+_DAILY = """
+SELECT date_trunc($4::text, day::timestamp)::date AS bucket, sum(count_sum)::bigint AS count,
+       sum(intervals_present)::bigint AS present, sum(intervals_estimated)::bigint AS estimated,
+       sum(speed_weighted_sum) AS sws, sum(speed_count)::bigint AS sc
+  FROM rollup_daily
+ WHERE channel_id = ANY($1::integer[]) AND day >= $2 AND day < $3
+ GROUP BY 1"""
+
+
+def periods(start: datetime, end: datetime, step: Step, tz: ZoneInfo) -> list[datetime | date]:
+    """The periods from `start` (floored to the step) up to `end` (exclusive)."""
+    if step == "hour":
+        first = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        n = max(0, -int(-(end.astimezone(UTC) - first).total_seconds() // 3600))
+        return [first + timedelta(hours=h) for h in range(n)]
+    end_day = end.astimezone(tz).date()
+    if local_midnight(end_day, tz) < end:
+        end_day += timedelta(days=1)  # `end` inside a day: that day's period is included
+    d = period_start(start.astimezone(tz).date(), step)
+    if step == "day":
+        return [d + timedelta(days=i) for i in range((end_day - d).days)]
+    out: list[datetime | date] = []
+    while d < end_day:
+        out.append(d)
+        d = next_period(d, step)
+    return out
+
+
+def expected_per_period(buckets: Sequence[date], step: Step, time_steps: Sequence[int], timezone: str) -> list[int]:
+    """Intervals the channels (their time steps) owe in each period: the sum over its
+    local days, 23- and 25-hour days included."""
+    normal = sum(86400 // ts for ts in time_steps)
+    if step == "day":
+        expected = dict.fromkeys(buckets, normal)
+    else:
+        expected = {b: (next_period(b, step) - b).days * normal for b in buckets}
+    first, after = buckets[0], next_period(buckets[-1], step)
+    for year in range(first.year, after.year + 1):
+        for day, seconds in odd_days(year, timezone).items():
+            if first <= day < after:
+                expected[period_start(day, step)] += sum(
+                    expected_intervals(seconds, ts) - 86400 // ts for ts in time_steps)
+    return [expected[b] for b in buckets]
+
+
+async def channel_series(
+    conn: Conn, channels: Sequence[Channel], start: datetime, end: datetime, step: Step, timezone: str
+) -> list[Point]:
+    """The sum of `channels` from `start` (inclusive) to `end` (exclusive) at `step`."""
+    tz = ZoneInfo(timezone)
+    buckets = periods(start, end, step, tz)
+    if not buckets:
+        return []
+    if step == "hour":
+        chans = [c for c in channels if c.time_step <= 3600]
+        rows = await conn.fetch(
+            _HOURLY, [c.id for c in chans if c.time_step < 3600], [c.id for c in chans if c.time_step == 3600],
+            buckets[0], buckets[-1] + timedelta(hours=1),
+        ) if chans else []
+        expected = [sum(3600 // c.time_step for c in chans)] * len(buckets)
+    else:
+        days: list[date] = buckets  # type: ignore[assignment]
+        rows = await conn.fetch(
+            _DAILY, [c.id for c in channels], days[0], next_period(days[-1], step), step
+        ) if channels else []
+        expected = expected_per_period(days, step, [c.time_step for c in channels], timezone)
+    found = {r["bucket"]: r for r in rows}
+    points = []
+    for b, exp in zip(buckets, expected, strict=True):
+        r = found.get(b)
+        if r is None:
+            points.append(Point(b, 0, 0.0, 0.0, None, 0, exp))
+            continue
+        present = r["present"]
+        points.append(Point(
+            b, r["count"],
+            present / exp if exp else 0.0,
+            r["estimated"] / present if present else 0.0,
+            round(r["sws"] / r["sc"], 1) if r["sc"] else None,
+            present, exp,
+        ))
+    return points
 
 
 async def site_series(
-    conn: asyncpg.Pool | asyncpg.Connection,
+    conn: Conn,
     site_id: int,
     start: datetime,
     end: datetime,
@@ -94,53 +391,54 @@ async def site_series(
     vehicle_class: str | None = None,
 ) -> list[Point]:
     """Counts of one site from `start` (inclusive) to `end` (exclusive) at `step`."""
-    rows = await conn.fetch(_SERIES[step], site_id, direction, vehicle_class, start, end, timezone)
-    return [
-        Point(
-            r["period"], r["count"],
-            r["present"] / r["expected"] if r["expected"] else 0.0,
-            r["estimated"] / r["present"] if r["present"] else 0.0,
-            None if r["speed"] is None else round(r["speed"], 1),
-        )
-        for r in rows
-    ]
+    found = await site(conn, site_id, timezone)
+    if found is None:
+        return []
+    return await channel_series(conn, select_channels(found, direction, vehicle_class), start, end, step, timezone)
 
 
+# --------------------------------------------------------------------------- annual table
+
+# Site by site (a LATERAL per site): the site's total and heavy channels' days,
+# read by index-only scans of the covering index, summed per day (the threshold
+# applies to a site's day), then over the year. Many small per-site aggregates
+# are several times faster than one over every site-day of the year. Sums are
+# float8: exact for integers below 2**53, and far cheaper than numeric.
+# $1 year, $2 threshold.
 _ANNUAL = """
-WITH site_total AS (
-    SELECT c.id, c.site_id, c.vehicle_class, c.time_step
-      FROM channels c
-     WHERE c.vehicle_class = 'all'
-        OR NOT EXISTS (SELECT 1 FROM channels x WHERE x.site_id = c.site_id AND x.vehicle_class = 'all')),
-days AS (
-    SELECT ch.site_id, r.day,
-           sum(r.count_sum) AS count,
-           sum(r.count_sum) FILTER (WHERE ch.vehicle_class = 'heavy') AS heavy,
-           sum(r.intervals_present)::float8 / nullif(sum(r.intervals_expected), 0) AS coverage,
-           sum(r.speed_weighted_sum) AS sws, sum(r.speed_count) AS sc
-      FROM rollup_daily r JOIN site_total ch ON ch.id = r.channel_id
-     WHERE r.day >= make_date($1, 1, 1) AND r.day < make_date($1 + 1, 1, 1)
-     GROUP BY ch.site_id, r.day),
-heavy AS (  -- heavy vehicles from a site's heavy channels, when its total is an 'all' channel
-    SELECT c.site_id, r.day, sum(r.count_sum) AS heavy
-      FROM rollup_daily r JOIN channels c ON c.id = r.channel_id
-     WHERE c.vehicle_class = 'heavy' AND r.day >= make_date($1, 1, 1) AND r.day < make_date($1 + 1, 1, 1)
-     GROUP BY c.site_id, r.day)
-SELECT s.id AS site_id, s.external_id, s.name, s.road,
-       count(d.day) FILTER (WHERE d.coverage >= $2) AS days_valid,
-       (make_date($1 + 1, 1, 1) - make_date($1, 1, 1)) - count(d.day) FILTER (WHERE d.coverage >= $2) AS days_excluded,
-       avg(d.count) FILTER (WHERE d.coverage >= $2) AS tmja,
-       avg(d.count) FILTER (WHERE d.coverage >= $2 AND extract(isodow FROM d.day) <= 5) AS tmjo,
-       sum(coalesce(h.heavy, d.heavy)) FILTER (WHERE d.coverage >= $2)::float8
-           / nullif(sum(d.count) FILTER (WHERE d.coverage >= $2 AND coalesce(h.heavy, d.heavy) IS NOT NULL), 0)
-           AS heavy_share,
-       sum(d.sws) FILTER (WHERE d.coverage >= $2) / nullif(sum(d.sc) FILTER (WHERE d.coverage >= $2), 0)
-           AS mean_speed,
-       avg(d.coverage) AS mean_coverage
+WITH ch AS MATERIALIZED (
+    SELECT id, site_id, vehicle_class = 'heavy' AS heavy,
+           vehicle_class = 'all' OR NOT bool_or(vehicle_class = 'all') OVER (PARTITION BY site_id) AS total
+      FROM channels),
+per_site AS (
+    SELECT site_id, array_agg(id ORDER BY id) AS ids, array_agg(total ORDER BY id) AS totals,
+           array_agg(heavy ORDER BY id) AS heavies
+      FROM ch WHERE total OR heavy GROUP BY site_id)
+SELECT s.id AS site_id, s.external_id, s.name, s.road, y.*
   FROM sites s
-  LEFT JOIN days d ON d.site_id = s.id
-  LEFT JOIN heavy h ON h.site_id = d.site_id AND h.day = d.day
- GROUP BY s.id ORDER BY s.id"""
+  LEFT JOIN per_site p ON p.site_id = s.id
+  LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE j.valid) AS days_valid,
+           avg(j.count) FILTER (WHERE j.valid) AS tmja,
+           avg(j.count) FILTER (WHERE j.valid AND extract(isodow FROM j.day) <= 5) AS tmjo,
+           sum(j.heavy) FILTER (WHERE j.valid) / nullif(sum(j.count) FILTER (WHERE j.valid AND j.heavy IS NOT NULL), 0)
+               AS heavy_share,
+           sum(j.sws) FILTER (WHERE j.valid) / nullif(sum(j.sc) FILTER (WHERE j.valid), 0) AS mean_speed,
+           avg(j.coverage) AS mean_coverage
+      FROM (SELECT d.day, d.count, d.heavy, d.sws, d.sc, d.present / nullif(d.expected, 0) AS coverage,
+                   coalesce(d.present / nullif(d.expected, 0) >= $2, false) AS valid
+              FROM (SELECT r.day,
+                           sum(r.count_sum::float8) FILTER (WHERE c.total) AS count,
+                           sum(r.count_sum::float8) FILTER (WHERE c.heavy) AS heavy,
+                           sum(r.intervals_present::float8) FILTER (WHERE c.total) AS present,
+                           sum(r.intervals_expected::float8) FILTER (WHERE c.total) AS expected,
+                           sum(r.speed_weighted_sum) FILTER (WHERE c.total) AS sws,
+                           sum(r.speed_count::float8) FILTER (WHERE c.total) AS sc
+                      FROM unnest(p.ids, p.totals, p.heavies) AS c(id, total, heavy)
+                      JOIN rollup_daily r ON r.channel_id = c.id
+                       AND r.day >= make_date($1, 1, 1) AND r.day < make_date($1 + 1, 1, 1)
+                     GROUP BY r.day) d) j) y ON true
+ ORDER BY s.id"""
 
 
 @dataclass(frozen=True)
@@ -158,18 +456,143 @@ class AnnualRow:
     mean_coverage: float | None  # over the days with data
 
 
-async def annual_table(conn: asyncpg.Pool | asyncpg.Connection, year: int, threshold: float) -> list[AnnualRow]:
+async def annual_table(conn: Conn, year: int, threshold: float) -> list[AnnualRow]:
     """TMJA, TMJO, share of heavy vehicles per site; days under `threshold` coverage are left out."""
     rows = await conn.fetch(_ANNUAL, year, threshold)
+    days_in_year = (date(year + 1, 1, 1) - date(year, 1, 1)).days
     return [
         AnnualRow(
             r["site_id"], r["external_id"], r["name"], r["road"],
-            None if r["tmja"] is None else round(float(r["tmja"]), 1),
-            None if r["tmjo"] is None else round(float(r["tmjo"]), 1),
+            None if r["tmja"] is None else round(r["tmja"], 1),
+            None if r["tmjo"] is None else round(r["tmjo"], 1),
             None if r["heavy_share"] is None else round(r["heavy_share"], 4),
             None if r["mean_speed"] is None else round(r["mean_speed"], 1),
-            r["days_valid"], r["days_excluded"],
+            r["days_valid"], days_in_year - r["days_valid"],
             None if r["mean_coverage"] is None else round(r["mean_coverage"], 4),
         )
         for r in rows
     ]
+
+
+# --------------------------------------------------------------------------- events
+
+# When an event is in force: from its actual (else planned) start, or when we
+# first saw it, to its actual end once ended, the planned end while planned,
+# and open while active.
+EVENT_SPAN_START = "coalesce(e.actual_start, e.planned_start, e.first_seen)"
+EVENT_SPAN_END = """CASE e.status WHEN 'ended' THEN coalesce(e.actual_end, e.updated)
+                         WHEN 'planned' THEN coalesce(e.planned_end, 'infinity')
+                         ELSE 'infinity' END"""
+
+_EVENT_COLUMNS = """e.id, e.source_id, e.external_id, e.version, e.type, e.subtype, e.status::text AS status,
+       e.severity, e.planned_start, e.planned_end, e.actual_start, e.actual_end, e.road, e.direction,
+       e.lanes_affected, ST_AsGeoJSON(e.geom)::json AS geometry, e.descriptions, e.detour, e.location_refs,
+       e.source_version, e.source_updated, e.first_seen, e.last_seen, e.updated"""
+
+# $1 after id, $2 from, $3 to, $4 bbox, $5 types, $6 roads, $7 statuses, $8 limit
+_EVENTS = f"""
+SELECT {_EVENT_COLUMNS}
+  FROM events e
+ WHERE ($1::text IS NULL OR e.id > $1)
+   AND ($2::timestamptz IS NULL OR {EVENT_SPAN_END} > $2)
+   AND ($3::timestamptz IS NULL OR {EVENT_SPAN_START} < $3)
+   AND ($4::float8[] IS NULL OR ST_Intersects(e.geom, ST_MakeEnvelope($4[1], $4[2], $4[3], $4[4], 4326)))
+   AND ($5::text[] IS NULL OR e.type = ANY($5::text[]))
+   AND ($6::text[] IS NULL OR upper(replace(e.road, ' ', '')) = ANY($6::text[]))
+   AND ($7::text[] IS NULL OR e.status::text = ANY($7::text[]))
+ ORDER BY e.id
+ LIMIT $8"""
+
+_VERSIONS = """
+SELECT event_id, version, change, recorded, state FROM event_versions
+ WHERE event_id = ANY($1::text[]) ORDER BY event_id, version"""
+
+
+@dataclass(frozen=True)
+class EventHistory:
+    current: dict[str, Any]  # the event's current state, as in the live feeds' model
+    versions: list[dict[str, Any]] = field(default_factory=list)  # each full state + change + recorded
+
+
+def _event_state(row: asyncpg.Record) -> dict[str, Any]:
+    return StoredEvent.model_validate(dict(row)).model_dump(mode="json")
+
+
+async def events(
+    conn: Conn,
+    *,
+    after: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    bbox: tuple[float, float, float, float] | None = None,
+    types: Sequence[str] | None = None,
+    roads: Sequence[str] | None = None,
+    statuses: Sequence[str] | None = None,
+    limit: int = 50,
+) -> list[EventHistory]:
+    """Events in force at some point in [start, end), in id order after `after`, with every version."""
+    rows = await conn.fetch(
+        _EVENTS, after, start, end, None if bbox is None else list(bbox),
+        None if types is None else list(types),
+        None if roads is None else [normalise_road(r) for r in roads],
+        None if statuses is None else list(statuses), limit,
+    )
+    return await _with_versions(conn, rows)
+
+
+async def event(conn: Conn, event_id: str) -> EventHistory | None:
+    rows = await conn.fetch(f"SELECT {_EVENT_COLUMNS} FROM events e WHERE e.id = $1", event_id)
+    found = await _with_versions(conn, rows)
+    return found[0] if found else None
+
+
+async def _with_versions(conn: Conn, rows: Sequence[asyncpg.Record]) -> list[EventHistory]:
+    if not rows:
+        return []
+    versions: dict[str, list[dict[str, Any]]] = {}
+    for v in await conn.fetch(_VERSIONS, [r["id"] for r in rows]):
+        state = dict(v["state"])
+        state["change"] = v["change"]
+        state["recorded"] = v["recorded"].astimezone(UTC).isoformat().replace("+00:00", "Z")
+        versions.setdefault(v["event_id"], []).append(state)
+    return [EventHistory(_event_state(r), versions.get(r["id"], [])) for r in rows]
+
+
+# --------------------------------------------------------------------------- sources
+
+_SOURCES = """
+SELECT s.id, s.kind, s.last_success, s.last_error, s.last_error_at,
+       r.started, r.finished, r.http_status, r.bytes, r.records_new, r.records_updated,
+       r.records_unchanged, r.records_quarantined, r.complete, r.error
+  FROM sources s
+  LEFT JOIN LATERAL (SELECT * FROM source_runs x WHERE x.source_id = s.id AND x.finished IS NOT NULL
+                      ORDER BY x.started DESC LIMIT 1) r ON true
+ ORDER BY s.id"""
+
+
+async def source_states(conn: Conn) -> list[asyncpg.Record]:
+    """Every stored source with its last finished run (None fields when it never ran)."""
+    return list(await conn.fetch(_SOURCES))
+
+
+# --------------------------------------------------------------------------- years
+
+
+async def data_years(conn: Conn, timezone: str) -> list[int]:
+    """Years with counts or events, from the first to the last (each channel's first
+    and last rollup day are two index probes)."""
+    row = await conn.fetchrow(
+        f"""SELECT (SELECT min(f.day) FROM channels c, LATERAL (SELECT day FROM rollup_daily
+                                WHERE channel_id = c.id ORDER BY day LIMIT 1) f) AS first_day,
+                   (SELECT max(l.day) FROM channels c, LATERAL (SELECT day FROM rollup_daily
+                                WHERE channel_id = c.id ORDER BY day DESC LIMIT 1) l) AS last_day,
+                   (SELECT min({EVENT_SPAN_START}) FROM events e) AS first_event,
+                   (SELECT max(least({EVENT_SPAN_END}, e.last_seen)) FROM events e) AS last_event"""
+    )
+    tz = ZoneInfo(timezone)
+    years: set[int] = set()
+    if row["first_day"] is not None:
+        years.update(range(row["first_day"].year, row["last_day"].year + 1))
+    if row["first_event"] is not None:
+        years.update(range(row["first_event"].astimezone(tz).year, row["last_event"].astimezone(tz).year + 1))
+    return sorted(years)
