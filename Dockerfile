@@ -1,4 +1,13 @@
 # roadfeed service image. Build: docker build -t roadfeed .
+
+# The web page's assets: npm packages pinned by package-lock.json, bundled by esbuild.
+FROM node:20-bookworm-slim AS web
+WORKDIR /src
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error
+COPY web ./web
+RUN mkdir -p feed && node web/build.mjs
+
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
@@ -7,6 +16,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY feed ./feed
+COPY --from=web /src/feed/webassets ./feed/webassets
 COPY collectors ./collectors
 COPY exporters ./exporters
 COPY sql ./sql

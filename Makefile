@@ -12,12 +12,12 @@ PYTHON ?= $(shell for p in /usr/bin/python3 python3.12 python3.11 python3; do \
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test system-runtime system-test engine-b clean
+.PHONY: demo test system-runtime system-test engine-b web clean
 
-demo: system-runtime $(STAMP)
+demo: system-runtime web $(STAMP)
 	$(VENV)/bin/roadfeed demo
 
-test: system-test engine-b $(STAMP)
+test: system-test engine-b web $(STAMP)
 	$(VENV)/bin/python -m pytest
 
 system-runtime:
@@ -32,6 +32,11 @@ engine-b:
 	@if [ "$$(id -u)" = 0 ]; then scripts/engine-b-rootfs; \
 	 else echo "not root: the TimescaleDB engine is not built (sudo scripts/engine-b-rootfs)"; fi
 
+# The web page: web/ -> feed/webassets/ (not committed): npm packages from
+# package-lock.json, then esbuild.
+web:
+	@scripts/build-web
+
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is needed (apt-get install python3 python3-venv)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
@@ -40,4 +45,4 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) var node_modules feed/webassets

@@ -15,9 +15,12 @@ from dataclasses import dataclass
 import asyncpg
 from aiohttp import web
 
+from feed.api import api_routes
+from feed.changes import changes_routes
 from feed.config import Config
 from feed.feeds import FeedPublisher, add_feed_routes, json_error
 from feed.storage import Storage
+from feed.webpage import web_routes
 
 __all__ = ["CONTEXT", "ROUTES", "AppContext", "RouteSetup", "build_app", "feed_routes", "health_routes"]
 
@@ -69,7 +72,7 @@ def feed_routes(app: web.Application, ctx: AppContext) -> None:
     add_feed_routes(app.router, ctx.publisher, ctx.config.server.feed_max_age)
 
 
-ROUTES: list[RouteSetup] = [health_routes, feed_routes]
+ROUTES: list[RouteSetup] = [health_routes, feed_routes, changes_routes, web_routes, api_routes]
 
 
 def build_app(
