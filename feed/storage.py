@@ -99,9 +99,19 @@ _ROLLUP_UPDATE = """
     count_sum = EXCLUDED.count_sum, speed_weighted_sum = EXCLUDED.speed_weighted_sum,
     speed_count = EXCLUDED.speed_count, intervals_present = EXCLUDED.intervals_present,
     intervals_estimated = EXCLUDED.intervals_estimated, intervals_expected = EXCLUDED.intervals_expected"""
+# Adding a batch of rows that are all new (the COPY path) to the buckets' totals:
+# exact, and it reads only the batch instead of whole buckets.
+_ROLLUP_ADD = """
+    count_sum = r.count_sum + EXCLUDED.count_sum, speed_weighted_sum = r.speed_weighted_sum + EXCLUDED.speed_weighted_sum,
+    speed_count = r.speed_count + EXCLUDED.speed_count, intervals_present = r.intervals_present + EXCLUDED.intervals_present,
+    intervals_estimated = r.intervals_estimated + EXCLUDED.intervals_estimated,
+    intervals_expected = EXCLUDED.intervals_expected"""
+_BATCH_ROWS = "m.start BETWEEN t.lo AND t.hi"
 
 # $1 channel ids, $2 first and $3 last interval start per channel: every hour
-# bucket between them is recomputed from the raw rows. Only channels finer than
+# bucket between them is recomputed from the raw rows ({rows} = the buckets, with
+# {update} replacing their totals), or the batch's rows are added ({rows} = the
+# batch, {update} adding). Only channels finer than
 # an hour have hourly rollups: an hourly channel's raw rows are its hourly
 # series (the `hourly` view joins both), and storing them twice would halve
 # ingest speed for nothing.
@@ -111,12 +121,11 @@ INSERT INTO rollup_hourly AS r (channel_id, bucket, count_sum, speed_weighted_su
 SELECT m.channel_id, date_trunc('hour', m.start), {_ROLLUP_VALUES},
        greatest(1, 3600 / min(c.time_step))
   FROM unnest($1::int[], $2::timestamptz[], $3::timestamptz[]) AS t(channel_id, lo, hi)
-  JOIN measurements m ON m.channel_id = t.channel_id
-                     AND m.start >= date_trunc('hour', t.lo)
-                     AND m.start < date_trunc('hour', t.hi) + interval '1 hour'
+  JOIN measurements m ON m.channel_id = t.channel_id AND {{rows}}
   JOIN channels c ON c.id = m.channel_id AND c.time_step < 3600
  GROUP BY m.channel_id, date_trunc('hour', m.start)
-ON CONFLICT (channel_id, bucket) DO UPDATE SET {_ROLLUP_UPDATE}"""
+ON CONFLICT (channel_id, bucket) DO UPDATE SET {{update}}"""
+_HOURLY_BUCKETS = "m.start >= date_trunc('hour', t.lo) AND m.start < date_trunc('hour', t.hi) + interval '1 hour'"
 
 _DAILY_EXPECTED = """extract(epoch FROM ((({day} + 1)::timestamp AT TIME ZONE $4)
                          - (({day})::timestamp AT TIME ZONE $4)))::integer / min(c.time_step)"""
@@ -129,12 +138,12 @@ INSERT INTO rollup_daily AS r (channel_id, day, count_sum, speed_weighted_sum, s
 SELECT m.channel_id, (m.start AT TIME ZONE $4)::date AS day, {_ROLLUP_VALUES},
        {_DAILY_EXPECTED.format(day="(m.start AT TIME ZONE $4)::date")}
   FROM unnest($1::int[], $2::timestamptz[], $3::timestamptz[]) AS t(channel_id, lo, hi)
-  JOIN measurements m ON m.channel_id = t.channel_id
-                     AND m.start >= (date_trunc('day', t.lo AT TIME ZONE $4) AT TIME ZONE $4)
-                     AND m.start < ((date_trunc('day', t.hi AT TIME ZONE $4) + interval '1 day') AT TIME ZONE $4)
+  JOIN measurements m ON m.channel_id = t.channel_id AND {{rows}}
   JOIN channels c ON c.id = m.channel_id {{channels}}
  GROUP BY m.channel_id, (m.start AT TIME ZONE $4)::date
-ON CONFLICT (channel_id, day) DO UPDATE SET {_ROLLUP_UPDATE}"""
+ON CONFLICT (channel_id, day) DO UPDATE SET {{update}}"""
+_DAILY_BUCKETS = """m.start >= (date_trunc('day', t.lo AT TIME ZONE $4) AT TIME ZONE $4)
+                     AND m.start < ((date_trunc('day', t.hi AT TIME ZONE $4) + interval '1 day') AT TIME ZONE $4)"""
 
 # Channels finer than an hour: their days summed from the hourly rollup just
 # refreshed (an hour never straddles two local days in a zone whose offsets are
@@ -409,7 +418,7 @@ class Storage:
                 channels, lo, hi,
             )
             if not overlap and await self._copy_new(conn, rows):
-                await self._refresh_rollups(conn, channels, [lo] * len(channels), [hi] * len(channels))
+                await self._refresh_rollups(conn, channels, [lo] * len(channels), [hi] * len(channels), all_new=True)
                 counts = Counts(new=len(rows))
             else:
                 counts = await self._upsert(conn, rows, run_id, lo, hi)
@@ -453,20 +462,27 @@ class Storage:
         return Counts(new=new, updated=updated, unchanged=distinct - new - updated)
 
     async def _refresh_rollups(
-        self, conn: asyncpg.Connection, channels: list[int], los: list[datetime], his: list[datetime]
+        self, conn: asyncpg.Connection, channels: list[int], los: list[datetime], his: list[datetime],
+        *, all_new: bool = False,
     ) -> None:
+        """Brings the rollup buckets of these ranges up to date. `all_new`: every raw
+        row in the ranges was just inserted, so its totals are added to the buckets."""
         finer, coarser = await conn.fetchrow(
             "SELECT bool_or(time_step < 3600), bool_or(time_step >= 3600) FROM channels WHERE id = ANY($1::int[])",
             channels)
+        update = _ROLLUP_ADD if all_new else _ROLLUP_UPDATE
         if finer:
-            await conn.execute(_REFRESH_HOURLY, channels, los, his)
+            rows = _BATCH_ROWS if all_new else _HOURLY_BUCKETS
+            await conn.execute(_REFRESH_HOURLY.format(rows=rows, update=update), channels, los, his)
+        daily = _REFRESH_DAILY.format(rows=_BATCH_ROWS if all_new else _DAILY_BUCKETS, update=update,
+                                      channels="{channels}")
         if finer and self.whole_hour_zone:
             await conn.execute(_REFRESH_DAILY_FROM_HOURLY, channels, los, his, self.timezone)
             if coarser:
-                await conn.execute(_REFRESH_DAILY.format(channels="AND c.time_step >= 3600"),
+                await conn.execute(daily.format(channels="AND c.time_step >= 3600"),
                                    channels, los, his, self.timezone)
         else:
-            await conn.execute(_REFRESH_DAILY.format(channels=""), channels, los, his, self.timezone)
+            await conn.execute(daily.format(channels=""), channels, los, his, self.timezone)
 
     async def drop_measurements_before(self, cutoff: datetime, batch: int = 50_000) -> int:
         """Retention: removes raw rows older than `cutoff`; rollups stay."""
