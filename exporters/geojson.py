@@ -104,7 +104,6 @@ def event_feature(event: StoredEvent) -> dict[str, Any]:
             "detour": event.detour,
             "updated": utc_iso(event.updated),
             "first_seen": utc_iso(event.first_seen),
-            "last_seen": utc_iso(event.last_seen),
         },
     }
 

@@ -271,9 +271,10 @@ def _keyed(items: Sequence[Any]) -> tuple[bytes, list[bytes], list[bytes]]:
         keys = [key + b"\x1f" + item.last_seen.isoformat().encode() for key, item in zip(steady, items, strict=True)]
     else:
         keys = steady = [item.model_dump_json().encode() for item in items]
+    # A poll that only moved last_seen changes no feed (none shows it): same fingerprint.
     digest = hashlib.blake2b(digest_size=16)
     digest.update(str(len(items)).encode())
-    for key in keys:
+    for key in steady:
         digest.update(key)
         digest.update(b"\x00")
     return digest.digest(), keys, steady
@@ -320,7 +321,7 @@ class SpliceRule(NamedTuple):
 SPLICE_RULES: dict[Callable[..., bytes], SpliceRule] = {
     datex2_v3.render_situations: SpliceRule(_v3_validity),
     datex2_v2.render_situations: SpliceRule(_v2_validity),
-    geojson.render_events: SpliceRule(_timeless, shows_poll_fields=True),
+    geojson.render_events: SpliceRule(_timeless),
     waze.render_cifs_json: SpliceRule(_timeless),
 }
 

@@ -364,6 +364,8 @@ async def test_unchanged_data_keeps_the_same_version(client: TestClient, storage
     before, _ = await fetch(client, "/feeds/datex2/v2/situations.xml")
     # A NOTIFY without any change in the data: the data is read again, its
     # fingerprint is the same, nothing is re-rendered and the ETags stay.
+    # A poll that saw every event unchanged only moves last_seen, which no feed shows.
+    await storage.pool.execute("UPDATE events SET last_seen = last_seen + interval '1 minute'")
     await storage.pool.execute("SELECT pg_notify('roadfeed_changes', 'events')")
     await storage.pool.execute("SELECT pg_notify('roadfeed_changes', 'measurements')")
     later = await eventually(lambda: status_after(seen["data_reads"]))
