@@ -401,6 +401,30 @@ def _stamp(value: datetime, tz: ZoneInfo) -> str:
 # --------------------------------------------------------------------------- database
 
 
+READER_ROLE = "roadfeed_reader"
+_ROLE_SWITCH: dict[int, tuple[asyncpg.Pool, dict[str, bool]]] = {}  # id(pool) -> (pool, role -> may switch)
+_CAN_SWITCH = ("SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) "
+               "THEN pg_has_role($1, 'MEMBER') ELSE false END")
+
+
+async def can_switch_role(pool: asyncpg.Pool, conn: asyncpg.Connection, role: str) -> bool:
+    """Whether the pool's login may SET ROLE `role` (asked once per pool and role).
+
+    A superuser or a member may; a login that is neither (say the writer serving
+    the API) keeps its own role, and the API's transactions stay READ ONLY."""
+    entry = _ROLE_SWITCH.get(id(pool))
+    if entry is None or entry[0] is not pool:
+        if len(_ROLE_SWITCH) > 64:  # pools are few; tests open many
+            _ROLE_SWITCH.clear()
+        entry = _ROLE_SWITCH[id(pool)] = (pool, {})
+    known = entry[1]
+    if role not in known:
+        known[role] = bool(await conn.fetchval(_CAN_SWITCH, role))
+        if not known[role]:
+            log.warning("the database login cannot SET ROLE %s; transactions keep the login's role", role)
+    return known[role]
+
+
 @asynccontextmanager
 async def reading(ctx: AppContext, *, bulk: bool = False) -> AsyncIterator[asyncpg.Connection]:
     """A read-only REPEATABLE READ transaction bounded by the configured statement timeout
@@ -410,7 +434,12 @@ async def reading(ctx: AppContext, *, bulk: bool = False) -> AsyncIterator[async
     if bulk:
         settings += (f"; SET LOCAL TimeZone = {downloads.sql_literal(ctx.config.publication.timezone)}"
                      f"; SET LOCAL work_mem = '{DOWNLOAD_WORK_MEM}'")
-    async with ctx.storage.pool.acquire() as conn:
+    pool = ctx.storage.pool
+    async with pool.acquire() as conn:
+        # The read-only role on top of READ ONLY: even a statement that escaped both
+        # could not write, it would lack the privilege (see sql/003_roles.sql).
+        if await can_switch_role(pool, conn, READER_ROLE):
+            settings += f"; SET LOCAL ROLE {READER_ROLE}"
         # BEGIN and the settings in one round trip (asyncpg's Transaction would take two).
         await conn.execute(f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {settings}")
         try:
@@ -565,7 +594,7 @@ class _Api:
                 raise _bad("threshold", raw_threshold, "a number from 0 to 1, e.g. 0.95",
                            f"threshold {raw_threshold!r} is not a share from 0 to 1")
         async with reading(self.ctx) as conn:
-            table = await history.annual_table(conn, year, threshold)
+            table = await history.annual_table(conn, year, threshold, self.config.publication.timezone)
         rows = [{"site_id": r.site_id, "external_id": r.external_id, "name": r.name, "road": r.road,
                  "tmja": r.tmja, "tmjo": r.tmjo, "heavy_share": r.heavy_share, "mean_speed": r.mean_speed,
                  "days_valid": r.days_valid, "days_excluded": r.days_excluded, "mean_coverage": r.mean_coverage}

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from feed.history import AGGREGATION_VERSION, EVENT_SPAN_END, EVENT_SPAN_START, local_midnight, odd_days
+from feed.history import AGGREGATION_VERSION, EVENT_SPAN_END, EVENT_SPAN_START, day_seconds_sql, local_midnight
 
 FORMAT_VERSION = "1"  # bump when a file's columns or layout change: every ETag changes with it
 BATCH_ROWS = 50_000  # rows per COPY statement (and at least per Parquet row group)
@@ -479,15 +479,8 @@ SELECT {select}
     return out
 
 
-def _day_seconds_sql(data: YearData) -> str:
-    """Seconds of each local day of the year, as SQL over r.day: 86400 except on DST changes."""
-    odd = " ".join(f"WHEN {sql_literal(day)} THEN {seconds}"
-                   for day, seconds in sorted(odd_days(data.year, data.timezone).items()))
-    return f"(CASE r.day {odd} ELSE 86400 END)" if odd else "86400"
-
-
 def _daily_batches(data: YearData, csv: bool) -> list[str]:
-    select = _select(DAILY_COLUMNS, csv).replace("{day_seconds}", _day_seconds_sql(data))
+    select = _select(DAILY_COLUMNS, csv).replace("{day_seconds}", day_seconds_sql([data.year], data.timezone, "r.day"))
     out = []
     for batch in _channel_batches(data.channels, lambda c: 1):
         ids = [c["id"] for c in batch]

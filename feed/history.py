@@ -7,8 +7,8 @@ so a gap is visible. A site's total uses its all-vehicle channels when it has
 them, otherwise light + heavy, so vehicles are never counted twice.
 
 Expected intervals come from the calendar of the publication's time zone (a
-local day lasts 23 or 25 hours on DST changes) and each channel's time step, so
-they never depend on what was stored. The queries read the rollups by primary
+local day lasts 23 or 25 hours on DST changes) and each channel's time step (at
+least one a day), the same in every answer and file. The queries read the rollups by primary
 key ranges (`channel_id = ANY(...)` and a time range): a year of one site is a
 few thousand index entries, whatever the size of the tables.
 """
@@ -72,6 +72,14 @@ def odd_days(year: int, timezone: str) -> dict[date, int]:
             out[day] = seconds
         day, start = after, end
     return out
+
+
+def day_seconds_sql(years: Sequence[int], timezone: str, column: str) -> str:
+    """The length in seconds of the local day in `column` (a date of one of `years`), as SQL:
+    86400 except on the DST days, listed as constants (cheaper than zone arithmetic per row)."""
+    odd = " ".join(f"WHEN '{day.isoformat()}'::date THEN {seconds}"
+                   for year in years for day, seconds in sorted(odd_days(year, timezone).items()))
+    return f"(CASE {column} {odd} ELSE 86400 END)" if odd else "86400"
 
 
 def expected_intervals(seconds: int, time_step: int) -> int:
@@ -407,12 +415,12 @@ async def site_series(
 # $1 year, $2 threshold.
 _ANNUAL = """
 WITH ch AS MATERIALIZED (
-    SELECT id, site_id, vehicle_class = 'heavy' AS heavy,
+    SELECT id, site_id, time_step, vehicle_class = 'heavy' AS heavy,
            vehicle_class = 'all' OR NOT bool_or(vehicle_class = 'all') OVER (PARTITION BY site_id) AS total
       FROM channels),
 per_site AS (
     SELECT site_id, array_agg(id ORDER BY id) AS ids, array_agg(total ORDER BY id) AS totals,
-           array_agg(heavy ORDER BY id) AS heavies
+           array_agg(heavy ORDER BY id) AS heavies, array_agg(time_step ORDER BY id) AS steps
       FROM ch WHERE total OR heavy GROUP BY site_id)
 SELECT s.id AS site_id, s.external_id, s.name, s.road, y.*
   FROM sites s
@@ -431,10 +439,10 @@ SELECT s.id AS site_id, s.external_id, s.name, s.road, y.*
                            sum(r.count_sum::float8) FILTER (WHERE c.total) AS count,
                            sum(r.count_sum::float8) FILTER (WHERE c.heavy) AS heavy,
                            sum(r.intervals_present::float8) FILTER (WHERE c.total) AS present,
-                           sum(r.intervals_expected::float8) FILTER (WHERE c.total) AS expected,
+                           sum(greatest(1, {day_seconds} / c.step)::float8) FILTER (WHERE c.total) AS expected,
                            sum(r.speed_weighted_sum) FILTER (WHERE c.total) AS sws,
                            sum(r.speed_count::float8) FILTER (WHERE c.total) AS sc
-                      FROM unnest(p.ids, p.totals, p.heavies) AS c(id, total, heavy)
+                      FROM unnest(p.ids, p.totals, p.heavies, p.steps) AS c(id, total, heavy, step)
                       JOIN rollup_daily r ON r.channel_id = c.id
                        AND r.day >= make_date($1, 1, 1) AND r.day < make_date($1 + 1, 1, 1)
                      GROUP BY r.day) d) j) y ON true
@@ -456,9 +464,10 @@ class AnnualRow:
     mean_coverage: float | None  # over the days with data
 
 
-async def annual_table(conn: Conn, year: int, threshold: float) -> list[AnnualRow]:
+async def annual_table(conn: Conn, year: int, threshold: float, timezone: str = "Europe/Paris") -> list[AnnualRow]:
     """TMJA, TMJO, share of heavy vehicles per site; days under `threshold` coverage are left out."""
-    rows = await conn.fetch(_ANNUAL, year, threshold)
+    query = _ANNUAL.replace("{day_seconds}", day_seconds_sql([year], timezone, "r.day"))
+    rows = await conn.fetch(query, year, threshold)
     days_in_year = (date(year + 1, 1, 1) - date(year, 1, 1)).days
     return [
         AnnualRow(
