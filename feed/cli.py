@@ -12,8 +12,10 @@ import psycopg
 
 from feed import embedded
 from feed.cluster import ClusterError
+from feed.logs import FORMATS, resolve_format, setup_logging
 from feed.config import Config, ConfigError, load_config
 from feed.migrations import MigrationError, detect_engine, migrate, table_sizes
+from feed.static_export import ExportError
 from feed.service import NotMigrated, run
 
 
@@ -72,7 +74,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     if args.source not in sources:
         known = ", ".join(sources) or "none"
         raise ConfigError(f"{args.config}: no source {args.source!r} (sources: {known})")
-    logging.getLogger("roadfeed.collect").setLevel(logging.WARNING)  # the report is printed instead
+    if resolve_format(getattr(args, "log_format", None)) == "text":
+        logging.getLogger("roadfeed.collect").setLevel(logging.WARNING)  # the report is printed instead
     return asyncio.run(_collect(config, sources[args.source], args.once))
 
 
@@ -124,6 +127,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_feeds(args: argparse.Namespace) -> int:
+    from feed.static_export import export_feeds
+    from feed.storage import Storage
+
+    config = _config(args)
+
+    async def export() -> dict:
+        storage = await Storage.open(embedded.database_url(config), max_size=4)
+        try:
+            return await export_feeds(storage, config, args.dir)
+        finally:
+            await storage.close()
+
+    index = asyncio.run(export())
+    print(f"{len(index['feeds'])} feeds written to {args.dir} (index.json, .gz beside each)")
+    return 0
+
+
 def _has_table(conn: psycopg.Connection, name: str) -> bool:
     return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
 
@@ -134,6 +155,12 @@ def _human(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def _log_format_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-format", choices=FORMATS,
+                   help="log lines on stderr: text (default) or json (one object a line); "
+                        "default from ROADFEED_LOG_FORMAT")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, help="port (default from [server], 8080)")
         p.add_argument("--workers", type=int, metavar="N",
                        help="HTTP processes sharing the port (default from [server] workers; 0: one per CPU)")
+        _log_format_option(p)
         p.set_defaults(func=cmd_run)
 
     simulate = sub.add_parser("simulate", help="serve a simulated Hérault (Opendatasoft API + DATEX II feeds)")
@@ -175,24 +203,36 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=34)
     demo.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
     demo.add_argument("--interval", type=int, default=60, help="seconds between polls of each source")
+    _log_format_option(demo)
     demo.set_defaults(func=cmd_demo)
+
+    export = sub.add_parser("export-feeds", help="write every live feed (+ .gz, index.json) into a directory")
+    export.add_argument("--config", help="TOML configuration file")
+    export.add_argument("--dir", required=True, help="target directory (files replaced atomically)")
+    export.set_defaults(func=cmd_export_feeds)
 
     collect = sub.add_parser("collect", help="poll one source and print what the poll did")
     collect.add_argument("--config", required=True, help="TOML configuration file")
     collect.add_argument("--source", required=True, help="the source id")
     collect.add_argument("--once", action="store_true", help="one poll, then exit (else poll at its interval)")
+    _log_format_option(collect)
     collect.set_defaults(func=cmd_collect)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        log_format = resolve_format(getattr(args, "log_format", None))
+    except ValueError as err:
+        print(f"roadfeed: {err} (ROADFEED_LOG_FORMAT)", file=sys.stderr)
+        return 2
+    setup_logging(log_format)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ConfigError, ClusterError, MigrationError, embedded.NoDatabase, NotMigrated) as err:
+    except (ConfigError, ClusterError, MigrationError, embedded.NoDatabase, NotMigrated, ExportError) as err:
         print(f"roadfeed: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # e.g. the port is taken

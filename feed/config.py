@@ -37,6 +37,15 @@ class ServerConfig(_Section):
     workers: int = Field(default=0, ge=0, le=64)  # HTTP processes sharing the port; 0: one per CPU
     admin_token: str | None = None
     feed_max_age: int = Field(default=30, ge=0)  # Cache-Control max-age of live feeds
+    # Per-client token bucket (feed.security): refill rate, bucket size; 0 disables the limit.
+    rate_limit_per_minute: int = Field(default=600, ge=0)
+    rate_limit_burst: int = Field(default=300, ge=1)
+    # Proxies whose X-Forwarded-For names the client (addresses or networks, e.g. "10.0.0.0/8").
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # Clients never limited (after X-Forwarded-For): loopback, so that a local front proxy left
+    # out of trusted_proxies does not throttle everyone as one client.
+    rate_limit_exempt: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1"])
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)  # request bodies larger get 413
 
 
 class PublicationConfig(_Section):

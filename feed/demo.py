@@ -18,6 +18,7 @@ from collectors.fetch import Fetcher
 from feed import embedded
 from feed.config import Config, ServerConfig, SourceConfig
 from feed.cluster import free_port
+from feed.admin import attach_collector
 from feed.ingest import SinkResult
 from feed.migrations import migrate
 from feed.scheduler import Collector
@@ -80,7 +81,7 @@ async def run_demo(host: str, port: int, seed: int, speed: float = 1.0, interval
 
     storage = await Storage.open(url, max_size=config.database.pool_size)
     try:
-        async with http_server(config, storage, host, port):
+        async with http_server(config, storage, host, port) as runner:
             base = f"http://{host}:{port}"
             print(f"simulated département (Opendatasoft API + DATEX II): {simulator_url}/")
             print(f"web page: {base}/")
@@ -92,10 +93,11 @@ async def run_demo(host: str, port: int, seed: int, speed: float = 1.0, interval
                 collector = Collector(config, storage, Fetcher(session), progress=progress, clock=clock)
                 await _first_polls(collector, config)  # before the schedule starts: backfill first
                 collector.start()
+                attach_collector(runner.app, collector)  # POST /api/v1/admin/sources/{id}/run
                 try:
                     await wait_for_signal()
                 finally:
-                    collector.shutdown()
+                    await collector.stop()  # running polls finish (bounded)
     finally:
         await storage.close()
         await sim.cleanup()

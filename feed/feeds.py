@@ -48,6 +48,8 @@ from multidict import CIMultiDict, MultiMapping
 
 from exporters import datex2_v2, datex2_v3, geojson, waze, wzdx
 from feed.config import Config, PublicationConfig
+from feed.metrics import REGISTRY as METRICS
+from feed.security import FEED_SECURITY_HEADERS, NOT_MODIFIED_COST, RATE_LIMITER, RateLimiter
 from feed.model import EventStatus, EventType, StoredEvent
 from feed.storage import CHANGES_CHANNEL, Storage
 
@@ -1188,6 +1190,8 @@ KEEPALIVE_TIMEOUT = 75.0  # idle keep-alive connections are closed after this (a
 _HANDOFF_FIELDS = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"content-length"})
 _SERVER_LINE = b"Server: " + SERVER_SOFTWARE.encode() + b"\r\n"
 _CORS_LINES = "".join(f"{name}: {value}\r\n" for name, value in CORS_HEADERS.items())
+# What feed.security's response hook adds to the same feeds on aiohttp's side.
+_SECURITY_LINES = "".join(f"{name}: {value}\r\n" for name, value in FEED_SECURITY_HEADERS.items())
 _date_cache: list[Any] = [0, b""]
 
 
@@ -1219,7 +1223,7 @@ class _Prepared:
         for coding in ("identity", *feed.encoded):
             body = feed.body if coding == "identity" else feed.encoded[coding]
             etag = feed.etag_for(coding)
-            common = (f"{_CORS_LINES}ETag: {etag}\r\nLast-Modified: {feed.last_modified_http}\r\n"
+            common = (f"{_CORS_LINES}{_SECURITY_LINES}ETag: {etag}\r\nLast-Modified: {feed.last_modified_http}\r\n"
                       f"Cache-Control: {cache_control}\r\nVary: Accept-Encoding\r\n")
             encoding = "" if coding == "identity" else f"Content-Encoding: {coding}\r\n"
             self.not_modified[coding] = f"HTTP/1.1 304 Not Modified\r\n{common}".encode()
@@ -1240,12 +1244,15 @@ class _Prepared:
 
 
 class _FastRoute:
-    __slots__ = ("cache_control", "prepared", "state")
+    __slots__ = ("cache_control", "latency_200", "latency_304", "prepared", "state")
 
     def __init__(self, state: FeedState, cache_control: str) -> None:
         self.state = state
         self.cache_control = cache_control
         self.prepared: _Prepared | None = None
+        # /metrics: looked up once here, so a request costs a bisect and two additions
+        self.latency_200 = METRICS.http.child(state.spec.path, "2xx", "fast")
+        self.latency_304 = METRICS.http.child(state.spec.path, "3xx", "fast")
 
 
 _ANSWERED, _CLOSE, _HANDOFF = 0, 1, 2
@@ -1260,17 +1267,24 @@ class FeedFastPath:
         self.keepalive_timeout = keepalive_timeout
         self.connections: set[_FeedConnection] = set()
         self.handed_off = 0  # connections given to aiohttp (a gauge of what the fast path misses)
+        # The app's per-client limit (set by FeedSite.start): a refused poll goes to aiohttp, which says 429.
+        self.limiter: RateLimiter | None = None
 
     def protocol_factory(self, fallback: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         return lambda: _FeedConnection(self, fallback)
 
     def close_connections(self) -> None:
-        """Closes every connection still on the fast path (pending writes are sent first)."""
+        """Closes every connection still on the fast path (pending writes are sent first;
+        a body being sent is finished first)."""
         for conn in list(self.connections):
-            conn.close()
+            if conn.sending is not None:
+                conn.close_after = True
+            else:
+                conn.close()
 
     def answer(self, head: bytes, conn: _FeedConnection) -> int:
         """Writes the response to one request head (without its final CRLF CRLF), or says _HANDOFF."""
+        t0 = time.perf_counter()
         line_end = head.find(b"\r\n")
         request_line = head if line_end < 0 else head[:line_end]
         method, _, rest = request_line.partition(b" ")
@@ -1281,7 +1295,7 @@ class FeedFastPath:
         feed = route.state.current
         if feed is None:
             return _HANDOFF  # aiohttp explains the 503
-        inm = ims = accept = None
+        inm = ims = accept = forwarded = None
         close = False
         if line_end >= 0:
             for line in head[line_end + 2:].split(b"\r\n"):
@@ -1298,6 +1312,8 @@ class FeedFastPath:
                 elif name == b"if-modified-since":
                     if ims is None:
                         ims = value.strip()
+                elif name == b"x-forwarded-for":
+                    forwarded = value.strip() if forwarded is None else forwarded + b"," + value.strip()
                 elif name == b"connection":
                     tokens = {t.strip() for t in value.lower().split(b",")}
                     if b"upgrade" in tokens:
@@ -1316,23 +1332,30 @@ class FeedFastPath:
                                                                                 feed.last_modified)
         else:
             not_modified = False
+        limiter = self.limiter
+        if limiter is not None and limiter.enabled:
+            client = limiter.client(conn.peer, forwarded.decode("latin-1") if forwarded is not None else None)
+            if limiter.take(client, NOT_MODIFIED_COST if not_modified else 1.0):
+                return _HANDOFF
         end = b"Connection: close\r\n" + _SERVER_LINE + b"\r\n" if close else _SERVER_LINE + b"\r\n"
         transport = conn.transport
         assert transport is not None
         if not_modified:
             transport.write(prepared.not_modified[coding] + _date_line() + end)
+            route.latency_304.observe(time.perf_counter() - t0)
         else:
             transport.write(prepared.ok[coding] + _date_line() + end)
             if method == b"GET":
                 conn.send_body(prepared.bodies[coding])
+            route.latency_200.observe(time.perf_counter() - t0)
         return _CLOSE if close else _ANSWERED
 
 
 class _FeedConnection(asyncio.Protocol):
     """One client connection, on the fast path until a request needs aiohttp."""
 
-    __slots__ = ("buffer", "close_after", "fallback", "fast", "last_active", "loop", "paused", "sending", "timer",
-                 "transport")
+    __slots__ = ("buffer", "close_after", "fallback", "fast", "last_active", "loop", "paused", "peer", "sending",
+                 "timer", "transport")
 
     def __init__(self, fast: FeedFastPath, fallback: Callable[[], asyncio.Protocol]) -> None:
         self.fast = fast
@@ -1345,10 +1368,13 @@ class _FeedConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()
         self.last_active = 0.0
+        self.peer: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        peername = transport.get_extra_info("peername")
+        self.peer = peername[0] if isinstance(peername, tuple | list) and peername else None
         self.fast.connections.add(self)
         self.last_active = self.loop.time()
         self.timer = self.loop.call_later(self.fast.keepalive_timeout, self._check_idle)
@@ -1490,6 +1516,8 @@ class FeedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
+        if self._fast.limiter is None and isinstance(self._runner, web.AppRunner):
+            self._fast.limiter = self._runner.app.get(RATE_LIMITER)
         self._server = await asyncio.get_running_loop().create_server(
             self._fast.protocol_factory(server), self._host, self._port, backlog=self._backlog,
             reuse_address=True, reuse_port=self._reuse_port or None,

@@ -15,16 +15,20 @@ from dataclasses import dataclass
 import asyncpg
 from aiohttp import web
 
+from feed.admin import admin_routes
 from feed.api import api_routes
 from feed.changes import changes_routes
 from feed.config import Config
 from feed.feeds import FeedPublisher, add_feed_routes, json_error
+from feed.metrics import http_middleware, metrics_routes
+from feed.security import install_security
 from feed.storage import Storage
 from feed.webpage import web_routes
 
 __all__ = ["CONTEXT", "ROUTES", "AppContext", "RouteSetup", "build_app", "feed_routes", "health_routes"]
 
 READY_DB_TIMEOUT = 2.0  # seconds /readyz waits for the database
+MAX_HEADER_LINE = 8190  # bytes of a request line or header field (the fast path hands longer heads here)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +76,8 @@ def feed_routes(app: web.Application, ctx: AppContext) -> None:
     add_feed_routes(app.router, ctx.publisher, ctx.config.server.feed_max_age)
 
 
-ROUTES: list[RouteSetup] = [health_routes, feed_routes, changes_routes, web_routes, api_routes]
+ROUTES: list[RouteSetup] = [health_routes, metrics_routes, feed_routes, changes_routes, web_routes, admin_routes,
+                            api_routes]
 
 
 def build_app(
@@ -87,8 +92,14 @@ def build_app(
     `storage` stays owned by the caller: close it after the application's cleanup.
     """
     ctx = AppContext(config, storage, publisher or FeedPublisher(storage, config))
-    app = web.Application()
+    # Bodies beyond max_request_bytes get 413; request lines and header fields beyond 8190 bytes get 400.
+    app = web.Application(client_max_size=config.server.max_request_bytes,
+                          handler_args={"max_line_size": MAX_HEADER_LINE, "max_field_size": MAX_HEADER_LINE})
     app[CONTEXT] = ctx
+    app.middlewares.append(http_middleware)  # first: /metrics times every answer, refusals included
+    install_security(app, rate_limit_per_minute=config.server.rate_limit_per_minute,
+                     rate_limit_burst=config.server.rate_limit_burst, trusted_proxies=config.server.trusted_proxies,
+                     exempt=config.server.rate_limit_exempt)
 
     async def run_publisher(_app: web.Application) -> AsyncIterator[None]:
         await ctx.publisher.start()

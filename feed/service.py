@@ -5,6 +5,11 @@ Both serve with `[server] workers` processes (0: one per CPU; see feed.workers):
 this process renders the feeds and runs the collectors, every process serves.
 Connections start on the feeds' fast path (feed.feeds.FeedFastPath) and move to
 aiohttp for anything else.
+
+On SIGTERM/SIGINT: stop listening (no new connections; idle fast-path connections
+close), then let in-flight HTTP requests and in-flight polls finish together,
+each within SHUTDOWN_TIMEOUT seconds (polls still running then are interrupted and
+their runs closed as such), then stop the followers and close the database pool.
 """
 
 from __future__ import annotations
@@ -20,15 +25,18 @@ import aiohttp
 from aiohttp import web
 
 from collectors.fetch import Fetcher
+from feed.admin import attach_collector
 from feed.config import Config
 from feed.feeds import FeedFastPath, FeedSite
 from feed.http import CONTEXT, build_app
 from feed.ingest import SinkResult
-from feed.scheduler import Collector
+from feed.scheduler import STOP_TIMEOUT, Collector
 from feed.storage import Storage
 from feed.workers import check_address_free, serving, serving_processes
 
 log = logging.getLogger("roadfeed.service")
+
+SHUTDOWN_TIMEOUT = STOP_TIMEOUT  # seconds in-flight requests (and polls) get to finish when stopping
 
 
 class NotMigrated(Exception):
@@ -48,7 +56,7 @@ async def http_server(
 
     Followers need `database_url` (their own pools); with one worker nothing is started."""
     app = build_app(config, storage)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     try:
         if workers > 1:
@@ -79,7 +87,7 @@ async def collectors(
         try:
             yield collector
         finally:
-            collector.shutdown()
+            await collector.stop(SHUTDOWN_TIMEOUT)  # running polls finish with the session and pool still open
 
 
 async def wait_for_signal() -> None:
@@ -94,20 +102,31 @@ async def wait_for_signal() -> None:
             loop.remove_signal_handler(sig)
 
 
+async def stop_listening(runner: web.AppRunner) -> None:
+    """Closes the listening sockets (and idle fast-path connections): in-flight requests go on."""
+    for site in list(runner.sites):
+        await site.stop()
+
+
 async def run(config: Config, url: str, host: str, port: int, *, collect: bool, workers: int | None = None) -> None:
     """Serves until SIGINT/SIGTERM; `workers` overrides `[server] workers` (0: one per CPU)."""
     processes = serving_processes(config.server.workers if workers is None else workers)
     storage = await Storage.open(url, max_size=config.database.pool_size)
     try:
         await check_schema(storage)
-        async with http_server(config, storage, host, port, workers=processes, database_url=url):
+        async with http_server(config, storage, host, port, workers=processes, database_url=url) as runner:
             print(f"roadfeed serving on http://{host}:{port}/ (feeds under /feeds/, status at /feeds/status.json)"
                   + (f" with {processes} processes" if processes > 1 else ""), flush=True)
             if collect:
-                async with collectors(config, storage):
+                async with collectors(config, storage) as collector:
+                    attach_collector(runner.app, collector)  # POST /api/v1/admin/sources/{id}/run polls through it
                     await wait_for_signal()
+                    log.info("stopping: no new connections; letting in-flight requests and polls finish")
+                    await stop_listening(runner)
             else:
                 await wait_for_signal()
+                log.info("stopping: no new connections; letting in-flight requests finish")
+                await stop_listening(runner)
         log.info("stopped")
     finally:
         await storage.close()
