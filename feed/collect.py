@@ -6,16 +6,20 @@ source; it never escapes to take the scheduler or other sources down.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import asyncpg
+
 from collectors.fetch import FetchError, Fetcher
-from collectors.polling import POLLERS
+from collectors.polling import POLLERS, PollOutcome
 from feed.config import PublicationConfig, SourceConfig
 from feed.ingest import Plausibility, Sink, SinkResult
+from feed.metrics import record_poll
 from feed.storage import RunStats, Storage
 
 log = logging.getLogger("roadfeed.collect")
@@ -37,6 +41,36 @@ class RunReport:
                 f"unchanged {s.counts.unchanged}, quarantined {s.quarantined}; {s.bytes:,} bytes in "
                 f"{self.duration:.2f} s" + (f"; next watermark {self.watermark}" if self.watermark else ""))
 
+    def fields(self) -> dict[str, object]:
+        """The report as structured log fields (JSON logs)."""
+        s = self.stats
+        return {"event": "poll", "source": self.source_id, "run_id": self.run_id, "ok": s.error is None,
+                "http_status": s.http_status, "new": s.counts.new, "updated": s.counts.updated,
+                "unchanged": s.counts.unchanged, "quarantined": s.quarantined, "bytes": s.bytes,
+                "duration_s": round(self.duration, 3), "error": s.error, "watermark": self.watermark}
+
+
+FINISH_ATTEMPTS = 4
+
+
+async def _finish_run(storage: Storage, run_id: int, stats: RunStats, outcome: PollOutcome | None) -> None:
+    """Closes the run, retrying while the database comes back; a run still open
+    after that is closed as interrupted by the next poll of its source."""
+    for attempt in range(FINISH_ATTEMPTS):
+        try:
+            await storage.finish_run(
+                run_id, stats,
+                etag=outcome.etag if outcome and stats.complete else None,
+                last_modified=outcome.last_modified if outcome and stats.complete else None,
+                watermark=outcome.watermark if outcome else None,
+            )
+            return
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as err:
+            if attempt == FINISH_ATTEMPTS - 1:
+                log.error("run %d: could not be closed (%s); the next poll closes it as interrupted", run_id, err)
+                return
+            await asyncio.sleep(2**attempt)
+
 
 async def poll_source(
     source: SourceConfig,
@@ -55,6 +89,7 @@ async def poll_source(
     sink = Sink(storage, source.id, run_id, Plausibility.from_publication(publication), now, progress)
     stats = RunStats()
     outcome = None
+    interrupted = False
     try:
         outcome = await POLLERS[source.kind](source, state, fetcher, sink)
         result = await sink.finish(snapshot=outcome.snapshot)
@@ -62,18 +97,19 @@ async def poll_source(
         stats.error = None if result.complete else f"document cut short: {result.error}"
     except FetchError as err:
         stats.http_status, stats.error = err.status, err.reason
+    except asyncio.CancelledError:  # stopping took too long: close the run, then stop
+        interrupted = True
+        stats.error = "interrupted: roadfeed stopped during the poll"
     except Exception as err:  # noqa: BLE001 - a poll must never take the process down
         log.exception("source %s: poll failed", source.id)
         stats.error = f"{type(err).__name__}: {err}"
     stats.counts = sink.result.counts
     stats.quarantined = sink.result.quarantined
     stats.complete = stats.error is None
-    await storage.finish_run(
-        run_id, stats,
-        etag=outcome.etag if outcome and stats.complete else None,
-        last_modified=outcome.last_modified if outcome and stats.complete else None,
-        watermark=outcome.watermark if outcome else None,
-    )
+    await _finish_run(storage, run_id, stats, outcome)
     report = RunReport(source.id, run_id, stats, time.monotonic() - started, outcome.watermark if outcome else None)
-    (log.info if stats.error is None else log.warning)(report.line())
+    record_poll(report)
+    (log.info if stats.error is None else log.warning)(report.line(), extra={"fields": report.fields()})
+    if interrupted:
+        raise asyncio.CancelledError
     return report

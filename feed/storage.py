@@ -127,8 +127,9 @@ SELECT m.channel_id, date_trunc('hour', m.start), {_ROLLUP_VALUES},
 ON CONFLICT (channel_id, bucket) DO UPDATE SET {{update}}"""
 _HOURLY_BUCKETS = "m.start >= date_trunc('hour', t.lo) AND m.start < date_trunc('hour', t.hi) + interval '1 hour'"
 
-_DAILY_EXPECTED = """extract(epoch FROM ((({day} + 1)::timestamp AT TIME ZONE $4)
-                         - (({day})::timestamp AT TIME ZONE $4)))::integer / min(c.time_step)"""
+# At least one interval a day: a daily channel owes one even on a 23-hour day.
+_DAILY_EXPECTED = """greatest(1, extract(epoch FROM ((({day} + 1)::timestamp AT TIME ZONE $4)
+                         - (({day})::timestamp AT TIME ZONE $4)))::integer / min(c.time_step))"""
 
 # The same for local days of zone $4; expected intervals follow the day's real
 # length (23 or 25 hours on DST changes). {channels} narrows the channels.
@@ -249,6 +250,21 @@ class Storage:
             source_id, owner, float(interval), float(lease), due_only,
         )
         return bool(claimed)
+
+    async def close_interrupted_runs(self, source_id: str) -> int:
+        """Runs of a source left open by a worker that died: called by the worker that
+        has just claimed the source, so none of them can still be running."""
+        closed = await self.pool.execute(
+            """UPDATE source_runs SET finished = now(), error = 'interrupted: its worker stopped before the end'
+                WHERE source_id = $1 AND finished IS NULL""", source_id)
+        return int(closed.split()[-1])
+
+    async def renew_poll(self, source_id: str, owner: str, lease: float) -> bool:
+        renewed = await self.pool.fetchval(
+            """UPDATE sources SET lease_until = now() + make_interval(secs => $3)
+                WHERE id = $1 AND lease_owner = $2 RETURNING true""",
+            source_id, owner, float(lease))
+        return bool(renewed)
 
     async def release_poll(self, source_id: str, owner: str) -> None:
         await self.pool.execute(
