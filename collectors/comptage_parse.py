@@ -132,13 +132,16 @@ def classify_vehicles(labels: Iterable[str]) -> VehicleClass:
 # --------------------------------------------------------------------------- input
 
 
-def _chunks(data: bytes | bytearray | memoryview | Iterable[bytes] | IO[bytes]) -> Iterator[bytes]:
+def byte_chunks(
+    data: bytes | bytearray | memoryview | Iterable[bytes] | IO[bytes], size: int = CHUNK_SIZE
+) -> Iterator[bytes]:
+    """Bytes, an iterable of byte chunks or a binary file, as chunks: parsers stream all three."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         yield bytes(data)
         return
     read = getattr(data, "read", None)
     if callable(read):
-        while chunk := read(CHUNK_SIZE):
+        while chunk := read(size):
             yield bytes(chunk)
         return
     for chunk in data:
@@ -247,7 +250,7 @@ class CsvItems(Generic[T]):
         self._convert = convert
         self._decoder = _Decoder(encoding, source)
         self.notices = self._decoder.notices
-        self._raw_lines = _split_lines(_chunks(data))
+        self._raw_lines = _split_lines(byte_chunks(data))
         self._line_no = 0  # physical lines consumed
         self._pending: list[str] = []  # decoded lines of the row being read
         self._pending_bad = False

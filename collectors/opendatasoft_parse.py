@@ -48,7 +48,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from collectors.comptage_parse import ParseError, classify_vehicles
+from collectors.comptage_parse import ParseError, byte_chunks, classify_vehicles
 from feed.model import (
     DATEX_RECORD_TYPES,
     ChannelRecord,
@@ -699,19 +699,6 @@ def parse_records_page(
 # --------------------------------------------------------------------------- exports
 
 
-def _chunks(data: bytes | Iterable[bytes] | IO[bytes], size: int) -> Iterator[bytes]:
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        yield bytes(data)
-        return
-    read = getattr(data, "read", None)
-    if callable(read):
-        while chunk := read(size):
-            yield bytes(chunk)
-        return
-    for chunk in data:
-        yield bytes(chunk)
-
-
 class _ArrayReader:
     """The elements of one top-level JSON array, decoded a chunk at a time.
 
@@ -836,7 +823,7 @@ class ExportItems:
         now: datetime | None,
         chunk_size: int,
     ) -> None:
-        self._reader = _ArrayReader(_chunks(stream, chunk_size), source)
+        self._reader = _ArrayReader(byte_chunks(stream, chunk_size), source)
         self._conv = _Converter(mapping, now)
         self._gen = self._items()
 
