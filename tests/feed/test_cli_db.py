@@ -57,12 +57,27 @@ def test_db_lifecycle_as_this_user():
         assert (home / "var" / "pg" / "url").exists()
 
 
+@pytest.fixture
+def traversable_checkout():
+    """Lets other users reach the checkout and its virtual environment for the test
+    (a checkout under a private folder, e.g. one made by mktemp, is not), as a user
+    would with `chmod o+x`; the modes are restored afterwards."""
+    changed = []
+    for parent in [*Path(sys.executable).parents, *Path(__file__).resolve().parents]:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            changed.append((parent, mode))
+            parent.chmod(mode | 0o001)
+    yield
+    for parent, mode in changed:
+        parent.chmod(mode)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to an ordinary user needs root")
-def test_db_lifecycle_as_an_ordinary_user():
+def test_db_lifecycle_as_an_ordinary_user(traversable_checkout):
     probe = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
                             "-c", "import feed.cli"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"this interpreter or checkout is not readable by other users: {probe.stderr.strip()[-200:]}")
+    assert probe.returncode == 0, f"an ordinary user cannot run roadfeed from here: {probe.stderr.strip()[-300:]}"
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         home.chmod(0o755)
