@@ -14,13 +14,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     ROADFEED_SQL_DIR=/app/sql
 
 WORKDIR /app
+COPY requirements/runtime.txt ./requirements/runtime.txt
+# Exactly the locked versions, each checked against its hash; then the project itself.
+RUN pip install --require-hashes --no-deps -r requirements/runtime.txt
 COPY pyproject.toml README.md ./
 COPY feed ./feed
 COPY --from=web /src/feed/webassets ./feed/webassets
 COPY collectors ./collectors
 COPY exporters ./exporters
 COPY sql ./sql
-RUN pip install . && useradd --system --home-dir /app roadfeed
+RUN pip install --no-deps --no-build-isolation . && useradd --system --home-dir /app roadfeed
 USER roadfeed
 
 EXPOSE 8080

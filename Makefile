@@ -9,16 +9,14 @@
 PYTHON ?= $(shell for p in /usr/bin/python3 python3.12 python3.11 python3; do \
             command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
             && { command -v $$p; break; }; done)
-VENV := .venv
-STAMP := $(VENV)/.installed
 
-.PHONY: demo test system-runtime system-test engine-b web clean
+.PHONY: demo test lock lock-upgrade flake-hunt venv-runtime venv-test system-runtime system-test engine-b web clean
 
-demo: system-runtime web $(STAMP)
-	$(VENV)/bin/roadfeed demo
+demo: system-runtime web venv-runtime
+	.venv/bin/roadfeed demo
 
-test: system-test engine-b web $(STAMP)
-	$(VENV)/bin/python -m pytest
+test: system-test engine-b web venv-test
+	.venv/bin/python -m pytest
 
 system-runtime:
 	@scripts/system-packages runtime
@@ -37,12 +35,34 @@ engine-b:
 web:
 	@scripts/build-web
 
-$(STAMP): pyproject.toml
-	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is needed (apt-get install python3 python3-venv)"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+# The virtual environment: exactly the versions of the lock (scripts/venv says how).
+venv-runtime:
+	@PYTHON="$(PYTHON)" scripts/venv runtime
+
+venv-test:
+	@PYTHON="$(PYTHON)" scripts/venv test
+
+# The locks, requirements/runtime.txt and requirements/test.txt, with hashes, made by
+# uv from pyproject.toml's ranges. `make lock` follows a change of pyproject.toml and
+# keeps every other pin; `make lock-upgrade` moves every pin to today's releases.
+# Either is a deliberate step: commit the result on its own, once `make test` passes.
+UV_VERSION := 0.13.10
+UV := .venv-lock/bin/uv
+COMPILE = cd requirements && ../$(UV) pip compile ../pyproject.toml build.in --universal \
+          --python-version 3.11 --generate-hashes --custom-compile-command "make lock" -q $(UPGRADE)
+lock:
+	@test -x $(UV) || { $(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install --quiet uv==$(UV_VERSION); }
+	$(COMPILE) -o runtime.txt
+	$(COMPILE) --extra test --extra bench -c runtime.txt -o test.txt
+	@git diff --stat -- requirements/
+
+lock-upgrade:
+	@$(MAKE) --no-print-directory lock UPGRADE=--upgrade
+
+# Runs the whole suite N times (default 5), under CPU contention unless QUIET=1,
+# and reports every test that ever failed or hung (scripts/flake-hunt).
+flake-hunt: system-test engine-b web venv-test
+	scripts/flake-hunt $(if $(N),--runs $(N)) $(if $(QUIET),--quiet)
 
 clean:
-	rm -rf $(VENV) var node_modules feed/webassets
+	rm -rf .venv .venv-lock var node_modules feed/webassets

@@ -209,14 +209,12 @@ class _Walk:
             if failure is not None:
                 raise failure
             self._trim()
-        failure = None
-        try:
-            root = parser.close()
-        except etree.LxmlError as exc:
-            failure = exc
+        # A failing close() (the document was cut short) yields nothing more: libxml2's
+        # push parser has already reported every end tag it was fed (a tag is parsed as
+        # soon as its '>' arrives), so what close() adds on failure are end events made up
+        # for the elements left open, the record cut through among them.
+        root = parser.close()
         yield from self._events(parser.read_events())
-        if failure is not None:
-            raise failure
         if not self.root_checked:
             self._check_root(root)
         if self.root is None:

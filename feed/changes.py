@@ -75,6 +75,7 @@ from exporters import geojson
 from exporters.geojson import event_feature, intersects
 from feed import storage as _storage
 from feed.feeds import CORS_HEADERS, PREFLIGHT_HEADERS, BadParameter, EventFilter, json_error, parse_event_filter
+from feed.deadlines import cancel_and_wait
 from feed.model import Geometry, StoredEvent
 from feed.storage import CHANGES_CHANNEL, Storage
 
@@ -379,9 +380,7 @@ class ChangeHub:
             if sub.transport is not None:
                 sub.transport.abort()
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks, "change hub")
 
     # --- reading ---------------------------------------------------------------
 

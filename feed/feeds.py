@@ -50,6 +50,7 @@ from exporters import datex2_v2, datex2_v3, geojson, waze, wzdx
 from feed.config import Config, PublicationConfig
 from feed.metrics import REGISTRY as METRICS
 from feed.security import FEED_SECURITY_HEADERS, NOT_MODIFIED_COST, RATE_LIMITER, RateLimiter
+from feed.deadlines import cancel_and_wait
 from feed.model import EventStatus, EventType, StoredEvent
 from feed.storage import CHANGES_CHANNEL, Storage
 
@@ -600,9 +601,7 @@ class FeedPublisher:
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks, "feed publisher")
         self._filtered.clear()
 
     def request(self, *kinds: Kind) -> None:

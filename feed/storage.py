@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from feed.deadlines import CLOSE_TIMEOUT, close_pool
 from feed.model import (
     ChannelRecord,
     EventRecord,
@@ -213,8 +214,9 @@ class Storage:
         tz = await pool.fetchval("SELECT value FROM roadfeed_meta WHERE key = 'timezone'")
         return cls(pool, tz)
 
-    async def close(self) -> None:
-        await self.pool.close()
+    async def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Closes the pool; connections not given back within `timeout` s are terminated."""
+        await close_pool(self.pool, timeout)
 
     # --- sources and runs ------------------------------------------------------
 

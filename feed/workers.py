@@ -48,6 +48,7 @@ from typing import Any
 from aiohttp import web
 
 from feed.config import Config
+from feed.deadlines import cancel_and_wait
 from feed.feeds import EVENTS_GEOJSON, EventFilter, FeedFastPath, FeedPublisher, FeedSite, RenderedFeed
 from feed.storage import Storage
 
@@ -157,9 +158,7 @@ class Workers:
             if f.process is not None and f.process.poll() is None:
                 f.process.terminate()
         await asyncio.gather(*(asyncio.to_thread(self._reap, f) for f in self._followers))
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks, "worker processes' feeds")
 
     @staticmethod
     def _end(f: _Follower) -> int | None:

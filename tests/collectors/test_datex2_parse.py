@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -848,19 +849,53 @@ def test_bad_measurement_is_quarantined_and_the_other_site_yielded():
     assert "<measuredValue" in next(i for i in items if isinstance(i, Quarantined)).excerpt
 
 
+def _record_ends(doc: bytes) -> dict[str, int]:
+    """Where the situation of each record ends (after its closing tag) in a document:
+    a situation is parsed, and its records yielded, as one unit."""
+    ends = {}
+    for m in re.finditer(rb'<sit:situationRecord\b[^>]*\bid="([^"]+)"', doc):
+        ends[m.group(1).decode()] = doc.index(b"</sit:situation>", m.end()) + len(b"</sit:situation>")
+    return ends
+
+
+def _cut_contract(doc: bytes, cut: int) -> None:
+    """What a document cut at any byte must give, whatever the XML library's buffering:
+    the records it yields are complete (their situation closed before the cut), in order, each equal to
+    its counterpart in the whole document; then an error that names the source and a line."""
+    whole = {i.external_id: i for i in parse_datex2(doc, source_id="hostile", now=NOW)}
+    ends = _record_ends(doc)
+    items, error = collect_until_error(doc[:cut])
+    ids = [i.external_id for i in items]
+    assert ids == list(whole)[: len(ids)], "a prefix of the whole document's records, in order"
+    for item in items:
+        assert item == whole[item.external_id]
+        assert ends[item.external_id] <= cut, f"{item.external_id} was cut through at byte {cut} but yielded"
+    # every record whose situation closed well before the cut (more than any parser's
+    # lookahead) is there
+    assert {r for r, end in ends.items() if end + 4096 <= cut} <= set(ids)
+    assert error.source_id == "hostile"
+    assert error.line is not None and 1 <= error.line <= doc[:cut].count(b"\n") + 1
+    assert "hostile" in str(error) and f"line {error.line}" in str(error)
+
+
 def test_truncated_document_yields_what_came_before_then_fails_with_a_line():
     tree = etree.fromstring(read(NDW_SITUATIONS))
     pretty = etree.tostring(tree, pretty_print=True, xml_declaration=True, encoding="UTF-8")
     cut = pretty.index(b'<sit:situation id="RWS01_SM1168188_D2_WWA"') + 2000
+    _cut_contract(pretty, cut)
     items, error = collect_until_error(pretty[:cut])
-    assert [i.external_id for i in items] == [
-        "RWS01_M1162215_SPEED_MANAGEMENT_D2_WWA",
-        "RWS01_M1162215_CLOSED_LANES_D2_WWA",
-    ]
-    assert error.source_id == "hostile"
-    assert error.line == pretty[:cut].count(b"\n") + 1
+    # the cut falls inside RWS01_M1168188_SPEED_MANAGEMENT_D2_WWA: it must not come out
+    assert "RWS01_M1168188_SPEED_MANAGEMENT_D2_WWA" not in [i.external_id for i in items]
+    assert "RWS01_M1162215_CLOSED_LANES_D2_WWA" in [i.external_id for i in items]
     assert "Premature end of data" in error.reason or "expected" in error.reason
-    assert "hostile" in str(error) and f"line {error.line}" in str(error)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fraction=st.floats(min_value=0.02, max_value=0.98))
+def test_a_document_cut_anywhere_yields_only_complete_records(fraction: float):
+    tree = etree.fromstring(read(NDW_SITUATIONS))
+    pretty = etree.tostring(tree, pretty_print=True, xml_declaration=True, encoding="UTF-8")
+    _cut_contract(pretty, int(len(pretty) * fraction))
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import pyarrow.parquet as pq
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from multidict import MultiDict
 
@@ -491,6 +491,10 @@ _example = iter(range(10**6))
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=channel_data())
+# the hour after the spring-forward gap (2025-03-30T03:00+02:00), one 5-minute interval in it
+@example(data=([300, 300], [(0, 312, 0, None, "observed")]))
+@example(data=([300], [(0, 312, 7, 50.0, "observed")]))
+@example(data=([900, 3600], [(0, 104, 3, None, "observed"), (1, 26, 5, None, "observed")]))
 async def test_random_series_equal_a_recomputation_from_raw_rows(env: Env, data):
     steps, intervals = data
     storage = env.storage
