@@ -32,7 +32,7 @@ from feed.model import EventRecord, Geometry
 from feed.storage import Storage
 
 NOW = datetime.now(UTC).replace(microsecond=0)  # fixed: equal records must hash equal
-WAIT = 5.0  # seconds a change may take to arrive; generous, this is no speed test
+WAIT = 30.0  # seconds a change may take to arrive; generous (loaded machines), this is no speed test
 
 CONFIG = Config(sources=[SourceConfig(id="cd34", kind="datex2", url="http://127.0.0.1:9/cd34", interval=60)])
 
