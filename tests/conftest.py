@@ -38,6 +38,8 @@ class Server:
         self.cluster = cluster
 
     def new_database(self, migrated: bool = True) -> str:
+        if not self.cluster.running():  # a fault test that stopped it and failed before starting it again
+            self.cluster.start()
         name = f"t{os.getpid()}_{next(_counter)}"
         template = "roadfeed_template" if migrated else "template0"
         with psycopg.connect(self.cluster.url, autocommit=True) as conn:
