@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from feed.deadlines import CLOSE_TIMEOUT, close_pool
+from feed.replica import Notify, ReplayGate
 from feed.model import (
     ChannelRecord,
     EventRecord,
@@ -215,21 +216,44 @@ _INSERT_NEW = """
 
 
 class Storage:
-    """Everything the collectors and the HTTP layer read and write."""
+    """Everything the collectors and the HTTP layer read and write.
 
-    def __init__(self, pool: asyncpg.Pool, timezone: str):
+    Reads go to `pool`. Change notifications are heard on `listen_pool` through
+    `listener(callback)`: the same pool, or, when `pool` is a hot standby, the
+    primary's, with each notification held back until the standby replayed it
+    (feed.replica).
+    """
+
+    def __init__(self, pool: asyncpg.Pool, timezone: str, *, listen_pool: asyncpg.Pool | None = None):
         self.pool = pool
         self.timezone = timezone
         self.whole_hour_zone = _whole_hour_offsets(timezone)
+        self.listen_pool = listen_pool or pool
+        self.replay_gate = ReplayGate(listen_pool, pool) if listen_pool is not None else None
 
     @classmethod
-    async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> Storage:
+    async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10,
+                   primary_url: str | None = None) -> Storage:
+        """`url` is read; with `primary_url`, `url` is a standby of it (serving nodes)."""
         pool = await create_pool(url, min_size=min_size, max_size=max_size)
-        tz = await pool.fetchval("SELECT value FROM roadfeed_meta WHERE key = 'timezone'")
-        return cls(pool, tz)
+        try:
+            tz = await pool.fetchval("SELECT value FROM roadfeed_meta WHERE key = 'timezone'")
+            # The feeds' listener, the change stream's, and the replay gate's look at the WAL position.
+            listen_pool = await create_pool(primary_url, min_size=1, max_size=3) if primary_url else None
+        except BaseException:
+            await close_pool(pool, CLOSE_TIMEOUT)
+            raise
+        return cls(pool, tz, listen_pool=listen_pool)
+
+    def listener(self, callback: Notify) -> Notify:
+        """The LISTEN callback that reaches `callback` once the change is readable from `pool`."""
+        return callback if self.replay_gate is None else self.replay_gate.wrap(callback)
 
     async def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
-        """Closes the pool; connections not given back within `timeout` s are terminated."""
+        """Closes the pool(s); connections not given back within `timeout` s are terminated."""
+        if self.replay_gate is not None:
+            await self.replay_gate.close()
+            await close_pool(self.listen_pool, timeout)
         await close_pool(self.pool, timeout)
 
     # --- sources and runs ------------------------------------------------------
