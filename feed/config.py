@@ -87,10 +87,21 @@ class SourceConfig(_Section):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class MqttConfig(_Section):
+    """MQTT push (feed.mqtt), from the nodes that run the collectors (`run`)."""
+
+    url: str = Field(pattern=r"^mqtt://")  # mqtt://[user:password@]host[:port]
+    prefix: str = Field(default="roadfeed/v1", pattern=r"^[^+#]+$")
+    qos: Literal[1, 2] = 1  # acknowledged by the broker before the push moves on
+    client_id: str | None = None  # default: roadfeed-<random>
+    ack_timeout: float = Field(default=30.0, gt=0)
+
+
 class Config(_Section):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     publication: PublicationConfig = Field(default_factory=PublicationConfig)
+    mqtt: MqttConfig | None = None  # no push without it
     sources: list[SourceConfig] = Field(default_factory=list)
 
     @field_validator("sources")

@@ -31,6 +31,7 @@ from feed.feeds import FeedFastPath, FeedSite
 from feed.http import CONTEXT, build_app
 from feed.ingest import SinkResult
 from feed.scheduler import STOP_TIMEOUT, Collector
+from feed.mqtt import MqttPusher
 from feed.replica import primary_of
 from feed.storage import Storage
 from feed.workers import check_address_free, serving, serving_processes
@@ -85,9 +86,14 @@ async def collectors(
     async with aiohttp.ClientSession() as session:
         collector = Collector(config, storage, Fetcher(session), progress=progress, clock=clock)
         collector.start()
+        pusher = MqttPusher(storage, config.mqtt) if config.mqtt is not None else None
+        if pusher is not None:
+            await pusher.start()
         try:
             yield collector
         finally:
+            if pusher is not None:
+                await pusher.stop()
             await collector.stop(SHUTDOWN_TIMEOUT)  # running polls finish with the session and pool still open
 
 
