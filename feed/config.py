@@ -134,19 +134,21 @@ def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
 
 def load_config(path: str | Path | None) -> Config:
     """Read the TOML file (or the defaults with no file), then apply the environment."""
-    if path is None:
-        config = Config()
-    else:
+    raw: dict[str, Any] = {}
+    origin = "environment"
+    if path is not None:
         p = Path(path)
+        origin = str(p)
         try:
             raw = tomllib.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{p}: no such configuration file") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{p}: not valid TOML: {err}") from None
-        config = parse_config(raw, str(p))
+    # Before validation, so that checks between keys (read_url needs url) see the environment's.
     overrides = {key: os.environ[env] for key, env in (("url", "ROADFEED_DATABASE_URL"),
                                                       ("read_url", "ROADFEED_DATABASE_READ_URL")) if os.environ.get(env)}
     if overrides:
-        config = config.model_copy(update={"database": config.database.model_copy(update=overrides)})
-    return config
+        database = raw.get("database", {})
+        raw = {**raw, "database": {**(database if isinstance(database, dict) else {}), **overrides}}
+    return parse_config(raw, origin)

@@ -29,7 +29,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from feed.changes import CHANGES_PATH, STREAM_PATH, iter_sse
 from feed.cluster import Cluster, Engine
-from feed.config import Config, ConfigError, SourceConfig, parse_config
+from feed.config import Config, ConfigError, SourceConfig, load_config, parse_config
 from feed.feeds import EVENTS_GEOJSON, LISTENER_APPLICATION_NAME
 from feed.http import build_app
 from feed.migrations import migrate
@@ -217,3 +217,14 @@ def test_read_url_names_a_standby_of_the_configured_primary():
     with pytest.raises(ConfigError, match="read_url .* needs url"):
         parse_config({"database": {"read_url": "postgresql://s/roadfeed"}})
 
+
+
+def test_the_environment_can_name_the_primary_of_a_configured_standby(tmp_path, monkeypatch):
+    config = tmp_path / "roadfeed.toml"
+    config.write_text('[database]\nread_url = "postgresql://s/roadfeed"\n')
+    monkeypatch.setenv("ROADFEED_DATABASE_URL", "postgresql://p/roadfeed")
+    loaded = load_config(config)
+    assert (loaded.database.url, loaded.database.read_url) == ("postgresql://p/roadfeed", "postgresql://s/roadfeed")
+    monkeypatch.delenv("ROADFEED_DATABASE_URL")
+    with pytest.raises(ConfigError, match="read_url .* needs url"):
+        load_config(config)
