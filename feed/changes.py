@@ -428,14 +428,15 @@ class ChangeHub:
             def on_lost(_conn: Any) -> None:
                 lost.set()
 
+            on_notify = self.storage.listener(self._on_notify)  # on a standby: once replayed
             try:
-                async with self.storage.pool.acquire(timeout=30) as conn:
+                async with self.storage.listen_pool.acquire(timeout=30) as conn:
                     await conn.execute(f"SET application_name = '{LISTENER_APPLICATION_NAME}'")
                     conn.add_termination_listener(on_lost)
-                    await conn.add_listener(CHANGES_CHANNEL, self._on_notify)
+                    await conn.add_listener(CHANGES_CHANNEL, on_notify)
                     try:
                         self.listening = True
-                        self._wake.set()  # whatever was committed while nobody listened
+                        on_notify(conn, 0, CHANGES_CHANNEL, "")  # whatever was committed while nobody listened
                         backoff = 0.2
                         while not lost.is_set():
                             try:
@@ -449,7 +450,7 @@ class ChangeHub:
                         with contextlib.suppress(asyncpg.InterfaceError):
                             conn.remove_termination_listener(on_lost)
                             if not conn.is_closed():
-                                await conn.remove_listener(CHANGES_CHANNEL, self._on_notify)
+                                await conn.remove_listener(CHANGES_CHANNEL, on_notify)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -114,7 +114,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     if args.speed <= 0:
         raise ConfigError(f"--speed {args.speed:g}: must be greater than 0 (1 = real time)")
-    asyncio.run(run_simulator(args.host, args.port, args.seed, args.speed, args.history_days))
+    national = None
+    if args.sites is not None:
+        from feed.national import NationalNetwork
+
+        try:
+            national = NationalNetwork(sites=args.sites, step=args.step)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    asyncio.run(run_simulator(args.host, args.port, args.seed, args.speed, args.history_days, national=national))
     return 0
 
 
@@ -195,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=34, help="same seed, same département")
     simulate.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
     simulate.add_argument("--history-days", type=float, default=30, help="days of counts before now")
+    simulate.add_argument("--sites", type=int, help="add the national scenario: this many sites measured "
+                          "per lane (DATEX II v3 under /national/, e.g. 20000)")
+    simulate.add_argument("--step", type=int, default=60, help="seconds between national publications")
     simulate.set_defaults(func=cmd_simulate)
 
     demo = sub.add_parser("demo", help="embedded database + simulated département + collectors + feeds")

@@ -1,6 +1,7 @@
 """The one TOML configuration file, validated with pydantic.
 
-`ROADFEED_DATABASE_URL` overrides `[database] url`. Errors name the key, the
+`ROADFEED_DATABASE_URL` overrides `[database] url`, `ROADFEED_DATABASE_READ_URL`
+`[database] read_url`. Errors name the key, the
 value and what was expected.
 """
 
@@ -11,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SourceKind = Literal["opendatasoft", "datex2", "comptage-mobilites"]
 
@@ -26,9 +27,18 @@ class _Section(BaseModel):
 
 class DatabaseConfig(_Section):
     url: str | None = None  # None: the embedded cluster started by `roadfeed db up`
+    # A hot standby of `url` that `serve` reads from (feed.replica); collectors always write to `url`.
+    read_url: str | None = None
     pool_size: int = Field(default=10, ge=1, le=200)
     statement_timeout_ms: int = Field(default=15000, ge=100)
     retention_days: int | None = Field(default=None, ge=1)  # raw measurements kept; rollups stay forever
+
+
+    @model_validator(mode="after")
+    def _standby_needs_primary(self) -> DatabaseConfig:
+        if self.read_url is not None and self.url is None:
+            raise ValueError("read_url (a standby) needs url (its primary): changes are heard on the primary")
+        return self
 
 
 class ServerConfig(_Section):
@@ -77,10 +87,21 @@ class SourceConfig(_Section):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class MqttConfig(_Section):
+    """MQTT push (feed.mqtt), from the nodes that run the collectors (`run`)."""
+
+    url: str = Field(pattern=r"^mqtt://")  # mqtt://[user:password@]host[:port]
+    prefix: str = Field(default="roadfeed/v1", pattern=r"^[^+#]+$")
+    qos: Literal[1, 2] = 1  # acknowledged by the broker before the push moves on
+    client_id: str | None = None  # default: roadfeed-<random>
+    ack_timeout: float = Field(default=30.0, gt=0)
+
+
 class Config(_Section):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     publication: PublicationConfig = Field(default_factory=PublicationConfig)
+    mqtt: MqttConfig | None = None  # no push without it
     sources: list[SourceConfig] = Field(default_factory=list)
 
     @field_validator("sources")
@@ -113,18 +134,21 @@ def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
 
 def load_config(path: str | Path | None) -> Config:
     """Read the TOML file (or the defaults with no file), then apply the environment."""
-    if path is None:
-        config = Config()
-    else:
+    raw: dict[str, Any] = {}
+    origin = "environment"
+    if path is not None:
         p = Path(path)
+        origin = str(p)
         try:
             raw = tomllib.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{p}: no such configuration file") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{p}: not valid TOML: {err}") from None
-        config = parse_config(raw, str(p))
-    env_url = os.environ.get("ROADFEED_DATABASE_URL")
-    if env_url:
-        config = config.model_copy(update={"database": config.database.model_copy(update={"url": env_url})})
-    return config
+    # Before validation, so that checks between keys (read_url needs url) see the environment's.
+    overrides = {key: os.environ[env] for key, env in (("url", "ROADFEED_DATABASE_URL"),
+                                                      ("read_url", "ROADFEED_DATABASE_READ_URL")) if os.environ.get(env)}
+    if overrides:
+        database = raw.get("database", {})
+        raw = {**raw, "database": {**(database if isinstance(database, dict) else {}), **overrides}}
+    return parse_config(raw, origin)

@@ -923,18 +923,19 @@ class FeedPublisher:
             def on_lost(_conn: Any) -> None:
                 lost.set()
 
+            on_notify = self.storage.listener(self._on_notify)  # on a standby: once replayed
             try:
-                async with self.storage.pool.acquire(timeout=30) as conn:
+                async with self.storage.listen_pool.acquire(timeout=30) as conn:
                     await conn.execute(f"SET application_name = '{LISTENER_APPLICATION_NAME}'")
                     conn.add_termination_listener(on_lost)
-                    await conn.add_listener(CHANGES_CHANNEL, self._on_notify)
+                    await conn.add_listener(CHANGES_CHANNEL, on_notify)
                     try:
                         self.listener.connected = True
                         self.listener.connected_since = _utc_now()
                         self.listener.connections += 1
                         # Catch up with whatever was committed before we listened (a no-op
                         # render-wise when nothing changed: the fingerprint is the same).
-                        self.request()
+                        on_notify(conn, 0, CHANGES_CHANNEL, "")
                         backoff = 0.2
                         while not lost.is_set():
                             try:
@@ -949,7 +950,7 @@ class FeedPublisher:
                         with contextlib.suppress(asyncpg.InterfaceError):
                             conn.remove_termination_listener(on_lost)
                             if not conn.is_closed():
-                                await conn.remove_listener(CHANGES_CHANNEL, self._on_notify)
+                                await conn.remove_listener(CHANGES_CHANNEL, on_notify)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the listener must outlive any connection problem

@@ -31,6 +31,8 @@ from feed.feeds import FeedFastPath, FeedSite
 from feed.http import CONTEXT, build_app
 from feed.ingest import SinkResult
 from feed.scheduler import STOP_TIMEOUT, Collector
+from feed.mqtt import MqttPusher
+from feed.replica import primary_of
 from feed.storage import Storage
 from feed.workers import check_address_free, serving, serving_processes
 
@@ -84,9 +86,14 @@ async def collectors(
     async with aiohttp.ClientSession() as session:
         collector = Collector(config, storage, Fetcher(session), progress=progress, clock=clock)
         collector.start()
+        pusher = MqttPusher(storage, config.mqtt) if config.mqtt is not None else None
+        if pusher is not None:
+            await pusher.start()
         try:
             yield collector
         finally:
+            if pusher is not None:
+                await pusher.stop()
             await collector.stop(SHUTDOWN_TIMEOUT)  # running polls finish with the session and pool still open
 
 
@@ -111,10 +118,13 @@ async def stop_listening(runner: web.AppRunner) -> None:
 async def run(config: Config, url: str, host: str, port: int, *, collect: bool, workers: int | None = None) -> None:
     """Serves until SIGINT/SIGTERM; `workers` overrides `[server] workers` (0: one per CPU)."""
     processes = serving_processes(config.server.workers if workers is None else workers)
-    storage = await Storage.open(url, max_size=config.database.pool_size)
+    # `serve` reads from the standby when there is one; `run` writes, so it reads the primary.
+    read_url = config.database.read_url if not collect and config.database.read_url else url
+    storage = await Storage.open(read_url, max_size=config.database.pool_size,
+                                 primary_url=primary_of(config.database, read_url))
     try:
         await check_schema(storage)
-        async with http_server(config, storage, host, port, workers=processes, database_url=url) as runner:
+        async with http_server(config, storage, host, port, workers=processes, database_url=read_url) as runner:
             print(f"roadfeed serving on http://{host}:{port}/ (feeds under /feeds/, status at /feeds/status.json)"
                   + (f" with {processes} processes" if processes > 1 else ""), flush=True)
             if collect:

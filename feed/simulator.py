@@ -47,6 +47,8 @@ from aiohttp import web
 
 from feed.config import PublicationConfig
 from feed.model import Geometry, StoredEvent
+from feed.national import MEASURED_PATH as NATIONAL_MEASURED
+from feed.national import NationalNetwork, add_national_routes
 
 __all__ = [
     "COUNTERS_DATASET",
@@ -2037,9 +2039,12 @@ async def run_simulator(
     api_key: str | None = None,
     start: datetime | None = None,
     announce: Callable[[str], None] = print,
+    national: NationalNetwork | None = None,
 ) -> None:
-    """Serve the simulator until cancelled."""
+    """Serve the simulator until cancelled (with `national`, its national scenario too)."""
     app = build_simulator_app(seed, speed, history_days, start=start, api_key=api_key)
+    if national is not None:
+        add_national_routes(app, national, simulator_clock(app))
     runner = web.AppRunner(app)
     await runner.setup()
     try:
@@ -2053,7 +2058,9 @@ async def run_simulator(
         clock = simulator_clock(app)
         shown = f"[{host}]" if ":" in host else host
         announce(f"roadfeed simulator on http://{shown}:{bound}/ (seed {seed}, speed x{speed:g}, "
-                 f"simulated now {_iso(clock.now(), UTC)}, {history_days:g} days of history)")
+                 f"simulated now {_iso(clock.now(), UTC)}, {history_days:g} days of history)"
+                 + (f"; national scenario: {national.sites} sites every {national.step} s at {NATIONAL_MEASURED}"
+                    if national is not None else ""))
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()

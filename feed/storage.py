@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from feed.deadlines import CLOSE_TIMEOUT, close_pool
+from feed.replica import Notify, ReplayGate
 from feed.model import (
     ChannelRecord,
     EventRecord,
@@ -200,22 +201,59 @@ _DEDUPED = """(SELECT DISTINCT ON (channel_id, start) * FROM rf_staging
                ORDER BY channel_id, start, ctid DESC) AS s"""
 
 
-class Storage:
-    """Everything the collectors and the HTTP layer read and write."""
+# Sites and channels: known rows are updated (when changed) and only unknown ones
+# are inserted, so that a poll of known rows draws no value from the id sequence.
+# `INSERT ... ON CONFLICT DO UPDATE` alone would draw one per row and per poll
+# (20,000 sites polled every minute would exhaust a 32-bit id in weeks). Only a
+# row inserted concurrently by another poll between the check and the insert
+# draws a value it does not keep (ON CONFLICT DO NOTHING; the next poll updates it).
+_INSERT_NEW = """
+    INSERT INTO {table} ({columns})
+    SELECT {values} FROM input i
+     WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE t.source_id = $1 AND t.external_id = i.external_id)
+    ON CONFLICT (source_id, external_id) DO NOTHING
+    RETURNING 1"""
 
-    def __init__(self, pool: asyncpg.Pool, timezone: str):
+
+class Storage:
+    """Everything the collectors and the HTTP layer read and write.
+
+    Reads go to `pool`. Change notifications are heard on `listen_pool` through
+    `listener(callback)`: the same pool, or, when `pool` is a hot standby, the
+    primary's, with each notification held back until the standby replayed it
+    (feed.replica).
+    """
+
+    def __init__(self, pool: asyncpg.Pool, timezone: str, *, listen_pool: asyncpg.Pool | None = None):
         self.pool = pool
         self.timezone = timezone
         self.whole_hour_zone = _whole_hour_offsets(timezone)
+        self.listen_pool = listen_pool or pool
+        self.replay_gate = ReplayGate(listen_pool, pool) if listen_pool is not None else None
 
     @classmethod
-    async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> Storage:
+    async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10,
+                   primary_url: str | None = None) -> Storage:
+        """`url` is read; with `primary_url`, `url` is a standby of it (serving nodes)."""
         pool = await create_pool(url, min_size=min_size, max_size=max_size)
-        tz = await pool.fetchval("SELECT value FROM roadfeed_meta WHERE key = 'timezone'")
-        return cls(pool, tz)
+        try:
+            tz = await pool.fetchval("SELECT value FROM roadfeed_meta WHERE key = 'timezone'")
+            # The feeds' listener, the change stream's, and the replay gate's look at the WAL position.
+            listen_pool = await create_pool(primary_url, min_size=1, max_size=3) if primary_url else None
+        except BaseException:
+            await close_pool(pool, CLOSE_TIMEOUT)
+            raise
+        return cls(pool, tz, listen_pool=listen_pool)
+
+    def listener(self, callback: Notify) -> Notify:
+        """The LISTEN callback that reaches `callback` once the change is readable from `pool`."""
+        return callback if self.replay_gate is None else self.replay_gate.wrap(callback)
 
     async def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
-        """Closes the pool; connections not given back within `timeout` s are terminated."""
+        """Closes the pool(s); connections not given back within `timeout` s are terminated."""
+        if self.replay_gate is not None:
+            await self.replay_gate.close()
+            await close_pool(self.listen_pool, timeout)
         await close_pool(self.pool, timeout)
 
     # --- sources and runs ------------------------------------------------------
@@ -331,26 +369,27 @@ class Storage:
         if not rows:
             return Counts()
         result = await self.pool.fetchrow(
-            """WITH input AS (
-                   SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
-                                        $7::text[], $8::float8[], $9::float8[], $10::jsonb[])
-                          AS i(external_id, name, road, pr, abscissa, insee, lon, lat, metadata)),
-               up AS (
-                   INSERT INTO sites AS s (source_id, external_id, name, road, pr, abscissa, insee, geom, metadata)
-                   SELECT $1, external_id, name, road, pr, abscissa, insee,
+            f"""WITH input AS (
+                   SELECT external_id, name, road, pr, abscissa, insee, metadata,
                           CASE WHEN lon IS NOT NULL AND lat IS NOT NULL
-                               THEN ST_SetSRID(ST_MakePoint(lon, lat), 4326) END, metadata
-                     FROM input
-                   ON CONFLICT (source_id, external_id) DO UPDATE
-                      SET name = EXCLUDED.name, road = EXCLUDED.road, pr = EXCLUDED.pr,
-                          abscissa = EXCLUDED.abscissa, insee = EXCLUDED.insee, geom = EXCLUDED.geom,
-                          metadata = EXCLUDED.metadata, updated = now()
-                    WHERE (s.name, s.road, s.pr, s.abscissa, s.insee, s.metadata)
-                          IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.road, EXCLUDED.pr, EXCLUDED.abscissa,
-                                            EXCLUDED.insee, EXCLUDED.metadata)
-                       OR NOT (s.geom IS NOT DISTINCT FROM EXCLUDED.geom)
-                   RETURNING (xmax = 0) AS inserted)
-               SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up""",
+                               THEN ST_SetSRID(ST_MakePoint(lon, lat), 4326) END AS geom
+                     FROM unnest($2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
+                                 $7::text[], $8::float8[], $9::float8[], $10::jsonb[])
+                          AS i(external_id, name, road, pr, abscissa, insee, lon, lat, metadata)),
+               changed AS (
+                   UPDATE sites AS s
+                      SET name = i.name, road = i.road, pr = i.pr, abscissa = i.abscissa, insee = i.insee,
+                          geom = i.geom, metadata = i.metadata, updated = now()
+                     FROM input i
+                    WHERE s.source_id = $1 AND s.external_id = i.external_id
+                      AND ((s.name, s.road, s.pr, s.abscissa, s.insee, s.metadata)
+                           IS DISTINCT FROM (i.name, i.road, i.pr, i.abscissa, i.insee, i.metadata)
+                           OR NOT (s.geom IS NOT DISTINCT FROM i.geom))
+                   RETURNING 1),
+               added AS ({_INSERT_NEW.format(
+                   table="sites", columns="source_id, external_id, name, road, pr, abscissa, insee, geom, metadata",
+                   values="$1, external_id, name, road, pr, abscissa, insee, geom, metadata")})
+               SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM changed)""",
             source_id, *map(list, zip(*rows)),
         )
         if result[0] or result[1]:
@@ -372,20 +411,25 @@ class Storage:
             for c in chans
         ]
         result = await self.pool.fetchrow(
-            """WITH up AS (
-                   INSERT INTO channels AS c (source_id, site_id, external_id, direction, lane,
-                                              vehicle_class, mobility_type, time_step)
-                   SELECT $1, * FROM unnest($2::int[], $3::text[], $4::text[], $5::int[], $6::text[],
-                                           $7::text[], $8::int[])
-                   ON CONFLICT (source_id, external_id) DO UPDATE
-                      SET site_id = EXCLUDED.site_id, direction = EXCLUDED.direction, lane = EXCLUDED.lane,
-                          vehicle_class = EXCLUDED.vehicle_class, mobility_type = EXCLUDED.mobility_type,
-                          time_step = EXCLUDED.time_step
-                    WHERE (c.site_id, c.direction, c.lane, c.vehicle_class, c.mobility_type, c.time_step)
-                          IS DISTINCT FROM (EXCLUDED.site_id, EXCLUDED.direction, EXCLUDED.lane,
-                                            EXCLUDED.vehicle_class, EXCLUDED.mobility_type, EXCLUDED.time_step)
-                   RETURNING (xmax = 0) AS inserted)
-               SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up""",
+            f"""WITH input AS (
+                   SELECT * FROM unnest($2::int[], $3::text[], $4::text[], $5::int[], $6::text[],
+                                        $7::text[], $8::int[])
+                          AS i(site_id, external_id, direction, lane, vehicle_class, mobility_type, time_step)),
+               changed AS (
+                   UPDATE channels AS c
+                      SET site_id = i.site_id, direction = i.direction, lane = i.lane,
+                          vehicle_class = i.vehicle_class, mobility_type = i.mobility_type, time_step = i.time_step
+                     FROM input i
+                    WHERE c.source_id = $1 AND c.external_id = i.external_id
+                      AND (c.site_id, c.direction, c.lane, c.vehicle_class, c.mobility_type, c.time_step)
+                          IS DISTINCT FROM (i.site_id, i.direction, i.lane, i.vehicle_class, i.mobility_type,
+                                            i.time_step)
+                   RETURNING 1),
+               added AS ({_INSERT_NEW.format(
+                   table="channels",
+                   columns="source_id, site_id, external_id, direction, lane, vehicle_class, mobility_type, time_step",
+                   values="$1, site_id, external_id, direction, lane, vehicle_class, mobility_type, time_step")})
+               SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM changed)""",
             source_id, *map(list, zip(*rows)),
         )
         if result[0] or result[1]:

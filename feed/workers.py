@@ -50,6 +50,7 @@ from aiohttp import web
 from feed.config import Config
 from feed.deadlines import cancel_and_wait
 from feed.feeds import EVENTS_GEOJSON, EventFilter, FeedFastPath, FeedPublisher, FeedSite, RenderedFeed
+from feed.replica import primary_of
 from feed.storage import Storage
 
 __all__ = ["FeedMirror", "FollowerSpec", "Workers", "check_address_free", "serving_processes"]
@@ -339,7 +340,8 @@ class _FollowerProcess:
 
     async def run(self) -> None:
         spec, config = self.spec, self.spec.config
-        storage = await Storage.open(spec.database_url, max_size=config.database.pool_size)
+        storage = await Storage.open(spec.database_url, max_size=config.database.pool_size,
+                                     primary_url=primary_of(config.database, spec.database_url))
         try:
             from feed.http import build_app  # noqa: PLC0415 - after the spec: keeps `-m feed.workers` light to start
 
