@@ -159,9 +159,27 @@ _TYPED_VALUES = {
 }
 
 
+# Code-list values an event's `subtype` may name (agents' event kinds: alternating
+# one-way traffic, lane closures, ice...): written instead of the generic value.
+# Members of the same list in v2.3 and v3.6.
+SUBTYPE_VALUES: dict[str, frozenset[str]] = {
+    "roadOrCarriagewayOrLaneManagementType": frozenset({
+        "roadClosed", "singleAlternateLineTraffic", "laneClosures", "narrowLanes", "carriagewayClosures",
+        "contraflow"}),
+    "weatherRelatedRoadConditionType": frozenset({"ice", "blackIce", "snowOnTheRoad", "freezingOfWetRoads",
+                                                  "wetAndIcyRoad", "surfaceWater"}),
+}
+
+
 def record_type_values(event: StoredEvent, cls: str) -> list[tuple[str, str]]:
     """(element, value) pairs the record class requires after the common elements."""
-    return [(name, _TYPED_VALUES.get((event.type, name), value)) for name, value in _REQUIRED_VALUES[cls]]
+    out = []
+    for name, value in _REQUIRED_VALUES[cls]:
+        if event.subtype in SUBTYPE_VALUES.get(name, ()):
+            out.append((name, event.subtype))
+        else:
+            out.append((name, _TYPED_VALUES.get((event.type, name), value)))
+    return out
 
 
 class Validity(NamedTuple):

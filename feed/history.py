@@ -513,7 +513,7 @@ SELECT {_EVENT_COLUMNS}
  LIMIT $8"""
 
 _VERSIONS = """
-SELECT event_id, version, change, recorded, state FROM event_versions
+SELECT event_id, version, change, recorded, state, author FROM event_versions
  WHERE event_id = ANY($1::text[]) ORDER BY event_id, version"""
 
 
@@ -562,6 +562,7 @@ async def _with_versions(conn: Conn, rows: Sequence[asyncpg.Record]) -> list[Eve
     for v in await conn.fetch(_VERSIONS, [r["id"] for r in rows]):
         state = dict(v["state"])
         state["change"] = v["change"]
+        state["author"] = v["author"]
         state["recorded"] = v["recorded"].astimezone(UTC).isoformat().replace("+00:00", "Z")
         versions.setdefault(v["event_id"], []).append(state)
     return [EventHistory(_event_state(r), versions.get(r["id"], [])) for r in rows]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from feed import downloads
+from feed.authoring import EventInput, authoring_paths
 from feed.api import API, DEFAULT_PERIODS, EVENTS_LIMIT, INSTANT_EXPECTED, MAX_PERIODS, MAX_RANGE_TEXT, SITES_LIMIT
 from feed.config import Config
 from feed.feeds import BBOX_EXPECTED, EVENT_STATUSES, EVENT_TYPES
@@ -117,6 +118,18 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+# Agents' event entry (feed.authoring), with the models it refers to.
+_EVENT_INPUT = EventInput.model_json_schema(by_alias=True, ref_template=REF + "{model}")
+SCHEMAS.update(_EVENT_INPUT.pop("$defs", {}))
+SCHEMAS["EventInput"] = _EVENT_INPUT
+AGENT_SECURITY = {
+    "agentSession": {"type": "apiKey", "in": "cookie", "name": "roadfeed_session",
+                     "description": "POST /api/v1/session; unsafe requests also send X-CSRF-Token"},
+    "agentToken": {"type": "http", "scheme": "bearer",
+                   "description": "a personal token (roadfeed users token NAME) or the operators' admin token"},
+}
+
+
 def _document_schema(properties: dict[str, Any], description: str | None = None) -> dict[str, Any]:
     return _object({**properties, "licence": _ref("Licence"), "method": _ref("Method")}, description=description)
 
@@ -136,7 +149,8 @@ SCHEMAS.update({
               "properties": {"versions": {"type": "array", "items": _ref("EventVersion")}}},
     "EventVersion": {"allOf": [_ref("EventState")], "type": "object", "required": ["change", "recorded"],
                      "properties": {"change": {"enum": ["created", "updated", "ended", "reopened"]},
-                                    "recorded": TIME}},
+                                    "recorded": TIME,
+                                    "author": _nullable("string", description="the agent who wrote this version; null: a collector")}},
     "EventsPage": _document_schema({"events": {"type": "array", "items": _ref("Event")},
                                     "next_cursor": _nullable("string")}),
     "EventDocument": {"allOf": [_ref("Event")], "type": "object", "required": ["licence", "method"],
@@ -334,6 +348,6 @@ def openapi_document(config: Config) -> dict[str, Any]:
             "license": {"name": p.licence, "url": p.licence_url},
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
-        "paths": paths(),
-        "components": {"schemas": SCHEMAS},
+        "paths": {**paths(), **authoring_paths()},
+        "components": {"schemas": SCHEMAS, "securitySchemes": AGENT_SECURITY},
     }

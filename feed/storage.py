@@ -502,6 +502,15 @@ class Storage:
         else:
             await conn.execute(daily.format(channels=""), channels, los, his, self.timezone)
 
+    async def refresh_rollups(
+        self, conn: asyncpg.Connection, channels: list[int], los: list[datetime], his: list[datetime]
+    ) -> None:
+        """Recomputes the rollup buckets over these ranges from the raw rows, after their
+        quality changed (a counter marked faulty, or the marking removed)."""
+        if channels:
+            await self._refresh_rollups(conn, channels, los, his)
+            await conn.execute("SELECT pg_notify($1, 'measurements')", CHANGES_CHANNEL)
+
     async def drop_measurements_before(self, cutoff: datetime, batch: int = 50_000) -> int:
         """Retention: removes raw rows older than `cutoff`; rollups stay."""
         mode = await self.pool.fetchval("SELECT value FROM roadfeed_meta WHERE key = 'storage_mode'")
@@ -535,8 +544,11 @@ class Storage:
         seen_at: datetime,
         run_id: int | None = None,
         complete_snapshot: bool = False,
+        author: str | None = None,
     ) -> Counts:
         """New version for each changed event; unchanged ones only move `last_seen`.
+
+        `author`: the agent who wrote these versions (None: a collector).
 
         With `complete_snapshot`, the source's open events absent from `records`
         are ended (status ended, actual end = `seen_at`), never deleted.
@@ -570,7 +582,7 @@ class Storage:
                     writes.append((rec, old["id"], old["version"] + 1, change, old["first_seen"]))
                     counts.updated += 1
             if writes:
-                await self._write_event_versions(conn, source_id, writes, seen_at, run_id)
+                await self._write_event_versions(conn, source_id, writes, seen_at, run_id, author)
             if unchanged:
                 await conn.execute("UPDATE events SET last_seen = $2 WHERE id = ANY($1::text[])", unchanged, seen_at)
             if complete_snapshot:
@@ -605,6 +617,7 @@ class Storage:
         writes: list[tuple[EventRecord, str, int, str, datetime]],
         seen_at: datetime,
         run_id: int | None,
+        author: str | None = None,
     ) -> None:
         event_rows = []
         version_rows = []
@@ -620,7 +633,7 @@ class Storage:
                 **rec.model_dump(), id=event_id, source_id=source_id, version=version,
                 first_seen=first_seen, last_seen=seen_at, updated=seen_at,
             ).model_dump(mode="json")
-            version_rows.append((event_id, version, change, seen_at, run_id, state))
+            version_rows.append((event_id, version, change, seen_at, run_id, state, author))
         await conn.executemany(
             """INSERT INTO events (id, source_id, external_id, version, type, subtype, status, severity,
                                    planned_start, planned_end, actual_start, actual_end, road, direction,
@@ -641,8 +654,8 @@ class Storage:
             event_rows,
         )
         await conn.executemany(
-            """INSERT INTO event_versions (event_id, version, change, recorded, run_id, state)
-               VALUES ($1, $2, $3, $4, $5, $6)""",
+            """INSERT INTO event_versions (event_id, version, change, recorded, run_id, state, author)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)""",
             version_rows,
         )
 
