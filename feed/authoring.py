@@ -294,7 +294,7 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
         ends = []
         for name in ("from", "to"):
             raw = request.query.get(name, "")
-            pr, _, abscissa = raw.partition("+")
+            pr, _, abscissa = raw.strip().replace(" ", "+").partition("+")  # an unescaped + arrives as a space
             try:
                 ends.append((int(pr), float(abscissa or 0)))
             except ValueError:

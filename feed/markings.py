@@ -168,9 +168,11 @@ async def closure_record(conn: asyncpg.Connection, marking_id: int, road: str, p
     line = await section(conn, road, (pr_from, 0.0), (pr_to, 0.0))
     refs: dict[str, Any] = {"pr": [{"at": "from", "road": road, "pr": pr_from, "abscissa": 0},
                                    {"at": "to", "road": road, "pr": pr_to, "abscissa": 0}]}
+    status = "planned" if start > now else "ended" if end is not None and end <= now else "active"
     return EventRecord(
-        external_id=f"marking-{marking_id}", type="closure", status="planned" if start > now else "active",
-        severity="high", planned_start=start, planned_end=end, actual_start=None if start > now else start, road=road, direction="both",
+        external_id=f"marking-{marking_id}", type="closure", status=status, severity="high",
+        planned_start=start, planned_end=end, actual_start=None if status == "planned" else start,
+        actual_end=end if status == "ended" else None, road=road, direction="both",
         lanes_affected="all", geometry=Geometry.model_validate(line),
         descriptions={"fr": comment or f"{road} fermée", "en": comment or f"{road} closed"},
         location_refs=refs)

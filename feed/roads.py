@@ -7,7 +7,7 @@ FeatureCollection of Point features with properties `road`, `pr` (and `name`).
 A GeoJSON file may also give a road's shape: a LineString feature with property
 `road`, drawn from the lowest PR to the highest. Without a shape, a road's line
 is its PR points joined in PR order. Positions along the line are metres in
-Lambert-93 (see sql/015_road_referential.sql), counted from each PR. Parsing is pure; storing
+the ellipsoid (see sql/015_road_referential.sql), counted from each PR. Parsing is pure; storing
 and the linear-referencing queries run in PostgreSQL/PostGIS.
 """
 
@@ -143,13 +143,13 @@ WITH pts AS (SELECT p.pr, ST_Transform(ST_SetSRID(ST_MakePoint(p.lon, p.lat), 43
                FROM unnest($3::int[], $4::float8[], $5::float8[]) AS p(pr, lon, lat)),
      line AS (SELECT ST_MakeLine(g ORDER BY pr) AS line FROM pts)
 INSERT INTO roads (road, name, line, length)
-SELECT $1, $2, line, ST_Length(line) FROM line"""
+SELECT $1, $2, line, ST_Length(ST_Transform(line, 4326)::geography) FROM line"""
 _INSERT_SHAPED_ROAD = """
 WITH line AS (SELECT ST_Transform(ST_SetSRID(ST_MakeLine(array_agg(ST_MakePoint(x, y) ORDER BY n)), 4326), 2154)
                      AS line
                 FROM unnest($3::float8[], $4::float8[]) WITH ORDINALITY AS p(x, y, n))
 INSERT INTO roads (road, name, line, length)
-SELECT $1, $2, line, ST_Length(line) FROM line"""
+SELECT $1, $2, line, ST_Length(ST_Transform(line, 4326)::geography) FROM line"""
 # PR on a shaped road: the position along the shape nearest to the PR point.
 _INSERT_SHAPED_PRS = """
 INSERT INTO road_prs (road, pr, geom, measure)
@@ -163,9 +163,9 @@ INSERT INTO road_prs (road, pr, geom, measure)
 SELECT $1, pr, ST_SetSRID(ST_MakePoint(lon, lat), 4326),
        coalesce(sum(step) OVER (ORDER BY pr), 0)
   FROM (SELECT p.pr, p.lon, p.lat,
-               ST_Distance(ST_Transform(ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326), 2154),
-                           lag(ST_Transform(ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326), 2154))
-                               OVER (ORDER BY p.pr)) AS step
+               ST_Distance(ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326)::geography,
+                           lag(ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326)::geography) OVER (ORDER BY p.pr))
+                   AS step
           FROM unnest($2::int[], $3::float8[], $4::float8[]) AS p(pr, lon, lat)) s"""
 
 
@@ -203,7 +203,13 @@ async def road_exists(conn: asyncpg.Connection, road: str) -> bool:
     return bool(await conn.fetchval("SELECT 1 FROM roads WHERE road = $1", road))
 
 
+def _cm(metres: float) -> float:
+    """Abscissas to the centimetre: finer is noise (and subnormal floats underflow in PostgreSQL)."""
+    return round(metres, 2) + 0.0
+
+
 async def point(conn: asyncpg.Connection, road: str, pr: int, abscissa: float) -> tuple[float, float]:
+    abscissa = _cm(abscissa)
     row = await conn.fetchrow("SELECT ST_X(g) AS lon, ST_Y(g) AS lat FROM road_point($1, $2, $3) g",
                               road, pr, abscissa)
     if row is None or row["lon"] is None:
@@ -222,6 +228,7 @@ async def locate(conn: asyncpg.Connection, road: str, lon: float, lat: float) ->
 async def section(conn: asyncpg.Connection, road: str, start: tuple[int, float], end: tuple[int, float]
                   ) -> dict[str, Any]:
     """The GeoJSON LineString along the road from `start` to `end` (PR, abscissa)."""
+    start, end = (start[0], _cm(start[1])), (end[0], _cm(end[1]))
     geojson = await conn.fetchval("SELECT ST_AsGeoJSON(road_section($1, $2, $3, $4, $5), 7)",
                                   road, start[0], start[1], end[0], end[1])
     if geojson is None:

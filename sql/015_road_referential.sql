@@ -1,7 +1,9 @@
 -- The département's road referential: each road's PR (points de repère) as points,
--- and the road's line through them in PR order, in Lambert-93 (EPSG:2154, metres)
--- so that lengths and positions along the road are metres on the ground.
--- `measure` is a PR's distance from the start of the road's line.
+-- and the road's line (its shape, or its PR joined in PR order) in Lambert-93
+-- (EPSG:2154), a conformal projection whose scale is constant along a road to
+-- 1e-5, so a position's share of the line's length is its share on the ground.
+-- `length` and `measure` (a PR's distance from the start of the line) are metres
+-- on the ellipsoid.
 CREATE TABLE roads (
     road   text PRIMARY KEY CHECK (length(road) BETWEEN 1 AND 64),
     name   text NOT NULL DEFAULT '',
@@ -22,10 +24,11 @@ CREATE TABLE road_prs (
 -- when the road or PR is unknown or the position falls off the road.
 CREATE FUNCTION road_point(p_road text, p_pr integer, p_abscissa double precision)
 RETURNS geometry LANGUAGE sql STABLE AS $$
-    SELECT ST_Transform(ST_LineInterpolatePoint(r.line, (p.measure + p_abscissa) / r.length), 4326)
+    SELECT ST_Transform(ST_LineInterpolatePoint(
+               r.line, least(greatest((p.measure + p_abscissa) / r.length, 0), 1)), 4326)
       FROM roads r JOIN road_prs p ON p.road = r.road
      WHERE r.road = p_road AND p.pr = p_pr
-       AND p.measure + p_abscissa BETWEEN 0 AND r.length
+       AND p.measure + p_abscissa BETWEEN -0.01 AND r.length + 0.01  -- a centimetre for rounding
 $$;
 
 -- Point -> the road's PR before it, the abscissa after that PR, and the distance
@@ -48,7 +51,10 @@ CREATE FUNCTION road_section(p_road text, p_pr_from integer, p_abs_from double p
                              p_pr_to integer, p_abs_to double precision)
 RETURNS geometry LANGUAGE sql STABLE AS $$
     WITH ends AS (
-        SELECT r.line, r.length, a.measure + p_abs_from AS m1, b.measure + p_abs_to AS m2
+        SELECT r.line, r.length, least(greatest(a.measure + p_abs_from, 0), r.length) AS m1,
+               least(greatest(b.measure + p_abs_to, 0), r.length) AS m2,
+               a.measure + p_abs_from BETWEEN -0.01 AND r.length + 0.01
+               AND b.measure + p_abs_to BETWEEN -0.01 AND r.length + 0.01 AS on_road
           FROM roads r
           JOIN road_prs a ON a.road = r.road AND a.pr = p_pr_from
           JOIN road_prs b ON b.road = r.road AND b.pr = p_pr_to
@@ -56,7 +62,7 @@ RETURNS geometry LANGUAGE sql STABLE AS $$
     SELECT ST_Transform(CASE WHEN m1 <= m2 THEN ST_LineSubstring(line, m1 / length, m2 / length)
                              ELSE ST_Reverse(ST_LineSubstring(line, m2 / length, m1 / length)) END, 4326)
       FROM ends
-     WHERE m1 BETWEEN 0 AND length AND m2 BETWEEN 0 AND length AND m1 <> m2
+     WHERE on_road AND m1 <> m2
 $$;
 
 GRANT SELECT ON roads, road_prs TO roadfeed_reader;
