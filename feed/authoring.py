@@ -9,6 +9,7 @@ shows what each consumer would receive and whether it accepts it, without storin
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -48,6 +49,17 @@ KINDS: dict[str, tuple[EventType, str | None, str | None]] = {
 MAX_TEXT = 2000
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff\ud800-\udfff]")
+
+
+def _printable(text: str) -> str:
+    """Texts go into XML and JSON feeds as typed: control characters are refused, not dropped."""
+    found = _CONTROL.search(text)
+    if found:
+        raise ValueError(f"control character U+{ord(found.group()):04X} in the text")
+    return text
+
+
 class Position(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pr: int = Field(ge=0, le=10_000)
@@ -76,7 +88,14 @@ class EventInput(BaseModel):
     def _short(cls, v: dict[str, str]) -> dict[str, str]:
         if any(len(text) > MAX_TEXT for text in v.values()):
             raise ValueError(f"a description has at most {MAX_TEXT} characters")
+        for text in v.values():
+            _printable(text)
         return v
+
+    @field_validator("road", "lanes", "detour")
+    @classmethod
+    def _text(cls, v: str | None) -> str | None:
+        return None if v is None else _printable(v)
 
     @field_validator("start", "end")
     @classmethod
