@@ -335,6 +335,15 @@ def paths() -> dict[str, Any]:
     }
 
 
+def _merged(*documents: dict[str, Any]) -> dict[str, Any]:
+    """Paths of several route groups, the operations of one path together."""
+    out: dict[str, Any] = {}
+    for document in documents:
+        for path, operations in document.items():
+            out.setdefault(path, {}).update(operations)
+    return out
+
+
 def openapi_document(config: Config) -> dict[str, Any]:
     p = config.publication
     return {
@@ -348,6 +357,6 @@ def openapi_document(config: Config) -> dict[str, Any]:
             "license": {"name": p.licence, "url": p.licence_url},
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
-        "paths": {**paths(), **authoring_paths()},
+        "paths": _merged(paths(), authoring_paths()),
         "components": {"schemas": SCHEMAS, "securitySchemes": AGENT_SECURITY},
     }
