@@ -444,6 +444,14 @@ def _situation(payload: Any, event: StoredEvent, languages: Sequence[str], publi
     _SE(spec, _c.overallStartTime).text = xml_datetime(valid.start)
     if valid.end is not None:
         _SE(spec, _c.overallEndTime).text = xml_datetime(valid.end)
+    for slot in event.schedule:  # recurring slots: one valid period each
+        period = _SE(spec, _c.validPeriod)
+        times = _SE(period, _c.recurringTimePeriodOfDay)
+        _SE(times, _c.startTimeOfPeriod).text = f"{slot.start}:00"
+        _SE(times, _c.endTimeOfPeriod).text = f"{slot.end}:00"
+        days = _SE(period, _c.recurringDayWeekMonthPeriod)
+        for day in slot.days:
+            _SE(days, _c.applicableDay).text = day
 
     texts = texts_by_language(event.descriptions, languages)
     if texts:

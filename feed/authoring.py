@@ -24,7 +24,7 @@ from feed import markings, roads
 from feed.agents import Principal, authorised, error, json_response, read_json, writing
 from feed.api import API, NotFound, reading
 from feed.feeds import BadParameter
-from feed.model import EventRecord, EventType, Geometry, Severity, StoredEvent, public_event_id
+from feed.model import EventRecord, EventType, Geometry, Severity, StoredEvent, TimeSlot, public_event_id
 
 if TYPE_CHECKING:
     from feed.http import AppContext
@@ -82,6 +82,7 @@ class EventInput(BaseModel):
     detour: str | None = Field(default=None, max_length=MAX_TEXT)
     start: datetime | None = None
     end: datetime | None = None
+    schedule: list[TimeSlot] = Field(default_factory=list, max_length=14)
 
     @field_validator("description")
     @classmethod
@@ -161,7 +162,7 @@ async def event_record(conn: Any, entry: EventInput, external_id: str, now: date
         actual_start=None if planned else begins, road=road, direction=entry.direction,
         lanes_affected=(entry.lanes or "").strip() or default_lanes, geometry=geometry,
         descriptions={k: v.strip() for k, v in entry.description.items() if v.strip()},
-        detour=(entry.detour or "").strip() or None, location_refs=refs)
+        detour=(entry.detour or "").strip() or None, location_refs=refs, schedule=entry.schedule)
 
 
 def _stored(record: EventRecord, version: int, now: datetime, first_seen: datetime | None = None) -> StoredEvent:

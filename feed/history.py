@@ -496,7 +496,7 @@ EVENT_SPAN_END = """CASE e.status WHEN 'ended' THEN coalesce(e.actual_end, e.upd
 _EVENT_COLUMNS = """e.id, e.source_id, e.external_id, e.version, e.type, e.subtype, e.status::text AS status,
        e.severity, e.planned_start, e.planned_end, e.actual_start, e.actual_end, e.road, e.direction,
        e.lanes_affected, ST_AsGeoJSON(e.geom)::json AS geometry, e.descriptions, e.detour, e.location_refs,
-       e.source_version, e.source_updated, e.first_seen, e.last_seen, e.updated"""
+       e.schedule, e.source_version, e.source_updated, e.first_seen, e.last_seen, e.updated"""
 
 # $1 after id, $2 from, $3 to, $4 bbox, $5 types, $6 roads, $7 statuses, $8 limit
 _EVENTS = f"""

@@ -628,6 +628,7 @@ class Storage:
                 rec.planned_start, rec.planned_end, rec.actual_start, rec.actual_end, rec.road, rec.direction,
                 rec.lanes_affected, geometry, rec.descriptions, rec.detour, rec.location_refs,
                 rec.source_version, rec.source_updated, _content_hash(rec), first_seen, seen_at, seen_at,
+                [slot.model_dump() for slot in rec.schedule],
             ))
             state = StoredEvent(
                 **rec.model_dump(), id=event_id, source_id=source_id, version=version,
@@ -638,9 +639,9 @@ class Storage:
             """INSERT INTO events (id, source_id, external_id, version, type, subtype, status, severity,
                                    planned_start, planned_end, actual_start, actual_end, road, direction,
                                    lanes_affected, geom, descriptions, detour, location_refs, source_version,
-                                   source_updated, content_hash, first_seen, last_seen, updated)
+                                   source_updated, content_hash, first_seen, last_seen, updated, schedule)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                       ST_SetSRID(ST_GeomFromGeoJSON($16), 4326), $17, $18, $19, $20, $21, $22, $23, $24, $25)
+                       ST_SetSRID(ST_GeomFromGeoJSON($16), 4326), $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)
                ON CONFLICT (id) DO UPDATE SET
                    version = EXCLUDED.version, type = EXCLUDED.type, subtype = EXCLUDED.subtype,
                    status = EXCLUDED.status, severity = EXCLUDED.severity,
@@ -650,7 +651,7 @@ class Storage:
                    geom = EXCLUDED.geom, descriptions = EXCLUDED.descriptions, detour = EXCLUDED.detour,
                    location_refs = EXCLUDED.location_refs, source_version = EXCLUDED.source_version,
                    source_updated = EXCLUDED.source_updated, content_hash = EXCLUDED.content_hash,
-                   last_seen = EXCLUDED.last_seen, updated = EXCLUDED.updated""",
+                   last_seen = EXCLUDED.last_seen, updated = EXCLUDED.updated, schedule = EXCLUDED.schedule""",
             event_rows,
         )
         await conn.executemany(
@@ -703,7 +704,7 @@ class Storage:
 
 _EVENT_COLUMNS = """id, source_id, external_id, version, type, subtype, status::text AS status, severity,
     planned_start, planned_end, actual_start, actual_end, road, direction, lanes_affected,
-    ST_AsGeoJSON(geom) AS geometry, descriptions, detour, location_refs, source_version, source_updated,
+    ST_AsGeoJSON(geom) AS geometry, descriptions, detour, location_refs, schedule, source_version, source_updated,
     first_seen, last_seen, updated"""
 
 
@@ -722,5 +723,6 @@ def _whole_hour_offsets(timezone: str) -> bool:
 
 
 def _content_hash(rec: EventRecord) -> bytes:
-    return hashlib.sha256(rec.model_dump_json().encode()).digest()
+    # Without a schedule, the hash every event had before schedules existed: no spurious new versions.
+    return hashlib.sha256(rec.model_dump_json(exclude=None if rec.schedule else {"schedule"}).encode()).digest()
 

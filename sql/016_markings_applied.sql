@@ -16,3 +16,7 @@ ALTER TABLE markings ADD COLUMN pr_to integer;
 
 GRANT SELECT ON marking_overrides TO roadfeed_reader;
 GRANT SELECT, INSERT, UPDATE, DELETE ON marking_overrides TO roadfeed_writer;
+
+-- Recurring time slots of an event (agents' entries: e.g. nights 21:00-06:00 on
+-- weekdays), as a JSON list of {"days": [...], "start": "HH:MM", "end": "HH:MM"}.
+ALTER TABLE events ADD COLUMN schedule jsonb NOT NULL DEFAULT '[]';

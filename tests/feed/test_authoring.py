@@ -29,7 +29,7 @@ from feed.authoring import _CONTROL as CONTROL
 from feed.authoring import KINDS, EventInput, event_record
 from feed.config import Config, PublicationConfig, ServerConfig
 from feed.http import CONTEXT, build_app
-from feed.model import StoredEvent
+from feed.model import DAYS, StoredEvent
 from feed.simulator import ROADS
 from feed.storage import Storage
 from test_roads import load_simulated_roads
@@ -82,6 +82,12 @@ def every_format_valid(events: list[StoredEvent], at: datetime) -> dict[str, Any
 # ---------------------------------------------------------------- every kind, generated payloads (pure)
 
 
+_times = st.tuples(st.integers(0, 23), st.sampled_from([0, 15, 30, 59])).map(lambda t: f"{t[0]:02d}:{t[1]:02d}")
+_slots = st.fixed_dictionaries({
+    "days": st.lists(st.sampled_from(list(DAYS)), min_size=1, max_size=7, unique=True),
+    "start": _times, "end": _times}).filter(lambda s: s["start"] != s["end"])
+
+
 @st.composite
 def _drawn(draw: st.DrawFn) -> tuple[EventInput, StoredEvent]:
     road = draw(st.sampled_from(list(ROADS.values())))
@@ -105,6 +111,7 @@ def _drawn(draw: st.DrawFn) -> tuple[EventInput, StoredEvent]:
         "detour": draw(text) + "D2 puis D5" if kind == "detour" else None,
         "start": start.isoformat(),
         "end": draw(st.sampled_from([None, (start + timedelta(hours=8)).isoformat()])),
+        "schedule": draw(st.lists(_slots, max_size=3)),
     }
     try:
         entry = EventInput.model_validate(body)
@@ -142,7 +149,8 @@ def test_kinds_are_written_as_each_format_expresses_them() -> None:
         return StoredEvent(**body_record(entry).model_dump(), id=f"agents:{kind}", source_id="agents", version=1,
                            first_seen=NOW, last_seen=NOW, updated=NOW)
 
-    events = [one("alternating_traffic"), one("lane_closure", lanes="voie de droite"), one("closure"),
+    nights = [{"days": ["monday", "tuesday", "wednesday", "thursday", "friday"], "start": "21:00", "end": "06:00"}]
+    events = [one("alternating_traffic", schedule=nights), one("lane_closure", lanes="voie de droite"), one("closure"),
               one("detour", detour="par la D5 et la D27"), one("winter_conditions"), one("speed_limit")]
     docs = every_format_valid(events, NOW)
     v3 = {s.get("id"): s for s in docs["v3"].xpath("//*[local-name()='situation']")}
@@ -160,7 +168,16 @@ def test_kinds_are_written_as_each_format_expresses_them() -> None:
     impacts = {f["id"]: f["properties"]["vehicle_impact"] for f in docs["wzdx"]["features"]}
     assert "alternating-one-way" in impacts.values()
     assert "some-lanes-closed" in impacts.values() and "all-lanes-closed" in impacts.values()
+    period = v3["agents:alternating_traffic"]
+    assert values(period, "startTimeOfPeriod") == ["21:00:00"] and values(period, "endTimeOfPeriod") == ["06:00:00"]
+    assert values(period, "applicableDay") == nights[0]["days"]
+    v2 = {s.get("id"): s for s in docs["v2"].xpath("//*[local-name()='situation']")}
+    assert values(v2["agents:alternating_traffic"], "applicableDay") == nights[0]["days"]
     cifs = {i.get("id"): i for i in docs["cifs"].iter("incident")}
+    schedule = cifs["agents:alternating_traffic"].find("schedule")
+    assert {day.tag: day.text for day in schedule} == {  # split at midnight, continued the next morning
+        "monday": "21:00-23:59", "tuesday": "00:00-06:00,21:00-23:59", "wednesday": "00:00-06:00,21:00-23:59",
+        "thursday": "00:00-06:00,21:00-23:59", "friday": "00:00-06:00,21:00-23:59", "saturday": "00:00-06:00"}
     assert cifs["agents:closure"].findtext("type") == "ROAD_CLOSED"
     assert cifs["agents:lane_closure"].findtext("subtype") == "HAZARD_ON_ROAD_LANE_CLOSED"
 
@@ -199,6 +216,8 @@ async def until_in_feed(client: TestClient, path: str, needle: str) -> bytes:
 
 ALTERNATING = {"kind": "alternating_traffic", "road": "RD613", "from": {"pr": 12, "abscissa": 150},
                "to": {"pr": 13, "abscissa": 400}, "direction": "both", "lanes": "1 voie sur 2",
+               "schedule": [{"days": ["monday", "tuesday", "wednesday", "thursday", "friday"],
+                             "start": "21:00", "end": "06:00"}],
                "severity": "medium", "description": {"fr": "Circulation alternée par feux", "en": "Alternating traffic"}}
 
 
@@ -217,6 +236,9 @@ async def test_published_in_every_feed_versioned_with_author_and_ended(client: T
     xml_valid(DATEX_V2, bodies["/feeds/datex2/v2/situations.xml"])
     xml_valid(CIFS, bodies["/feeds/waze/cifs.xml"])
     assert not list(WZDX.iter_errors(json.loads(bodies["/feeds/wzdx/v4.2/work-zones.geojson"])))
+    assert b"<schedule>" in bodies["/feeds/waze/cifs.xml"] and b"<monday>21:00-23:59</monday>" in bodies[
+        "/feeds/waze/cifs.xml"]
+    assert b"recurringTimePeriodOfDay" in bodies["/feeds/datex2/v3/situations.xml"]
     # the PR range travels in DATEX II v2.3 as the French feeds write it
     assert b"PR12" in bodies["/feeds/datex2/v2/situations.xml"]
 
@@ -250,6 +272,10 @@ async def test_other_sources_events_are_not_edited_here(client: TestClient) -> N
     ({"kind": "lane_closure", "road": "RD613", "from": {"pr": 3}}, "body", "lanes closed"),
     ({**ALTERNATING, "start": "2026-07-01T21:00"}, "start", "offset"),
     ({**ALTERNATING, "unknown": 1}, "unknown", "Extra inputs"),
+    ({**ALTERNATING, "schedule": [{"days": ["monday"], "start": "25:00", "end": "06:00"}]}, "schedule.0",
+     "not HH:MM"),
+    ({**ALTERNATING, "schedule": [{"days": ["lundi"], "start": "21:00", "end": "06:00"}]}, "schedule.0.days.0",
+     "Input should be"),
     ({**ALTERNATING, "road": "RD9999"}, "from", "not in the referential"),
 ])
 async def test_bad_entries_are_refused_with_the_field_and_reason(client: TestClient, body: dict[str, Any],
