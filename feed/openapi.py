@@ -10,6 +10,7 @@ from typing import Any
 
 from feed import downloads
 from feed.authoring import EventInput, authoring_paths
+from feed.conditions import ConditionInput, condition_paths
 from feed.api import API, DEFAULT_PERIODS, EVENTS_LIMIT, INSTANT_EXPECTED, MAX_PERIODS, MAX_RANGE_TEXT, SITES_LIMIT
 from feed.config import Config
 from feed.feeds import BBOX_EXPECTED, EVENT_STATUSES, EVENT_TYPES
@@ -122,6 +123,9 @@ SCHEMAS: dict[str, Any] = {
 _EVENT_INPUT = EventInput.model_json_schema(by_alias=True, ref_template=REF + "{model}")
 SCHEMAS.update(_EVENT_INPUT.pop("$defs", {}))
 SCHEMAS["EventInput"] = _EVENT_INPUT
+_CONDITION_INPUT = ConditionInput.model_json_schema(by_alias=True, ref_template=REF + "{model}")
+SCHEMAS.update(_CONDITION_INPUT.pop("$defs", {}))
+SCHEMAS["ConditionInput"] = _CONDITION_INPUT
 AGENT_SECURITY = {
     "agentSession": {"type": "apiKey", "in": "cookie", "name": "roadfeed_session",
                      "description": "POST /api/v1/session; unsafe requests also send X-CSRF-Token"},
@@ -357,6 +361,6 @@ def openapi_document(config: Config) -> dict[str, Any]:
             "license": {"name": p.licence, "url": p.licence_url},
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
-        "paths": _merged(paths(), authoring_paths()),
+        "paths": _merged(paths(), authoring_paths(), condition_paths()),
         "components": {"schemas": SCHEMAS, "securitySchemes": AGENT_SECURITY},
     }
