@@ -10,6 +10,7 @@ from typing import Any
 
 from feed import downloads
 from feed.authoring import EventInput, authoring_paths
+from feed.campaigns import campaign_paths
 from feed.conditions import ConditionInput, condition_paths
 from feed.api import API, DEFAULT_PERIODS, EVENTS_LIMIT, INSTANT_EXPECTED, MAX_PERIODS, MAX_RANGE_TEXT, SITES_LIMIT
 from feed.config import Config
@@ -361,6 +362,6 @@ def openapi_document(config: Config) -> dict[str, Any]:
             "license": {"name": p.licence, "url": p.licence_url},
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
-        "paths": _merged(paths(), authoring_paths(), condition_paths()),
+        "paths": _merged(paths(), authoring_paths(), condition_paths(), campaign_paths()),
         "components": {"schemas": SCHEMAS, "securitySchemes": AGENT_SECURITY},
     }
