@@ -16,6 +16,7 @@ import asyncpg
 from aiohttp import web
 
 from feed.admin import admin_routes
+from feed.agentpage import agent_page_routes
 from feed.agents import agent_routes
 from feed.authoring import authoring_routes
 from feed.campaigns import campaign_routes
@@ -82,7 +83,7 @@ def feed_routes(app: web.Application, ctx: AppContext) -> None:
 
 ROUTES: list[RouteSetup] = [health_routes, metrics_routes, feed_routes, changes_routes, web_routes, admin_routes,
                             agent_routes, authoring_routes, condition_routes, campaign_routes,
-                            api_routes]
+                            agent_page_routes, api_routes]
 
 
 def build_app(

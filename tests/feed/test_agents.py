@@ -18,7 +18,7 @@ from feed.cli import main
 from feed.config import Config, PublicationConfig, ServerConfig
 from feed.http import build_app
 from feed.storage import Storage
-from test_roads import load_simulated_roads
+from agents_support import load_simulated_roads
 
 ADMIN = "ops-admin-token"
 PASSWORD = "correct horse battery"

@@ -11,18 +11,14 @@ import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jsonschema import Draft7Validator
 from lxml import etree
 from pydantic import ValidationError
-from referencing import Registry, Resource
-from referencing.exceptions import NoSuchResource
 
 from exporters import datex2_v2, datex2_v3, geojson, waze, wzdx
 from feed.authoring import _CONTROL as CONTROL
@@ -32,39 +28,11 @@ from feed.http import CONTEXT, build_app
 from feed.model import DAYS, StoredEvent
 from feed.simulator import ROADS
 from feed.storage import Storage
-from test_roads import load_simulated_roads
+from agents_support import CIFS, DATEX_V2, DATEX_V3, WZDX, load_simulated_roads, until_in_feed, xml_valid
 
-SCHEMAS = Path(__file__).resolve().parents[1] / "data" / "schemas"
-DATEX_V3 = etree.XMLSchema(etree.parse(str(SCHEMAS / "datex2" / "v3.6" / "DATEXII_3_MessageContainer.xsd")))
-DATEX_V2 = etree.XMLSchema(etree.parse(str(SCHEMAS / "datex2" / "v2.3" / "DATEXIISchema_2_2_3.xsd")))
-CIFS = etree.XMLSchema(etree.parse(str(SCHEMAS / "waze" / "cifsv2.xsd")))
 ADMIN = "ops-token"
 PUBLICATION = PublicationConfig()
 NOW = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
-FEED_WAIT = 10.0  # seconds: a bound for a loaded machine, not a speed check
-
-
-def _offline(uri: str) -> Resource:
-    raise NoSuchResource(ref=uri)
-
-
-def _wzdx_validator() -> Draft7Validator:
-    resources = []
-    for path in sorted((SCHEMAS / "wzdx" / "4.2").glob("*.json")) + sorted((SCHEMAS / "wzdx" / "geojson").glob("*.json")):
-        schema = json.loads(path.read_text(encoding="utf-8"))
-        resources.append((schema["$id"], Resource.from_contents(schema)))
-    root = json.loads((SCHEMAS / "wzdx" / "4.2" / "WorkZoneFeed.json").read_text(encoding="utf-8"))
-    return Draft7Validator(root, registry=Registry(retrieve=_offline).with_resources(resources),
-                           format_checker=Draft7Validator.FORMAT_CHECKER)
-
-
-WZDX = _wzdx_validator()
-
-
-def xml_valid(schema: etree.XMLSchema, data: bytes) -> etree._Element:
-    doc = etree.fromstring(data)
-    assert schema.validate(doc), "\n".join(f"line {e.line}: {e.message}" for e in schema.error_log)
-    return doc
 
 
 def every_format_valid(events: list[StoredEvent], at: datetime) -> dict[str, Any]:
@@ -201,17 +169,6 @@ async def client(storage: Storage) -> AsyncIterator[TestClient]:
 
 
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
-
-
-async def until_in_feed(client: TestClient, path: str, needle: str) -> bytes:
-    deadline = time.monotonic() + FEED_WAIT
-    while True:
-        async with client.get(path) as resp:
-            body = await resp.read()
-        if needle.encode() in body:
-            return body
-        assert time.monotonic() < deadline, f"{needle} not in {path} after {FEED_WAIT} s"
-        await asyncio.sleep(0.05)
 
 
 ALTERNATING = {"kind": "alternating_traffic", "road": "RD613", "from": {"pr": 12, "abscissa": 150},

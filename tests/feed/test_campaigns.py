@@ -20,7 +20,7 @@ from feed.campaigns import parse_campaign
 from feed.config import Config, PublicationConfig, ServerConfig
 from feed.http import CONTEXT, build_app
 from feed.storage import Storage
-from test_roads import load_simulated_roads
+from agents_support import load_simulated_roads
 
 PARIS = ZoneInfo("Europe/Paris")
 ADMIN = "ops-token"

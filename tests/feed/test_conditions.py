@@ -14,8 +14,8 @@ from lxml import etree
 from feed.config import Config, PublicationConfig, ServerConfig
 from feed.http import CONTEXT, build_app
 from feed.storage import Storage
-from test_authoring import DATEX_V2, DATEX_V3, until_in_feed, xml_valid
-from test_roads import load_simulated_roads
+from agents_support import DATEX_V2, DATEX_V3, until_in_feed, xml_valid
+from agents_support import load_simulated_roads
 
 ADMIN = "ops-token"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}

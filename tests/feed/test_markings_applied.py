@@ -21,8 +21,8 @@ from feed.config import Config, PublicationConfig, ServerConfig
 from feed.http import CONTEXT, build_app
 from feed.model import ChannelRecord, SiteRecord
 from feed.storage import Storage
-from test_authoring import until_in_feed
-from test_roads import load_simulated_roads
+from agents_support import until_in_feed
+from agents_support import load_simulated_roads
 
 PARIS = ZoneInfo("Europe/Paris")
 DAY0 = datetime(2025, 7, 1, tzinfo=PARIS)

@@ -18,15 +18,9 @@ from feed.config import Config, PublicationConfig, ServerConfig
 from feed.http import build_app
 from feed.simulator import SITES, referential_geojson
 from feed.storage import Storage
+from agents_support import load_simulated_roads
 
 ADMIN = "admin-secret-token"
-
-
-async def load_simulated_roads(storage: Storage) -> list[roads.Road]:
-    referential = roads.parse_referential(referential_geojson(), "simulator")
-    async with storage.pool.acquire() as conn:
-        await roads.store_referential(conn, referential)
-    return referential
 
 
 def geodesic_m(a: tuple[float, float], b: tuple[float, float]) -> float:
