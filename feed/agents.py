@@ -37,8 +37,8 @@ from feed.feeds import BadParameter
 if TYPE_CHECKING:
     from feed.http import AppContext
 
-__all__ = ["ROLES", "Agent", "AgentError", "Principal", "agent_routes", "authorised", "hash_password",
-           "new_secret", "secret_hash", "verify_password", "writing"]
+__all__ = ["ROLES", "Agent", "AgentError", "Principal", "agent_routes", "answering", "authorised", "hash_password",
+           "new_secret", "public", "secret_hash", "verify_password", "writing"]
 
 ROLES = ("reader", "editor", "administrator")
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
@@ -191,7 +191,7 @@ def authorised(ctx: AppContext, role: str, handler: AgentHandler) -> Handler:
         try:
             async with ctx.storage.pool.acquire() as conn:
                 principal = await _principal(conn, request, ctx.config.server.admin_token)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except (*DATABASE_DOWN, asyncpg.PostgresError):
             return error(503, "database_unavailable", "the database cannot be reached; retry shortly",
                          **{"Retry-After": "10"})
         if principal is None:
@@ -205,16 +205,34 @@ def authorised(ctx: AppContext, role: str, handler: AgentHandler) -> Handler:
         if not principal.may(role):
             return error(403, "forbidden", f"this needs the role {role} or above; {principal.author} is "
                                            f"{principal.role}")
-        try:
-            return await handler(request, principal)
-        except BadParameter as exc:
-            return json_response(exc.as_json(), 400)
-        except NotFound as exc:
-            return json_response(exc.body, 404)
-        except (OSError, asyncpg.InterfaceError, asyncpg.QueryCanceledError,
-                asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError):
-            return error(503, "database_unavailable", "the database did not answer; retry shortly",
-                         **{"Retry-After": "10"})
+        return await answering(lambda: handler(request, principal))
+
+    return handle
+
+
+DATABASE_DOWN = (OSError, asyncpg.InterfaceError, asyncpg.QueryCanceledError, asyncpg.CannotConnectNowError,
+                 asyncpg.ConnectionDoesNotExistError)
+
+
+async def answering(call: Callable[[], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """A handler's answer, its refusals as JSON errors: 400, 404, and 503 (never 500)
+    when the database cannot answer."""
+    try:
+        return await call()
+    except BadParameter as exc:
+        return json_response(exc.as_json(), 400)
+    except NotFound as exc:
+        return json_response(exc.body, 404)
+    except DATABASE_DOWN:
+        return error(503, "database_unavailable", "the database did not answer; retry shortly",
+                     **{"Retry-After": "10"})
+
+
+def public(handler: Handler) -> Handler:
+    """A route open to everyone, with the same refusals as the agents' routes."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await answering(lambda: handler(request))
 
     return handle
 

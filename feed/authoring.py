@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from exporters import datex2_v2, datex2_v3, geojson, waze, wzdx
 from exporters.datex2_v3 import NothingToPublish
 from feed import markings, roads
-from feed.agents import Principal, authorised, error, json_response, read_json, writing
+from feed.agents import Principal, authorised, error, json_response, public, read_json, writing
 from feed.api import API, NotFound, reading
 from feed.feeds import BadParameter
 from feed.model import EventRecord, EventType, Geometry, Severity, StoredEvent, TimeSlot, public_event_id
@@ -337,16 +337,6 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
         async with writing(ctx) as conn:
             count = await roads.store_referential(conn, referential)
         return json_response({"roads": count, "prs": sum(len(r.prs) for r in referential)}, 201)
-
-    def public(handler: Any) -> Any:
-        async def handle(request: web.Request) -> web.StreamResponse:
-            try:
-                return await handler(request)
-            except BadParameter as exc:
-                return json_response(exc.as_json(), 400)
-            except NotFound as exc:
-                return json_response(exc.body, 404)
-        return handle
 
     # markings -------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from feed import roads
-from feed.agents import Principal, authorised, json_response, read_json
+from feed.agents import Principal, authorised, json_response, public, read_json
 from feed.api import API, reading
 from feed.authoring import Position
 from feed.feeds import BadParameter
@@ -133,7 +133,7 @@ def condition_routes(app: web.Application, ctx: AppContext) -> None:
         return json_response({"type": "FeatureCollection", "features": features})
 
     app.router.add_post(f"{API}/road-conditions", authorised(ctx, "editor", set_condition))
-    app.router.add_get(f"{API}/road-conditions", network)
+    app.router.add_get(f"{API}/road-conditions", public(network))
 
 
 def condition_paths() -> dict[str, Any]:

@@ -152,3 +152,22 @@ async def test_a_disabled_account_cannot_log_in_and_its_session_and_tokens_stop(
         assert resp.status == 401
     async with client.post("/api/v1/events", json=EVENT, headers=bearer(tokens["eddie"])) as resp:
         assert resp.status == 401
+
+
+async def test_routes_that_need_the_database_answer_503_without_it(db_url: str) -> None:
+    store = await Storage.open(db_url)
+    await load_simulated_roads(store)
+    config = Config(server=ServerConfig(admin_token=ADMIN, rate_limit_per_minute=0), publication=PublicationConfig())
+    client = TestClient(TestServer(build_app(config, store), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        store.pool.terminate()  # the database is gone for this application
+        for method, path, body in [("GET", "/api/v1/roads", None), ("GET", "/api/v1/roads/RD613/pr", None),
+                                   ("GET", "/api/v1/road-conditions", None), ("GET", "/api/v1/markings", None),
+                                   ("POST", "/api/v1/events", EVENT), ("POST", "/api/v1/session",
+                                                                      {"username": "a", "password": "b"})]:
+            async with client.request(method, path, json=body, headers=bearer(ADMIN)) as resp:
+                assert resp.status == 503, (method, path, await resp.text())
+                assert resp.headers["Retry-After"] == "10"
+    finally:
+        await client.close()
