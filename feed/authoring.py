@@ -47,6 +47,7 @@ KINDS: dict[str, tuple[EventType, str | None, str | None]] = {
     "weather": ("weather", "WeatherRelatedRoadConditions", None),
 }
 MAX_TEXT = 2000
+DIGITS = re.compile(r"^[0-9]{1,18}$")  # ASCII digits only: str.isdigit() also takes "²"
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff\ud800-\udfff]")
@@ -350,14 +351,14 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
 
     async def delete_marking(request: web.Request, who: Principal) -> web.Response:
         raw = request.match_info["id"]
-        row = await markings.delete_marking(ctx, int(raw), who.author) if raw.isdigit() and len(raw) < 18 else None
+        row = await markings.delete_marking(ctx, int(raw), who.author) if DIGITS.match(raw) else None
         if row is None:
             raise NotFound("id", raw, "the id of a marking (see /api/v1/markings)", f"no marking {raw}")
         return json_response({"deleted": markings.marking_json(row)})
 
     async def list_markings(request: web.Request) -> web.Response:
         site = request.query.get("site_id")
-        if site is not None and not (site.isdigit() and len(site) < 10):
+        if site is not None and not (DIGITS.match(site) and int(site) < 2**31):
             raise BadParameter("site_id", site, "a site id", "site_id is not a site id")
         async with reading(ctx) as conn:
             rows = await conn.fetch(f"SELECT {markings.MARKING_COLUMNS} FROM markings WHERE $1::int IS NULL "
