@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
