@@ -61,10 +61,14 @@ def _printable(text: str) -> str:
     return text
 
 
+MAX_PR = 10_000
+MAX_ABSCISSA = 100_000  # metres
+
+
 class Position(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    pr: int = Field(ge=0, le=10_000)
-    abscissa: float = Field(default=0, ge=-100_000, le=100_000)
+    pr: int = Field(ge=0, le=MAX_PR)
+    abscissa: float = Field(default=0, ge=-MAX_ABSCISSA, le=MAX_ABSCISSA)
 
 
 class EventInput(BaseModel):
@@ -203,7 +207,7 @@ def _now() -> datetime:
 
 def _event_id(request: web.Request) -> str:
     event_id = request.match_info["id"]
-    if not event_id.startswith(f"{markings.AGENTS_SOURCE}:"):
+    if not event_id.startswith(f"{markings.AGENTS_SOURCE}:") or _CONTROL.search(event_id) or len(event_id) > 300:
         raise NotFound("id", event_id, "the id of an event agents published (agents:...)",
                        f"{event_id} is not an agents' event: events of other sources are not edited here")
     return event_id
@@ -269,7 +273,10 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
     # road referential ------------------------------------------------------
 
     def road_of(request: web.Request) -> str:
-        return roads.normalise_road(request.match_info["road"])
+        raw = request.match_info["road"]
+        if not roads.ROAD_PATTERN.match(raw):
+            raise NotFound("road", raw, "a road of the referential (see /api/v1/roads)", f"no road {raw!r}")
+        return roads.normalise_road(raw)
 
     async def road_list(_request: web.Request) -> web.Response:
         async with reading(ctx) as conn:
@@ -286,28 +293,32 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
             raise NotFound("road", road, "a road of the referential (see /api/v1/roads)", f"no road {road}")
         return json_response({"road": road, "prs": found})
 
-    def number(request: web.Request, name: str, cast: type) -> Any:
+    def number(request: web.Request, name: str, cast: type, lo: float, hi: float) -> Any:
         raw = request.query.get(name)
+        expected = f"a number from {lo:g} to {hi:g}" if cast is float else f"an integer from {lo:g} to {hi:g}"
         try:
-            return cast(raw)
+            value = cast(raw)
         except (TypeError, ValueError):
-            raise BadParameter(name, raw or "", f"a {cast.__name__}", f"{name} is missing or not a number") from None
+            raise BadParameter(name, raw or "", expected, f"{name} is missing or not a number") from None
+        if not lo <= value <= hi:  # NaN fails too
+            raise BadParameter(name, raw or "", expected, f"{name} {raw} is out of range")
+        return value
 
     async def road_locate(request: web.Request) -> web.Response:
         road = road_of(request)
         async with reading(ctx) as conn:
             try:
                 if "lon" in request.query or "lat" in request.query:
-                    lon, lat = number(request, "lon", float), number(request, "lat", float)
+                    lon, lat = number(request, "lon", float, -180, 180), number(request, "lat", float, -90, 90)
                     pr, abscissa, offset = await roads.locate(conn, road, lon, lat)
                     return json_response({"road": road, "pr": pr, "abscissa": round(abscissa, 1),
                                           "offset_m": round(offset, 1), "lon": lon, "lat": lat})
-                pr, abscissa = number(request, "pr", int), float(request.query.get("abscissa", "0"))
+                pr = number(request, "pr", int, 0, MAX_PR)
+                abscissa = number(request, "abscissa", float, -MAX_ABSCISSA, MAX_ABSCISSA) \
+                    if "abscissa" in request.query else 0.0
                 lon, lat = await roads.point(conn, road, pr, abscissa)
             except roads.OffRoad as exc:
                 raise NotFound("road", road, "a position on a road of the referential", str(exc)) from None
-            except ValueError:
-                raise BadParameter("abscissa", request.query.get("abscissa", ""), "metres", "not a number") from None
         return json_response({"road": road, "pr": pr, "abscissa": abscissa, "lon": lon, "lat": lat})
 
     async def road_section(request: web.Request) -> web.Response:
@@ -317,9 +328,13 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
             raw = request.query.get(name, "")
             pr, _, abscissa = raw.strip().replace(" ", "+").partition("+")  # an unescaped + arrives as a space
             try:
-                ends.append((int(pr), float(abscissa or 0)))
+                end = (int(pr), float(abscissa or 0))
             except ValueError:
                 raise BadParameter(name, raw, "PR+abscissa, e.g. 12+250", f"{name} is not PR+abscissa") from None
+            if not (0 <= end[0] <= MAX_PR and -MAX_ABSCISSA <= end[1] <= MAX_ABSCISSA):
+                raise BadParameter(name, raw, f"PR from 0 to {MAX_PR}, abscissa within {MAX_ABSCISSA} m",
+                                   f"{name} is out of range")
+            ends.append(end)
         async with reading(ctx) as conn:
             try:
                 line = await roads.section(conn, road, ends[0], ends[1])

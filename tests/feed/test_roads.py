@@ -192,3 +192,18 @@ async def test_routes_read_the_referential_and_only_an_administrator_imports(sto
             assert resp.status == 400
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("path", ["/api/v1/roads/%00/pr", "/api/v1/roads/RD613/locate?pr=2147483648",
+                                  "/api/v1/roads/RD613/locate?pr=1&abscissa=nan",
+                                  "/api/v1/roads/RD613/locate?lon=inf&lat=43",
+                                  "/api/v1/roads/RD613/section?from=99999999999&to=1"])
+async def test_hostile_positions_are_refused_not_failed(storage: Storage, path: str) -> None:
+    config = Config(server=ServerConfig(rate_limit_per_minute=0), publication=PublicationConfig())
+    client = TestClient(TestServer(build_app(config, storage), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        async with client.get(path) as resp:
+            assert resp.status in (400, 404), (path, resp.status, await resp.text())
+    finally:
+        await client.close()
