@@ -321,6 +321,11 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
                 raise NotFound("road", road, "a position on a road of the referential", str(exc)) from None
         return json_response({"road": road, "pr": pr, "abscissa": abscissa, "lon": lon, "lat": lat})
 
+    async def site_check(_request: web.Request) -> web.Response:
+        async with reading(ctx) as conn:
+            found = await roads.check_sites(conn)
+        return json_response({"tolerance_m": roads.SITE_TOLERANCE_M, "sites": found})
+
     async def road_section(request: web.Request) -> web.Response:
         road = road_of(request)
         ends = []
@@ -389,6 +394,7 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
     r.add_put(f"{API}/events/{{id}}", authorised(ctx, "editor", update))
     r.add_post(f"{API}/events/{{id}}/end", authorised(ctx, "editor", end))
     r.add_get(f"{API}/roads", public(road_list))
+    r.add_get(f"{API}/roads/site-check", public(site_check))
     r.add_post(f"{API}/roads", authorised(ctx, "administrator", road_import))
     r.add_get(f"{API}/roads/{{road}}/pr", public(road_prs))
     r.add_get(f"{API}/roads/{{road}}/locate", public(road_locate))
@@ -458,6 +464,10 @@ def authoring_paths() -> dict[str, Any]:
                      "requestBody": {"required": True, "content": {"text/csv": {}, "application/geo+json": {}}},
                      "responses": {"201": {"description": "imported"}, **guarded}},
         },
+        f"{API}/roads/site-check": {"get": {
+            "summary": "Counting sites whose PR + abscissa the referential cannot place, or places more than 100 m "
+                       "from their coordinates, with the reason", "operationId": "roadSiteCheck",
+            "responses": json_ok}},
         f"{API}/roads/{{road}}/pr": {"get": {"summary": "A road's PR with their position along the road",
                                              "operationId": "roadPrs", "parameters": [road], "responses": json_ok}},
         f"{API}/roads/{{road}}/locate": {"get": {

@@ -252,3 +252,35 @@ async def prs(conn: asyncpg.Connection, road: str) -> list[dict[str, Any]]:
     rows = await conn.fetch("SELECT pr, ST_X(geom) AS lon, ST_Y(geom) AS lat, measure FROM road_prs "
                             "WHERE road = $1 ORDER BY pr", road)
     return [{"pr": r["pr"], "lon": r["lon"], "lat": r["lat"], "measure_m": round(r["measure"], 1)} for r in rows]
+
+
+SITE_TOLERANCE_M = 100.0
+
+# Each site with road + PR: where the referential puts its PR + abscissa, and how far
+# that is from the site's own coordinates (metres on the ellipsoid).
+_SITE_CHECK = """
+SELECT s.id, s.source_id, s.external_id, s.name, s.road, s.pr, s.abscissa,
+       p.g IS NOT NULL AS placed,
+       ST_Distance(p.g::geography, s.geom::geography) AS distance_m
+  FROM sites s
+  LEFT JOIN LATERAL (SELECT road_point(upper(replace(s.road, ' ', '')), s.pr, coalesce(s.abscissa, 0)) AS g) p ON true
+ WHERE s.road IS NOT NULL AND s.pr IS NOT NULL AND s.geom IS NOT NULL
+ ORDER BY s.id"""
+
+
+async def check_sites(conn: asyncpg.Connection, tolerance_m: float = SITE_TOLERANCE_M) -> list[dict[str, Any]]:
+    """Sites whose PR + abscissa the referential cannot place, or places more than
+    `tolerance_m` from their coordinates, with the reason."""
+    out = []
+    for r in await conn.fetch(_SITE_CHECK):
+        if not r["placed"]:
+            reason = await _why(conn, normalise_road(r["road"]), r["pr"], float(r["abscissa"] or 0))
+        elif r["distance_m"] > tolerance_m:
+            reason = f"PR {r['pr']} + {r['abscissa'] or 0} m lies {r['distance_m']:.0f} m from the site's position"
+        else:
+            continue
+        out.append({"site_id": r["id"], "source": r["source_id"], "external_id": r["external_id"],
+                    "name": r["name"], "road": r["road"], "pr": r["pr"], "abscissa": r["abscissa"],
+                    "distance_m": None if r["distance_m"] is None else round(r["distance_m"], 1),
+                    "reason": reason})
+    return out

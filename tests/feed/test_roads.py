@@ -17,6 +17,7 @@ from feed import roads
 from feed.config import Config, PublicationConfig, ServerConfig
 from feed.http import build_app
 from feed.simulator import SITES, referential_geojson
+from feed.model import SiteRecord
 from feed.storage import Storage
 from agents_support import load_simulated_roads
 
@@ -207,3 +208,24 @@ async def test_hostile_positions_are_refused_not_failed(storage: Storage, path: 
             assert resp.status in (400, 404), (path, resp.status, await resp.text())
     finally:
         await client.close()
+
+
+async def test_sites_pr_and_abscissa_are_checked_against_the_referential(storage: Storage) -> None:
+    await load_simulated_roads(storage)
+    await storage.ensure_source("sim", "opendatasoft", "http://127.0.0.1:9/sim")
+    records = [SiteRecord(external_id=s.id, name=s.name, road=s.road.name, pr=s.pr, abscissa=s.abscissa,
+                          lon=s.road.point_at(s.road.project(s.lon, s.lat))[0],
+                          lat=s.road.point_at(s.road.project(s.lon, s.lat))[1]) for s in SITES]
+    records += [SiteRecord(external_id="moved", road="RD613", pr=12, abscissa=0, lon=3.60, lat=43.60),
+                SiteRecord(external_id="nowhere", road="RD613", pr=600, abscissa=0, lon=3.60, lat=43.60)]
+    await storage.upsert_sites("sim", records)
+    config = Config(server=ServerConfig(rate_limit_per_minute=0), publication=PublicationConfig())
+    client = TestClient(TestServer(build_app(config, storage), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        async with client.get("/api/v1/roads/site-check") as resp:
+            found = {s["external_id"]: s["reason"] for s in (await resp.json())["sites"]}
+    finally:
+        await client.close()
+    assert set(found) == {"moved", "nowhere"}  # every simulated site agrees with the referential
+    assert "m from the site's position" in found["moved"] and "has no PR 600" in found["nowhere"]
