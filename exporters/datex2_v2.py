@@ -126,6 +126,14 @@ def _situation(payload: Any, event: StoredEvent, languages: Sequence[str], publi
     _SE(spec, _d.overallStartTime).text = xml_datetime(valid.start)
     if valid.end is not None:
         _SE(spec, _d.overallEndTime).text = xml_datetime(valid.end)
+    for slot in event.schedule:  # recurring slots: one valid period each
+        period = _SE(spec, _d.validPeriod)
+        times = _SE(period, _d.recurringTimePeriodOfDay, {_TYPE: "TimePeriodByHour"})
+        _SE(times, _d.startTimeOfPeriod).text = f"{slot.start}:00"
+        _SE(times, _d.endTimeOfPeriod).text = f"{slot.end}:00"
+        days = _SE(period, _d.recurringDayWeekMonthPeriod)
+        for day in slot.days:
+            _SE(days, _d.applicableDay).text = day
 
     texts = texts_by_language(event.descriptions, languages)
     if texts:

@@ -159,9 +159,27 @@ _TYPED_VALUES = {
 }
 
 
+# Code-list values an event's `subtype` may name (agents' event kinds: alternating
+# one-way traffic, lane closures, ice...): written instead of the generic value.
+# Members of the same list in v2.3 and v3.6.
+SUBTYPE_VALUES: dict[str, frozenset[str]] = {
+    "roadOrCarriagewayOrLaneManagementType": frozenset({
+        "roadClosed", "singleAlternateLineTraffic", "laneClosures", "narrowLanes", "carriagewayClosures",
+        "contraflow"}),
+    "weatherRelatedRoadConditionType": frozenset({"ice", "blackIce", "snowOnTheRoad", "freezingOfWetRoads",
+                                                  "wetAndIcyRoad", "surfaceWater"}),
+}
+
+
 def record_type_values(event: StoredEvent, cls: str) -> list[tuple[str, str]]:
     """(element, value) pairs the record class requires after the common elements."""
-    return [(name, _TYPED_VALUES.get((event.type, name), value)) for name, value in _REQUIRED_VALUES[cls]]
+    out = []
+    for name, value in _REQUIRED_VALUES[cls]:
+        if event.subtype in SUBTYPE_VALUES.get(name, ()):
+            out.append((name, event.subtype))
+        else:
+            out.append((name, _TYPED_VALUES.get((event.type, name), value)))
+    return out
 
 
 class Validity(NamedTuple):
@@ -426,6 +444,14 @@ def _situation(payload: Any, event: StoredEvent, languages: Sequence[str], publi
     _SE(spec, _c.overallStartTime).text = xml_datetime(valid.start)
     if valid.end is not None:
         _SE(spec, _c.overallEndTime).text = xml_datetime(valid.end)
+    for slot in event.schedule:  # recurring slots: one valid period each
+        period = _SE(spec, _c.validPeriod)
+        times = _SE(period, _c.recurringTimePeriodOfDay)
+        _SE(times, _c.startTimeOfPeriod).text = f"{slot.start}:00"
+        _SE(times, _c.endTimeOfPeriod).text = f"{slot.end}:00"
+        days = _SE(period, _c.recurringDayWeekMonthPeriod)
+        for day in slot.days:
+            _SE(days, _c.applicableDay).text = day
 
     texts = texts_by_language(event.descriptions, languages)
     if texts:

@@ -102,6 +102,7 @@ def event_feature(event: StoredEvent) -> dict[str, Any]:
             "lanes_affected": event.lanes_affected,
             "descriptions": dict(event.descriptions),
             "detour": event.detour,
+            "schedule": [slot.model_dump(mode="json") for slot in event.schedule],
             "updated": utc_iso(event.updated),
             "first_seen": utc_iso(event.first_seen),
         },

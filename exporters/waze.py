@@ -34,7 +34,7 @@ from lxml import etree
 from exporters.geojson import dumps, utc_iso
 from exporters.wzdx import lane_closure
 from feed.config import PublicationConfig
-from feed.model import DATEX_RECORD_TYPES, StoredEvent
+from feed.model import DATEX_RECORD_TYPES, DAYS, StoredEvent, TimeSlot
 
 __all__ = [
     "MAX_CLOSURE_M",
@@ -259,6 +259,21 @@ def _description(event: StoredEvent, cifs_type: str, languages: Sequence[str]) -
     return (labels or _FALLBACK_DESCRIPTION["en"])[cifs_type]
 
 
+def cifs_schedule(slots: Sequence[TimeSlot]) -> dict[str, str]:
+    """CIFS `schedule`: per day, "HH:MM-HH:MM" ranges; a slot past midnight is split at
+    23:59 and continues on the next day from 00:00."""
+    ranges: dict[str, list[str]] = {day: [] for day in DAYS}
+    for slot in slots:
+        for day in slot.days:
+            if slot.end > slot.start:
+                ranges[day].append(f"{slot.start}-{slot.end}")
+            else:
+                ranges[day].append(f"{slot.start}-23:59")
+                if slot.end != "00:00":
+                    ranges[DAYS[(DAYS.index(day) + 1) % 7]].append(f"00:00-{slot.end}")
+    return {day: ",".join(sorted(r)) for day, r in ranges.items() if r}
+
+
 def _incident(event: StoredEvent, publication: PublicationConfig, zone: tzinfo) -> dict[str, Any]:
     """One incident as ordered (element, value) pairs; values are str or a nested dict."""
     mapped = waze_type(event)
@@ -275,6 +290,8 @@ def _incident(event: StoredEvent, publication: PublicationConfig, zone: tzinfo) 
     end = event.actual_end or event.planned_end
     if end is not None:
         incident["endtime"] = _local(end, zone)
+    if event.schedule:
+        incident["schedule"] = cifs_schedule(event.schedule)
     incident["description"] = _description(event, cifs_type, publication.languages)
     incident["creationtime"] = _local(event.first_seen, zone)
     incident["updatetime"] = _local(event.updated, zone)

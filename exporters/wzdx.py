@@ -101,6 +101,8 @@ def wzdx_direction(direction: str | None) -> str:
 
 def vehicle_impact(event: StoredEvent) -> str:
     closure = lane_closure(event)
+    if event.subtype == "singleAlternateLineTraffic" and closure != "road":
+        return "alternating-one-way"
     if closure == "road":
         return "all-lanes-closed"
     if closure == "lanes":

@@ -18,8 +18,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,8 @@ from zoneinfo import ZoneInfo
 import asyncpg
 from aiohttp import web
 
-from feed.api import API, NotFound, can_switch_role, parse_instant, reading
+from feed import markings
+from feed.api import API, NotFound, parse_instant, reading
 from feed.feeds import BadParameter
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ MAX_COMMENT = 2000
 ROAD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._/-]{0,63}$")
 SECRET_OPTION = re.compile(r"key|token|secret|password|credential", re.IGNORECASE)
 JSON_TYPE = "application/json"
-WRITER_ROLE = "roadfeed_writer"
 
 
 @dataclass
@@ -137,7 +136,7 @@ _LAST_RUNS = """
 SELECT r.* FROM sources s
   CROSS JOIN LATERAL (SELECT * FROM source_runs x WHERE x.source_id = s.id ORDER BY x.started DESC LIMIT $1) r
  ORDER BY r.source_id, r.started DESC"""
-_MARKING_COLUMNS = "id, kind, road, site_id, valid_from, valid_to, comment, created"
+_MARKING_COLUMNS = markings.MARKING_COLUMNS
 
 
 def _run_json(r: asyncpg.Record) -> dict[str, Any]:
@@ -148,9 +147,7 @@ def _run_json(r: asyncpg.Record) -> dict[str, Any]:
 
 
 def _marking_json(r: asyncpg.Record) -> dict[str, Any]:
-    return {"id": r["id"], "kind": r["kind"], "road": r["road"], "site_id": r["site_id"],
-            "from": _iso(r["valid_from"]), "to": _iso(r["valid_to"]), "comment": r["comment"],
-            "created": _iso(r["created"])}
+    return markings.marking_json(r)
 
 
 class _Admin:
@@ -250,45 +247,8 @@ class _Admin:
         return body
 
     async def add_marking(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        allowed = {"kind", "road", "site_id", "from", "to", "comment"}
-        for key in body:
-            if key not in allowed:
-                raise _bad(key, body[key], f"only the fields {', '.join(sorted(allowed))}", f"unknown field {key!r}")
-        kind = body.get("kind")
-        if kind not in MARKING_KINDS:
-            raise _bad("kind", kind, f"one of: {', '.join(MARKING_KINDS)}", f"unknown kind {kind!r}")
-        road = site_id = None
-        if kind == "road_closed":
-            road = body.get("road")
-            if not isinstance(road, str) or not ROAD.match(road.strip()):
-                raise _bad("road", road, "a road reference such as RD613 (letters, digits, space . _ / -; "
-                           "at most 64)", "road is missing or not a road reference")
-            road = road.strip()
-            if "site_id" in body:
-                raise _bad("site_id", body["site_id"], "no site_id with road_closed", "give road, not site_id")
-        else:
-            site_id = body.get("site_id")
-            if isinstance(site_id, bool) or not isinstance(site_id, int) or not 0 < site_id < 2**31:
-                raise _bad("site_id", site_id, "the id of a site (an integer, see /api/v1/sites)",
-                           "site_id is missing or not a site id")
-        start = self._instant(body, "from", required=True)
-        end = self._instant(body, "to", required=False)
-        if start is not None and end is not None and end <= start:
-            raise _bad("to", body["to"], "a time after from", "to must be after from; to is exclusive")
-        comment = body.get("comment", "")
-        if comment is None:
-            comment = ""
-        if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
-            raise _bad("comment", comment, f"a text of at most {MAX_COMMENT} characters", "comment is not valid")
-        async with self._writing() as conn:
-            if site_id is not None and not await conn.fetchval("SELECT 1 FROM sites WHERE id = $1", site_id):
-                raise _bad("site_id", site_id, "the id of a site (see /api/v1/sites)", f"no site {site_id}")
-            row = await conn.fetchrow(
-                f"INSERT INTO markings (kind, road, site_id, valid_from, valid_to, comment)"
-                f" VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_MARKING_COLUMNS}",
-                kind, road, site_id, start, end, comment)
-        assert row is not None
+        fields = marking_fields(await self._body(request), self.tz)
+        row = await markings.add_marking(self.ctx, fields, "admin-token")
         return _json(_marking_json(row), 201, Location=f"{ADMIN}/markings/{row['id']}")
 
     async def openapi(self, _request: web.Request) -> web.Response:
@@ -302,25 +262,6 @@ class _Admin:
             "components": {"schemas": {"Error": SCHEMAS["Error"]}, "securitySchemes": SECURITY_SCHEMES},
         })
 
-    @asynccontextmanager
-    async def _writing(self) -> AsyncIterator[asyncpg.Connection]:
-        """A transaction on the storage pool, as `roadfeed_writer` when the pool's role may be it."""
-        pool = self.ctx.storage.pool
-        async with pool.acquire() as conn, conn.transaction():
-            if await can_switch_role(pool, conn, WRITER_ROLE):
-                await conn.execute(f"SET LOCAL ROLE {WRITER_ROLE}")
-            yield conn
-
-    def _instant(self, body: dict[str, Any], name: str, *, required: bool) -> datetime | None:
-        raw = body.get(name)
-        if raw is None:
-            if required:
-                raise _bad(name, "", "a date (2025-07-01) or an ISO 8601 date-time", f"{name} is required")
-            return None
-        if not isinstance(raw, str):
-            raise _bad(name, raw, "a date (2025-07-01) or an ISO 8601 date-time", f"{name} is not a string")
-        return parse_instant(name, raw.strip(), self.tz)
-
     async def delete_marking(self, request: web.Request) -> web.Response:
         raw = request.match_info["id"]
         expected = "the id of a marking (see /api/v1/admin/markings)"
@@ -330,11 +271,70 @@ class _Admin:
             raise NotFound("id", raw, expected, f"no marking {raw!r}") from None
         if not 0 < marking_id < 2**63:
             raise NotFound("id", raw, expected, f"no marking {raw!r}")
-        async with self._writing() as conn:
-            row = await conn.fetchrow(f"DELETE FROM markings WHERE id = $1 RETURNING {_MARKING_COLUMNS}", marking_id)
+        row = await markings.delete_marking(self.ctx, marking_id, "admin-token")
         if row is None:
             raise NotFound("id", raw, expected, f"no marking {marking_id}")
         return _json({"deleted": _marking_json(row)})
+
+
+def _instant(body: dict[str, Any], name: str, tz: ZoneInfo, *, required: bool) -> datetime | None:
+    raw = body.get(name)
+    if raw is None:
+        if required:
+            raise _bad(name, "", "a date (2025-07-01) or an ISO 8601 date-time", f"{name} is required")
+        return None
+    if not isinstance(raw, str):
+        raise _bad(name, raw, "a date (2025-07-01) or an ISO 8601 date-time", f"{name} is not a string")
+    return parse_instant(name, raw.strip(), tz)
+
+
+def _pr(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000:
+        raise _bad(name, value, "a PR of the road (an integer)", f"{name} is not a PR")
+    return value
+
+
+def marking_fields(body: dict[str, Any], tz: ZoneInfo) -> markings.MarkingFields:
+    """A marking's fields from a request body, each checked, or BadParameter."""
+    allowed = {"kind", "road", "site_id", "from", "to", "comment", "pr_from", "pr_to"}
+    for key in body:
+        if key not in allowed:
+            raise _bad(key, body[key], f"only the fields {', '.join(sorted(allowed))}", f"unknown field {key!r}")
+    kind = body.get("kind")
+    if kind not in MARKING_KINDS:
+        raise _bad("kind", kind, f"one of: {', '.join(MARKING_KINDS)}", f"unknown kind {kind!r}")
+    road = site_id = None
+    if kind == "road_closed":
+        road = body.get("road")
+        if not isinstance(road, str) or not ROAD.match(road.strip()):
+            raise _bad("road", road, "a road reference such as RD613 (letters, digits, space . _ / -; "
+                       "at most 64)", "road is missing or not a road reference")
+        road = road.strip()
+        if "site_id" in body:
+            raise _bad("site_id", body["site_id"], "no site_id with road_closed", "give road, not site_id")
+    else:
+        site_id = body.get("site_id")
+        if isinstance(site_id, bool) or not isinstance(site_id, int) or not 0 < site_id < 2**31:
+            raise _bad("site_id", site_id, "the id of a site (an integer, see /api/v1/sites)",
+                       "site_id is missing or not a site id")
+    pr_from, pr_to = _pr(body, "pr_from"), _pr(body, "pr_to")
+    if (pr_from is None) != (pr_to is None) or (pr_from is not None and kind != "road_closed"):
+        raise _bad("pr_from", body.get("pr_from"), "pr_from and pr_to together, with road_closed",
+                   "give both pr_from and pr_to (or neither: the whole road)")
+    start = _instant(body, "from", tz, required=True)
+    end = _instant(body, "to", tz, required=False)
+    assert start is not None
+    if end is not None and end <= start:
+        raise _bad("to", body["to"], "a time after from", "to must be after from; to is exclusive")
+    comment = body.get("comment", "")
+    if comment is None:
+        comment = ""
+    if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
+        raise _bad("comment", comment, f"a text of at most {MAX_COMMENT} characters", "comment is not valid")
+    return markings.MarkingFields(kind, road, site_id, pr_from, pr_to, start, end, comment)
 
 
 def admin_routes(app: web.Application, ctx: AppContext) -> None:
@@ -424,6 +424,8 @@ MARKING_SCHEMA: dict[str, Any] = {
         "kind": {"enum": list(MARKING_KINDS)},
         "road": {"type": "string", "description": "road_closed: the road, e.g. RD613"},
         "site_id": {"type": "integer", "description": "counter_faulty: the site"},
+        "pr_from": {"type": "integer", "description": "road_closed: first PR closed (with pr_to; else the whole road)"},
+        "pr_to": {"type": "integer", "description": "road_closed: last PR closed"},
         "from": {"type": "string", "description": "a date or ISO 8601 date-time (local time without offset)"},
         "to": {"type": ["string", "null"], "description": "exclusive; open when absent"},
         "comment": {"type": "string", "maxLength": MAX_COMMENT},

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import sys
 from collections.abc import Callable
 
+import asyncpg
 import psycopg
 
-from feed import embedded
+from feed import agents, embedded, roads
 from feed.cluster import ClusterError
 from feed.logs import FORMATS, resolve_format, setup_logging
 from feed.config import Config, ConfigError, load_config
@@ -171,6 +173,42 @@ def _log_format_option(p: argparse.ArgumentParser) -> None:
                         "default from ROADFEED_LOG_FORMAT")
 
 
+def cmd_users(args: argparse.Namespace) -> int:
+    url = embedded.database_url(_config(args))
+    with psycopg.connect(url) as conn:
+        if args.users_command == "add":
+            password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass("password: ")
+            agents.add_agent(conn, args.username, args.role, password, args.display_name)
+            print(f"added {args.username} ({args.role})")
+        elif args.users_command == "list":
+            for a in agents.list_agents(conn):
+                print(f"{a.username:<24}{a.role:<15}{'disabled' if a.disabled else 'active':<10}{a.display_name}")
+        elif args.users_command == "disable":
+            agents.disable_agent(conn, args.username)
+            print(f"disabled {args.username}: its sessions ended, its tokens refused")
+        else:
+            print(agents.create_token(conn, args.username, args.label))
+    return 0
+
+
+def cmd_roads_import(args: argparse.Namespace) -> int:
+    url = embedded.database_url(_config(args))
+    with open(args.file, "rb") as f:
+        data = f.read()
+    referential = roads.parse_referential(data, args.file)
+    count = asyncio.run(_store_roads(url, referential))
+    print(f"imported {count} roads, {sum(len(r.prs) for r in referential)} PR from {args.file}")
+    return 0
+
+
+async def _store_roads(url: str, referential: list[roads.Road]) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return await roads.store_referential(conn, referential)
+    finally:
+        await conn.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="roadfeed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -228,6 +266,30 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--once", action="store_true", help="one poll, then exit (else poll at its interval)")
     _log_format_option(collect)
     collect.set_defaults(func=cmd_collect)
+
+    users = sub.add_parser("users", help="road agents' accounts")
+    usersub = users.add_subparsers(dest="users_command", required=True)
+    add = usersub.add_parser("add", help="create an account (password asked, or read from stdin)")
+    add.add_argument("username")
+    add.add_argument("--role", required=True, choices=agents.ROLES)
+    add.add_argument("--display-name", default="")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    usersub.add_parser("list", help="every account with its role and state")
+    disable = usersub.add_parser("disable", help="disable an account (its sessions and tokens stop working)")
+    disable.add_argument("username")
+    token = usersub.add_parser("token", help="print a new personal API token for scripts (shown once)")
+    token.add_argument("username")
+    token.add_argument("--label", default="", help="what the token is for")
+    for p in usersub.choices.values():
+        p.add_argument("--config", help="TOML configuration file (for [database] url)")
+    users.set_defaults(func=cmd_users)
+
+    road = sub.add_parser("roads", help="the road referential (roads and their PR)")
+    roadsub = road.add_subparsers(dest="roads_command", required=True)
+    imp = roadsub.add_parser("import", help="import a CSV or GeoJSON of PR points per road (replaces those roads)")
+    imp.add_argument("file")
+    imp.add_argument("--config", help="TOML configuration file (for [database] url)")
+    imp.set_defaults(func=cmd_roads_import)
     return parser
 
 
@@ -243,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ConfigError, ClusterError, MigrationError, embedded.NoDatabase, NotMigrated, ExportError) as err:
+    except (ConfigError, ClusterError, MigrationError, embedded.NoDatabase, NotMigrated, ExportError,
+            agents.AgentError, roads.ReferentialError) as err:
         print(f"roadfeed: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # e.g. the port is taken

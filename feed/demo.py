@@ -23,7 +23,8 @@ from feed.ingest import SinkResult
 from feed.migrations import migrate
 from feed.scheduler import Collector
 from feed.service import http_server, wait_for_signal
-from feed.simulator import build_simulator_app, simulator_clock, simulator_sources
+from feed import roads
+from feed.simulator import build_simulator_app, referential_geojson, simulator_clock, simulator_sources
 from feed.storage import Storage
 
 BACKFILL_DAYS = 7
@@ -81,6 +82,8 @@ async def run_demo(host: str, port: int, seed: int, speed: float = 1.0, interval
 
     storage = await Storage.open(url, max_size=config.database.pool_size)
     try:
+        async with storage.pool.acquire() as conn:  # the simulated roads' referential, for agents' entries
+            await roads.store_referential(conn, roads.parse_referential(referential_geojson(), "simulator"))
         async with http_server(config, storage, host, port) as runner:
             base = f"http://{host}:{port}"
             print(f"simulated département (Opendatasoft API + DATEX II): {simulator_url}/")

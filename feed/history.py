@@ -496,7 +496,7 @@ EVENT_SPAN_END = """CASE e.status WHEN 'ended' THEN coalesce(e.actual_end, e.upd
 _EVENT_COLUMNS = """e.id, e.source_id, e.external_id, e.version, e.type, e.subtype, e.status::text AS status,
        e.severity, e.planned_start, e.planned_end, e.actual_start, e.actual_end, e.road, e.direction,
        e.lanes_affected, ST_AsGeoJSON(e.geom)::json AS geometry, e.descriptions, e.detour, e.location_refs,
-       e.source_version, e.source_updated, e.first_seen, e.last_seen, e.updated"""
+       e.schedule, e.source_version, e.source_updated, e.first_seen, e.last_seen, e.updated"""
 
 # $1 after id, $2 from, $3 to, $4 bbox, $5 types, $6 roads, $7 statuses, $8 limit
 _EVENTS = f"""
@@ -513,7 +513,7 @@ SELECT {_EVENT_COLUMNS}
  LIMIT $8"""
 
 _VERSIONS = """
-SELECT event_id, version, change, recorded, state FROM event_versions
+SELECT event_id, version, change, recorded, state, author FROM event_versions
  WHERE event_id = ANY($1::text[]) ORDER BY event_id, version"""
 
 
@@ -562,6 +562,7 @@ async def _with_versions(conn: Conn, rows: Sequence[asyncpg.Record]) -> list[Eve
     for v in await conn.fetch(_VERSIONS, [r["id"] for r in rows]):
         state = dict(v["state"])
         state["change"] = v["change"]
+        state["author"] = v["author"]
         state["recorded"] = v["recorded"].astimezone(UTC).isoformat().replace("+00:00", "Z")
         versions.setdefault(v["event_id"], []).append(state)
     return [EventHistory(_event_state(r), versions.get(r["id"], [])) for r in rows]

@@ -16,6 +16,11 @@ import asyncpg
 from aiohttp import web
 
 from feed.admin import admin_routes
+from feed.agentpage import agent_page_routes
+from feed.agents import agent_routes
+from feed.authoring import authoring_routes
+from feed.campaigns import campaign_routes
+from feed.conditions import condition_routes
 from feed.api import api_routes
 from feed.changes import changes_routes
 from feed.config import Config
@@ -77,7 +82,8 @@ def feed_routes(app: web.Application, ctx: AppContext) -> None:
 
 
 ROUTES: list[RouteSetup] = [health_routes, metrics_routes, feed_routes, changes_routes, web_routes, admin_routes,
-                            api_routes]
+                            agent_routes, authoring_routes, condition_routes, campaign_routes,
+                            agent_page_routes, api_routes]
 
 
 def build_app(

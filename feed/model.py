@@ -128,6 +128,31 @@ class MeasurementRecord(_Record):
     _ids = field_validator("channel_external_id")(_printable_id)
 
 
+Day = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+DAYS: tuple[Day, ...] = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+class TimeSlot(_Record):
+    """A recurring time slot in the event's local time: on `days`, from `start` to `end`
+    ("21:00" to "06:00" runs past midnight into the next day)."""
+
+    days: tuple[Day, ...] = Field(min_length=1, max_length=7)
+    start: str
+    end: str
+
+    @model_validator(mode="after")
+    def _check(self) -> TimeSlot:
+        for value in (self.start, self.end):
+            if not _HHMM.match(value):
+                raise ValueError(f"time {value!r} is not HH:MM (00:00 to 23:59)")
+        if self.start == self.end:
+            raise ValueError("a time slot needs an end different from its start")
+        if len(set(self.days)) != len(self.days):
+            raise ValueError("a day is given twice")
+        return self
+
+
 class EventRecord(_Record):
     """One road event as a source describes it at one moment."""
 
@@ -147,6 +172,7 @@ class EventRecord(_Record):
     descriptions: dict[str, str] = Field(default_factory=dict)  # language -> text
     detour: str | None = None
     location_refs: dict[str, Any] = Field(default_factory=dict)  # Alert-C, PR+abscissa, ...
+    schedule: list[TimeSlot] = Field(default_factory=list, max_length=14)  # recurring slots; none: all the time
     source_version: str | None = None
     source_updated: datetime | None = None
 

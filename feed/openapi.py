@@ -9,6 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from feed import downloads
+from feed.authoring import EventInput, authoring_paths
+from feed.campaigns import campaign_paths
+from feed.conditions import ConditionInput, condition_paths
 from feed.api import API, DEFAULT_PERIODS, EVENTS_LIMIT, INSTANT_EXPECTED, MAX_PERIODS, MAX_RANGE_TEXT, SITES_LIMIT
 from feed.config import Config
 from feed.feeds import BBOX_EXPECTED, EVENT_STATUSES, EVENT_TYPES
@@ -117,6 +120,21 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+# Agents' event entry (feed.authoring), with the models it refers to.
+_EVENT_INPUT = EventInput.model_json_schema(by_alias=True, ref_template=REF + "{model}")
+SCHEMAS.update(_EVENT_INPUT.pop("$defs", {}))
+SCHEMAS["EventInput"] = _EVENT_INPUT
+_CONDITION_INPUT = ConditionInput.model_json_schema(by_alias=True, ref_template=REF + "{model}")
+SCHEMAS.update(_CONDITION_INPUT.pop("$defs", {}))
+SCHEMAS["ConditionInput"] = _CONDITION_INPUT
+AGENT_SECURITY = {
+    "agentSession": {"type": "apiKey", "in": "cookie", "name": "roadfeed_session",
+                     "description": "POST /api/v1/session; unsafe requests also send X-CSRF-Token"},
+    "agentToken": {"type": "http", "scheme": "bearer",
+                   "description": "a personal token (roadfeed users token NAME) or the operators' admin token"},
+}
+
+
 def _document_schema(properties: dict[str, Any], description: str | None = None) -> dict[str, Any]:
     return _object({**properties, "licence": _ref("Licence"), "method": _ref("Method")}, description=description)
 
@@ -136,7 +154,8 @@ SCHEMAS.update({
               "properties": {"versions": {"type": "array", "items": _ref("EventVersion")}}},
     "EventVersion": {"allOf": [_ref("EventState")], "type": "object", "required": ["change", "recorded"],
                      "properties": {"change": {"enum": ["created", "updated", "ended", "reopened"]},
-                                    "recorded": TIME}},
+                                    "recorded": TIME,
+                                    "author": _nullable("string", description="the agent who wrote this version; null: a collector")}},
     "EventsPage": _document_schema({"events": {"type": "array", "items": _ref("Event")},
                                     "next_cursor": _nullable("string")}),
     "EventDocument": {"allOf": [_ref("Event")], "type": "object", "required": ["licence", "method"],
@@ -321,6 +340,15 @@ def paths() -> dict[str, Any]:
     }
 
 
+def _merged(*documents: dict[str, Any]) -> dict[str, Any]:
+    """Paths of several route groups, the operations of one path together."""
+    out: dict[str, Any] = {}
+    for document in documents:
+        for path, operations in document.items():
+            out.setdefault(path, {}).update(operations)
+    return out
+
+
 def openapi_document(config: Config) -> dict[str, Any]:
     p = config.publication
     return {
@@ -334,6 +362,6 @@ def openapi_document(config: Config) -> dict[str, Any]:
             "license": {"name": p.licence, "url": p.licence_url},
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
-        "paths": paths(),
-        "components": {"schemas": SCHEMAS},
+        "paths": _merged(paths(), authoring_paths(), condition_paths(), campaign_paths()),
+        "components": {"schemas": SCHEMAS, "securitySchemes": AGENT_SECURITY},
     }

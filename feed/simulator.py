@@ -258,6 +258,25 @@ _ROAD_LIST = [
 ]
 ROADS: dict[str, Road] = {r.key: r for r in _ROAD_LIST}
 
+
+def referential_geojson() -> bytes:
+    """The referential of the simulated roads, as `roadfeed roads import` reads it: a
+    PR every kilometre of each section, and each road's shape (its sections in PR order)."""
+    by_name: dict[str, list[Road]] = {}
+    for r in _ROAD_LIST:
+        by_name.setdefault(r.name, []).append(r)
+    features: list[dict[str, Any]] = []
+    for name, sections in by_name.items():
+        sections.sort(key=lambda r: r.pr0)
+        shape = [list(p) for r in sections for p in r.points]
+        features.append({"type": "Feature", "geometry": {"type": "LineString", "coordinates": shape},
+                         "properties": {"road": name}})
+        for r in sections:
+            for k in range(int(r.length) + 1):
+                features.append({"type": "Feature", "geometry": {"type": "Point", "coordinates": list(r.point_at(k))},
+                                 "properties": {"road": name, "pr": r.pr0 + k}})
+    return json.dumps({"type": "FeatureCollection", "features": features}).encode()
+
 # Communes of Hérault: name -> (INSEE code, lon, lat of the town centre).
 COMMUNES: dict[str, tuple[str, float, float]] = {
     "Agde": ("34003", 3.475, 43.311),
@@ -1938,7 +1957,12 @@ def build_simulator_app(
     app.router.add_get(ds + "/{dataset}/exports/json", _exports_json)
     app.router.add_get("/datex2/v3/situations.xml", _datex_handler("v3"))
     app.router.add_get("/datex2/v2/situations.xml", _datex_handler("v2"))
+    app.router.add_get("/referential/roads.geojson", _referential)
     return app
+
+
+async def _referential(_request: web.Request) -> web.Response:
+    return web.Response(body=referential_geojson(), content_type="application/geo+json")
 
 
 def simulator_clock(app: web.Application) -> SimClock:

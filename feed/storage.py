@@ -546,6 +546,15 @@ class Storage:
         else:
             await conn.execute(daily.format(channels=""), channels, los, his, self.timezone)
 
+    async def refresh_rollups(
+        self, conn: asyncpg.Connection, channels: list[int], los: list[datetime], his: list[datetime]
+    ) -> None:
+        """Recomputes the rollup buckets over these ranges from the raw rows, after their
+        quality changed (a counter marked faulty, or the marking removed)."""
+        if channels:
+            await self._refresh_rollups(conn, channels, los, his)
+            await conn.execute("SELECT pg_notify($1, 'measurements')", CHANGES_CHANNEL)
+
     async def drop_measurements_before(self, cutoff: datetime, batch: int = 50_000) -> int:
         """Retention: removes raw rows older than `cutoff`; rollups stay."""
         mode = await self.pool.fetchval("SELECT value FROM roadfeed_meta WHERE key = 'storage_mode'")
@@ -579,8 +588,11 @@ class Storage:
         seen_at: datetime,
         run_id: int | None = None,
         complete_snapshot: bool = False,
+        author: str | None = None,
     ) -> Counts:
         """New version for each changed event; unchanged ones only move `last_seen`.
+
+        `author`: the agent who wrote these versions (None: a collector).
 
         With `complete_snapshot`, the source's open events absent from `records`
         are ended (status ended, actual end = `seen_at`), never deleted.
@@ -614,7 +626,7 @@ class Storage:
                     writes.append((rec, old["id"], old["version"] + 1, change, old["first_seen"]))
                     counts.updated += 1
             if writes:
-                await self._write_event_versions(conn, source_id, writes, seen_at, run_id)
+                await self._write_event_versions(conn, source_id, writes, seen_at, run_id, author)
             if unchanged:
                 await conn.execute("UPDATE events SET last_seen = $2 WHERE id = ANY($1::text[])", unchanged, seen_at)
             if complete_snapshot:
@@ -649,6 +661,7 @@ class Storage:
         writes: list[tuple[EventRecord, str, int, str, datetime]],
         seen_at: datetime,
         run_id: int | None,
+        author: str | None = None,
     ) -> None:
         event_rows = []
         version_rows = []
@@ -659,19 +672,20 @@ class Storage:
                 rec.planned_start, rec.planned_end, rec.actual_start, rec.actual_end, rec.road, rec.direction,
                 rec.lanes_affected, geometry, rec.descriptions, rec.detour, rec.location_refs,
                 rec.source_version, rec.source_updated, _content_hash(rec), first_seen, seen_at, seen_at,
+                [slot.model_dump() for slot in rec.schedule],
             ))
             state = StoredEvent(
                 **rec.model_dump(), id=event_id, source_id=source_id, version=version,
                 first_seen=first_seen, last_seen=seen_at, updated=seen_at,
             ).model_dump(mode="json")
-            version_rows.append((event_id, version, change, seen_at, run_id, state))
+            version_rows.append((event_id, version, change, seen_at, run_id, state, author))
         await conn.executemany(
             """INSERT INTO events (id, source_id, external_id, version, type, subtype, status, severity,
                                    planned_start, planned_end, actual_start, actual_end, road, direction,
                                    lanes_affected, geom, descriptions, detour, location_refs, source_version,
-                                   source_updated, content_hash, first_seen, last_seen, updated)
+                                   source_updated, content_hash, first_seen, last_seen, updated, schedule)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                       ST_SetSRID(ST_GeomFromGeoJSON($16), 4326), $17, $18, $19, $20, $21, $22, $23, $24, $25)
+                       ST_SetSRID(ST_GeomFromGeoJSON($16), 4326), $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)
                ON CONFLICT (id) DO UPDATE SET
                    version = EXCLUDED.version, type = EXCLUDED.type, subtype = EXCLUDED.subtype,
                    status = EXCLUDED.status, severity = EXCLUDED.severity,
@@ -681,12 +695,12 @@ class Storage:
                    geom = EXCLUDED.geom, descriptions = EXCLUDED.descriptions, detour = EXCLUDED.detour,
                    location_refs = EXCLUDED.location_refs, source_version = EXCLUDED.source_version,
                    source_updated = EXCLUDED.source_updated, content_hash = EXCLUDED.content_hash,
-                   last_seen = EXCLUDED.last_seen, updated = EXCLUDED.updated""",
+                   last_seen = EXCLUDED.last_seen, updated = EXCLUDED.updated, schedule = EXCLUDED.schedule""",
             event_rows,
         )
         await conn.executemany(
-            """INSERT INTO event_versions (event_id, version, change, recorded, run_id, state)
-               VALUES ($1, $2, $3, $4, $5, $6)""",
+            """INSERT INTO event_versions (event_id, version, change, recorded, run_id, state, author)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)""",
             version_rows,
         )
 
@@ -734,7 +748,7 @@ class Storage:
 
 _EVENT_COLUMNS = """id, source_id, external_id, version, type, subtype, status::text AS status, severity,
     planned_start, planned_end, actual_start, actual_end, road, direction, lanes_affected,
-    ST_AsGeoJSON(geom) AS geometry, descriptions, detour, location_refs, source_version, source_updated,
+    ST_AsGeoJSON(geom) AS geometry, descriptions, detour, location_refs, schedule, source_version, source_updated,
     first_seen, last_seen, updated"""
 
 
@@ -753,5 +767,6 @@ def _whole_hour_offsets(timezone: str) -> bool:
 
 
 def _content_hash(rec: EventRecord) -> bytes:
-    return hashlib.sha256(rec.model_dump_json().encode()).digest()
+    # Without a schedule, the hash every event had before schedules existed: no spurious new versions.
+    return hashlib.sha256(rec.model_dump_json(exclude=None if rec.schedule else {"schedule"}).encode()).digest()
 

@@ -15,11 +15,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from collectors.fetch import Fetcher
+from feed import roads
 from feed.admin import attach_collector
 from feed.config import Config, PublicationConfig, ServerConfig, SourceConfig
 from feed.http import build_app
 from feed.model import ChannelRecord, Quarantined, SiteRecord
 from feed.scheduler import Collector
+from feed.simulator import referential_geojson
 from feed.storage import RunStats, Storage
 
 TOKEN = "s3cret-token"
@@ -41,6 +43,8 @@ def config(source_url: str = "http://127.0.0.1:9/speeds.xml", token: str | None 
 
 
 async def seed(storage: Storage) -> int:
+    async with storage.pool.acquire() as conn:  # a closure is placed on the referential's road
+        await roads.store_referential(conn, roads.parse_referential(referential_geojson(), "simulator"))
     await storage.ensure_source("ods", "opendatasoft", "http://127.0.0.1:9/ods")
     await storage.upsert_sites("ods", [SiteRecord(external_id="S1", name="RD613 Montbazin", road="RD613",
                                                   lon=3.69, lat=43.51)])
@@ -208,8 +212,11 @@ async def test_markings_are_recorded_listed_and_deleted(client: TestClient, stor
         first = await resp.json()
         assert resp.status == 201, first
         assert resp.headers["Location"] == f"/api/v1/admin/markings/{first['id']}"
-    assert first["road"] == "RD613" and first["site_id"] is None
+    assert first["road"] == "RD613" and first["site_id"] is None and first["author"] == "admin-token"
     assert first["from"] == "2025-06-30T22:00:00Z" and first["to"] == "2025-07-03T16:00:00Z"  # local time
+    closure = (await storage.event_versions(first["event_id"]))[-1]  # the marking's effect: a closure event
+    assert closure.type == "closure" and closure.road == "RD613" and closure.status == "ended"
+    assert closure.geometry is not None and closure.geometry.type == "LineString"
     faulty = {"kind": "counter_faulty", "site_id": site_id, "from": "2025-07-01T00:00:00+02:00"}
     async with client.post("/api/v1/admin/markings", json=faulty, headers=AUTH) as resp:
         second = await resp.json()
@@ -242,6 +249,9 @@ async def test_markings_are_recorded_listed_and_deleted(client: TestClient, stor
     ({"kind": "counter_faulty", "site_id": "1", "from": "2025-07-01"}, "site_id"),
     ({"kind": "counter_faulty", "site_id": True, "from": "2025-07-01"}, "site_id"),
     ({"kind": "counter_faulty", "site_id": 999999, "from": "2025-07-01"}, "site_id"),
+    ({"kind": "road_closed", "road": "RD9999", "from": "2025-07-01"}, "road"),  # not in the referential
+    ({"kind": "road_closed", "road": "RD613", "pr_from": 3, "from": "2025-07-01"}, "pr_from"),
+    ({"kind": "road_closed", "road": "RD613", "pr_from": 3, "pr_to": 500, "from": "2025-07-01"}, "road"),
     (["not", "an", "object"], "body"),
 ])
 async def test_invalid_markings_are_refused_in_the_api_error_shape(shared: tuple[TestClient, Storage],

@@ -1,0 +1,263 @@
+// The agents' page: log in, enter an event (with the preview of what each consumer
+// receives), publish, end, see versions; set road conditions; mark a counter
+// faulty; upload a counting campaign. Everything goes through /api/v1/.
+'use strict';
+
+const $ = (id) => document.getElementById(id);
+let csrf = null;
+const published = new Map(); // id -> last event
+
+async function call(method, url, body, contentType = 'application/json') {
+  const headers = { Accept: 'application/json' };
+  if (csrf) headers['X-CSRF-Token'] = csrf;
+  const init = { method, headers, credentials: 'same-origin' };
+  if (body !== undefined) {
+    headers['Content-Type'] = contentType;
+    init.body = contentType === 'application/json' ? JSON.stringify(body) : body;
+  }
+  const response = await fetch(url, init);
+  let data = null;
+  try { data = await response.json(); } catch (err) { data = null; }
+  if (!response.ok) {
+    const detail = data && (data.detail || data.error) ? (data.detail || data.error) : `HTTP ${response.status}`;
+    throw new Error(data && data.parameter ? `${data.parameter} : ${detail}` : detail);
+  }
+  return data;
+}
+
+function say(id, text, kind = 'info') {
+  const el = $(id);
+  el.textContent = text;
+  el.className = `message ${kind}`;
+  el.hidden = !text;
+}
+
+function cell(row, text, className) {
+  const td = document.createElement('td');
+  td.textContent = text;
+  if (className) td.className = className;
+  row.appendChild(td);
+  return td;
+}
+
+function localInstant(value) {
+  return value ? new Date(value).toISOString() : null;
+}
+
+function eventBody() {
+  const number = (id) => ($(id).value === '' ? null : Number($(id).value));
+  const body = {
+    kind: $('ev-kind').value, road: $('ev-road').value.trim() || null, direction: $('ev-direction').value,
+    severity: $('ev-severity').value, lanes: $('ev-lanes').value.trim() || null,
+    description: {}, detour: $('ev-detour').value.trim() || null,
+    start: localInstant($('ev-start').value), end: localInstant($('ev-end').value),
+    schedule: $('ev-nights').checked
+      ? [{ days: ['monday', 'tuesday', 'wednesday', 'thursday', 'friday'], start: '21:00', end: '06:00' }] : [],
+  };
+  if ($('ev-fr').value.trim()) body.description.fr = $('ev-fr').value.trim();
+  if ($('ev-en').value.trim()) body.description.en = $('ev-en').value.trim();
+  if (number('ev-pr-from') !== null) body.from = { pr: number('ev-pr-from'), abscissa: number('ev-abs-from') || 0 };
+  if (number('ev-pr-to') !== null) body.to = { pr: number('ev-pr-to'), abscissa: number('ev-abs-to') || 0 };
+  return body;
+}
+
+/** Lines in lon/lat drawn into an SVG, scaled to the box of what is drawn. */
+function draw(svg, shapes) {
+  svg.replaceChildren();
+  const points = shapes.flatMap((s) => s.coordinates);
+  if (points.length === 0) return;
+  const xs = points.map((p) => p[0]);
+  const ys = points.map((p) => p[1]);
+  const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+  const scale = Math.min(380 / Math.max(x1 - x0, 1e-6), 180 / Math.max(y1 - y0, 1e-6));
+  for (const shape of shapes) {
+    const path = document.createElementNS('http://www.w3.org/2000/svg', 'polyline');
+    path.setAttribute('points', shape.coordinates
+      .map((p) => `${10 + (p[0] - x0) * scale},${190 - (p[1] - y0) * scale}`).join(' '));
+    path.setAttribute('fill', 'none');
+    path.setAttribute('stroke', shape.colour);
+    path.setAttribute('stroke-width', '5');
+    path.dataset.level = shape.level || '';
+    svg.appendChild(path);
+  }
+}
+
+function geometryLines(geometry) {
+  if (!geometry) return [];
+  return geometry.type === 'Point' ? [geometry.coordinates, geometry.coordinates] : geometry.coordinates;
+}
+
+async function preview() {
+  try {
+    const result = await call('POST', '/api/v1/events/preview', eventBody());
+    say('event-message', '');
+    draw($('preview-map'), [{ coordinates: geometryLines(result.event.geometry), colour: '#d35400' }]);
+    const body = $('consumers').tBodies[0];
+    body.replaceChildren();
+    const names = { datex2_v3: 'DATEX II v3', datex2_v2: 'DATEX II v2.3', wzdx: 'WZDx 4.2', waze: 'Waze CIFS', geojson: 'GeoJSON' };
+    for (const [key, consumer] of Object.entries(result.consumers)) {
+      const row = body.insertRow();
+      row.dataset.consumer = key;
+      cell(row, names[key] || key);
+      cell(row, consumer.accepted ? 'oui' : 'non', consumer.accepted ? 'ok' : 'refused');
+      cell(row, consumer.reason || '');
+    }
+    $('consumers').hidden = false;
+  } catch (err) {
+    say('event-message', err.message, 'error');
+  }
+}
+
+function showPublished(event) {
+  published.set(event.id, event);
+  const body = $('published').tBodies[0];
+  body.replaceChildren();
+  for (const e of published.values()) {
+    const row = body.insertRow();
+    row.dataset.id = e.id;
+    cell(row, e.id);
+    cell(row, String(e.version));
+    cell(row, e.status === 'ended' ? 'terminé' : e.status === 'planned' ? 'prévu' : 'en cours');
+    const actions = cell(row, '');
+    const end = document.createElement('button');
+    end.type = 'button';
+    end.textContent = 'Terminer';
+    end.className = 'end';
+    end.disabled = e.status === 'ended';
+    end.addEventListener('click', async () => {
+      try {
+        showPublished((await call('POST', `/api/v1/events/${encodeURIComponent(e.id)}/end`)).event);
+        say('event-message', `Terminé : ${e.id}`);
+      } catch (err) { say('event-message', err.message, 'error'); }
+    });
+    const versions = document.createElement('button');
+    versions.type = 'button';
+    versions.textContent = 'Versions';
+    versions.className = 'versions';
+    versions.addEventListener('click', () => showVersions(e.id));
+    actions.append(end, versions);
+  }
+}
+
+async function showVersions(id) {
+  const history = await call('GET', `/api/v1/events/${encodeURIComponent(id)}`);
+  const body = $('versions').tBodies[0];
+  body.replaceChildren();
+  for (const v of history.versions) {
+    const row = body.insertRow();
+    cell(row, String(v.version));
+    cell(row, { created: 'créé', updated: 'modifié', ended: 'terminé', reopened: 'rouvert' }[v.change] || v.change);
+    cell(row, v.author || 'collecteur');
+    cell(row, new Date(v.recorded).toLocaleString('fr-FR'));
+  }
+  $('versions').hidden = false;
+}
+
+async function publish() {
+  try {
+    const result = await call('POST', '/api/v1/events', eventBody());
+    showPublished(result.event);
+    say('event-message', `Publié : ${result.event.id} (version ${result.event.version}) par ${result.author}`);
+  } catch (err) {
+    say('event-message', err.message, 'error');
+  }
+}
+
+const LEVEL_COLOURS = { C1: '#2e8b57', C2: '#f1c40f', C3: '#e67e22', C4: '#c0392b' };
+
+async function drawNetwork() {
+  const network = await call('GET', '/api/v1/road-conditions');
+  draw($('network'), network.features.map((f) => ({
+    coordinates: geometryLines(f.geometry), colour: LEVEL_COLOURS[f.properties.level] || '#888', level: f.properties.level,
+  })));
+}
+
+async function setCondition(event) {
+  event.preventDefault();
+  try {
+    await call('POST', '/api/v1/road-conditions', {
+      road: $('co-road').value.trim(), from: { pr: Number($('co-pr-from').value) },
+      to: { pr: Number($('co-pr-to').value) }, level: $('co-level').value,
+    });
+    say('conditions-message', `État publié : ${$('co-road').value} ${$('co-level').value}`);
+    await drawNetwork();
+  } catch (err) { say('conditions-message', err.message, 'error'); }
+}
+
+async function loadSites() {
+  const select = $('mk-site');
+  let url = '/api/v1/sites?limit=500';
+  select.replaceChildren();
+  while (url) {
+    const page = await call('GET', url);
+    for (const s of page.sites) {
+      const option = document.createElement('option');
+      option.value = s.id;
+      option.textContent = `${s.road || ''} ${s.name || s.external_id}`.trim();
+      select.appendChild(option);
+    }
+    url = page.next_cursor ? `/api/v1/sites?limit=500&cursor=${encodeURIComponent(page.next_cursor)}` : null;
+  }
+}
+
+async function mark(event) {
+  event.preventDefault();
+  try {
+    const body = { kind: 'counter_faulty', site_id: Number($('mk-site').value), from: $('mk-from').value,
+                   comment: $('mk-comment').value };
+    if ($('mk-to').value) body.to = $('mk-to').value;
+    const marking = await call('POST', '/api/v1/markings', body);
+    say('marking-message', `Compteur marqué défaillant (marquage ${marking.id}) : ces intervalles sont exclus des agrégats.`);
+  } catch (err) { say('marking-message', err.message, 'error'); }
+}
+
+async function campaign(dryRun) {
+  const file = $('cp-file').files[0];
+  if (!file) { say('campaign-message', 'Choisissez un fichier CSV.', 'error'); return; }
+  const text = await file.text();
+  const url = `/api/v1/campaigns?name=${encodeURIComponent($('cp-name').value.trim())}${dryRun ? '&dry_run=true' : ''}`;
+  try {
+    const report = await call('POST', url, text, 'text/csv');
+    const body = $('campaign-errors').tBodies[0];
+    body.replaceChildren();
+    for (const e of report.errors) {
+      const row = body.insertRow();
+      cell(row, e.line);
+      cell(row, e.reason);
+    }
+    $('campaign-errors').hidden = report.errors.length === 0;
+    say('campaign-message', dryRun
+      ? `${report.counts} comptages valides sur ${report.sites} sites, ${report.error_count} ligne(s) refusée(s).`
+      : `Importé comme source ${report.source} : ${report.new} comptages, ${report.quarantined} en quarantaine.`);
+    $('cp-import').disabled = !dryRun;
+  } catch (err) { say('campaign-message', err.message, 'error'); }
+}
+
+async function login(event) {
+  event.preventDefault();
+  try {
+    const session = await call('POST', '/api/v1/session', {
+      username: $('login-user').value, password: $('login-password').value,
+    });
+    csrf = session.csrf_token;
+    $('who').textContent = `Connecté : ${session.username} (${session.role})`;
+    $('login-section').hidden = true;
+    $('workspace').hidden = false;
+    say('login-message', '');
+    await Promise.all([loadSites(), drawNetwork()]);
+    document.body.dataset.ready = 'true';
+  } catch (err) {
+    say('login-message', err.message, 'error');
+  }
+}
+
+document.addEventListener('DOMContentLoaded', () => {
+  $('login-form').addEventListener('submit', login);
+  $('ev-preview').addEventListener('click', preview);
+  $('ev-publish').addEventListener('click', publish);
+  $('conditions-form').addEventListener('submit', setCondition);
+  $('marking-form').addEventListener('submit', mark);
+  $('campaign-form').addEventListener('submit', (e) => { e.preventDefault(); campaign(true); });
+  $('cp-import').addEventListener('click', () => campaign(false));
+  document.body.dataset.loaded = 'true';
+});

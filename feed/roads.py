@@ -1,0 +1,286 @@
+"""The road referential: roads and their PR (points de repère), and linear
+referencing (road + PR + abscissa <-> point; from/to -> the line along the road).
+
+The file road authorities keep: PR points per road, as CSV (columns `road`, `pr`,
+`lon`, `lat`, optional `name`; `,` or `;` separated, UTF-8) or as a GeoJSON
+FeatureCollection of Point features with properties `road`, `pr` (and `name`).
+A GeoJSON file may also give a road's shape: a LineString feature with property
+`road`, drawn from the lowest PR to the highest. Without a shape, a road's line
+is its PR points joined in PR order. Positions along the line are metres in
+the ellipsoid (see sql/015_road_referential.sql), counted from each PR. Parsing is pure; storing
+and the linear-referencing queries run in PostgreSQL/PostGIS.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+__all__ = ["ROAD_PATTERN", "ReferentialError", "Road", "locate", "parse_referential", "point", "section",
+           "store_referential"]
+
+ROAD_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._/-]{0,63}$")
+MAX_ROADS = 5000
+MAX_PRS = 200_000
+
+
+class ReferentialError(ValueError):
+    """A referential file that cannot be imported: the file, the record and the reason."""
+
+
+@dataclass
+class Road:
+    road: str
+    name: str = ""
+    prs: dict[int, tuple[float, float]] = field(default_factory=dict)  # PR -> (lon, lat)
+    shape: list[tuple[float, float]] | None = None  # the road's line, lowest PR first
+
+
+def normalise_road(road: str) -> str:
+    """RD 613, rd613 -> RD613: how agents type a road and how it is stored."""
+    return road.replace(" ", "").upper()
+
+
+def _record(roads: dict[str, Road], where: str, raw_road: Any, raw_pr: Any, raw_lon: Any, raw_lat: Any,
+            name: Any) -> None:
+    if not isinstance(raw_road, str) or not ROAD_PATTERN.match(raw_road.strip()):
+        raise ReferentialError(f"{where}: road {raw_road!r} is not a road reference such as RD613")
+    road = normalise_road(raw_road.strip())
+    try:
+        pr = int(str(raw_pr).strip())
+        lon, lat = float(str(raw_lon).replace(",", ".")), float(str(raw_lat).replace(",", "."))
+    except ValueError:
+        raise ReferentialError(f"{where}: pr must be an integer and lon, lat numbers "
+                               f"(got {raw_pr!r}, {raw_lon!r}, {raw_lat!r})") from None
+    if pr < 0 or not (-180 <= lon <= 180 and -90 <= lat <= 90):
+        raise ReferentialError(f"{where}: PR {pr} at ({lon}, {lat}) is out of range")
+    entry = roads.setdefault(road, Road(road))
+    if pr in entry.prs:
+        raise ReferentialError(f"{where}: {road} PR {pr} is given twice")
+    entry.prs[pr] = (lon, lat)
+    if isinstance(name, str) and name.strip():
+        entry.name = name.strip()
+
+
+def _shape(roads: dict[str, Road], where: str, raw_road: Any, coords: Any) -> None:
+    if not isinstance(raw_road, str) or not ROAD_PATTERN.match(raw_road.strip()):
+        raise ReferentialError(f"{where}: road {raw_road!r} is not a road reference such as RD613")
+    road = normalise_road(raw_road.strip())
+    try:
+        points = [(float(c[0]), float(c[1])) for c in coords]
+    except (TypeError, ValueError, IndexError):
+        raise ReferentialError(f"{where}: a LineString of lon, lat positions is expected") from None
+    if len(points) < 2 or not all(-180 <= x <= 180 and -90 <= y <= 90 for x, y in points):
+        raise ReferentialError(f"{where}: a road's shape needs at least two lon, lat positions")
+    entry = roads.setdefault(road, Road(road))
+    if entry.shape is not None:
+        raise ReferentialError(f"{where}: {road} has two shapes")
+    entry.shape = points
+
+
+def parse_referential(data: bytes, origin: str) -> list[Road]:
+    """Roads with their PR from a CSV or GeoJSON file; the first bad record stops the
+    import (a referential is all or nothing), named with its line or feature."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ReferentialError(f"{origin}: not UTF-8 ({exc})") from None
+    roads: dict[str, Road] = {}
+    if text.lstrip().startswith("{"):
+        try:
+            document = json.loads(text)
+        except ValueError as exc:
+            raise ReferentialError(f"{origin}: not JSON ({exc})") from None
+        features = document.get("features") if isinstance(document, dict) else None
+        if not isinstance(features, list):
+            raise ReferentialError(f"{origin}: a GeoJSON FeatureCollection is expected")
+        for n, feature in enumerate(features):
+            where = f"{origin}: feature {n}"
+            geometry = (feature or {}).get("geometry") or {}
+            props = (feature or {}).get("properties") or {}
+            coords = geometry.get("coordinates")
+            if geometry.get("type") == "LineString":
+                _shape(roads, where, props.get("road"), coords)
+                continue
+            if geometry.get("type") != "Point" or not isinstance(coords, list) or len(coords) < 2:
+                raise ReferentialError(f"{where}: a Point geometry is expected")
+            _record(roads, where, props.get("road"), props.get("pr"), coords[0], coords[1], props.get("name"))
+    else:
+        sample = text[:2000]
+        delimiter = ";" if sample.count(";") > sample.count(",") else ","
+        reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+        missing = {"road", "pr", "lon", "lat"} - set(reader.fieldnames or [])
+        if missing:
+            raise ReferentialError(f"{origin}: missing columns {', '.join(sorted(missing))} "
+                                   "(expected road, pr, lon, lat and optionally name)")
+        for row in reader:
+            _record(roads, f"{origin}: line {reader.line_num}", row.get("road"), row.get("pr"), row.get("lon"),
+                    row.get("lat"), row.get("name"))
+    if not roads:
+        raise ReferentialError(f"{origin}: no PR in the file")
+    if len(roads) > MAX_ROADS or sum(len(r.prs) for r in roads.values()) > MAX_PRS:
+        raise ReferentialError(f"{origin}: more than {MAX_ROADS} roads or {MAX_PRS} PR")
+    for r in roads.values():
+        if r.shape is not None and not r.prs:
+            raise ReferentialError(f"{origin}: road {r.road} has a shape but no PR")
+        if len(r.prs) < 2:
+            raise ReferentialError(f"{origin}: road {r.road} has a single PR; a road needs at least two")
+        ordered = sorted(r.prs.items())
+        for (a, pa), (b, pb) in zip(ordered, ordered[1:], strict=False):
+            if pa == pb:
+                raise ReferentialError(f"{origin}: road {r.road} PR {a} and PR {b} are at the same place")
+    return list(roads.values())
+
+
+_INSERT_ROAD = """
+WITH pts AS (SELECT p.pr, ST_Transform(ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326), 2154) AS g
+               FROM unnest($3::int[], $4::float8[], $5::float8[]) AS p(pr, lon, lat)),
+     line AS (SELECT ST_MakeLine(g ORDER BY pr) AS line FROM pts)
+INSERT INTO roads (road, name, line, length)
+SELECT $1, $2, line, ST_Length(ST_Transform(line, 4326)::geography) FROM line"""
+_INSERT_SHAPED_ROAD = """
+WITH line AS (SELECT ST_Transform(ST_SetSRID(ST_MakeLine(array_agg(ST_MakePoint(x, y) ORDER BY n)), 4326), 2154)
+                     AS line
+                FROM unnest($3::float8[], $4::float8[]) WITH ORDINALITY AS p(x, y, n))
+INSERT INTO roads (road, name, line, length)
+SELECT $1, $2, line, ST_Length(ST_Transform(line, 4326)::geography) FROM line"""
+# PR on a shaped road: the position along the shape nearest to the PR point.
+_INSERT_SHAPED_PRS = """
+INSERT INTO road_prs (road, pr, geom, measure)
+SELECT $1, p.pr, ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326),
+       ST_LineLocatePoint(r.line, ST_Transform(ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326), 2154)) * r.length
+  FROM unnest($2::int[], $3::float8[], $4::float8[]) AS p(pr, lon, lat), roads r
+ WHERE r.road = $1
+RETURNING pr, measure"""
+_INSERT_PRS = """
+INSERT INTO road_prs (road, pr, geom, measure)
+SELECT $1, pr, ST_SetSRID(ST_MakePoint(lon, lat), 4326),
+       coalesce(sum(step) OVER (ORDER BY pr), 0)
+  FROM (SELECT p.pr, p.lon, p.lat,
+               ST_Distance(ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326)::geography,
+                           lag(ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326)::geography) OVER (ORDER BY p.pr))
+                   AS step
+          FROM unnest($2::int[], $3::float8[], $4::float8[]) AS p(pr, lon, lat)) s"""
+
+
+async def store_referential(conn: asyncpg.Connection, roads: list[Road]) -> int:
+    """Replaces these roads (and their PR) in one transaction; other roads stay."""
+    async with conn.transaction():
+        for r in roads:
+            ordered = sorted(r.prs.items())
+            prs = [p for p, _ in ordered]
+            lons = [c[0] for _, c in ordered]
+            lats = [c[1] for _, c in ordered]
+            await conn.execute("DELETE FROM roads WHERE road = $1", r.road)
+            if r.shape is None:
+                await conn.execute(_INSERT_ROAD, r.road, r.name, prs, lons, lats)
+                await conn.execute(_INSERT_PRS, r.road, prs, lons, lats)
+                continue
+            await conn.execute(_INSERT_SHAPED_ROAD, r.road, r.name, [p[0] for p in r.shape], [p[1] for p in r.shape])
+            placed = sorted((row["pr"], row["measure"]) for row in
+                            await conn.fetch(_INSERT_SHAPED_PRS, r.road, prs, lons, lats))
+            for (a, ma), (b, mb) in zip(placed, placed[1:], strict=False):
+                if mb <= ma:
+                    raise ReferentialError(f"road {r.road}: PR {b} is not after PR {a} along the road's shape "
+                                           "(is the shape drawn from the lowest PR?)")
+    return len(roads)
+
+
+# --------------------------------------------------------------------------- linear referencing
+
+
+class OffRoad(ValueError):
+    """A position the referential cannot place: unknown road or PR, or beyond the road's ends."""
+
+
+async def road_exists(conn: asyncpg.Connection, road: str) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM roads WHERE road = $1", road))
+
+
+def _cm(metres: float) -> float:
+    """Abscissas to the centimetre: finer is noise (and subnormal floats underflow in PostgreSQL)."""
+    return round(metres, 2) + 0.0
+
+
+async def point(conn: asyncpg.Connection, road: str, pr: int, abscissa: float) -> tuple[float, float]:
+    abscissa = _cm(abscissa)
+    row = await conn.fetchrow("SELECT ST_X(g) AS lon, ST_Y(g) AS lat FROM road_point($1, $2, $3) g",
+                              road, pr, abscissa)
+    if row is None or row["lon"] is None:
+        raise OffRoad(await _why(conn, road, pr, abscissa))
+    return row["lon"], row["lat"]
+
+
+async def locate(conn: asyncpg.Connection, road: str, lon: float, lat: float) -> tuple[int, float, float]:
+    """(PR, abscissa, distance from the road) of a point, metres."""
+    row = await conn.fetchrow("SELECT * FROM road_locate($1, ST_SetSRID(ST_MakePoint($2, $3), 4326))", road, lon, lat)
+    if row is None or row["pr"] is None:
+        raise OffRoad(f"road {road} is not in the referential")
+    return row["pr"], row["abscissa"], row["offset_m"]
+
+
+async def section(conn: asyncpg.Connection, road: str, start: tuple[int, float], end: tuple[int, float]
+                  ) -> dict[str, Any]:
+    """The GeoJSON LineString along the road from `start` to `end` (PR, abscissa)."""
+    start, end = (start[0], _cm(start[1])), (end[0], _cm(end[1]))
+    geojson = await conn.fetchval("SELECT ST_AsGeoJSON(road_section($1, $2, $3, $4, $5), 7)",
+                                  road, start[0], start[1], end[0], end[1])
+    if geojson is None:
+        for pr, abscissa in (start, end):
+            await point(conn, road, pr, abscissa)  # raises with the reason
+        raise OffRoad(f"{road}: from and to are the same place")
+    return json.loads(geojson)
+
+
+async def _why(conn: asyncpg.Connection, road: str, pr: int, abscissa: float) -> str:
+    known = await conn.fetchrow("SELECT min(pr) AS lo, max(pr) AS hi, bool_or(pr = $2) AS has FROM road_prs "
+                                "WHERE road = $1", road, pr)
+    if known is None or known["lo"] is None:
+        return f"road {road} is not in the referential"
+    if not known["has"]:
+        return f"{road} has no PR {pr} (its PR go from {known['lo']} to {known['hi']})"
+    return f"{road} PR {pr} + {abscissa:g} m falls beyond the road's ends (PR {known['lo']} to {known['hi']})"
+
+
+async def prs(conn: asyncpg.Connection, road: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch("SELECT pr, ST_X(geom) AS lon, ST_Y(geom) AS lat, measure FROM road_prs "
+                            "WHERE road = $1 ORDER BY pr", road)
+    return [{"pr": r["pr"], "lon": r["lon"], "lat": r["lat"], "measure_m": round(r["measure"], 1)} for r in rows]
+
+
+SITE_TOLERANCE_M = 100.0
+
+# Each site with road + PR: where the referential puts its PR + abscissa, and how far
+# that is from the site's own coordinates (metres on the ellipsoid).
+_SITE_CHECK = """
+SELECT s.id, s.source_id, s.external_id, s.name, s.road, s.pr, s.abscissa,
+       p.g IS NOT NULL AS placed,
+       ST_Distance(p.g::geography, s.geom::geography) AS distance_m
+  FROM sites s
+  LEFT JOIN LATERAL (SELECT road_point(upper(replace(s.road, ' ', '')), s.pr, coalesce(s.abscissa, 0)) AS g) p ON true
+ WHERE s.road IS NOT NULL AND s.pr IS NOT NULL AND s.geom IS NOT NULL
+ ORDER BY s.id"""
+
+
+async def check_sites(conn: asyncpg.Connection, tolerance_m: float = SITE_TOLERANCE_M) -> list[dict[str, Any]]:
+    """Sites whose PR + abscissa the referential cannot place, or places more than
+    `tolerance_m` from their coordinates, with the reason."""
+    out = []
+    for r in await conn.fetch(_SITE_CHECK):
+        if not r["placed"]:
+            reason = await _why(conn, normalise_road(r["road"]), r["pr"], float(r["abscissa"] or 0))
+        elif r["distance_m"] > tolerance_m:
+            reason = f"PR {r['pr']} + {r['abscissa'] or 0} m lies {r['distance_m']:.0f} m from the site's position"
+        else:
+            continue
+        out.append({"site_id": r["id"], "source": r["source_id"], "external_id": r["external_id"],
+                    "name": r["name"], "road": r["road"], "pr": r["pr"], "abscissa": r["abscissa"],
+                    "distance_m": None if r["distance_m"] is None else round(r["distance_m"], 1),
+                    "reason": reason})
+    return out

@@ -1,0 +1,129 @@
+"""Counting campaigns uploaded by agents: the preview lists each bad line with its
+reason, the import makes its own source with the bad lines quarantined, nothing
+good is lost or duplicated (generated files), and the sites join the counts API,
+the map and the annual table."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from feed.campaigns import parse_campaign
+from feed.config import Config, PublicationConfig, ServerConfig
+from feed.http import CONTEXT, build_app
+from feed.storage import Storage
+from agents_support import load_simulated_roads
+
+PARIS = ZoneInfo("Europe/Paris")
+ADMIN = "ops-token"
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+HEADER = "site;name;road;pr;abscissa;lon;lat;direction;vehicle_class;hour;count\n"
+
+
+def good_lines(hours: int = 48) -> list[str]:
+    out = []
+    t = datetime(2025, 3, 3, 0, 0)
+    for h in range(hours):
+        at = (t + timedelta(hours=h)).strftime("%Y-%m-%d %H:%M")
+        out.append(f"K1;RD32 Argelliers;RD32;5;300;;;N;all;{at};{100 + h}\n")
+        out.append(f"K1;RD32 Argelliers;RD32;5;300;;;S;all;{at};{200 + h}\n")
+        out.append(f"K2;Lodève;;;;3.32;43.72;E;heavy;{at};{h % 7}\n")
+    return out
+
+
+@pytest.fixture
+async def client(storage: Storage) -> AsyncIterator[TestClient]:
+    await load_simulated_roads(storage)
+    config = Config(server=ServerConfig(admin_token=ADMIN, rate_limit_per_minute=0),
+                    publication=PublicationConfig(bbox=(-5.0, 41.0, 10.0, 51.5)))
+    app = build_app(config, storage)
+    c = TestClient(TestServer(app, host="127.0.0.1"))
+    await c.start_server()
+    try:
+        assert await app[CONTEXT].publisher.wait_ready(30)
+        yield c
+    finally:
+        await c.close()
+
+
+def test_every_bad_line_is_named_with_its_reason() -> None:
+    lines = good_lines(2)
+    lines.insert(1, "K1;;;;;;;N;all;2025-03-03 00:30;5\n")  # line 3: not the start of an hour
+    lines.append("K1;;;;;;;N;cars;2025-03-03 05:00;5\n")
+    lines.append("K1;;;;;;;N;all;2025-03-03 05:00;-3\n")
+    lines.append("K1;;;;;;;N;all;yesterday;3\n")
+    lines.append("K1;;;;;;;N;all;2025-03-03 00:00;9\n")  # already given on line 2
+    campaign = parse_campaign((HEADER + "".join(lines)).encode(), PARIS)
+    reasons = {q.record_ref: q.reason for q in campaign.errors}
+    assert list(reasons) == ["line 3", "line 9", "line 10", "line 11", "line 12"]
+    assert "does not start an hour" in reasons["line 3"] and "cars" in reasons["line 9"]
+    assert "greater than or equal to 0" in reasons["line 10"] and "yesterday" in reasons["line 11"]
+    assert "given twice" in reasons["line 12"]
+    assert len(campaign.measurements) == 6 and set(campaign.sites) == {"K1", "K2"}
+    with pytest.raises(ValueError, match="missing columns count"):
+        parse_campaign(b"site;direction;hour\n", PARIS)
+
+
+async def test_preview_then_import_with_a_bad_line(client: TestClient, storage: Storage) -> None:
+    lines = good_lines()
+    lines.insert(10, "K1;RD32 Argelliers;RD32;5;300;;;N;all;2025-03-03 30:00;12\n")  # line 12
+    body = (HEADER + "".join(lines)).encode()
+    async with client.post("/api/v1/campaigns?name=rd32-mars&dry_run=true", data=body, headers=AUTH) as resp:
+        preview = await resp.json()
+        assert resp.status == 200, preview
+    assert preview["imported"] is False and preview["error_count"] == 1 and preview["errors"][0]["line"] == "line 12"
+    assert await storage.pool.fetchval("SELECT count(*) FROM sites") == 0  # a preview stores nothing
+    async with client.post("/api/v1/campaigns?name=rd32-mars", data=body, headers=AUTH) as resp:
+        report = await resp.json()
+        assert resp.status == 201, report
+    assert report["new"] == 3 * 48 and report["quarantined"] == 1 and report["source"] == "campaign-rd32-mars"
+    quarantine = await storage.pool.fetch("SELECT record_ref, reason FROM quarantine WHERE source_id = $1",
+                                          "campaign-rd32-mars")
+    assert [q["record_ref"] for q in quarantine] == ["line 12"]
+    async with client.get("/api/v1/sites?limit=10") as resp:
+        sites = {s["external_id"]: s for s in (await resp.json())["sites"]}
+    assert set(sites) == {"K1", "K2"}
+    k1 = sites["K1"]
+    assert k1["road"] == "RD32" and k1["pr"] == 5  # placed with the referential from road + PR + abscissa
+    async with client.get(f"/api/v1/sites/{k1['id']}/counts?from=2025-03-03&to=2025-03-05&step=day") as resp:
+        days = {p["period"]: p["count"] for p in (await resp.json())["points"]}
+    assert days["2025-03-03"] == sum(100 + h + 200 + h for h in range(24))
+    async with client.get("/api/v1/annual?year=2025&threshold=0.5") as resp:
+        annual = {r["external_id"] for r in (await resp.json())["rows"]}
+    assert {"K1", "K2"} <= annual
+    async with client.post("/api/v1/campaigns?name=rd32-mars", data=body) as resp:
+        assert resp.status == 401
+
+
+async def test_a_site_off_the_referential_is_reported_with_its_lines(client: TestClient, storage: Storage) -> None:
+    body = (HEADER + "Z9;ailleurs;RD32;700;0;;;N;all;2025-03-03 00:00;5\n"
+            "Z9;ailleurs;RD32;700;0;;;N;all;2025-03-03 01:00;6\n").encode()
+    async with client.post("/api/v1/campaigns?name=off-road", data=body, headers=AUTH) as resp:
+        report = await resp.json()
+    assert report["errors"][0]["line"] == "site Z9" and "has no PR 700" in report["errors"][0]["reason"]
+    assert report["quarantined"] == 1 + 1 + 2  # the site, its channel, its two counts: nothing silently dropped
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10**6), bad=st.lists(st.sampled_from([
+    "K1;;;;;;;N;all;2025-13-01 00:00;1\n", "K1;;;;;;;N;all;2025-03-03 00:00;x\n", ";;;;;;;N;all;2025-03-03 00:00;1\n",
+    "K1;;;;;;;;all;2025-03-03 00:00;1\n", "K1;;;;;;;N;all;2025-03-03 00:00;\n"]), max_size=6))
+def test_generated_files_lose_and_duplicate_nothing(seed: int, bad: list[str]) -> None:
+    lines = good_lines(6)
+    rng = random.Random(seed)
+    rng.shuffle(lines)
+    for b in bad:
+        lines.insert(rng.randrange(len(lines) + 1), b)
+    campaign = parse_campaign((HEADER + "".join(lines)).encode(), PARIS)
+    assert len(campaign.measurements) == 18 and len(campaign.errors) == len(bad)
+    keys = [(m.channel_external_id, m.start) for m in campaign.measurements]
+    assert len(set(keys)) == len(keys)
+    assert sorted(m.count for m in campaign.measurements if m.count is not None) == sorted(
+        int(line.rsplit(";", 1)[1]) for line in good_lines(6))

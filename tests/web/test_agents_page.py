@@ -1,0 +1,212 @@
+"""The agents' workflow in a real headless Chromium, in French, over the real
+application: an editor logs in, enters alternating one-way traffic on RD613 by PR
+range with night slots, sees what each consumer receives, publishes, finds it in
+DATEX II v3, WZDx, Waze CIFS (with its `schedule`) and GeoJSON, each valid, ends it
+and sees its versions with the author; sets a road section's winter state; marks a
+counter faulty and sees the public page's annual table change; uploads a campaign
+file with one bad line and sees it reported. Screenshots go to test-artifacts/
+(the README shows copies kept in docs/)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from feed import agents
+from feed.config import Config, PublicationConfig, ServerConfig
+from feed.http import CONTEXT, build_app
+from feed.model import ChannelRecord, SiteRecord
+from feed.storage import Storage
+from agents_support import CIFS, DATEX_V3, WZDX, load_simulated_roads, xml_valid
+from test_page import ARTIFACTS, assets_built, browser, in_browser, one_engine, open_page, until  # noqa: F401
+
+PARIS = ZoneInfo("Europe/Paris")
+PASSWORD = "lunettes de soleil 34"
+FEEDS = ("/feeds/datex2/v3/situations.xml", "/feeds/wzdx/v4.2/work-zones.geojson", "/feeds/waze/cifs.xml",
+         "/feeds/events.geojson")
+pytestmark = [one_engine, pytest.mark.timeout(240)]
+
+
+@pytest.fixture
+async def site(storage: Storage, db_url: str) -> AsyncIterator[tuple[str, int, TestClient]]:
+    assets_built()
+    await load_simulated_roads(storage)
+    await storage.ensure_source("cd34", "opendatasoft", "http://127.0.0.1:9/cd34")
+    await storage.upsert_sites("cd34", [SiteRecord(external_id="MTB", name="Montbazin", road="RD613", pr=12,
+                                                   abscissa=250, lon=3.69, lat=43.51)])
+    await storage.upsert_channels("cd34", [ChannelRecord(site_external_id="MTB", external_id="MTB-N",
+                                                         direction="N", time_step=3600)])
+    channel = (await storage.channel_ids("cd34"))["MTB-N"]
+    start = datetime(2025, 7, 1, tzinfo=PARIS)
+    await storage.ingest_measurements([(channel, start + timedelta(hours=h), 3600, 300 + h % 24, None, None,
+                                        "observed") for h in range(24 * 10)])
+    site_id = (await storage.site_ids("cd34", ["MTB"]))["MTB"]
+    with psycopg.connect(db_url) as conn:
+        agents.add_agent(conn, "claire", "editor", PASSWORD, "Claire, service des routes")
+    config = Config(server=ServerConfig(rate_limit_per_minute=0),
+                    publication=PublicationConfig(bbox=(-5.0, 41.0, 10.0, 51.5)))
+    app = build_app(config, storage)
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    try:
+        assert await app[CONTEXT].publisher.wait_ready(30)
+        yield str(client.make_url("")).rstrip("/"), site_id, client
+    finally:
+        await client.close()
+
+
+def shot(driver: Any, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / name))
+
+
+def fill(driver: Any, values: dict[str, str]) -> None:
+    from selenium.webdriver.common.by import By  # noqa: PLC0415 - selenium is optional (see test_page)
+
+    for element_id, value in values.items():
+        field = driver.find_element(By.ID, element_id)
+        if field.tag_name == "select":
+            driver.execute_script("arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('change'));",
+                                  field, value)
+        elif field.get_attribute("type") == "datetime-local" or field.get_attribute("type") == "date":
+            driver.execute_script("arguments[0].value = arguments[1];", field, value)
+        else:
+            field.clear()
+            field.send_keys(value)
+
+
+def click(driver: Any, selector: str) -> None:
+    from selenium.webdriver.common.by import By  # noqa: PLC0415
+
+    driver.find_element(By.CSS_SELECTOR, selector).click()
+
+
+def open_agents(driver: Any, url: str) -> None:
+    driver.get(f"{url}/agents")
+    until(driver, "document.body.dataset.loaded === 'true'", "the agents' page")
+    fill(driver, {"login-user": "claire", "login-password": PASSWORD})
+    click(driver, "#login-submit")
+    until(driver, "document.body.dataset.ready === 'true'", "the log-in")
+
+
+def log_in_and_enter(driver: Any, url: str) -> dict[str, Any]:
+    open_agents(driver, url)
+    fill(driver, {"ev-kind": "alternating_traffic", "ev-road": "RD613", "ev-pr-from": "12", "ev-abs-from": "150",
+                  "ev-pr-to": "13", "ev-abs-to": "400", "ev-lanes": "1 voie sur 2",
+                  "ev-fr": "Circulation alternée par feux, réfection de chaussée",
+                  "ev-en": "Alternating one-way traffic, resurfacing"})
+    click(driver, "#ev-nights")
+    click(driver, "#ev-preview")
+    until(driver, "document.querySelectorAll('#consumers tbody tr').length === 5", "the consumers' preview")
+    until(driver, "document.querySelectorAll('#preview-map polyline').length === 1", "the line drawn")
+    preview = driver.execute_script(
+        "return [...document.querySelectorAll('#consumers tbody tr')].map(r => [r.dataset.consumer, "
+        "r.cells[1].textContent, r.cells[2].textContent]);")
+    shot(driver, "agents-preview.png")
+    click(driver, "#ev-publish")
+    event_id = until(driver, "document.querySelector('#published tbody tr')?.dataset.id", "the publication")
+    return {"preview": preview, "event_id": event_id, "published_at": time.monotonic(),
+            "who": driver.find_element("id", "who").text}
+
+
+def end_and_versions(driver: Any) -> list[list[str]]:
+    click(driver, "#published tbody tr button.end")
+    until(driver, "document.querySelector('#published tbody tr').cells[2].textContent === 'terminé'", "the end")
+    click(driver, "#published tbody tr button.versions")
+    until(driver, "document.querySelectorAll('#versions tbody tr').length === 2", "the versions")
+    shot(driver, "agents-versions.png")
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#versions tbody tr')].map(r => [...r.cells].map(c => c.textContent));")
+
+
+def annual_days(driver: Any, url: str, site_id: int) -> str:
+    # History answers may be kept a minute by browsers (Cache-Control: max-age=60): read afresh.
+    driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd("Network.setCacheDisabled", {"cacheDisabled": True})
+    open_page(driver, f"{url}/")
+    cell = f"#annual-table tr[data-site-id='{site_id}'] td[data-key='days_valid']"
+    until(driver, f"document.querySelector(\"{cell}\")", "the annual table")
+    return driver.execute_script(f"return document.querySelector(\"{cell}\").dataset.value;")
+
+
+def mark_faulty(driver: Any, url: str, site_id: int) -> str:
+    open_agents(driver, url)
+    fill(driver, {"mk-site": str(site_id), "mk-from": "2025-07-03", "mk-to": "2025-07-05",
+                  "mk-comment": "boucle arrachée"})
+    click(driver, "#mk-submit")
+    return until(driver, "!document.getElementById('marking-message').hidden && "
+                         "document.getElementById('marking-message').textContent", "the marking")
+
+
+def conditions_and_campaign(driver: Any, url: str, campaign_file: Path) -> dict[str, Any]:
+    open_agents(driver, url)
+    fill(driver, {"co-road": "RD986", "co-pr-from": "20", "co-pr-to": "28", "co-level": "C3"})
+    click(driver, "#conditions-form button")
+    until(driver, "document.querySelector('#network polyline')?.dataset.level === 'C3'", "the coloured network")
+    fill(driver, {"cp-name": "rd32-mars", "cp-file": str(campaign_file)})
+    click(driver, "#cp-check")
+    until(driver, "document.querySelectorAll('#campaign-errors tbody tr').length === 1", "the preview's errors")
+    errors = driver.execute_script(
+        "return [...document.querySelectorAll('#campaign-errors tbody tr')].map(r => r.cells[0].textContent + ' — ' "
+        "+ r.cells[1].textContent);")
+    click(driver, "#cp-import")
+    report = until(driver, "document.getElementById('campaign-message').textContent.startsWith('Importé') && "
+                           "document.getElementById('campaign-message').textContent", "the import")
+    shot(driver, "agents-campaign.png")
+    return {"errors": errors, "report": report}
+
+
+async def test_the_agents_workflow_in_french(browser: Any, site: tuple[str, int, TestClient]) -> None:
+    url, site_id, client = site
+    entered = await in_browser(log_in_and_enter, browser, url)
+    assert entered["who"] == "Connecté : claire (editor)"
+    assert {c: (ok, reason) for c, ok, reason in entered["preview"]} == {
+        "datex2_v3": ("oui", ""), "datex2_v2": ("oui", ""), "wzdx": ("oui", ""), "waze": ("oui", ""),
+        "geojson": ("oui", "")}
+    event_id = entered["event_id"]
+    bodies = {}
+    for path in FEEDS:
+        while event_id.encode() not in (body := await (await client.get(path)).read()):
+            assert time.monotonic() - entered["published_at"] < 10, f"{event_id} not in {path}"
+            await asyncio.sleep(0.05)
+        bodies[path] = body
+    xml_valid(DATEX_V3, bodies[FEEDS[0]])
+    assert not list(WZDX.iter_errors(json.loads(bodies[FEEDS[1]])))
+    cifs = xml_valid(CIFS, bodies[FEEDS[2]])
+    incident = next(i for i in cifs.iter("incident") if i.get("id") == event_id)
+    assert incident.find("schedule").findtext("monday") == "21:00-23:59"
+    assert any(f["id"] == event_id for f in json.loads(bodies[FEEDS[3]])["features"])
+
+    versions = await in_browser(end_and_versions, browser)
+    assert [(v[0], v[1], v[2]) for v in versions] == [("1", "créé", "claire"), ("2", "terminé", "claire")]
+
+    before = await in_browser(annual_days, browser, url, site_id)
+    message = await in_browser(mark_faulty, browser, url, site_id)
+    assert "défaillant" in message
+    async with client.get("/api/v1/annual?year=2025") as resp:
+        row = next(r for r in (await resp.json())["rows"] if r["site_id"] == site_id)
+    assert row["days_valid"] == 8, row  # July 3 and 4 left out
+    after = await in_browser(annual_days, browser, url, site_id)
+    assert (before, after) == ("10", "8")
+    await in_browser(shot, browser, "agents-annual-after-marking.png")
+
+    with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False, encoding="utf-8") as f:
+        f.write("site;name;road;pr;abscissa;lon;lat;direction;vehicle_class;hour;count\n")
+        for h in range(6):
+            f.write(f"K1;RD32 Argelliers;RD32;5;300;;;N;all;2025-03-03 0{h}:00;{40 + h}\n")
+        f.write("K1;RD32 Argelliers;RD32;5;300;;;N;all;2025-03-03 07:00;beaucoup\n")
+    campaign = await in_browser(conditions_and_campaign, browser, url, Path(f.name))
+    assert campaign["errors"] == ["line 8 — count 'beaucoup' is not a whole number"]
+    assert "6 comptages, 1 en quarantaine" in campaign["report"]
+    Path(f.name).unlink()
