@@ -25,7 +25,6 @@ MAX_PAGES_PER_POLL = 100  # Opendatasoft: 10,000 records, then the next poll goe
 @dataclass
 class PollOutcome:
     http_status: int | None = None
-    bytes: int = 0
     etag: str | None = None
     last_modified: str | None = None
     watermark: str | None = None
@@ -46,7 +45,7 @@ def _read(fetched: Fetched) -> bytes:
 async def poll_datex2(source: SourceConfig, state: SourceState, fetcher: Fetcher, sink: Sink) -> PollOutcome:
     """A DATEX II v2/v3 pull: conditional GET, streaming parse of the whole document."""
     fetched = await fetcher.get(source.id, source.url, etag=state.etag, last_modified=state.last_modified)
-    outcome = PollOutcome(fetched.status, fetched.size, fetched.etag, fetched.last_modified,
+    outcome = PollOutcome(fetched.status, fetched.etag, fetched.last_modified,
                           snapshot=bool(source.options.get("snapshot", True)))
     if fetched.status == 304:
         outcome.snapshot = False  # nothing read: nothing may be ended
@@ -62,21 +61,18 @@ async def poll_comptage(source: SourceConfig, state: SourceState, fetcher: Fetch
     """The national CSV model: optional site and channel files, then the measures at `url`."""
     opts = source.options
     tz = opts.get("timezone", "Europe/Paris")
-    total = 0
     time_steps: dict[str, int] = {}
     if "sites_url" in opts:
         fetched = await fetcher.get(source.id, opts["sites_url"])
-        total += fetched.size
         await sink.consume(iter(comptage_parse.parse_sites(_read(fetched), source=source.id)))
     if "channels_url" in opts:
         fetched = await fetcher.get(source.id, opts["channels_url"])
-        total += fetched.size
         channels = list(comptage_parse.parse_channels(
             _read(fetched), source=source.id, default_time_step=opts.get("time_step"), local_timezone=tz))
         time_steps = {c.external_id: c.time_step for c in channels if hasattr(c, "time_step")}
         await sink.consume(iter(channels))
     fetched = await fetcher.get(source.id, source.url, etag=state.etag, last_modified=state.last_modified)
-    outcome = PollOutcome(fetched.status, total + fetched.size, fetched.etag, fetched.last_modified)
+    outcome = PollOutcome(fetched.status, fetched.etag, fetched.last_modified)
     if fetched.status == 304:
         return outcome
     try:
@@ -106,7 +102,13 @@ def _cursor_text(watermark: datetime | None, seen: int) -> str | None:
 
 async def poll_opendatasoft(source: SourceConfig, state: SourceState, fetcher: Fetcher, sink: Sink) -> PollOutcome:
     """Counters page by watermark through `records`; event datasets come whole from
-    `exports/json`, so that events no longer listed can be ended."""
+    `exports/json`, so that events no longer listed can be ended. Bodies are parsed as
+    they are read and stored batch by batch.
+
+    The watermark moves over records stored or refused for good, never over a record
+    dated after the poll's horizon (`now` + the future tolerance): such a record may be
+    true later, and in time order every record after it is later still, so the poll
+    stops at that page and the next one reads from before it again."""
     opts = source.options
     mapping = opendatasoft_parse.mapping_from_options(opts)
     dataset = opts["dataset"]
@@ -115,15 +117,16 @@ async def poll_opendatasoft(source: SourceConfig, state: SourceState, fetcher: F
         url = opendatasoft_parse.exports_url(source.url, dataset)
         fetched = await fetcher.get(source.id, url, headers=headers, error_detail=opendatasoft_parse.parse_ods_error)
         try:
-            await sink.consume(iter(opendatasoft_parse.parse_export_json(
-                fetched.body, mapping, source=source.id, now=sink.now)))
+            await sink.consume(opendatasoft_parse.parse_export_json(
+                fetched.body, mapping, source=source.id, now=sink.now))
         finally:
             fetched.close()
-        return PollOutcome(fetched.status, fetched.size, snapshot=True)
+        return PollOutcome(fetched.status, snapshot=True)
 
     watermark, seen = _cursor(state)
+    horizon = sink.now + sink.rules.future_tolerance
     if watermark is None and "backfill_days" in opts:
-        return await _backfill_counters(source, mapping, fetcher, sink, headers)
+        return await _backfill_counters(source, mapping, fetcher, sink, headers, horizon)
     outcome = PollOutcome()
     for _ in range(MAX_PAGES_PER_POLL):
         url = opendatasoft_parse.records_url(
@@ -132,21 +135,26 @@ async def poll_opendatasoft(source: SourceConfig, state: SourceState, fetcher: F
         )
         fetched = await fetcher.get(source.id, url, headers=headers, error_detail=opendatasoft_parse.parse_ods_error)
         outcome.http_status = fetched.status
-        outcome.bytes += fetched.size
-        page = opendatasoft_parse.parse_records_page(_read(fetched), mapping, source=source.id, now=sink.now)
-        await sink.store([*page.sites, *page.channels, *page.measurements, *page.events, *page.quarantined])
+        page = opendatasoft_parse.parse_records_stream(fetched.body, mapping, source=source.id, now=sink.now,
+                                                       not_after=horizon)
+        try:
+            await sink.consume(page)
+        finally:
+            fetched.close()
+        if not sink.result.complete:
+            break  # a page cut short moves nothing: the next poll reads it again
         watermark, seen = page.cursor_after(watermark, seen)
         # Progress is kept page by page: a crash resumes after the last stored page.
         outcome.watermark = _cursor_text(watermark, seen)
         await sink.storage.save_watermark(source.id, outcome.watermark)
-        if page.result_count < opendatasoft_parse.MAX_LIMIT:
+        if page.held or page.result_count < opendatasoft_parse.MAX_LIMIT:
             break
     return outcome
 
 
 async def _backfill_counters(
     source: SourceConfig, mapping: opendatasoft_parse.CounterMapping, fetcher: Fetcher, sink: Sink,
-    headers: dict[str, str],
+    headers: dict[str, str], horizon: datetime,
 ) -> PollOutcome:
     """First poll of a counters dataset: the last `backfill_days` in one streamed export."""
     since = sink.now - timedelta(days=float(source.options["backfill_days"]))
@@ -155,11 +163,12 @@ async def _backfill_counters(
     fetched = await fetcher.get(source.id, url, headers=headers, error_detail=opendatasoft_parse.parse_ods_error,
                                 policy=replace(fetcher.policy, timeout=max(fetcher.policy.timeout, 600)))
     try:
-        items = opendatasoft_parse.parse_export_json(fetched.body, mapping, source=source.id, now=sink.now)
-        await sink.consume(iter(items))
+        items = opendatasoft_parse.parse_export_json(fetched.body, mapping, source=source.id, now=sink.now,
+                                                     not_after=horizon)
+        await sink.consume(items)
     finally:
         fetched.close()
-    return PollOutcome(fetched.status, fetched.size, watermark=_cursor_text(items.watermark, items.at_watermark))
+    return PollOutcome(fetched.status, watermark=_cursor_text(items.watermark, items.at_watermark))
 
 
 POLLERS: dict[str, Poller] = {

@@ -73,8 +73,15 @@ class SourceConfig(_Section):
     kind: SourceKind
     url: str
     interval: int = Field(default=60, ge=1)  # seconds between polls
+    # Seconds one poll may last, retries included; then it is recorded as timed out.
+    # Default: three quarters of the interval, so that a hanging source never runs into its next poll.
+    poll_timeout: float | None = Field(default=None, gt=0)
     enabled: bool = True
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def deadline(self) -> float:
+        return self.poll_timeout if self.poll_timeout is not None else self.interval * 0.75
 
 
 class Config(_Section):

@@ -99,7 +99,7 @@ class Collector:
         heartbeat = asyncio.create_task(self._renew(source.id))
         try:
             report = await poll_source(source, self.storage, self.fetcher, self.config.publication,
-                                       now=self.clock() if self.clock else None, progress=self.progress)
+                                       clock=self.clock, progress=self.progress)
         finally:
             heartbeat.cancel()
             METRICS.polls_in_flight.inc(amount=-1)
