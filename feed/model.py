@@ -61,17 +61,18 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL and lone surrogates: no U
 
 def _check_storable(value: Any, where: str) -> None:
     """Every text, however deep in a record, must be storable as UTF-8 text and jsonb."""
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is str:
         if _UNSTORABLE.search(value):
             raise ValueError(f"{where} contains a NUL character or an unpaired surrogate")
-    elif isinstance(value, dict):
+    elif kind is dict:
         for k, v in value.items():
             _check_storable(k, where)
             _check_storable(v, where)
-    elif isinstance(value, list | tuple):
+    elif kind is list or kind is tuple:
         for v in value:
             _check_storable(v, where)
-    elif isinstance(value, float) and not math.isfinite(value):
+    elif kind is float and not math.isfinite(value):
         raise ValueError(f"{where} is not a finite number")
 
 
@@ -90,8 +91,9 @@ class _Record(BaseModel):
 
     @model_validator(mode="after")
     def _storable(self) -> Any:
-        for name in type(self).model_fields:
-            _check_storable(getattr(self, name), name)
+        for name, value in self.__dict__.items():
+            if value is not None:
+                _check_storable(value, name)
         return self
 
 
