@@ -1146,7 +1146,9 @@ def _derived_site_and_channel(
     if (site_id, None) not in walk.derived:
         walk.derived.add((site_id, None))
         metadata = {"derived_from": _MEASURED, "site_table": walk.table_ref}
-        yield SiteRecord(external_id=site_id, metadata={k: v for k, v in metadata.items() if v})
+        yield _guarded(
+            block, site_id, lambda: SiteRecord(external_id=site_id, metadata={k: v for k, v in metadata.items() if v})
+        )
     if (site_id, index) not in walk.derived:
         walk.derived.add((site_id, index))
         ref = _channel_id(site_id, index)

@@ -157,6 +157,58 @@ async def test_a_truncated_document_stores_exactly_the_situations_completed_befo
     assert "cut short" not in report.stats.error or at == 0
 
 
+_MEASURED_HEAD = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<d2:payload xmlns:d2="http://datex2.eu/schema/3/d2Payload" '
+    'xmlns:com="http://datex2.eu/schema/3/common" xmlns:roa="http://datex2.eu/schema/3/roadTrafficData" '
+    'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:type="roa:MeasuredDataPublication" lang="fr" '
+    'modelBaseVersion="3"><com:publicationTime>2026-06-21T10:00:00Z</com:publicationTime>')
+
+
+def site_measurements(site: str, *, end: str = "2026-06-21T09:00:00Z", flow: str = "600",
+                      speed: str = "72.5") -> str:
+    quantities = "".join(
+        f'<roa:physicalQuantity index="{index}"><roa:physicalQuantity xsi:type="roa:SinglePhysicalQuantity">'
+        f'<roa:basicData xsi:type="roa:{kind}"><roa:measurementOrCalculationTime><roa:timeMeaning>endTime'
+        f"</roa:timeMeaning><roa:timeValue>{end}</roa:timeValue></roa:measurementOrCalculationTime>{value}"
+        "</roa:basicData></roa:physicalQuantity></roa:physicalQuantity>"
+        for index, kind, value in (
+            (1, "TrafficFlow", f"<roa:vehicleFlow><com:vehicleFlowRate>{flow}</com:vehicleFlowRate></roa:vehicleFlow>"),
+            (2, "TrafficSpeed", f"<roa:averageVehicleSpeed><com:speed>{speed}</com:speed></roa:averageVehicleSpeed>")))
+    return (f'<roa:siteMeasurements><roa:measurementSiteReference targetClass="roa:MeasurementSite" id="{site}" '
+            f'version="1"/><roa:measurementTimeDefault><roa:timeMeaning>endTime</roa:timeMeaning><roa:timeValue>'
+            f"{end}</roa:timeValue><roa:period>60</roa:period></roa:measurementTimeDefault>{quantities}"
+            "</roa:siteMeasurements>")
+
+
+MEASURED_POISON = {
+    "huge site id": lambda site: site_measurements(site + "9" * 10_000),
+    "tab in the site id": lambda site: site_measurements(site + "&#9;1"),
+    "flow beyond any count": lambda site: site_measurements(site, flow="1e15", speed="abc"),
+    "year 9999": lambda site: site_measurements(site, end="9999-12-31T23:59:00Z"),
+    "in the future": lambda site: site_measurements(site, end="2026-06-23T09:00:00Z"),
+    "speed of a plane": lambda site: site_measurements(site, speed="900", flow="1e15"),
+}
+
+
+@SETTINGS
+@given(members=st.lists(st.one_of(st.just("good"), st.sampled_from(sorted(MEASURED_POISON))), min_size=1,
+                        max_size=12))
+async def test_poison_measured_data_is_quarantined_and_the_rest_stored(storage, origin, fetcher, members):
+    source = SourceConfig(id=fresh_id("md"), kind="datex2", url=origin.url())
+    blocks = [site_measurements(f"S{i}") if kind == "good" else MEASURED_POISON[kind](f"S{i}")
+              for i, kind in enumerate(members)]
+    serve(origin, (_MEASURED_HEAD + "".join(blocks) + "</d2:payload>").encode())
+    report = await poll_source(source, storage, fetcher, HERAULT, now=NOW)
+    assert report.stats.error is None, report.line()
+    rows = await storage.pool.fetch(
+        """SELECT c.external_id, m.count, m.speed FROM measurements m JOIN channels c ON c.id = m.channel_id
+            WHERE c.source_id = $1""", source.id)
+    good = {f"S{i}" for i, kind in enumerate(members) if kind == "good"}
+    assert {r["external_id"] for r in rows} == {f"{site}:{index}" for site in good for index in (1, 2)}
+    assert all(r["count"] == 10 or r["speed"] == 72.5 for r in rows)
+    assert report.stats.quarantined >= len(members) - len(good)
+
+
 # --------------------------------------------------------------------------- Opendatasoft portal
 
 MAPPING = {"site_id": "id_site", "time": "date_heure", "count": "debit", "direction": "sens",
