@@ -8,7 +8,7 @@ bookkeeping live in `feed.collect`.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -17,6 +17,7 @@ from collectors.datex2_parse import parse_datex2
 from collectors.fetch import Fetched, Fetcher
 from feed.config import SourceConfig
 from feed.ingest import Sink
+from feed.model import ChannelRecord, ParsedItem
 from feed.storage import SourceState
 
 MAX_PAGES_PER_POLL = 100  # Opendatasoft: 10,000 records, then the next poll goes on
@@ -34,12 +35,19 @@ class PollOutcome:
 Poller = Callable[[SourceConfig, SourceState, Fetcher, Sink], Awaitable[PollOutcome]]
 
 
-def _read(fetched: Fetched) -> bytes:
-    assert fetched.body is not None
+async def _consume(sink: Sink, fetched: Fetched, items: Iterator[ParsedItem]) -> None:
+    """Stores what the parser reads from the body, then lets the body go."""
     try:
-        return fetched.body.read()
+        await sink.consume(items)
     finally:
         fetched.close()
+
+
+def _noting_time_steps(items: Iterator[ParsedItem], steps: dict[str, int]) -> Iterator[ParsedItem]:
+    for item in items:
+        if isinstance(item, ChannelRecord):
+            steps[item.external_id] = item.time_step
+        yield item
 
 
 async def poll_datex2(source: SourceConfig, state: SourceState, fetcher: Fetcher, sink: Sink) -> PollOutcome:
@@ -50,10 +58,7 @@ async def poll_datex2(source: SourceConfig, state: SourceState, fetcher: Fetcher
     if fetched.status == 304:
         outcome.snapshot = False  # nothing read: nothing may be ended
         return outcome
-    try:
-        await sink.consume(parse_datex2(fetched.body, source_id=source.id, now=sink.now))
-    finally:
-        fetched.close()
+    await _consume(sink, fetched, parse_datex2(fetched.body, source_id=source.id, now=sink.now))
     return outcome
 
 
@@ -64,23 +69,19 @@ async def poll_comptage(source: SourceConfig, state: SourceState, fetcher: Fetch
     time_steps: dict[str, int] = {}
     if "sites_url" in opts:
         fetched = await fetcher.get(source.id, opts["sites_url"])
-        await sink.consume(iter(comptage_parse.parse_sites(_read(fetched), source=source.id)))
+        await _consume(sink, fetched, iter(comptage_parse.parse_sites(fetched.body, source=source.id)))
     if "channels_url" in opts:
         fetched = await fetcher.get(source.id, opts["channels_url"])
-        channels = list(comptage_parse.parse_channels(
-            _read(fetched), source=source.id, default_time_step=opts.get("time_step"), local_timezone=tz))
-        time_steps = {c.external_id: c.time_step for c in channels if hasattr(c, "time_step")}
-        await sink.consume(iter(channels))
+        await _consume(sink, fetched, _noting_time_steps(iter(comptage_parse.parse_channels(
+            fetched.body, source=source.id, default_time_step=opts.get("time_step"), local_timezone=tz)),
+            time_steps))
     fetched = await fetcher.get(source.id, source.url, etag=state.etag, last_modified=state.last_modified)
     outcome = PollOutcome(fetched.status, fetched.etag, fetched.last_modified)
     if fetched.status == 304:
         return outcome
-    try:
-        await sink.consume(iter(comptage_parse.parse_measures_stream(
-            fetched.body, source=source.id, time_steps=time_steps, default_time_step=opts.get("time_step"),
-            local_timezone=tz, columns=opts.get("columns"))))
-    finally:
-        fetched.close()
+    await _consume(sink, fetched, iter(comptage_parse.parse_measures_stream(
+        fetched.body, source=source.id, time_steps=time_steps, default_time_step=opts.get("time_step"),
+        local_timezone=tz, columns=opts.get("columns"))))
     return outcome
 
 
@@ -116,11 +117,8 @@ async def poll_opendatasoft(source: SourceConfig, state: SourceState, fetcher: F
     if isinstance(mapping, opendatasoft_parse.EventMapping):
         url = opendatasoft_parse.exports_url(source.url, dataset)
         fetched = await fetcher.get(source.id, url, headers=headers, error_detail=opendatasoft_parse.parse_ods_error)
-        try:
-            await sink.consume(opendatasoft_parse.parse_export_json(
-                fetched.body, mapping, source=source.id, now=sink.now))
-        finally:
-            fetched.close()
+        await _consume(sink, fetched, opendatasoft_parse.parse_export_json(
+            fetched.body, mapping, source=source.id, now=sink.now))
         return PollOutcome(fetched.status, snapshot=True)
 
     watermark, seen = _cursor(state)
@@ -137,10 +135,7 @@ async def poll_opendatasoft(source: SourceConfig, state: SourceState, fetcher: F
         outcome.http_status = fetched.status
         page = opendatasoft_parse.parse_records_stream(fetched.body, mapping, source=source.id, now=sink.now,
                                                        not_after=horizon)
-        try:
-            await sink.consume(page)
-        finally:
-            fetched.close()
+        await _consume(sink, fetched, page)
         if not sink.result.complete:
             break  # a page cut short moves nothing: the next poll reads it again
         watermark, seen = page.cursor_after(watermark, seen)
@@ -162,12 +157,9 @@ async def _backfill_counters(
                                          watermark=since, order_by_id=source.options.get("order_by_id", mapping.site_id))
     fetched = await fetcher.get(source.id, url, headers=headers, error_detail=opendatasoft_parse.parse_ods_error,
                                 policy=replace(fetcher.policy, timeout=max(fetcher.policy.timeout, 600)))
-    try:
-        items = opendatasoft_parse.parse_export_json(fetched.body, mapping, source=source.id, now=sink.now,
-                                                     not_after=horizon)
-        await sink.consume(items)
-    finally:
-        fetched.close()
+    items = opendatasoft_parse.parse_export_json(fetched.body, mapping, source=source.id, now=sink.now,
+                                                 not_after=horizon)
+    await _consume(sink, fetched, items)
     return PollOutcome(fetched.status, watermark=_cursor_text(items.watermark, items.at_watermark))
 
 

@@ -149,13 +149,15 @@ class ParserThread:
         except BaseException as err:  # noqa: BLE001 - handed to the poll, which records it
             end.items, end.failure = batch, err
         finally:
-            close = getattr(self._items, "close", None)
-            if close is not None:
-                close()  # the parser's objects are freed here, in its own thread
-            self._items = iter(())
-            if not self._stop.is_set():
-                self._send(end)
-            self._send(None)
+            try:
+                close = getattr(self._items, "close", None)
+                if close is not None:
+                    close()  # the parser's objects are freed here, in its own thread
+                self._items = iter(())
+            finally:
+                if not self._stop.is_set():
+                    self._send(end)
+                self._send(None)
 
     def _wait_for_room(self) -> bool:
         while not self._room.acquire(timeout=0.2):
