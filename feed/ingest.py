@@ -40,7 +40,7 @@ from feed.model import (
 from feed.storage import Counts, MeasurementRow, Storage
 
 PARSE_ERRORS = (CsvParseError, DatexParseError)
-CHUNK = 5_000  # items per batch: what one batch holds in memory, twice at most
+CHUNK = 5_000  # items per batch; at most three batches are alive at once (stored, waiting, parsed)
 Clock = Callable[[], datetime]
 
 # What the database (or the driver, encoding a value) says about one bad value; anything
@@ -210,6 +210,11 @@ def _refusal(ref: str | None, excerpt: str, err: BaseException) -> Quarantined:
                        excerpt=excerpt, record_ref=ref)
 
 
+def _listed_twice(event: EventRecord) -> Quarantined:
+    return Quarantined(reason="event listed more than once in the document; its first listing is kept",
+                       excerpt=event.model_dump_json()[:500], record_ref=event.external_id)
+
+
 def _ref(item: SiteRecord | ChannelRecord | MeasurementRecord | EventRecord) -> str:
     if isinstance(item, MeasurementRecord):
         return f"{item.channel_external_id} {item.start.isoformat()}"
@@ -268,7 +273,10 @@ class Sink:
             elif isinstance(item, MeasurementRecord):
                 measurements.append(item)
             elif isinstance(item, EventRecord):
-                events[item.external_id] = item
+                if item.external_id in events:
+                    quarantined.append(_listed_twice(item))
+                else:
+                    events[item.external_id] = item
         if sites:
             quarantined += await self._store_sites(sites)
         if channels:
@@ -327,12 +335,17 @@ class Sink:
         return unknown
 
     async def _store_events(self, events: list[EventRecord]) -> list[Quarantined]:
+        # A document that lists an event twice: the first listing stands (in an earlier
+        # batch, or this one), or every poll would store two versions.
+        earlier = await self.storage.events_seen_by_run(self.source_id, self.run_id, [e.external_id for e in events])
+        twice = [_listed_twice(e) for e in events if e.external_id in earlier]
+        events = [e for e in events if e.external_id not in earlier]
         self.result.events_seen += len(events)
         counts, refused = await _isolating(
             lambda batch: self.storage.upsert_events(self.source_id, batch, seen_at=self.now, run_id=self.run_id),
             events, lambda e, err: _refusal(e.external_id, e.model_dump_json()[:500], err))
         self.result.counts += counts
-        return refused
+        return refused + twice
 
     async def finish(self, *, snapshot: bool) -> SinkResult:
         """A complete snapshot ends the source's events its run did not list."""

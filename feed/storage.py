@@ -587,6 +587,13 @@ class Storage:
                 await conn.execute("SELECT pg_notify($1, 'events')", CHANGES_CHANNEL)
         return counts
 
+    async def events_seen_by_run(self, source_id: str, run_id: int, external_ids: Sequence[str]) -> set[str]:
+        """Which of these events run `run_id` has already stored."""
+        rows = await self.pool.fetch(
+            "SELECT external_id FROM events WHERE source_id = $1 AND external_id = ANY($2::text[]) AND last_run = $3",
+            source_id, list(external_ids), run_id)
+        return {r[0] for r in rows}
+
     async def end_events_not_seen(self, source_id: str, run_id: int, seen_at: datetime) -> int:
         """The end of a complete snapshot stored in batches by run `run_id`: the source's
         open events that no batch of the run listed are ended (never deleted)."""

@@ -27,7 +27,8 @@ from collectors.fetch import SPOOL_IN_MEMORY, Fetcher, FetchPolicy
 from exporters.geojson import render_events
 from feed.collect import poll_source
 from feed.config import PublicationConfig, SourceConfig
-from feed.ingest import CHUNK
+from feed.ingest import CHUNK, Plausibility, Sink
+from feed.model import EventRecord
 from feed.storage import Storage
 from tests.collectors.test_polling import Origin
 
@@ -109,7 +110,8 @@ DATEX_POISON = {
 }
 
 datex_members = st.lists(
-    st.one_of(st.just("good"), st.sampled_from(sorted(DATEX_POISON))), min_size=1, max_size=12)
+    st.one_of(st.just("good"), st.just("listed twice"), st.sampled_from(sorted(DATEX_POISON))),
+    min_size=1, max_size=12)
 
 
 @SETTINGS
@@ -119,9 +121,11 @@ async def test_poison_situations_are_quarantined_and_the_rest_stored_and_served(
     parts, good = [], set()
     for i, kind in enumerate(members):
         rid = f"R{i}"
-        if kind == "good":
+        if kind == "good" or (kind == "listed twice" and not good):
             parts.append(situation(rid))
             good.add(rid)
+        elif kind == "listed twice":
+            parts.append(situation(min(good), desc=f"Travaux, encore {i}"))
         else:
             parts.append(DATEX_POISON[kind](rid))
     serve(origin, (_HEAD + "".join(parts) + _TAIL).encode())
@@ -131,6 +135,7 @@ async def test_poison_situations_are_quarantined_and_the_rest_stored_and_served(
         assert report.stats.quarantined == len(members) - len(good)
     stored = await storage.events(source_id=source.id)
     assert {e.external_id for e in stored} == good
+    assert all(e.version == 1 and e.descriptions == {"fr": "Travaux"} for e in stored)  # first listings stand
     rows = await quarantine_rows(storage, source.id)
     assert len(rows) == len(members) - len(good) and all(r["times_seen"] == 2 for r in rows)
     assert all(r["reason"] for r in rows)
@@ -209,6 +214,25 @@ async def test_poison_measured_data_is_quarantined_and_the_rest_stored(storage, 
     assert {r["external_id"] for r in rows} == {f"{site}:{index}" for site in good for index in (1, 2)}
     assert all(r["count"] == 10 or r["speed"] == 72.5 for r in rows)
     assert report.stats.quarantined >= len(members) - len(good)
+
+
+async def test_an_event_listed_again_in_a_later_batch_keeps_its_first_listing(storage):
+    """Batches of two: the second listing of E1 comes batches after the first."""
+    source_id = fresh_id("twice")
+    await storage.ensure_source(source_id, "datex2", "http://127.0.0.1/")
+    run = await storage.start_run(source_id)
+    events = [EventRecord(external_id=f"E{i}", type="roadworks", road="RD613", descriptions={"fr": "premier"})
+              for i in range(5)]
+    again = events[1].model_copy(update={"descriptions": {"fr": "second"}})
+    sink = Sink(storage, source_id, run, Plausibility.from_publication(HERAULT), lambda: NOW)
+    await sink.consume(iter([*events, again]), chunk_size=2)
+    result = await sink.finish(snapshot=True)
+    stored = await storage.events(source_id=source_id)
+    assert [(e.external_id, e.version, e.descriptions["fr"]) for e in stored] == [
+        (f"E{i}", 1, "premier") for i in range(5)]
+    assert result.quarantined == 1 and result.counts.new == 5
+    (row,) = await quarantine_rows(storage, source_id)
+    assert row["record_ref"] == "E1" and "more than once" in row["reason"]
 
 
 # --------------------------------------------------------------------------- Opendatasoft portal
