@@ -28,7 +28,7 @@ from exporters.geojson import render_events
 from feed.collect import poll_source
 from feed.config import PublicationConfig, SourceConfig
 from feed.ingest import CHUNK, Plausibility, Sink
-from feed.model import EventRecord
+from feed.model import EventRecord, Quarantined
 from feed.storage import Storage
 from tests.collectors.test_polling import Origin
 
@@ -359,6 +359,60 @@ async def test_counters_watermark_passes_only_settled_records_and_stores_every_g
         if report.stats.counts.new == 0:
             break
     assert await stored() == {**good, **future}
+
+
+EVENT_MAPPING = {"id": "id_evenement", "type": "type", "type_map": {"Travaux": "roadworks"}, "road": "route",
+                 "description": "description", "start": "date_debut", "end": "date_fin", "updated": "date_maj",
+                 "geometry": "geo_shape", "geo_point": "geo_point_2d"}
+
+
+def ods_event(eid: str, **fields: Any) -> dict[str, Any]:
+    return {"id_evenement": eid, "type": "Travaux", "route": "RD613", "description": "Réfection de chaussée",
+            "date_debut": "2026-06-15T07:30:00+02:00", "date_fin": "2026-07-03T17:00:00+02:00",
+            "date_maj": "2026-06-21T08:12:00+02:00", "geo_shape": None,
+            "geo_point_2d": {"lon": 3.78, "lat": 43.55}, **fields}
+
+
+ODS_EVENT_POISON = {
+    "description as a list": lambda e: ods_event(e, description=["Réfection", "de chaussée"]),
+    "description as a table": lambda e: ods_event(e, description={"fr": "Réfection"}),
+    "updated 400 days ahead": lambda e: ods_event(e, date_maj=(NOW + timedelta(days=400)).isoformat()),
+    "road as a list": lambda e: ods_event(e, route=["RD613"]),
+    "type as a number table": lambda e: ods_event(e, type={"code": 1}),
+    "geometry as a list": lambda e: ods_event(e, geo_shape=[3.7, 43.5]),
+    "start in the year 9999": lambda e: ods_event(e, date_debut="9999-12-31T00:00:00+00:00"),
+    "nowhere": lambda e: ods_event(e, route=None, geo_point_2d=None),
+    "huge id": lambda e: ods_event(e + "0" * 10_000),
+}
+
+
+@SETTINGS
+@given(members=st.lists(st.one_of(st.just("good"), st.sampled_from(sorted(ODS_EVENT_POISON))), min_size=1,
+                        max_size=12))
+async def test_wrong_types_in_an_event_dataset_are_quarantined_not_coerced(storage, origin, fetcher, members):
+    source = SourceConfig(id=fresh_id("odsev"), kind="opendatasoft", url=origin.url("/"), options={
+        "dataset": "evenements", "dataset_type": "events", "mapping": EVENT_MAPPING})
+    records = [ods_event(f"E{i}") if kind == "good" else ODS_EVENT_POISON[kind](f"E{i}")
+               for i, kind in enumerate(members)]
+    origin.respond = lambda _r: web.Response(text=json.dumps(records), content_type="application/json")
+    report = await poll_source(source, storage, fetcher, HERAULT, now=NOW)
+    assert report.stats.error is None, report.line()
+    stored = await storage.events(source_id=source.id)
+    assert {e.external_id for e in stored} == {f"E{i}" for i, kind in enumerate(members) if kind == "good"}
+    assert all(e.descriptions == {"fr": "Réfection de chaussée"} and e.road == "RD613" for e in stored)
+    assert len(await quarantine_rows(storage, source.id)) == len(members) - len(stored)
+
+
+async def test_quarantine_retention_drops_records_not_seen_again(storage):
+    source_id = fresh_id("ret")
+    await storage.quarantine(source_id, None, [Quarantined(reason="bad", excerpt=f"r{i}", record_ref=f"r{i}")
+                                               for i in range(3)])
+    await storage.pool.execute("UPDATE quarantine SET last_seen = now() - interval '100 days' "
+                               "WHERE source_id = $1 AND record_ref <> 'r2'", source_id)
+    await storage.quarantine(source_id, None, [Quarantined(reason="bad", excerpt="r1", record_ref="r1")])
+    assert await storage.drop_quarantine_before(datetime.now(UTC) - timedelta(days=90)) == 1
+    rows = await quarantine_rows(storage, source_id)
+    assert [(r["record_ref"], r["times_seen"]) for r in rows] == [("r1", 2), ("r2", 1)]
 
 
 # --------------------------------------------------------------------------- refused anyway
