@@ -44,7 +44,6 @@ TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientError, OSError, ValueError)
 class Fetched:
     status: int  # 200, or 304 when unchanged
     body: IO[bytes] | None  # positioned at 0; None on 304
-    size: int  # decompressed bytes read
     etag: str | None
     last_modified: str | None
     attempts: int
@@ -176,7 +175,7 @@ class Fetcher:
         timeout = aiohttp.ClientTimeout(total=seconds)
         async with self.session.get(url, headers=headers, timeout=timeout) as resp:
             if resp.status == 304:
-                return Fetched(304, None, 0, resp.headers.get("ETag"), resp.headers.get("Last-Modified"), attempt)
+                return Fetched(304, None, resp.headers.get("ETag"), resp.headers.get("Last-Modified"), attempt)
             if resp.status in RETRY_STATUSES or resp.status >= 400:
                 excerpt = await resp.content.read(64 * 1024)
                 self.bytes_read += len(excerpt)
@@ -205,8 +204,7 @@ class Fetcher:
                 body.close()
                 raise
             body.seek(0)
-            return Fetched(resp.status, body, size, resp.headers.get("ETag"), resp.headers.get("Last-Modified"),
-                           attempt)
+            return Fetched(resp.status, body, resp.headers.get("ETag"), resp.headers.get("Last-Modified"), attempt)
 
 
 class _Retry(Exception):
