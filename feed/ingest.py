@@ -119,7 +119,8 @@ class _Batch:
 
 class ParserThread:
     """Runs one parser from its first record to its end in one dedicated thread, handing
-    batches to the event loop; at most one batch waits while the previous one is stored."""
+    batches to the event loop; at most one batch waits while the previous one is stored.
+    Stopped (the poll failed, or ran out of time), it ends at its next record."""
 
     def __init__(self, items: Iterator[ParsedItem], size: int):
         self._items = items
@@ -137,6 +138,8 @@ class ParserThread:
         end = _Batch([], last=True)
         try:
             for item in self._items:
+                if self._stop.is_set():
+                    return
                 batch.append(item)
                 if len(batch) >= self._size:
                     if not self._wait_for_room():
