@@ -209,10 +209,9 @@ class _Walk:
             if failure is not None:
                 raise failure
             self._trim()
-        # A failing close() (the document was cut short) yields nothing more: libxml2's
-        # push parser has already reported every end tag it was fed (a tag is parsed as
-        # soon as its '>' arrives), so what close() adds on failure are end events made up
-        # for the elements left open, the record cut through among them.
+        # On a cut document close() raises, and also reports the elements left open as
+        # ended: the unit cut through would look complete, so its events are not read.
+        # Complete units were all reported by feed() (an end tag is, once its ">" is fed).
         root = parser.close()
         yield from self._events(parser.read_events())
         if not self.root_checked:
@@ -1147,7 +1146,9 @@ def _derived_site_and_channel(
     if (site_id, None) not in walk.derived:
         walk.derived.add((site_id, None))
         metadata = {"derived_from": _MEASURED, "site_table": walk.table_ref}
-        yield SiteRecord(external_id=site_id, metadata={k: v for k, v in metadata.items() if v})
+        yield _guarded(
+            block, site_id, lambda: SiteRecord(external_id=site_id, metadata={k: v for k, v in metadata.items() if v})
+        )
     if (site_id, index) not in walk.derived:
         walk.derived.add((site_id, index))
         ref = _channel_id(site_id, index)

@@ -23,21 +23,27 @@ RETRY_STATUSES = {429, 500, 502, 503, 504}
 
 
 class FetchError(Exception):
-    """A fetch that failed for good (after retries where retrying made sense)."""
+    """A fetch that failed for good (after retries where retrying made sense): every
+    transport fault ends as this, with what happened and how many bytes were read."""
 
-    def __init__(self, source_id: str, url: str, reason: str, status: int | None = None):
+    def __init__(self, source_id: str, url: str, reason: str, status: int | None = None, bytes_read: int = 0):
         super().__init__(f"{source_id}: GET {url}: {reason}")
         self.source_id = source_id
         self.url = url
         self.reason = reason
         self.status = status
+        self.bytes_read = bytes_read
+
+
+# Transport faults: retried, then reported as a FetchError. ClientResponseError covers a
+# response aiohttp cannot read (e.g. the bytes a lying Content-Length left on the connection).
+TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientError, OSError, ValueError)
 
 
 @dataclass
 class Fetched:
     status: int  # 200, or 304 when unchanged
     body: IO[bytes] | None  # positioned at 0; None on 304
-    size: int  # decompressed bytes read
     etag: str | None
     last_modified: str | None
     attempts: int
@@ -92,11 +98,25 @@ def _server_delay(headers: dict[str, str]) -> float | None:
 
 
 class Fetcher:
-    """GETs with the source's polling state; one per process, sharing a session."""
+    """GETs with the source's polling state; one per process, sharing a session.
 
-    def __init__(self, session: aiohttp.ClientSession, policy: FetchPolicy = FetchPolicy()):
+    `for_poll` gives one poll its own view: the bytes it read (failed attempts
+    included) and its deadline, which every attempt and retry must fit in.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, policy: FetchPolicy = FetchPolicy(),
+                 deadline: float | None = None):
         self.session = session
         self.policy = policy
+        self.deadline = deadline  # loop time after which no attempt starts or goes on
+        self.bytes_read = 0
+
+    def for_poll(self, seconds: float | None) -> Fetcher:
+        loop = asyncio.get_running_loop()
+        return Fetcher(self.session, self.policy, None if seconds is None else loop.time() + seconds)
+
+    def _time_left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - asyncio.get_running_loop().time()
 
     async def get(
         self,
@@ -116,18 +136,31 @@ class Fetcher:
         if last_modified:
             request_headers["If-Modified-Since"] = last_modified
         last_reason, status, delay = "no attempt made", None, 0.0
+        start = self.bytes_read
         for attempt in range(policy.retries + 1):
             if attempt:
+                left = self._time_left()
+                if left is not None and left <= delay:
+                    raise FetchError(source_id, url, f"{last_reason} (after {attempt} attempt(s); no time left "
+                                     "for another within the poll's deadline)", status, self.bytes_read - start)
                 await asyncio.sleep(delay)
+            timeout = policy.timeout
+            left = self._time_left()
+            if left is not None:
+                timeout = min(timeout, max(left, 0.001))
             try:
-                return await self._once(source_id, url, request_headers, policy, attempt + 1, error_detail)
+                return await self._once(source_id, url, request_headers, policy, attempt + 1, error_detail, timeout)
             except _Retry as retry:
                 last_reason, status = retry.reason, retry.status
                 delay = retry_delay(attempt, policy, retry.headers)
-            except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as err:
-                last_reason, status = _describe(err, policy), None
+            except FetchError as err:
+                err.bytes_read = self.bytes_read - start
+                raise
+            except TRANSPORT_ERRORS as err:
+                last_reason, status = _describe(err, timeout), None
                 delay = retry_delay(attempt, policy)
-        raise FetchError(source_id, url, f"{last_reason} (after {policy.retries + 1} attempts)", status)
+        raise FetchError(source_id, url, f"{last_reason} (after {policy.retries + 1} attempts)", status,
+                         self.bytes_read - start)
 
     async def _once(
         self,
@@ -137,13 +170,15 @@ class Fetcher:
         policy: FetchPolicy,
         attempt: int,
         error_detail: Callable[[int, bytes], str] | None,
+        seconds: float,
     ) -> Fetched:
-        timeout = aiohttp.ClientTimeout(total=policy.timeout)
+        timeout = aiohttp.ClientTimeout(total=seconds)
         async with self.session.get(url, headers=headers, timeout=timeout) as resp:
             if resp.status == 304:
-                return Fetched(304, None, 0, resp.headers.get("ETag"), resp.headers.get("Last-Modified"), attempt)
+                return Fetched(304, None, resp.headers.get("ETag"), resp.headers.get("Last-Modified"), attempt)
             if resp.status in RETRY_STATUSES or resp.status >= 400:
                 excerpt = await resp.content.read(64 * 1024)
+                self.bytes_read += len(excerpt)
                 detail = error_detail(resp.status, excerpt) if error_detail else _excerpt(excerpt)
                 reason = f"HTTP {resp.status}: {detail}"
                 if resp.status in RETRY_STATUSES:
@@ -157,6 +192,7 @@ class Fetcher:
             try:
                 async for chunk in resp.content.iter_chunked(256 * 1024):
                     size += len(chunk)
+                    self.bytes_read += len(chunk)
                     if size > policy.max_bytes:
                         raise FetchError(
                             source_id, url,
@@ -168,8 +204,7 @@ class Fetcher:
                 body.close()
                 raise
             body.seek(0)
-            return Fetched(resp.status, body, size, resp.headers.get("ETag"), resp.headers.get("Last-Modified"),
-                           attempt)
+            return Fetched(resp.status, body, resp.headers.get("ETag"), resp.headers.get("Last-Modified"), attempt)
 
 
 class _Retry(Exception):
@@ -179,12 +214,16 @@ class _Retry(Exception):
         self.headers = headers
 
 
-def _describe(err: BaseException, policy: FetchPolicy) -> str:
+def _describe(err: BaseException, seconds: float) -> str:
     if isinstance(err, TimeoutError):
-        return f"no complete answer within {policy.timeout:g} s"
+        return f"no complete answer within {seconds:.3g} s"
     if isinstance(err, aiohttp.ClientPayloadError):
         return f"body cut short or corrupt ({err})"
-    return f"connection failed ({err})"
+    if isinstance(err, aiohttp.ClientResponseError):
+        return f"unreadable response ({err.message or type(err).__name__})"
+    if isinstance(err, aiohttp.ClientConnectionError | OSError):
+        return f"connection failed ({err or type(err).__name__})"
+    return f"transport fault ({type(err).__name__}: {err})"
 
 
 def _excerpt(data: bytes) -> str:

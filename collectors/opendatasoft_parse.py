@@ -72,6 +72,7 @@ __all__ = [
     "MappingError",
     "ParseError",
     "RecordsPage",
+    "RecordsStream",
     "counter_mapping_from_options",
     "event_mapping_from_options",
     "exports_url",
@@ -79,6 +80,7 @@ __all__ = [
     "parse_export_json",
     "parse_ods_error",
     "parse_records_page",
+    "parse_records_stream",
     "records_url",
 ]
 
@@ -246,6 +248,17 @@ def _text(value: Any) -> str | None:
     return text or None
 
 
+def _field_text(rec: Mapping[str, Any], name: str | None) -> str | None:
+    """The text of an optional field: absent or empty is None; a list, a table or a
+    boolean where a text is expected refuses the record (it is not coerced into data)."""
+    if name is None:
+        return None
+    value = rec.get(name)
+    if isinstance(value, (dict, list, bool)):
+        raise _Bad(f"{name} {_short(value)} is not a text")
+    return _text(value)
+
+
 def _number(value: Any, name: str) -> float | None:
     if value is None or value == "":
         return None
@@ -318,10 +331,10 @@ def _geometry(value: Any) -> Geometry | None:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError:
-            return None
+        except (ValueError, RecursionError):
+            raise _Bad(f"geometry {_short(value)} is not GeoJSON") from None
     if not isinstance(value, Mapping):
-        return None
+        raise _Bad(f"geometry {_short(value)} is not a GeoJSON object")
     if value.get("type") == "Feature":
         value = value.get("geometry")
         if not isinstance(value, Mapping):
@@ -390,9 +403,13 @@ class _State:
     channels: set[str] = field(default_factory=set)
     watermark: datetime | None = None
     at_watermark: int = 0
+    held: bool = False  # a record after `not_after` was read: the cursor stops before it
 
-    def saw_time(self, t: datetime | None) -> None:
+    def saw_time(self, t: datetime | None, not_after: datetime | None) -> None:
         if t is None:
+            return
+        if not_after is not None and t > not_after:
+            self.held = True  # may become true later: the next poll must read it again
             return
         if self.watermark is None or t > self.watermark:
             self.watermark, self.at_watermark = t, 1
@@ -400,28 +417,43 @@ class _State:
             self.at_watermark += 1
 
 
+_SEEN_LIMIT = 50_000  # sites and channels remembered as yielded; past it, they are yielded again
+
+
 class _Converter:
-    def __init__(self, mapping: CounterMapping | EventMapping, now: datetime | None) -> None:
+    def __init__(self, mapping: CounterMapping | EventMapping, now: datetime | None,
+                 not_after: datetime | None = None) -> None:
         if now is not None and now.tzinfo is None:
             raise ValueError("now must carry a timezone")
         self.mapping = mapping
         self.zone = ZoneInfo(mapping.timezone)
         self.now = now
+        self.not_after = not_after
         self.state = _State()
 
-    def convert(self, record: Any, ref: str) -> list[ParsedItem]:
-        """The items of one ODS record; any refusal quarantines the whole record."""
-        key = self.mapping.site_id if isinstance(self.mapping, CounterMapping) else self.mapping.id
-        if isinstance(record, dict) and _text(record.get(key)) is not None:
-            ref = f"{ref} ({key}={_text(record.get(key))})"
+    def convert(self, record: Any) -> list[ParsedItem]:
+        """The items of one ODS record; any refusal quarantines the whole record.
+
+        A quarantined record is referred to by its id (and time) when it has them, not
+        by its position, so that the same record seen again is recognised.
+        """
         if not isinstance(record, dict):
-            return [Quarantined(reason="record is not a JSON object", excerpt=_excerpt(record), record_ref=ref)]
+            return [Quarantined(reason="record is not a JSON object", excerpt=_excerpt(record))]
+        key = self.mapping.site_id if isinstance(self.mapping, CounterMapping) else self.mapping.id
         time_field = self.mapping.time_field
+        ref = None
+        if isinstance(record.get(key), str | int) and _text(record.get(key)) is not None:
+            ref = f"{key}={_text(record.get(key))}"
+            if isinstance(self.mapping, CounterMapping) and isinstance(record.get(time_field), str):
+                ref += f" {time_field}={record[time_field]}"
         if time_field is not None:
             try:
-                self.state.saw_time(_datetime(record.get(time_field), time_field, self.zone))
+                self.state.saw_time(_datetime(record.get(time_field), time_field, self.zone), self.not_after)
             except _Bad:
                 pass  # reported below, with the record
+        if len(self.state.sites) > _SEEN_LIMIT or len(self.state.channels) > _SEEN_LIMIT:
+            self.state.sites.clear()
+            self.state.channels.clear()
         try:
             if isinstance(self.mapping, CounterMapping):
                 return self._counter(record, self.mapping)
@@ -432,21 +464,21 @@ class _Converter:
     # -- counters
 
     def _counter(self, rec: dict[str, Any], m: CounterMapping) -> list[ParsedItem]:
-        site_id = _text(rec.get(m.site_id))
+        site_id = _field_text(rec, m.site_id)
         if site_id is None:
             raise _Bad(f"no site id in field {m.site_id!r}")
         start = _datetime(rec.get(m.time), m.time, self.zone)
         if start is None:
             raise _Bad(f"no time in field {m.time!r}")
-        direction = _text(rec.get(m.direction)) if m.direction else None
+        direction = _field_text(rec, m.direction)
         vclass: VehicleClass = "all"
         vlabel = None
         if m.vehicle_class:
-            vlabel = _text(rec.get(m.vehicle_class))
+            vlabel = _field_text(rec, m.vehicle_class)
             if vlabel is not None:
                 vclass = _lookup(m.vehicle_class_map, vlabel) or classify_vehicles([vlabel])
         if m.channel_id:
-            channel_id = _text(rec.get(m.channel_id))
+            channel_id = _field_text(rec, m.channel_id)
             if channel_id is None:
                 raise _Bad(f"no channel id in field {m.channel_id!r}")
         else:
@@ -479,7 +511,7 @@ class _Converter:
 
         quality: Quality | None = None
         if m.quality:
-            label = _text(rec.get(m.quality))
+            label = _field_text(rec, m.quality)
             if label is not None:
                 quality = _lookup(m.quality_map, label)
         if quality is None:
@@ -492,8 +524,8 @@ class _Converter:
             items.append(
                 SiteRecord(
                     external_id=site_id,
-                    name=(_text(rec.get(m.site_name)) if m.site_name else None) or "",
-                    road=_text(rec.get(m.road)) if m.road else None,
+                    name=_field_text(rec, m.site_name) or "",
+                    road=_field_text(rec, m.road),
                     lon=point[0] if point else None,
                     lat=point[1] if point else None,
                     metadata=metadata,
@@ -529,10 +561,10 @@ class _Converter:
     # -- events
 
     def _event(self, rec: dict[str, Any], m: EventMapping) -> EventRecord:
-        event_id = _text(rec.get(m.id))
+        event_id = _field_text(rec, m.id)
         if event_id is None:
             raise _Bad(f"no event id in field {m.id!r}")
-        label = _text(rec.get(m.type)) if m.type else None
+        label = _field_text(rec, m.type)
         event_type: EventType = m.default_type
         if label is not None:
             event_type = (
@@ -552,13 +584,13 @@ class _Converter:
 
         severity: Severity = "unknown"
         if m.severity:
-            raw = _text(rec.get(m.severity))
+            raw = _field_text(rec, m.severity)
             if raw is not None:
                 severity = _lookup(m.severity_map, raw) or (raw.lower() if raw.lower() in _SEVERITIES else "unknown")
 
         status: EventStatus | None = None
         if m.status:
-            raw = _text(rec.get(m.status))
+            raw = _field_text(rec, m.status)
             if raw is not None:
                 status = _lookup(m.status_map, raw) or (raw.lower() if raw.lower() in _STATUSES else None)
         if status is None:
@@ -573,10 +605,9 @@ class _Converter:
                 geometry = Geometry(type="Point", coordinates=list(point))
 
         descriptions = {}
-        if m.description:
-            text = _text(rec.get(m.description))
-            if text:
-                descriptions[m.description_language] = text
+        text = _field_text(rec, m.description)
+        if text:
+            descriptions[m.description_language] = text
 
         return EventRecord(
             external_id=event_id,
@@ -588,12 +619,12 @@ class _Converter:
             planned_end=planned_end,
             actual_start=actual_start,
             actual_end=actual_end,
-            road=_text(rec.get(m.road)) if m.road else None,
-            direction=_text(rec.get(m.direction)) if m.direction else None,
-            lanes_affected=_text(rec.get(m.lanes)) if m.lanes else None,
+            road=_field_text(rec, m.road),
+            direction=_field_text(rec, m.direction),
+            lanes_affected=_field_text(rec, m.lanes),
             geometry=geometry,
             descriptions=descriptions,
-            detour=_text(rec.get(m.detour)) if m.detour else None,
+            detour=_field_text(rec, m.detour),
             source_updated=when(m.updated),
         )
 
@@ -622,29 +653,26 @@ class RecordsPage:
     measurements: list[MeasurementRecord]
     events: list[EventRecord]
     quarantined: list[Quarantined]
-    watermark: datetime | None  # greatest time-field value in the page
+    watermark: datetime | None  # greatest time-field value in the page (up to `not_after`)
     at_watermark: int  # records of the page whose time equals `watermark`
+    held: bool = False  # the page has a record after `not_after`: read no further pages
 
     def cursor_after(
         self, watermark: datetime | None, seen_at_watermark: int = 0
     ) -> tuple[datetime | None, int]:
         """The (watermark, seen_at_watermark) to query next, given those this page was queried with."""
-        if self.watermark is None:
-            return watermark, seen_at_watermark
-        if watermark is not None and self.watermark == watermark:
-            return watermark, seen_at_watermark + self.at_watermark
-        if watermark is not None and self.watermark < watermark:
-            return watermark, seen_at_watermark  # a page behind the cursor moves nothing
-        return self.watermark, self.at_watermark
+        return _cursor_after(self.watermark, self.at_watermark, watermark, seen_at_watermark)
 
 
-def _load_json(data: bytes, source: str) -> Any:
-    try:
-        return json.loads(data)
-    except RecursionError:
-        raise ParseError(source, "JSON nested too deeply") from None
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
-        raise ParseError(source, f"not valid JSON: {err}") from None
+def _cursor_after(page_watermark: datetime | None, page_at: int, watermark: datetime | None,
+                  seen_at_watermark: int) -> tuple[datetime | None, int]:
+    if page_watermark is None:
+        return watermark, seen_at_watermark
+    if watermark is not None and page_watermark == watermark:
+        return watermark, seen_at_watermark + page_at
+    if watermark is not None and page_watermark < watermark:
+        return watermark, seen_at_watermark  # a page behind the cursor moves nothing
+    return page_watermark, page_at
 
 
 def parse_records_page(
@@ -653,57 +681,45 @@ def parse_records_page(
     *,
     source: str = "opendatasoft",
     now: datetime | None = None,
+    not_after: datetime | None = None,
 ) -> RecordsPage:
-    """Convert a records response; a record that cannot be converted is quarantined.
-
-    `now` lets an event dataset without a status field get planned/active/ended
-    from its times. Quarantined items are referred to as "result N" (0-based index in
-    `results`) plus the record's id when it has one. Raises ParseError when the body
-    is not a records response (bad JSON, an error object, no `results` list).
-    """
-    body = _load_json(data, source)
-    if not isinstance(body, dict) or not isinstance(body.get("results"), list):
-        detail = _error_detail(0, body)
-        if detail is not None:
-            raise ParseError(source, f"the response is an error: {detail}")
-        raise ParseError(source, f"not a records response (no \"results\" list): {_short(body)}")
-    total = body.get("total_count")
-    total_count = total if isinstance(total, int) and not isinstance(total, bool) else None
-    conv = _Converter(mapping, now)
+    """Convert a whole records response at once (see `parse_records_stream`)."""
+    stream = parse_records_stream(data, mapping, source=source, now=now, not_after=not_after)
     sites, channels, measurements, events, quarantined = [], [], [], [], []
-    for index, record in enumerate(body["results"]):
-        for item in conv.convert(record, f"result {index}"):
-            if isinstance(item, MeasurementRecord):
-                measurements.append(item)
-            elif isinstance(item, EventRecord):
-                events.append(item)
-            elif isinstance(item, SiteRecord):
-                sites.append(item)
-            elif isinstance(item, ChannelRecord):
-                channels.append(item)
-            else:
-                quarantined.append(item)
+    for item in stream:
+        if isinstance(item, MeasurementRecord):
+            measurements.append(item)
+        elif isinstance(item, EventRecord):
+            events.append(item)
+        elif isinstance(item, SiteRecord):
+            sites.append(item)
+        elif isinstance(item, ChannelRecord):
+            channels.append(item)
+        else:
+            quarantined.append(item)
     return RecordsPage(
-        total_count=total_count,
-        result_count=len(body["results"]),
+        total_count=stream.total_count,
+        result_count=stream.result_count,
         sites=sites,
         channels=channels,
         measurements=measurements,
         events=events,
         quarantined=quarantined,
-        watermark=conv.state.watermark,
-        at_watermark=conv.state.at_watermark,
+        watermark=stream.watermark,
+        at_watermark=stream.at_watermark,
+        held=stream.held,
     )
 
 
-# --------------------------------------------------------------------------- exports
+# --------------------------------------------------------------------------- streaming JSON
 
 
-class _ArrayReader:
-    """The elements of one top-level JSON array, decoded a chunk at a time.
+class _JsonReader:
+    """A records response (an object with a `results` array) or an export (an array),
+    decoded a chunk at a time: memory holds one record, not the body.
 
     `json.JSONDecoder.raw_decode` is tried on the buffered text; when it fails at the
-    end of the buffer (a record cut by the chunk boundary) more text is read.
+    end of the buffer (a value cut by the chunk boundary) more text is read.
     """
 
     def __init__(self, chunks: Iterator[bytes], source: str) -> None:
@@ -716,6 +732,9 @@ class _ArrayReader:
         self._eof = False
         self.consumed = 0  # elements read
 
+    def _error(self, reason: str) -> ParseError:
+        return ParseError(self._source, reason)
+
     def _fill(self) -> bool:
         if self._eof:
             return False
@@ -727,9 +746,9 @@ class _ArrayReader:
             try:
                 text = self._utf8.decode(b"", final=True)
             except UnicodeDecodeError:
-                raise ParseError(self._source, "export is not valid UTF-8 (truncated character)") from None
+                raise self._error("not valid JSON: not valid UTF-8 (truncated character)") from None
         except UnicodeDecodeError as err:
-            raise ParseError(self._source, f"export is not valid UTF-8: {err.reason}") from None
+            raise self._error(f"not valid JSON: not valid UTF-8 ({err.reason})") from None
         self._buf = self._buf[self._pos :] + text
         self._pos = 0
         return True
@@ -746,18 +765,18 @@ class _ArrayReader:
             if not self._fill():
                 return None
 
-    def _value(self) -> Any:
+    def _value(self, what: str) -> Any:
         while True:
             try:
                 value, end = self._json.raw_decode(self._buf, self._pos)
             except RecursionError:
-                raise ParseError(self._source, f"record {self.consumed}: JSON nested too deeply") from None
+                raise self._error(f"{what}: JSON nested too deeply") from None
             except json.JSONDecodeError as err:
                 truncated = err.pos + 16 >= len(self._buf) or err.msg.startswith("Unterminated string")
                 if not truncated or self._eof:
-                    raise ParseError(self._source, f"record {self.consumed}: invalid JSON: {err.msg}") from None
+                    raise self._error(f"not valid JSON: {what}: invalid JSON: {err.msg}") from None
                 if len(self._buf) - self._pos > MAX_ITEM:
-                    raise ParseError(self._source, f"record {self.consumed} is larger than {MAX_ITEM} bytes")
+                    raise self._error(f"{what} is larger than {MAX_ITEM} bytes")
                 self._fill()
                 continue
             if end == len(self._buf) and not self._eof and self._fill():
@@ -765,10 +784,38 @@ class _ArrayReader:
             self._pos = end
             return value
 
+    def _array(self) -> Iterator[Any]:
+        """The elements of the array whose "[" was just consumed."""
+        expect_value = None  # None: right after "[" (value or "]" allowed)
+        while True:
+            c = self._peek()
+            if c is None:
+                raise self._error(f"not valid JSON: truncated after {self.consumed} records")
+            if expect_value is False:  # after a value
+                if c == ",":
+                    self._pos += 1
+                    expect_value = True
+                    continue
+                if c != "]":
+                    raise self._error(f"not valid JSON: after record {self.consumed - 1}: expected ',' or ']', "
+                                      f"found {c!r}")
+            if c == "]" and expect_value is not True:
+                self._pos += 1
+                return
+            value = self._value(f"record {self.consumed}")
+            self.consumed += 1
+            expect_value = False
+            yield value
+
+    def _end(self) -> None:
+        if self._peek() is not None:
+            raise self._error("not valid JSON: data after the end of the document")
+
     def elements(self) -> Iterator[Any]:
+        """An export: the elements of one top-level array."""
         first = self._peek()
         if first is None:
-            raise ParseError(self._source, "empty export (expected a JSON array)")
+            raise self._error("empty export (expected a JSON array)")
         if first != "[":
             if first == "{":
                 try:
@@ -776,30 +823,54 @@ class _ArrayReader:
                 except (ValueError, RecursionError):
                     detail = None
                 if detail is not None:
-                    raise ParseError(self._source, f"the response is an error: {detail}")
-            raise ParseError(self._source, f"expected a JSON array of records, found {first!r}")
+                    raise self._error(f"the response is an error: {detail}")
+            raise self._error(f"expected a JSON array of records, found {first!r}")
         self._pos += 1
-        expect_value = None  # None: right after "[" (value or "]" allowed)
+        yield from self._array()
+        self._end()
+
+    def results(self, members: dict[str, Any]) -> Iterator[Any]:
+        """A records response: the elements of its `results` array; the object's other
+        members (total_count, or an error's message) are put in `members`."""
+        first = self._peek()
+        if first != "{":
+            found = "nothing" if first is None else "a JSON array" if first == "[" else repr(first)
+            raise self._error(f"not a records response (no \"results\" list): found {found}")
+        self._pos += 1
+        seen_results = False
         while True:
             c = self._peek()
-            if c is None:
-                raise ParseError(self._source, f"export is truncated after {self.consumed} records")
-            if expect_value is False:  # after a value
-                if c == ",":
-                    self._pos += 1
-                    expect_value = True
-                    continue
-                if c != "]":
-                    raise ParseError(self._source, f"after record {self.consumed - 1}: expected ',' or ']', found {c!r}")
-            if c == "]" and expect_value is not True:
+            if c == "}":
                 self._pos += 1
-                if self._peek() is not None:
-                    raise ParseError(self._source, "data after the end of the JSON array")
-                return
-            value = self._value()
-            self.consumed += 1
-            expect_value = False
-            yield value
+                break
+            if c != '"':
+                raise self._error(f"not valid JSON: expected a member name, found {c!r}")
+            key = self._value("member name")
+            if self._peek() != ":":
+                raise self._error(f"not valid JSON: expected ':' after {_short(key)}")
+            self._pos += 1
+            if key == "results" and self._peek() == "[":
+                self._pos += 1
+                seen_results = True
+                yield from self._array()
+            else:
+                if self._peek() is None:
+                    raise self._error(f"not valid JSON: truncated at member {_short(key)}")
+                value = self._value(f"member {_short(key)}")
+                if key in ("total_count", "error_code", "errorcode", "message", "error", "call_limit",
+                           "limit_time_unit", "reset_time"):
+                    members[key] = value
+            c = self._peek()
+            if c == ",":
+                self._pos += 1
+            elif c != "}":
+                raise self._error("not valid JSON: the response object is not closed")
+        self._end()
+        if not seen_results:
+            detail = _error_detail(0, members)
+            if detail is not None:
+                raise self._error(f"the response is an error: {detail}")
+            raise self._error(f"not a records response (no \"results\" list): {_short(members)}")
 
     def _rest(self, limit: int = 1 << 16) -> str:
         while len(self._buf) - self._pos < limit and self._fill():
@@ -807,24 +878,17 @@ class _ArrayReader:
         return self._buf[self._pos : self._pos + limit]
 
 
-class ExportItems:
-    """Items of an `/exports/json` body, converted one record at a time.
+class _Items:
+    """Items of a body, converted one record at a time as the body is read.
 
-    `watermark` / `at_watermark` follow the time field over the records read so far;
-    `record_count` is the number of records read.
+    `watermark` / `at_watermark` follow the time field over the records read so far
+    that are not after `not_after`; `held` says one was.
     """
 
-    def __init__(
-        self,
-        stream: bytes | Iterable[bytes] | IO[bytes],
-        mapping: CounterMapping | EventMapping,
-        *,
-        source: str,
-        now: datetime | None,
-        chunk_size: int,
-    ) -> None:
-        self._reader = _ArrayReader(byte_chunks(stream, chunk_size), source)
-        self._conv = _Converter(mapping, now)
+    def __init__(self, mapping: CounterMapping | EventMapping, now: datetime | None,
+                 not_after: datetime | None, records: Iterator[Any]) -> None:
+        self._conv = _Converter(mapping, now, not_after)
+        self._records = records
         self._gen = self._items()
 
     @property
@@ -836,18 +900,77 @@ class ExportItems:
         return self._conv.state.at_watermark
 
     @property
-    def record_count(self) -> int:
-        return self._reader.consumed
+    def held(self) -> bool:
+        return self._conv.state.held
 
-    def __iter__(self) -> ExportItems:
+    def __iter__(self) -> _Items:
         return self
 
     def __next__(self) -> ParsedItem:
         return next(self._gen)
 
+    def close(self) -> None:
+        self._gen.close()
+
     def _items(self) -> Iterator[ParsedItem]:
-        for index, record in enumerate(self._reader.elements()):
-            yield from self._conv.convert(record, f"record {index}")
+        for record in self._records:
+            yield from self._conv.convert(record)
+
+
+class RecordsStream(_Items):
+    """Items of one records response; `total_count` once read, `result_count` so far."""
+
+    def __init__(self, stream: bytes | Iterable[bytes] | IO[bytes], mapping: CounterMapping | EventMapping, *,
+                 source: str, now: datetime | None, not_after: datetime | None, chunk_size: int) -> None:
+        self._reader = _JsonReader(byte_chunks(stream, chunk_size), source)
+        self._members: dict[str, Any] = {}
+        super().__init__(mapping, now, not_after, self._reader.results(self._members))
+
+    @property
+    def total_count(self) -> int | None:
+        total = self._members.get("total_count")
+        return total if isinstance(total, int) and not isinstance(total, bool) else None
+
+    @property
+    def result_count(self) -> int:
+        return self._reader.consumed
+
+    def cursor_after(self, watermark: datetime | None, seen_at_watermark: int = 0) -> tuple[datetime | None, int]:
+        """The (watermark, seen_at_watermark) to query next, given those this page was queried with."""
+        return _cursor_after(self.watermark, self.at_watermark, watermark, seen_at_watermark)
+
+
+def parse_records_stream(
+    stream: bytes | Iterable[bytes] | IO[bytes],
+    mapping: CounterMapping | EventMapping,
+    *,
+    source: str = "opendatasoft",
+    now: datetime | None = None,
+    not_after: datetime | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> RecordsStream:
+    """Stream a records response without loading it whole; a record that cannot be
+    converted is quarantined, referred to by its id (and time).
+
+    `now` lets an event dataset without a status field get planned/active/ended from
+    its times. Records whose time is after `not_after` do not move the cursor (they may
+    be refused now and true later). Raises ParseError, when reached, if the body is not
+    a records response (bad JSON, an error object, no `results` list).
+    """
+    return RecordsStream(stream, mapping, source=source, now=now, not_after=not_after, chunk_size=chunk_size)
+
+
+class ExportItems(_Items):
+    """Items of an `/exports/json` body; `record_count` is the number of records read."""
+
+    def __init__(self, stream: bytes | Iterable[bytes] | IO[bytes], mapping: CounterMapping | EventMapping, *,
+                 source: str, now: datetime | None, not_after: datetime | None, chunk_size: int) -> None:
+        self._reader = _JsonReader(byte_chunks(stream, chunk_size), source)
+        super().__init__(mapping, now, not_after, self._reader.elements())
+
+    @property
+    def record_count(self) -> int:
+        return self._reader.consumed
 
 
 def parse_export_json(
@@ -856,6 +979,7 @@ def parse_export_json(
     *,
     source: str = "opendatasoft",
     now: datetime | None = None,
+    not_after: datetime | None = None,
     chunk_size: int = CHUNK_SIZE,
 ) -> ExportItems:
     """Stream an `/exports/json` body (a JSON array of records) without loading it whole.
@@ -864,7 +988,7 @@ def parse_export_json(
     then the measurement; or the event; or a Quarantined. Broken JSON raises
     ParseError when reached (the records before it have been yielded).
     """
-    return ExportItems(stream, mapping, source=source, now=now, chunk_size=chunk_size)
+    return ExportItems(stream, mapping, source=source, now=now, not_after=not_after, chunk_size=chunk_size)
 
 
 # --------------------------------------------------------------------------- errors

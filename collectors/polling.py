@@ -8,7 +8,7 @@ bookkeeping live in `feed.collect`.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -17,6 +17,7 @@ from collectors.datex2_parse import parse_datex2
 from collectors.fetch import Fetched, Fetcher
 from feed.config import SourceConfig
 from feed.ingest import Sink
+from feed.model import ChannelRecord, ParsedItem
 from feed.storage import SourceState
 
 MAX_PAGES_PER_POLL = 100  # Opendatasoft: 10,000 records, then the next poll goes on
@@ -25,7 +26,6 @@ MAX_PAGES_PER_POLL = 100  # Opendatasoft: 10,000 records, then the next poll goe
 @dataclass
 class PollOutcome:
     http_status: int | None = None
-    bytes: int = 0
     etag: str | None = None
     last_modified: str | None = None
     watermark: str | None = None
@@ -35,26 +35,30 @@ class PollOutcome:
 Poller = Callable[[SourceConfig, SourceState, Fetcher, Sink], Awaitable[PollOutcome]]
 
 
-def _read(fetched: Fetched) -> bytes:
-    assert fetched.body is not None
+async def _consume(sink: Sink, fetched: Fetched, items: Iterator[ParsedItem]) -> None:
+    """Stores what the parser reads from the body, then lets the body go."""
     try:
-        return fetched.body.read()
+        await sink.consume(items)
     finally:
         fetched.close()
+
+
+def _noting_time_steps(items: Iterator[ParsedItem], steps: dict[str, int]) -> Iterator[ParsedItem]:
+    for item in items:
+        if isinstance(item, ChannelRecord):
+            steps[item.external_id] = item.time_step
+        yield item
 
 
 async def poll_datex2(source: SourceConfig, state: SourceState, fetcher: Fetcher, sink: Sink) -> PollOutcome:
     """A DATEX II v2/v3 pull: conditional GET, streaming parse of the whole document."""
     fetched = await fetcher.get(source.id, source.url, etag=state.etag, last_modified=state.last_modified)
-    outcome = PollOutcome(fetched.status, fetched.size, fetched.etag, fetched.last_modified,
+    outcome = PollOutcome(fetched.status, fetched.etag, fetched.last_modified,
                           snapshot=bool(source.options.get("snapshot", True)))
     if fetched.status == 304:
         outcome.snapshot = False  # nothing read: nothing may be ended
         return outcome
-    try:
-        await sink.consume(parse_datex2(fetched.body, source_id=source.id, now=sink.now))
-    finally:
-        fetched.close()
+    await _consume(sink, fetched, parse_datex2(fetched.body, source_id=source.id, now=sink.now))
     return outcome
 
 
@@ -62,29 +66,22 @@ async def poll_comptage(source: SourceConfig, state: SourceState, fetcher: Fetch
     """The national CSV model: optional site and channel files, then the measures at `url`."""
     opts = source.options
     tz = opts.get("timezone", "Europe/Paris")
-    total = 0
     time_steps: dict[str, int] = {}
     if "sites_url" in opts:
         fetched = await fetcher.get(source.id, opts["sites_url"])
-        total += fetched.size
-        await sink.consume(iter(comptage_parse.parse_sites(_read(fetched), source=source.id)))
+        await _consume(sink, fetched, iter(comptage_parse.parse_sites(fetched.body, source=source.id)))
     if "channels_url" in opts:
         fetched = await fetcher.get(source.id, opts["channels_url"])
-        total += fetched.size
-        channels = list(comptage_parse.parse_channels(
-            _read(fetched), source=source.id, default_time_step=opts.get("time_step"), local_timezone=tz))
-        time_steps = {c.external_id: c.time_step for c in channels if hasattr(c, "time_step")}
-        await sink.consume(iter(channels))
+        await _consume(sink, fetched, _noting_time_steps(iter(comptage_parse.parse_channels(
+            fetched.body, source=source.id, default_time_step=opts.get("time_step"), local_timezone=tz)),
+            time_steps))
     fetched = await fetcher.get(source.id, source.url, etag=state.etag, last_modified=state.last_modified)
-    outcome = PollOutcome(fetched.status, total + fetched.size, fetched.etag, fetched.last_modified)
+    outcome = PollOutcome(fetched.status, fetched.etag, fetched.last_modified)
     if fetched.status == 304:
         return outcome
-    try:
-        await sink.consume(iter(comptage_parse.parse_measures_stream(
-            fetched.body, source=source.id, time_steps=time_steps, default_time_step=opts.get("time_step"),
-            local_timezone=tz, columns=opts.get("columns"))))
-    finally:
-        fetched.close()
+    await _consume(sink, fetched, iter(comptage_parse.parse_measures_stream(
+        fetched.body, source=source.id, time_steps=time_steps, default_time_step=opts.get("time_step"),
+        local_timezone=tz, columns=opts.get("columns"))))
     return outcome
 
 
@@ -106,7 +103,13 @@ def _cursor_text(watermark: datetime | None, seen: int) -> str | None:
 
 async def poll_opendatasoft(source: SourceConfig, state: SourceState, fetcher: Fetcher, sink: Sink) -> PollOutcome:
     """Counters page by watermark through `records`; event datasets come whole from
-    `exports/json`, so that events no longer listed can be ended."""
+    `exports/json`, so that events no longer listed can be ended. Bodies are parsed as
+    they are read and stored batch by batch.
+
+    The watermark moves over records stored or refused for good, never over a record
+    dated after the poll's horizon (`now` + the future tolerance): such a record may be
+    true later, and in time order every record after it is later still, so the poll
+    stops at that page and the next one reads from before it again."""
     opts = source.options
     mapping = opendatasoft_parse.mapping_from_options(opts)
     dataset = opts["dataset"]
@@ -114,16 +117,14 @@ async def poll_opendatasoft(source: SourceConfig, state: SourceState, fetcher: F
     if isinstance(mapping, opendatasoft_parse.EventMapping):
         url = opendatasoft_parse.exports_url(source.url, dataset)
         fetched = await fetcher.get(source.id, url, headers=headers, error_detail=opendatasoft_parse.parse_ods_error)
-        try:
-            await sink.consume(iter(opendatasoft_parse.parse_export_json(
-                fetched.body, mapping, source=source.id, now=sink.now)))
-        finally:
-            fetched.close()
-        return PollOutcome(fetched.status, fetched.size, snapshot=True)
+        await _consume(sink, fetched, opendatasoft_parse.parse_export_json(
+            fetched.body, mapping, source=source.id, now=sink.now))
+        return PollOutcome(fetched.status, snapshot=True)
 
     watermark, seen = _cursor(state)
+    horizon = sink.now + sink.rules.future_tolerance
     if watermark is None and "backfill_days" in opts:
-        return await _backfill_counters(source, mapping, fetcher, sink, headers)
+        return await _backfill_counters(source, mapping, fetcher, sink, headers, horizon)
     outcome = PollOutcome()
     for _ in range(MAX_PAGES_PER_POLL):
         url = opendatasoft_parse.records_url(
@@ -132,21 +133,23 @@ async def poll_opendatasoft(source: SourceConfig, state: SourceState, fetcher: F
         )
         fetched = await fetcher.get(source.id, url, headers=headers, error_detail=opendatasoft_parse.parse_ods_error)
         outcome.http_status = fetched.status
-        outcome.bytes += fetched.size
-        page = opendatasoft_parse.parse_records_page(_read(fetched), mapping, source=source.id, now=sink.now)
-        await sink.store([*page.sites, *page.channels, *page.measurements, *page.events, *page.quarantined])
+        page = opendatasoft_parse.parse_records_stream(fetched.body, mapping, source=source.id, now=sink.now,
+                                                       not_after=horizon)
+        await _consume(sink, fetched, page)
+        if not sink.result.complete:
+            break  # a page cut short moves nothing: the next poll reads it again
         watermark, seen = page.cursor_after(watermark, seen)
         # Progress is kept page by page: a crash resumes after the last stored page.
         outcome.watermark = _cursor_text(watermark, seen)
         await sink.storage.save_watermark(source.id, outcome.watermark)
-        if page.result_count < opendatasoft_parse.MAX_LIMIT:
+        if page.held or page.result_count < opendatasoft_parse.MAX_LIMIT:
             break
     return outcome
 
 
 async def _backfill_counters(
     source: SourceConfig, mapping: opendatasoft_parse.CounterMapping, fetcher: Fetcher, sink: Sink,
-    headers: dict[str, str],
+    headers: dict[str, str], horizon: datetime,
 ) -> PollOutcome:
     """First poll of a counters dataset: the last `backfill_days` in one streamed export."""
     since = sink.now - timedelta(days=float(source.options["backfill_days"]))
@@ -154,12 +157,10 @@ async def _backfill_counters(
                                          watermark=since, order_by_id=source.options.get("order_by_id", mapping.site_id))
     fetched = await fetcher.get(source.id, url, headers=headers, error_detail=opendatasoft_parse.parse_ods_error,
                                 policy=replace(fetcher.policy, timeout=max(fetcher.policy.timeout, 600)))
-    try:
-        items = opendatasoft_parse.parse_export_json(fetched.body, mapping, source=source.id, now=sink.now)
-        await sink.consume(iter(items))
-    finally:
-        fetched.close()
-    return PollOutcome(fetched.status, fetched.size, watermark=_cursor_text(items.watermark, items.at_watermark))
+    items = opendatasoft_parse.parse_export_json(fetched.body, mapping, source=source.id, now=sink.now,
+                                                 not_after=horizon)
+    await _consume(sink, fetched, items)
+    return PollOutcome(fetched.status, watermark=_cursor_text(items.watermark, items.at_watermark))
 
 
 POLLERS: dict[str, Poller] = {

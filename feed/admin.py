@@ -129,7 +129,7 @@ _SOURCE_STATES = """
 SELECT s.id, s.kind, s.url, s.etag, s.last_modified, s.watermark, s.last_success, s.last_error, s.last_error_at,
        s.lease_owner, s.lease_until, s.next_poll_at,
        (SELECT count(*) FROM quarantine q WHERE q.source_id = s.id) AS quarantined_total,
-       (SELECT count(*) FROM quarantine q WHERE q.source_id = s.id AND q.recorded > now() - interval '1 day')
+       (SELECT count(*) FROM quarantine q WHERE q.source_id = s.id AND q.last_seen > now() - interval '1 day')
            AS quarantined_day
   FROM sources s"""
 _LAST_RUNS = """
@@ -220,12 +220,13 @@ class _Admin:
                 raise _bad("limit", raw_limit, expected, f"limit {limit} is out of range")
         async with reading(self.ctx) as conn:
             rows = await conn.fetch(
-                "SELECT id, source_id, run_id, record_ref, reason, excerpt, recorded FROM quarantine"
-                " WHERE ($1::text IS NULL OR source_id = $1) ORDER BY recorded DESC, id DESC LIMIT $2",
+                "SELECT id, source_id, run_id, record_ref, reason, excerpt, recorded, last_seen, times_seen"
+                " FROM quarantine WHERE ($1::text IS NULL OR source_id = $1) ORDER BY last_seen DESC, id DESC LIMIT $2",
                 source, limit)
         return _json({"source": source, "limit": limit, "records": [
             {"id": r["id"], "source": r["source_id"], "run_id": r["run_id"], "record_ref": r["record_ref"],
-             "reason": r["reason"], "excerpt": r["excerpt"], "recorded": _iso(r["recorded"])} for r in rows]})
+             "reason": r["reason"], "excerpt": r["excerpt"], "recorded": _iso(r["recorded"]),
+             "last_seen": _iso(r["last_seen"]), "times_seen": r["times_seen"]} for r in rows]})
 
     # markings ---------------------------------------------------------------
 

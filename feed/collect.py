@@ -79,30 +79,42 @@ async def poll_source(
     publication: PublicationConfig,
     *,
     now: datetime | None = None,
+    clock: Callable[[], datetime] | None = None,
     progress: Callable[[str, SinkResult], None] | None = None,
 ) -> RunReport:
+    """One poll within `source.deadline`. `clock` gives the current time (the demo's
+    simulated one), `now` a fixed time; by default the real clock."""
     started = time.monotonic()
     await storage.ensure_source(source.id, source.kind, source.url)
     state = await storage.source_state(source.id)
     run_id = await storage.start_run(source.id)
-    now = now or datetime.now(UTC)
-    sink = Sink(storage, source.id, run_id, Plausibility.from_publication(publication), now, progress)
+    if clock is None:
+        clock = (lambda: now) if now is not None else (lambda: datetime.now(UTC))
+    sink = Sink(storage, source.id, run_id, Plausibility.from_publication(publication), clock, progress)
+    poll_fetcher = fetcher.for_poll(source.deadline)
     stats = RunStats()
     outcome = None
     interrupted = False
+    deadline = asyncio.timeout(source.deadline)
     try:
-        outcome = await POLLERS[source.kind](source, state, fetcher, sink)
-        result = await sink.finish(snapshot=outcome.snapshot)
-        stats.http_status, stats.bytes = outcome.http_status, outcome.bytes
-        stats.error = None if result.complete else f"document cut short: {result.error}"
+        async with deadline:
+            outcome = await POLLERS[source.kind](source, state, poll_fetcher, sink)
+            result = await sink.finish(snapshot=outcome.snapshot)
+        stats.http_status = outcome.http_status
+        stats.error = result.error
     except FetchError as err:
         stats.http_status, stats.error = err.status, err.reason
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        stats.error = f"timed out: the poll took more than its {source.deadline:g} s"
     except asyncio.CancelledError:  # stopping took too long: close the run, then stop
         interrupted = True
         stats.error = "interrupted: roadfeed stopped during the poll"
     except Exception as err:  # noqa: BLE001 - a poll must never take the process down
         log.exception("source %s: poll failed", source.id)
         stats.error = f"{type(err).__name__}: {err}"
+    stats.bytes = poll_fetcher.bytes_read
     stats.counts = sink.result.counts
     stats.quarantined = sink.result.quarantined
     stats.complete = stats.error is None

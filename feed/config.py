@@ -32,6 +32,7 @@ class DatabaseConfig(_Section):
     pool_size: int = Field(default=10, ge=1, le=200)
     statement_timeout_ms: int = Field(default=15000, ge=100)
     retention_days: int | None = Field(default=None, ge=1)  # raw measurements kept; rollups stay forever
+    quarantine_retention_days: int = Field(default=90, ge=1)  # quarantined records not seen again since go
 
 
     @model_validator(mode="after")
@@ -78,13 +79,24 @@ class PublicationConfig(_Section):
         return v.lower()
 
 
+MIN_POLL_TIMEOUT = 30.0
+
+
 class SourceConfig(_Section):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     kind: SourceKind
     url: str
     interval: int = Field(default=60, ge=1)  # seconds between polls
+    # Seconds one poll may last, retries included; then it is recorded as timed out. Default:
+    # three quarters of the interval, so that a hanging source does not run into its next poll,
+    # but at least MIN_POLL_TIMEOUT, so that a short interval leaves a backlog time to be read.
+    poll_timeout: float | None = Field(default=None, gt=0)
     enabled: bool = True
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def deadline(self) -> float:
+        return self.poll_timeout if self.poll_timeout is not None else max(self.interval * 0.75, MIN_POLL_TIMEOUT)
 
 
 class MqttConfig(_Section):

@@ -69,10 +69,8 @@ class Collector:
                 seconds=tick, jitter=tick / 10, max_instances=1, coalesce=True, misfire_grace_time=source.interval,
                 next_run_time=now + timedelta(seconds=random.uniform(0, tick)),
             )
-        days = self.config.database.retention_days
-        if days:
-            self.scheduler.add_job(self.apply_retention, "interval", args=[days], id="retention",
-                                   hours=6, max_instances=1, coalesce=True, next_run_time=now + timedelta(minutes=1))
+        self.scheduler.add_job(self.apply_retention, "interval", id="retention",
+                               hours=6, max_instances=1, coalesce=True, next_run_time=now + timedelta(minutes=1))
         self.scheduler.start()
         log.info("worker %s polling %d source(s)", self.owner,
                  len([j for j in self.scheduler.get_jobs() if j.id != "retention"]))
@@ -99,7 +97,7 @@ class Collector:
         heartbeat = asyncio.create_task(self._renew(source.id))
         try:
             report = await poll_source(source, self.storage, self.fetcher, self.config.publication,
-                                       now=self.clock() if self.clock else None, progress=self.progress)
+                                       clock=self.clock, progress=self.progress)
         finally:
             heartbeat.cancel()
             METRICS.polls_in_flight.inc(amount=-1)
@@ -123,11 +121,17 @@ class Collector:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
                 log.warning("source %s: could not renew the poll lease: %s", source_id, err)
 
-    async def apply_retention(self, days: int) -> int:
-        """Drops raw measurements older than `days`; the rollups keep their history."""
-        removed = await self.storage.drop_measurements_before(datetime.now(UTC) - timedelta(days=days))
-        log.info("retention: removed %d raw measurement(s) older than %d days", removed, days)
-        return removed
+    async def apply_retention(self) -> None:
+        """Drops raw measurements older than `retention_days` (the rollups keep their
+        history) and quarantined records not seen for `quarantine_retention_days`."""
+        db = self.config.database
+        now = datetime.now(UTC)
+        if db.retention_days:
+            removed = await self.storage.drop_measurements_before(now - timedelta(days=db.retention_days))
+            log.info("retention: removed %d raw measurement(s) older than %d days", removed, db.retention_days)
+        removed = await self.storage.drop_quarantine_before(now - timedelta(days=db.quarantine_retention_days))
+        log.info("retention: removed %d quarantined record(s) not seen for %d days", removed,
+                 db.quarantine_retention_days)
 
     @property
     def polls_running(self) -> int:

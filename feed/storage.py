@@ -353,11 +353,20 @@ class Storage:
                                 source_id, watermark)
 
     async def quarantine(self, source_id: str, run_id: int | None, items: Sequence[Quarantined]) -> None:
+        """One row per (source, record, reason): seen again, it is counted, not repeated."""
         if items:
             await self.pool.executemany(
-                "INSERT INTO quarantine (source_id, run_id, record_ref, reason, excerpt) VALUES ($1, $2, $3, $4, $5)",
-                [(source_id, run_id, q.record_ref, q.reason, q.excerpt[:2000]) for q in items],
+                """INSERT INTO quarantine AS q (source_id, run_id, record_ref, reason, excerpt)
+                   VALUES ($1, $2, $3, $4, $5)
+                   ON CONFLICT (source_id, record_key) DO UPDATE
+                      SET last_seen = now(), times_seen = q.times_seen + 1, run_id = EXCLUDED.run_id""",
+                [(source_id, run_id, q.record_ref, q.reason, q.excerpt) for q in items],
             )
+
+    async def drop_quarantine_before(self, cutoff: datetime) -> int:
+        """Retention of the quarantine: records not seen again since `cutoff` go."""
+        done = await self.pool.execute("DELETE FROM quarantine WHERE last_seen < $1", cutoff)
+        return int(done.split()[-1])
 
     # --- sites and channels ----------------------------------------------------
 
@@ -628,12 +637,35 @@ class Storage:
             if writes:
                 await self._write_event_versions(conn, source_id, writes, seen_at, run_id, author)
             if unchanged:
-                await conn.execute("UPDATE events SET last_seen = $2 WHERE id = ANY($1::text[])", unchanged, seen_at)
+                await conn.execute("UPDATE events SET last_seen = $2, last_run = $3 WHERE id = ANY($1::text[])",
+                                   unchanged, seen_at, run_id)
             if complete_snapshot:
                 counts.updated += await self._end_missing(conn, source_id, list(latest), seen_at, run_id)
             if counts.new or counts.updated:
                 await conn.execute("SELECT pg_notify($1, 'events')", CHANGES_CHANNEL)
         return counts
+
+    async def events_seen_by_run(self, source_id: str, run_id: int, external_ids: Sequence[str]) -> set[str]:
+        """Which of these events run `run_id` has already stored."""
+        rows = await self.pool.fetch(
+            "SELECT external_id FROM events WHERE source_id = $1 AND external_id = ANY($2::text[]) AND last_run = $3",
+            source_id, list(external_ids), run_id)
+        return {r[0] for r in rows}
+
+    async def end_events_not_seen(self, source_id: str, run_id: int, seen_at: datetime) -> int:
+        """The end of a complete snapshot stored in batches by run `run_id`: the source's
+        open events that no batch of the run listed are ended (never deleted)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_SOURCE, source_id)
+            gone = await conn.fetch(
+                f"""SELECT {_EVENT_COLUMNS} FROM events
+                     WHERE source_id = $1 AND status <> 'ended' AND last_run IS DISTINCT FROM $2""",
+                source_id, run_id,
+            )
+            ended = await self._end(conn, source_id, gone, seen_at, run_id)
+            if ended:
+                await conn.execute("SELECT pg_notify($1, 'events')", CHANGES_CHANNEL)
+        return ended
 
     async def _end_missing(
         self, conn: asyncpg.Connection, source_id: str, present: list[str], seen_at: datetime, run_id: int | None
@@ -643,6 +675,10 @@ class Storage:
                  WHERE source_id = $1 AND status <> 'ended' AND NOT (external_id = ANY($2::text[]))""",
             source_id, present,
         )
+        return await self._end(conn, source_id, gone, seen_at, run_id)
+
+    async def _end(self, conn: asyncpg.Connection, source_id: str, gone: list[asyncpg.Record], seen_at: datetime,
+                   run_id: int | None) -> int:
         writes = []
         for row in gone:
             old = _stored_event(row)
@@ -672,7 +708,7 @@ class Storage:
                 rec.planned_start, rec.planned_end, rec.actual_start, rec.actual_end, rec.road, rec.direction,
                 rec.lanes_affected, geometry, rec.descriptions, rec.detour, rec.location_refs,
                 rec.source_version, rec.source_updated, _content_hash(rec), first_seen, seen_at, seen_at,
-                [slot.model_dump() for slot in rec.schedule],
+                [slot.model_dump() for slot in rec.schedule], run_id,
             ))
             state = StoredEvent(
                 **rec.model_dump(), id=event_id, source_id=source_id, version=version,
@@ -683,9 +719,10 @@ class Storage:
             """INSERT INTO events (id, source_id, external_id, version, type, subtype, status, severity,
                                    planned_start, planned_end, actual_start, actual_end, road, direction,
                                    lanes_affected, geom, descriptions, detour, location_refs, source_version,
-                                   source_updated, content_hash, first_seen, last_seen, updated, schedule)
+                                   source_updated, content_hash, first_seen, last_seen, updated, schedule, last_run)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                       ST_SetSRID(ST_GeomFromGeoJSON($16), 4326), $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)
+                       ST_SetSRID(ST_GeomFromGeoJSON($16), 4326), $17, $18, $19, $20, $21, $22, $23, $24, $25, $26,
+                       $27)
                ON CONFLICT (id) DO UPDATE SET
                    version = EXCLUDED.version, type = EXCLUDED.type, subtype = EXCLUDED.subtype,
                    status = EXCLUDED.status, severity = EXCLUDED.severity,
@@ -695,7 +732,8 @@ class Storage:
                    geom = EXCLUDED.geom, descriptions = EXCLUDED.descriptions, detour = EXCLUDED.detour,
                    location_refs = EXCLUDED.location_refs, source_version = EXCLUDED.source_version,
                    source_updated = EXCLUDED.source_updated, content_hash = EXCLUDED.content_hash,
-                   last_seen = EXCLUDED.last_seen, updated = EXCLUDED.updated, schedule = EXCLUDED.schedule""",
+                   last_seen = EXCLUDED.last_seen, updated = EXCLUDED.updated, schedule = EXCLUDED.schedule,
+                   last_run = EXCLUDED.last_run""",
             event_rows,
         )
         await conn.executemany(

@@ -216,7 +216,7 @@ async def test_lifecycle_end_reopen_and_failed_polls_end_nothing(storage, origin
     full = situation_v2(["A", "B"])
     origin.respond = lambda r: web.Response(body=full[: full.index(b"herault:B") - 40], content_type="text/xml")
     cut = await poll_source(source, storage, fetcher, HERAULT)
-    assert cut.stats.error and "cut short" in cut.stats.error
+    assert cut.stats.error and "document refused" in cut.stats.error
     assert {e.status for e in await storage.events()} == {"active"}
     # A complete snapshot without B ends B (kept, with its end time).
     origin.respond = conditional(situation_v2(["A"]), '"2"')
@@ -235,7 +235,7 @@ async def test_lifecycle_end_reopen_and_failed_polls_end_nothing(storage, origin
 async def test_malformed_xml_keeps_the_process_and_records_the_error(storage, origin, fetcher):
     origin.respond = lambda r: web.Response(body=b"<d2LogicalModel><payloadPublication", content_type="text/xml")
     report = await poll_source(datex(origin), storage, fetcher, EUROPE)
-    assert report.stats.error and "cut short" in report.stats.error
+    assert report.stats.error and "document refused" in report.stats.error
     assert (await runs(storage, "dx"))[0]["error"] == report.stats.error
 
 
@@ -368,7 +368,7 @@ async def test_lying_encoding_is_refused_with_the_reason(storage, origin, fetche
     assert doc != BISON_EVENTS.read_bytes()
     origin.respond = lambda r: web.Response(body=doc, content_type="text/xml")
     report = await poll_source(datex(origin), storage, fetcher, EUROPE)
-    assert report.stats.error and "cut short" in report.stats.error
+    assert report.stats.error and "document refused" in report.stats.error
     assert await storage.events() == []
 
 
