@@ -175,7 +175,8 @@ def campaign_routes(app: web.Application, ctx: AppContext) -> None:
         storage = ctx.storage
         await storage.ensure_source(source, "campaign", f"uploaded by {who.author}")
         run_id = await storage.start_run(source)
-        sink = Sink(storage, source, run_id, Plausibility.from_publication(ctx.config.publication), datetime.now(UTC))
+        sink = Sink(storage, source, run_id, Plausibility.from_publication(ctx.config.publication),
+                    lambda: datetime.now(UTC))
         await sink.store(campaign.items())
         result = await sink.finish(snapshot=False)
         await storage.finish_run(run_id, RunStats(bytes=len(data), counts=result.counts,
