@@ -298,7 +298,8 @@ SELECT bucket, sum(count_sum)::bigint AS count, sum(present)::bigint AS present,
                CASE WHEN q.ok AND m.speed IS NOT NULL THEN m.speed::float8 * m.count ELSE 0 END,
                CASE WHEN q.ok AND m.speed IS NOT NULL THEN m.count ELSE 0 END
           FROM measurements m
-         CROSS JOIN LATERAL (SELECT m.count IS NOT NULL AND m.quality IN ('observed', 'estimated') AS ok) q
+         CROSS JOIN LATERAL (SELECT m.count IS NOT NULL AND m.quality IN ('observed', 'estimated')
+                                           AND m.validation IS NULL AS ok) q
          WHERE m.channel_id = ANY($2::integer[]) AND m.start >= $3 AND m.start < $4) h
  GROUP BY bucket"""
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from feed import validation
 from feed.deadlines import CLOSE_TIMEOUT, close_pool
 from feed.model import (
     ChannelRecord,
@@ -89,7 +90,7 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10, **kwar
 
 # --- rollups -------------------------------------------------------------------
 
-_PRESENT = "m.count IS NOT NULL AND m.quality IN ('observed', 'estimated')"
+_PRESENT = "m.count IS NOT NULL AND m.quality IN ('observed', 'estimated') AND m.validation IS NULL"
 _ROLLUP_VALUES = f"""
        coalesce(sum(m.count) FILTER (WHERE {_PRESENT}), 0),
        coalesce(sum(m.speed::float8 * m.count) FILTER (WHERE {_PRESENT} AND m.speed IS NOT NULL), 0),
@@ -436,10 +437,14 @@ class Storage:
                 channels, lo, hi,
             )
             if not overlap and await self._copy_new(conn, rows):
+                revised = await self._validate(conn, channels, lo, hi)
                 await self._refresh_rollups(conn, channels, [lo] * len(channels), [hi] * len(channels), all_new=True)
                 counts = Counts(new=len(rows))
             else:
-                counts = await self._upsert(conn, rows, run_id, lo, hi)
+                counts, revised = await self._upsert(conn, rows, run_id, lo, hi)
+            if revised:  # judgements changed around the batch: recompute those buckets from the raw rows
+                await self._refresh_rollups(
+                    conn, [r["channel_id"] for r in revised], [r["lo"] for r in revised], [r["hi"] for r in revised])
             if counts.new or counts.updated:
                 await conn.execute("SELECT pg_notify($1, 'measurements')", CHANGES_CHANNEL)
             return counts
@@ -455,7 +460,7 @@ class Storage:
 
     async def _upsert(
         self, conn: asyncpg.Connection, rows: Sequence[MeasurementRow], run_id: int | None, lo: datetime, hi: datetime
-    ) -> Counts:
+    ) -> tuple[Counts, list[asyncpg.Record]]:
         await conn.execute(_STAGING)
         await conn.copy_records_to_table("rf_staging", records=rows, columns=MEASUREMENT_COLUMNS)
         await conn.execute("ANALYZE rf_staging")
@@ -473,11 +478,22 @@ class Storage:
         )
         new = sum(r["new"] for r in changed)
         updated = sum(r["updated"] for r in changed)
+        revised: list[asyncpg.Record] = []
         if changed:
+            revised = await self._validate(conn, [r["channel_id"] for r in changed], lo, hi)
             await self._refresh_rollups(
                 conn, [r["channel_id"] for r in changed], [r["lo"] for r in changed], [r["hi"] for r in changed]
             )
-        return Counts(new=new, updated=updated, unchanged=distinct - new - updated)
+        return Counts(new=new, updated=updated, unchanged=distinct - new - updated), revised
+
+    async def _validate(
+        self, conn: asyncpg.Connection, channels: list[int], lo: datetime, hi: datetime
+    ) -> list[asyncpg.Record]:
+        """Judges the intervals of the batch's sites around [lo, hi] (feed/validation.py);
+        returns, per channel, the range of intervals whose judgement changed."""
+        return list(await conn.fetch(
+            f"WITH v AS ({validation.VALIDATE}) SELECT channel_id, min(start) AS lo, max(start) AS hi FROM v GROUP BY channel_id",
+            channels, lo, hi, self.timezone))
 
     async def _refresh_rollups(
         self, conn: asyncpg.Connection, channels: list[int], los: list[datetime], his: list[datetime],

@@ -36,7 +36,8 @@ SELECT m.channel_id, date_trunc('hour', m.start) AS bucket,
        coalesce(sum(count) FILTER (WHERE ok), 0) AS count_sum,
        count(*) FILTER (WHERE ok) AS present,
        coalesce(sum(speed::float8 * count) FILTER (WHERE ok AND speed IS NOT NULL), 0) AS speed_weighted_sum
-  FROM measurements m, LATERAL (SELECT count IS NOT NULL AND quality IN ('observed', 'estimated') AS ok) q
+  FROM measurements m, LATERAL (SELECT count IS NOT NULL AND quality IN ('observed', 'estimated')
+                                      AND validation IS NULL AS ok) q
  GROUP BY 1, 2 ORDER BY 1, 2"""
 
 RECOMPUTE_DAILY = """
@@ -44,7 +45,8 @@ SELECT m.channel_id, (m.start AT TIME ZONE 'Europe/Paris')::date AS day,
        coalesce(sum(count) FILTER (WHERE ok), 0) AS count_sum,
        count(*) FILTER (WHERE ok) AS present,
        coalesce(sum(speed::float8 * count) FILTER (WHERE ok AND speed IS NOT NULL), 0) AS speed_weighted_sum
-  FROM measurements m, LATERAL (SELECT count IS NOT NULL AND quality IN ('observed', 'estimated') AS ok) q
+  FROM measurements m, LATERAL (SELECT count IS NOT NULL AND quality IN ('observed', 'estimated')
+                                      AND validation IS NULL AS ok) q
  GROUP BY 1, 2 ORDER BY 1, 2"""
 
 
@@ -84,7 +86,7 @@ async def test_corrected_value_is_counted_and_updates_its_rollups(storage: Stora
     await storage.ingest_measurements(batch)
     fixed = list(batch)
     ch, start, length, count, speed, occ, q = fixed[5]
-    fixed[5] = (ch, start, length, count + 1000, speed, occ, q)
+    fixed[5] = (ch, start, length, count + 9, speed, occ, q)  # plausible: +1000 would be judged a spike
     counts = await storage.ingest_measurements(fixed)
     assert (counts.new, counts.updated, counts.unchanged) == (0, 1, 119)
     hour = start.replace(minute=0)

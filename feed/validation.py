@@ -1,0 +1,123 @@
+"""Plausibility tests of every counted interval, run by each ingest before the
+rollups are refreshed, so that a figure never includes what the tests reject.
+
+An interval is judged against its channel's own recent history (the 28 days
+before the batch and the batch itself) and its neighbours at the same site (the
+other direction, the other vehicle classes). A rejected interval keeps its raw
+value and its source quality; `measurements.validation` becomes 'invalid' and
+`measurements.flag` names the test. Invalid intervals are not present, so they
+lower coverage and never reach a sum. Only intervals the source calls observed
+are judged: estimated, missing or invalid ones stay as the source sent them.
+
+Rates are per hour (count x 3600 / interval length), so one rule fits every time
+step. The tests are tried in the order of REASONS; the first that fails is the flag.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+# Reason codes: the quality vocabulary of the API, the downloads and the page.
+REASONS: dict[str, dict[str, str]] = {
+    "spike": {
+        "en": "more than 4 times the channel's usual high (95th percentile of its hourly rate) plus 20 vehicles/h",
+        "fr": "plus de 4 fois le maximum habituel du canal (95e centile de son débit horaire) plus 20 véh./h",
+    },
+    "stuck_zero": {
+        "en": "zero in daytime (08:00-19:00 local) for 3 intervals in a row on a channel whose daytime median "
+              "is at least 20 vehicles/h",
+        "fr": "zéro en journée (8 h-19 h) pendant 3 intervalles consécutifs sur un canal dont la médiane "
+              "de jour atteint au moins 20 véh./h",
+    },
+    "silent_direction": {
+        "en": "zero while the other direction of the same site and class carries at least 60 vehicles/h",
+        "fr": "zéro alors que l'autre sens du même site et de la même classe écoule au moins 60 véh./h",
+    },
+    "flat_line": {
+        "en": "the same non-zero count for 4 intervals in a row (a frozen counter)",
+        "fr": "le même comptage non nul pendant 4 intervalles consécutifs (compteur figé)",
+    },
+    "class_inconsistent": {
+        "en": "light + heavy differs from all vehicles by more than 5 % (and 2 vehicles) at the same site, "
+              "direction and time",
+        "fr": "véhicules légers + poids lourds diffère de tous véhicules de plus de 5 % (et 2 véhicules) "
+              "au même site, sens et instant",
+    },
+}
+
+HISTORY = timedelta(days=28)  # the norms: this much history before the batch
+CONTEXT = timedelta(days=2)  # rows read around the batch for neighbours in time
+REVISED = timedelta(days=1)  # rows around the batch whose judgement may change
+
+# $1 channel ids of the batch, $2 first and $3 last interval start of the batch,
+# $4 the time zone of local hours. Updates the judgement of every interval of
+# the batch's sites within REVISED of it and returns those that changed.
+VALIDATE = f"""
+WITH chans AS MATERIALIZED (
+    SELECT c.id, c.site_id, c.direction, c.vehicle_class
+      FROM channels c
+     WHERE c.site_id IN (SELECT site_id FROM channels WHERE id = ANY($1::int[]))),
+norms AS MATERIALIZED (
+    SELECT m.channel_id,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY m.count * 3600.0 / m.length) AS high,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY m.count * 3600.0 / m.length)
+               FILTER (WHERE extract(hour FROM m.start AT TIME ZONE $4) BETWEEN 8 AND 18) AS day_median
+      FROM measurements m
+     WHERE m.channel_id IN (SELECT id FROM chans)
+       AND m.start >= $2::timestamptz - interval '{HISTORY.days} days' AND m.start <= $3::timestamptz
+       AND m.count IS NOT NULL AND m.quality = 'observed'
+     GROUP BY m.channel_id),
+w AS MATERIALIZED (
+    SELECT m.channel_id, m.start, m.count, m.quality, m.validation, m.flag, c.site_id, c.direction,
+           c.vehicle_class, m.count * 3600.0 / m.length AS rate,
+           extract(hour FROM m.start AT TIME ZONE $4) AS local_hour,
+           lag(m.count, 3) OVER s AS p3, lag(m.count, 2) OVER s AS p2, lag(m.count) OVER s AS p1,
+           lead(m.count) OVER s AS n1, lead(m.count, 2) OVER s AS n2, lead(m.count, 3) OVER s AS n3
+      FROM measurements m
+      JOIN chans c ON c.id = m.channel_id
+     WHERE m.start >= $2::timestamptz - interval '{CONTEXT.days} days'
+       AND m.start <= $3::timestamptz + interval '{CONTEXT.days} days'
+    WINDOW s AS (PARTITION BY m.channel_id ORDER BY m.start)),
+sides AS (  -- per site, class and time: the busiest direction's rate
+    SELECT site_id, vehicle_class, start, max(rate) AS busiest
+      FROM w WHERE count IS NOT NULL AND quality = 'observed' AND direction IS NOT NULL
+     GROUP BY site_id, vehicle_class, start),
+classes AS (  -- per site, direction and time: light + heavy against all vehicles
+    SELECT site_id, direction, start,
+           sum(count) FILTER (WHERE vehicle_class IN ('light', 'heavy')) AS parts,
+           count(*) FILTER (WHERE vehicle_class IN ('light', 'heavy')) AS n_parts,
+           sum(count) FILTER (WHERE vehicle_class = 'all') AS whole,
+           count(*) FILTER (WHERE vehicle_class = 'all') AS n_whole
+      FROM w WHERE count IS NOT NULL AND quality = 'observed'
+     GROUP BY site_id, direction, start),
+judged AS (
+    SELECT w.channel_id, w.start, w.validation, w.flag,
+           CASE
+             WHEN w.quality <> 'observed' OR w.count IS NULL THEN NULL
+             WHEN w.rate > 4 * n.high + 20 THEN 'spike'
+             WHEN w.count = 0 AND w.local_hour BETWEEN 8 AND 18 AND n.day_median >= 20
+                  AND ((w.p1 = 0 AND w.p2 = 0) OR (w.p1 = 0 AND w.n1 = 0) OR (w.n1 = 0 AND w.n2 = 0))
+               THEN 'stuck_zero'
+             WHEN w.count = 0 AND w.direction IS NOT NULL AND sd.busiest >= 60 THEN 'silent_direction'
+             WHEN w.count > 0 AND ((w.count = w.p1 AND w.p1 = w.p2 AND w.p2 = w.p3)
+                                OR (w.count = w.p1 AND w.p1 = w.p2 AND w.count = w.n1)
+                                OR (w.count = w.p1 AND w.count = w.n1 AND w.n1 = w.n2)
+                                OR (w.count = w.n1 AND w.n1 = w.n2 AND w.n2 = w.n3)) THEN 'flat_line'
+             WHEN w.vehicle_class IN ('light', 'heavy') AND k.n_parts = 2 AND k.n_whole = 1
+                  AND abs(k.parts - k.whole) > greatest(2, 0.05 * k.whole) THEN 'class_inconsistent'
+           END AS new_flag
+      FROM w
+      LEFT JOIN norms n ON n.channel_id = w.channel_id
+      LEFT JOIN sides sd ON sd.site_id = w.site_id AND sd.vehicle_class = w.vehicle_class AND sd.start = w.start
+      LEFT JOIN classes k ON k.site_id = w.site_id AND k.direction IS NOT DISTINCT FROM w.direction
+                         AND k.start = w.start
+     WHERE w.start >= $2::timestamptz - interval '{REVISED.days} days'
+       AND w.start <= $3::timestamptz + interval '{REVISED.days} days')
+UPDATE measurements m
+   SET validation = CASE WHEN j.new_flag IS NULL THEN NULL ELSE 'invalid' END, flag = j.new_flag
+  FROM judged j
+ WHERE m.channel_id = j.channel_id AND m.start = j.start
+   AND m.start >= $2::timestamptz - interval '{REVISED.days} days'
+   AND m.start <= $3::timestamptz + interval '{REVISED.days} days'
+   AND j.flag IS DISTINCT FROM j.new_flag
+RETURNING m.channel_id, m.start"""
