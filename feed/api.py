@@ -594,7 +594,8 @@ class _Api:
                 raise _bad("threshold", raw_threshold, "a number from 0 to 1, e.g. 0.95",
                            f"threshold {raw_threshold!r} is not a share from 0 to 1")
         async with reading(self.ctx) as conn:
-            table = await history.annual_table(conn, year, threshold, self.config.publication.timezone)
+            table = await history.annual_table(conn, year, threshold, self.config.publication.timezone,
+                                                 holidays=self.config.publication.holidays)
         rows = [{"site_id": r.site_id, "external_id": r.external_id, "name": r.name, "road": r.road,
                  "tmja": r.tmja, "tmjo": r.tmjo, "heavy_share": r.heavy_share, "mean_speed": r.mean_speed,
                  "days_valid": r.days_valid, "days_excluded": r.days_excluded, "mean_coverage": r.mean_coverage}

@@ -34,8 +34,8 @@ REASONS: dict[str, dict[str, str]] = {
         "fr": "zéro alors que l'autre sens du même site et de la même classe écoule au moins 60 véh./h",
     },
     "flat_line": {
-        "en": "the same non-zero count for 4 intervals in a row (a frozen counter)",
-        "fr": "le même comptage non nul pendant 4 intervalles consécutifs (compteur figé)",
+        "en": "the same count, at least 20 vehicles/h, for 5 intervals in a row (a frozen counter)",
+        "fr": "le même comptage, d'au moins 20 véh./h, pendant 5 intervalles consécutifs (compteur figé)",
     },
     "class_inconsistent": {
         "en": "light + heavy differs from all vehicles by more than 5 % (and 2 vehicles) at the same site, "
@@ -71,8 +71,9 @@ w AS MATERIALIZED (
     SELECT m.channel_id, m.start, m.count, m.quality, m.validation, m.flag, c.site_id, c.direction,
            c.vehicle_class, m.count * 3600.0 / m.length AS rate,
            extract(hour FROM m.start AT TIME ZONE $4) AS local_hour,
-           lag(m.count, 3) OVER s AS p3, lag(m.count, 2) OVER s AS p2, lag(m.count) OVER s AS p1,
-           lead(m.count) OVER s AS n1, lead(m.count, 2) OVER s AS n2, lead(m.count, 3) OVER s AS n3
+           lag(m.count, 4) OVER s AS p4, lag(m.count, 3) OVER s AS p3, lag(m.count, 2) OVER s AS p2, lag(m.count) OVER s AS p1,
+           lead(m.count) OVER s AS n1, lead(m.count, 2) OVER s AS n2, lead(m.count, 3) OVER s AS n3,
+           lead(m.count, 4) OVER s AS n4
       FROM measurements m
       JOIN chans c ON c.id = m.channel_id
      WHERE m.start >= $2::timestamptz - interval '{CONTEXT.days} days'
@@ -99,10 +100,12 @@ judged AS (
                   AND ((w.p1 = 0 AND w.p2 = 0) OR (w.p1 = 0 AND w.n1 = 0) OR (w.n1 = 0 AND w.n2 = 0))
                THEN 'stuck_zero'
              WHEN w.count = 0 AND w.direction IS NOT NULL AND sd.busiest >= 60 THEN 'silent_direction'
-             WHEN w.count > 0 AND ((w.count = w.p1 AND w.p1 = w.p2 AND w.p2 = w.p3)
-                                OR (w.count = w.p1 AND w.p1 = w.p2 AND w.count = w.n1)
-                                OR (w.count = w.p1 AND w.count = w.n1 AND w.n1 = w.n2)
-                                OR (w.count = w.n1 AND w.n1 = w.n2 AND w.n2 = w.n3)) THEN 'flat_line'
+             WHEN w.rate >= 20 AND ((w.count = w.p4 AND w.count = w.p3 AND w.count = w.p2 AND w.count = w.p1)
+                                 OR (w.count = w.p3 AND w.count = w.p2 AND w.count = w.p1 AND w.count = w.n1)
+                                 OR (w.count = w.p2 AND w.count = w.p1 AND w.count = w.n1 AND w.count = w.n2)
+                                 OR (w.count = w.p1 AND w.count = w.n1 AND w.count = w.n2 AND w.count = w.n3)
+                                 OR (w.count = w.n1 AND w.count = w.n2 AND w.count = w.n3 AND w.count = w.n4))
+               THEN 'flat_line'
              WHEN w.vehicle_class IN ('light', 'heavy') AND k.n_parts = 2 AND k.n_whole = 1
                   AND abs(k.parts - k.whole) > greatest(2, 0.05 * k.whole) THEN 'class_inconsistent'
            END AS new_flag
