@@ -25,9 +25,9 @@ REASONS: dict[str, dict[str, str]] = {
     },
     "stuck_zero": {
         "en": "zero in daytime (08:00-19:00 local) for 3 intervals in a row on a channel whose daytime median "
-              "is at least 20 vehicles/h",
+              "is at least 10 vehicles/h",
         "fr": "zéro en journée (8 h-19 h) pendant 3 intervalles consécutifs sur un canal dont la médiane "
-              "de jour atteint au moins 20 véh./h",
+              "de jour atteint au moins 10 véh./h",
     },
     "silent_direction": {
         "en": "zero while the other direction of the same site and class carries at least 60 vehicles/h",
@@ -96,7 +96,7 @@ judged AS (
            CASE
              WHEN w.quality <> 'observed' OR w.count IS NULL THEN NULL
              WHEN w.rate > 4 * n.high + 20 THEN 'spike'
-             WHEN w.count = 0 AND w.local_hour BETWEEN 8 AND 18 AND n.day_median >= 20
+             WHEN w.count = 0 AND w.local_hour BETWEEN 8 AND 18 AND n.day_median >= 10
                   AND ((w.p1 = 0 AND w.p2 = 0) OR (w.p1 = 0 AND w.n1 = 0) OR (w.n1 = 0 AND w.n2 = 0))
                THEN 'stuck_zero'
              WHEN w.count = 0 AND w.direction IS NOT NULL AND sd.busiest >= 60 THEN 'silent_direction'
