@@ -57,65 +57,63 @@ WITH chans AS MATERIALIZED (
     SELECT c.id, c.site_id, c.direction, c.vehicle_class
       FROM channels c
      WHERE c.site_id IN (SELECT site_id FROM channels WHERE id = ANY($1::int[]))),
-norms AS MATERIALIZED (
-    SELECT m.channel_id,
-           percentile_cont(0.95) WITHIN GROUP (ORDER BY m.count * 3600.0 / m.length) AS high,
-           percentile_cont(0.5) WITHIN GROUP (ORDER BY m.count * 3600.0 / m.length)
-               FILTER (WHERE extract(hour FROM m.start AT TIME ZONE $4) BETWEEN 8 AND 18) AS day_median
-      FROM measurements m
-     WHERE m.channel_id IN (SELECT id FROM chans)
-       AND m.start >= $2::timestamptz - interval '{HISTORY.days} days' AND m.start <= $3::timestamptz
-       AND m.count IS NOT NULL AND m.quality = 'observed'
-     GROUP BY m.channel_id),
-w AS MATERIALIZED (
-    SELECT m.channel_id, m.start, m.count, m.quality, m.validation, m.flag, c.site_id, c.direction,
-           c.vehicle_class, m.count * 3600.0 / m.length AS rate,
-           extract(hour FROM m.start AT TIME ZONE $4) AS local_hour,
-           lag(m.count, 4) OVER s AS p4, lag(m.count, 3) OVER s AS p3, lag(m.count, 2) OVER s AS p2, lag(m.count) OVER s AS p1,
-           lead(m.count) OVER s AS n1, lead(m.count, 2) OVER s AS n2, lead(m.count, 3) OVER s AS n3,
-           lead(m.count, 4) OVER s AS n4
+norms AS MATERIALIZED (  -- one row of arrays (channel ids, their norms), read by position: no join to misplan
+    SELECT array_agg(channel_id) AS ids, array_agg(high) AS high, array_agg(day_median) AS day_median
+      FROM (SELECT m.channel_id,
+                   percentile_cont(0.95) WITHIN GROUP (ORDER BY m.count * 3600.0 / m.length) AS high,
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY m.count * 3600.0 / m.length)
+                       FILTER (WHERE extract(hour FROM m.start AT TIME ZONE $4) BETWEEN 8 AND 18) AS day_median
+              FROM measurements m
+             WHERE m.channel_id IN (SELECT id FROM chans)
+               AND m.start >= $2::timestamptz - interval '{HISTORY.days} days' AND m.start <= $3::timestamptz
+               AND m.count IS NOT NULL AND m.quality = 'observed'
+             GROUP BY m.channel_id) g),
+w AS (
+    SELECT m.channel_id, m.start, m.count, m.quality, m.flag, c.site_id, c.direction, c.vehicle_class,
+           m.count * 3600.0 / m.length AS rate, extract(hour FROM m.start AT TIME ZONE $4) AS local_hour,
+           m.count IS NOT NULL AND m.quality = 'observed' AS judged
       FROM measurements m
       JOIN chans c ON c.id = m.channel_id
      WHERE m.start >= $2::timestamptz - interval '{CONTEXT.days} days'
-       AND m.start <= $3::timestamptz + interval '{CONTEXT.days} days'
-    WINDOW s AS (PARTITION BY m.channel_id ORDER BY m.start)),
-sides AS (  -- per site, class and time: the busiest direction's rate
-    SELECT site_id, vehicle_class, start, max(rate) AS busiest
-      FROM w WHERE count IS NOT NULL AND quality = 'observed' AND direction IS NOT NULL
-     GROUP BY site_id, vehicle_class, start),
-classes AS (  -- per site, direction and time: light + heavy against all vehicles
-    SELECT site_id, direction, start,
-           sum(count) FILTER (WHERE vehicle_class IN ('light', 'heavy')) AS parts,
-           count(*) FILTER (WHERE vehicle_class IN ('light', 'heavy')) AS n_parts,
-           sum(count) FILTER (WHERE vehicle_class = 'all') AS whole,
-           count(*) FILTER (WHERE vehicle_class = 'all') AS n_whole
-      FROM w WHERE count IS NOT NULL AND quality = 'observed'
-     GROUP BY site_id, direction, start),
-judged AS (
-    SELECT w.channel_id, w.start, w.validation, w.flag,
-           CASE
-             WHEN w.quality <> 'observed' OR w.count IS NULL THEN NULL
-             WHEN w.rate > 4 * n.high + 20 THEN 'spike'
-             WHEN w.count = 0 AND w.local_hour BETWEEN 8 AND 18 AND n.day_median >= 10
-                  AND ((w.p1 = 0 AND w.p2 = 0) OR (w.p1 = 0 AND w.n1 = 0) OR (w.n1 = 0 AND w.n2 = 0))
-               THEN 'stuck_zero'
-             WHEN w.count = 0 AND w.direction IS NOT NULL AND sd.busiest >= 60 THEN 'silent_direction'
-             WHEN w.rate >= 20 AND ((w.count = w.p4 AND w.count = w.p3 AND w.count = w.p2 AND w.count = w.p1)
-                                 OR (w.count = w.p3 AND w.count = w.p2 AND w.count = w.p1 AND w.count = w.n1)
-                                 OR (w.count = w.p2 AND w.count = w.p1 AND w.count = w.n1 AND w.count = w.n2)
-                                 OR (w.count = w.p1 AND w.count = w.n1 AND w.count = w.n2 AND w.count = w.n3)
-                                 OR (w.count = w.n1 AND w.count = w.n2 AND w.count = w.n3 AND w.count = w.n4))
-               THEN 'flat_line'
-             WHEN w.vehicle_class IN ('light', 'heavy') AND k.n_parts = 2 AND k.n_whole = 1
-                  AND abs(k.parts - k.whole) > greatest(2, 0.05 * k.whole) THEN 'class_inconsistent'
-           END AS new_flag
+       AND m.start <= $3::timestamptz + interval '{CONTEXT.days} days'),
+-- Neighbours in time (the same channel) and at the same instant (the other
+-- direction, the other classes) by window functions: no join, whatever the row
+-- estimates.
+x AS (
+    SELECT w.*,
+           lag(count, 4) OVER s AS p4, lag(count, 3) OVER s AS p3, lag(count, 2) OVER s AS p2,
+           lag(count) OVER s AS p1, lead(count) OVER s AS n1, lead(count, 2) OVER s AS n2,
+           lead(count, 3) OVER s AS n3, lead(count, 4) OVER s AS n4,
+           max(rate) FILTER (WHERE judged AND direction IS NOT NULL) OVER (PARTITION BY site_id, vehicle_class, start)
+               AS busiest,
+           sum(count) FILTER (WHERE judged AND vehicle_class IN ('light', 'heavy')) OVER k AS parts,
+           count(*) FILTER (WHERE judged AND vehicle_class IN ('light', 'heavy')) OVER k AS n_parts,
+           sum(count) FILTER (WHERE judged AND vehicle_class = 'all') OVER k AS whole,
+           count(*) FILTER (WHERE judged AND vehicle_class = 'all') OVER k AS n_whole
       FROM w
-      LEFT JOIN norms n ON n.channel_id = w.channel_id
-      LEFT JOIN sides sd ON sd.site_id = w.site_id AND sd.vehicle_class = w.vehicle_class AND sd.start = w.start
-      LEFT JOIN classes k ON k.site_id = w.site_id AND k.direction IS NOT DISTINCT FROM w.direction
-                         AND k.start = w.start
-     WHERE w.start >= $2::timestamptz - interval '{REVISED.days} days'
-       AND w.start <= $3::timestamptz + interval '{REVISED.days} days')
+    WINDOW s AS (PARTITION BY channel_id ORDER BY start), k AS (PARTITION BY site_id, direction, start)),
+judged AS (
+    SELECT x.channel_id, x.start, x.flag,
+           CASE
+             WHEN NOT x.judged THEN NULL
+             WHEN x.rate > 4 * n.high[array_position(n.ids, x.channel_id)] + 20 THEN 'spike'
+             WHEN x.count = 0 AND x.local_hour BETWEEN 8 AND 18
+                  AND n.day_median[array_position(n.ids, x.channel_id)] >= 10
+                  AND ((x.p1 = 0 AND x.p2 = 0) OR (x.p1 = 0 AND x.n1 = 0) OR (x.n1 = 0 AND x.n2 = 0))
+               THEN 'stuck_zero'
+             WHEN x.count = 0 AND x.direction IS NOT NULL AND x.busiest >= 60 THEN 'silent_direction'
+             WHEN x.rate >= 20 AND ((x.count = x.p4 AND x.count = x.p3 AND x.count = x.p2 AND x.count = x.p1)
+                                 OR (x.count = x.p3 AND x.count = x.p2 AND x.count = x.p1 AND x.count = x.n1)
+                                 OR (x.count = x.p2 AND x.count = x.p1 AND x.count = x.n1 AND x.count = x.n2)
+                                 OR (x.count = x.p1 AND x.count = x.n1 AND x.count = x.n2 AND x.count = x.n3)
+                                 OR (x.count = x.n1 AND x.count = x.n2 AND x.count = x.n3 AND x.count = x.n4))
+               THEN 'flat_line'
+             WHEN x.vehicle_class IN ('light', 'heavy') AND x.n_parts = 2 AND x.n_whole = 1
+                  AND abs(x.parts - x.whole) > greatest(2, 0.05 * x.whole) THEN 'class_inconsistent'
+           END AS new_flag
+      FROM x CROSS JOIN norms n
+     WHERE x.start >= $2::timestamptz - interval '{REVISED.days} days'
+       AND x.start <= $3::timestamptz + interval '{REVISED.days} days')
 UPDATE measurements m
    SET validation = CASE WHEN j.new_flag IS NULL THEN NULL ELSE 'invalid' END, flag = j.new_flag
   FROM judged j
