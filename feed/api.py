@@ -35,7 +35,7 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
 from exporters import geojson
-from feed import downloads, history
+from feed import downloads, history, validation
 from feed.config import Config
 from feed.downloads import MEDIA_TYPES, neutralise
 from feed.feeds import (
@@ -296,7 +296,14 @@ def method_document(config: Config, **extra: Any) -> dict[str, Any]:
         "coverage_threshold": p.coverage_threshold,
         "aggregation_version": history.AGGREGATION_VERSION,
         "coverage": "intervals present / intervals expected",
-        "present": "an interval with a count whose quality is observed or estimated",
+        "present": "an interval with a count whose quality is observed or estimated and that validation "
+                   "did not reject",
+        "validation": "every observed interval is tested against its channel's own history and its "
+                      "neighbours; a rejected interval keeps its raw value, is not present (so it lowers "
+                      "coverage and is left out of every sum) and is counted per reason in `invalid`",
+        "invalid_reasons": {code: text["en"] for code, text in validation.REASONS.items()},
+        "tmjo": "mean daily traffic over valid working days: Monday to Friday except public holidays "
+                f"({p.holidays!r} calendar)",
         "expected": "the intervals each channel's time step implies for the period in the local calendar "
                     "(a local day lasts 23 to 25 hours on DST changes)",
         "estimated_share": "estimated intervals / present intervals (null when none is present)",
@@ -563,7 +570,8 @@ class _Api:
         period = p.period.astimezone(self.tz).isoformat() if isinstance(p.period, datetime) else p.period.isoformat()
         present = p.present > 0
         return {"period": period, "count": p.count if present else None, "coverage": p.coverage,
-                "estimated_share": p.estimated_share if present else None, "speed": p.speed}
+                "estimated_share": p.estimated_share if present else None, "speed": p.speed,
+                "invalid": sum(p.invalid.values()), "invalid_reasons": ",".join(sorted(p.invalid))}
 
     def _points_table(self, points: Sequence[history.Point], rows: Sequence[dict[str, Any]], step: Step) -> pa.Table:
         period_type = pa.timestamp("ms", tz=self.config.publication.timezone) if step == "hour" else pa.date32()
@@ -573,6 +581,8 @@ class _Api:
             "coverage": pa.array([r["coverage"] for r in rows], pa.float64()),
             "estimated_share": pa.array([r["estimated_share"] for r in rows], pa.float64()),
             "speed": pa.array([r["speed"] for r in rows], pa.float64()),
+            "invalid": pa.array([r["invalid"] for r in rows], pa.int32()),
+            "invalid_reasons": pa.array([r["invalid_reasons"] for r in rows], pa.string()),
         })
 
     # annual -----------------------------------------------------------------
@@ -775,7 +785,7 @@ class _Api:
         return respond_json(request, openapi_document(self.config), cache_control="public, max-age=300")
 
 
-COUNT_FIELDS = ("period", "count", "coverage", "estimated_share", "speed")
+COUNT_FIELDS = ("period", "count", "coverage", "estimated_share", "speed", "invalid", "invalid_reasons")
 ANNUAL_FIELDS = ("site_id", "external_id", "name", "road", "tmja", "tmjo", "heavy_share", "mean_speed",
                  "days_valid", "days_excluded", "mean_coverage")
 ANNUAL_TYPES = {"site_id": pa.int32(), "external_id": pa.string(), "name": pa.string(), "road": pa.string(),

@@ -282,6 +282,7 @@ class Point:
     speed: float | None  # count-weighted mean, km/h
     present: int = 0
     expected: int = 0
+    invalid: dict[str, int] = field(default_factory=dict)  # intervals rejected by validation, per reason
 
 
 # $1 sub-hourly channels (hourly rollup), $2 hourly channels (raw rows are their
@@ -312,6 +313,19 @@ SELECT date_trunc($4::text, day::timestamp)::date AS bucket, sum(count_sum)::big
   FROM rollup_daily
  WHERE channel_id = ANY($1::integer[]) AND day >= $2 AND day < $3
  GROUP BY 1"""
+
+
+# Intervals rejected by validation (feed/validation.py) per bucket and reason: the
+# partial index on flagged rows makes this a probe per channel. {bucket} is the
+# hour (UTC) or the local day's period; $1 channels, $2 start, $3 end, $4 'day' |
+# 'month' | 'year', $5 the time zone.
+_INVALID = """
+SELECT {bucket} AS bucket, flag, count(*)::integer AS n
+  FROM measurements
+ WHERE channel_id = ANY($1::integer[]) AND start >= $2 AND start < $3 AND validation IS NOT NULL
+ GROUP BY 1, 2"""
+_INVALID_HOURLY = _INVALID.format(bucket="date_trunc('hour', start, 'UTC')")
+_INVALID_DAILY = _INVALID.format(bucket="date_trunc($4::text, start AT TIME ZONE $5::text)::date")
 
 
 def periods(start: datetime, end: datetime, step: Step, tz: ZoneInfo) -> list[datetime | date]:
@@ -372,11 +386,18 @@ async def channel_series(
         ) if channels else []
         expected = expected_per_period(days, step, [c.time_step for c in channels], timezone)
     found = {r["bucket"]: r for r in rows}
+    invalid: dict[datetime | date, dict[str, int]] = {}
+    judged = [c.id for c in channels if step != "hour" or c.time_step <= 3600]
+    if judged:
+        found_invalid = await (conn.fetch(_INVALID_HOURLY, judged, start, end) if step == "hour" else
+                               conn.fetch(_INVALID_DAILY, judged, start, end, step, timezone))
+        for r in found_invalid:
+            invalid.setdefault(r["bucket"], {})[r["flag"]] = r["n"]
     points = []
     for b, exp in zip(buckets, expected, strict=True):
         r = found.get(b)
         if r is None:
-            points.append(Point(b, 0, 0.0, 0.0, None, 0, exp))
+            points.append(Point(b, 0, 0.0, 0.0, None, 0, exp, invalid.get(b, {})))
             continue
         present = r["present"]
         points.append(Point(
@@ -384,7 +405,7 @@ async def channel_series(
             present / exp if exp else 0.0,
             r["estimated"] / present if present else 0.0,
             round(r["sws"] / r["sc"], 1) if r["sc"] else None,
-            present, exp,
+            present, exp, invalid.get(b, {}),
         ))
     return points
 

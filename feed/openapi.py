@@ -83,6 +83,9 @@ SCHEMAS: dict[str, Any] = {
         "coverage": {"type": "number", "minimum": 0},
         "estimated_share": _nullable("number", minimum=0, maximum=1),
         "speed": _nullable("number", description="km/h"),
+        "invalid": {"type": "integer", "minimum": 0,
+                    "description": "intervals rejected by validation (raw values kept, left out of count and coverage)"},
+        "invalid_reasons": {"type": "string", "description": "their reason codes, comma-separated (see method)"},
     }),
     "AnnualRow": _object({
         "site_id": {"type": "integer"}, "external_id": {"type": "string"}, "name": {"type": "string"},
@@ -246,7 +249,7 @@ def paths() -> dict[str, Any]:
                 FORMAT,
             ],
             "responses": {"200": _table_content("Counts", "the series; CSV header: period,count,coverage,"
-                                                          "estimated_share,speed"),
+                                                          "estimated_share,speed,invalid,invalid_reasons"),
                           **NOT_MODIFIED, **NOT_FOUND, **ERRORS},
         }},
         f"{API}/annual": {"get": {

@@ -39,7 +39,7 @@ CONFIG = Config(sources=[
 SITE_FIELDS = {"id", "external_id", "source", "name", "road", "pr", "abscissa", "insee", "lon", "lat", "directions",
                "vehicle_classes", "channels", "first_data", "last_data"}
 CHANNEL_FIELDS = {"id", "external_id", "direction", "vehicle_class", "time_step"}
-POINT_FIELDS = ["period", "count", "coverage", "estimated_share", "speed"]
+POINT_FIELDS = ["period", "count", "coverage", "estimated_share", "speed", "invalid", "invalid_reasons"]
 JULY1 = datetime(2025, 7, 1, tzinfo=PARIS)
 
 
@@ -213,8 +213,11 @@ def expected_intervals(start: datetime, end: datetime, time_step: int) -> int:
     return max(1, seconds // time_step)
 
 
-def recompute(rows: list[Row], steps: dict[int, int], start: datetime, end: datetime, step: str) -> list[dict]:
-    """The series from raw rows alone: what the API must return."""
+def recompute(rows: list[Row], steps: dict[int, int], start: datetime, end: datetime, step: str,
+              rejected: dict[tuple[int, datetime], str] | None = None) -> list[dict]:
+    """The series from raw rows alone (and the intervals validation rejected, with their
+    reasons): what the API must return."""
+    rejected = rejected or {}
     def bucket_of(t: datetime) -> datetime:
         local = t.astimezone(PARIS)
         if step == "hour":
@@ -233,13 +236,16 @@ def recompute(rows: list[Row], steps: dict[int, int], start: datetime, end: date
         return datetime(d.year, d.month, d.day, tzinfo=PARIS)
 
     agg: dict[datetime, list[float]] = defaultdict(lambda: [0, 0, 0, 0.0, 0])
+    reasons: dict[datetime, list[str]] = defaultdict(list)
     for cid, t, _length, count, speed, _occ, quality in rows:
         if cid not in steps or not start <= t < end:
             continue
         if step == "hour" and steps[cid] > 3600:
             continue
         a = agg[bucket_of(t)]
-        if count is not None and quality in ("observed", "estimated"):
+        if (cid, t) in rejected:
+            reasons[bucket_of(t)].append(rejected[(cid, t)])
+        elif count is not None and quality in ("observed", "estimated"):
             a[0] += count
             a[1] += 1
             a[2] += quality == "estimated"
@@ -258,6 +264,8 @@ def recompute(rows: list[Row], steps: dict[int, int], start: datetime, end: date
             "coverage": present / expected if expected else 0.0,
             "estimated_share": estimated / present if present else None,
             "speed": round(sws / sc, 1) if sc else None,
+            "invalid": len(reasons.get(b, [])),
+            "invalid_reasons": ",".join(sorted(set(reasons.get(b, [])))),
         })
         b = n
     return out
@@ -269,6 +277,7 @@ def assert_points(got: list[dict], want: list[dict]) -> None:
         assert set(g) == set(POINT_FIELDS)
         assert g["count"] == w["count"], (g, w)
         assert g["coverage"] == pytest.approx(w["coverage"], abs=1e-12), (g, w)
+        assert (g["invalid"], g["invalid_reasons"]) == (w["invalid"], w["invalid_reasons"]), (g, w)
         assert (g["estimated_share"] is None) == (w["estimated_share"] is None)
         if w["estimated_share"] is not None:
             assert g["estimated_share"] == pytest.approx(w["estimated_share"], abs=1e-12)
@@ -361,7 +370,7 @@ async def test_daily_counts_equal_the_raw_rows_and_show_gaps(env: Env):
     assert by_day["2025-07-06"]["estimated_share"] == pytest.approx(2 / 24)
     assert by_day["2025-07-07"]["coverage"] == pytest.approx(95 / 96)
     assert by_day["2025-07-11"] == {"period": "2025-07-11", "count": None, "coverage": 0.0,
-                                    "estimated_share": None, "speed": None}
+                                    "estimated_share": None, "speed": None, "invalid": 0, "invalid_reasons": ""}
 
 
 async def test_hour_month_and_year_steps_equal_the_raw_rows(env: Env):
@@ -409,7 +418,7 @@ async def test_json_csv_and_parquet_hold_the_same_numbers(env: Env):
         assert disposition.startswith("attachment; filename=") and f"site-{sid}" in disposition
         assert step in disposition and a[:10] in disposition
         text = await response.text()
-        assert text.splitlines()[0] == "period,count,coverage,estimated_share,speed"
+        assert text.splitlines()[0] == "period,count,coverage,estimated_share,speed,invalid,invalid_reasons"
         rows = list(csv.DictReader(io.StringIO(text)))
         assert [r["period"] for r in rows] == [p["period"] for p in points]
         for r, p in zip(rows, points, strict=True):
@@ -423,7 +432,7 @@ async def test_json_csv_and_parquet_hold_the_same_numbers(env: Env):
         assert ".parquet" in response.headers["Content-Disposition"]
         table = pq.read_table(io.BytesIO(await response.read()))
         assert table.column_names == POINT_FIELDS
-        for column in ("count", "coverage", "estimated_share", "speed"):
+        for column in ("count", "coverage", "estimated_share", "speed", "invalid", "invalid_reasons"):
             assert table.column(column).to_pylist() == [p[column] for p in points]
         periods = table.column("period").to_pylist()
         if step == "hour":
@@ -498,6 +507,8 @@ _example = iter(range(10**6))
 @example(data=([300], [(0, 312, 7, 50.0, "observed")]), batches=1)
 @example(data=([900, 3600], [(0, 104, 3, None, "observed"), (1, 26, 5, None, "observed")]), batches=1)
 @example(data=([300, 300], [(0, 300, 4, None, "observed"), (0, 312, 0, None, "observed")]), batches=2)
+# a direction silent while the other flows: rejected, and counted as such in its hour, day and month
+@example(data=([300, 300], [(0, 120, 0, None, "observed"), (1, 120, 10, None, "observed")]), batches=1)
 async def test_random_series_equal_a_recomputation_from_raw_rows(env: Env, data, batches: int):
     steps, intervals = data
     storage = env.storage
@@ -521,15 +532,14 @@ async def test_random_series_equal_a_recomputation_from_raw_rows(env: Env, data,
     sid = (await storage.site_ids("cnt", [ext]))[ext]
     channel_steps = {ids[f"{ext}-{i}"]: ts for i, ts in enumerate(steps)}
     # Intervals the plausibility tests rejected (e.g. a direction silent while another flows) are not present.
-    rejected = {(r["channel_id"], r["start"]) for r in await storage.pool.fetch(
-        "SELECT channel_id, start FROM measurements WHERE channel_id = ANY($1::int[]) AND validation = 'invalid'",
+    rejected = {(r["channel_id"], r["start"]): r["flag"] for r in await storage.pool.fetch(
+        "SELECT channel_id, start, flag FROM measurements WHERE channel_id = ANY($1::int[]) AND validation = 'invalid'",
         list(channel_steps))}
-    rows = [r if (r[0], r[1]) not in rejected else (*r[:6], "invalid") for r in rows]
     for step, a, b in (("hour", "2025-03-29T20:00", "2025-03-31T04:00"), ("day", "2025-03-28", "2025-04-02"),
                        ("month", "2025-03", "2025-05")):
         doc = await get_json(env.client, f"/api/v1/sites/{sid}/counts?from={a}&to={b}&step={step}")
         want = recompute(rows, channel_steps, api.parse_instant("from", a, PARIS), api.parse_instant("to", b, PARIS),
-                         step)
+                         step, rejected)
         assert_points(doc["points"], want)
 
 
