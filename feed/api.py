@@ -536,7 +536,8 @@ class _Api:
         q = request.query
         step: Step = _choice(q, "step", STEPS, "day")  # type: ignore[assignment]
         fmt = _choice(q, "format", ("json", "csv", "parquet"), "json")
-        start, end = counts_range(q, step, self.tz, datetime.now(UTC))
+        now = datetime.now(UTC)
+        start, end = counts_range(q, step, self.tz, now)
         direction = _one(q, "direction")
         vehicle_class = _one(q, "vehicle_class") or "all"
         async with reading(self.ctx) as conn:
@@ -551,7 +552,7 @@ class _Api:
                            f"site {site.id} has no {vehicle_class!r} vehicle class")
             chosen = history.select_channels(site, None if direction in (None, "all") else direction, vehicle_class)
             points = await history.channel_series(conn, chosen, start, end, step,
-                                                  self.config.publication.timezone)
+                                                  self.config.publication.timezone, now)
         rows = [self._point(p) for p in points]
         name = f"site-{site.id}_{_stamp(start, self.tz)}_{_stamp(end, self.tz)}_{step}"
         if fmt == "csv":

@@ -365,11 +365,15 @@ def expected_per_period(buckets: Sequence[date], step: Step, time_steps: Sequenc
 
 
 async def channel_series(
-    conn: Conn, channels: Sequence[Channel], start: datetime, end: datetime, step: Step, timezone: str
+    conn: Conn, channels: Sequence[Channel], start: datetime, end: datetime, step: Step, timezone: str,
+    now: datetime | None = None,
 ) -> list[Point]:
-    """The sum of `channels` from `start` (inclusive) to `end` (exclusive) at `step`."""
+    """The sum of `channels` from `start` (inclusive) to `end` (exclusive) at `step`. Periods
+    that start after `now` are not yet lived: left out, never shown as missing data."""
     tz = ZoneInfo(timezone)
-    buckets = periods(start, end, step, tz)
+    lived_until = now if now is not None else datetime.now(UTC)
+    buckets = [b for b in periods(start, end, step, tz)
+               if (b if isinstance(b, datetime) else local_midnight(b, tz)) < lived_until]
     if not buckets:
         return []
     if step == "hour":

@@ -235,3 +235,21 @@ async def test_tmjo_leaves_out_public_holidays_and_future_days_are_not_missing(s
                                                      today=date(2026, 12, 7)) if r.site_id == sid]
     assert none.tmjo == pytest.approx(sum(with_holidays) / len(with_holidays), abs=0.05)
     assert row.days_valid == 31 and row.days_excluded == (date(2026, 12, 7) - date(2026, 1, 1)).days - 31
+
+
+async def test_periods_still_to_come_are_not_shown_as_missing(storage: Storage):
+    """Seen on 7 December at 12:30, December's days after the 7th are not in the series
+    (they are not gaps), today is, and so are the days of data."""
+    sid, ids, rows = await simulated_site(storage, SIM, NORMAL, date(2026, 12, 1), 7)
+    await storage.ingest_measurements(rows)
+    site = await history.site(storage.pool, sid, "Europe/Paris")
+    assert site is not None
+    now = datetime(2026, 12, 7, 12, 30, tzinfo=PARIS)
+    start, end = datetime(2026, 12, 1, tzinfo=PARIS), datetime(2027, 1, 1, tzinfo=PARIS)
+    days = await history.channel_series(storage.pool, site.channels, start, end, "day", "Europe/Paris", now)
+    assert [p.period for p in days] == [date(2026, 12, d) for d in range(1, 8)]
+    assert all(p.coverage == 1.0 for p in days[:6])
+    hours = await history.channel_series(storage.pool, site.channels, start, end, "hour", "Europe/Paris", now)
+    assert hours[-1].period == datetime(2026, 12, 7, 11, tzinfo=UTC)  # 12:00 local, the hour under way
+    (month,) = await history.channel_series(storage.pool, site.channels, start, end, "month", "Europe/Paris", now)
+    assert month.period == date(2026, 12, 1)
