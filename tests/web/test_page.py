@@ -96,7 +96,7 @@ def traffic(base: int) -> Callable[[datetime], int]:
         local = t.astimezone(PARIS)
         shape = [1, 1, 1, 1, 2, 4, 7, 10, 12, 9, 8, 8, 8, 8, 8, 9, 11, 12, 11, 8, 6, 4, 3, 2][local.hour]
         weekend = 0.7 if local.weekday() >= 5 else 1.0
-        return int(base * shape * weekend / 10) + local.day % 3
+        return int(base * shape * weekend / 10) + local.day % 3 + local.hour % 2  # never a frozen counter
     return count
 
 
@@ -436,7 +436,7 @@ async def test_clicking_a_site_draws_its_chart_and_the_downloads_return_its_rows
     status, headers, body = await site.get(second["csv"])
     assert status == 200 and headers["Content-Type"].startswith("text/csv")
     rows = parse_csv(body)
-    assert list(rows[0]) == ["period", "count", "coverage", "estimated_share", "speed"]
+    assert list(rows[0]) == ["period", "count", "coverage", "estimated_share", "speed", "invalid", "invalid_reasons"]
     assert len(rows) == len(doc["points"])
     for row, point in zip(rows, doc["points"], strict=True):
         assert row["period"][:10] == str(point["period"])[:10]
