@@ -386,7 +386,35 @@ def _csv_cell(value: Any) -> str:
     return str(value)
 
 
-def csv_bytes(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
+# French spreadsheets (dialect=fr): `;` between cells, a decimal comma, French
+# headers and a UTF-8 byte order mark, so that a double click opens the file in
+# columns with numbers as numbers.
+DIALECTS = ("standard", "fr")
+FR_HEADERS = {
+    "period": "période", "count": "comptage", "coverage": "couverture", "estimated_share": "part_estimée",
+    "speed": "vitesse_moyenne_kmh", "invalid": "intervalles_rejetés", "invalid_reasons": "motifs_de_rejet",
+    "site_id": "id_site", "external_id": "id_externe", "name": "nom", "road": "route", "tmja": "TMJA",
+    "tmjo": "TMJO", "heavy_share": "part_poids_lourds", "mean_speed": "vitesse_moyenne_kmh",
+    "days_valid": "jours_valides", "days_excluded": "jours_exclus", "mean_coverage": "couverture_moyenne",
+}
+
+
+def _csv_cell_fr(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value).replace(".", ",")
+    if isinstance(value, str):
+        value = neutralise(value)
+        if any(ch in value for ch in ';"\n\r'):
+            return '"' + value.replace('"', '""') + '"'
+        return value
+    return _csv_cell(value)
+
+
+def csv_bytes(header: Sequence[str], rows: Sequence[Sequence[Any]], dialect: str = "standard") -> bytes:
+    if dialect == "fr":
+        lines = [";".join(FR_HEADERS.get(h, h) for h in header)]
+        lines += [";".join(_csv_cell_fr(v) for v in row) for row in rows]
+        return "\ufeff".encode() + ("\r\n".join(lines) + "\r\n").encode()
     lines = [",".join(header)]
     lines += [",".join(_csv_cell(v) for v in row) for row in rows]
     return ("\n".join(lines) + "\n").encode()
@@ -536,6 +564,7 @@ class _Api:
         q = request.query
         step: Step = _choice(q, "step", STEPS, "day")  # type: ignore[assignment]
         fmt = _choice(q, "format", ("json", "csv", "parquet"), "json")
+        dialect = _choice(q, "dialect", DIALECTS, "standard")
         now = datetime.now(UTC)
         start, end = counts_range(q, step, self.tz, now)
         direction = _one(q, "direction")
@@ -554,10 +583,13 @@ class _Api:
             points = await history.channel_series(conn, chosen, start, end, step,
                                                   self.config.publication.timezone, now)
         rows = [self._point(p) for p in points]
-        name = f"site-{site.id}_{_stamp(start, self.tz)}_{_stamp(end, self.tz)}_{step}"
+        # What the file holds, in its name: site, class, direction and the inclusive period.
+        last = shift(end, step, -1, self.tz)
+        name = (f"site-{site.id}_{vehicle_class}_{'all-directions' if direction in (None, 'all') else direction}"
+                f"_{_stamp(start, self.tz)}_{_stamp(last, self.tz)}_{step}")
         if fmt == "csv":
-            return respond(request, csv_bytes(COUNT_FIELDS, [[r[k] for k in COUNT_FIELDS] for r in rows]),
-                           MEDIA_TYPES["csv"], filename=f"{name}.csv")
+            return respond(request, csv_bytes(COUNT_FIELDS, [[r[k] for k in COUNT_FIELDS] for r in rows], dialect),
+                           MEDIA_TYPES["csv"], filename=f"{name}{'_fr' if dialect == 'fr' else ''}.csv")
         if fmt == "parquet":
             return respond(request, parquet_bytes(self._points_table(points, rows, step)), MEDIA_TYPES["parquet"],
                            filename=f"{name}.parquet", compressible=False)
@@ -594,6 +626,7 @@ class _Api:
         if year is None:
             raise _bad("year", "", f"a year from {YEARS[0]} to {YEARS[1]}, e.g. 2025", "year is required")
         fmt = _choice(q, "format", ("json", "csv", "parquet"), "json")
+        dialect = _choice(q, "dialect", DIALECTS, "standard")
         raw_threshold = _one(q, "threshold")
         threshold = self.config.publication.coverage_threshold
         if raw_threshold is not None:
@@ -612,8 +645,8 @@ class _Api:
                  "days_valid": r.days_valid, "days_excluded": r.days_excluded, "mean_coverage": r.mean_coverage}
                 for r in table]
         if fmt == "csv":
-            return respond(request, csv_bytes(ANNUAL_FIELDS, [[r[k] for k in ANNUAL_FIELDS] for r in rows]),
-                           MEDIA_TYPES["csv"], filename=f"annual_{year}.csv")
+            return respond(request, csv_bytes(ANNUAL_FIELDS, [[r[k] for k in ANNUAL_FIELDS] for r in rows], dialect),
+                           MEDIA_TYPES["csv"], filename=f"annual_{year}{'_fr' if dialect == 'fr' else ''}.csv")
         if fmt == "parquet":
             columns = {k: pa.array([r[k] for r in rows], ANNUAL_TYPES[k]) for k in ANNUAL_FIELDS}
             return respond(request, parquet_bytes(pa.table(columns)), MEDIA_TYPES["parquet"],

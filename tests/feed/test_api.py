@@ -723,3 +723,37 @@ def test_cursor_round_trip_and_period_arithmetic():
     assert api.ceil_to(datetime(2025, 3, 30, 12, 30, tzinfo=PARIS), "day", PARIS) == datetime(2025, 3, 31,
                                                                                               tzinfo=PARIS)
     assert api.floor_to(datetime(2025, 7, 17, 9, tzinfo=PARIS), "month", PARIS) == JULY1
+
+
+async def test_french_csv_opens_in_columns_with_decimal_commas_and_says_what_it_holds(env: Env):
+    """dialect=fr: what a French spreadsheet expects (BOM, `;`, decimal comma, French headers);
+    the file's name carries the site, class, direction and the inclusive period."""
+    sid = env.seeded.site_ids["S1"]
+    base = f"/api/v1/sites/{sid}/counts?from=2025-07-01&to=2025-07-11&step=day&vehicle_class=heavy&direction=N"
+    doc = await get_json(env.client, base)
+    response = await env.client.get(base + "&format=csv&dialect=fr")
+    assert response.status == 200
+    disposition = response.headers["Content-Disposition"]
+    assert f'filename="site-{sid}_heavy_N_2025-07-01_2025-07-10_day_fr.csv"' in disposition
+    body = await response.read()
+    assert body.startswith("\ufeff".encode())
+    rows = list(csv.reader(io.StringIO(body.decode("utf-8-sig")), delimiter=";"))
+    assert rows[0] == ["période", "comptage", "couverture", "part_estimée", "vitesse_moyenne_kmh",
+                       "intervalles_rejetés", "motifs_de_rejet"]
+    assert len(rows) == len(doc["points"]) + 1
+    for row, p in zip(rows[1:], doc["points"], strict=True):
+        assert row[0] == p["period"] and (int(row[1]) if row[1] else None) == p["count"]
+        assert float(row[2].replace(",", ".")) == p["coverage"]
+        if p["speed"] is not None:
+            assert "," in row[4] and float(row[4].replace(",", ".")) == p["speed"]
+    standard = await env.client.get(base + "&format=csv")
+    assert 'filename="site-' in standard.headers["Content-Disposition"]
+    assert "_heavy_N_2025-07-01_2025-07-10_day.csv" in standard.headers["Content-Disposition"]
+    annual = await env.client.get("/api/v1/annual?year=2025&format=csv&dialect=fr")
+    text = (await annual.read()).decode("utf-8-sig")
+    header, *lines = list(csv.reader(io.StringIO(text), delimiter=";"))
+    assert header[:6] == ["id_site", "id_externe", "nom", "route", "TMJA", "TMJO"]
+    s1 = next(r for r in lines if r[1] == "S1")
+    assert "," in s1[4] and "annual_2025_fr.csv" in annual.headers["Content-Disposition"]
+    doc = await get_json(env.client, f"/api/v1/sites/{sid}/counts?format=csv&dialect=excel", 400)
+    assert_bad(doc, "dialect")
