@@ -452,9 +452,10 @@ def main() -> None:
         results = {e.name: bench_engine(e, args, Path(tmp)) for e in engines}
 
     print()
-    print(f"{'':<18}{'site daily series, ms':^32}{'annual table, ms':^32}{'month hourly CSV':^28}")
-    print(f"{'engine':<18}{'query':>8}{'http':>8}{'duckdb':>8}{'ratio':>8}{'query':>8}{'http':>8}{'duckdb':>8}"
-          f"{'ratio':>8}{'rows/s':>10}{'peak MB':>9}{'duckdb':>11}{'parquet r/s':>13}")
+    if not args.backfill_only:
+        print(f"{'':<18}{'site daily series, ms':^32}{'annual table, ms':^32}{'month hourly CSV':^28}")
+        print(f"{'engine':<18}{'query':>8}{'http':>8}{'duckdb':>8}{'ratio':>8}{'query':>8}{'http':>8}{'duckdb':>8}"
+              f"{'ratio':>8}{'rows/s':>10}{'peak MB':>9}{'duckdb':>11}{'parquet r/s':>13}")
     targets = {}
     for name, r in results.items():
         o, d = r["ours"], r["duckdb"]
