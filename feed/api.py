@@ -301,9 +301,11 @@ def method_document(config: Config, **extra: Any) -> dict[str, Any]:
         "validation": "every observed interval is tested against its channel's own history and its "
                       "neighbours; a rejected interval keeps its raw value, is not present (so it lowers "
                       "coverage and is left out of every sum) and is counted per reason in `invalid`",
-        "invalid_reasons": {code: text["en"] for code, text in validation.REASONS.items()},
-        "tmjo": "mean daily traffic over valid working days: Monday to Friday except public holidays "
-                f"({p.holidays!r} calendar)",
+        "invalid_reasons": validation.REASONS,  # each reason code in English and French
+        "valid_day": "a local day whose coverage, over every channel the site is expected to have that day, "
+                     "reaches coverage_threshold; days still to come are neither valid nor excluded",
+        **ANNUAL_METHOD,
+        "tmjo": f"{ANNUAL_METHOD['tmjo']} ({p.holidays!r} calendar)",
         "expected": "the intervals each channel's time step implies for the period in the local calendar "
                     "(a local day lasts 23 to 25 hours on DST changes)",
         "estimated_share": "estimated intervals / present intervals (null when none is present)",
@@ -827,13 +829,14 @@ ANNUAL_TYPES = {"site_id": pa.int32(), "external_id": pa.string(), "name": pa.st
                 "mean_speed": pa.float64(), "days_valid": pa.int32(), "days_excluded": pa.int32(),
                 "mean_coverage": pa.float64()}
 ANNUAL_METHOD = {
-    "tmja": "mean daily traffic (both directions, the site's total) over the days whose coverage reaches the "
-            "threshold",
-    "tmjo": "the same over valid Monday-to-Friday days (public holidays are not removed)",
+    "tmja": "TMJA (trafic moyen journalier annuel): the site's total, both directions, summed over the valid "
+            "days / the number of valid days, vehicles/day",
+    "tmjo": "TMJO (jours ouvrés): the same over valid days Monday to Friday, public holidays left out",
     "heavy_share": "heavy vehicles / all vehicles over the valid days where heavy vehicles are counted",
     "mean_speed": "count-weighted mean speed over the valid days, km/h",
-    "days_valid": "local days whose coverage (site total) reaches the threshold",
-    "days_excluded": "the other days of the year: below the threshold or without data",
+    "days_valid": "local days whose coverage, over every channel the site is expected to have that day, reaches "
+                  "the threshold",
+    "days_excluded": "the other days of the year already lived: below the threshold or without data",
     "mean_coverage": "mean daily coverage over the days with data",
 }
 EVENT_SPAN_TEXT = ("an event is in force from its actual (else planned) start, or when first seen, to its actual "
