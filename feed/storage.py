@@ -120,14 +120,17 @@ _BATCH_ROWS = "m.start BETWEEN t.lo AND t.hi"
 _REFRESH_HOURLY = f"""
 INSERT INTO rollup_hourly AS r (channel_id, bucket, count_sum, speed_weighted_sum, speed_count,
                                 intervals_present, intervals_estimated, intervals_expected)
-SELECT m.channel_id, date_trunc('hour', m.start), {_ROLLUP_VALUES},
+SELECT m.channel_id, date_trunc('hour', m.start, 'UTC'), {_ROLLUP_VALUES},
        greatest(1, 3600 / min(c.time_step))
   FROM unnest($1::int[], $2::timestamptz[], $3::timestamptz[]) AS t(channel_id, lo, hi)
   JOIN measurements m ON m.channel_id = t.channel_id AND {{rows}}
   JOIN channels c ON c.id = m.channel_id AND c.time_step < 3600
- GROUP BY m.channel_id, date_trunc('hour', m.start)
+ GROUP BY m.channel_id, date_trunc('hour', m.start, 'UTC')
 ON CONFLICT (channel_id, bucket) DO UPDATE SET {{update}}"""
-_HOURLY_BUCKETS = "m.start >= date_trunc('hour', t.lo) AND m.start < date_trunc('hour', t.hi) + interval '1 hour'"
+# Hours are UTC hours, named explicitly: the session's TimeZone (UTC in our pools,
+# but a pool configured elsewhere may differ) must not move a bucket.
+_HOURLY_BUCKETS = ("m.start >= date_trunc('hour', t.lo, 'UTC') "
+                   "AND m.start < date_trunc('hour', t.hi, 'UTC') + interval '1 hour'")
 
 # At least one interval a day: a daily channel owes one even on a 23-hour day.
 _DAILY_EXPECTED = """greatest(1, extract(epoch FROM ((({day} + 1)::timestamp AT TIME ZONE $4)
