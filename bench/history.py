@@ -403,7 +403,8 @@ def bench_engine(engine: Engine, args: argparse.Namespace, tmp: Path) -> dict[st
         for url in urls.values():
             migrate(url)
         if args.backfill_only:
-            print(f"[{engine.name}] backfilling {args.backfill_days:g} days from the simulator's export ...", flush=True)
+            print(f"[{engine.name}] backfilling {args.backfill_days:g} days from the simulator's export ...",
+                  flush=True)
             return {"ours": bench_backfill(urls["backfill"], args.backfill_days), "duckdb": {}}
         first = datetime(YEAR, 1, 1, tzinfo=PARIS)
         month_first = datetime(MONTH.year, MONTH.month, 1, tzinfo=PARIS)

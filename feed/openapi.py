@@ -84,7 +84,8 @@ SCHEMAS: dict[str, Any] = {
         "estimated_share": _nullable("number", minimum=0, maximum=1),
         "speed": _nullable("number", description="km/h"),
         "invalid": {"type": "integer", "minimum": 0,
-                    "description": "intervals rejected by validation (raw values kept, left out of count and coverage)"},
+                    "description": "intervals rejected by validation (raw values kept, left out of count and "
+                                   "coverage)"},
         "invalid_reasons": {"type": "string", "description": "their reason codes, comma-separated (see method)"},
     }),
     "AnnualRow": _object({

@@ -495,7 +495,8 @@ class Storage:
         """Judges the intervals of the batch's sites around [lo, hi] (feed/validation.py);
         returns, per channel, the range of intervals whose judgement changed."""
         return list(await conn.fetch(
-            f"WITH v AS ({validation.VALIDATE}) SELECT channel_id, min(start) AS lo, max(start) AS hi FROM v GROUP BY channel_id",
+            f"WITH v AS ({validation.VALIDATE}) "
+            "SELECT channel_id, min(start) AS lo, max(start) AS hi FROM v GROUP BY channel_id",
             channels, lo, hi, self.timezone))
 
     async def _refresh_rollups(
