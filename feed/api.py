@@ -298,14 +298,7 @@ def method_document(config: Config, **extra: Any) -> dict[str, Any]:
         "coverage": "intervals present / intervals expected",
         "present": "an interval with a count whose quality is observed or estimated and that validation "
                    "did not reject",
-        "validation": "every observed interval is tested against its channel's own history and its "
-                      "neighbours; a rejected interval keeps its raw value, is not present (so it lowers "
-                      "coverage and is left out of every sum) and is counted per reason in `invalid`",
-        "invalid_reasons": validation.REASONS,  # each reason code in English and French
-        "valid_day": "a local day whose coverage, over every channel the site is expected to have that day, "
-                     "reaches coverage_threshold; days still to come are neither valid nor excluded",
-        **ANNUAL_METHOD,
-        "tmjo": f"{ANNUAL_METHOD['tmjo']} ({p.holidays!r} calendar)",
+
         "expected": "the intervals each channel's time step implies for the period in the local calendar "
                     "(a local day lasts 23 to 25 hours on DST changes)",
         "estimated_share": "estimated intervals / present intervals (null when none is present)",
@@ -525,6 +518,9 @@ class _Api:
     def document(self, body: dict[str, Any], **method_extra: Any) -> dict[str, Any]:
         return _document(self.config, body, **method_extra)
 
+    def annual_method(self) -> dict[str, str]:
+        return {**ANNUAL_METHOD, "tmjo": f"{ANNUAL_METHOD['tmjo']} ({self.config.publication.holidays!r} calendar)"}
+
     # sites ------------------------------------------------------------------
 
     async def sites(self, request: web.Request) -> web.StreamResponse:
@@ -599,7 +595,7 @@ class _Api:
             "site": site_json(site, self.tz), "from": iso(start, self.tz), "to": iso(end, self.tz), "step": step,
             "direction": None if direction in (None, "all") else direction, "vehicle_class": vehicle_class,
             "points": rows,
-        }))
+        }, **VALIDATION_METHOD))
 
     def _point(self, p: history.Point) -> dict[str, Any]:
         period = p.period.astimezone(self.tz).isoformat() if isinstance(p.period, datetime) else p.period.isoformat()
@@ -654,7 +650,7 @@ class _Api:
             return respond(request, parquet_bytes(pa.table(columns)), MEDIA_TYPES["parquet"],
                            filename=f"annual_{year}.parquet", compressible=False)
         return respond_json(request, self.document(
-            {"year": year, "threshold": threshold, "rows": rows}, **ANNUAL_METHOD, coverage_threshold=threshold))
+            {"year": year, "threshold": threshold, "rows": rows}, **self.annual_method(), coverage_threshold=threshold))
 
     # events -----------------------------------------------------------------
 
@@ -733,7 +729,9 @@ class _Api:
         }), cache_control=LIVE_CACHE)
 
     def _dictionary(self) -> dict[str, Any]:
-        return self.document(downloads.dictionary(self.config.publication, method_document(self.config)))
+        extra = {**VALIDATION_METHOD, **self.annual_method()}
+        return self.document(downloads.dictionary(self.config.publication, method_document(self.config, **extra)),
+                             **extra)
 
     async def dictionary(self, request: web.Request) -> web.StreamResponse:
         return respond_json(request, self._dictionary())
@@ -838,6 +836,13 @@ ANNUAL_METHOD = {
                   "the threshold",
     "days_excluded": "the other days of the year already lived: below the threshold or without data",
     "mean_coverage": "mean daily coverage over the days with data",
+}
+# With every series and in the data dictionary: what validation does, each reason in English and French.
+VALIDATION_METHOD = {
+    "validation": "every observed interval is tested against its channel's own history and its neighbours; "
+                  "a rejected interval keeps its raw value, is not present (so it lowers coverage and is left "
+                  "out of every sum) and is counted per reason in `invalid`",
+    "invalid_reasons": validation.REASONS,
 }
 EVENT_SPAN_TEXT = ("an event is in force from its actual (else planned) start, or when first seen, to its actual "
                    "end once ended (its planned end while planned; open while active)")

@@ -757,3 +757,14 @@ async def test_french_csv_opens_in_columns_with_decimal_commas_and_says_what_it_
     assert "," in s1[4] and "annual_2025_fr.csv" in annual.headers["Content-Disposition"]
     doc = await get_json(env.client, f"/api/v1/sites/{sid}/counts?format=csv&dialect=excel", 400)
     assert_bad(doc, "dialect")
+
+
+async def test_series_and_dictionary_explain_rejections_and_the_annual_figures(env: Env):
+    sid = env.seeded.site_ids["S1"]
+    method = (await get_json(env.client, f"/api/v1/sites/{sid}/counts?from=2025-07-01&to=2025-07-02"))["method"]
+    assert set(method["invalid_reasons"]) == {"spike", "stuck_zero", "silent_direction", "flat_line",
+                                              "class_inconsistent"}
+    assert all(text["fr"] and text["en"] for text in method["invalid_reasons"].values())
+    dictionary = (await get_json(env.client, "/api/v1/downloads/dictionary.json"))["method"]
+    assert "public holidays" in dictionary["tmjo"] and "'fr' calendar" in dictionary["tmjo"]
+    assert "TMJA" in dictionary["tmja"] and dictionary["invalid_reasons"] == method["invalid_reasons"]
