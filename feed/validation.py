@@ -46,15 +46,15 @@ REASONS: dict[str, dict[str, str]] = {
 }
 
 HISTORY = timedelta(days=28)  # the norms: this much history before the batch
-CONTEXT = timedelta(days=2)  # rows read around the batch for neighbours in time
-REVISED = timedelta(days=1)  # rows around the batch whose judgement may change
+CONTEXT = 8  # intervals read on each side of the batch (a channel's neighbours in time)
+REVISED = 4  # intervals on each side of the batch whose judgement a new row can change
 
 # $1 channel ids of the batch, $2 first and $3 last interval start of the batch,
 # $4 the time zone of local hours. Updates the judgement of every interval of
-# the batch's sites within REVISED of it and returns those that changed.
+# the batch's sites within REVISED intervals of it and returns those that changed.
 VALIDATE = f"""
 WITH chans AS MATERIALIZED (
-    SELECT c.id, c.site_id, c.direction, c.vehicle_class
+    SELECT c.id, c.site_id, c.direction, c.vehicle_class, c.time_step * interval '1 second' AS step
       FROM channels c
      WHERE c.site_id IN (SELECT site_id FROM channels WHERE id = ANY($1::int[]))),
 norms AS MATERIALIZED (  -- one row of arrays (channel ids, their norms), read by position: no join to misplan
@@ -63,19 +63,18 @@ norms AS MATERIALIZED (  -- one row of arrays (channel ids, their norms), read b
                    percentile_cont(0.95) WITHIN GROUP (ORDER BY m.count * 3600.0 / m.length) AS high,
                    percentile_cont(0.5) WITHIN GROUP (ORDER BY m.count * 3600.0 / m.length)
                        FILTER (WHERE extract(hour FROM m.start AT TIME ZONE $4) BETWEEN 8 AND 18) AS day_median
-              FROM measurements m
-             WHERE m.channel_id IN (SELECT id FROM chans)
-               AND m.start >= $2::timestamptz - interval '{HISTORY.days} days' AND m.start <= $3::timestamptz
+              FROM chans c
+              JOIN measurements m ON m.channel_id = c.id  -- an index range per channel
+             WHERE m.start >= $2::timestamptz - interval '{HISTORY.days} days' AND m.start <= $3::timestamptz
                AND m.count IS NOT NULL AND m.quality = 'observed'
              GROUP BY m.channel_id) g),
 w AS (
-    SELECT m.channel_id, m.start, m.count, m.quality, m.flag, c.site_id, c.direction, c.vehicle_class,
+    SELECT m.channel_id, m.start, m.count, m.quality, m.flag, c.site_id, c.direction, c.vehicle_class, c.step,
            m.count * 3600.0 / m.length AS rate, extract(hour FROM m.start AT TIME ZONE $4) AS local_hour,
            m.count IS NOT NULL AND m.quality = 'observed' AS judged
       FROM measurements m
       JOIN chans c ON c.id = m.channel_id
-     WHERE m.start >= $2::timestamptz - interval '{CONTEXT.days} days'
-       AND m.start <= $3::timestamptz + interval '{CONTEXT.days} days'),
+     WHERE m.start >= $2::timestamptz - {CONTEXT} * c.step AND m.start <= $3::timestamptz + {CONTEXT} * c.step),
 -- Neighbours in time (the same channel) and at the same instant (the other
 -- direction, the other classes) by window functions: no join, whatever the row
 -- estimates.
@@ -112,13 +111,12 @@ judged AS (
                   AND abs(x.parts - x.whole) > greatest(2, 0.05 * x.whole) THEN 'class_inconsistent'
            END AS new_flag
       FROM x CROSS JOIN norms n
-     WHERE x.start >= $2::timestamptz - interval '{REVISED.days} days'
-       AND x.start <= $3::timestamptz + interval '{REVISED.days} days')
+     WHERE x.start >= $2::timestamptz - {REVISED} * x.step AND x.start <= $3::timestamptz + {REVISED} * x.step),
+changed AS MATERIALIZED (SELECT * FROM judged WHERE flag IS DISTINCT FROM new_flag)
 UPDATE measurements m
    SET validation = CASE WHEN j.new_flag IS NULL THEN NULL ELSE 'invalid' END, flag = j.new_flag
-  FROM judged j
+  FROM changed j
  WHERE m.channel_id = j.channel_id AND m.start = j.start
-   AND m.start >= $2::timestamptz - interval '{REVISED.days} days'
-   AND m.start <= $3::timestamptz + interval '{REVISED.days} days'
-   AND j.flag IS DISTINCT FROM j.new_flag
+   -- the widest reach (4 daily intervals), so that a hypertable reads only the chunks concerned
+   AND m.start >= $2::timestamptz - interval '{REVISED} days' AND m.start <= $3::timestamptz + interval '{REVISED} days'
 RETURNING m.channel_id, m.start"""
