@@ -440,12 +440,16 @@ async def site_series(
 # are several times faster than one over every site-day of the year. Sums are
 # float8: exact for integers below 2**53, and far cheaper than numeric.
 # A day's expected intervals count every total channel the site is expected to
-# have that day (its validity), whether it sent anything or not: a channel dead
-# all day weighs on the day's coverage.
+# have that day (from its valid_from, else its first day of data, to its
+# valid_to), whether it sent anything or not: a channel dead all day weighs on
+# the day's coverage.
 # $1 year, $2 threshold, $3 public holidays (left out of TMJO).
 _ANNUAL = """
 WITH ch AS MATERIALIZED (
-    SELECT id, site_id, time_step, valid_from, valid_to, vehicle_class = 'heavy' AS heavy,
+    SELECT id, site_id, time_step, valid_to, vehicle_class = 'heavy' AS heavy,
+           -- not expected before it is declared valid, or else before its first day of data
+           coalesce(valid_from, (SELECT day FROM rollup_daily r WHERE r.channel_id = channels.id
+                                  ORDER BY day LIMIT 1)) AS valid_from,
            vehicle_class = 'all' OR NOT bool_or(vehicle_class = 'all') OVER (PARTITION BY site_id) AS total
       FROM channels),
 per_site AS (

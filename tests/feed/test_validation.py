@@ -82,6 +82,7 @@ FAULTS = ["spike", "stuck_zero", "silent_direction", "flat_line", "class_inconsi
        direction=st.integers(0, 1), vclass=st.sampled_from(["light", "heavy"]), batches=st.integers(1, 2))
 @example(kind="spike", day=8, hour=10, direction=0, vclass="heavy", batches=1)
 @example(kind="stuck_zero", day=9, hour=9, direction=1, vclass="light", batches=2)
+@example(kind="stuck_zero", day=7, hour=9, direction=1, vclass="light", batches=1)  # Whit Monday: quiet at 6
 @example(kind="silent_direction", day=10, hour=11, direction=0, vclass="light", batches=1)
 @example(kind="flat_line", day=11, hour=9, direction=1, vclass="light", batches=1)
 @example(kind="class_inconsistent", day=12, hour=12, direction=0, vclass="light", batches=1)
@@ -104,6 +105,7 @@ async def test_each_injected_fault_is_flagged_with_its_reason_and_left_out(
         by_key = {(r[0], r[1]): r for r in rows}
         changed: dict[tuple[int, datetime], int] = {}  # the injected values
         want: dict[tuple[int, datetime], set[str]] = {}  # what must be flagged, and with which reasons
+        may: dict[tuple[int, datetime], set[str]] = {}  # what may be flagged (it depends on the other direction)
         if kind == "spike":
             n = by_key[(target, at(hour))][3] or 0
             changed[(target, at(hour))] = n * 9 + 2400
@@ -112,7 +114,10 @@ async def test_each_injected_fault_is_flagged_with_its_reason_and_left_out(
             target = ids[f"{code}:light"]  # the busy class: its daytime median is far above zero
             for h in range(6, 21):
                 changed[(target, at(h))] = 0
-                want[(target, at(h))] = {"stuck_zero"} if 8 <= h <= 18 else {"stuck_zero", "silent_direction"}
+                if 8 <= h <= 18:
+                    want[(target, at(h))] = {"stuck_zero"}
+                else:  # early and late: flagged only while the other direction flows (not on a quiet holiday)
+                    may[(target, at(h))] = {"silent_direction"}
         elif kind == "silent_direction":
             target = ids[f"{code}:light"]
             changed[(target, at(hour))] = 0
@@ -135,9 +140,9 @@ async def test_each_injected_fault_is_flagged_with_its_reason_and_left_out(
             await storage.ingest_measurements(part)
 
         got = await flags(storage, list(ids.values()))
-        assert set(got) == set(want), (kind, sorted(got.items())[:5], sorted(want)[:5])
+        assert set(want) <= set(got) <= set(want) | set(may), (kind, sorted(got.items())[:5], sorted(want)[:5])
         for key, reason in got.items():
-            assert reason in want[key] and reason in REASONS
+            assert reason in want.get(key, may.get(key, set())) and reason in REASONS
         raw = {(r[0], r[1]): r[2] for r in await storage.pool.fetch(
             "SELECT channel_id, start, count FROM measurements WHERE channel_id = ANY($1::int[])", list(ids.values()))}
         for key, value in changed.items():
@@ -253,3 +258,19 @@ async def test_periods_still_to_come_are_not_shown_as_missing(storage: Storage):
     assert hours[-1].period == datetime(2026, 12, 7, 11, tzinfo=UTC)  # 12:00 local, the hour under way
     (month,) = await history.channel_series(storage.pool, site.channels, start, end, "month", "Europe/Paris", now)
     assert month.period == date(2026, 12, 1)
+
+
+async def test_a_channel_is_expected_from_its_validity_or_its_first_data(storage: Storage):
+    """A site whose heavy channels start on the 8th: the days before are judged on the
+    light channels alone (valid), not made invalid by channels that did not exist yet;
+    with valid_from set earlier, those days lack the heavy channels and are invalid."""
+    sid, ids, rows = await simulated_site(storage, SIM, NORMAL, date(2025, 3, 3), 14)
+    heavy = {v for k, v in ids.items() if k.endswith(":heavy")}
+    start_heavy = datetime(2025, 3, 10, tzinfo=PARIS)
+    await storage.ingest_measurements([r for r in rows if r[0] not in heavy or r[1] >= start_heavy])
+    (row,) = [r for r in await history.annual_table(storage.pool, 2025, 0.95) if r.site_id == sid]
+    assert row.days_valid == 14
+    await storage.pool.execute("UPDATE channels SET valid_from = '2025-03-03' WHERE id = ANY($1::int[])",
+                               sorted(heavy))
+    (row,) = [r for r in await history.annual_table(storage.pool, 2025, 0.95) if r.site_id == sid]
+    assert row.days_valid == 7
