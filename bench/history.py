@@ -18,10 +18,18 @@ same series, the same annual table (checked equal), the same month as CSV.
 The targets compare like with like: our query time in process (the handler's
 read transaction, the site lookup, the series or table) against DuckDB's query
 time; the HTTP round trip (another process, JSON) is shown beside it.
-Prints a table, then one JSON line with the targets:
-series <= 0.5 x DuckDB, annual <= 0.5 x DuckDB, CSV >= 100,000 rows/s.
 
-Usage: python bench/history.py [--sites 500] [--days 365] [--month-days 31] [--repeat 30] [--engine NAME]
+4. the backfill of `--backfill-days` (default 345) of the simulator's 61 sites from
+   its Opendatasoft export (`roadfeed simulate` in its own process, our real
+   collector's first poll with `backfill_days` in another): wall time and the
+   collector process's peak memory (its ru_maxrss), validation and rollups included.
+
+Prints a table, then one JSON line with the targets:
+series <= 0.5 x DuckDB, annual <= 0.5 x DuckDB, CSV >= 100,000 rows/s,
+backfill <= 120 s and <= 300 MB.
+
+Usage: python bench/history.py [--sites 500] [--days 365] [--month-days 31] [--repeat 30]
+                               [--backfill-days 345] [--engine NAME]
 """
 
 from __future__ import annotations
@@ -89,6 +97,61 @@ async def main(url, port):
 
 asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
+
+
+# One backfill poll of the simulator's counters (argv: database URL, simulator URL,
+# days): prints the poll's report line, then its own peak memory (kB) on the last line.
+BACKFILL = r"""
+import asyncio, resource, sys
+import aiohttp
+from collectors.fetch import Fetcher
+from feed.collect import poll_source
+from feed.config import Config, SourceConfig
+from feed.simulator import simulator_sources
+from feed.storage import Storage
+
+async def main(url, sim_url, days):
+    entry = next(e for e in simulator_sources(sim_url) if e["options"].get("dataset_type") == "counters")
+    entry["options"] = {**entry["options"], "backfill_days": days}
+    config = Config(sources=[SourceConfig(**entry)])
+    storage = await Storage.open(url, max_size=4)
+    try:
+        async with aiohttp.ClientSession() as session:
+            report = await poll_source(config.sources[0], storage, Fetcher(session), config.publication)
+        print(report.line(), flush=True)
+    finally:
+        await storage.close()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
+    sys.exit(0 if report.stats.error is None else 1)
+
+asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3])))
+"""
+
+
+def bench_backfill(url: str, days: float) -> dict[str, Any]:
+    """Backfills `days` from the simulator's export; wall time, rows stored, collector peak memory."""
+    port = free_port()
+    sim = subprocess.Popen([sys.executable, "-m", "feed.cli", "simulate", "--port", str(port),
+                            "--history-days", str(days + 1)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sim.stdout is not None
+        for line in sim.stdout:  # ready once it says where it serves
+            if "simulated now" in line:
+                break
+        t = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", BACKFILL, url, f"http://127.0.0.1:{port}", str(days)],
+                              capture_output=True, text=True)
+        seconds = time.perf_counter() - t
+    finally:
+        sim.terminate()
+        sim.wait()
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT count(*) FROM measurements").fetchone()[0]
+    lines = done.stdout.strip().splitlines()
+    peak_mb = int(lines[-1]) / 1024 if lines and lines[-1].isdigit() else float("nan")
+    print(f"    backfill: {lines[0] if lines else done.stderr.strip()[-2000:]}", flush=True)
+    return {"backfill_s": seconds, "backfill_rows": rows, "backfill_peak_mb": peak_mb,
+            "backfill_ok": done.returncode == 0}
 
 
 def count(channel: int, hour: int, vehicle_class: str) -> int:
@@ -335,9 +398,14 @@ def bench_engine(engine: Engine, args: argparse.Namespace, tmp: Path) -> dict[st
         with psycopg.connect(cluster.url, autocommit=True) as conn:
             conn.execute("CREATE DATABASE year")
             conn.execute("CREATE DATABASE month")
-        urls = {name: cluster.url_for(name) for name in ("year", "month")}
+            conn.execute("CREATE DATABASE backfill")
+        urls = {name: cluster.url_for(name) for name in ("year", "month", "backfill")}
         for url in urls.values():
             migrate(url)
+        if args.backfill_only:
+            print(f"[{engine.name}] backfilling {args.backfill_days:g} days from the simulator's export ...",
+                  flush=True)
+            return {"ours": bench_backfill(urls["backfill"], args.backfill_days), "duckdb": {}}
         first = datetime(YEAR, 1, 1, tzinfo=PARIS)
         month_first = datetime(MONTH.year, MONTH.month, 1, tzinfo=PARIS)
         print(f"[{engine.name}] loading a year ...", flush=True)
@@ -360,6 +428,8 @@ def bench_engine(engine: Engine, args: argparse.Namespace, tmp: Path) -> dict[st
             assert row["days_valid"] == duck[1] and abs(row["tmja"] - duck[2]) < 0.06, (row, duck)
             assert abs(row["heavy_share"] - duck[4]) < 6e-5, (row, duck)
         ref.pop("annual")
+        print(f"[{engine.name}] backfilling {args.backfill_days:g} days from the simulator's export ...", flush=True)
+        ours.update(bench_backfill(urls["backfill"], args.backfill_days))
         return {"ours": ours, "duckdb": ref}
     finally:
         cluster.stop()
@@ -372,6 +442,8 @@ def main() -> None:
     p.add_argument("--days", type=int, default=365)
     p.add_argument("--month-days", type=int, default=31)
     p.add_argument("--repeat", type=int, default=30)
+    p.add_argument("--backfill-days", type=float, default=345)
+    p.add_argument("--backfill-only", action="store_true", help="only the backfill (4.), not the 17.5 M rows")
     p.add_argument("--engine", action="append", help="pg15-postgis or pg17-timescaledb (default: every one found)")
     args = p.parse_args()
     engines = [e for e in (host_engine(), chroot_engine()) if e is not None and e.name in (args.engine or [e.name])]
@@ -381,24 +453,38 @@ def main() -> None:
         results = {e.name: bench_engine(e, args, Path(tmp)) for e in engines}
 
     print()
-    print(f"{'':<18}{'site daily series, ms':^32}{'annual table, ms':^32}{'month hourly CSV':^28}")
-    print(f"{'engine':<18}{'query':>8}{'http':>8}{'duckdb':>8}{'ratio':>8}{'query':>8}{'http':>8}{'duckdb':>8}"
-          f"{'ratio':>8}{'rows/s':>10}{'peak MB':>9}{'duckdb':>11}{'parquet r/s':>13}")
+    if not args.backfill_only:
+        print(f"{'':<18}{'site daily series, ms':^32}{'annual table, ms':^32}{'month hourly CSV':^28}")
+        print(f"{'engine':<18}{'query':>8}{'http':>8}{'duckdb':>8}{'ratio':>8}{'query':>8}{'http':>8}{'duckdb':>8}"
+              f"{'ratio':>8}{'rows/s':>10}{'peak MB':>9}{'duckdb':>11}{'parquet r/s':>13}")
     targets = {}
     for name, r in results.items():
         o, d = r["ours"], r["duckdb"]
-        series, annual = o["series_query_ms"] / d["series_ms"], o["annual_query_ms"] / d["annual_ms"]
-        peak = "n/a" if o["csv_peak_growth_mb"] is None else f"{o['csv_peak_growth_mb']:.1f}"
-        print(f"{name:<18}{o['series_query_ms']:>8.2f}{o['series_ms']:>8.2f}{d['series_ms']:>8.2f}{series:>8.2f}"
-              f"{o['annual_query_ms']:>8.0f}{o['annual_ms']:>8.0f}{d['annual_ms']:>8.0f}{annual:>8.2f}"
-              f"{o['csv_rows_per_s']:>10,.0f}{peak:>9}{d['csv_rows_per_s']:>11,.0f}{o['parquet_rows_per_s']:>13,.0f}")
-        targets[f"{name}.site_daily_series_vs_duckdb"] = {"value": round(series, 3), "op": "<=", "target": 0.5}
-        targets[f"{name}.annual_table_vs_duckdb"] = {"value": round(annual, 3), "op": "<=", "target": 0.5}
-        targets[f"{name}.month_hourly_csv_rows_per_s"] = {"value": round(o["csv_rows_per_s"]), "op": ">=",
-                                                           "target": 100_000}
+        if not args.backfill_only:
+            targets.update(api_targets(name, o, d))
+        print(f"{name:<18}backfill of {args.backfill_days:g} days: {o['backfill_rows']:,} rows in "
+              f"{o['backfill_s']:.1f} s ({o['backfill_rows'] / o['backfill_s']:,.0f} rows/s), collector peak "
+              f"{o['backfill_peak_mb']:.0f} MB{'' if o['backfill_ok'] else ', FAILED'}")
+        targets[f"{name}.backfill_s"] = {"value": round(o["backfill_s"], 1) if o["backfill_ok"] else None,
+                                         "op": "<=", "target": 120}
+        targets[f"{name}.backfill_peak_mb"] = {"value": round(o["backfill_peak_mb"]), "op": "<=", "target": 300}
     print(json.dumps({"bench": "history", "targets": targets,
                       "results": {n: {k: {m: (round(v, 3) if isinstance(v, float) else v) for m, v in part.items()}
                                       for k, part in r.items()} for n, r in results.items()}}))
+
+
+def api_targets(name: str, o: dict[str, Any], d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Prints one engine's row of the API table; returns its targets."""
+    series, annual = o["series_query_ms"] / d["series_ms"], o["annual_query_ms"] / d["annual_ms"]
+    peak = "n/a" if o["csv_peak_growth_mb"] is None else f"{o['csv_peak_growth_mb']:.1f}"
+    print(f"{name:<18}{o['series_query_ms']:>8.2f}{o['series_ms']:>8.2f}{d['series_ms']:>8.2f}{series:>8.2f}"
+          f"{o['annual_query_ms']:>8.0f}{o['annual_ms']:>8.0f}{d['annual_ms']:>8.0f}{annual:>8.2f}"
+          f"{o['csv_rows_per_s']:>10,.0f}{peak:>9}{d['csv_rows_per_s']:>11,.0f}{o['parquet_rows_per_s']:>13,.0f}")
+    return {
+        f"{name}.site_daily_series_vs_duckdb": {"value": round(series, 3), "op": "<=", "target": 0.5},
+        f"{name}.annual_table_vs_duckdb": {"value": round(annual, 3), "op": "<=", "target": 0.5},
+        f"{name}.month_hourly_csv_rows_per_s": {"value": round(o["csv_rows_per_s"]), "op": ">=", "target": 100_000},
+    }
 
 
 if __name__ == "__main__":

@@ -147,6 +147,13 @@ async def poll_opendatasoft(source: SourceConfig, state: SourceState, fetcher: F
     return outcome
 
 
+# A backfill's export is spooled to a temporary file as it arrives, so its size is
+# bounded by disk, not memory: the cap (source option `max_body_bytes`) is only a
+# safety net against a runaway server. A year of a département's hourly counts is
+# a few hundred MB.
+BACKFILL_MAX_BYTES = 8 * 1024**3
+
+
 async def _backfill_counters(
     source: SourceConfig, mapping: opendatasoft_parse.CounterMapping, fetcher: Fetcher, sink: Sink,
     headers: dict[str, str], horizon: datetime,
@@ -156,7 +163,9 @@ async def _backfill_counters(
     url = opendatasoft_parse.exports_url(source.url, source.options["dataset"], time_field=mapping.time_field,
                                          watermark=since, order_by_id=source.options.get("order_by_id", mapping.site_id))
     fetched = await fetcher.get(source.id, url, headers=headers, error_detail=opendatasoft_parse.parse_ods_error,
-                                policy=replace(fetcher.policy, timeout=max(fetcher.policy.timeout, 600)))
+                                policy=replace(fetcher.policy, timeout=max(fetcher.policy.timeout, 600),
+                                               max_bytes=int(source.options.get("max_body_bytes",
+                                                                                BACKFILL_MAX_BYTES))))
     items = opendatasoft_parse.parse_export_json(fetched.body, mapping, source=source.id, now=sink.now,
                                                  not_after=horizon)
     await _consume(sink, fetched, items)

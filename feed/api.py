@@ -35,7 +35,7 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
 from exporters import geojson
-from feed import downloads, history
+from feed import downloads, history, validation
 from feed.config import Config
 from feed.downloads import MEDIA_TYPES, neutralise
 from feed.feeds import (
@@ -296,7 +296,9 @@ def method_document(config: Config, **extra: Any) -> dict[str, Any]:
         "coverage_threshold": p.coverage_threshold,
         "aggregation_version": history.AGGREGATION_VERSION,
         "coverage": "intervals present / intervals expected",
-        "present": "an interval with a count whose quality is observed or estimated",
+        "present": "an interval with a count whose quality is observed or estimated and that validation "
+                   "did not reject",
+
         "expected": "the intervals each channel's time step implies for the period in the local calendar "
                     "(a local day lasts 23 to 25 hours on DST changes)",
         "estimated_share": "estimated intervals / present intervals (null when none is present)",
@@ -379,7 +381,35 @@ def _csv_cell(value: Any) -> str:
     return str(value)
 
 
-def csv_bytes(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
+# French spreadsheets (dialect=fr): `;` between cells, a decimal comma, French
+# headers and a UTF-8 byte order mark, so that a double click opens the file in
+# columns with numbers as numbers.
+DIALECTS = ("standard", "fr")
+FR_HEADERS = {
+    "period": "période", "count": "comptage", "coverage": "couverture", "estimated_share": "part_estimée",
+    "speed": "vitesse_moyenne_kmh", "invalid": "intervalles_rejetés", "invalid_reasons": "motifs_de_rejet",
+    "site_id": "id_site", "external_id": "id_externe", "name": "nom", "road": "route", "tmja": "TMJA",
+    "tmjo": "TMJO", "heavy_share": "part_poids_lourds", "mean_speed": "vitesse_moyenne_kmh",
+    "days_valid": "jours_valides", "days_excluded": "jours_exclus", "mean_coverage": "couverture_moyenne",
+}
+
+
+def _csv_cell_fr(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value).replace(".", ",")
+    if isinstance(value, str):
+        value = neutralise(value)
+        if any(ch in value for ch in ';"\n\r'):
+            return '"' + value.replace('"', '""') + '"'
+        return value
+    return _csv_cell(value)
+
+
+def csv_bytes(header: Sequence[str], rows: Sequence[Sequence[Any]], dialect: str = "standard") -> bytes:
+    if dialect == "fr":
+        lines = [";".join(FR_HEADERS.get(h, h) for h in header)]
+        lines += [";".join(_csv_cell_fr(v) for v in row) for row in rows]
+        return "\ufeff".encode() + ("\r\n".join(lines) + "\r\n").encode()
     lines = [",".join(header)]
     lines += [",".join(_csv_cell(v) for v in row) for row in rows]
     return ("\n".join(lines) + "\n").encode()
@@ -488,6 +518,9 @@ class _Api:
     def document(self, body: dict[str, Any], **method_extra: Any) -> dict[str, Any]:
         return _document(self.config, body, **method_extra)
 
+    def annual_method(self) -> dict[str, str]:
+        return {**ANNUAL_METHOD, "tmjo": f"{ANNUAL_METHOD['tmjo']} ({self.config.publication.holidays!r} calendar)"}
+
     # sites ------------------------------------------------------------------
 
     async def sites(self, request: web.Request) -> web.StreamResponse:
@@ -529,7 +562,9 @@ class _Api:
         q = request.query
         step: Step = _choice(q, "step", STEPS, "day")  # type: ignore[assignment]
         fmt = _choice(q, "format", ("json", "csv", "parquet"), "json")
-        start, end = counts_range(q, step, self.tz, datetime.now(UTC))
+        dialect = _choice(q, "dialect", DIALECTS, "standard")
+        now = datetime.now(UTC)
+        start, end = counts_range(q, step, self.tz, now)
         direction = _one(q, "direction")
         vehicle_class = _one(q, "vehicle_class") or "all"
         async with reading(self.ctx) as conn:
@@ -544,12 +579,15 @@ class _Api:
                            f"site {site.id} has no {vehicle_class!r} vehicle class")
             chosen = history.select_channels(site, None if direction in (None, "all") else direction, vehicle_class)
             points = await history.channel_series(conn, chosen, start, end, step,
-                                                  self.config.publication.timezone)
+                                                  self.config.publication.timezone, now)
         rows = [self._point(p) for p in points]
-        name = f"site-{site.id}_{_stamp(start, self.tz)}_{_stamp(end, self.tz)}_{step}"
+        # What the file holds, in its name: site, class, direction and the inclusive period.
+        last = shift(end, step, -1, self.tz)
+        name = (f"site-{site.id}_{vehicle_class}_{'all-directions' if direction in (None, 'all') else direction}"
+                f"_{_stamp(start, self.tz)}_{_stamp(last, self.tz)}_{step}")
         if fmt == "csv":
-            return respond(request, csv_bytes(COUNT_FIELDS, [[r[k] for k in COUNT_FIELDS] for r in rows]),
-                           MEDIA_TYPES["csv"], filename=f"{name}.csv")
+            return respond(request, csv_bytes(COUNT_FIELDS, [[r[k] for k in COUNT_FIELDS] for r in rows], dialect),
+                           MEDIA_TYPES["csv"], filename=f"{name}{'_fr' if dialect == 'fr' else ''}.csv")
         if fmt == "parquet":
             return respond(request, parquet_bytes(self._points_table(points, rows, step)), MEDIA_TYPES["parquet"],
                            filename=f"{name}.parquet", compressible=False)
@@ -557,13 +595,14 @@ class _Api:
             "site": site_json(site, self.tz), "from": iso(start, self.tz), "to": iso(end, self.tz), "step": step,
             "direction": None if direction in (None, "all") else direction, "vehicle_class": vehicle_class,
             "points": rows,
-        }))
+        }, **VALIDATION_METHOD))
 
     def _point(self, p: history.Point) -> dict[str, Any]:
         period = p.period.astimezone(self.tz).isoformat() if isinstance(p.period, datetime) else p.period.isoformat()
         present = p.present > 0
         return {"period": period, "count": p.count if present else None, "coverage": p.coverage,
-                "estimated_share": p.estimated_share if present else None, "speed": p.speed}
+                "estimated_share": p.estimated_share if present else None, "speed": p.speed,
+                "invalid": sum(p.invalid.values()), "invalid_reasons": ",".join(sorted(p.invalid))}
 
     def _points_table(self, points: Sequence[history.Point], rows: Sequence[dict[str, Any]], step: Step) -> pa.Table:
         period_type = pa.timestamp("ms", tz=self.config.publication.timezone) if step == "hour" else pa.date32()
@@ -573,6 +612,8 @@ class _Api:
             "coverage": pa.array([r["coverage"] for r in rows], pa.float64()),
             "estimated_share": pa.array([r["estimated_share"] for r in rows], pa.float64()),
             "speed": pa.array([r["speed"] for r in rows], pa.float64()),
+            "invalid": pa.array([r["invalid"] for r in rows], pa.int32()),
+            "invalid_reasons": pa.array([r["invalid_reasons"] for r in rows], pa.string()),
         })
 
     # annual -----------------------------------------------------------------
@@ -583,6 +624,7 @@ class _Api:
         if year is None:
             raise _bad("year", "", f"a year from {YEARS[0]} to {YEARS[1]}, e.g. 2025", "year is required")
         fmt = _choice(q, "format", ("json", "csv", "parquet"), "json")
+        dialect = _choice(q, "dialect", DIALECTS, "standard")
         raw_threshold = _one(q, "threshold")
         threshold = self.config.publication.coverage_threshold
         if raw_threshold is not None:
@@ -594,20 +636,21 @@ class _Api:
                 raise _bad("threshold", raw_threshold, "a number from 0 to 1, e.g. 0.95",
                            f"threshold {raw_threshold!r} is not a share from 0 to 1")
         async with reading(self.ctx) as conn:
-            table = await history.annual_table(conn, year, threshold, self.config.publication.timezone)
+            table = await history.annual_table(conn, year, threshold, self.config.publication.timezone,
+                                                 holidays=self.config.publication.holidays)
         rows = [{"site_id": r.site_id, "external_id": r.external_id, "name": r.name, "road": r.road,
                  "tmja": r.tmja, "tmjo": r.tmjo, "heavy_share": r.heavy_share, "mean_speed": r.mean_speed,
                  "days_valid": r.days_valid, "days_excluded": r.days_excluded, "mean_coverage": r.mean_coverage}
                 for r in table]
         if fmt == "csv":
-            return respond(request, csv_bytes(ANNUAL_FIELDS, [[r[k] for k in ANNUAL_FIELDS] for r in rows]),
-                           MEDIA_TYPES["csv"], filename=f"annual_{year}.csv")
+            return respond(request, csv_bytes(ANNUAL_FIELDS, [[r[k] for k in ANNUAL_FIELDS] for r in rows], dialect),
+                           MEDIA_TYPES["csv"], filename=f"annual_{year}{'_fr' if dialect == 'fr' else ''}.csv")
         if fmt == "parquet":
             columns = {k: pa.array([r[k] for r in rows], ANNUAL_TYPES[k]) for k in ANNUAL_FIELDS}
             return respond(request, parquet_bytes(pa.table(columns)), MEDIA_TYPES["parquet"],
                            filename=f"annual_{year}.parquet", compressible=False)
         return respond_json(request, self.document(
-            {"year": year, "threshold": threshold, "rows": rows}, **ANNUAL_METHOD, coverage_threshold=threshold))
+            {"year": year, "threshold": threshold, "rows": rows}, **self.annual_method(), coverage_threshold=threshold))
 
     # events -----------------------------------------------------------------
 
@@ -686,7 +729,9 @@ class _Api:
         }), cache_control=LIVE_CACHE)
 
     def _dictionary(self) -> dict[str, Any]:
-        return self.document(downloads.dictionary(self.config.publication, method_document(self.config)))
+        extra = {**VALIDATION_METHOD, **self.annual_method()}
+        return self.document(downloads.dictionary(self.config.publication, method_document(self.config, **extra)),
+                             **extra)
 
     async def dictionary(self, request: web.Request) -> web.StreamResponse:
         return respond_json(request, self._dictionary())
@@ -774,7 +819,7 @@ class _Api:
         return respond_json(request, openapi_document(self.config), cache_control="public, max-age=300")
 
 
-COUNT_FIELDS = ("period", "count", "coverage", "estimated_share", "speed")
+COUNT_FIELDS = ("period", "count", "coverage", "estimated_share", "speed", "invalid", "invalid_reasons")
 ANNUAL_FIELDS = ("site_id", "external_id", "name", "road", "tmja", "tmjo", "heavy_share", "mean_speed",
                  "days_valid", "days_excluded", "mean_coverage")
 ANNUAL_TYPES = {"site_id": pa.int32(), "external_id": pa.string(), "name": pa.string(), "road": pa.string(),
@@ -782,14 +827,22 @@ ANNUAL_TYPES = {"site_id": pa.int32(), "external_id": pa.string(), "name": pa.st
                 "mean_speed": pa.float64(), "days_valid": pa.int32(), "days_excluded": pa.int32(),
                 "mean_coverage": pa.float64()}
 ANNUAL_METHOD = {
-    "tmja": "mean daily traffic (both directions, the site's total) over the days whose coverage reaches the "
-            "threshold",
-    "tmjo": "the same over valid Monday-to-Friday days (public holidays are not removed)",
+    "tmja": "TMJA (trafic moyen journalier annuel): the site's total, both directions, summed over the valid "
+            "days / the number of valid days, vehicles/day",
+    "tmjo": "TMJO (jours ouvrés): the same over valid days Monday to Friday, public holidays left out",
     "heavy_share": "heavy vehicles / all vehicles over the valid days where heavy vehicles are counted",
     "mean_speed": "count-weighted mean speed over the valid days, km/h",
-    "days_valid": "local days whose coverage (site total) reaches the threshold",
-    "days_excluded": "the other days of the year: below the threshold or without data",
+    "days_valid": "local days whose coverage, over every channel the site is expected to have that day, reaches "
+                  "the threshold",
+    "days_excluded": "the other days of the year already lived: below the threshold or without data",
     "mean_coverage": "mean daily coverage over the days with data",
+}
+# With every series and in the data dictionary: what validation does, each reason in English and French.
+VALIDATION_METHOD = {
+    "validation": "every observed interval is tested against its channel's own history and its neighbours; "
+                  "a rejected interval keeps its raw value, is not present (so it lowers coverage and is left "
+                  "out of every sum) and is counted per reason in `invalid`",
+    "invalid_reasons": validation.REASONS,
 }
 EVENT_SPAN_TEXT = ("an event is in force from its actual (else planned) start, or when first seen, to its actual "
                    "end once ended (its planned end while planned; open while active)")

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from feed.holidays import Calendar
+
 SourceKind = Literal["opendatasoft", "datex2", "comptage-mobilites"]
 
 
@@ -72,6 +74,7 @@ class PublicationConfig(_Section):
     bbox_margin_deg: float = Field(default=0.5, ge=0)
     ended_events_hours: int = Field(default=24, ge=0)  # how long ended events stay in live feeds
     coverage_threshold: float = Field(default=0.95, ge=0, le=1)
+    holidays: Calendar = "fr"  # public holidays left out of TMJO (working days): "fr" or "none"
 
     @field_validator("country")
     @classmethod

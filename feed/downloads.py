@@ -472,7 +472,8 @@ SELECT {select}
                CASE WHEN q.ok AND m.speed IS NOT NULL THEN m.count ELSE 0 END,
                q.ok::integer, (q.ok AND m.quality = 'estimated')::integer, 1
           FROM measurements m
-         CROSS JOIN LATERAL (SELECT m.count IS NOT NULL AND m.quality IN ('observed', 'estimated') AS ok) q
+         CROSS JOIN LATERAL (SELECT m.count IS NOT NULL AND m.quality IN ('observed', 'estimated')
+                                           AND m.validation IS NULL AS ok) q
          WHERE m.channel_id = ANY({sql_literal(hourly)}) AND m.start >= {lo} AND m.start < {hi}) r
   JOIN k ON k.channel_id = r.channel_id
  ORDER BY k.site_id, k.channel_id, r.bucket""")

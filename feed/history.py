@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from feed.holidays import Calendar, public_holidays
 from feed.model import StoredEvent
 
 Step = Literal["hour", "day", "month", "year"]
@@ -281,6 +282,7 @@ class Point:
     speed: float | None  # count-weighted mean, km/h
     present: int = 0
     expected: int = 0
+    invalid: dict[str, int] = field(default_factory=dict)  # intervals rejected by validation, per reason
 
 
 # $1 sub-hourly channels (hourly rollup), $2 hourly channels (raw rows are their
@@ -298,7 +300,8 @@ SELECT bucket, sum(count_sum)::bigint AS count, sum(present)::bigint AS present,
                CASE WHEN q.ok AND m.speed IS NOT NULL THEN m.speed::float8 * m.count ELSE 0 END,
                CASE WHEN q.ok AND m.speed IS NOT NULL THEN m.count ELSE 0 END
           FROM measurements m
-         CROSS JOIN LATERAL (SELECT m.count IS NOT NULL AND m.quality IN ('observed', 'estimated') AS ok) q
+         CROSS JOIN LATERAL (SELECT m.count IS NOT NULL AND m.quality IN ('observed', 'estimated')
+                                           AND m.validation IS NULL AS ok) q
          WHERE m.channel_id = ANY($2::integer[]) AND m.start >= $3 AND m.start < $4) h
  GROUP BY bucket"""
 
@@ -310,6 +313,19 @@ SELECT date_trunc($4::text, day::timestamp)::date AS bucket, sum(count_sum)::big
   FROM rollup_daily
  WHERE channel_id = ANY($1::integer[]) AND day >= $2 AND day < $3
  GROUP BY 1"""
+
+
+# Intervals rejected by validation (feed/validation.py) per bucket and reason: the
+# partial index on flagged rows makes this a probe per channel. {bucket} is the
+# hour (UTC) or the local day's period; $1 channels, $2 start, $3 end, $4 'day' |
+# 'month' | 'year', $5 the time zone.
+_INVALID = """
+SELECT {bucket} AS bucket, flag, count(*)::integer AS n
+  FROM measurements
+ WHERE channel_id = ANY($1::integer[]) AND start >= $2 AND start < $3 AND validation IS NOT NULL
+ GROUP BY 1, 2"""
+_INVALID_HOURLY = _INVALID.format(bucket="date_trunc('hour', start, 'UTC')")
+_INVALID_DAILY = _INVALID.format(bucket="date_trunc($4::text, start AT TIME ZONE $5::text)::date")
 
 
 def periods(start: datetime, end: datetime, step: Step, tz: ZoneInfo) -> list[datetime | date]:
@@ -349,11 +365,15 @@ def expected_per_period(buckets: Sequence[date], step: Step, time_steps: Sequenc
 
 
 async def channel_series(
-    conn: Conn, channels: Sequence[Channel], start: datetime, end: datetime, step: Step, timezone: str
+    conn: Conn, channels: Sequence[Channel], start: datetime, end: datetime, step: Step, timezone: str,
+    now: datetime | None = None,
 ) -> list[Point]:
-    """The sum of `channels` from `start` (inclusive) to `end` (exclusive) at `step`."""
+    """The sum of `channels` from `start` (inclusive) to `end` (exclusive) at `step`. Periods
+    that start after `now` are not yet lived: left out, never shown as missing data."""
     tz = ZoneInfo(timezone)
-    buckets = periods(start, end, step, tz)
+    lived_until = now if now is not None else datetime.now(UTC)
+    buckets = [b for b in periods(start, end, step, tz)
+               if (b if isinstance(b, datetime) else local_midnight(b, tz)) < lived_until]
     if not buckets:
         return []
     if step == "hour":
@@ -370,11 +390,18 @@ async def channel_series(
         ) if channels else []
         expected = expected_per_period(days, step, [c.time_step for c in channels], timezone)
     found = {r["bucket"]: r for r in rows}
+    invalid: dict[datetime | date, dict[str, int]] = {}
+    judged = [c.id for c in channels if step != "hour" or c.time_step <= 3600]
+    if judged:
+        found_invalid = await (conn.fetch(_INVALID_HOURLY, judged, start, end) if step == "hour" else
+                               conn.fetch(_INVALID_DAILY, judged, start, end, step, timezone))
+        for r in found_invalid:
+            invalid.setdefault(r["bucket"], {})[r["flag"]] = r["n"]
     points = []
     for b, exp in zip(buckets, expected, strict=True):
         r = found.get(b)
         if r is None:
-            points.append(Point(b, 0, 0.0, 0.0, None, 0, exp))
+            points.append(Point(b, 0, 0.0, 0.0, None, 0, exp, invalid.get(b, {})))
             continue
         present = r["present"]
         points.append(Point(
@@ -382,7 +409,7 @@ async def channel_series(
             present / exp if exp else 0.0,
             r["estimated"] / present if present else 0.0,
             round(r["sws"] / r["sc"], 1) if r["sc"] else None,
-            present, exp,
+            present, exp, invalid.get(b, {}),
         ))
     return points
 
@@ -412,15 +439,23 @@ async def site_series(
 # applies to a site's day), then over the year. Many small per-site aggregates
 # are several times faster than one over every site-day of the year. Sums are
 # float8: exact for integers below 2**53, and far cheaper than numeric.
-# $1 year, $2 threshold.
+# A day's expected intervals count every total channel the site is expected to
+# have that day (from its valid_from, else its first day of data, to its
+# valid_to), whether it sent anything or not: a channel dead all day weighs on
+# the day's coverage.
+# $1 year, $2 threshold, $3 public holidays (left out of TMJO).
 _ANNUAL = """
 WITH ch AS MATERIALIZED (
-    SELECT id, site_id, time_step, vehicle_class = 'heavy' AS heavy,
+    SELECT id, site_id, time_step, valid_to, vehicle_class = 'heavy' AS heavy,
+           -- not expected before it is declared valid, or else before its first day of data
+           coalesce(valid_from, (SELECT day FROM rollup_daily r WHERE r.channel_id = channels.id
+                                  ORDER BY day LIMIT 1)) AS valid_from,
            vehicle_class = 'all' OR NOT bool_or(vehicle_class = 'all') OVER (PARTITION BY site_id) AS total
       FROM channels),
 per_site AS (
     SELECT site_id, array_agg(id ORDER BY id) AS ids, array_agg(total ORDER BY id) AS totals,
-           array_agg(heavy ORDER BY id) AS heavies, array_agg(time_step ORDER BY id) AS steps
+           array_agg(heavy ORDER BY id) AS heavies, array_agg(time_step ORDER BY id) AS steps,
+           array_agg(valid_from ORDER BY id) AS froms, array_agg(valid_to ORDER BY id) AS tos
       FROM ch WHERE total OR heavy GROUP BY site_id)
 SELECT s.id AS site_id, s.external_id, s.name, s.road, y.*
   FROM sites s
@@ -428,24 +463,29 @@ SELECT s.id AS site_id, s.external_id, s.name, s.road, y.*
   LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE j.valid) AS days_valid,
            avg(j.count) FILTER (WHERE j.valid) AS tmja,
-           avg(j.count) FILTER (WHERE j.valid AND extract(isodow FROM j.day) <= 5) AS tmjo,
+           avg(j.count) FILTER (WHERE j.valid AND extract(isodow FROM j.day) <= 5 AND j.day <> ALL($3::date[]))
+               AS tmjo,
            sum(j.heavy) FILTER (WHERE j.valid) / nullif(sum(j.count) FILTER (WHERE j.valid AND j.heavy IS NOT NULL), 0)
                AS heavy_share,
            sum(j.sws) FILTER (WHERE j.valid) / nullif(sum(j.sc) FILTER (WHERE j.valid), 0) AS mean_speed,
            avg(j.coverage) AS mean_coverage
-      FROM (SELECT d.day, d.count, d.heavy, d.sws, d.sc, d.present / nullif(d.expected, 0) AS coverage,
-                   coalesce(d.present / nullif(d.expected, 0) >= $2, false) AS valid
+      FROM (SELECT d.day, d.count, d.heavy, d.sws, d.sc, d.present / nullif(e.expected, 0) AS coverage,
+                   coalesce(d.present / nullif(e.expected, 0) >= $2, false) AS valid
               FROM (SELECT r.day,
                            sum(r.count_sum::float8) FILTER (WHERE c.total) AS count,
                            sum(r.count_sum::float8) FILTER (WHERE c.heavy) AS heavy,
                            sum(r.intervals_present::float8) FILTER (WHERE c.total) AS present,
-                           sum(greatest(1, {day_seconds} / c.step)::float8) FILTER (WHERE c.total) AS expected,
                            sum(r.speed_weighted_sum) FILTER (WHERE c.total) AS sws,
                            sum(r.speed_count::float8) FILTER (WHERE c.total) AS sc
-                      FROM unnest(p.ids, p.totals, p.heavies, p.steps) AS c(id, total, heavy, step)
+                      FROM unnest(p.ids, p.totals, p.heavies) AS c(id, total, heavy)
                       JOIN rollup_daily r ON r.channel_id = c.id
                        AND r.day >= make_date($1, 1, 1) AND r.day < make_date($1 + 1, 1, 1)
-                     GROUP BY r.day) d) j) y ON true
+                     GROUP BY r.day) d
+              CROSS JOIN LATERAL (
+                SELECT sum(greatest(1, {day_seconds} / x.step)::float8) AS expected
+                  FROM unnest(p.totals, p.steps, p.froms, p.tos) AS x(total, step, valid_from, valid_to)
+                 WHERE x.total AND (x.valid_from IS NULL OR x.valid_from <= d.day)
+                   AND (x.valid_to IS NULL OR d.day <= x.valid_to)) e) j) y ON true
  ORDER BY s.id"""
 
 
@@ -456,19 +496,28 @@ class AnnualRow:
     name: str
     road: str | None
     tmja: float | None  # mean daily traffic over the valid days
-    tmjo: float | None  # the same over valid working days (Monday to Friday)
+    tmjo: float | None  # the same over valid working days (Monday to Friday, public holidays excluded)
     heavy_share: float | None  # heavy vehicles / all vehicles on valid days where classes are known
     mean_speed: float | None
     days_valid: int  # days whose coverage reached the threshold
-    days_excluded: int  # days of the year below the threshold or without data
+    days_excluded: int  # days of the year already lived below the threshold or without data
     mean_coverage: float | None  # over the days with data
 
 
-async def annual_table(conn: Conn, year: int, threshold: float, timezone: str = "Europe/Paris") -> list[AnnualRow]:
+def days_lived(year: int, today: date) -> int:
+    """Days of `year` before `today`: days still to come are not missing."""
+    first, after = date(year, 1, 1), date(year + 1, 1, 1)
+    return (min(max(today, first), after) - first).days
+
+
+async def annual_table(
+    conn: Conn, year: int, threshold: float, timezone: str = "Europe/Paris", *,
+    holidays: Calendar = "fr", today: date | None = None,
+) -> list[AnnualRow]:
     """TMJA, TMJO, share of heavy vehicles per site; days under `threshold` coverage are left out."""
-    query = _ANNUAL.replace("{day_seconds}", day_seconds_sql([year], timezone, "r.day"))
-    rows = await conn.fetch(query, year, threshold)
-    days_in_year = (date(year + 1, 1, 1) - date(year, 1, 1)).days
+    query = _ANNUAL.replace("{day_seconds}", day_seconds_sql([year], timezone, "d.day"))
+    rows = await conn.fetch(query, year, threshold, sorted(public_holidays(holidays, year)))
+    lived = days_lived(year, today if today is not None else datetime.now(ZoneInfo(timezone)).date())
     return [
         AnnualRow(
             r["site_id"], r["external_id"], r["name"], r["road"],
@@ -476,7 +525,7 @@ async def annual_table(conn: Conn, year: int, threshold: float, timezone: str = 
             None if r["tmjo"] is None else round(r["tmjo"], 1),
             None if r["heavy_share"] is None else round(r["heavy_share"], 4),
             None if r["mean_speed"] is None else round(r["mean_speed"], 1),
-            r["days_valid"], days_in_year - r["days_valid"],
+            r["days_valid"], max(0, lived - r["days_valid"]),
             None if r["mean_coverage"] is None else round(r["mean_coverage"], 4),
         )
         for r in rows

@@ -86,6 +86,10 @@ SCHEMAS: dict[str, Any] = {
         "coverage": {"type": "number", "minimum": 0},
         "estimated_share": _nullable("number", minimum=0, maximum=1),
         "speed": _nullable("number", description="km/h"),
+        "invalid": {"type": "integer", "minimum": 0,
+                    "description": "intervals rejected by validation (raw values kept, left out of count and "
+                                   "coverage)"},
+        "invalid_reasons": {"type": "string", "description": "their reason codes, comma-separated (see method)"},
     }),
     "AnnualRow": _object({
         "site_id": {"type": "integer"}, "external_id": {"type": "string"}, "name": {"type": "string"},
@@ -204,6 +208,9 @@ NOT_FOUND = {"404": _json("Error", "no such item")}
 NOT_MODIFIED = {"304": {"description": "the representation matching If-None-Match has not changed"}}
 FORMAT = _param("format", "query", "json (default), csv or parquet: the same values in each",
                 {"enum": ["json", "csv", "parquet"], "default": "json"})
+DIALECT = _param("dialect", "query", "with format=csv: standard (comma, decimal point) or fr (French spreadsheets: "
+                 "semicolon, decimal comma, French headers, UTF-8 byte order mark)",
+                 {"enum": ["standard", "fr"], "default": "standard"})
 CURSOR = _param("cursor", "query", "next_cursor of the previous page (opaque)", {"type": "string"})
 BBOX = _param("bbox", "query", BBOX_EXPECTED, {"type": "string"}, example="3.2,43.3,4.1,43.8")
 ROAD = _param("road", "query", "road(s), comma-separated; spaces and case are ignored (RD613 = rd 613)",
@@ -262,10 +269,10 @@ def paths() -> dict[str, Any]:
                 _param("direction", "query", "one of the site's directions (all by default)", {"type": "string"}),
                 _param("vehicle_class", "query", "all (the site's total, default), light or heavy",
                        {"enum": ["all", "light", "heavy"], "default": "all"}),
-                FORMAT,
+                FORMAT, DIALECT,
             ],
             "responses": {"200": _table_content("Counts", "the series; CSV header: period,count,coverage,"
-                                                          "estimated_share,speed"),
+                                                          "estimated_share,speed,invalid,invalid_reasons"),
                           **NOT_MODIFIED, **NOT_FOUND, **ERRORS},
         }},
         f"{API}/annual": {"get": {
@@ -275,7 +282,7 @@ def paths() -> dict[str, Any]:
                 _param("year", "query", "the year", {"type": "integer"}, required=True, example=2025),
                 _param("threshold", "query", "coverage a day needs to count (default [publication] "
                        "coverage_threshold)", {"type": "number", "minimum": 0, "maximum": 1}),
-                FORMAT,
+                FORMAT, DIALECT,
             ],
             "responses": {"200": _table_content("Annual", "one row per site"), **NOT_MODIFIED, **ERRORS},
         }},

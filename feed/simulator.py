@@ -46,6 +46,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from aiohttp import web
 
 from feed.config import PublicationConfig
+from feed.holidays import public_holidays
 from feed.model import Geometry, StoredEvent
 from feed.national import MEASURED_PATH as NATIONAL_MEASURED
 from feed.national import NationalNetwork, add_national_routes
@@ -567,28 +568,6 @@ _MONTHLY = (0.92, 0.94, 0.98, 1.0, 1.02, 1.06, 1.10, 1.06, 1.03, 1.0, 0.96, 0.95
 _COASTAL_SUMMER = {6: 1.12, 7: 1.35, 8: 1.4, 9: 1.08}
 
 
-def _easter(year: int) -> date:
-    a, b, c = year % 19, year // 100, year % 100
-    d, e = b // 4, b % 4
-    g = (8 * b + 13) // 25
-    h = (19 * a + b - d - g + 15) % 30
-    i, k = c // 4, c % 4
-    l_ = (32 + 2 * e + 2 * i - h - k) % 7
-    m = (a + 11 * h + 22 * l_) // 451
-    month = (h + l_ - 7 * m + 114) // 31
-    day = (h + l_ - 7 * m + 114) % 31 + 1
-    return date(year, month, day)
-
-
-@lru_cache(maxsize=64)
-def _holidays(year: int) -> frozenset[date]:
-    """French public holidays (driven like Sundays)."""
-    easter = _easter(year)
-    fixed = [(1, 1), (5, 1), (5, 8), (7, 14), (8, 15), (11, 1), (11, 11), (12, 25)]
-    moving = [easter + timedelta(days=1), easter + timedelta(days=39), easter + timedelta(days=50)]
-    return frozenset([date(year, m, d) for m, d in fixed] + moving)
-
-
 @dataclass(frozen=True)
 class _HourContext:
     index: int  # hours since the epoch (UTC)
@@ -604,7 +583,7 @@ def _hour_context(index: int) -> _HourContext:
     start = datetime.fromtimestamp(index * 3600, UTC)
     local = start.astimezone(PARIS)
     day = local.date()
-    weekday = 6 if day in _holidays(day.year) else local.weekday()
+    weekday = 6 if day in public_holidays("fr", day.year) else local.weekday()  # driven like Sundays
     day_type = "weekday" if weekday < 5 else "saturday" if weekday == 5 else "sunday"
     return _HourContext(index, start, local, day, day_type, weekday)
 

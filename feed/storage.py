@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from feed import validation
 from feed.deadlines import CLOSE_TIMEOUT, close_pool
 from feed.replica import Notify, ReplayGate
 from feed.model import (
@@ -90,7 +91,7 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10, **kwar
 
 # --- rollups -------------------------------------------------------------------
 
-_PRESENT = "m.count IS NOT NULL AND m.quality IN ('observed', 'estimated')"
+_PRESENT = "m.count IS NOT NULL AND m.quality IN ('observed', 'estimated') AND m.validation IS NULL"
 _ROLLUP_VALUES = f"""
        coalesce(sum(m.count) FILTER (WHERE {_PRESENT}), 0),
        coalesce(sum(m.speed::float8 * m.count) FILTER (WHERE {_PRESENT} AND m.speed IS NOT NULL), 0),
@@ -120,14 +121,17 @@ _BATCH_ROWS = "m.start BETWEEN t.lo AND t.hi"
 _REFRESH_HOURLY = f"""
 INSERT INTO rollup_hourly AS r (channel_id, bucket, count_sum, speed_weighted_sum, speed_count,
                                 intervals_present, intervals_estimated, intervals_expected)
-SELECT m.channel_id, date_trunc('hour', m.start), {_ROLLUP_VALUES},
+SELECT m.channel_id, date_trunc('hour', m.start, 'UTC'), {_ROLLUP_VALUES},
        greatest(1, 3600 / min(c.time_step))
   FROM unnest($1::int[], $2::timestamptz[], $3::timestamptz[]) AS t(channel_id, lo, hi)
   JOIN measurements m ON m.channel_id = t.channel_id AND {{rows}}
   JOIN channels c ON c.id = m.channel_id AND c.time_step < 3600
- GROUP BY m.channel_id, date_trunc('hour', m.start)
+ GROUP BY m.channel_id, date_trunc('hour', m.start, 'UTC')
 ON CONFLICT (channel_id, bucket) DO UPDATE SET {{update}}"""
-_HOURLY_BUCKETS = "m.start >= date_trunc('hour', t.lo) AND m.start < date_trunc('hour', t.hi) + interval '1 hour'"
+# Hours are UTC hours, named explicitly: the session's TimeZone (UTC in our pools,
+# but a pool configured elsewhere may differ) must not move a bucket.
+_HOURLY_BUCKETS = ("m.start >= date_trunc('hour', t.lo, 'UTC') "
+                   "AND m.start < date_trunc('hour', t.hi, 'UTC') + interval '1 hour'")
 
 # At least one interval a day: a daily channel owes one even on a 23-hour day.
 _DAILY_EXPECTED = """greatest(1, extract(epoch FROM ((({day} + 1)::timestamp AT TIME ZONE $4)
@@ -489,10 +493,14 @@ class Storage:
                 channels, lo, hi,
             )
             if not overlap and await self._copy_new(conn, rows):
+                revised = await self._validate(conn, channels, lo, hi)
                 await self._refresh_rollups(conn, channels, [lo] * len(channels), [hi] * len(channels), all_new=True)
                 counts = Counts(new=len(rows))
             else:
-                counts = await self._upsert(conn, rows, run_id, lo, hi)
+                counts, revised = await self._upsert(conn, rows, run_id, lo, hi)
+            if revised:  # judgements changed around the batch: recompute those buckets from the raw rows
+                await self._refresh_rollups(
+                    conn, [r["channel_id"] for r in revised], [r["lo"] for r in revised], [r["hi"] for r in revised])
             if counts.new or counts.updated:
                 await conn.execute("SELECT pg_notify($1, 'measurements')", CHANGES_CHANNEL)
             return counts
@@ -508,7 +516,7 @@ class Storage:
 
     async def _upsert(
         self, conn: asyncpg.Connection, rows: Sequence[MeasurementRow], run_id: int | None, lo: datetime, hi: datetime
-    ) -> Counts:
+    ) -> tuple[Counts, list[asyncpg.Record]]:
         await conn.execute(_STAGING)
         await conn.copy_records_to_table("rf_staging", records=rows, columns=MEASUREMENT_COLUMNS)
         await conn.execute("ANALYZE rf_staging")
@@ -526,11 +534,23 @@ class Storage:
         )
         new = sum(r["new"] for r in changed)
         updated = sum(r["updated"] for r in changed)
+        revised: list[asyncpg.Record] = []
         if changed:
+            revised = await self._validate(conn, [r["channel_id"] for r in changed], lo, hi)
             await self._refresh_rollups(
                 conn, [r["channel_id"] for r in changed], [r["lo"] for r in changed], [r["hi"] for r in changed]
             )
-        return Counts(new=new, updated=updated, unchanged=distinct - new - updated)
+        return Counts(new=new, updated=updated, unchanged=distinct - new - updated), revised
+
+    async def _validate(
+        self, conn: asyncpg.Connection, channels: list[int], lo: datetime, hi: datetime
+    ) -> list[asyncpg.Record]:
+        """Judges the intervals of the batch's sites around [lo, hi] (feed/validation.py);
+        returns, per channel, the range of intervals whose judgement changed."""
+        return list(await conn.fetch(
+            f"WITH v AS ({validation.VALIDATE}) "
+            "SELECT channel_id, min(start) AS lo, max(start) AS hi FROM v GROUP BY channel_id",
+            channels, lo, hi, self.timezone))
 
     async def _refresh_rollups(
         self, conn: asyncpg.Connection, channels: list[int], los: list[datetime], his: list[datetime],

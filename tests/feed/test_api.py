@@ -28,6 +28,7 @@ from feed.feeds import FeedPublisher
 from feed.http import build_app
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
 from feed.storage import RunStats, Storage
+from long_mode import examples, seconds
 
 PARIS = ZoneInfo("Europe/Paris")
 CONFIG = Config(sources=[
@@ -38,7 +39,7 @@ CONFIG = Config(sources=[
 SITE_FIELDS = {"id", "external_id", "source", "name", "road", "pr", "abscissa", "insee", "lon", "lat", "directions",
                "vehicle_classes", "channels", "first_data", "last_data"}
 CHANNEL_FIELDS = {"id", "external_id", "direction", "vehicle_class", "time_step"}
-POINT_FIELDS = ["period", "count", "coverage", "estimated_share", "speed"]
+POINT_FIELDS = ["period", "count", "coverage", "estimated_share", "speed", "invalid", "invalid_reasons"]
 JULY1 = datetime(2025, 7, 1, tzinfo=PARIS)
 
 
@@ -212,8 +213,11 @@ def expected_intervals(start: datetime, end: datetime, time_step: int) -> int:
     return max(1, seconds // time_step)
 
 
-def recompute(rows: list[Row], steps: dict[int, int], start: datetime, end: datetime, step: str) -> list[dict]:
-    """The series from raw rows alone: what the API must return."""
+def recompute(rows: list[Row], steps: dict[int, int], start: datetime, end: datetime, step: str,
+              rejected: dict[tuple[int, datetime], str] | None = None) -> list[dict]:
+    """The series from raw rows alone (and the intervals validation rejected, with their
+    reasons): what the API must return."""
+    rejected = rejected or {}
     def bucket_of(t: datetime) -> datetime:
         local = t.astimezone(PARIS)
         if step == "hour":
@@ -232,13 +236,16 @@ def recompute(rows: list[Row], steps: dict[int, int], start: datetime, end: date
         return datetime(d.year, d.month, d.day, tzinfo=PARIS)
 
     agg: dict[datetime, list[float]] = defaultdict(lambda: [0, 0, 0, 0.0, 0])
+    reasons: dict[datetime, list[str]] = defaultdict(list)
     for cid, t, _length, count, speed, _occ, quality in rows:
         if cid not in steps or not start <= t < end:
             continue
         if step == "hour" and steps[cid] > 3600:
             continue
         a = agg[bucket_of(t)]
-        if count is not None and quality in ("observed", "estimated"):
+        if (cid, t) in rejected:
+            reasons[bucket_of(t)].append(rejected[(cid, t)])
+        elif count is not None and quality in ("observed", "estimated"):
             a[0] += count
             a[1] += 1
             a[2] += quality == "estimated"
@@ -257,6 +264,8 @@ def recompute(rows: list[Row], steps: dict[int, int], start: datetime, end: date
             "coverage": present / expected if expected else 0.0,
             "estimated_share": estimated / present if present else None,
             "speed": round(sws / sc, 1) if sc else None,
+            "invalid": len(reasons.get(b, [])),
+            "invalid_reasons": ",".join(sorted(set(reasons.get(b, [])))),
         })
         b = n
     return out
@@ -268,6 +277,7 @@ def assert_points(got: list[dict], want: list[dict]) -> None:
         assert set(g) == set(POINT_FIELDS)
         assert g["count"] == w["count"], (g, w)
         assert g["coverage"] == pytest.approx(w["coverage"], abs=1e-12), (g, w)
+        assert (g["invalid"], g["invalid_reasons"]) == (w["invalid"], w["invalid_reasons"]), (g, w)
         assert (g["estimated_share"] is None) == (w["estimated_share"] is None)
         if w["estimated_share"] is not None:
             assert g["estimated_share"] == pytest.approx(w["estimated_share"], abs=1e-12)
@@ -360,7 +370,7 @@ async def test_daily_counts_equal_the_raw_rows_and_show_gaps(env: Env):
     assert by_day["2025-07-06"]["estimated_share"] == pytest.approx(2 / 24)
     assert by_day["2025-07-07"]["coverage"] == pytest.approx(95 / 96)
     assert by_day["2025-07-11"] == {"period": "2025-07-11", "count": None, "coverage": 0.0,
-                                    "estimated_share": None, "speed": None}
+                                    "estimated_share": None, "speed": None, "invalid": 0, "invalid_reasons": ""}
 
 
 async def test_hour_month_and_year_steps_equal_the_raw_rows(env: Env):
@@ -408,7 +418,7 @@ async def test_json_csv_and_parquet_hold_the_same_numbers(env: Env):
         assert disposition.startswith("attachment; filename=") and f"site-{sid}" in disposition
         assert step in disposition and a[:10] in disposition
         text = await response.text()
-        assert text.splitlines()[0] == "period,count,coverage,estimated_share,speed"
+        assert text.splitlines()[0] == "period,count,coverage,estimated_share,speed,invalid,invalid_reasons"
         rows = list(csv.DictReader(io.StringIO(text)))
         assert [r["period"] for r in rows] == [p["period"] for p in points]
         for r, p in zip(rows, points, strict=True):
@@ -422,7 +432,7 @@ async def test_json_csv_and_parquet_hold_the_same_numbers(env: Env):
         assert ".parquet" in response.headers["Content-Disposition"]
         table = pq.read_table(io.BytesIO(await response.read()))
         assert table.column_names == POINT_FIELDS
-        for column in ("count", "coverage", "estimated_share", "speed"):
+        for column in ("count", "coverage", "estimated_share", "speed", "invalid", "invalid_reasons"):
             assert table.column(column).to_pylist() == [p[column] for p in points]
         periods = table.column("period").to_pylist()
         if step == "hour":
@@ -489,13 +499,17 @@ def channel_data(draw: st.DrawFn) -> tuple[list[int], list[tuple[int, int, int |
 _example = iter(range(10**6))
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=channel_data())
+@pytest.mark.timeout(seconds(90))
+@settings(max_examples=examples(12), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=channel_data(), batches=st.integers(1, 3))
 # the hour after the spring-forward gap (2025-03-30T03:00+02:00), one 5-minute interval in it
-@example(data=([300, 300], [(0, 312, 0, None, "observed")]))
-@example(data=([300], [(0, 312, 7, 50.0, "observed")]))
-@example(data=([900, 3600], [(0, 104, 3, None, "observed"), (1, 26, 5, None, "observed")]))
-async def test_random_series_equal_a_recomputation_from_raw_rows(env: Env, data):
+@example(data=([300, 300], [(0, 312, 0, None, "observed")]), batches=1)
+@example(data=([300], [(0, 312, 7, 50.0, "observed")]), batches=1)
+@example(data=([900, 3600], [(0, 104, 3, None, "observed"), (1, 26, 5, None, "observed")]), batches=1)
+@example(data=([300, 300], [(0, 300, 4, None, "observed"), (0, 312, 0, None, "observed")]), batches=2)
+# a direction silent while the other flows: rejected, and counted as such in its hour, day and month
+@example(data=([300, 300], [(0, 120, 0, None, "observed"), (1, 120, 10, None, "observed")]), batches=1)
+async def test_random_series_equal_a_recomputation_from_raw_rows(env: Env, data, batches: int):
     steps, intervals = data
     storage = env.storage
     n = next(_example)
@@ -511,15 +525,21 @@ async def test_random_series_equal_a_recomputation_from_raw_rows(env: Env, data)
     # Intervals follow real time, so the 23-hour day shifts the later ones; keep those inside the 3 days.
     end = datetime(2025, 4, 1, tzinfo=PARIS)
     rows = [r for r in rows if r[1] < end]
-    if rows:
-        await storage.ingest_measurements(rows)
+    # Several ingests, interleaved in time (late rows reach buckets already rolled up).
+    for b in range(batches):
+        if rows[b::batches]:
+            await storage.ingest_measurements(rows[b::batches])
     sid = (await storage.site_ids("cnt", [ext]))[ext]
     channel_steps = {ids[f"{ext}-{i}"]: ts for i, ts in enumerate(steps)}
+    # Intervals the plausibility tests rejected (e.g. a direction silent while another flows) are not present.
+    rejected = {(r["channel_id"], r["start"]): r["flag"] for r in await storage.pool.fetch(
+        "SELECT channel_id, start, flag FROM measurements WHERE channel_id = ANY($1::int[]) AND validation = 'invalid'",
+        list(channel_steps))}
     for step, a, b in (("hour", "2025-03-29T20:00", "2025-03-31T04:00"), ("day", "2025-03-28", "2025-04-02"),
                        ("month", "2025-03", "2025-05")):
         doc = await get_json(env.client, f"/api/v1/sites/{sid}/counts?from={a}&to={b}&step={step}")
         want = recompute(rows, channel_steps, api.parse_instant("from", a, PARIS), api.parse_instant("to", b, PARIS),
-                         step)
+                         step, rejected)
         assert_points(doc["points"], want)
 
 
@@ -703,3 +723,48 @@ def test_cursor_round_trip_and_period_arithmetic():
     assert api.ceil_to(datetime(2025, 3, 30, 12, 30, tzinfo=PARIS), "day", PARIS) == datetime(2025, 3, 31,
                                                                                               tzinfo=PARIS)
     assert api.floor_to(datetime(2025, 7, 17, 9, tzinfo=PARIS), "month", PARIS) == JULY1
+
+
+async def test_french_csv_opens_in_columns_with_decimal_commas_and_says_what_it_holds(env: Env):
+    """dialect=fr: what a French spreadsheet expects (BOM, `;`, decimal comma, French headers);
+    the file's name carries the site, class, direction and the inclusive period."""
+    sid = env.seeded.site_ids["S1"]
+    base = f"/api/v1/sites/{sid}/counts?from=2025-07-01&to=2025-07-11&step=day&vehicle_class=heavy&direction=N"
+    doc = await get_json(env.client, base)
+    response = await env.client.get(base + "&format=csv&dialect=fr")
+    assert response.status == 200
+    disposition = response.headers["Content-Disposition"]
+    assert f'filename="site-{sid}_heavy_N_2025-07-01_2025-07-10_day_fr.csv"' in disposition
+    body = await response.read()
+    assert body.startswith("\ufeff".encode())
+    rows = list(csv.reader(io.StringIO(body.decode("utf-8-sig")), delimiter=";"))
+    assert rows[0] == ["période", "comptage", "couverture", "part_estimée", "vitesse_moyenne_kmh",
+                       "intervalles_rejetés", "motifs_de_rejet"]
+    assert len(rows) == len(doc["points"]) + 1
+    for row, p in zip(rows[1:], doc["points"], strict=True):
+        assert row[0] == p["period"] and (int(row[1]) if row[1] else None) == p["count"]
+        assert float(row[2].replace(",", ".")) == p["coverage"]
+        if p["speed"] is not None:
+            assert "," in row[4] and float(row[4].replace(",", ".")) == p["speed"]
+    standard = await env.client.get(base + "&format=csv")
+    assert 'filename="site-' in standard.headers["Content-Disposition"]
+    assert "_heavy_N_2025-07-01_2025-07-10_day.csv" in standard.headers["Content-Disposition"]
+    annual = await env.client.get("/api/v1/annual?year=2025&format=csv&dialect=fr")
+    text = (await annual.read()).decode("utf-8-sig")
+    header, *lines = list(csv.reader(io.StringIO(text), delimiter=";"))
+    assert header[:6] == ["id_site", "id_externe", "nom", "route", "TMJA", "TMJO"]
+    s1 = next(r for r in lines if r[1] == "S1")
+    assert "," in s1[4] and "annual_2025_fr.csv" in annual.headers["Content-Disposition"]
+    doc = await get_json(env.client, f"/api/v1/sites/{sid}/counts?format=csv&dialect=excel", 400)
+    assert_bad(doc, "dialect")
+
+
+async def test_series_and_dictionary_explain_rejections_and_the_annual_figures(env: Env):
+    sid = env.seeded.site_ids["S1"]
+    method = (await get_json(env.client, f"/api/v1/sites/{sid}/counts?from=2025-07-01&to=2025-07-02"))["method"]
+    assert set(method["invalid_reasons"]) == {"spike", "stuck_zero", "silent_direction", "flat_line",
+                                              "class_inconsistent"}
+    assert all(text["fr"] and text["en"] for text in method["invalid_reasons"].values())
+    dictionary = (await get_json(env.client, "/api/v1/downloads/dictionary.json"))["method"]
+    assert "public holidays" in dictionary["tmjo"] and "'fr' calendar" in dictionary["tmjo"]
+    assert "TMJA" in dictionary["tmja"] and dictionary["invalid_reasons"] == method["invalid_reasons"]

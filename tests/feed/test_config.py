@@ -33,6 +33,7 @@ def test_environment_overrides_the_database_url(monkeypatch):
     ("[[sources]]\nid = 'a'\nkind = 'ftp'\nurl = 'x'\n", "sources.0.kind = 'ftp': Input should be"),
     ("[[sources]]\nid = 'Bad Id'\nkind = 'datex2'\nurl = 'x'\n", "sources.0.id = 'Bad Id': String should match"),
     ("[publication]\ncountry = 'france'\n", "publication.country = 'france'"),
+    ("[publication]\nholidays = 'de'\n", "publication.holidays = 'de': Input should be 'fr' or 'none'"),
     ("[databse]\nurl = 'x'\n", "databse = a table: Extra inputs are not permitted"),
     ("[[sources]]\nid = 'a'\nkind = 'datex2'\nurl = 'x'\n[[sources]]\nid = 'a'\nkind = 'datex2'\nurl = 'y'\n",
      "source id 'a' is used twice"),

@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from feed.model import ChannelRecord, SiteRecord
-from feed.storage import Storage
+from feed import history
+from feed.storage import Storage, create_pool
 
 T0 = datetime(2026, 3, 28, 20, 0, tzinfo=UTC)  # the night France moves to summer time
 
@@ -36,7 +38,8 @@ SELECT m.channel_id, date_trunc('hour', m.start) AS bucket,
        coalesce(sum(count) FILTER (WHERE ok), 0) AS count_sum,
        count(*) FILTER (WHERE ok) AS present,
        coalesce(sum(speed::float8 * count) FILTER (WHERE ok AND speed IS NOT NULL), 0) AS speed_weighted_sum
-  FROM measurements m, LATERAL (SELECT count IS NOT NULL AND quality IN ('observed', 'estimated') AS ok) q
+  FROM measurements m, LATERAL (SELECT count IS NOT NULL AND quality IN ('observed', 'estimated')
+                                      AND validation IS NULL AS ok) q
  GROUP BY 1, 2 ORDER BY 1, 2"""
 
 RECOMPUTE_DAILY = """
@@ -44,7 +47,8 @@ SELECT m.channel_id, (m.start AT TIME ZONE 'Europe/Paris')::date AS day,
        coalesce(sum(count) FILTER (WHERE ok), 0) AS count_sum,
        count(*) FILTER (WHERE ok) AS present,
        coalesce(sum(speed::float8 * count) FILTER (WHERE ok AND speed IS NOT NULL), 0) AS speed_weighted_sum
-  FROM measurements m, LATERAL (SELECT count IS NOT NULL AND quality IN ('observed', 'estimated') AS ok) q
+  FROM measurements m, LATERAL (SELECT count IS NOT NULL AND quality IN ('observed', 'estimated')
+                                      AND validation IS NULL AS ok) q
  GROUP BY 1, 2 ORDER BY 1, 2"""
 
 
@@ -84,7 +88,7 @@ async def test_corrected_value_is_counted_and_updates_its_rollups(storage: Stora
     await storage.ingest_measurements(batch)
     fixed = list(batch)
     ch, start, length, count, speed, occ, q = fixed[5]
-    fixed[5] = (ch, start, length, count + 1000, speed, occ, q)
+    fixed[5] = (ch, start, length, count + 9, speed, occ, q)  # plausible: +1000 would be judged a spike
     counts = await storage.ingest_measurements(fixed)
     assert (counts.new, counts.updated, counts.unchanged) == (0, 1, 119)
     hour = start.replace(minute=0)
@@ -166,3 +170,29 @@ async def test_retention_drops_old_raw_rows_and_keeps_rollups(storage: Storage):
     assert removed == expected_removed > 0
     assert await storage.pool.fetchval("SELECT min(start) FROM measurements") >= cutoff
     assert await storage.pool.fetch("SELECT * FROM rollup_daily ORDER BY 1, 2") == daily_before
+
+
+@pytest.mark.parametrize("session_zone", ["Asia/Kolkata", "Europe/Paris", "America/St_Johns"])
+async def test_hour_buckets_do_not_depend_on_the_sessions_time_zone(server, session_zone: str):
+    """Rollup hours are UTC hours whatever the session's TimeZone (a pool configured
+    elsewhere, a role's default): written in a +05:30 or -03:30 session, or in Paris
+    across the spring-forward gap, they are the buckets every reader looks up, so the
+    hour after the gap is not reported empty."""
+    url = server.new_database()
+    pool = await create_pool(url, server_settings={"timezone": session_zone})
+    storage = Storage(pool, "Europe/Paris")
+    try:
+        (c5,) = await make_channels(storage, (300,))
+        rows = series(c5, 300, 12 * 8, T0 + timedelta(hours=2))  # 22:00Z to 06:00Z: the gap at 01:00Z
+        await storage.ingest_measurements(rows[::2])
+        await storage.ingest_measurements(rows[1::2])  # late rows, into buckets already rolled up
+        site = await history.site(storage.pool, 1, "Europe/Paris")
+        assert site is not None
+        points = await history.channel_series(storage.pool, site.channels, T0 + timedelta(hours=2),
+                                              T0 + timedelta(hours=10), "hour", "Europe/Paris")
+        assert [p.count for p in points] == [sum(r[3] for r in rows[12 * h:12 * (h + 1)]) for h in range(8)]
+        assert all(p.coverage == 1.0 for p in points)
+        buckets = [r[0] for r in await pool.fetch("SELECT bucket FROM rollup_hourly ORDER BY bucket")]
+        assert buckets == [T0 + timedelta(hours=2 + h) for h in range(8)]
+    finally:
+        await storage.close()

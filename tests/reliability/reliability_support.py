@@ -172,7 +172,8 @@ SELECT m.channel_id, (m.start AT TIME ZONE (SELECT value FROM roadfeed_meta WHER
        coalesce(sum(count) FILTER (WHERE ok), 0) AS count_sum,
        count(*) FILTER (WHERE ok) AS present,
        coalesce(sum(speed::float8 * count) FILTER (WHERE ok AND speed IS NOT NULL), 0) AS speed_weighted_sum
-  FROM measurements m, LATERAL (SELECT count IS NOT NULL AND quality IN ('observed', 'estimated') AS ok) q
+  FROM measurements m, LATERAL (SELECT count IS NOT NULL AND quality IN ('observed', 'estimated')
+                                      AND validation IS NULL AS ok) q
  GROUP BY 1, 2 ORDER BY 1, 2"""
 
 

@@ -96,7 +96,7 @@ def traffic(base: int) -> Callable[[datetime], int]:
         local = t.astimezone(PARIS)
         shape = [1, 1, 1, 1, 2, 4, 7, 10, 12, 9, 8, 8, 8, 8, 8, 9, 11, 12, 11, 8, 6, 4, 3, 2][local.hour]
         weekend = 0.7 if local.weekday() >= 5 else 1.0
-        return int(base * shape * weekend / 10) + local.day % 3
+        return int(base * shape * weekend / 10) + local.day % 3 + local.hour % 2  # never a frozen counter
     return count
 
 
@@ -412,6 +412,8 @@ async def test_clicking_a_site_draws_its_chart_and_the_downloads_return_its_rows
         browser.save_screenshot(str(ARTIFACTS / "web-page.png"))
         return {
             "csv": browser.find_element(By.ID, "download-csv").get_attribute("href"),
+            "csv_fr": browser.find_element(By.ID, "download-csv-fr").get_attribute("href"),
+            "csv_fr_label": browser.find_element(By.ID, "download-csv-fr").text,
             "parquet": browser.find_element(By.ID, "download-parquet").get_attribute("href"),
             "points": browser.execute_script("return window.roadfeedPage.counts.doc.points;"),
             "table_rows": count(browser, "#counts-table tbody tr"),
@@ -427,6 +429,17 @@ async def test_clicking_a_site_draws_its_chart_and_the_downloads_return_its_rows
     for part in ("from=2025-07-10", "to=2025-07-17", "step=day", "direction=N", "vehicle_class=heavy"):
         assert part in second["csv"]
 
+    # The French button's file opens as a French spreadsheet reads it: BOM, `;` between
+    # cells, decimal commas, French headers; the same values as the chart.
+    assert second["csv_fr"] == second["csv"] + "&dialect=fr" and "français" in second["csv_fr_label"]
+    status, headers, body = await site.get(second["csv_fr"])
+    assert status == 200 and body.startswith("\ufeff".encode())
+    cells = list(csv.reader(io.StringIO(body.decode("utf-8-sig")), delimiter=";"))
+    assert cells[0][:3] == ["période", "comptage", "couverture"] and all(len(r) == len(cells[0]) for r in cells)
+    for row, point in zip(cells[1:], second["points"], strict=True):
+        assert float(row[2].replace(",", ".")) == pytest.approx(point["coverage"])
+        assert "." not in row[2] and (point["speed"] is None or "," in row[4])
+
     # The JSON document of the same query is what the chart shows ...
     doc = await site.json(second["csv"].replace(site.base, "").replace("format=csv", "format=json"))
     assert doc["points"] == second["points"]
@@ -436,7 +449,7 @@ async def test_clicking_a_site_draws_its_chart_and_the_downloads_return_its_rows
     status, headers, body = await site.get(second["csv"])
     assert status == 200 and headers["Content-Type"].startswith("text/csv")
     rows = parse_csv(body)
-    assert list(rows[0]) == ["period", "count", "coverage", "estimated_share", "speed"]
+    assert list(rows[0]) == ["period", "count", "coverage", "estimated_share", "speed", "invalid", "invalid_reasons"]
     assert len(rows) == len(doc["points"])
     for row, point in zip(rows, doc["points"], strict=True):
         assert row["period"][:10] == str(point["period"])[:10]

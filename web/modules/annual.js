@@ -65,6 +65,9 @@ export class AnnualTable {
     const csv = $('annual-csv');
     csv.href = `/api/v1/annual?${new URLSearchParams({ year: String(year), format: 'csv' })}`;
     csv.setAttribute('download', `roadfeed-annual-${year}.csv`);
+    const fr = $('annual-csv-fr');
+    fr.href = `/api/v1/annual?${new URLSearchParams({ year: String(year), format: 'csv', dialect: 'fr' })}`;
+    fr.setAttribute('download', `roadfeed-annual-${year}_fr.csv`);
     const parquet = $('annual-parquet');
     parquet.href = `/api/v1/annual?${new URLSearchParams({ year: String(year), format: 'parquet' })}`;
     parquet.setAttribute('download', `roadfeed-annual-${year}.parquet`);

@@ -380,6 +380,11 @@ export class CountsPanel {
       a.setAttribute('download', `${safe}.${format}`);
       a.setAttribute('type', format === 'csv' ? 'text/csv' : 'application/vnd.apache.parquet');
     }
+    // The same rows for a French spreadsheet: semicolons, decimal commas, French headers.
+    const fr = $('download-csv-fr');
+    fr.href = `${countsUrl(site.id, q, 'csv')}&dialect=fr`;
+    fr.setAttribute('download', `${safe}_fr.csv`);
+    fr.setAttribute('type', 'text/csv');
     $('downloads').hidden = false;
   }
 
@@ -387,7 +392,7 @@ export class CountsPanel {
     const table = $('counts-table');
     const head = document.createElement('thead');
     const tr = document.createElement('tr');
-    for (const key of ['col.period', 'col.count', 'col.coverage', 'col.estimated', 'col.speed']) {
+    for (const key of ['col.period', 'col.count', 'col.coverage', 'col.estimated', 'col.speed', 'col.invalid']) {
       const th = document.createElement('th');
       th.scope = 'col';
       th.textContent = t(key);
@@ -410,6 +415,12 @@ export class CountsPanel {
         td.textContent = value;
         row.append(td);
       }
+      // Intervals validation rejected, with their reasons in words.
+      const rejected = document.createElement('td');
+      rejected.className = 'num';
+      const reasons = (p.invalid_reasons || '').split(',').filter(Boolean);
+      rejected.textContent = p.invalid ? `${formatNumber(p.invalid)} (${reasons.map((r) => t(`reason.${r}`)).join(', ')})` : '0';
+      row.append(rejected);
       body.append(row);
     }
     table.replaceChildren(head, body);
