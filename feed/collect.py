@@ -82,8 +82,9 @@ async def poll_source(
     clock: Callable[[], datetime] | None = None,
     progress: Callable[[str, SinkResult], None] | None = None,
 ) -> RunReport:
-    """One poll within `source.deadline`. `clock` gives the current time (the demo's
-    simulated one), `now` a fixed time; by default the real clock."""
+    """One poll within its deadline (`source.deadline`, or a first backfill's). `clock`
+    gives the current time (the demo's simulated one), `now` a fixed time; by default
+    the real clock."""
     started = time.monotonic()
     await storage.ensure_source(source.id, source.kind, source.url)
     state = await storage.source_state(source.id)
@@ -91,11 +92,12 @@ async def poll_source(
     if clock is None:
         clock = (lambda: now) if now is not None else (lambda: datetime.now(UTC))
     sink = Sink(storage, source.id, run_id, Plausibility.from_publication(publication), clock, progress)
-    poll_fetcher = fetcher.for_poll(source.deadline)
+    budget = source.deadline_for(state.watermark)
+    poll_fetcher = fetcher.for_poll(budget)
     stats = RunStats()
     outcome = None
     interrupted = False
-    deadline = asyncio.timeout(source.deadline)
+    deadline = asyncio.timeout(budget)
     try:
         async with deadline:
             outcome = await POLLERS[source.kind](source, state, poll_fetcher, sink)
@@ -107,7 +109,7 @@ async def poll_source(
     except TimeoutError:
         if not deadline.expired():
             raise
-        stats.error = f"timed out: the poll took more than its {source.deadline:g} s"
+        stats.error = f"timed out: the poll took more than its {budget:g} s"
     except asyncio.CancelledError:  # stopping took too long: close the run, then stop
         interrupted = True
         stats.error = "interrupted: roadfeed stopped during the poll"

@@ -83,6 +83,9 @@ class PublicationConfig(_Section):
 
 
 MIN_POLL_TIMEOUT = 30.0
+# A first backfill reads days, or a year, in one export: it gets its own deadline
+# (source option `backfill_timeout`), not the interval's.
+BACKFILL_TIMEOUT = 3600.0
 
 
 class SourceConfig(_Section):
@@ -100,6 +103,12 @@ class SourceConfig(_Section):
     @property
     def deadline(self) -> float:
         return self.poll_timeout if self.poll_timeout is not None else max(self.interval * 0.75, MIN_POLL_TIMEOUT)
+
+    def deadline_for(self, watermark: str | None) -> float:
+        """The deadline of the next poll: a first backfill (no watermark yet) has its own."""
+        if watermark is None and self.kind == "opendatasoft" and "backfill_days" in self.options:
+            return float(self.options.get("backfill_timeout", BACKFILL_TIMEOUT))
+        return self.deadline
 
 
 class MqttConfig(_Section):

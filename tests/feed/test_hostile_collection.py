@@ -545,6 +545,31 @@ async def test_a_hanging_source_is_stopped_by_the_poll_deadline(storage, hang):
     assert run["finished"] is not None and run["error"] == error
 
 
+async def test_a_first_backfill_has_its_own_deadline_later_polls_the_interval_s(storage, origin, fetcher):
+    """A year's export can take minutes: the first poll of a counters dataset is bounded
+    by `backfill_timeout`, not by `poll_timeout`, else it would restart forever."""
+    records = [counter(f"S{i % 3}", NOW - timedelta(hours=2 + i // 12), *CHANNELS[i % 4], debit=i) for i in range(48)]
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(1.5)  # longer than poll_timeout below
+        body = {"total_count": 0, "results": []} if "/records" in request.path else records
+        return web.json_response(body)
+
+    origin.respond = slow
+    source = SourceConfig(id=fresh_id("bf"), kind="opendatasoft", url=origin.url("/"), poll_timeout=0.5, options={
+        "dataset": "comptages", "dataset_type": "counters", "mapping": MAPPING, "backfill_days": 7})
+    first = await poll_source(source, storage, fetcher, HERAULT, now=NOW)
+    assert first.stats.error is None and first.stats.counts.new == len(records), first.line()
+    assert "/exports/json" in origin.requests[0].path
+    later = await poll_source(source, storage, fetcher, HERAULT, now=NOW)
+    assert "0.5 s" in (later.stats.error or ""), later.line()  # cut by poll_timeout
+    short = SourceConfig(id=fresh_id("bf"), kind="opendatasoft", url=origin.url("/"), poll_timeout=0.5, options={
+        "dataset": "comptages", "dataset_type": "counters", "mapping": MAPPING, "backfill_days": 7,
+        "backfill_timeout": 0.5})
+    capped = await poll_source(short, storage, fetcher, HERAULT, now=NOW)
+    assert "0.5 s" in (capped.stats.error or "") and capped.stats.counts.new == 0, capped.line()
+
+
 # --------------------------------------------------------------------------- memory
 
 def _ods_page(n: int) -> bytes:
