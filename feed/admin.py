@@ -15,6 +15,7 @@ transactions (feed.api.reading), which run as `roadfeed_reader`.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import re
@@ -28,8 +29,9 @@ from zoneinfo import ZoneInfo
 import asyncpg
 from aiohttp import web
 
-from feed.api import API, NotFound, can_switch_role, parse_instant, reading
-from feed.feeds import BadParameter
+from feed.api import API, QUERY_MARGIN, NotFound, can_switch_role, parse_instant, reading
+from feed.feeds import BadParameter, check_storable
+from feed.storage import ACQUIRE_TIMEOUT, DATABASE_UNAVAILABLE
 
 if TYPE_CHECKING:
     from feed.http import AppContext
@@ -78,7 +80,14 @@ def _error(status: int, error: str, detail: str, **extra: str) -> web.Response:
 
 
 def _bad(parameter: str, value: Any, expected: str, detail: str) -> BadParameter:
-    return BadParameter(parameter, value if isinstance(value, str) else json.dumps(value), expected, detail)
+    return BadParameter(parameter, value if isinstance(value, str) else _echo(value), expected, detail)
+
+
+def _echo(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (ValueError, RecursionError):  # a value json cannot write back; the detail says what is wrong
+        return repr(type(value))
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -106,6 +115,67 @@ def _authorised(token: str | None, handler: Handler) -> Handler:
                           **{"Retry-After": "10"})
 
     return handle
+
+
+# --------------------------------------------------------------------------- request bodies
+
+# Bodies beyond [server] max_request_bytes are refused (413) before they are read whole.
+MAX_DEPTH = 8  # nesting of arrays and objects in an admin JSON body
+BODY_EXPECTED = 'a JSON object, e.g. {"kind": "road_closed", "road": "RD613", "from": "2025-07-01"}'
+
+
+def _depth_exceeded(raw: bytes, limit: int) -> bool:
+    """Whether arrays and objects nest deeper than `limit` (brackets inside strings do not count).
+
+    Checked before parsing: the parser recurses once per level, so a deep enough
+    body would exhaust the stack before any check on the result could run."""
+    depth = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return False
+
+
+def _check_strings(value: Any, path: str) -> None:
+    """Every key and string in a parsed body: text PostgreSQL can hold (a 400 naming the field)."""
+    if isinstance(value, str):
+        check_storable(path, value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_storable(path, key)
+            _check_strings(item, key if path == "body" else f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_strings(item, f"{path}[{index}]")
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """A JSON object of at most MAX_DEPTH levels whose texts PostgreSQL can hold, or BadParameter."""
+    if _depth_exceeded(raw, MAX_DEPTH):
+        raise _bad("body", raw[:200].decode("utf-8", "replace"), f"{BODY_EXPECTED}, nested at most {MAX_DEPTH} deep",
+                   f"the body nests arrays or objects more than {MAX_DEPTH} deep")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise _bad("body", raw[:200].decode("utf-8", "replace"), BODY_EXPECTED, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise _bad("body", body, BODY_EXPECTED, "the body is not a JSON object")
+    _check_strings(body, "body")
+    return body
 
 
 # --------------------------------------------------------------------------- handlers
@@ -239,15 +309,7 @@ class _Admin:
         return _json({"markings": [_marking_json(r) for r in rows]})
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        expected = 'a JSON object, e.g. {"kind": "road_closed", "road": "RD613", "from": "2025-07-01"}'
-        raw = await request.read()
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise _bad("body", raw[:200].decode("utf-8", "replace"), expected, "the body is not JSON") from None
-        if not isinstance(body, dict):
-            raise _bad("body", body, expected, "the body is not a JSON object")
-        return body
+        return parse_body(await request.read())
 
     async def add_marking(self, request: web.Request) -> web.Response:
         body = await self._body(request)
@@ -306,10 +368,18 @@ class _Admin:
     async def _writing(self) -> AsyncIterator[asyncpg.Connection]:
         """A transaction on the storage pool, as `roadfeed_writer` when the pool's role may be it."""
         pool = self.ctx.storage.pool
-        async with pool.acquire() as conn, conn.transaction():
-            if await can_switch_role(pool, conn, WRITER_ROLE):
-                await conn.execute(f"SET LOCAL ROLE {WRITER_ROLE}")
-            yield conn
+        statement_timeout = int(self.ctx.config.database.statement_timeout_ms)
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            try:  # bounded like feed.api.reading: a silent server gives a 503, not a hung request
+                async with asyncio.timeout(statement_timeout / 1000 + QUERY_MARGIN), conn.transaction():
+                    settings = f"SET LOCAL statement_timeout = {statement_timeout}"
+                    if await can_switch_role(pool, conn, WRITER_ROLE):
+                        settings += f"; SET LOCAL ROLE {WRITER_ROLE}"
+                    await conn.execute(settings)
+                    yield conn
+            except DATABASE_UNAVAILABLE:
+                conn.terminate()
+                raise
 
     def _instant(self, body: dict[str, Any], name: str, *, required: bool) -> datetime | None:
         raw = body.get(name)

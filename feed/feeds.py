@@ -72,6 +72,8 @@ __all__ = [
     "FeedStateCopy",
     "RenderedFeed",
     "add_feed_routes",
+    "check_request_text",
+    "check_storable",
     "etag_matches",
     "feed_cache_control",
     "negotiate_encoding",
@@ -973,15 +975,63 @@ EVENT_STATUSES: tuple[str, ...] = get_args(EventStatus)
 BBOX_EXPECTED = "lon_min,lat_min,lon_max,lat_max in WGS 84 degrees, e.g. 3.2,43.3,4.1,43.8"
 
 
+MAX_ECHO = 200  # characters of a refused value echoed in the error
+
+
+def printable(text: str) -> str:
+    """`text` as an error may echo it: control characters and lone surrogates escaped
+    (a JSON body must encode as UTF-8), at most MAX_ECHO characters."""
+    if len(text) > MAX_ECHO:
+        text = text[:MAX_ECHO] + "…"
+    if _UNPRINTABLE.search(text) is None:
+        return text
+    return _UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+# What PostgreSQL text cannot hold (NUL) or UTF-8 cannot encode (lone surrogates).
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+UNSTORABLE_EXPECTED = "text without NUL (U+0000) or lone surrogates (U+D800 to U+DFFF)"
+
+
+def unstorable(text: str) -> str | None:
+    """Why `text` cannot be stored or compared in PostgreSQL, or None when it can."""
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return None
+    char = found.group()
+    what = "a NUL character (U+0000)" if char == "\x00" else f"a lone surrogate (U+{ord(char):04X})"
+    return f"contains {what}, which the database cannot hold"
+
+
+def check_storable(parameter: str, value: str) -> None:
+    """Raises BadParameter naming `parameter` when `value` is text PostgreSQL cannot hold."""
+    reason = unstorable(value)
+    if reason is not None:
+        raise BadParameter(parameter, value, UNSTORABLE_EXPECTED, f"{parameter} {reason}")
+
+
+def check_request_text(query: MultiMapping[str], path_parameters: Mapping[str, str]) -> None:
+    """Every query parameter (name and value) and path parameter: text PostgreSQL can hold.
+
+    Checked once for every route, before any handler reads a parameter: no route
+    can hand a database driver text it would refuse with a server error."""
+    for name, value in path_parameters.items():
+        check_storable(name, value)
+    for name, value in query.items():
+        check_storable(printable(name), name)
+        check_storable(name, value)
+
+
 class BadParameter(ValueError):
     """A query parameter that cannot be used; `as_json` is the 400 body."""
 
     def __init__(self, parameter: str, value: str, expected: str, detail: str) -> None:
         super().__init__(detail)
-        self.parameter = parameter
-        self.value = value
+        self.parameter = printable(parameter)
+        self.value = printable(value)
         self.expected = expected
-        self.detail = detail
+        self.detail = printable(detail)
 
     def as_json(self) -> dict[str, str]:
         return {"error": "invalid_parameter", "parameter": self.parameter, "value": self.value,

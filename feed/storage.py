@@ -35,6 +35,26 @@ MEASUREMENT_COLUMNS = ("channel_id", "start", "length", "count", "speed", "occup
 
 # LISTEN on this channel to hear, at commit, that 'events' or 'measurements' changed.
 CHANGES_CHANNEL = "roadfeed_changes"
+# Client-side bounds: a frozen server accepts TCP connections and then never
+# answers, and its statement_timeout cannot fire, so only the client can give up.
+CONNECT_TIMEOUT = 5.0  # seconds to open a connection
+COMMAND_TIMEOUT = 120.0  # seconds any one statement may take (ingest batches included)
+ACQUIRE_TIMEOUT = 2.0  # seconds a request waits for a pooled connection (see `Storage.ping`, feed.api.reading)
+ROUND_TRIP_TIMEOUT = 2.0  # seconds a trivial statement (BEGIN, SELECT 1) may take before the server counts as away
+
+# What "the database is away" looks like from the client: refused or reset
+# connections, timeouts (TimeoutError is an OSError), a server shutting down or
+# starting, no connection slot left, a connection that died under a query.
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
 _LOCK_CHANNEL = 1  # advisory lock class for channels being ingested
 _LOCK_SOURCE = 2  # advisory lock class for a source's events
 
@@ -77,12 +97,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10, **kwargs: Any) -> asyncpg.Pool:
+async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = CONNECT_TIMEOUT,
+                      command_timeout: float | None = COMMAND_TIMEOUT, **kwargs: Any) -> asyncpg.Pool:
     # Custom plans: generic ones cannot see the size of the arrays we pass and
     # turn the rollup refresh into full scans as the table grows.
     settings = {"timezone": "UTC", "plan_cache_mode": "force_custom_plan", **kwargs.pop("server_settings", {})}
     return await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection, server_settings=settings, **kwargs
+        url, min_size=min_size, max_size=max_size, init=_init_connection, server_settings=settings,
+        timeout=connect_timeout, command_timeout=command_timeout, **kwargs
     )
 
 
@@ -208,13 +230,27 @@ class Storage:
         self.whole_hour_zone = _whole_hour_offsets(timezone)
 
     @classmethod
-    async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> Storage:
-        pool = await create_pool(url, min_size=min_size, max_size=max_size)
+    async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = CONNECT_TIMEOUT,
+                   command_timeout: float | None = COMMAND_TIMEOUT) -> Storage:
+        pool = await create_pool(url, min_size=min_size, max_size=max_size, connect_timeout=connect_timeout,
+                                 command_timeout=command_timeout)
         tz = await pool.fetchval("SELECT value FROM roadfeed_meta WHERE key = 'timezone'")
         return cls(pool, tz)
 
     async def close(self) -> None:
         await self.pool.close()
+
+    async def ping(self, timeout: float = ROUND_TRIP_TIMEOUT) -> None:
+        """Raises one of DATABASE_UNAVAILABLE unless the server answers within `timeout` seconds.
+
+        A connection that did not answer is closed at once rather than given back
+        (giving it back would wait for its cancellation, i.e. for the server)."""
+        async with self.pool.acquire(timeout=timeout) as conn:
+            try:
+                await conn.fetchval("SELECT 1", timeout=timeout)
+            except BaseException:
+                conn.terminate()
+                raise
 
     # --- sources and runs ------------------------------------------------------
 
