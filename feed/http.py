@@ -9,10 +9,12 @@ handlers and append it to `ROUTES`, or pass `routes=[*ROUTES, api_routes]` to
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from feed.admin import admin_routes
 from feed.api import api_routes
@@ -122,6 +124,26 @@ async def storable_text_middleware(request: web.Request, handler: Handler) -> we
     return await handler(request)
 
 
+class RefusalLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logger for our application: a request aiohttp refuses as
+    malformed or oversized (a line or header field too long, a bad head) is one
+    line, at most one every few seconds, instead of a traceback per request that
+    anyone could use to flood the logs. Other errors keep their traceback."""
+
+    def __init__(self, throttled: ThrottledLog) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self.throttled = throttled
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+        exc_info = kwargs.get("exc_info")
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1] if exc_info else None
+        if isinstance(exc, BadHttpMessage):
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            self.throttled.warning("refused", f"refused a malformed or oversized request: {type(exc).__name__} {first}")
+            return
+        super().log(level, msg, *args, **kwargs)  # type: ignore[arg-type]
+
+
 def feed_routes(app: web.Application, ctx: AppContext) -> None:
     """The live feeds under /feeds/ (see feed.feeds.FEEDS)."""
     add_feed_routes(app.router, ctx.publisher, ctx.config.server.feed_max_age)
@@ -144,15 +166,17 @@ def build_app(
     """
     ctx = AppContext(config, storage, publisher or FeedPublisher(storage, config))
     # Bodies beyond max_request_bytes get 413; request lines and header fields beyond 8190 bytes get 400.
+    throttled = ThrottledLog(log)
     app = web.Application(client_max_size=config.server.max_request_bytes,
-                          handler_args={"max_line_size": MAX_HEADER_LINE, "max_field_size": MAX_HEADER_LINE})
+                          handler_args={"max_line_size": MAX_HEADER_LINE, "max_field_size": MAX_HEADER_LINE,
+                                        "logger": RefusalLog(throttled)})
     app[CONTEXT] = ctx
     app.middlewares.append(http_middleware)  # first: /metrics times every answer, refusals included
     install_security(app, rate_limit_per_minute=config.server.rate_limit_per_minute,
                      rate_limit_burst=config.server.rate_limit_burst, trusted_proxies=config.server.trusted_proxies,
                      exempt=config.server.rate_limit_exempt)
     app.middlewares.append(storable_text_middleware)
-    app.middlewares.append(database_unavailable_middleware(ThrottledLog(log)))
+    app.middlewares.append(database_unavailable_middleware(throttled))
 
     async def run_publisher(_app: web.Application) -> AsyncIterator[None]:
         await ctx.publisher.start()

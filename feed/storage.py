@@ -732,6 +732,12 @@ def _stored_event(row: asyncpg.Record) -> StoredEvent:
     d = dict(row)
     geometry = d.pop("geometry")
     d["geometry"] = Geometry.model_validate_json(geometry) if geometry else None
+    for key, value in d.items():
+        # asyncpg reads -infinity and infinity (what it writes for datetime.min and
+        # datetime.max) as naive datetime.min / datetime.max: they are UTC instants,
+        # and one such row must not make every event unreadable.
+        if isinstance(value, datetime) and value.tzinfo is None:
+            d[key] = value.replace(tzinfo=UTC)
     return StoredEvent(**d)
 
 
