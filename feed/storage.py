@@ -7,9 +7,11 @@ ingest handles millions of rows and the per-object cost would dominate.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -54,6 +56,24 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
 )
+
+
+
+@asynccontextmanager
+async def bounded_connection(pool: asyncpg.Pool, seconds: float) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection (within ACQUIRE_TIMEOUT) for `seconds` of work at most.
+
+    A connection whose work failed because the server is away, ran out of time or
+    was cancelled is closed at once, never given back: giving it back would wait
+    for its cancellation, that is for the silent server."""
+    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+        try:
+            async with asyncio.timeout(seconds):
+                yield conn
+        except (*DATABASE_UNAVAILABLE, asyncio.CancelledError):
+            conn.terminate()
+            raise
+
 
 _LOCK_CHANNEL = 1  # advisory lock class for channels being ingested
 _LOCK_SOURCE = 2  # advisory lock class for a source's events
@@ -245,12 +265,8 @@ class Storage:
 
         A connection that did not answer is closed at once rather than given back
         (giving it back would wait for its cancellation, i.e. for the server)."""
-        async with self.pool.acquire(timeout=timeout) as conn:
-            try:
-                await conn.fetchval("SELECT 1", timeout=timeout)
-            except BaseException:
-                conn.terminate()
-                raise
+        async with bounded_connection(self.pool, timeout) as conn:
+            await conn.fetchval("SELECT 1")
 
     # --- sources and runs ------------------------------------------------------
 

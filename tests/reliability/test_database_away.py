@@ -37,9 +37,10 @@ from feed.storage import Storage
 
 ANSWER_WITHIN = 5.0  # seconds: the bound the API must keep while the database is away
 FEEDS = ["/feeds/events.geojson", "/feeds/datex2/v3/situations.xml", "/feeds/waze/cifs.xml", "/feeds/sites.geojson"]
+OPERATIONS = ["/healthz", "/metrics", "/feeds/status.json"]  # answer 200 whatever the database does
 TOKEN = "t0ken"
 API = ["/api/v1/sites", "/api/v1/sites/1", "/api/v1/sites/1/counts", "/api/v1/events", "/api/v1/events/cd34:works",
-       "/api/v1/sources", "/api/v1/annual?year=2025", "/api/v1/downloads"]
+       "/api/v1/sources", "/api/v1/annual?year=2025", "/api/v1/downloads", "/feeds/events/changes"]
 ADMIN = ["/api/v1/admin/sources", "/api/v1/admin/quarantine", "/api/v1/admin/markings"]
 SOURCES = [SourceConfig(id="cd34", kind="datex2", url="http://127.0.0.1:9/cd34", interval=60),
            SourceConfig(id="cnt", kind="comptage-mobilites", url="http://127.0.0.1:9/cnt", interval=300)]
@@ -132,7 +133,7 @@ async def _get(client: TestClient, path: str) -> tuple[int, CIMultiDict[str], by
 async def _healthy(client: TestClient) -> dict[str, str]:
     """Every route answers 200; the feeds' ETags."""
     etags = {}
-    for path in FEEDS + API + ADMIN + ["/readyz"]:
+    for path in FEEDS + OPERATIONS + API + ADMIN + ["/readyz"]:
         status, headers, body, _ = await _get(client, path)
         assert status == 200, (path, status, body[:300])
         if path in FEEDS:
@@ -166,6 +167,11 @@ async def _while_away(client: TestClient, etags: dict[str, str], seconds: float)
                     assert status == 200 and headers["ETag"] == etags[path], (path, status, body[:200])
                     continue
                 slowest = max(slowest, took)
+                if path in OPERATIONS:
+                    assert status == 200 and took <= ANSWER_WITHIN, (path, status, took)
+                    if path == "/metrics":
+                        assert b"roadfeed_database_up{" in body and b"} 0" in body.split(b"roadfeed_database_up{")[1]
+                    continue
                 assert took <= ANSWER_WITHIN, (path, status, took)
                 assert status == 503, (path, status, body[:300])
                 assert headers["Content-Type"] == "application/json" and int(headers["Retry-After"]) > 0
@@ -177,7 +183,7 @@ async def _while_away(client: TestClient, etags: dict[str, str], seconds: float)
                     cors = "Access-Control-Allow-Origin" in headers
                     assert cors == (not path.startswith("/api/v1/admin/")), (path, headers)
 
-    await asyncio.gather(poll(FEEDS), poll(API[:4] + ["/readyz"]), poll(API[4:]), poll(ADMIN))
+    await asyncio.gather(poll(FEEDS), poll(API[:4] + ["/readyz"]), poll(API[4:]), poll(ADMIN + OPERATIONS))
     seen["slowest_ms"] = round(slowest * 1000)
     return seen
 
