@@ -49,6 +49,7 @@ from feed.feeds import (
     etag_matches,
     json_error,
     negotiate_encoding,
+    unstorable,
 )
 from feed.history import STEPS, Site, Step
 from feed.storage import ACQUIRE_TIMEOUT, DATABASE_UNAVAILABLE, ROUND_TRIP_TIMEOUT
@@ -183,6 +184,11 @@ def decode_cursor(query: MultiMapping[str], kind: str) -> Any:
         raise _bad("cursor", raw, expected, "cursor is not one this API issued") from None
     if found != kind or not isinstance(after, int | str) or isinstance(after, bool):
         raise _bad("cursor", raw, expected, f"cursor belongs to another list than {kind}")
+    # Forged cursors: what is inside goes to the database, so it must be something it can hold.
+    if isinstance(after, int) and not -(2**31) <= after < 2**31:
+        raise _bad("cursor", raw, expected, "cursor is not one this API issued (its position is out of range)")
+    if isinstance(after, str) and unstorable(after):
+        raise _bad("cursor", raw, expected, f"cursor is not one this API issued (it {unstorable(after)})")
     return after
 
 

@@ -74,6 +74,7 @@ __all__ = [
     "add_feed_routes",
     "check_request_text",
     "check_storable",
+    "unstorable",
     "etag_matches",
     "feed_cache_control",
     "negotiate_encoding",

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -268,3 +269,23 @@ def test_full_width_formulas_are_neutralised():
     assert downloads.neutralise("＝1+1") == "'＝1+1"
     assert downloads.neutralise("＋cmd") == "'＋cmd" and downloads.neutralise(" =1") == "' =1"
     assert downloads.neutralise("-3.5e2") == "-3.5e2" and downloads.neutralise("Montbazin") == "Montbazin"
+
+
+# --------------------------------------------------------------------------- cursors
+
+
+def _cursor(document: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(document).encode()).decode().rstrip("=")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["sites", "events"]),
+       after=st.one_of(st.integers(-(2**80), 2**80), st.text(max_size=30), UNSTORABLE))
+async def test_forged_cursors_are_a_400_or_a_page_never_a_server_error(shared, kind, after):
+    """A cursor is ours to decode: whatever a client forges inside (huge numbers, text
+    the database cannot hold), the answer is a page or a 400 naming the cursor."""
+    async with shared.get(f"/api/v1/{kind}", params={"cursor": _cursor([kind, after])}) as resp:
+        body = await resp.read()
+        assert resp.status in (200, 400), (kind, after, resp.status, body[:300])
+        if resp.status == 400:
+            assert json.loads(body)["parameter"] == "cursor"
