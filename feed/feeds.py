@@ -70,15 +70,17 @@ __all__ = [
     "FeedSpec",
     "FeedState",
     "FeedStateCopy",
+    "LeftOut",
     "RenderedFeed",
     "add_feed_routes",
     "check_request_text",
     "check_storable",
-    "unstorable",
     "etag_matches",
     "feed_cache_control",
     "negotiate_encoding",
     "parse_event_filter",
+    "printable",
+    "unstorable",
 ]
 
 log = logging.getLogger("roadfeed.feeds")

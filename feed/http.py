@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
@@ -20,7 +21,15 @@ from feed.admin import admin_routes
 from feed.api import api_routes
 from feed.changes import changes_routes
 from feed.config import Config
-from feed.feeds import CORS_HEADERS, BadParameter, FeedPublisher, add_feed_routes, check_request_text, json_error
+from feed.feeds import (
+    CORS_HEADERS,
+    BadParameter,
+    FeedPublisher,
+    add_feed_routes,
+    check_request_text,
+    json_error,
+    printable,
+)
 from feed.logs import ThrottledLog
 from feed.metrics import http_middleware, metrics_routes
 from feed.security import ADMIN_PREFIX, install_security
@@ -85,7 +94,10 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def database_unavailable_middleware(throttled: ThrottledLog) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+
+
+def database_unavailable_middleware(throttled: ThrottledLog) -> Middleware:
     """Any route that needs the database answers a JSON 503 with Retry-After while it
     is away (refused, frozen, restarting), and logs one line every few seconds, not a
     traceback per request. Recovery needs nothing: the pool reconnects on next use."""
@@ -101,13 +113,18 @@ def database_unavailable_middleware(throttled: ThrottledLog) -> Callable[[web.Re
             document = {"error": "database_unavailable", "parameter": None, "value": None,
                         "expected": f"a retry after {DATABASE_RETRY_AFTER} s",
                         "detail": f"the database is unavailable ({reason}); retry shortly"}
-            response = json_error(503, document, **{"Retry-After": DATABASE_RETRY_AFTER})
-            if request.path.startswith(ADMIN_PREFIX):  # admin answers carry no CORS header
-                for name in CORS_HEADERS:
-                    response.headers.pop(name, None)
-            return response
+            return _error(request, 503, document, **{"Retry-After": DATABASE_RETRY_AFTER})
 
     return unavailable
+
+
+def _error(request: web.Request, status: int, document: dict[str, Any], **extra: str) -> web.Response:
+    """A JSON error in the API's shape, with CORS except on the admin API (same-origin only)."""
+    response = json_error(status, document, **extra)
+    if request.path.startswith(ADMIN_PREFIX):
+        for name in CORS_HEADERS:
+            response.headers.pop(name, None)
+    return response
 
 
 @web.middleware
@@ -116,11 +133,7 @@ async def storable_text_middleware(request: web.Request, handler: Handler) -> we
     try:
         check_request_text(request.query, request.match_info)
     except BadParameter as exc:
-        response = json_error(400, exc.as_json())
-        if request.path.startswith(ADMIN_PREFIX):
-            for name in CORS_HEADERS:
-                response.headers.pop(name, None)
-        return response
+        return _error(request, 400, exc.as_json())
     return await handler(request)
 
 
@@ -137,9 +150,9 @@ class RefusalLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     def log(self, level: int, msg: object, *args: object, **kwargs: object) -> None:  # type: ignore[override]
         exc_info = kwargs.get("exc_info")
         exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1] if exc_info else None
-        if isinstance(exc, BadHttpMessage):
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            self.throttled.warning("refused", f"refused a malformed or oversized request: {type(exc).__name__} {first}")
+        if level >= logging.ERROR and isinstance(exc, BadHttpMessage):
+            what = printable(" ".join(str(exc.message).split()))  # one line, whatever the client sent
+            self.throttled.warning("refused", f"refused a malformed or oversized request: {type(exc).__name__}: {what}")
             return
         super().log(level, msg, *args, **kwargs)  # type: ignore[arg-type]
 
