@@ -78,7 +78,7 @@ def _parameters() -> list[tuple[str, str, str, str]]:
     found = []
     for paths in (doc["paths"], openapi_paths()):
         for path, item in paths.items():
-            for operation in ("get", "delete"):
+            for operation in ("get", "post", "delete"):
                 if operation not in item:
                     continue
                 for p in item[operation].get("parameters", []) + item.get("parameters", []):
