@@ -80,6 +80,7 @@ _LEADING_SPACES = " \u00a0\u3000"
 _FORMULA = re.compile(f"^[{_LEADING_SPACES}]*[{FORMULA_STARTS}]")
 _FORMULA_START = f"'^[{_LEADING_SPACES}]*[{FORMULA_STARTS}]'"  # the characters themselves, in a plain SQL literal
 _PLAIN_NUMBER = r"'^[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][+-]?[0-9]+)?$'"
+_PLAIN_NUMBER_RE = re.compile(_PLAIN_NUMBER[1:-1].replace("$", r"\Z"))  # the same in Python ($ would allow a final \n)
 
 
 def neutralised_sql(expr: str) -> str:
@@ -93,9 +94,6 @@ def neutralise(text: str) -> str:
     if text and _FORMULA.match(text) and not _PLAIN_NUMBER_RE.match(text):
         return "'" + text
     return text
-
-
-_PLAIN_NUMBER_RE = re.compile(_PLAIN_NUMBER[1:-1])
 
 
 # --------------------------------------------------------------------------- the files

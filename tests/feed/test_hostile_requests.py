@@ -252,6 +252,7 @@ async def test_rate_limit_refusals_keep_each_routes_cors_and_probes_have_their_o
               _SAFE).map("".join),
     _SAFE,
     st.from_regex(r"\A[+-]?[0-9]{1,6}(\.[0-9]{0,3})?([eE][+-]?[0-9]{1,2})?\Z"),
+    st.from_regex(r"\A[+-]?[0-9]{1,6}(\.[0-9]{0,3})?\Z").map(lambda number: number + "\n"),
 ))
 async def test_csv_cells_are_neutralised_alike_in_python_and_sql(storage: Storage, text):
     neutral = downloads.neutralise(text)
