@@ -6,7 +6,7 @@ Throughout, clients poll the feeds and the API. Feeds keep answering 200 with
 their last version; every API route that needs the database answers a JSON 503
 with Retry-After within 5 s (never a 500, never a hang); /readyz is 503 and says
 why; once the database is back everything answers 200 again without a restart.
-Each test starts its own cluster: the session-wide servers stay untouched.
+Each test starts its own cluster: the servers the other tests share stay untouched.
 """
 
 from __future__ import annotations
