@@ -29,7 +29,7 @@ from aiohttp import web
 
 from feed import markings
 from feed.api import API, NotFound, parse_instant, reading
-from feed.feeds import BadParameter
+from feed.feeds import BadParameter, check_storable
 
 if TYPE_CHECKING:
     from feed.http import AppContext
@@ -77,7 +77,14 @@ def _error(status: int, error: str, detail: str, **extra: str) -> web.Response:
 
 
 def _bad(parameter: str, value: Any, expected: str, detail: str) -> BadParameter:
-    return BadParameter(parameter, value if isinstance(value, str) else json.dumps(value), expected, detail)
+    return BadParameter(parameter, value if isinstance(value, str) else _echo(value), expected, detail)
+
+
+def _echo(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (ValueError, RecursionError):  # a value json cannot write back; the detail says what is wrong
+        return repr(type(value))
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -105,6 +112,67 @@ def _authorised(token: str | None, handler: Handler) -> Handler:
                           **{"Retry-After": "10"})
 
     return handle
+
+
+# --------------------------------------------------------------------------- request bodies
+
+# Bodies beyond [server] max_request_bytes are refused (413) before they are read whole.
+MAX_DEPTH = 8  # nesting of arrays and objects in an admin JSON body
+BODY_EXPECTED = 'a JSON object, e.g. {"kind": "road_closed", "road": "RD613", "from": "2025-07-01"}'
+
+
+def _depth_exceeded(raw: bytes, limit: int) -> bool:
+    """Whether arrays and objects nest deeper than `limit` (brackets inside strings do not count).
+
+    Checked before parsing: the parser recurses once per level, so a deep enough
+    body would exhaust the stack before any check on the result could run."""
+    depth = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return False
+
+
+def _check_strings(value: Any, path: str) -> None:
+    """Every key and string in a parsed body: text PostgreSQL can hold (a 400 naming the field)."""
+    if isinstance(value, str):
+        check_storable(path, value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_storable(path, key)
+            _check_strings(item, key if path == "body" else f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_strings(item, f"{path}[{index}]")
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """A JSON object of at most MAX_DEPTH levels whose texts PostgreSQL can hold, or BadParameter."""
+    if _depth_exceeded(raw, MAX_DEPTH):
+        raise _bad("body", raw[:200].decode("utf-8", "replace"), f"{BODY_EXPECTED}, nested at most {MAX_DEPTH} deep",
+                   f"the body nests arrays or objects more than {MAX_DEPTH} deep")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise _bad("body", raw[:200].decode("utf-8", "replace"), BODY_EXPECTED, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise _bad("body", body, BODY_EXPECTED, "the body is not a JSON object")
+    _check_strings(body, "body")
+    return body
 
 
 # --------------------------------------------------------------------------- handlers
@@ -237,15 +305,7 @@ class _Admin:
         return _json({"markings": [_marking_json(r) for r in rows]})
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        expected = 'a JSON object, e.g. {"kind": "road_closed", "road": "RD613", "from": "2025-07-01"}'
-        raw = await request.read()
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise _bad("body", raw[:200].decode("utf-8", "replace"), expected, "the body is not JSON") from None
-        if not isinstance(body, dict):
-            raise _bad("body", body, expected, "the body is not a JSON object")
-        return body
+        return parse_body(await request.read())
 
     async def add_marking(self, request: web.Request) -> web.Response:
         fields = marking_fields(await self._body(request), self.tz)

@@ -15,6 +15,7 @@ CSRF token in `X-CSRF-Token` (the page reads it from `GET /api/v1/session`).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -31,8 +32,9 @@ from aiohttp import web
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from feed.api import API, NotFound, can_switch_role
+from feed.api import API, QUERY_MARGIN, NotFound, can_switch_role
 from feed.feeds import BadParameter
+from feed.storage import ACQUIRE_TIMEOUT, DATABASE_UNAVAILABLE
 
 if TYPE_CHECKING:
     from feed.http import AppContext
@@ -118,12 +120,21 @@ def check_role(role: str) -> str:
 
 @asynccontextmanager
 async def writing(ctx: AppContext) -> AsyncIterator[asyncpg.Connection]:
-    """A transaction on the storage pool, as `roadfeed_writer` when the pool's role may be it."""
+    """A transaction on the storage pool, as `roadfeed_writer` when the pool's role may be it;
+    bounded like feed.api.reading, so a silent server gives a 503, not a hung request."""
     pool = ctx.storage.pool
-    async with pool.acquire() as conn, conn.transaction():
-        if await can_switch_role(pool, conn, WRITER_ROLE):
-            await conn.execute(f"SET LOCAL ROLE {WRITER_ROLE}")
-        yield conn
+    statement_timeout = int(ctx.config.database.statement_timeout_ms)
+    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+        try:
+            async with asyncio.timeout(statement_timeout / 1000 + QUERY_MARGIN), conn.transaction():
+                settings = f"SET LOCAL statement_timeout = {statement_timeout}"
+                if await can_switch_role(pool, conn, WRITER_ROLE):
+                    settings += f"; SET LOCAL ROLE {WRITER_ROLE}"
+                await conn.execute(settings)
+                yield conn
+        except DATABASE_UNAVAILABLE:
+            conn.terminate()  # giving it back would wait for the silent server
+            raise
 
 
 async def _login(conn: asyncpg.Connection, username: str, password: str) -> tuple[Agent, str, str] | None:

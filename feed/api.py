@@ -49,8 +49,10 @@ from feed.feeds import (
     etag_matches,
     json_error,
     negotiate_encoding,
+    unstorable,
 )
 from feed.history import STEPS, Site, Step
+from feed.storage import ACQUIRE_TIMEOUT, DATABASE_UNAVAILABLE, ROUND_TRIP_TIMEOUT
 
 if TYPE_CHECKING:  # feed.http imports this module to register its routes
     from feed.http import AppContext
@@ -182,6 +184,11 @@ def decode_cursor(query: MultiMapping[str], kind: str) -> Any:
         raise _bad("cursor", raw, expected, "cursor is not one this API issued") from None
     if found != kind or not isinstance(after, int | str) or isinstance(after, bool):
         raise _bad("cursor", raw, expected, f"cursor belongs to another list than {kind}")
+    # Forged cursors: what is inside goes to the database, so it must be something it can hold.
+    if isinstance(after, int) and not -(2**31) <= after < 2**31:
+        raise _bad("cursor", raw, expected, "cursor is not one this API issued (its position is out of range)")
+    if isinstance(after, str) and unstorable(after):
+        raise _bad("cursor", raw, expected, f"cursor is not one this API issued (it {unstorable(after)})")
     return after
 
 
@@ -449,37 +456,58 @@ async def can_switch_role(pool: asyncpg.Pool, conn: asyncpg.Connection, role: st
         entry = _ROLE_SWITCH[id(pool)] = (pool, {})
     known = entry[1]
     if role not in known:
-        known[role] = bool(await conn.fetchval(_CAN_SWITCH, role))
+        known[role] = bool(await conn.fetchval(_CAN_SWITCH, role, timeout=ROUND_TRIP_TIMEOUT))
         if not known[role]:
             log.warning("the database login cannot SET ROLE %s; transactions keep the login's role", role)
     return known[role]
+
+
+QUERY_MARGIN = 2.0  # seconds past the statement timeout before the client gives up on a silent server
 
 
 @asynccontextmanager
 async def reading(ctx: AppContext, *, bulk: bool = False) -> AsyncIterator[asyncpg.Connection]:
     """A read-only REPEATABLE READ transaction bounded by the configured statement timeout
     (JIT off: these queries are short, and compiling them would cost more than running them).
-    `bulk` (downloads): the publication's time zone for formatting times, and room to sort a batch in memory."""
-    settings = f"SET LOCAL statement_timeout = {int(ctx.config.database.statement_timeout_ms)}; SET LOCAL jit = off"
+    `bulk` (downloads): the publication's time zone for formatting times, and room to sort a batch in memory.
+
+    Bounded on the client side too, for a server that does not answer at all
+    (frozen, or a network that drops packets): a connection within ACQUIRE_TIMEOUT,
+    BEGIN within ROUND_TRIP_TIMEOUT, and, except for downloads (each batch bounded
+    by the pool's command timeout), the whole transaction within the statement
+    timeout plus QUERY_MARGIN. A connection that failed that way is closed, never
+    given back. The errors raised are those of `DATABASE_UNAVAILABLE` (a 503)."""
+    statement_timeout = int(ctx.config.database.statement_timeout_ms)
+    settings = f"SET LOCAL statement_timeout = {statement_timeout}; SET LOCAL jit = off"
     if bulk:
         settings += (f"; SET LOCAL TimeZone = {downloads.sql_literal(ctx.config.publication.timezone)}"
                      f"; SET LOCAL work_mem = '{DOWNLOAD_WORK_MEM}'")
     pool = ctx.storage.pool
-    async with pool.acquire() as conn:
-        # The read-only role on top of READ ONLY: even a statement that escaped both
-        # could not write, it would lack the privilege (see sql/003_roles.sql).
-        if await can_switch_role(pool, conn, READER_ROLE):
-            settings += f"; SET LOCAL ROLE {READER_ROLE}"
-        # BEGIN and the settings in one round trip (asyncpg's Transaction would take two).
-        await conn.execute(f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {settings}")
+    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
         try:
-            yield conn
+            # The read-only role on top of READ ONLY: even a statement that escaped both
+            # could not write, it would lack the privilege (see sql/003_roles.sql).
+            if await can_switch_role(pool, conn, READER_ROLE):
+                settings += f"; SET LOCAL ROLE {READER_ROLE}"
+            # BEGIN and the settings in one round trip (asyncpg's Transaction would take two).
+            await conn.execute(f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {settings}",
+                               timeout=ROUND_TRIP_TIMEOUT)
+        except BaseException:
+            conn.terminate()
+            raise
+        deadline = contextlib.nullcontext() if bulk else asyncio.timeout(statement_timeout / 1000 + QUERY_MARGIN)
+        try:
+            async with deadline:
+                yield conn
+        except DATABASE_UNAVAILABLE:
+            conn.terminate()
+            raise
         except BaseException:
             if not conn.is_closed():
                 with contextlib.suppress(Exception):  # the pool's reset rolls back whatever is left
-                    await conn.execute("ROLLBACK")
+                    await conn.execute("ROLLBACK", timeout=ROUND_TRIP_TIMEOUT)
             raise
-        await conn.execute("COMMIT")
+        await conn.execute("COMMIT", timeout=ROUND_TRIP_TIMEOUT)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -77,7 +77,7 @@ from feed import storage as _storage
 from feed.feeds import CORS_HEADERS, PREFLIGHT_HEADERS, BadParameter, EventFilter, json_error, parse_event_filter
 from feed.deadlines import cancel_and_wait
 from feed.model import Geometry, StoredEvent
-from feed.storage import CHANGES_CHANNEL, Storage
+from feed.storage import CHANGES_CHANNEL, Storage, bounded_connection
 
 __all__ = [
     "CHANGES_PATH",
@@ -103,6 +103,7 @@ DEFAULT_LIMIT = 500
 MAX_LIMIT = 5000
 SCAN_BUDGET = 50_000  # changes a filtered page may look at before answering with `more`
 STREAM_BATCH = 500  # changes read per query by the stream (catch-up and live)
+READ_TIMEOUT = 3.0  # seconds one read of the change log may take: past it the database counts as away (a 503)
 LISTENER_APPLICATION_NAME = "roadfeed-change-stream"
 EVENT_STREAM = "text/event-stream"
 
@@ -206,16 +207,24 @@ class ChangeLog:
         self.writer_wait = writer_wait  # longest wait for in-flight writers before answering without them
         self.poll_interval = poll_interval
 
+    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with bounded_connection(self.pool, READ_TIMEOUT) as conn:
+            return await conn.fetch(query, *args)
+
+    async def _fetchval(self, query: str, *args: Any) -> Any:
+        async with bounded_connection(self.pool, READ_TIMEOUT) as conn:
+            return await conn.fetchval(query, *args)
+
     async def read(self, since: int, limit: int) -> tuple[list[Change], bool]:
         """Up to `limit` final changes after `since`, and whether more are there already."""
-        rows = await self.pool.fetch(_READ, since, None, limit + 1)
+        rows = await self._fetch(_READ, since, None, limit + 1)
         hole = next((i for i, r in enumerate(rows) if r["seq"] != since + 1 + i), None)
         if hole is not None:
             # Every seq up to the last one seen was handed out before this read: once
             # the writers in flight now are done, each is committed or abandoned.
             last = rows[-1]["seq"]
             if await self._writers_done():
-                rows = await self.pool.fetch(_READ, since, last, limit + 1)
+                rows = await self._fetch(_READ, since, last, limit + 1)
             else:
                 rows = rows[:hole]  # what was final anyway; the rest next time
         changes = await asyncio.to_thread(_changes, rows[:limit])
@@ -223,18 +232,18 @@ class ChangeLog:
 
     async def head(self) -> int:
         """The newest position such that every change up to it is final."""
-        top = await self.pool.fetchval("SELECT coalesce(max(seq), 0) FROM event_versions")
+        top = await self._fetchval("SELECT coalesce(max(seq), 0) FROM event_versions")
         while not await self._writers_done():
             pass  # a writer still holds changes at or below `top`: it has to finish first
         return top
 
     async def latest(self) -> int:
         """The newest stored change (final or not): no valid cursor is beyond it."""
-        return await self.pool.fetchval("SELECT coalesce(max(seq), 0) FROM event_versions")
+        return await self._fetchval("SELECT coalesce(max(seq), 0) FROM event_versions")
 
     async def _writers_done(self) -> bool:
         """Waits (up to `writer_wait`) until the event writers in flight now have finished."""
-        writers = await self.pool.fetchval(_WRITERS, _WRITER_LOCK_CLASS)
+        writers = await self._fetchval(_WRITERS, _WRITER_LOCK_CLASS)
         deadline = time.monotonic() + self.writer_wait
         while writers:
             if time.monotonic() > deadline:
@@ -242,7 +251,7 @@ class ChangeLog:
                             writers, self.writer_wait)
                 return False
             await asyncio.sleep(self.poll_interval)
-            if not await self.pool.fetchval(_STILL_WRITING, _WRITER_LOCK_CLASS, writers):
+            if not await self._fetchval(_STILL_WRITING, _WRITER_LOCK_CLASS, writers):
                 break
         return True
 

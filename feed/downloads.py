@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -71,8 +72,15 @@ def sql_literal(value: Any) -> str:
     raise TypeError(f"no SQL literal for {type(value).__name__}")
 
 
-_FORMULA_START = r"'^[=+\-@\t\r]'"
+# What spreadsheets read as the start of a formula: = + - @ tab CR, and their
+# full-width (U+FF1D, U+FF0B, U+FF0D, U+FF20) and small (U+FE62, U+FE63, U+FE66)
+# forms, which some spreadsheets fold to ASCII; also after leading spaces.
+FORMULA_STARTS = "=+@\t\r\uff1d\uff0b\uff0d\uff20\ufe62\ufe63\ufe66-"  # "-" last: literal in a bracket
+_LEADING_SPACES = " \u00a0\u3000"
+_FORMULA = re.compile(f"^[{_LEADING_SPACES}]*[{FORMULA_STARTS}]")
+_FORMULA_START = f"'^[{_LEADING_SPACES}]*[{FORMULA_STARTS}]'"  # the characters themselves, in a plain SQL literal
 _PLAIN_NUMBER = r"'^[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][+-]?[0-9]+)?$'"
+_PLAIN_NUMBER_RE = re.compile(_PLAIN_NUMBER[1:-1].replace("$", r"\Z"))  # the same in Python ($ would allow a final \n)
 
 
 def neutralised_sql(expr: str) -> str:
@@ -83,11 +91,8 @@ def neutralised_sql(expr: str) -> str:
 
 def neutralise(text: str) -> str:
     """The same rule in Python, for the CSV files built in memory (a site's counts, the annual table)."""
-    if text and text[0] in "=+-@\t\r":
-        try:
-            float(text)
-        except ValueError:
-            return "'" + text
+    if text and _FORMULA.match(text) and not _PLAIN_NUMBER_RE.match(text):
+        return "'" + text
     return text
 
 

@@ -35,7 +35,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, formatdate, parsedate_to_datetime
 from functools import partial
@@ -71,12 +71,17 @@ __all__ = [
     "FeedSpec",
     "FeedState",
     "FeedStateCopy",
+    "LeftOut",
     "RenderedFeed",
     "add_feed_routes",
+    "check_request_text",
+    "check_storable",
     "etag_matches",
     "feed_cache_control",
     "negotiate_encoding",
     "parse_event_filter",
+    "printable",
+    "unstorable",
 ]
 
 log = logging.getLogger("roadfeed.feeds")
@@ -225,6 +230,16 @@ def _rendered(
     )
 
 
+class LeftOut(NamedTuple):
+    """A record one renderer cannot write: left out of that feed only, and listed in status.json."""
+
+    record: str  # the record's id
+    reason: str
+
+
+MAX_LEFT_OUT_LISTED = 100  # per feed in status.json (all are counted)
+
+
 class _Outcome(NamedTuple):
     body: bytes | None
     encoded: dict[str, bytes]
@@ -233,6 +248,28 @@ class _Outcome(NamedTuple):
     empty: str | None  # the exporter had nothing it may publish
     error: str | None
     spliced: bool = False  # made from cached parts (see _Splicer)
+    items: Sequence[Any] = ()  # the records rendered (without those left out)
+    keys: Sequence[bytes] = ()  # their keys
+    left_out: Mapping[bytes, LeftOut] = {}  # by key: the records this renderer cannot write
+
+
+def _record_id(item: Any) -> str:
+    return str(getattr(item, "id", "?"))
+
+
+def _unwritable(spec: FeedSpec, items: Sequence[Any], keys: Sequence[bytes], publication: PublicationConfig,
+                at: datetime) -> dict[bytes, LeftOut]:
+    """The records `spec` cannot render, each tried alone (after a whole rendering failed)."""
+    assert spec.render is not None
+    found: dict[bytes, LeftOut] = {}
+    for item, key in zip(items, keys, strict=True):
+        try:
+            spec.render([item], publication, at)
+        except datex2_v3.NothingToPublish:
+            pass
+        except Exception as exc:  # noqa: BLE001 - whatever the exporter raises, this record is the cause
+            found[key] = LeftOut(_record_id(item), f"{type(exc).__name__}: {exc}")
+    return found
 
 
 def _render_outcome(
@@ -242,24 +279,50 @@ def _render_outcome(
     at: datetime,
     splicer: _Splicer | None = None,
     keys: Sequence[bytes] = (),
+    known_left_out: Mapping[bytes, LeftOut] | None = None,
 ) -> _Outcome:
-    """Runs in a worker thread: render (from cached fragments when it can) and compress one feed, never raising."""
+    """Runs in a worker thread: render (from cached fragments when it can) and compress one feed, never raising.
+
+    A record the renderer cannot write (a date beyond what the format carries, say)
+    is left out of this feed, never holding it hostage: when a whole rendering
+    fails, each record is tried alone, those that fail are left out (and
+    remembered by content in `known_left_out`, so later renderings skip them
+    without trying again), and the rest is rendered."""
     assert spec.render is not None
     t0 = time.perf_counter()
+    keys = keys or [b"%d" % i for i in range(len(data))]
+    left_out = {key: known_left_out[key] for key in keys if known_left_out and key in known_left_out}
+    items, item_keys = data, keys
+    if left_out:
+        kept = [(item, key) for item, key in zip(data, keys, strict=True) if key not in left_out]
+        items, item_keys = [item for item, _ in kept], [key for _, key in kept]
     try:
-        body = splicer.splice(data, keys, publication, at) if splicer is not None else None
-        spliced = body is not None
-        if body is None:
-            body = spec.render(data, publication, at)
+        try:
+            body = splicer.splice(items, item_keys, publication, at) if splicer is not None else None
+            spliced = body is not None
+            if body is None:
+                body = spec.render(items, publication, at)
+        except datex2_v3.NothingToPublish:
+            raise
+        except Exception:
+            found = _unwritable(spec, items, item_keys, publication, at)
+            if not found:
+                raise  # not a record's fault: an exporter bug, reported below
+            for left in found.values():
+                log.warning("%s: record %s left out: %s", spec.path, left.record, left.reason)
+            left_out.update(found)
+            kept = [(item, key) for item, key in zip(items, item_keys, strict=True) if key not in found]
+            items, item_keys = [item for item, _ in kept], [key for _, key in kept]
+            body, spliced = spec.render(items, publication, at), False
     except datex2_v3.NothingToPublish as exc:
-        return _Outcome(None, {}, 0.0, 0.0, str(exc), None)
+        return _Outcome(None, {}, 0.0, 0.0, str(exc), None, items=items, keys=item_keys, left_out=left_out)
     except Exception as exc:  # an exporter bug must not take the other feeds down
         log.exception("rendering %s failed", spec.path)
-        return _Outcome(None, {}, 0.0, 0.0, None, f"{type(exc).__name__}: {exc}")
+        return _Outcome(None, {}, 0.0, 0.0, None, f"{type(exc).__name__}: {exc}", left_out=left_out)
     t1 = time.perf_counter()
     encoded = compress_variants(body)
     return _Outcome(body, encoded, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000, None, None,
-                    spliced=spliced)
+                    spliced=spliced, items=items, keys=item_keys, left_out=left_out)
 
 
 # What every poll of a source moves without the event changing (see Storage.upsert_events).
@@ -456,6 +519,8 @@ class FeedState:
     error: str | None = None  # last rendering error; `current`, if any, is the last good version
     error_at: datetime | None = None
     renders: int = 0
+    left_out: list[LeftOut] = field(default_factory=list)  # records of the current version it could not write
+    left_out_keys: dict[bytes, LeftOut] = field(default_factory=dict)  # the same by content: skipped next time
 
     @property
     def settled(self) -> bool:
@@ -783,33 +848,40 @@ class FeedPublisher:
             item_keys = keys if splicer is None or SPLICE_RULES[state.spec.render].shows_poll_fields else steady_keys
             async with gate:
                 outcome = await asyncio.to_thread(_render_outcome, state.spec, data, self.publication, now,
-                                                  splicer, item_keys)
-            self._apply(state, outcome, now)  # published now, not when the slowest feed is done
+                                                  splicer, item_keys, state.left_out_keys)
             if splicer is not None and outcome.body is not None and not outcome.spliced:
                 self._checks.setdefault(kind, []).append(
-                    partial(splicer.check, data, item_keys, self.publication, now, outcome.body))
+                    partial(splicer.check, outcome.items, outcome.keys, self.publication, now, outcome.body))
             return outcome
 
         outcomes = await asyncio.gather(*(render(s) for s in states))
+        # One change, one new version of every feed it touches, switched together: no
+        # await from here to the last notification, so no request (fast path included)
+        # and no other process (observers send the states of one batch together)
+        # sees a new version of one feed beside the previous version of another.
+        for state, outcome in zip(states, outcomes, strict=True):
+            self._set(state, outcome, now)
+        for state in states:
+            self._notify(state.spec.path)
         self._fingerprints[kind] = (digest, loop.time())
         if kind == "events":
             current = self._states[EVENTS_GEOJSON].current if EVENTS_GEOJSON in self._states else None
             if current is not None and (self._events is None or self._events.tag != current.tag):
-                self._events = _EventsSnapshot(current.tag, data, current.published_at, current.last_modified)
+                rendered = next(o.items for s, o in zip(states, outcomes, strict=True) if s.spec.path == EVENTS_GEOJSON)
+                self._events = _EventsSnapshot(current.tag, list(rendered), current.published_at,
+                                               current.last_modified)
                 self._filtered.clear()  # renderings still running finish for the requests awaiting them
         log.debug("rendered %s feeds in %.1f ms", kind, sum(o.generation_ms for o in outcomes))
         return True
 
-    def _apply(self, state: FeedState, outcome: _Outcome, now: datetime) -> None:
-        self._set(state, outcome, now)
-        self._notify(state.spec.path)
-
     def _set(self, state: FeedState, outcome: _Outcome, now: datetime) -> None:
         state.renders += 1
+        state.left_out_keys = dict(outcome.left_out)
         if outcome.error is not None:
             state.error, state.error_at = outcome.error, now
             return
         state.error = state.error_at = None
+        state.left_out = sorted(outcome.left_out.values())
         if outcome.empty is not None:
             state.current, state.empty = None, outcome.empty
             return
@@ -886,6 +958,9 @@ class FeedPublisher:
                 "gzip_size": len(cur.encoded["gzip"]) if cur and "gzip" in cur.encoded else None,
                 "br_size": len(cur.encoded["br"]) if cur and "br" in cur.encoded else None,
                 "renders": state.renders,
+                "left_out": len(state.left_out),
+                "left_out_records": [{"id": left.record, "reason": left.reason}
+                                     for left in state.left_out[:MAX_LEFT_OUT_LISTED]],
                 "empty": state.empty,
                 "error": state.error,
                 "error_at": iso(state.error_at),
@@ -973,15 +1048,63 @@ EVENT_STATUSES: tuple[str, ...] = get_args(EventStatus)
 BBOX_EXPECTED = "lon_min,lat_min,lon_max,lat_max in WGS 84 degrees, e.g. 3.2,43.3,4.1,43.8"
 
 
+MAX_ECHO = 200  # characters of a refused value echoed in the error
+
+
+def printable(text: str) -> str:
+    """`text` as an error may echo it: control characters and lone surrogates escaped
+    (a JSON body must encode as UTF-8), at most MAX_ECHO characters."""
+    if len(text) > MAX_ECHO:
+        text = text[:MAX_ECHO] + "…"
+    if _UNPRINTABLE.search(text) is None:
+        return text
+    return _UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+# What PostgreSQL text cannot hold (NUL) or UTF-8 cannot encode (lone surrogates).
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+UNSTORABLE_EXPECTED = "text without NUL (U+0000) or lone surrogates (U+D800 to U+DFFF)"
+
+
+def unstorable(text: str) -> str | None:
+    """Why `text` cannot be stored or compared in PostgreSQL, or None when it can."""
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return None
+    char = found.group()
+    what = "a NUL character (U+0000)" if char == "\x00" else f"a lone surrogate (U+{ord(char):04X})"
+    return f"contains {what}, which the database cannot hold"
+
+
+def check_storable(parameter: str, value: str) -> None:
+    """Raises BadParameter naming `parameter` when `value` is text PostgreSQL cannot hold."""
+    reason = unstorable(value)
+    if reason is not None:
+        raise BadParameter(parameter, value, UNSTORABLE_EXPECTED, f"{parameter} {reason}")
+
+
+def check_request_text(query: MultiMapping[str], path_parameters: Mapping[str, str]) -> None:
+    """Every query parameter (name and value) and path parameter: text PostgreSQL can hold.
+
+    Checked once for every route, before any handler reads a parameter: no route
+    can hand a database driver text it would refuse with a server error."""
+    for name, value in path_parameters.items():
+        check_storable(name, value)
+    for name, value in query.items():
+        check_storable(printable(name), name)
+        check_storable(name, value)
+
+
 class BadParameter(ValueError):
     """A query parameter that cannot be used; `as_json` is the 400 body."""
 
     def __init__(self, parameter: str, value: str, expected: str, detail: str) -> None:
         super().__init__(detail)
-        self.parameter = parameter
-        self.value = value
+        self.parameter = printable(parameter)
+        self.value = printable(value)
         self.expected = expected
-        self.detail = detail
+        self.detail = printable(detail)
 
     def as_json(self) -> dict[str, str]:
         return {"error": "invalid_parameter", "parameter": self.parameter, "value": self.value,

@@ -14,10 +14,12 @@ import json
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["ENV_VAR", "FORMATS", "JsonFormatter", "resolve_format", "setup_logging"]
+__all__ = ["ENV_VAR", "FORMATS", "JsonFormatter", "ThrottledLog", "resolve_format", "setup_logging"]
 
 ENV_VAR = "ROADFEED_LOG_FORMAT"
 FORMATS = ("text", "json")
@@ -77,3 +79,33 @@ def setup_logging(log_format: str = "text", level: int = logging.INFO) -> None:
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+
+
+class ThrottledLog:
+    """One line per `interval` seconds and kind at most: what any client can cause
+    (a refused request, a database outage seen by every request) must not flood the logs.
+    The lines held back are counted in the next one written."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, kind: str, message: str) -> bool:
+        """Writes `message` (one line, no traceback) unless `kind` was written less than
+        `interval` seconds ago; True when written."""
+        now = self.clock()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.interval:
+            self._held[kind] = self._held.get(kind, 0) + 1
+            return False
+        if len(self._last) > 1000:  # kinds are few; never grow on hostile input
+            self._last.clear()
+        self._last[kind] = now
+        held = self._held.pop(kind, 0)
+        suffix = f" ({held} more like this in the last {self.interval:g} s not logged)" if held else ""
+        self.logger.warning("%s%s", message.replace("\n", " ").replace("\r", " "), suffix)
+        return True

@@ -17,7 +17,6 @@ feed) and `observe` is a bisect and two additions, with no allocation.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import time
@@ -26,6 +25,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+from feed.storage import bounded_connection
 
 if TYPE_CHECKING:  # pragma: no cover
     from feed.collect import RunReport
@@ -259,9 +260,10 @@ def _feed_lines(publisher: Any) -> list[str]:
 
 async def _source_lines(storage: Any) -> list[str]:
     try:
-        rows = await asyncio.wait_for(storage.pool.fetch(
-            "SELECT id, extract(epoch FROM last_success)::float8 AS ok, "
-            "extract(epoch FROM last_error_at)::float8 AS err FROM sources ORDER BY id"), SCRAPE_DB_TIMEOUT)
+        async with bounded_connection(storage.pool, SCRAPE_DB_TIMEOUT) as conn:  # a frozen server cannot hold it
+            rows = await conn.fetch(
+                "SELECT id, extract(epoch FROM last_success)::float8 AS ok, "
+                "extract(epoch FROM last_error_at)::float8 AS err FROM sources ORDER BY id")
     except Exception:  # noqa: BLE001 - a scrape shows what it can; roadfeed_database_up says why
         return _gauge_lines("roadfeed_database_up", "1 when the scrape could read the database.", (), [((), 0)])
     return [

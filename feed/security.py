@@ -48,6 +48,12 @@ FEED_SECURITY_HEADERS = {
 PUBLIC_PREFIXES = ("/feeds/", "/api/v1/")
 ADMIN_PREFIX = "/api/v1/admin/"
 
+# Operators' probes and scrapers have a budget of their own per client: polling
+# the public feeds from the same address (a NAT, the monitoring host) must not
+# get /metrics or /healthz a 429, nor the other way round.
+OPERATIONS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+OPERATIONS_BUDGET = "operations "
+
 NOT_MODIFIED_COST = 0.5  # a 304 costs half a request: cheap to answer, but still counted
 MAX_CLIENTS = 100_000  # buckets kept; full ones are forgotten first when there are more
 
@@ -122,20 +128,21 @@ class RateLimiter:
             for key in sorted(self.buckets, key=lambda k: self.buckets[k][1])[: MAX_CLIENTS // 2]:
                 del self.buckets[key]
 
-    def take(self, client: str, cost: float = 1.0) -> float:
-        """0 when the request may go on (and is charged), else the seconds to wait."""
+    def take(self, client: str, cost: float = 1.0, budget: str = "") -> float:
+        """0 when the request may go on (and is charged), else the seconds to wait.
+        `budget` names a separate bucket for the same client (see OPERATIONS_PATHS)."""
         if not self.enabled or self.exempts(client):
             return 0.0
-        bucket = self._bucket(client, self.clock())
+        bucket = self._bucket(budget + client, self.clock())
         if bucket[0] >= cost:
             bucket[0] -= cost
             return 0.0
         self.refused += 1
         return (cost - bucket[0]) / self.rate
 
-    def charge(self, client: str, amount: float) -> None:
+    def charge(self, client: str, amount: float, budget: str = "") -> None:
         """Takes `amount` more from an admitted request (the bucket may go below zero)."""
-        bucket = self.buckets.get(client)
+        bucket = self.buckets.get(budget + client)
         if bucket is not None:
             bucket[0] -= amount
 
@@ -160,14 +167,14 @@ def client_address(request: web.Request, limiter: RateLimiter) -> str:
     return limiter.client(request.remote, request.headers.get("X-Forwarded-For"))
 
 
-def too_many_requests(wait: float) -> web.Response:
+def too_many_requests(wait: float, path: str) -> web.Response:
     retry = max(1, math.ceil(wait))
     body = {"error": "rate_limited", "parameter": None, "value": None, "expected": f"a retry after {retry} s",
             "detail": "too many requests from this address; slow down and retry after the delay given"}
-    return web.Response(status=429, body=json.dumps(body).encode(), headers={
-        "Content-Type": "application/json", "Retry-After": str(retry), "Cache-Control": "no-store",
-        "Access-Control-Allow-Origin": "*",
-    })
+    headers = {"Content-Type": "application/json", "Retry-After": str(retry), "Cache-Control": "no-store"}
+    if path.startswith(PUBLIC_PREFIXES) and not path.startswith(ADMIN_PREFIX):  # as the answer it replaces
+        headers["Access-Control-Allow-Origin"] = "*"
+    return web.Response(status=429, body=json.dumps(body).encode(), headers=headers)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -179,14 +186,15 @@ def rate_limit_middleware(limiter: RateLimiter) -> Any:
         if not limiter.enabled:
             return await handler(request)
         client = client_address(request, limiter)
+        budget = OPERATIONS_BUDGET if request.path in OPERATIONS_PATHS else ""
         # A conditional request is admitted at the price of a 304; if it gets a body, it pays the rest.
         conditional = "If-None-Match" in request.headers or "If-Modified-Since" in request.headers
-        wait = limiter.take(client, NOT_MODIFIED_COST if conditional else 1.0)
+        wait = limiter.take(client, NOT_MODIFIED_COST if conditional else 1.0, budget)
         if wait:
-            return too_many_requests(wait)
+            return too_many_requests(wait, request.path)
         response = await handler(request)
         if conditional and response.status != 304 and not limiter.exempts(client):
-            limiter.charge(client, 1.0 - NOT_MODIFIED_COST)
+            limiter.charge(client, 1.0 - NOT_MODIFIED_COST, budget)
         return response
 
     return limit

@@ -7,9 +7,11 @@ ingest handles millions of rows and the per-object cost would dominate.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -38,6 +40,43 @@ MEASUREMENT_COLUMNS = ("channel_id", "start", "length", "count", "speed", "occup
 
 # LISTEN on this channel to hear, at commit, that 'events' or 'measurements' changed.
 CHANGES_CHANNEL = "roadfeed_changes"
+# Client-side bounds: a frozen server accepts TCP connections and then never
+# answers, and its statement_timeout cannot fire, so only the client can give up.
+CONNECT_TIMEOUT = 5.0  # seconds to open a connection
+COMMAND_TIMEOUT = 120.0  # seconds any one statement may take (ingest batches included)
+ACQUIRE_TIMEOUT = 2.0  # seconds a request waits for a pooled connection (see `bounded_connection`, feed.api.reading)
+ROUND_TRIP_TIMEOUT = 2.0  # seconds a trivial statement (BEGIN, SELECT 1) may take before the server counts as away
+
+# What "the database is away" looks like from the client: refused or reset
+# connections, timeouts (TimeoutError is an OSError), a server shutting down or
+# starting, no connection slot left, a connection that died under a query.
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+@asynccontextmanager
+async def bounded_connection(pool: asyncpg.Pool, seconds: float) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection (within ACQUIRE_TIMEOUT) for `seconds` of work at most.
+
+    A connection whose work failed because the server is away, ran out of time or
+    was cancelled is closed at once, never given back: giving it back would wait
+    for its cancellation, that is for the silent server."""
+    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+        try:
+            async with asyncio.timeout(seconds):
+                yield conn
+        except (*DATABASE_UNAVAILABLE, asyncio.CancelledError):
+            conn.terminate()
+            raise
+
+
 _LOCK_CHANNEL = 1  # advisory lock class for channels being ingested
 _LOCK_SOURCE = 2  # advisory lock class for a source's events
 
@@ -80,12 +119,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10, **kwargs: Any) -> asyncpg.Pool:
+async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = CONNECT_TIMEOUT,
+                      command_timeout: float | None = COMMAND_TIMEOUT, **kwargs: Any) -> asyncpg.Pool:
     # Custom plans: generic ones cannot see the size of the arrays we pass and
     # turn the rollup refresh into full scans as the table grows.
     settings = {"timezone": "UTC", "plan_cache_mode": "force_custom_plan", **kwargs.pop("server_settings", {})}
     return await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection, server_settings=settings, **kwargs
+        url, min_size=min_size, max_size=max_size, init=_init_connection, server_settings=settings,
+        timeout=connect_timeout, command_timeout=command_timeout, **kwargs
     )
 
 
@@ -236,14 +277,16 @@ class Storage:
         self.replay_gate = ReplayGate(listen_pool, pool) if listen_pool is not None else None
 
     @classmethod
-    async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10,
-                   primary_url: str | None = None) -> Storage:
+    async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = CONNECT_TIMEOUT,
+                   command_timeout: float | None = COMMAND_TIMEOUT, primary_url: str | None = None) -> Storage:
         """`url` is read; with `primary_url`, `url` is a standby of it (serving nodes)."""
-        pool = await create_pool(url, min_size=min_size, max_size=max_size)
+        pool = await create_pool(url, min_size=min_size, max_size=max_size, connect_timeout=connect_timeout,
+                                 command_timeout=command_timeout)
         try:
             tz = await pool.fetchval("SELECT value FROM roadfeed_meta WHERE key = 'timezone'")
             # The feeds' listener, the change stream's, and the replay gate's look at the WAL position.
-            listen_pool = await create_pool(primary_url, min_size=1, max_size=3) if primary_url else None
+            listen_pool = (await create_pool(primary_url, min_size=1, max_size=3, connect_timeout=connect_timeout,
+                                             command_timeout=command_timeout) if primary_url else None)
         except BaseException:
             await close_pool(pool, CLOSE_TIMEOUT)
             raise
@@ -259,6 +302,14 @@ class Storage:
             await self.replay_gate.close()
             await close_pool(self.listen_pool, timeout)
         await close_pool(self.pool, timeout)
+
+    async def ping(self, timeout: float = ROUND_TRIP_TIMEOUT) -> None:
+        """Raises one of DATABASE_UNAVAILABLE unless the server answers within `timeout` seconds.
+
+        A connection that did not answer is closed at once rather than given back
+        (giving it back would wait for its cancellation, i.e. for the server)."""
+        async with bounded_connection(self.pool, timeout) as conn:
+            await conn.fetchval("SELECT 1")
 
     # --- sources and runs ------------------------------------------------------
 
@@ -814,6 +865,12 @@ def _stored_event(row: asyncpg.Record) -> StoredEvent:
     d = dict(row)
     geometry = d.pop("geometry")
     d["geometry"] = Geometry.model_validate_json(geometry) if geometry else None
+    for key, value in d.items():
+        # asyncpg reads -infinity and infinity (what it writes for datetime.min and
+        # datetime.max) as naive datetime.min / datetime.max: they are UTC instants,
+        # and one such row must not make every event unreadable.
+        if isinstance(value, datetime) and value.tzinfo is None:
+            d[key] = value.replace(tzinfo=UTC)
     return StoredEvent(**d)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,7 @@ from lxml import etree
 
 from feed.config import Config, SourceConfig
 from feed.feeds import EVENTS_GEOJSON, FEEDS, LISTENER_APPLICATION_NAME, STATUS_PATH
-from feed.http import build_app
+from feed.http import CONTEXT, build_app
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
 from feed.storage import RunStats, Storage
 
@@ -313,26 +314,68 @@ async def test_bad_filters_get_a_clear_400(shared: TestClient, query: str, param
 # ---------------------------------------------------------------- changes in the database
 
 
+EVENT_FEED_PATHS = [spec.path for spec in FEEDS if spec.kind == "events" and spec.path != "/feeds/waze/report.json"]
+
+
+def change_number(body: bytes) -> int:
+    """The last of the changes `new-works-1` … `new-works-N` a feed's body shows."""
+    shown = [int(m) for m in re.findall(rb"cd34:new-works-(\d+)", body)]
+    return max(shown, default=0)
+
+
 async def test_stored_changes_publish_new_versions(client: TestClient, storage: Storage):
-    events_before, _ = await fetch(client, EVENTS_GEOJSON)
+    """One change publishes one new version of every feed it touches, switched together.
+
+    Checked where versions change: at every publication the publisher announces
+    (what every request and every other serving process reads), all the event
+    feeds show the same change. And as a client sees it: reading events.geojson,
+    then each other event feed, it never finds an older version after a newer one."""
+    publisher = client.app[CONTEXT].publisher
+    views: list[dict[str, int]] = []
+
+    def on_publication(_path: str) -> None:
+        current = {path: publisher.state(path).current for path in EVENT_FEED_PATHS}
+        views.append({path: change_number(feed.body) for path, feed in current.items() if feed is not None})
+
+    publisher.add_observer(on_publication)
     sites_before, _ = await fetch(client, "/feeds/datex2/v3/measured-data.xml")
-    cifs_before, _ = await fetch(client, "/feeds/waze/cifs.xml")
+    changes = 6
+    done = asyncio.Event()
+    rounds: list[dict[str, int]] = []
 
-    await storage.upsert_events("cd34", [event("new-works", geometry=BEZIERS, road="RD909")],
-                                seen_at=datetime.now(UTC))
+    async def read_in_order() -> None:
+        while not done.is_set():
+            seen = {}
+            for path in [EVENTS_GEOJSON, *[p for p in EVENT_FEED_PATHS if p != EVENTS_GEOJSON]]:
+                resp, body = await fetch(client, path)
+                assert resp.status == 200, (path, body[:300])
+                seen[path] = change_number(body)
+            rounds.append(seen)
 
-    async def events_changed() -> dict[str, Any] | None:
-        resp, body = await fetch(client, EVENTS_GEOJSON, **{"If-None-Match": events_before.headers["ETag"]})
-        return json.loads(body) if resp.status == 200 else None
+    reader = asyncio.create_task(read_in_order())
+    try:
+        for k in range(1, changes + 1):
+            await storage.upsert_events("cd34", [event(f"new-works-{k}", geometry=BEZIERS, road="RD909")],
+                                        seen_at=datetime.now(UTC))
 
-    doc = await eventually(events_changed)
-    assert "cd34:new-works" in ids(doc)
-    resp, xml = await fetch(client, "/feeds/datex2/v3/situations.xml")
-    assert b"cd34:new-works" in xml
-    resp, _ = await fetch(client, "/feeds/waze/cifs.xml")
-    assert resp.headers["ETag"] != cifs_before.headers["ETag"]
+            async def shown(k: int = k) -> bool:
+                return change_number((await fetch(client, EVENTS_GEOJSON))[1]) >= k
+
+            await eventually(shown)
+        done.set()
+        await reader
+    finally:
+        reader.cancel()
+    assert views and all(len(set(view.values())) == 1 for view in views), [v for v in views if len(set(v.values())) > 1]
+    assert {max(view.values()) for view in views} >= set(range(1, changes + 1))
+    # Every feed shows every change once the GeoJSON does, and all are present at the end.
+    for seen in rounds:
+        newest = seen[EVENTS_GEOJSON]
+        assert all(n >= newest for n in seen.values()), seen
+    final = {path: change_number((await fetch(client, path))[1]) for path in EVENT_FEED_PATHS}
+    assert set(final.values()) == {changes}, final
     # Filtered renderings follow the new version too.
-    assert "cd34:new-works" in ids(await fetch_json(client, f"{EVENTS_GEOJSON}?type=roadworks"))
+    assert f"cd34:new-works-{changes}" in ids(await fetch_json(client, f"{EVENTS_GEOJSON}?type=roadworks"))
     # Site feeds did not change: only events were notified.
     resp, _ = await fetch(client, "/feeds/datex2/v3/measured-data.xml")
     assert resp.headers["ETag"] == sites_before.headers["ETag"]
