@@ -15,9 +15,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
+from pydantic import ValidationError
 
 from feed import validation
 from feed.deadlines import CLOSE_TIMEOUT, close_pool
@@ -31,6 +32,7 @@ from feed.model import (
     StoredChannel,
     StoredEvent,
     StoredSite,
+    TimeSlot,
     public_event_id,
 )
 
@@ -753,9 +755,8 @@ class Storage:
         writes = []
         for row in gone:
             old = _stored_event(row)
-            ended = EventRecord.model_validate(
-                {**old.model_dump(include=set(EventRecord.model_fields)), "status": "ended", "actual_end": seen_at}
-            )
+            fields = {k: v for k, v in old if k in EventRecord.model_fields}
+            ended = _as_stored(EventRecord, {**fields, "status": "ended", "actual_end": seen_at})
             writes.append((ended, old.id, old.version + 1, "ended", old.first_seen))
         if writes:
             await self._write_event_versions(conn, source_id, writes, seen_at, run_id)
@@ -781,10 +782,10 @@ class Storage:
                 rec.source_version, rec.source_updated, _content_hash(rec), first_seen, seen_at, seen_at,
                 [slot.model_dump() for slot in rec.schedule], run_id,
             ))
-            state = StoredEvent(
-                **rec.model_dump(), id=event_id, source_id=source_id, version=version,
+            state = _as_stored(StoredEvent, dict(
+                dict(rec), id=event_id, source_id=source_id, version=version,
                 first_seen=first_seen, last_seen=seen_at, updated=seen_at,
-            ).model_dump(mode="json")
+            )).model_dump(mode="json")
             version_rows.append((event_id, version, change, seen_at, run_id, state, author))
         await conn.executemany(
             """INSERT INTO events (id, source_id, external_id, version, type, subtype, status, severity,
@@ -871,7 +872,22 @@ def _stored_event(row: asyncpg.Record) -> StoredEvent:
         # and one such row must not make every event unreadable.
         if isinstance(value, datetime) and value.tzinfo is None:
             d[key] = value.replace(tzinfo=UTC)
-    return StoredEvent(**d)
+    return _as_stored(StoredEvent, d)
+
+
+_Stored = TypeVar("_Stored", EventRecord, StoredEvent)
+
+
+def _as_stored(model: type[_Stored], data: dict[str, Any]) -> _Stored:
+    """A model of what the database already holds. A row stored before today's ingest
+    bounds (or by another writer) stays readable and can be ended, as it is: each
+    renderer leaves out what it cannot write, and no feed or snapshot is held hostage."""
+    try:
+        return model(**data)
+    except ValidationError:
+        slots = [slot if isinstance(slot, TimeSlot) else TimeSlot.model_validate(slot)
+                 for slot in data.get("schedule") or []]
+        return model.model_construct(**{**data, "schedule": slots})
 
 
 def _whole_hour_offsets(timezone: str) -> bool:

@@ -1,8 +1,9 @@
 """A record one renderer cannot write never holds a feed hostage.
 
-Records with extreme but storable values go through the storage API into the
-real database, and the running application's publisher renders every feed
-from it over real HTTP. Whatever a format cannot carry (a date whose end or
+Records with extreme values within the ingest bounds go through the storage API
+into the real database, and rows beyond them (stored before the bounds existed,
+or by another writer) are written with SQL; the running application's publisher
+renders every feed from it over real HTTP. Whatever a format cannot carry (a date whose end or
 local time overflows, say) is left out of that feed only, counted and listed
 with the reason in /feeds/status.json; every other record and every other feed
 goes on, and /readyz stays ready.
@@ -25,12 +26,14 @@ from hypothesis import strategies as st
 from feed.config import Config, SourceConfig
 from feed.feeds import EVENTS_GEOJSON, FEEDS, STATUS_PATH
 from feed.http import build_app
+from feed import model
 from feed.model import ChannelRecord, EventRecord, EventStatus, EventType, Geometry, Severity, SiteRecord, StoredEvent
-from feed.storage import Storage
+from feed.storage import CHANGES_CHANNEL, Storage
 
 WAIT = 15.0
 LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)  # the last instant Python (and so asyncpg) can carry
-EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
+BOUND_LATEST = model.LATEST - timedelta(seconds=1)  # the ingest bounds (feed.model)
+BOUND_EARLIEST = model.EARLIEST
 CONFIG = Config(sources=[SourceConfig(id="gen", kind="datex2", url="http://127.0.0.1:9/gen", interval=60),
                          SourceConfig(id="cnt", kind="comptage-mobilites", url="http://127.0.0.1:9/cnt", interval=60)])
 EVENT_FEEDS = [spec for spec in FEEDS if spec.kind == "events"]
@@ -96,11 +99,15 @@ def _works(external_id: str, **changes: Any) -> EventRecord:
 
 async def test_a_far_future_event_is_left_out_of_the_feeds_that_cannot_write_it(client: TestClient,
                                                                               storage: Storage):
-    """The reported case: an event starting at 9999-12-31T23:59:59Z with no end."""
-    await storage.upsert_events("gen", [
-        _works("fine"),
-        _works("far", planned_start=LATEST, planned_end=None, status="planned"),
-    ], seen_at=datetime.now(UTC))
+    """The reported case: an event starting at 9999-12-31T23:59:59Z with no end. Ingest
+    refuses such a date now (feed.model); a row stored before that, or by another
+    writer, is what the renderers meet, so the row is written with SQL."""
+    await storage.upsert_events("gen", [_works("fine"), _works("far")], seen_at=datetime.now(UTC))
+    await storage.pool.execute(
+        """UPDATE events SET planned_start = $1, planned_end = NULL, status = 'planned',
+                             version = version + 1, updated = now()
+            WHERE id = 'gen:far'""", LATEST)
+    await storage.pool.execute("SELECT pg_notify($1, 'events')", CHANGES_CHANNEL)
 
     async def settled() -> dict[str, Any] | None:
         status = json.loads(await _get(client, STATUS_PATH))
@@ -128,6 +135,18 @@ async def test_a_far_future_event_is_left_out_of_the_feeds_that_cannot_write_it(
     await _until(none_left_out)  # status.json follows the feeds
 
 
+async def test_a_row_beyond_the_bounds_is_ended_by_a_snapshot_like_any_other(storage: Storage):
+    await storage.ensure_source("gen", "datex2", "http://127.0.0.1:9/gen")
+    fine = _works("fine")
+    await storage.upsert_events("gen", [fine, _works("far")], seen_at=datetime.now(UTC))
+    await storage.pool.execute("UPDATE events SET planned_start = $1, planned_end = NULL WHERE id = 'gen:far'",
+                               LATEST)
+    counts = await storage.upsert_events("gen", [fine], seen_at=datetime.now(UTC), complete_snapshot=True)
+    assert counts.updated == 1
+    ended = {e.id: e for e in await storage.events()}["gen:far"]
+    assert ended.status == "ended" and ended.planned_start == LATEST
+
+
 async def _has(client: TestClient, path: str, needle: bytes) -> bool:
     return needle in await _get(client, path)
 
@@ -135,7 +154,7 @@ async def _has(client: TestClient, path: str, needle: bytes) -> bool:
 async def test_a_site_with_a_far_future_interval_is_left_out_not_the_feed(client: TestClient, storage: Storage):
     await storage.upsert_sites("cnt", [SiteRecord(external_id="OK", name="Montbazin", lon=3.69, lat=43.51),
                                        SiteRecord(external_id="FAR", name="Far away", lon=180.0, lat=-90.0,
-                                                  pr=2**31 - 1, abscissa=-(2**31))])
+                                                  pr=2**31 - 1, abscissa=2**31 - 1)])
     await storage.upsert_channels("cnt", [
         ChannelRecord(site_external_id="OK", external_id="OK-N", direction="N", time_step=3600),
         ChannelRecord(site_external_id="FAR", external_id="FAR-N", direction="N", time_step=3600)])
@@ -164,10 +183,12 @@ async def test_a_site_with_a_far_future_interval_is_left_out_not_the_feed(client
 # --------------------------------------------------------------------------- generated records
 
 TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=60)
-INSTANT = st.one_of(
+INSTANT = st.one_of(  # every instant the ingest bounds accept, their edges first
     st.none(),
-    st.sampled_from([LATEST, EARLIEST, LATEST - timedelta(hours=1), EARLIEST + timedelta(hours=1)]),
-    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)),
+    st.sampled_from([BOUND_LATEST, BOUND_EARLIEST, BOUND_LATEST - timedelta(hours=1),
+                     BOUND_EARLIEST + timedelta(hours=1)]),
+    st.datetimes(min_value=BOUND_EARLIEST.replace(tzinfo=None), max_value=BOUND_LATEST.replace(tzinfo=None),
+                 timezones=st.just(UTC)),
 )
 POSITION = st.tuples(st.sampled_from([-180.0, 180.0, 0.0, 3.8]) | st.floats(-180, 180),
                      st.sampled_from([-90.0, 90.0, 0.0, 43.6]) | st.floats(-90, 90)).map(list)
@@ -240,9 +261,11 @@ async def test_every_renderer_leaves_out_only_what_it_cannot_write(client: TestC
 
 
 def test_generated_events_reach_the_limits():
-    """The generator above does produce the records the issue is about."""
-    far = StoredEvent(**_works("x", planned_start=LATEST, planned_end=None).model_dump(), id="gen:x",
-                      source_id="gen", version=1, first_seen=LATEST, last_seen=LATEST, updated=LATEST)
+    """A row beyond the ingest bounds (the SQL-written one above) is one a renderer
+    cannot write: the reason the renderers must isolate records."""
+    fields = {**dict(_works("x")), "planned_start": LATEST, "planned_end": None}
+    far = StoredEvent.model_construct(**fields, id="gen:x", source_id="gen", version=1, first_seen=LATEST,
+                                      last_seen=LATEST, updated=LATEST)
     failing = []
     for spec in EVENT_FEEDS:
         assert spec.render is not None
