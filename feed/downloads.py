@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ import pyarrow.parquet as pq
 
 from feed.history import AGGREGATION_VERSION, EVENT_SPAN_END, EVENT_SPAN_START, day_seconds_sql, local_midnight
 
-FORMAT_VERSION = "1"  # bump when a file's columns or layout change: every ETag changes with it
+FORMAT_VERSION = "2"  # bump when a file's columns or layout change: every ETag changes with it
 BATCH_ROWS = 50_000  # rows per COPY statement (and at least per Parquet row group)
 PARQUET_COMPRESSION = "zstd"
 
@@ -98,16 +99,17 @@ def neutralise(text: str) -> str:
 class Column:
     name: str
     sql: str  # expression over the table's FROM clause
-    type: str  # int32, int64, float64, string, date, timestamp
+    type: str  # int32, int64, float64, string, date, timestamp, geometry
     unit: str | None
     meaning: str
     text: bool = False  # free text from sources: CSV cells are guarded against formula injection
     keyed: bool = False  # a channel's or site's attribute: computed once per channel, not per row
+    parquet_sql: str | None = None  # another expression for Parquet (geometry: WKB instead of GeoJSON)
 
     def arrow_type(self, timezone: str) -> pa.DataType:
         return {
             "int32": pa.int32(), "int64": pa.int64(), "float64": pa.float64(), "string": pa.string(),
-            "date": pa.date32(), "timestamp": pa.timestamp("ms", tz=timezone),
+            "date": pa.date32(), "timestamp": pa.timestamp("ms", tz=timezone), "geometry": pa.binary(),
         }[self.type]
 
 
@@ -199,8 +201,10 @@ EVENT_COLUMNS = (
     Column("road", _state("road"), "string", None, "road, e.g. RD613", True),
     Column("direction", _state("direction"), "string", None, "both, positive, negative or a named direction", True),
     Column("lanes_affected", _state("lanes_affected"), "string", None, "lanes affected as the source says", True),
-    Column("geometry", "(v.state->'geometry')::text", "string", "GeoJSON, WGS 84 lon/lat",
-           "location: a GeoJSON Point or LineString"),
+    Column("geometry", "(v.state->'geometry')::text", "geometry",
+           "CSV: GeoJSON; Parquet: WKB (GeoParquet 1.1); WGS 84 lon/lat",
+           "location: a Point or LineString",
+           parquet_sql="ST_AsBinary(ST_GeomFromGeoJSON(nullif(v.state->'geometry', 'null'::jsonb)))"),
     Column("descriptions", "(v.state->'descriptions')::text", "string", "JSON object",
            "descriptions by language code, e.g. {\"fr\": \"...\"}", True),
     Column("detour", _state("detour"), "string", None, "detour advice", True),
@@ -410,7 +414,9 @@ def etag_tag(data: YearData, table: Table, fmt: Format, retention_days: int | No
 
 def _select(columns: Sequence[Column], csv: bool) -> str:
     def expr(c: Column) -> str:
-        sql = f"k.{c.name}" if c.keyed else c.sql
+        sql = f"k.{c.name}" if c.keyed else c.sql if csv or c.parquet_sql is None else c.parquet_sql
+        if csv and c.type == "float64":
+            return f"roadfeed_csv_decimal(({sql})::float8)"
         return neutralised_sql(sql) if csv and c.text and not c.keyed else sql
 
     return ", ".join(f"{expr(c)} AS {c.name}" for c in columns)
@@ -589,8 +595,25 @@ class _Sink(io.RawIOBase):
         return out
 
 
+def geo_metadata(table: Table) -> dict[str, str]:
+    """GeoParquet 1.1 file metadata for the table's geometry columns (none: empty)."""
+    columns = {c.name: {"encoding": "WKB", "geometry_types": ["Point", "LineString"]}
+               for c in table.columns if c.type == "geometry"}
+    if not columns:
+        return {}
+    # No "crs": GeoParquet's default, OGC:CRS84, is WGS 84 in lon/lat order.
+    return {"geo": json.dumps({"version": "1.1.0", "primary_column": next(iter(columns)), "columns": columns})}
+
+
 def arrow_schema(table: Table, timezone: str, metadata: dict[str, str] | None = None) -> pa.Schema:
-    return pa.schema([pa.field(c.name, c.arrow_type(timezone)) for c in table.columns], metadata=metadata)
+    return pa.schema([pa.field(c.name, c.arrow_type(timezone)) for c in table.columns],
+                     metadata={**(metadata or {}), **geo_metadata(table)})
+
+
+def _csv_type(field: pa.Field) -> pa.DataType:
+    if pa.types.is_timestamp(field.type):
+        return pa.timestamp("s", tz="UTC")
+    return pa.string() if pa.types.is_binary(field.type) else field.type  # bytea comes as \x<hex>
 
 
 def _parse_batch(chunk: bytes, schema: pa.Schema) -> pa.Table:
@@ -599,11 +622,15 @@ def _parse_batch(chunk: bytes, schema: pa.Schema) -> pa.Table:
         read_options=pa_csv.ReadOptions(column_names=schema.names, block_size=1 << 22),
         parse_options=pa_csv.ParseOptions(newlines_in_values=True),
         convert_options=pa_csv.ConvertOptions(
-            column_types={f.name: (pa.timestamp("s", tz="UTC") if pa.types.is_timestamp(f.type) else f.type)
-                          for f in schema},
+            column_types={f.name: _csv_type(f) for f in schema},
             null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False,
         ),
     )
+    for i, field in enumerate(schema):
+        if pa.types.is_binary(field.type):
+            hex_cells = parsed.column(i).to_pylist()
+            parsed = parsed.set_column(i, field.name, pa.array(
+                [None if h is None else bytes.fromhex(h.removeprefix("\\x")) for h in hex_cells], pa.binary()))
     return parsed.cast(schema)
 
 
