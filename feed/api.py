@@ -35,7 +35,8 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
 from exporters import geojson
-from feed import downloads, history
+from feed import catalog, downloads, history
+from feed.catalog import catalog_document
 from feed.config import Config
 from feed.downloads import MEDIA_TYPES, neutralise
 from feed.feeds import (
@@ -766,6 +767,13 @@ class _Api:
             }
             await downloads.stream_parquet(conn, data, table, response.write, metadata)
 
+    # catalogue --------------------------------------------------------------
+
+    async def catalog(self, request: web.Request) -> web.StreamResponse:
+        base = f"{request.scheme}://{request.host}"
+        return respond(request, dumps(catalog_document(self.config.publication, base)), catalog.MEDIA_TYPE,
+                       cache_control="public, max-age=300")
+
     # OpenAPI ----------------------------------------------------------------
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
@@ -821,6 +829,7 @@ def api_routes(app: web.Application, ctx: AppContext) -> None:
         (f"{API}/downloads/{downloads.DICTIONARY}", api.dictionary),
         (f"{API}/downloads/{{year}}/{{name}}", api.download),
         (f"{API}/openapi.json", api.openapi),
+        (catalog.CATALOG_PATH, api.catalog),
     ]
     for path, handler in routes:
         app.router.add_get(path, _guarded(handler))

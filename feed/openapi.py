@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from feed import downloads
+from feed import catalog, downloads
 from feed.api import API, DEFAULT_PERIODS, EVENTS_LIMIT, INSTANT_EXPECTED, MAX_PERIODS, MAX_RANGE_TEXT, SITES_LIMIT
 from feed.config import Config
 from feed.feeds import BBOX_EXPECTED, EVENT_STATUSES, EVENT_TYPES
@@ -313,6 +313,16 @@ def paths() -> dict[str, Any]:
                 }, "headers": {"ETag": {"schema": {"type": "string"}}}},
                 **NOT_MODIFIED, **NOT_FOUND, **ERRORS,
             },
+        }},
+        catalog.CATALOG_PATH: {"get": {
+            "summary": "The DCAT-AP / mobilityDCAT-AP catalogue of the datasets and feeds (JSON-LD)",
+            "description": "For national access points (transport.data.gouv.fr): licence, publisher, update "
+                           "frequency, spatial coverage, and every distribution with its format and the schema "
+                           "version it conforms to. The @context is inline.",
+            "operationId": "getCatalog",
+            "responses": {"200": {"description": "a dcat:Catalog", "content": {
+                catalog.MEDIA_TYPE: {"schema": {"type": "object", "required": ["@context", "@type", "dcat:dataset"]}},
+            }}, **NOT_MODIFIED},
         }},
         f"{API}/openapi.json": {"get": {
             "summary": "This document", "operationId": "getOpenApi",

@@ -155,6 +155,7 @@ REQUESTS = [  # (template, query or concrete path suffix, status)
     ("/api/v1/downloads/dictionary.json", "", 200),
     ("/api/v1/downloads/{year}/{name}", "2025/dictionary.json", 200),
     ("/api/v1/downloads/{year}/{name}", "2025/nothing.csv", 404),
+    ("/api/v1/catalog.jsonld", "", 200),
 ]
 
 
