@@ -9,12 +9,37 @@ from __future__ import annotations
 from typing import Any
 
 from feed import catalog, downloads
-from feed.api import API, DEFAULT_PERIODS, EVENTS_LIMIT, INSTANT_EXPECTED, MAX_PERIODS, MAX_RANGE_TEXT, SITES_LIMIT
+from feed.api import (
+    API,
+    DEFAULT_PERIODS,
+    EVENTS_LIMIT,
+    INSTANT_EXPECTED,
+    MAX_PERIODS,
+    MAX_RANGE_TEXT,
+    SITES_LIMIT,
+    YEARS,
+)
 from feed.config import Config
 from feed.feeds import BBOX_EXPECTED, EVENT_STATUSES, EVENT_TYPES
 from feed.history import STEPS
 
 REF = "#/components/schemas/"
+
+# What the server accepts, as patterns (the values are stripped of surrounding spaces).
+_LON = r"-?(180(\.0+)?|(1[0-7][0-9]|[0-9]{1,2})(\.[0-9]+)?)"
+_LAT = r"-?(90(\.0+)?|[0-8]?[0-9](\.[0-9]+)?)"
+BBOX_PATTERN = rf"^ *({_LON} *, *{_LAT} *, *{_LON} *, *{_LAT})? *$"  # empty: no bbox
+_YEAR = "(19|20|21)[0-9]{2}"  # feed.api.YEARS: 1900 to 2199
+_MONTH = "(0[1-9]|1[0-2])"
+_MONTH_DAY = "((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)|(0[13578]|1[02])-31)"
+_TIME = r"T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?"
+INSTANT_PATTERN = f"^ *({_YEAR}(-{_MONTH}|-{_MONTH_DAY}({_TIME})?)?)? *$"  # empty: the default
+
+
+def list_pattern(allowed: tuple[str, ...] | list[str]) -> str:
+    """A comma-separated list of `allowed` values (spaces around items are ignored)."""
+    item = " *(" + "|".join(allowed) + ") *"
+    return f"^{item}(,{item})*$"
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -185,8 +210,10 @@ NOT_FOUND = {"404": _json("Error", "no such item")}
 NOT_MODIFIED = {"304": {"description": "the representation matching If-None-Match has not changed"}}
 FORMAT = _param("format", "query", "json (default), csv or parquet: the same values in each",
                 {"enum": ["json", "csv", "parquet"], "default": "json"})
+INSTANT = {"type": "string", "pattern": INSTANT_PATTERN}
 CURSOR = _param("cursor", "query", "next_cursor of the previous page (opaque)", {"type": "string"})
-BBOX = _param("bbox", "query", BBOX_EXPECTED, {"type": "string"}, example="3.2,43.3,4.1,43.8")
+BBOX = _param("bbox", "query", BBOX_EXPECTED + "; lon_min <= lon_max and lat_min <= lat_max",
+               {"type": "string", "pattern": BBOX_PATTERN}, example="3.2,43.3,4.1,43.8")
 ROAD = _param("road", "query", "road(s), comma-separated; spaces and case are ignored (RD613 = rd 613)",
               {"type": "string"}, example="RD613")
 
@@ -236,8 +263,8 @@ def paths() -> dict[str, Any]:
             "operationId": "getSiteCounts",
             "parameters": [
                 site_id,
-                _param("from", "query", INSTANT_EXPECTED, {"type": "string"}, example="2025-07-01"),
-                _param("to", "query", "exclusive end; " + INSTANT_EXPECTED, {"type": "string"},
+                _param("from", "query", INSTANT_EXPECTED, INSTANT, example="2025-07-01"),
+                _param("to", "query", "exclusive end, after from; " + INSTANT_EXPECTED, INSTANT,
                        example="2025-08-01"),
                 _param("step", "query", "period length", {"enum": list(STEPS), "default": "day"}),
                 _param("direction", "query", "one of the site's directions (all by default)", {"type": "string"}),
@@ -253,7 +280,8 @@ def paths() -> dict[str, Any]:
             "summary": "Annual table per site: TMJA, TMJO, heavy share, mean speed, valid days",
             "operationId": "getAnnual",
             "parameters": [
-                _param("year", "query", "the year", {"type": "integer"}, required=True, example=2025),
+                _param("year", "query", "the year", {"type": "integer", "minimum": YEARS[0], "maximum": YEARS[1]},
+                       required=True, example=2025),
                 _param("threshold", "query", "coverage a day needs to count (default [publication] "
                        "coverage_threshold)", {"type": "number", "minimum": 0, "maximum": 1}),
                 FORMAT,
@@ -264,13 +292,14 @@ def paths() -> dict[str, Any]:
             "summary": "Road events in force during a period, each with every version",
             "operationId": "listEvents",
             "parameters": [
-                _param("from", "query", INSTANT_EXPECTED, {"type": "string"}),
-                _param("to", "query", "exclusive end; " + INSTANT_EXPECTED, {"type": "string"}),
+                _param("from", "query", INSTANT_EXPECTED, INSTANT),
+                _param("to", "query", "exclusive end, after from; " + INSTANT_EXPECTED, INSTANT),
                 BBOX,
-                _param("type", "query", "comma-separated: " + ", ".join(EVENT_TYPES), {"type": "string"}),
+                _param("type", "query", "comma-separated: " + ", ".join(EVENT_TYPES),
+                       {"type": "string", "pattern": list_pattern(EVENT_TYPES)}),
                 ROAD,
                 _param("status", "query", "current status, comma-separated: " + ", ".join(EVENT_STATUSES),
-                       {"type": "string"}),
+                       {"type": "string", "pattern": list_pattern(EVENT_STATUSES)}),
                 _param("limit", "query", f"events per page (default {EVENTS_LIMIT[0]})",
                        {"type": "integer", "minimum": 1, "maximum": EVENTS_LIMIT[1], "default": EVENTS_LIMIT[0]}),
                 CURSOR,
