@@ -25,20 +25,25 @@ from feed.history import STEPS
 
 REF = "#/components/schemas/"
 
-# What the server accepts, as patterns (the values are stripped of surrounding spaces).
-_LON = r"-?(180(\.0+)?|(1[0-7][0-9]|[0-9]{1,2})(\.[0-9]+)?)"
-_LAT = r"-?(90(\.0+)?|[0-8]?[0-9](\.[0-9]+)?)"
-BBOX_PATTERN = rf"^ *({_LON} *, *{_LAT} *, *{_LON} *, *{_LAT})? *$"  # empty: no bbox
+# What the server accepts, as patterns. A value is stripped of surrounding white
+# space first, and an optional parameter left blank takes its default (BLANK).
+_LON = r"[+-]?(180(\.0+)?|(1[0-7][0-9]|[0-9]{1,2})(\.[0-9]+)?)"
+_LAT = r"[+-]?(90(\.0+)?|[0-8]?[0-9](\.[0-9]+)?)"
+BBOX_PATTERN = rf"^\s*{_LON}\s*,\s*{_LAT}\s*,\s*{_LON}\s*,\s*{_LAT}\s*$"
 _YEAR = "(19|20|21)[0-9]{2}"  # feed.api.YEARS: 1900 to 2199
 _MONTH = "(0[1-9]|1[0-2])"
 _MONTH_DAY = "((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)|(0[13578]|1[02])-31)"
-_TIME = r"T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?"
-INSTANT_PATTERN = f"^ *({_YEAR}(-{_MONTH}|-{_MONTH_DAY}({_TIME})?)?)? *$"  # empty: the default
+_TIME = r"T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?(Z|[+-](0[0-9]|1[0-3]):[0-5][0-9])?"
+INSTANT_PATTERN = rf"^\s*{_YEAR}(-{_MONTH}|-{_MONTH_DAY}({_TIME})?)?\s*$"
+BLANK = {"type": "string", "pattern": r"^\s*$"}
+TEXT = {"type": "string", "pattern": r"^[^\u0000]*$"}  # PostgreSQL text holds no NUL
+_ITEM = r"\s*[^,\s\u0000][^,\u0000]*"  # a non-blank item of a comma-separated list
+TEXT_LIST_PATTERN = f"^{_ITEM}(,{_ITEM})*$"
 
 
 def list_pattern(allowed: tuple[str, ...] | list[str]) -> str:
-    """A comma-separated list of `allowed` values (spaces around items are ignored)."""
-    item = " *(" + "|".join(allowed) + ") *"
+    """A comma-separated list of `allowed` values (white space around items is ignored)."""
+    item = r"\s*(" + "|".join(allowed) + r")\s*"
     return f"^{item}(,{item})*$"
 
 
@@ -190,7 +195,11 @@ SCHEMAS.update({
 
 
 def _param(name: str, where: str, description: str, schema: dict[str, Any], required: bool = False,
-           example: Any = None) -> dict[str, Any]:
+           example: Any = None, blank: bool = False) -> dict[str, Any]:
+    """`blank`: the server reads a blank value as the parameter's absence."""
+    if blank:
+        schema = {"anyOf": [schema, BLANK]}
+        description += " (blank: as if absent)"
     p: dict[str, Any] = {"name": name, "in": where, "description": description, "required": required,
                          "schema": schema}
     if example is not None:
@@ -209,13 +218,14 @@ ERRORS = {
 NOT_FOUND = {"404": _json("Error", "no such item")}
 NOT_MODIFIED = {"304": {"description": "the representation matching If-None-Match has not changed"}}
 FORMAT = _param("format", "query", "json (default), csv or parquet: the same values in each",
-                {"enum": ["json", "csv", "parquet"], "default": "json"})
+                {"enum": ["json", "csv", "parquet"], "default": "json"}, blank=True)
 INSTANT = {"type": "string", "pattern": INSTANT_PATTERN}
-CURSOR = _param("cursor", "query", "next_cursor of the previous page (opaque)", {"type": "string"})
+CURSOR = _param("cursor", "query", "next_cursor of the previous page (opaque: only a cursor this API issued for "
+                "this list is accepted)", TEXT, blank=True)
 BBOX = _param("bbox", "query", BBOX_EXPECTED + "; lon_min <= lon_max and lat_min <= lat_max",
-               {"type": "string", "pattern": BBOX_PATTERN}, example="3.2,43.3,4.1,43.8")
+              {"type": "string", "pattern": BBOX_PATTERN}, example="3.2,43.3,4.1,43.8", blank=True)
 ROAD = _param("road", "query", "road(s), comma-separated; spaces and case are ignored (RD613 = rd 613)",
-              {"type": "string"}, example="RD613")
+              {"type": "string", "pattern": TEXT_LIST_PATTERN}, example="RD613")
 
 
 def _table_content(schema: str, description: str) -> dict[str, Any]:
@@ -242,11 +252,12 @@ def paths() -> dict[str, Any]:
             "summary": "Counting sites with their channels", "operationId": "listSites",
             "parameters": [
                 ROAD,
-                _param("commune", "query", "INSEE code, or commune name (case-insensitive)", {"type": "string"},
-                       example="34172"),
+                _param("commune", "query", "INSEE code, or commune name (case-insensitive)", TEXT,
+                       example="34172", blank=True),
                 BBOX,
                 _param("limit", "query", f"sites per page (default {SITES_LIMIT[0]})",
-                       {"type": "integer", "minimum": 1, "maximum": SITES_LIMIT[1], "default": SITES_LIMIT[0]}),
+                       {"type": "integer", "minimum": 1, "maximum": SITES_LIMIT[1], "default": SITES_LIMIT[0]},
+                       blank=True),
                 CURSOR,
             ],
             "responses": {"200": _json("SitesPage", "a page of sites in id order"), **NOT_MODIFIED, **ERRORS},
@@ -263,13 +274,14 @@ def paths() -> dict[str, Any]:
             "operationId": "getSiteCounts",
             "parameters": [
                 site_id,
-                _param("from", "query", INSTANT_EXPECTED, INSTANT, example="2025-07-01"),
+                _param("from", "query", INSTANT_EXPECTED, INSTANT, example="2025-07-01", blank=True),
                 _param("to", "query", "exclusive end, after from; " + INSTANT_EXPECTED, INSTANT,
-                       example="2025-08-01"),
-                _param("step", "query", "period length", {"enum": list(STEPS), "default": "day"}),
-                _param("direction", "query", "one of the site's directions (all by default)", {"type": "string"}),
-                _param("vehicle_class", "query", "all (the site's total, default), light or heavy",
-                       {"enum": ["all", "light", "heavy"], "default": "all"}),
+                       example="2025-08-01", blank=True),
+                _param("step", "query", "period length", {"enum": list(STEPS), "default": "day"}, blank=True),
+                _param("direction", "query", "one of the site's directions (all by default; another one: 404)",
+                       TEXT, blank=True),
+                _param("vehicle_class", "query", "all (the site's total, default), light or heavy (one the site "
+                       "does not count: 404)", {"enum": ["all", "light", "heavy"], "default": "all"}, blank=True),
                 FORMAT,
             ],
             "responses": {"200": _table_content("Counts", "the series; CSV header: period,count,coverage,"
@@ -283,7 +295,7 @@ def paths() -> dict[str, Any]:
                 _param("year", "query", "the year", {"type": "integer", "minimum": YEARS[0], "maximum": YEARS[1]},
                        required=True, example=2025),
                 _param("threshold", "query", "coverage a day needs to count (default [publication] "
-                       "coverage_threshold)", {"type": "number", "minimum": 0, "maximum": 1}),
+                       "coverage_threshold)", {"type": "number", "minimum": 0, "maximum": 1}, blank=True),
                 FORMAT,
             ],
             "responses": {"200": _table_content("Annual", "one row per site"), **NOT_MODIFIED, **ERRORS},
@@ -292,8 +304,8 @@ def paths() -> dict[str, Any]:
             "summary": "Road events in force during a period, each with every version",
             "operationId": "listEvents",
             "parameters": [
-                _param("from", "query", INSTANT_EXPECTED, INSTANT),
-                _param("to", "query", "exclusive end, after from; " + INSTANT_EXPECTED, INSTANT),
+                _param("from", "query", INSTANT_EXPECTED, INSTANT, blank=True),
+                _param("to", "query", "exclusive end, after from; " + INSTANT_EXPECTED, INSTANT, blank=True),
                 BBOX,
                 _param("type", "query", "comma-separated: " + ", ".join(EVENT_TYPES),
                        {"type": "string", "pattern": list_pattern(EVENT_TYPES)}),
@@ -301,7 +313,8 @@ def paths() -> dict[str, Any]:
                 _param("status", "query", "current status, comma-separated: " + ", ".join(EVENT_STATUSES),
                        {"type": "string", "pattern": list_pattern(EVENT_STATUSES)}),
                 _param("limit", "query", f"events per page (default {EVENTS_LIMIT[0]})",
-                       {"type": "integer", "minimum": 1, "maximum": EVENTS_LIMIT[1], "default": EVENTS_LIMIT[0]}),
+                       {"type": "integer", "minimum": 1, "maximum": EVENTS_LIMIT[1], "default": EVENTS_LIMIT[0]},
+                       blank=True),
                 CURSOR,
             ],
             "responses": {"200": _json("EventsPage", "a page of events in id order"), **NOT_MODIFIED, **ERRORS},
