@@ -785,9 +785,11 @@ class _Api:
     # catalogue --------------------------------------------------------------
 
     async def catalog(self, request: web.Request) -> web.StreamResponse:
-        base = f"{request.scheme}://{request.host}"
-        return respond(request, dumps(catalog_document(self.config.publication, base)), catalog.MEDIA_TYPE,
-                       cache_control="public, max-age=300")
+        base = self.config.publication.public_url or f"{request.scheme}://{request.host}"
+        async with reading(self.ctx) as conn:
+            created = await history.database_created(conn)
+        return respond(request, dumps(catalog_document(self.config.publication, base, created)),
+                       catalog.MEDIA_TYPE, cache_control="public, max-age=300")
 
     # OpenAPI ----------------------------------------------------------------
 

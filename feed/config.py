@@ -61,6 +61,9 @@ class PublicationConfig(_Section):
     bbox_margin_deg: float = Field(default=0.5, ge=0)
     ended_events_hours: int = Field(default=24, ge=0)  # how long ended events stay in live feeds
     coverage_threshold: float = Field(default=0.95, ge=0, le=1)
+    # The public origin (e.g. https://trafic.example.fr) the DCAT catalogue's URLs start
+    # with; without it, the scheme and host of each request.
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/\S*)?$")
 
     @field_validator("country")
     @classmethod

@@ -364,7 +364,7 @@ def paths() -> dict[str, Any]:
             "operationId": "getCatalog",
             "responses": {"200": {"description": "a dcat:Catalog", "content": {
                 catalog.MEDIA_TYPE: {"schema": {"type": "object", "required": ["@context", "@type", "dcat:dataset"]}},
-            }}, **NOT_MODIFIED},
+            }}, **NOT_MODIFIED, **ERRORS},
         }},
         f"{API}/openapi.json": {"get": {
             "summary": "This document", "operationId": "getOpenApi",

@@ -1,17 +1,21 @@
 """The DCAT-AP / mobilityDCAT-AP catalogue for national access points: served as
 JSON-LD by the real application, parsed by rdflib (no network: the context is
-inline), with the properties an access point requires on every dataset and
-distribution, and every distribution a route this service really answers."""
+inline), valid against the official mobilityDCAT-AP SHACL shapes (pyshacl,
+offline), every vocabulary term one of the official controlled vocabularies, the
+properties an access point requires on every dataset and distribution, and every
+distribution a route this service really answers."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import rdflib
 from aiohttp.test_utils import TestClient, TestServer
-from rdflib.namespace import DCAT, DCTERMS, FOAF, RDF
+from pyshacl import validate
+from rdflib.namespace import DCAT, DCTERMS, FOAF, RDF, SKOS
 
 from feed.catalog import CATALOG_PATH, DATASETS, MEDIA_TYPE
 from feed.config import Config, PublicationConfig
@@ -21,6 +25,16 @@ from feed.storage import Storage
 CONFIG = Config(publication=PublicationConfig(publisher="Département de test", languages=["fr", "en"]))
 MOBILITY = rdflib.Namespace("https://w3id.org/mobilitydcat-ap#")
 EU = "http://publications.europa.eu/resource/authority/"
+DCAT_DATA = Path(__file__).resolve().parents[1] / "data" / "dcat"
+SHAPES = rdflib.Graph()
+for name in ("mobilitydcat-ap-shacl.ttl", "mobilitydcat-ap-shacl-ranges.ttl"):
+    SHAPES.parse(DCAT_DATA / name)
+VOCABULARY_FILES = {MOBILITY.mobilityTheme: "mobility-theme", MOBILITY.mobilityDataStandard: "mobility-data-standard",
+                    MOBILITY.applicationLayerProtocol: "application-layer-protocol",
+                    DCTERMS.type: "conditions-for-access-and-usage"}
+VOCABULARY = rdflib.Graph()
+for name in VOCABULARY_FILES.values():
+    VOCABULARY.parse(DCAT_DATA / f"{name}.ttl")
 
 
 @pytest.fixture
@@ -75,6 +89,40 @@ async def test_the_catalogue_is_dcat_json_ld_with_every_required_property(client
     assert {"DATEX II 3.6", "DATEX II 2.3", "WZDx 4.2"} <= standards
 
 
+async def catalog_graph(client: TestClient) -> rdflib.Graph:
+    body = await (await client.get(CATALOG_PATH)).read()
+    return rdflib.Graph().parse(data=body, format="json-ld")
+
+
+async def test_the_catalogue_conforms_to_the_mobilitydcat_ap_shapes_and_vocabularies(client: TestClient):
+    """The official shapes, with the official vocabularies the terms come from (so that
+    their concepts are known as such): no violation; and every term is one of theirs."""
+    graph = await catalog_graph(client)
+    conforms, _, report = validate(graph + VOCABULARY, shacl_graph=SHAPES, inference="none")
+    assert conforms, report
+    concepts = set(VOCABULARY.subjects(RDF.type, SKOS.Concept))
+    for prop in VOCABULARY_FILES:
+        used = set(graph.objects(None, prop))
+        assert used and used <= concepts, (prop, used - concepts)
+    for record in graph.subjects(RDF.type, DCAT.CatalogRecord):
+        assert graph.value(record, FOAF.primaryTopic) in set(graph.subjects(RDF.type, DCAT.Dataset))
+        assert graph.value(record, DCTERMS.created).toPython().year >= 2024  # the test database's creation
+    # The check can fail: a distribution without its mobility data standard does not conform.
+    first = next(graph.subjects(RDF.type, DCAT.Distribution))
+    graph.remove((first, MOBILITY.mobilityDataStandard, None))
+    assert not validate(graph + VOCABULARY, shacl_graph=SHAPES, inference="none")[0]
+
+
 async def test_the_catalogue_is_documented_in_the_openapi_document(client: TestClient):
     document = json.loads(await (await client.get("/api/v1/openapi.json")).read())
     assert MEDIA_TYPE in document["paths"][CATALOG_PATH]["get"]["responses"]["200"]["content"]
+
+
+async def test_the_catalogue_urls_start_with_the_configured_public_url(storage: Storage):
+    config = Config(publication=PublicationConfig(public_url="https://trafic.example.fr/"))
+    async with TestClient(TestServer(build_app(config, storage), host="127.0.0.1")) as c:
+        graph = rdflib.Graph().parse(data=await (await c.get(CATALOG_PATH)).read(), format="json-ld")
+    urls = {str(o) for o in graph.objects(None, DCAT.accessURL)}
+    assert urls and all(u.startswith("https://trafic.example.fr/feeds/") or
+                        u.startswith("https://trafic.example.fr/api/v1/") for u in urls), urls
+    assert str(next(graph.subjects(RDF.type, DCAT.Catalog))) == "https://trafic.example.fr" + CATALOG_PATH
