@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import duckdb
 import geopandas
 import pandas
 import pyarrow as pa
@@ -309,8 +310,8 @@ async def test_events_parquet_is_geoparquet_read_back_as_geometry(env: Env):
 
 
 @pytest.mark.parametrize("name", ["hourly.csv", "daily.csv", "sites.csv"])
-async def test_csv_decimal_columns_are_typed_as_decimals_by_readers_that_guess(env: Env, name: str):
-    """Whole ratios are written 1.0 / 0.0, so pandas (like DuckDB) types every float column as a float."""
+async def test_csv_decimal_columns_are_typed_as_decimals_by_readers_that_guess(env: Env, name: str, tmp_path):
+    """Whole ratios are written 1.0 / 0.0, so DuckDB and pandas type every float column as a float."""
     body = (await fetch(env.client, f"/api/v1/downloads/2025/{name}"))[1]
     table = downloads.TABLES[name.removesuffix(".csv")]
     floats = [c.name for c in table.columns if c.type == "float64"]
@@ -318,6 +319,11 @@ async def test_csv_decimal_columns_are_typed_as_decimals_by_readers_that_guess(e
     frame = pandas.read_csv(io.BytesIO(body))
     for column in floats:
         assert frame[column].dtype == "float64", (column, frame[column].dtype)
+    path = tmp_path / name
+    path.write_bytes(body)
+    with duckdb.connect() as db:  # read_csv is DuckDB's own, no extension
+        types = {row[0]: row[1] for row in db.execute(f"DESCRIBE SELECT * FROM read_csv('{path}')").fetchall()}
+    assert {column: types[column] for column in floats} == {column: "DOUBLE" for column in floats}
     rows = read_csv(body)
     for column in floats:
         assert all("." in r[column] for r in rows if r[column] != ""), column
