@@ -105,6 +105,7 @@ class Column:
     text: bool = False  # free text from sources: CSV cells are guarded against formula injection
     keyed: bool = False  # a channel's or site's attribute: computed once per channel, not per row
     parquet_sql: str | None = None  # another expression for Parquet (geometry: WKB instead of GeoJSON)
+    geometry_types: tuple[str, ...] = ()  # of a geometry column, for the GeoParquet metadata
 
     def arrow_type(self, timezone: str) -> pa.DataType:
         return {
@@ -204,7 +205,8 @@ EVENT_COLUMNS = (
     Column("geometry", "(v.state->'geometry')::text", "geometry",
            "CSV: GeoJSON; Parquet: WKB (GeoParquet 1.1); WGS 84 lon/lat",
            "location: a Point or LineString",
-           parquet_sql="ST_AsBinary(ST_GeomFromGeoJSON(nullif(v.state->'geometry', 'null'::jsonb)))"),
+           parquet_sql="ST_AsBinary(ST_GeomFromGeoJSON(nullif(v.state->'geometry', 'null'::jsonb)))",
+           geometry_types=("Point", "LineString")),
     Column("descriptions", "(v.state->'descriptions')::text", "string", "JSON object",
            "descriptions by language code, e.g. {\"fr\": \"...\"}", True),
     Column("detour", _state("detour"), "string", None, "detour advice", True),
@@ -230,6 +232,9 @@ SITE_COLUMNS = (
     Column("commune", "s.metadata->>'commune'", "string", None, "commune name, when the source gives it", True),
     Column("lon", "ST_X(s.geom)", "float64", "degrees (WGS 84)", "longitude"),
     Column("lat", "ST_Y(s.geom)", "float64", "degrees (WGS 84)", "latitude"),
+    Column("geometry", "ST_AsGeoJSON(s.geom)", "geometry",
+           "CSV: GeoJSON; Parquet: WKB (GeoParquet 1.1); WGS 84 lon/lat", "the site's location as a Point",
+           parquet_sql="ST_AsBinary(s.geom)", geometry_types=("Point",)),
     Column("channel_id", "c.id", "int32", None, "the channel's id (the key of hourly and daily rows)"),
     Column("channel_external_id", "c.external_id", "string", None, "the channel's id at its source", True),
     Column("direction", "c.direction", "string", None, "direction of travel as the source names it", True),
@@ -597,7 +602,7 @@ class _Sink(io.RawIOBase):
 
 def geo_metadata(table: Table) -> dict[str, str]:
     """GeoParquet 1.1 file metadata for the table's geometry columns (none: empty)."""
-    columns = {c.name: {"encoding": "WKB", "geometry_types": ["Point", "LineString"]}
+    columns = {c.name: {"encoding": "WKB", "geometry_types": list(c.geometry_types)}
                for c in table.columns if c.type == "geometry"}
     if not columns:
         return {}

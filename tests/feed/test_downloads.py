@@ -291,12 +291,14 @@ async def test_unknown_years_and_files_are_404(env: Env, path: str, parameter: s
     assert doc["error"] == "not_found" and doc["parameter"] == parameter
 
 
-async def test_events_parquet_is_geoparquet_read_back_as_geometry(env: Env):
+@pytest.mark.parametrize(("table", "kinds"), [("events", {"Point", "LineString"}), ("sites", {"Point"})])
+async def test_parquet_locations_are_geoparquet_read_back_as_geometry(env: Env, table: str, kinds: set[str]):
     """GeoPandas reads the geometry column as geometries equal to the CSV's GeoJSON."""
-    csv_rows = read_csv((await fetch(env.client, "/api/v1/downloads/2025/events.csv"))[1])
-    body = (await fetch(env.client, "/api/v1/downloads/2025/events.parquet"))[1]
+    csv_rows = read_csv((await fetch(env.client, f"/api/v1/downloads/2025/{table}.csv"))[1])
+    body = (await fetch(env.client, f"/api/v1/downloads/2025/{table}.parquet"))[1]
     geo = json.loads(pq.read_metadata(io.BytesIO(body)).metadata[b"geo"])
     assert geo["primary_column"] == "geometry" and geo["columns"]["geometry"]["encoding"] == "WKB"
+    assert set(geo["columns"]["geometry"]["geometry_types"]) == kinds
     frame = geopandas.read_parquet(io.BytesIO(body))
     assert isinstance(frame, geopandas.GeoDataFrame) and frame.geometry.name == "geometry"
     assert frame.crs is not None and frame.crs.equals("OGC:CRS84")
@@ -304,9 +306,12 @@ async def test_events_parquet_is_geoparquet_read_back_as_geometry(env: Env):
     want = [None if r["geometry"] in ("", "null") else shapely.geometry.shape(json.loads(r["geometry"]))
             for r in csv_rows]
     assert [g is None for g in got] == [w is None for w in want], (got, want)
-    assert None in want  # an event without a location stays a row, with no geometry
     assert all(g.equals(w) for g, w in zip(got, want, strict=True) if w is not None)
-    assert {g.geom_type for g in got if g is not None} == {"Point", "LineString"}
+    assert {g.geom_type for g in got if g is not None} == kinds
+    if table == "events":
+        assert None in want  # an event without a location stays a row, with no geometry
+    else:
+        assert all(g.x == float(r["lon"]) and g.y == float(r["lat"]) for g, r in zip(got, csv_rows, strict=True))
 
 
 @pytest.mark.parametrize("name", ["hourly.csv", "daily.csv", "sites.csv"])
