@@ -23,11 +23,11 @@ id-only block as an empty message): the stream starts with a `retry:` hint and a
 `position` event, `data: {"cursor": "<cursor>"}`, holding the starting position, so
 a client that drops before any change still resumes without a loss; it resumes
 after `Last-Event-ID` (or `?since=`), sending everything missed first; without
-either it starts from now. Heartbeats are comment lines only, every 15 s, to keep
-proxies from closing the stream: a comment never ends a block with a blank line,
-since some clients dispatch an empty message on every blank line once an id was
-seen; with a filter, a `position` event precedes one
-when filtered-out changes moved the resume point on.
+either it starts from now. With a filter, a `position` event also follows
+filtered-out changes that moved the resume point on. Heartbeats, every 15 s to
+keep proxies from closing the stream, are comment lines only: a comment never
+ends a block with a blank line, since some clients dispatch an empty message on
+every blank line once an id was seen.
 
 Nothing is skipped, even when writers commit out of `seq` order. Two sources
 storing events at the same time can commit seq 11 before seq 10; a reader that
@@ -606,7 +606,7 @@ async def stream_handler(request: web.Request, hub: ChangeHub) -> web.StreamResp
         await response.prepare(request)
         sent = since if since is not None else await hub.log.head()
         said = sent
-        # The start position as an id: a client that drops before any change still resumes from here.
+        # The start position: a client that drops before any change still resumes from here.
         await send(f"retry: {hub.retry_ms}\n".encode() + position_event(sent) + b": roadfeed event changes\n")
         await catch_up(None)
         while True:
