@@ -6,8 +6,11 @@
 -- a function, so the catalogue says what the column is (GEOMETRY, mixed), and two
 -- views publish each kind with its own type and SRID.
 
+-- The search path is the one PostGIS was found in now: pg_restore runs the check
+-- with an empty one.
 CREATE FUNCTION roadfeed_point_or_line(g geometry) RETURNS boolean
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    SET search_path FROM CURRENT
     AS $$ SELECT GeometryType(g) IN ('POINT', 'LINESTRING') $$;
 
 ALTER TABLE events DROP CONSTRAINT events_geom_check;
