@@ -105,6 +105,7 @@ class Column:
     text: bool = False  # free text from sources: CSV cells are guarded against formula injection
     keyed: bool = False  # a channel's or site's attribute: computed once per channel, not per row
     parquet_sql: str | None = None  # another expression for Parquet (geometry: WKB instead of GeoJSON)
+    csv_sql: str | None = None  # another expression for CSV (floats: text with a decimal point)
     geometry_types: tuple[str, ...] = ()  # of a geometry column, for the GeoParquet metadata
 
     def arrow_type(self, timezone: str) -> pa.DataType:
@@ -112,6 +113,22 @@ class Column:
             "int32": pa.int32(), "int64": pa.int64(), "float64": pa.float64(), "string": pa.string(),
             "date": pa.date32(), "timestamp": pa.timestamp("ms", tz=timezone), "geometry": pa.binary(),
         }[self.type]
+
+
+# Floats in CSV are written with a decimal point even when whole (1.0, not 1), so
+# that readers guessing column types (DuckDB, pandas) see decimals. Plain SQL, no
+# function call: these run on every row of the hourly file.
+
+
+def decimal_text_sql(expr: str) -> str:
+    value = f"({expr})::float8"
+    return f"({value}::text || CASE WHEN {value} = trunc({value}) THEN '.0' ELSE '' END)"
+
+
+def _ratio(name: str, sql: str, meaning: str) -> Column:
+    """A share from 0 to 1: whole only at 0 and 1 (a simple CASE computes `sql` once for those)."""
+    csv_sql = f"CASE ({sql})::float8 WHEN 1 THEN '1.0' WHEN 0 THEN '0.0' ELSE (({sql})::float8)::text END"
+    return Column(name, sql, "float64", "ratio 0..1", meaning, csv_sql=csv_sql)
 
 
 def _ts(expr: str) -> str:
@@ -139,10 +156,10 @@ def _measures(expected_sql: str) -> tuple[Column, ...]:
         Column("speed", "CASE WHEN r.speed_count > 0 "
                "THEN round((r.speed_weighted_sum / r.speed_count)::numeric, 1) END", "float64", "km/h",
                "mean speed weighted by the counts of the intervals that have a speed; empty when none has"),
-        Column("coverage", f"r.intervals_present::float8 / nullif({expected_sql}, 0)", "float64", "ratio 0..1",
+        _ratio("coverage", f"r.intervals_present::float8 / nullif({expected_sql}, 0)",
                "intervals present / intervals expected: the quality of `count` (1 = complete)"),
-        Column("estimated_share", "CASE WHEN r.intervals_present > 0 "
-               "THEN r.intervals_estimated::float8 / r.intervals_present END", "float64", "ratio 0..1",
+        _ratio("estimated_share", "CASE WHEN r.intervals_present > 0 "
+               "THEN r.intervals_estimated::float8 / r.intervals_present END",
                "share of the present intervals that the source marked as estimated rather than observed"),
         Column("intervals_present", "r.intervals_present", "int32", "intervals",
                "intervals with a count whose quality is observed or estimated"),
@@ -230,8 +247,8 @@ SITE_COLUMNS = (
     Column("abscissa", "s.abscissa", "int32", "m", "distance after the PR"),
     Column("insee", "s.insee", "string", None, "INSEE code of the commune", True),
     Column("commune", "s.metadata->>'commune'", "string", None, "commune name, when the source gives it", True),
-    Column("lon", "ST_X(s.geom)", "float64", "degrees (WGS 84)", "longitude"),
-    Column("lat", "ST_Y(s.geom)", "float64", "degrees (WGS 84)", "latitude"),
+    Column("lon", "ST_X(s.geom)", "float64", "degrees (WGS 84)", "longitude", csv_sql=decimal_text_sql("ST_X(s.geom)")),
+    Column("lat", "ST_Y(s.geom)", "float64", "degrees (WGS 84)", "latitude", csv_sql=decimal_text_sql("ST_Y(s.geom)")),
     Column("geometry", "ST_AsGeoJSON(s.geom)", "geometry",
            "CSV: GeoJSON; Parquet: WKB (GeoParquet 1.1); WGS 84 lon/lat", "the site's location as a Point",
            parquet_sql="ST_AsBinary(s.geom)", geometry_types=("Point",)),
@@ -419,9 +436,7 @@ def etag_tag(data: YearData, table: Table, fmt: Format, retention_days: int | No
 
 def _select(columns: Sequence[Column], csv: bool) -> str:
     def expr(c: Column) -> str:
-        sql = f"k.{c.name}" if c.keyed else c.sql if csv or c.parquet_sql is None else c.parquet_sql
-        if csv and c.type == "float64":
-            return f"roadfeed_csv_decimal(({sql})::float8)"
+        sql = f"k.{c.name}" if c.keyed else (c.csv_sql if csv else c.parquet_sql) or c.sql
         return neutralised_sql(sql) if csv and c.text and not c.keyed else sql
 
     return ", ".join(f"{expr(c)} AS {c.name}" for c in columns)

@@ -35,9 +35,3 @@ SELECT id, source_id, external_id, version, type, subtype, status::text AS statu
 
 GRANT SELECT ON events_lines, events_points TO roadfeed_reader;
 GRANT SELECT ON events_lines, events_points TO roadfeed_writer;
-
--- CSV downloads: a float written with a decimal point even when whole (1.0, not 1),
--- so readers that guess column types (DuckDB, pandas) type ratios as decimals.
-CREATE FUNCTION roadfeed_csv_decimal(v double precision) RETURNS text
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-    AS $$ SELECT CASE WHEN v = trunc(v) THEN to_char(v, 'FM9999999999999999990.0') ELSE v::text END $$;
