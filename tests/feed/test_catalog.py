@@ -19,6 +19,7 @@ from rdflib.namespace import DCAT, DCTERMS, FOAF, RDF, SKOS
 
 from feed.catalog import CATALOG_PATH, DATASETS, MEDIA_TYPE
 from feed.config import Config, PublicationConfig
+from feed.feeds import FeedPublisher
 from feed.http import build_app
 from feed.storage import Storage
 
@@ -37,9 +38,20 @@ for name in VOCABULARY_FILES.values():
     VOCABULARY.parse(DCAT_DATA / f"{name}.ttl")
 
 
+class NoFeeds(FeedPublisher):
+    """Every route registered, no feed rendering: the catalogue needs none."""
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
 @pytest.fixture
 async def client(storage: Storage) -> AsyncIterator[TestClient]:
-    async with TestClient(TestServer(build_app(CONFIG, storage), host="127.0.0.1")) as c:
+    async with TestClient(TestServer(build_app(CONFIG, storage, publisher=NoFeeds(storage, CONFIG)),
+                                     host="127.0.0.1")) as c:
         yield c
 
 
@@ -120,7 +132,8 @@ async def test_the_catalogue_is_documented_in_the_openapi_document(client: TestC
 
 async def test_the_catalogue_urls_start_with_the_configured_public_url(storage: Storage):
     config = Config(publication=PublicationConfig(public_url="https://trafic.example.fr/"))
-    async with TestClient(TestServer(build_app(config, storage), host="127.0.0.1")) as c:
+    async with TestClient(TestServer(build_app(config, storage, publisher=NoFeeds(storage, config)),
+                                     host="127.0.0.1")) as c:
         graph = rdflib.Graph().parse(data=await (await c.get(CATALOG_PATH)).read(), format="json-ld")
     urls = {str(o) for o in graph.objects(None, DCAT.accessURL)}
     assert urls and all(u.startswith("https://trafic.example.fr/feeds/") or
