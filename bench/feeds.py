@@ -393,7 +393,7 @@ async def bench_sse(ours: OurServer, url: str, args: argparse.Namespace) -> dict
         return None
     import aiohttp
 
-    from feed.changes import STREAM_PATH, delivery_latency, iter_sse
+    from feed.changes import POSITION_EVENT, STREAM_PATH, delivery_latency, iter_sse
 
     storage = await Storage.open(url, max_size=2)
     arrivals: dict[str, Any] = {}
@@ -405,7 +405,7 @@ async def bench_sse(ours: OurServer, url: str, args: argparse.Namespace) -> dict
 
                 async def read() -> None:
                     async for message in iter_sse(resp.content):
-                        if message.event is None:
+                        if message.event in (None, POSITION_EVENT):
                             continue
                         doc = message.json()
                         arrivals[f"{doc['event']['id']}@{doc['event']['properties']['version']}"] = message

@@ -63,6 +63,7 @@ from feed.model import (
     Severity,
     SiteRecord,
     VehicleClass,
+    departement_of,
 )
 
 __all__ = [
@@ -177,6 +178,12 @@ class EventMapping(_Mapping):
     updated: str | None = None
     detour: str | None = None
     lanes: str | None = None
+    # French PR + abscissa ("12+345", or a PR number) of a point event or of a
+    # section's start, and of its end; with the commune's INSEE code for the
+    # département. They are what DATEX II v2.3 consumers locate a road number by.
+    pr_from: str | None = None
+    pr_to: str | None = None
+    insee: str | None = None
 
     @property
     def time_field(self) -> str | None:
@@ -609,6 +616,7 @@ class _Converter:
         if text:
             descriptions[m.description_language] = text
 
+        road = _field_text(rec, m.road)
         return EventRecord(
             external_id=event_id,
             type=event_type,
@@ -619,12 +627,13 @@ class _Converter:
             planned_end=planned_end,
             actual_start=actual_start,
             actual_end=actual_end,
-            road=_field_text(rec, m.road),
+            road=road,
             direction=_field_text(rec, m.direction),
             lanes_affected=_field_text(rec, m.lanes),
             geometry=geometry,
             descriptions=descriptions,
             detour=_field_text(rec, m.detour),
+            location_refs=_pr_refs(rec, m, road),
             source_updated=when(m.updated),
         )
 
@@ -637,6 +646,38 @@ class _Converter:
         if start is not None and start > self.now:
             return "planned"
         return "active"
+
+
+_PR = re.compile(r"^\s*(?P<pr>\d{1,4})\s*(?:\+\s*(?P<abscissa>\d{1,5})\s*)?$")
+
+
+def _pr(value: Any, name: str) -> tuple[int, int] | None:
+    """PR and abscissa in metres from "12+345", "12" or 12."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value, 0
+    match = _PR.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise _Bad(f"{name} = {_short(value)}: expected a PR and abscissa such as 12+345")
+    return int(match["pr"]), int(match["abscissa"] or 0)
+
+
+def _pr_refs(rec: dict[str, Any], m: EventMapping, road: str | None) -> dict[str, Any]:
+    """`location_refs` in the shape the DATEX II parser gives (see exporters.datex2_v3.pr_reference)."""
+    insee = _field_text(rec, m.insee)
+    start = _pr(rec.get(m.pr_from), m.pr_from) if m.pr_from else None
+    end = _pr(rec.get(m.pr_to), m.pr_to) if m.pr_to else None
+    places = [("point", start)] if end is None else [("from", start), ("to", end)]
+    departement = departement_of(insee)
+    prs = [{"at": at, "road": road, "pr": pr[0], "abscissa": pr[1], "departement": departement}
+           for at, pr in places if pr is not None and road]
+    refs: dict[str, Any] = {}
+    if prs:
+        refs["pr"] = prs
+    if insee:
+        refs["insee"] = insee
+    return refs
 
 
 # --------------------------------------------------------------------------- records pages

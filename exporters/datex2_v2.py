@@ -8,6 +8,11 @@ or TPEG linear location with coordinates and the road as link name, plus a
 `pointAlongLinearElement` (road, PR referent, distance in metres) when the event
 has a PR + abscissa. v2.3 has no line-string geometry: a LineString is written as
 a TPEG segment between its first and last positions (the full line is in v3).
+
+The road number goes in `linearElement/roadNumber`, where v2.3 consumers read it;
+v2.3 only has it inside a linear reference (a referent and a distance), so an
+event whose source gives no PR carries its road as the TPEG link name only.
+Sources that have PRs must map them (e.g. the Opendatasoft mapping's `pr_from`).
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from feed.model import (
     StoredChannel,
     StoredEvent,
     StoredSite,
+    departement_of,
 )
 
 MC = "http://datex2.eu/schema/3/messageContainer"
@@ -264,13 +265,6 @@ def pr_reference(refs: dict[str, Any], road: str | None, at: str = "point") -> P
 def french_referent(pr: Any, departement: str | None = None, side: str | None = None) -> str:
     """The PR identifier of the French feeds: "34PR12D" (département, PR, side), or "PR12"."""
     return f"{departement or ''}PR{pr}{(side or '') if departement else ''}"
-
-
-def departement_of(insee: str | None) -> str | None:
-    """Département code from a commune INSEE code ("34172" -> "34", "97411" -> "974")."""
-    if not insee or len(insee) != 5:
-        return None
-    return insee[:3] if insee.startswith("97") else insee[:2]
 
 
 class EventPlace(NamedTuple):

@@ -284,14 +284,17 @@ def filter_events(
     bbox: BBox | None = None,
     types: Collection[str] | None = None,
     statuses: Collection[str] | None = None,
+    geometry_types: Collection[str] | None = None,
 ) -> list[StoredEvent]:
-    """The events matching every given criterion (None = no criterion). With a bbox,
-    events without geometry are left out."""
+    """The events matching every given criterion (None = no criterion). With a bbox
+    or geometry types, events without geometry are left out."""
     out = []
     for e in events:
         if types is not None and e.type not in types:
             continue
         if statuses is not None and e.status not in statuses:
+            continue
+        if geometry_types is not None and (e.geometry is None or e.geometry.type not in geometry_types):
             continue
         if bbox is not None and not intersects(e.geometry, bbox):
             continue

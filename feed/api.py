@@ -35,7 +35,8 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
 from exporters import geojson
-from feed import downloads, history, validation
+from feed import catalog, downloads, history, validation
+from feed.catalog import catalog_document
 from feed.config import Config
 from feed.downloads import MEDIA_TYPES, neutralise
 from feed.feeds import (
@@ -108,7 +109,14 @@ def _one(query: MultiMapping[str], name: str) -> str | None:
     if not values:
         return None
     value = values[0].strip()
+    _no_nul(name, value)
     return value or None
+
+
+def _no_nul(name: str, raw: str) -> None:
+    """PostgreSQL text cannot hold NUL: refuse it here rather than fail in the query."""
+    if "\0" in raw:
+        raise _bad(name, raw.replace("\0", "\\0"), "text without NUL characters", f"{name} contains a NUL character")
 
 
 def _choice(query: MultiMapping[str], name: str, allowed: Sequence[str], default: str) -> str:
@@ -127,6 +135,7 @@ def _list(query: MultiMapping[str], name: str, allowed: Sequence[str] | None = N
     expected = f"a comma-separated list of: {', '.join(allowed)}" if allowed else "a comma-separated list"
     chosen: list[str] = []
     for raw in raws:
+        _no_nul(name, raw)
         for item in (part.strip() for part in raw.split(",")):
             if not item:
                 raise _bad(name, raw, expected, f"{name} has an empty value in {raw!r}")
@@ -293,7 +302,13 @@ def counts_range(query: MultiMapping[str], step: Step, tz: ZoneInfo, now: dateti
 
 
 def iso(value: datetime | None, tz: ZoneInfo) -> str | None:
-    return None if value is None else value.astimezone(tz).isoformat()
+    """Local time with its offset; in UTC when the offset has seconds (local mean time
+    before 1911 in Paris), which RFC 3339 date-times cannot carry."""
+    if value is None:
+        return None
+    local = value.astimezone(tz)
+    offset = local.utcoffset()
+    return value.astimezone(UTC).isoformat() if offset is not None and offset.seconds % 60 else local.isoformat()
 
 
 def method_document(config: Config, **extra: Any) -> dict[str, Any]:
@@ -597,13 +612,14 @@ class _Api:
         vehicle_class = _one(q, "vehicle_class") or "all"
         async with reading(self.ctx) as conn:
             site = await self._site(conn, request.match_info["id"])
+            # A direction or class the site does not count is a series that does not exist.
             if direction is not None and direction != "all" and direction not in site.directions:
-                raise _bad("direction", direction, f"one of this site's directions: {', '.join(site.directions)}"
+                raise NotFound("direction", direction, f"one of this site's directions: {', '.join(site.directions)}"
                            if site.directions else "no direction: this site's channels have none",
                            f"site {site.id} has no direction {direction!r}")
             classes = ["all", *(c for c in site.vehicle_classes if c != "all")]
             if vehicle_class not in classes:
-                raise _bad("vehicle_class", vehicle_class, f"one of this site's classes: {', '.join(classes)}",
+                raise NotFound("vehicle_class", vehicle_class, f"one of this site's classes: {', '.join(classes)}",
                            f"site {site.id} has no {vehicle_class!r} vehicle class")
             chosen = history.select_channels(site, None if direction in (None, "all") else direction, vehicle_class)
             points = await history.channel_series(conn, chosen, start, end, step,
@@ -626,7 +642,7 @@ class _Api:
         }, **VALIDATION_METHOD))
 
     def _point(self, p: history.Point) -> dict[str, Any]:
-        period = p.period.astimezone(self.tz).isoformat() if isinstance(p.period, datetime) else p.period.isoformat()
+        period = iso(p.period, self.tz) if isinstance(p.period, datetime) else p.period.isoformat()
         present = p.present > 0
         return {"period": period, "count": p.count if present else None, "coverage": p.coverage,
                 "estimated_share": p.estimated_share if present else None, "speed": p.speed,
@@ -839,6 +855,15 @@ class _Api:
             }
             await downloads.stream_parquet(conn, data, table, response.write, metadata)
 
+    # catalogue --------------------------------------------------------------
+
+    async def catalog(self, request: web.Request) -> web.StreamResponse:
+        base = self.config.publication.public_url or f"{request.scheme}://{request.host}"
+        async with reading(self.ctx) as conn:
+            created = await history.database_created(conn)
+        return respond(request, dumps(catalog_document(self.config.publication, base, created)),
+                       catalog.MEDIA_TYPE, cache_control="public, max-age=300")
+
     # OpenAPI ----------------------------------------------------------------
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
@@ -902,6 +927,7 @@ def api_routes(app: web.Application, ctx: AppContext) -> None:
         (f"{API}/downloads/{downloads.DICTIONARY}", api.dictionary),
         (f"{API}/downloads/{{year}}/{{name}}", api.download),
         (f"{API}/openapi.json", api.openapi),
+        (catalog.CATALOG_PATH, api.catalog),
     ]
     for path, handler in routes:
         app.router.add_get(path, _guarded(handler))

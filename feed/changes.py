@@ -18,12 +18,16 @@ gzip-compressed when the client accepts it.
 `GET /feeds/events/stream` pushes the same documents as server-sent events:
 `id: <cursor>`, `event: <change>` (so an EventSource listens for `created`,
 `updated`, `ended` and `reopened`; `onmessage` sees nothing), `data: <document>`.
-It starts with a `retry:` hint and an `id:` of the starting position, so a client
-that drops before any change still resumes without a loss; it resumes after
-`Last-Event-ID` (or `?since=`), sending everything missed first; without either
-it starts from now. A comment every 15 s keeps proxies from closing the stream;
-with a filter it is preceded by an `id:` block when filtered-out changes moved the
-resume point on (an EventSource updates its last id without firing an event).
+An id is only ever sent with an event that has data (client libraries surface an
+id-only block as an empty message): the stream starts with a `retry:` hint and a
+`position` event, `data: {"cursor": "<cursor>"}`, holding the starting position, so
+a client that drops before any change still resumes without a loss; it resumes
+after `Last-Event-ID` (or `?since=`), sending everything missed first; without
+either it starts from now. With a filter, a `position` event also follows
+filtered-out changes that moved the resume point on. Heartbeats, every 15 s to
+keep proxies from closing the stream, are comment lines only: a comment never
+ends a block with a blank line, since some clients dispatch an empty message on
+every blank line once an id was seen.
 
 Nothing is skipped, even when writers commit out of `seq` order. Two sources
 storing events at the same time can commit seq 11 before seq 10; a reader that
@@ -82,6 +86,7 @@ from feed.storage import CHANGES_CHANNEL, Storage, bounded_connection
 __all__ = [
     "CHANGES_PATH",
     "CHANGE_HUB",
+    "POSITION_EVENT",
     "STREAM_PATH",
     "Change",
     "ChangeHub",
@@ -106,6 +111,7 @@ STREAM_BATCH = 500  # changes read per query by the stream (catch-up and live)
 READ_TIMEOUT = 3.0  # seconds one read of the change log may take: past it the database counts as away (a 503)
 LISTENER_APPLICATION_NAME = "roadfeed-change-stream"
 EVENT_STREAM = "text/event-stream"
+POSITION_EVENT = "position"  # carries the resume point when no change does
 
 CURSOR_EXPECTED = "a cursor this feed returned (next_cursor, a change's cursor or an SSE id)"
 LIMIT_EXPECTED = f"an integer from 1 to {MAX_LIMIT}"
@@ -491,6 +497,9 @@ def _filter(query: MultiMapping[str]) -> EventFilter:
         raise BadParameter("status", ",".join(query.getall("status")), "bbox and type only",
                            "status cannot filter changes (an event would vanish when it ends); "
                            "read the event's status in each change")
+    if parsed.geometry_types is not None:
+        raise BadParameter("geometry_type", ",".join(query.getall("geometry_type")), "bbox and type only",
+                           "geometry_type cannot filter changes; read the geometry of each change")
     return parsed
 
 
@@ -606,15 +615,15 @@ async def stream_handler(request: web.Request, hub: ChangeHub) -> web.StreamResp
         await response.prepare(request)
         sent = since if since is not None else await hub.log.head()
         said = sent
-        # The start position as an id: a client that drops before any change still resumes from here.
-        await send(f"retry: {hub.retry_ms}\nid: {encode_cursor(sent)}\n\n: roadfeed event changes\n\n".encode())
+        # The start position: a client that drops before any change still resumes from here.
+        await send(f"retry: {hub.retry_ms}\n".encode() + position_event(sent) + b": roadfeed event changes\n")
         await catch_up(None)
         while True:
             if sub.closed:
-                await send(b": the server is shutting down; reconnect with Last-Event-ID\n\n")
+                await send(b": the server is shutting down; reconnect with Last-Event-ID\n")
                 break
             if sub.overflowed:
-                await send(b": too far behind; disconnected, reconnect with Last-Event-ID\n\n")
+                await send(b": too far behind; disconnected, reconnect with Last-Event-ID\n")
                 break
             batch = sub.take()
             if batch is None:
@@ -622,9 +631,9 @@ async def stream_handler(request: web.Request, hub: ChangeHub) -> web.StreamResp
                     await asyncio.wait_for(sub.wake.wait(), hub.heartbeat)
                 except TimeoutError:
                     # Filtered-out changes still move the client's resume point.
-                    moved = f"id: {encode_cursor(sent)}\n\n" if sent != said else ""
+                    moved = position_event(sent) if sent != said else b""
                     said = sent
-                    await send(f"{moved}: heartbeat\n\n".encode())
+                    await send(moved + b": heartbeat\n")
                 sub.wake.clear()
                 continue
             if batch.prev > sent:
@@ -637,6 +646,12 @@ async def stream_handler(request: web.Request, hub: ChangeHub) -> web.StreamResp
     finally:
         hub.unsubscribe(sub)
     return response
+
+
+def position_event(seq: int) -> bytes:
+    """The resume point as an event with data, never a bare `id:` block."""
+    cursor = encode_cursor(seq)
+    return f'id: {cursor}\nevent: {POSITION_EVENT}\ndata: {{"cursor":"{cursor}"}}\n\n'.encode()
 
 
 def make_changes_routes(**hub_options: Any) -> Callable[[web.Application, Any], None]:

@@ -76,6 +76,10 @@ class PublicationConfig(_Section):
     coverage_threshold: float = Field(default=0.95, ge=0, le=1)
     holidays: Calendar = "fr"  # public holidays left out of TMJO (working days): "fr" or "none"
 
+    # The public origin (e.g. https://trafic.example.fr) the DCAT catalogue's URLs start
+    # with; without it, the scheme and host of each request.
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/\S*)?$")
+
     @field_validator("country")
     @classmethod
     def _lower(cls, v: str) -> str:

@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import io
 import re
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ import pyarrow.parquet as pq
 
 from feed.history import AGGREGATION_VERSION, EVENT_SPAN_END, EVENT_SPAN_START, day_seconds_sql, local_midnight
 
-FORMAT_VERSION = "1"  # bump when a file's columns or layout change: every ETag changes with it
+FORMAT_VERSION = "2"  # bump when a file's columns or layout change: every ETag changes with it
 BATCH_ROWS = 50_000  # rows per COPY statement (and at least per Parquet row group)
 PARQUET_COMPRESSION = "zstd"
 
@@ -103,17 +104,36 @@ def neutralise(text: str) -> str:
 class Column:
     name: str
     sql: str  # expression over the table's FROM clause
-    type: str  # int32, int64, float64, string, date, timestamp
+    type: str  # int32, int64, float64, string, date, timestamp, geometry
     unit: str | None
     meaning: str
     text: bool = False  # free text from sources: CSV cells are guarded against formula injection
     keyed: bool = False  # a channel's or site's attribute: computed once per channel, not per row
+    parquet_sql: str | None = None  # another expression for Parquet (geometry: WKB instead of GeoJSON)
+    csv_sql: str | None = None  # another expression for CSV (floats: text with a decimal point)
+    geometry_types: tuple[str, ...] = ()  # of a geometry column, for the GeoParquet metadata
 
     def arrow_type(self, timezone: str) -> pa.DataType:
         return {
             "int32": pa.int32(), "int64": pa.int64(), "float64": pa.float64(), "string": pa.string(),
-            "date": pa.date32(), "timestamp": pa.timestamp("ms", tz=timezone),
+            "date": pa.date32(), "timestamp": pa.timestamp("ms", tz=timezone), "geometry": pa.binary(),
         }[self.type]
+
+
+# Floats in CSV are written with a decimal point even when whole (1.0, not 1), so
+# that readers guessing column types (DuckDB, pandas) see decimals. Plain SQL, no
+# function call: these run on every row of the hourly file.
+
+
+def decimal_text_sql(expr: str) -> str:
+    value = f"({expr})::float8"
+    return f"({value}::text || CASE WHEN {value} = trunc({value}) THEN '.0' ELSE '' END)"
+
+
+def _ratio(name: str, sql: str, meaning: str) -> Column:
+    """A share from 0 to 1: whole only at 0 and 1 (a simple CASE computes `sql` once for those)."""
+    csv_sql = f"CASE ({sql})::float8 WHEN 1 THEN '1.0' WHEN 0 THEN '0.0' ELSE (({sql})::float8)::text END"
+    return Column(name, sql, "float64", "ratio 0..1", meaning, csv_sql=csv_sql)
 
 
 def _ts(expr: str) -> str:
@@ -141,10 +161,10 @@ def _measures(expected_sql: str) -> tuple[Column, ...]:
         Column("speed", "CASE WHEN r.speed_count > 0 "
                "THEN round((r.speed_weighted_sum / r.speed_count)::numeric, 1) END", "float64", "km/h",
                "mean speed weighted by the counts of the intervals that have a speed; empty when none has"),
-        Column("coverage", f"r.intervals_present::float8 / nullif({expected_sql}, 0)", "float64", "ratio 0..1",
+        _ratio("coverage", f"r.intervals_present::float8 / nullif({expected_sql}, 0)",
                "intervals present / intervals expected: the quality of `count` (1 = complete)"),
-        Column("estimated_share", "CASE WHEN r.intervals_present > 0 "
-               "THEN r.intervals_estimated::float8 / r.intervals_present END", "float64", "ratio 0..1",
+        _ratio("estimated_share", "CASE WHEN r.intervals_present > 0 "
+               "THEN r.intervals_estimated::float8 / r.intervals_present END",
                "share of the present intervals that the source marked as estimated rather than observed"),
         Column("intervals_present", "r.intervals_present", "int32", "intervals",
                "intervals with a count whose quality is observed or estimated"),
@@ -204,8 +224,11 @@ EVENT_COLUMNS = (
     Column("road", _state("road"), "string", None, "road, e.g. RD613", True),
     Column("direction", _state("direction"), "string", None, "both, positive, negative or a named direction", True),
     Column("lanes_affected", _state("lanes_affected"), "string", None, "lanes affected as the source says", True),
-    Column("geometry", "(v.state->'geometry')::text", "string", "GeoJSON, WGS 84 lon/lat",
-           "location: a GeoJSON Point or LineString"),
+    Column("geometry", "(v.state->'geometry')::text", "geometry",
+           "CSV: GeoJSON; Parquet: WKB (GeoParquet 1.1); WGS 84 lon/lat",
+           "location: a Point or LineString",
+           parquet_sql="ST_AsBinary(ST_GeomFromGeoJSON(nullif(v.state->'geometry', 'null'::jsonb)))",
+           geometry_types=("Point", "LineString")),
     Column("descriptions", "(v.state->'descriptions')::text", "string", "JSON object",
            "descriptions by language code, e.g. {\"fr\": \"...\"}", True),
     Column("detour", _state("detour"), "string", None, "detour advice", True),
@@ -229,8 +252,11 @@ SITE_COLUMNS = (
     Column("abscissa", "s.abscissa", "int32", "m", "distance after the PR"),
     Column("insee", "s.insee", "string", None, "INSEE code of the commune", True),
     Column("commune", "s.metadata->>'commune'", "string", None, "commune name, when the source gives it", True),
-    Column("lon", "ST_X(s.geom)", "float64", "degrees (WGS 84)", "longitude"),
-    Column("lat", "ST_Y(s.geom)", "float64", "degrees (WGS 84)", "latitude"),
+    Column("lon", "ST_X(s.geom)", "float64", "degrees (WGS 84)", "longitude", csv_sql=decimal_text_sql("ST_X(s.geom)")),
+    Column("lat", "ST_Y(s.geom)", "float64", "degrees (WGS 84)", "latitude", csv_sql=decimal_text_sql("ST_Y(s.geom)")),
+    Column("geometry", "ST_AsGeoJSON(s.geom)", "geometry",
+           "CSV: GeoJSON; Parquet: WKB (GeoParquet 1.1); WGS 84 lon/lat", "the site's location as a Point",
+           parquet_sql="ST_AsBinary(s.geom)", geometry_types=("Point",)),
     Column("channel_id", "c.id", "int32", None, "the channel's id (the key of hourly and daily rows)"),
     Column("channel_external_id", "c.external_id", "string", None, "the channel's id at its source", True),
     Column("direction", "c.direction", "string", None, "direction of travel as the source names it", True),
@@ -415,7 +441,7 @@ def etag_tag(data: YearData, table: Table, fmt: Format, retention_days: int | No
 
 def _select(columns: Sequence[Column], csv: bool) -> str:
     def expr(c: Column) -> str:
-        sql = f"k.{c.name}" if c.keyed else c.sql
+        sql = f"k.{c.name}" if c.keyed else (c.csv_sql if csv else c.parquet_sql) or c.sql
         return neutralised_sql(sql) if csv and c.text and not c.keyed else sql
 
     return ", ".join(f"{expr(c)} AS {c.name}" for c in columns)
@@ -595,8 +621,25 @@ class _Sink(io.RawIOBase):
         return out
 
 
+def geo_metadata(table: Table) -> dict[str, str]:
+    """GeoParquet 1.1 file metadata for the table's geometry columns (none: empty)."""
+    columns = {c.name: {"encoding": "WKB", "geometry_types": list(c.geometry_types)}
+               for c in table.columns if c.type == "geometry"}
+    if not columns:
+        return {}
+    # No "crs": GeoParquet's default, OGC:CRS84, is WGS 84 in lon/lat order.
+    return {"geo": json.dumps({"version": "1.1.0", "primary_column": next(iter(columns)), "columns": columns})}
+
+
 def arrow_schema(table: Table, timezone: str, metadata: dict[str, str] | None = None) -> pa.Schema:
-    return pa.schema([pa.field(c.name, c.arrow_type(timezone)) for c in table.columns], metadata=metadata)
+    return pa.schema([pa.field(c.name, c.arrow_type(timezone)) for c in table.columns],
+                     metadata={**(metadata or {}), **geo_metadata(table)})
+
+
+def _csv_type(field: pa.Field) -> pa.DataType:
+    if pa.types.is_timestamp(field.type):
+        return pa.timestamp("s", tz="UTC")
+    return pa.string() if pa.types.is_binary(field.type) else field.type  # bytea comes as \x<hex>
 
 
 def _parse_batch(chunk: bytes, schema: pa.Schema) -> pa.Table:
@@ -605,11 +648,15 @@ def _parse_batch(chunk: bytes, schema: pa.Schema) -> pa.Table:
         read_options=pa_csv.ReadOptions(column_names=schema.names, block_size=1 << 22),
         parse_options=pa_csv.ParseOptions(newlines_in_values=True),
         convert_options=pa_csv.ConvertOptions(
-            column_types={f.name: (pa.timestamp("s", tz="UTC") if pa.types.is_timestamp(f.type) else f.type)
-                          for f in schema},
+            column_types={f.name: _csv_type(f) for f in schema},
             null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False,
         ),
     )
+    for i, field in enumerate(schema):
+        if pa.types.is_binary(field.type):
+            hex_cells = parsed.column(i).to_pylist()
+            parsed = parsed.set_column(i, field.name, pa.array(
+                [None if h is None else bytes.fromhex(h.removeprefix("\\x")) for h in hex_cells], pa.binary()))
     return parsed.cast(schema)
 
 

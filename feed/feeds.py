@@ -538,15 +538,16 @@ class FeedState:
 
 
 class EventFilter(NamedTuple):
-    """A normalized `?bbox=&type=&status=` query (None: no criterion)."""
+    """A normalized `?bbox=&type=&status=&geometry_type=` query (None: no criterion)."""
 
     bbox: tuple[float, float, float, float] | None = None
     types: tuple[str, ...] | None = None
     statuses: tuple[str, ...] | None = None
+    geometry_types: tuple[str, ...] | None = None
 
     @property
     def is_empty(self) -> bool:
-        return self.bbox is None and self.types is None and self.statuses is None
+        return self.bbox is None and self.types is None and self.statuses is None and self.geometry_types is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -768,7 +769,8 @@ class FeedPublisher:
 
     def _render_filtered(self, snapshot: _EventsSnapshot, query: EventFilter) -> RenderedFeed:
         t0 = time.perf_counter()
-        events = geojson.filter_events(snapshot.events, query.bbox, query.types, query.statuses)
+        events = geojson.filter_events(snapshot.events, query.bbox, query.types, query.statuses,
+                                       query.geometry_types)
         body = geojson.render_events(events, self.publication, snapshot.published_at)
         generation_ms = (time.perf_counter() - t0) * 1000
         t1 = time.perf_counter()
@@ -1045,6 +1047,8 @@ def _consume_exception(task: asyncio.Task[Any]) -> None:
 
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 EVENT_STATUSES: tuple[str, ...] = get_args(EventStatus)
+# Single-type layers for tools that refuse mixed geometries (a Shapefile holds one type).
+GEOMETRY_TYPES: tuple[str, ...] = ("Point", "LineString")
 BBOX_EXPECTED = "lon_min,lat_min,lon_max,lat_max in WGS 84 degrees, e.g. 3.2,43.3,4.1,43.8"
 
 
@@ -1128,7 +1132,7 @@ def _parse_list(query: MultiMapping[str], name: str, allowed: Sequence[str]) -> 
 
 
 def parse_event_filter(query: MultiMapping[str]) -> EventFilter:
-    """`bbox`, `type` and `status` of /feeds/events.geojson, normalized (so equal
+    """`bbox`, `type`, `status` and `geometry_type` of /feeds/events.geojson, normalized (so equal
     queries share one cached rendering). Other parameters are ignored (cache busters)."""
     bbox = None
     raws = query.getall("bbox", [])
@@ -1139,7 +1143,8 @@ def parse_event_filter(query: MultiMapping[str]) -> EventFilter:
             bbox = geojson.parse_bbox(raws[0])
         except ValueError as exc:
             raise BadParameter("bbox", raws[0], BBOX_EXPECTED, str(exc)) from None
-    return EventFilter(bbox, _parse_list(query, "type", EVENT_TYPES), _parse_list(query, "status", EVENT_STATUSES))
+    return EventFilter(bbox, _parse_list(query, "type", EVENT_TYPES), _parse_list(query, "status", EVENT_STATUSES),
+                       _parse_list(query, "geometry_type", GEOMETRY_TYPES))
 
 
 # --------------------------------------------------------------------------- HTTP

@@ -655,3 +655,10 @@ async def data_years(conn: Conn, timezone: str) -> list[int]:
     if row["first_event"] is not None:
         years.update(range(row["first_event"].astimezone(tz).year, row["last_event"].astimezone(tz).year + 1))
     return sorted(years)
+
+
+async def database_created(conn: Conn) -> datetime:
+    """When this service's database was set up (its first migration): the catalogue
+    records of its datasets date from then."""
+    created = await conn.fetchval("SELECT min(applied_at) FROM schema_migrations")
+    return created if created is not None else datetime.now(UTC)

@@ -350,3 +350,10 @@ DEFAULT_DATEX_RECORD: dict[EventType, str] = {
 def public_event_id(source_id: str, external_id: str) -> str:
     """The stable id an event has in every feed."""
     return f"{source_id}:{external_id}"
+
+
+def departement_of(insee: str | None) -> str | None:
+    """Département code from a commune INSEE code ("34172" -> "34", "97411" -> "974")."""
+    if not insee or len(insee) != 5:
+        return None
+    return insee[:3] if insee.startswith("97") else insee[:2]

@@ -8,16 +8,46 @@ from __future__ import annotations
 
 from typing import Any
 
-from feed import downloads
+from feed import catalog, downloads
+from feed.api import (
+    API,
+    DEFAULT_PERIODS,
+    EVENTS_LIMIT,
+    INSTANT_EXPECTED,
+    MAX_PERIODS,
+    MAX_RANGE_TEXT,
+    SITES_LIMIT,
+    YEARS,
+)
 from feed.authoring import EventInput, authoring_paths
 from feed.campaigns import campaign_paths
 from feed.conditions import ConditionInput, condition_paths
-from feed.api import API, DEFAULT_PERIODS, EVENTS_LIMIT, INSTANT_EXPECTED, MAX_PERIODS, MAX_RANGE_TEXT, SITES_LIMIT
 from feed.config import Config
 from feed.feeds import BBOX_EXPECTED, EVENT_STATUSES, EVENT_TYPES
 from feed.history import STEPS
 
 REF = "#/components/schemas/"
+
+# What the server accepts, as patterns. A value is stripped of surrounding white
+# space first, and an optional parameter left blank takes its default (BLANK).
+_LON = r"[+-]?(180(\.0+)?|(1[0-7][0-9]|[0-9]{1,2})(\.[0-9]+)?)"
+_LAT = r"[+-]?(90(\.0+)?|[0-8]?[0-9](\.[0-9]+)?)"
+BBOX_PATTERN = rf"^\s*{_LON}\s*,\s*{_LAT}\s*,\s*{_LON}\s*,\s*{_LAT}\s*$"
+_YEAR = "(19|20|21)[0-9]{2}"  # feed.api.YEARS: 1900 to 2199
+_MONTH = "(0[1-9]|1[0-2])"
+_MONTH_DAY = "((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)|(0[13578]|1[02])-31)"
+_TIME = r"T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?(Z|[+-](0[0-9]|1[0-3]):[0-5][0-9])?"
+INSTANT_PATTERN = rf"^\s*{_YEAR}(-{_MONTH}|-{_MONTH_DAY}({_TIME})?)?\s*$"
+BLANK = {"type": "string", "pattern": r"^\s*$"}
+TEXT = {"type": "string", "pattern": r"^[^\u0000]*$"}  # PostgreSQL text holds no NUL
+_ITEM = r"\s*[^,\s\u0000][^,\u0000]*"  # a non-blank item of a comma-separated list
+TEXT_LIST_PATTERN = f"^{_ITEM}(,{_ITEM})*$"
+
+
+def list_pattern(allowed: tuple[str, ...] | list[str]) -> str:
+    """A comma-separated list of `allowed` values (white space around items is ignored)."""
+    item = r"\s*(" + "|".join(allowed) + r")\s*"
+    return f"^{item}(,{item})*$"
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -188,7 +218,11 @@ SCHEMAS.update({
 
 
 def _param(name: str, where: str, description: str, schema: dict[str, Any], required: bool = False,
-           example: Any = None) -> dict[str, Any]:
+           example: Any = None, blank: bool = False) -> dict[str, Any]:
+    """`blank`: the server reads a blank value as the parameter's absence."""
+    if blank:
+        schema = {"anyOf": [schema, BLANK]}
+        description += " (blank: as if absent)"
     p: dict[str, Any] = {"name": name, "in": where, "description": description, "required": required,
                          "schema": schema}
     if example is not None:
@@ -207,14 +241,17 @@ ERRORS = {
 NOT_FOUND = {"404": _json("Error", "no such item")}
 NOT_MODIFIED = {"304": {"description": "the representation matching If-None-Match has not changed"}}
 FORMAT = _param("format", "query", "json (default), csv or parquet: the same values in each",
-                {"enum": ["json", "csv", "parquet"], "default": "json"})
+                {"enum": ["json", "csv", "parquet"], "default": "json"}, blank=True)
 DIALECT = _param("dialect", "query", "with format=csv: standard (comma, decimal point) or fr (French spreadsheets: "
                  "semicolon, decimal comma, French headers, UTF-8 byte order mark)",
-                 {"enum": ["standard", "fr"], "default": "standard"})
-CURSOR = _param("cursor", "query", "next_cursor of the previous page (opaque)", {"type": "string"})
-BBOX = _param("bbox", "query", BBOX_EXPECTED, {"type": "string"}, example="3.2,43.3,4.1,43.8")
+                 {"enum": ["standard", "fr"], "default": "standard"}, blank=True)
+INSTANT = {"type": "string", "pattern": INSTANT_PATTERN}
+CURSOR = _param("cursor", "query", "next_cursor of the previous page (opaque: only a cursor this API issued for "
+                "this list is accepted)", TEXT, blank=True)
+BBOX = _param("bbox", "query", BBOX_EXPECTED + "; lon_min <= lon_max and lat_min <= lat_max",
+              {"type": "string", "pattern": BBOX_PATTERN}, example="3.2,43.3,4.1,43.8", blank=True)
 ROAD = _param("road", "query", "road(s), comma-separated; spaces and case are ignored (RD613 = rd 613)",
-              {"type": "string"}, example="RD613")
+              {"type": "string", "pattern": TEXT_LIST_PATTERN}, example="RD613")
 
 
 def _table_content(schema: str, description: str) -> dict[str, Any]:
@@ -241,11 +278,12 @@ def paths() -> dict[str, Any]:
             "summary": "Counting sites with their channels", "operationId": "listSites",
             "parameters": [
                 ROAD,
-                _param("commune", "query", "INSEE code, or commune name (case-insensitive)", {"type": "string"},
-                       example="34172"),
+                _param("commune", "query", "INSEE code, or commune name (case-insensitive)", TEXT,
+                       example="34172", blank=True),
                 BBOX,
                 _param("limit", "query", f"sites per page (default {SITES_LIMIT[0]})",
-                       {"type": "integer", "minimum": 1, "maximum": SITES_LIMIT[1], "default": SITES_LIMIT[0]}),
+                       {"type": "integer", "minimum": 1, "maximum": SITES_LIMIT[1], "default": SITES_LIMIT[0]},
+                       blank=True),
                 CURSOR,
             ],
             "responses": {"200": _json("SitesPage", "a page of sites in id order"), **NOT_MODIFIED, **ERRORS},
@@ -262,13 +300,14 @@ def paths() -> dict[str, Any]:
             "operationId": "getSiteCounts",
             "parameters": [
                 site_id,
-                _param("from", "query", INSTANT_EXPECTED, {"type": "string"}, example="2025-07-01"),
-                _param("to", "query", "exclusive end; " + INSTANT_EXPECTED, {"type": "string"},
-                       example="2025-08-01"),
-                _param("step", "query", "period length", {"enum": list(STEPS), "default": "day"}),
-                _param("direction", "query", "one of the site's directions (all by default)", {"type": "string"}),
-                _param("vehicle_class", "query", "all (the site's total, default), light or heavy",
-                       {"enum": ["all", "light", "heavy"], "default": "all"}),
+                _param("from", "query", INSTANT_EXPECTED, INSTANT, example="2025-07-01", blank=True),
+                _param("to", "query", "exclusive end, after from; " + INSTANT_EXPECTED, INSTANT,
+                       example="2025-08-01", blank=True),
+                _param("step", "query", "period length", {"enum": list(STEPS), "default": "day"}, blank=True),
+                _param("direction", "query", "one of the site's directions (all by default; another one: 404)",
+                       TEXT, blank=True),
+                _param("vehicle_class", "query", "all (the site's total, default), light or heavy (one the site "
+                       "does not count: 404)", {"enum": ["all", "light", "heavy"], "default": "all"}, blank=True),
                 FORMAT, DIALECT,
             ],
             "responses": {"200": _table_content("Counts", "the series; CSV header: period,count,coverage,"
@@ -279,9 +318,10 @@ def paths() -> dict[str, Any]:
             "summary": "Annual table per site: TMJA, TMJO, heavy share, mean speed, valid days",
             "operationId": "getAnnual",
             "parameters": [
-                _param("year", "query", "the year", {"type": "integer"}, required=True, example=2025),
+                _param("year", "query", "the year", {"type": "integer", "minimum": YEARS[0], "maximum": YEARS[1]},
+                       required=True, example=2025),
                 _param("threshold", "query", "coverage a day needs to count (default [publication] "
-                       "coverage_threshold)", {"type": "number", "minimum": 0, "maximum": 1}),
+                       "coverage_threshold)", {"type": "number", "minimum": 0, "maximum": 1}, blank=True),
                 FORMAT, DIALECT,
             ],
             "responses": {"200": _table_content("Annual", "one row per site"), **NOT_MODIFIED, **ERRORS},
@@ -290,15 +330,17 @@ def paths() -> dict[str, Any]:
             "summary": "Road events in force during a period, each with every version",
             "operationId": "listEvents",
             "parameters": [
-                _param("from", "query", INSTANT_EXPECTED, {"type": "string"}),
-                _param("to", "query", "exclusive end; " + INSTANT_EXPECTED, {"type": "string"}),
+                _param("from", "query", INSTANT_EXPECTED, INSTANT, blank=True),
+                _param("to", "query", "exclusive end, after from; " + INSTANT_EXPECTED, INSTANT, blank=True),
                 BBOX,
-                _param("type", "query", "comma-separated: " + ", ".join(EVENT_TYPES), {"type": "string"}),
+                _param("type", "query", "comma-separated: " + ", ".join(EVENT_TYPES),
+                       {"type": "string", "pattern": list_pattern(EVENT_TYPES)}),
                 ROAD,
                 _param("status", "query", "current status, comma-separated: " + ", ".join(EVENT_STATUSES),
-                       {"type": "string"}),
+                       {"type": "string", "pattern": list_pattern(EVENT_STATUSES)}),
                 _param("limit", "query", f"events per page (default {EVENTS_LIMIT[0]})",
-                       {"type": "integer", "minimum": 1, "maximum": EVENTS_LIMIT[1], "default": EVENTS_LIMIT[0]}),
+                       {"type": "integer", "minimum": 1, "maximum": EVENTS_LIMIT[1], "default": EVENTS_LIMIT[0]},
+                       blank=True),
                 CURSOR,
             ],
             "responses": {"200": _json("EventsPage", "a page of events in id order"), **NOT_MODIFIED, **ERRORS},
@@ -339,6 +381,16 @@ def paths() -> dict[str, Any]:
                 }, "headers": {"ETag": {"schema": {"type": "string"}}}},
                 **NOT_MODIFIED, **NOT_FOUND, **ERRORS,
             },
+        }},
+        catalog.CATALOG_PATH: {"get": {
+            "summary": "The DCAT-AP / mobilityDCAT-AP catalogue of the datasets and feeds (JSON-LD)",
+            "description": "For national access points (transport.data.gouv.fr): licence, publisher, update "
+                           "frequency, spatial coverage, and every distribution with its format and the schema "
+                           "version it conforms to. The @context is inline.",
+            "operationId": "getCatalog",
+            "responses": {"200": {"description": "a dcat:Catalog", "content": {
+                catalog.MEDIA_TYPE: {"schema": {"type": "object", "required": ["@context", "@type", "dcat:dataset"]}},
+            }}, **NOT_MODIFIED, **ERRORS},
         }},
         f"{API}/openapi.json": {"get": {
             "summary": "This document", "operationId": "getOpenApi",

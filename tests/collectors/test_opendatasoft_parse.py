@@ -236,6 +236,28 @@ def test_event_status_from_times_without_a_status_field(herault_mapping):
     assert {e.status for e in without_now} == {"active"}
 
 
+@given(pr=st.integers(0, 9999), abscissa=st.integers(0, 99999), end=st.none() | st.integers(0, 9999),
+       bad=st.sampled_from(["abc", "12+", "+5", "12+3a", "-3", "1.5"]))
+@settings(max_examples=60, deadline=None)
+def test_pr_references_of_events_or_a_clear_quarantine(pr, abscissa, end, bad):
+    """PR + abscissa fields become the location references DATEX II v2.3 is written
+    from; a malformed one quarantines its record only, naming the field."""
+    mapping = EventMapping(id="id", road="route", pr_from="pr_debut", pr_to="pr_fin", insee="insee")
+    good = {"id": "ok", "route": "RD613", "pr_debut": f"{pr}+{abscissa}", "insee": "34172",
+            "pr_fin": None if end is None else str(end)}
+    broken = {"id": "bad", "route": "RD613", "pr_debut": bad}
+    body = json.dumps({"total_count": 2, "results": [good, broken]}).encode()
+    page = parse_records_page(body, mapping)
+    [event] = page.events
+    expected = [{"at": "point" if end is None else "from", "road": "RD613", "pr": pr, "abscissa": abscissa,
+                 "departement": "34"}]
+    if end is not None:
+        expected.append({"at": "to", "road": "RD613", "pr": end, "abscissa": 0, "departement": "34"})
+    assert event.location_refs == {"pr": expected, "insee": "34172"}
+    [quarantined] = page.quarantined
+    assert "pr_debut" in quarantined.reason and "12+345" in quarantined.reason
+
+
 # --------------------------------------------------------------------------- mappings from options
 
 

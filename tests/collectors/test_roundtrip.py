@@ -3,15 +3,19 @@ collector, give the same events."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from lxml import etree
 
 from collectors.datex2_parse import parse_datex2
+from collectors.opendatasoft_parse import event_mapping_from_options, parse_export_json
 from exporters import datex2_v2, datex2_v3
 from feed.config import PublicationConfig
 from feed.model import EventRecord, Geometry, StoredEvent
-from feed.simulator import Simulation
+from feed.simulator import Simulation, _render, simulator_sources
 
 PUB = PublicationConfig()
 NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
@@ -108,3 +112,40 @@ def test_our_measured_data_reads_back_with_its_counts_and_hourly_periods():
     assert counts == sorted(100 * n + k for n in range(1, 4) for k in range(2))
     flows = [m for m in items if isinstance(m, MeasurementRecord) and m.count is not None]
     assert {(m.start, m.length) for m in flows} == {(hour, 3600)}
+
+
+V23_XSD = Path(__file__).resolve().parents[1] / "data" / "schemas" / "datex2" / "v2.3" / "DATEXIISchema_2_2_3.xsd"
+D2 = {"d": "http://datex2.eu/schema/2/2_0"}
+
+
+def test_opendatasoft_events_reach_datex2_v23_with_their_road_number():
+    """The demo's chain: the simulated inforoute dataset (Opendatasoft), read by our
+    collector with the demo's mapping, published as DATEX II v2.3 (valid against the
+    schema): every event has its road as linearElement/roadNumber, where v2.3
+    consumers read it, and reads back with the same road and PR references."""
+    schema = etree.XMLSchema(etree.parse(str(V23_XSD)))
+    [options] = [s["options"] for s in simulator_sources("http://127.0.0.1:9") if s["id"] == "sim-evenements"]
+    mapping = event_mapping_from_options(options)
+    sim = Simulation(seed=34)
+    checked = 0
+    for k in range(6):
+        now = datetime(2025, 2, 1, tzinfo=UTC) + timedelta(days=k * 53, hours=k * 5)
+        body = json.dumps([_render(e.ods_record(), UTC) for e in sim.events_at(now)]).encode()
+        records = [r for r in parse_export_json(body, mapping, now=now) if isinstance(r, EventRecord)]
+        assert records
+        events = [StoredEvent(**r.model_dump(), id=f"ods:{r.external_id}", source_id="ods", version=1,
+                              first_seen=now, last_seen=now, updated=now) for r in records]
+        xml = datex2_v2.render_situations(events, PUB, now)
+        root = etree.fromstring(xml)
+        schema.assertValid(root)
+        for situation in root.iterfind(".//d:situationRecord", D2):
+            roads = situation.xpath(".//d:linearElement/d:roadNumber/text()", namespaces=D2)
+            assert roads, etree.tostring(situation)[:400]
+        back = read_back(xml, now)
+        for e in events:
+            again = back[e.id]
+            assert again.road == e.road
+            assert [(p["road"], p["pr"], p["abscissa"]) for p in again.location_refs["pr"]] == [
+                (p["road"], p["pr"], p["abscissa"]) for p in e.location_refs["pr"]]
+            checked += 1
+    assert checked > 30

@@ -396,12 +396,13 @@ async def test_direction_and_vehicle_class_choose_channels(env: Env):
     total = await get_json(env.client, f"/api/v1/sites/{sid}/counts?from=2025-07-01&to=2025-07-02")
     assert total["points"][0]["count"] == 2 * sum(110 + 2 * (h % 7) for h in range(24))
 
-    bad = await get_json(env.client, f"/api/v1/sites/{sid}/counts?direction=W", 400)
-    assert_bad(bad, "direction")
+    # A direction or class the site does not count: no such series.
+    bad = await get_json(env.client, f"/api/v1/sites/{sid}/counts?direction=W", 404)
+    assert bad["error"] == "not_found" and bad["parameter"] == "direction"
     assert bad["value"] == "W" and "N, S" in bad["expected"]
     s2 = env.seeded.site_ids["S2"]
-    bad = await get_json(env.client, f"/api/v1/sites/{s2}/counts?vehicle_class=heavy", 400)
-    assert_bad(bad, "vehicle_class")
+    bad = await get_json(env.client, f"/api/v1/sites/{s2}/counts?vehicle_class=heavy", 404)
+    assert bad["error"] == "not_found" and bad["parameter"] == "vehicle_class"
     assert bad["expected"] == "one of this site's classes: all"
 
 

@@ -6,20 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
+from httpx_sse import aconnect_sse
+from sseclient import SSEClient
 
 from exporters.geojson import event_feature
 from feed.changes import (
     CHANGE_HUB,
     CHANGES_PATH,
     LISTENER_APPLICATION_NAME,
+    POSITION_EVENT,
     STREAM_PATH,
     SSEMessage,
     delivery_latency,
@@ -120,7 +125,7 @@ class Stream:
             while len(out) < n:
                 message = await self._next()
                 assert message is not None, f"the stream ended after {len(out)} of {n} events"
-                if message.event is not None:
+                if message.event not in (None, POSITION_EVENT):
                     out.append(message)
         return out
 
@@ -133,7 +138,7 @@ class Stream:
                 assert message is not None, f"the stream ended before a comment with {text!r}"
                 if message.comment is not None and text in message.comment:
                     return seen
-                if message.event is not None:
+                if message.event not in (None, POSITION_EVENT):
                     seen.append(message)
 
     async def ended(self) -> list[SSEMessage]:
@@ -141,7 +146,7 @@ class Stream:
         seen: list[SSEMessage] = []
         async with asyncio.timeout(WAIT):
             while (message := await self._next()) is not None:
-                if message.event is not None:
+                if message.event not in (None, POSITION_EVENT):
                     seen.append(message)
         return seen
 
@@ -407,3 +412,78 @@ async def test_closing_the_application_closes_open_streams(storage: Storage):
             for s in (a, b):
                 assert await s.ended() == []
                 assert any("shutting down" in c for c in s.comments)
+
+
+# ---------------------------------------------------------------- third-party SSE clients
+
+
+def _raw_blocks(raw: bytes) -> list[list[str]]:
+    """The stream's complete blocks (ended by a blank line) as their lines."""
+    return [block.splitlines() for block in raw.decode().split("\n\n")[:-1]]
+
+
+async def _stored_in_and_out_of_the_box(storage: Storage) -> None:
+    await store(storage, event("port", geometry=SETE))
+    await store(storage, event("town"))  # outside the box: moves the resume point only
+    await store(storage, event("port", status="ended", geometry=SETE))
+    await store(storage, event("town", severity="high"))
+
+
+async def test_every_block_with_an_id_has_data_and_heartbeats_are_comment_lines(quick: TestClient,
+                                                                                storage: Storage):
+    async with quick.get(STREAM_PATH, params={"bbox": SETE_BBOX}) as resp:
+        raw = await resp.content.readuntil(b"\n\n")  # the opening position event
+        await _stored_in_and_out_of_the_box(storage)
+        latest = (await changes(quick))["next_cursor"]
+        async with asyncio.timeout(WAIT):
+            while f'"cursor":"{latest}"}}\n\n'.encode() not in raw:  # the position after the last filtered change
+                raw += await resp.content.readany()
+    heartbeats = raw.count(b": heartbeat\n")
+    assert heartbeats >= 1
+    blocks = _raw_blocks(raw)
+    for block in blocks:
+        fields = [line.partition(":")[0] for line in block if not line.startswith(":")]
+        assert fields, f"a block of comments alone ends with a blank line: {block}"
+        if "id" in fields:
+            assert "data" in fields and "event" in fields, block
+        json.loads("\n".join(line[len("data: "):] for line in block if line.startswith("data: ")))
+    assert b": heartbeat\n\n" not in raw
+
+
+async def test_httpx_sse_sees_only_events_with_json_data(quick: TestClient, storage: Storage):
+    url = f"http://127.0.0.1:{quick.port}{STREAM_PATH}"
+    seen = []
+    async with httpx.AsyncClient(timeout=WAIT) as http, aconnect_sse(http, "GET", url,
+                                                                      params={"bbox": SETE_BBOX}) as source:
+        messages = source.aiter_sse()
+        seen.append(await anext(messages))  # the opening position
+        await _stored_in_and_out_of_the_box(storage)
+        latest = (await changes(quick))["next_cursor"]
+        async with asyncio.timeout(WAIT):
+            while seen[-1].id != latest:  # heartbeats pass meanwhile: none may surface
+                seen.append(await anext(messages))
+    documents = [json.loads(m.data) for m in seen]  # what a navigation app does with every event
+    assert [m.event for m in seen] == ["position", "created", "ended", "position"], [m.event for m in seen]
+    assert [d["cursor"] for d in documents] == [m.id for m in seen]
+    assert [d["event"]["id"] for d in documents[1:3]] == ["cd34:port", "cd34:port"]
+
+
+async def test_sseclient_py_sees_only_events_with_json_data(quick: TestClient, storage: Storage):
+    url = f"http://127.0.0.1:{quick.port}{STREAM_PATH}?bbox={SETE_BBOX}"
+    await _stored_in_and_out_of_the_box(storage)
+    latest = (await changes(quick))["next_cursor"]
+
+    def read() -> list[Any]:
+        """From the start (since=0), in a thread, as a synchronous client would."""
+        with urllib.request.urlopen(url + "&since=0", timeout=WAIT) as response:
+            out = []
+            for message in SSEClient(response).events():
+                out.append(message)
+                if message.id == latest:
+                    return out
+        return out
+
+    seen = await asyncio.to_thread(read)
+    documents = [json.loads(m.data) for m in seen]
+    assert [m.event for m in seen] == ["position", "created", "ended", "position"], [m.event for m in seen]
+    assert [d["cursor"] for d in documents] == [m.id for m in seen]

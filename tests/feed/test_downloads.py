@@ -15,9 +15,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import duckdb
+import geopandas
+import pandas
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import shapely.geometry
 from aiohttp.test_utils import TestClient, TestServer
 
 from feed import api, downloads
@@ -76,8 +80,10 @@ async def seed(storage: Storage) -> tuple[list[tuple], dict[str, int]]:
     t0 = datetime(2025, 1, 2, 9, tzinfo=PARIS)
     base = dict(type="roadworks", road="RD613", geometry=Geometry(type="Point", coordinates=[3.69, 43.51]),
                 actual_start=t0, descriptions={"fr": "=danger, \"travaux\"\nsur 2 lignes"})
+    line = Geometry(type="LineString", coordinates=[[3.69, 43.51], [3.7, 43.52]])
     await storage.upsert_events("cnt", [EventRecord(external_id="w1", **base),
-                                        EventRecord(external_id="w2", **{**base, "type": "accident"})], seen_at=t0)
+                                        EventRecord(external_id="w2", **{**base, "type": "accident", "geometry": line}),
+                                        EventRecord(external_id="w3", **{**base, "geometry": None})], seen_at=t0)
     await storage.upsert_events("cnt", [EventRecord(external_id="w1", severity="high", **base)],
                                 seen_at=t0 + timedelta(hours=1))
     return rows, ids
@@ -210,15 +216,16 @@ async def test_csv_cells_never_run_as_formulas(env: Env):
 async def test_events_files_hold_one_row_per_version(env: Env):
     rows = read_csv((await fetch(env.client, "/api/v1/downloads/2025/events.csv"))[1])
     assert [(r["event_id"], r["version"], r["change"]) for r in rows] == [
-        ("cnt:w1", "1", "created"), ("cnt:w1", "2", "updated"), ("cnt:w2", "1", "created")]
+        ("cnt:w1", "1", "created"), ("cnt:w1", "2", "updated"), ("cnt:w2", "1", "created"),
+        ("cnt:w3", "1", "created")]
     assert rows[1]["severity"] == "high" and rows[0]["severity"] == "unknown"
     assert rows[0]["actual_start"] == "2025-01-02T09:00:00+01:00"
     assert json.loads(rows[0]["geometry"]) == {"type": "Point", "coordinates": [3.69, 43.51]}
     assert json.loads(rows[0]["descriptions"])["fr"].endswith("sur 2 lignes")
     table = pq.read_table(io.BytesIO((await fetch(env.client, "/api/v1/downloads/2025/events.parquet"))[1]))
-    assert table.column("event_id").to_pylist() == ["cnt:w1", "cnt:w1", "cnt:w2"]
+    assert table.column("event_id").to_pylist() == ["cnt:w1", "cnt:w1", "cnt:w2", "cnt:w3"]
     assert table.column("descriptions").to_pylist()[0] == rows[0]["descriptions"]
-    assert table.column("actual_end").to_pylist() == [None] * 3
+    assert table.column("actual_end").to_pylist() == [None] * 4
     empty = read_csv((await fetch(env.client, "/api/v1/downloads/2024/events.csv"))[1])
     assert empty == []
 
@@ -282,3 +289,48 @@ async def test_gzip_is_offered_for_csv(env: Env):
 async def test_unknown_years_and_files_are_404(env: Env, path: str, parameter: str):
     doc = json.loads((await fetch(env.client, path, status=404))[1])
     assert doc["error"] == "not_found" and doc["parameter"] == parameter
+
+
+@pytest.mark.parametrize(("table", "kinds"), [("events", {"Point", "LineString"}), ("sites", {"Point"})])
+async def test_parquet_locations_are_geoparquet_read_back_as_geometry(env: Env, table: str, kinds: set[str]):
+    """GeoPandas reads the geometry column as geometries equal to the CSV's GeoJSON."""
+    csv_rows = read_csv((await fetch(env.client, f"/api/v1/downloads/2025/{table}.csv"))[1])
+    body = (await fetch(env.client, f"/api/v1/downloads/2025/{table}.parquet"))[1]
+    geo = json.loads(pq.read_metadata(io.BytesIO(body)).metadata[b"geo"])
+    assert geo["primary_column"] == "geometry" and geo["columns"]["geometry"]["encoding"] == "WKB"
+    assert set(geo["columns"]["geometry"]["geometry_types"]) == kinds
+    frame = geopandas.read_parquet(io.BytesIO(body))
+    assert isinstance(frame, geopandas.GeoDataFrame) and frame.geometry.name == "geometry"
+    assert frame.crs is not None and frame.crs.equals("OGC:CRS84")
+    got = list(frame.geometry)
+    want = [None if r["geometry"] in ("", "null") else shapely.geometry.shape(json.loads(r["geometry"]))
+            for r in csv_rows]
+    assert [g is None for g in got] == [w is None for w in want], (got, want)
+    assert all(g.equals(w) for g, w in zip(got, want, strict=True) if w is not None)
+    assert {g.geom_type for g in got if g is not None} == kinds
+    if table == "events":
+        assert None in want  # an event without a location stays a row, with no geometry
+    else:
+        assert all(g.x == float(r["lon"]) and g.y == float(r["lat"]) for g, r in zip(got, csv_rows, strict=True))
+
+
+@pytest.mark.parametrize("name", ["hourly.csv", "daily.csv", "sites.csv"])
+async def test_csv_decimal_columns_are_typed_as_decimals_by_readers_that_guess(env: Env, name: str, tmp_path):
+    """Whole ratios are written 1.0 / 0.0, so DuckDB and pandas type every float column as a float."""
+    body = (await fetch(env.client, f"/api/v1/downloads/2025/{name}"))[1]
+    table = downloads.TABLES[name.removesuffix(".csv")]
+    floats = [c.name for c in table.columns if c.type == "float64"]
+    assert floats
+    frame = pandas.read_csv(io.BytesIO(body))
+    for column in floats:
+        assert frame[column].dtype == "float64", (column, frame[column].dtype)
+    path = tmp_path / name
+    path.write_bytes(body)
+    with duckdb.connect() as db:  # read_csv is DuckDB's own, no extension
+        types = {row[0]: row[1] for row in db.execute(f"DESCRIBE SELECT * FROM read_csv('{path}')").fetchall()}
+    assert {column: types[column] for column in floats} == {column: "DOUBLE" for column in floats}
+    rows = read_csv(body)
+    for column in floats:
+        assert all("." in r[column] for r in rows if r[column] != ""), column
+    if name == "hourly.csv":  # whole ratios are there, written as decimals
+        assert {"1.0", "0.0"} <= {r["estimated_share"] for r in rows} | {r["coverage"] for r in rows}

@@ -368,6 +368,39 @@ async def test_the_map_draws_the_outline_sites_and_events_without_console_errors
 
 
 @one_engine
+async def test_a_browser_event_source_gets_every_change_as_json_with_its_id(browser: Any, site: Site):
+    """The change stream in Chromium's own EventSource: every event it fires has JSON
+    data and its id (the resume point as a `position` event); nothing reaches
+    `onmessage`, which would mean an unnamed or empty block."""
+    changes = await site.json("/feeds/events/changes")
+    cursors = [c["cursor"] for c in changes["changes"]]
+    assert len(cursors) == 4
+
+    def listen() -> list[dict[str, Any]]:
+        open_page(browser, site.url("/"))
+        browser.execute_script("""
+            window.sseSeen = [];
+            const source = new EventSource('/feeds/events/stream?since=0');
+            window.sseSource = source;
+            for (const type of ['position', 'created', 'updated', 'ended', 'reopened', 'message']) {
+              source.addEventListener(type, (e) => {
+                let json = true;
+                try { JSON.parse(e.data); } catch (_) { json = false; }
+                window.sseSeen.push({type: e.type, id: e.lastEventId, json: json});
+              });
+            }""")
+        until(browser, "window.sseSeen.length >= 5", "the stream's opening position and four changes")
+        seen = browser.execute_script("window.sseSource.close(); return window.sseSeen;")
+        assert console_errors(browser) == []
+        return seen
+
+    seen = await in_browser(listen)
+    assert [s["type"] for s in seen] == ["position", "created", "created", "created", "created"], seen
+    assert all(s["json"] for s in seen)
+    assert [s["id"] for s in seen] == ["0", *cursors]
+
+
+@one_engine
 async def test_clicking_a_site_draws_its_chart_and_the_downloads_return_its_rows(browser: Any, site: Site):
     montbazin = site.seeded.sites["MTB"]
 
