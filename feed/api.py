@@ -921,7 +921,7 @@ def api_routes(app: web.Application, ctx: AppContext) -> None:
         (f"{API}/sites/{{id}}/counts", api.counts),
         (f"{API}/annual", api.annual),
         (f"{API}/events", api.events),
-        (f"{API}/events/{{id:.+}}", api.event),
+        (f"{API}/events/{{id:[\\s\\S]+}}", api.event),  # any character: a bad id is a 400 or 404, never a 405
         (f"{API}/sources", api.sources),
         (f"{API}/downloads", api.download_index),
         (f"{API}/downloads/{downloads.DICTIONARY}", api.dictionary),

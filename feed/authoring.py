@@ -63,6 +63,10 @@ def _printable(text: str) -> str:
 
 MAX_PR = 10_000
 MAX_ABSCISSA = 100_000  # metres
+# A position along a road in a query: PR, or PR+abscissa in metres ("12+250"; an unescaped
+# + arrives as a space). The OpenAPI document states the same pattern.
+PR_POSITION_PATTERN = r"^[0-9]{1,4}([+ ][0-9]{1,5}(\.[0-9]{1,3})?)?$"
+PR_POSITION = re.compile(PR_POSITION_PATTERN)
 
 
 class Position(BaseModel):
@@ -331,15 +335,10 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
         ends = []
         for name in ("from", "to"):
             raw = request.query.get(name, "")
-            pr, _, abscissa = raw.strip().replace(" ", "+").partition("+")  # an unescaped + arrives as a space
-            try:
-                end = (int(pr), float(abscissa or 0))
-            except ValueError:
-                raise BadParameter(name, raw, "PR+abscissa, e.g. 12+250", f"{name} is not PR+abscissa") from None
-            if not (0 <= end[0] <= MAX_PR and -MAX_ABSCISSA <= end[1] <= MAX_ABSCISSA):
-                raise BadParameter(name, raw, f"PR from 0 to {MAX_PR}, abscissa within {MAX_ABSCISSA} m",
-                                   f"{name} is out of range")
-            ends.append(end)
+            if not PR_POSITION.match(raw):
+                raise BadParameter(name, raw, "PR+abscissa, e.g. 12+250", f"{name} is not PR+abscissa")
+            pr, _, abscissa = raw.replace(" ", "+").partition("+")
+            ends.append((int(pr), float(abscissa or 0)))
         async with reading(ctx) as conn:
             try:
                 line = await roads.section(conn, road, ends[0], ends[1])
@@ -413,8 +412,8 @@ def authoring_paths() -> dict[str, Any]:
     pid = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
     road = {"name": "road", "in": "path", "required": True, "schema": {"type": "string"}}
 
-    def q(name: str, type_: str, required: bool = False) -> dict[str, Any]:
-        return {"name": name, "in": "query", "required": required, "schema": {"type": type_}}
+    def q(name: str, type_: str, required: bool = False, **rules: Any) -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": required, "schema": {"type": type_, **rules}}
 
     json_ok = {"200": {"description": "ok", "content": {"application/json": {}}},
                "400": {"description": "bad parameter", **error_}, "404": {"description": "unknown", **error_}}
@@ -425,6 +424,8 @@ def authoring_paths() -> dict[str, Any]:
                          "type": "object", "required": ["username", "password"],
                          "properties": {"username": {"type": "string"}, "password": {"type": "string"}}}}}},
                      "responses": {"200": {"description": "logged in", "content": {"application/json": {}}},
+                                   "400": {"description": "the body is not a JSON object with both fields",
+                                           **error_},
                                    "401": {"description": "refused", **error_}}},
             "get": {"summary": "Who is logged in, and the session's CSRF token", "operationId": "whoami",
                     "security": security, "responses": {**ok, **guarded}},
@@ -446,7 +447,8 @@ def authoring_paths() -> dict[str, Any]:
                                               "responses": {**ok, **guarded}}},
         f"{API}/markings": {
             "get": {"summary": "Markings (a counter faulty, a road closed) with their reason; ?site_id= for one site",
-                    "operationId": "listMarkings", "parameters": [q("site_id", "integer")], "responses": json_ok},
+                    "operationId": "listMarkings", "parameters": [q("site_id", "integer", minimum=0, maximum=2**31 - 1)],
+                    "responses": json_ok},
             "post": {"summary": "Mark a counter faulty (its intervals leave the aggregates) or a road closed "
                                 "(an event in every feed); editor", "operationId": "addMarking",
                      "security": security, "requestBody": {"required": True, "content": {"application/json": {
@@ -471,11 +473,15 @@ def authoring_paths() -> dict[str, Any]:
         f"{API}/roads/{{road}}/pr": {"get": {"summary": "A road's PR with their position along the road",
                                              "operationId": "roadPrs", "parameters": [road], "responses": json_ok}},
         f"{API}/roads/{{road}}/locate": {"get": {
-            "summary": "PR + abscissa -> point (pr, abscissa) or point -> PR + abscissa (lon, lat)",
-            "operationId": "roadLocate", "parameters": [road, q("pr", "integer"), q("abscissa", "number"),
-                                                         q("lon", "number"), q("lat", "number")],
+            "summary": "PR + abscissa -> point (pr, abscissa) or point -> PR + abscissa (lon, lat); with lon "
+                       "or lat, both are needed and pr is not read; otherwise pr is needed",
+            "operationId": "roadLocate",
+            "parameters": [road, q("pr", "integer", minimum=0, maximum=MAX_PR),
+                           q("abscissa", "number", minimum=-MAX_ABSCISSA, maximum=MAX_ABSCISSA),
+                           q("lon", "number", minimum=-180, maximum=180), q("lat", "number", minimum=-90, maximum=90)],
             "responses": json_ok}},
         f"{API}/roads/{{road}}/section": {"get": {
             "summary": "The line along the road from PR+abscissa to PR+abscissa", "operationId": "roadSection",
-            "parameters": [road, q("from", "string", True), q("to", "string", True)], "responses": json_ok}},
+            "parameters": [road, q("from", "string", True, pattern=PR_POSITION_PATTERN),
+                           q("to", "string", True, pattern=PR_POSITION_PATTERN)], "responses": json_ok}},
     }

@@ -20,6 +20,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from feed import api
+from feed.agents import agent_routes
+from feed.authoring import authoring_routes
+from feed.campaigns import campaign_routes
+from feed.conditions import condition_routes
 from feed.config import Config
 from feed.feeds import FeedPublisher
 from feed.http import build_app
@@ -52,6 +56,12 @@ include-operation-id = "getSiteCounts"
 "path.id" = {site_id}
 "query.from" = "2025-07-01"
 "query.to" = "2025-08-01"
+
+[[operations]]
+include-operation-id = "roadLocate"
+[operations.parameters]
+"query.lon" = 3.69
+"query.lat" = 43.51
 """
 
 
@@ -75,7 +85,9 @@ async def test_schemathesis_with_every_check_finds_nothing(storage: Storage, tmp
     schema.write_text(json.dumps(openapi_document(CONFIG)))
     (tmp_path / "schemathesis.toml").write_text(CROSS_PARAMETER_VALUES.format(
         site_id=site_id, sites_cursor=api.encode_cursor("sites", 0), events_cursor=api.encode_cursor("events", "")))
-    app = build_app(CONFIG, storage, publisher=NoFeeds(storage, CONFIG), routes=[api.api_routes])
+    # every route the document describes (the history API, agents, authoring, road conditions, campaigns)
+    app = build_app(CONFIG, storage, publisher=NoFeeds(storage, CONFIG),
+                    routes=[api.api_routes, agent_routes, authoring_routes, condition_routes, campaign_routes])
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         proc = await asyncio.create_subprocess_exec(
             SCHEMATHESIS, "run", str(schema), "--url", str(client.make_url("/")).rstrip("/"),
