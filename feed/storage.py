@@ -815,7 +815,9 @@ class Storage:
         )
 
     async def events(self, *, ended_since: datetime | None = None, source_id: str | None = None) -> list[StoredEvent]:
-        """Open events, plus those ended since `ended_since` (all ended ones when None)."""
+        """Open events, plus those ended since `ended_since` (all ended ones when None), as the
+        live feeds publish them: placed on the road referential when they have no PR (see
+        _LOCATED_REFS)."""
         rows = await self.pool.fetch(
             f"""SELECT {_EVENT_FIELDS}, coalesce(located.refs, e.location_refs) AS location_refs
                   FROM events e LEFT JOIN LATERAL ({_LOCATED_REFS}) located ON true
