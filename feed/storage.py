@@ -815,13 +815,16 @@ class Storage:
         )
 
     async def events(self, *, ended_since: datetime | None = None, source_id: str | None = None) -> list[StoredEvent]:
-        """Open events, plus those ended since `ended_since` (all ended ones when None)."""
+        """Open events, plus those ended since `ended_since` (all ended ones when None), as the
+        live feeds publish them: placed on the road referential when they have no PR (see
+        _LOCATED_REFS)."""
         rows = await self.pool.fetch(
-            f"""SELECT {_EVENT_COLUMNS} FROM events
+            f"""SELECT {_EVENT_FIELDS}, coalesce(located.refs, e.location_refs) AS location_refs
+                  FROM events e LEFT JOIN LATERAL ({_LOCATED_REFS}) located ON true
                  WHERE ($1::timestamptz IS NULL OR status <> 'ended' OR updated >= $1)
                    AND ($2::text IS NULL OR source_id = $2)
                  ORDER BY id""",
-            ended_since, source_id,
+            ended_since, source_id, LOCATE_TOLERANCE_M,
         )
         return [_stored_event(r) for r in rows]
 
@@ -856,10 +859,31 @@ class Storage:
         return [StoredSite(**dict(r), channels=by_site.get(r["id"], [])) for r in site_rows]
 
 
-_EVENT_COLUMNS = """id, source_id, external_id, version, type, subtype, status::text AS status, severity,
+_EVENT_FIELDS = """id, source_id, external_id, version, type, subtype, status::text AS status, severity,
     planned_start, planned_end, actual_start, actual_end, road, direction, lanes_affected,
-    ST_AsGeoJSON(geom) AS geometry, descriptions, detour, location_refs, schedule, source_version, source_updated,
+    ST_AsGeoJSON(geom) AS geometry, descriptions, detour, schedule, source_version, source_updated,
     first_seen, last_seen, updated"""
+_EVENT_COLUMNS = _EVENT_FIELDS + ", location_refs"
+
+# How far (metres, in Lambert-93) an event's position may lie from its road for the
+# referential to give it a PR + abscissa.
+LOCATE_TOLERANCE_M = 200.0
+
+# For the live feeds: an event `e` with a road and a geometry but no PR reference, on
+# a road of the referential, gets the PR + abscissa of its point (or of its line's
+# first and last positions, from / to) in `location_refs`, in the shape the DATEX II
+# parser gives, so that every DATEX II writer puts the road number in a linear
+# reference. No row (the event is read as stored) when the road is unknown or a
+# position lies more than $3 metres from it; stored versions never change.
+_LOCATED_REFS = """
+    SELECT e.location_refs || jsonb_build_object('pr', jsonb_agg(jsonb_build_object(
+               'at', a.at, 'road', e.road, 'pr', l.pr, 'abscissa', round(l.abscissa::numeric, 1)) ORDER BY a.n)) AS refs
+      FROM unnest(CASE GeometryType(e.geom) WHEN 'POINT' THEN ARRAY['point'] ELSE ARRAY['from', 'to'] END,
+                  CASE GeometryType(e.geom) WHEN 'POINT' THEN ARRAY[e.geom]
+                       ELSE ARRAY[ST_StartPoint(e.geom), ST_EndPoint(e.geom)] END) WITH ORDINALITY AS a(at, g, n)
+     CROSS JOIN LATERAL road_locate(upper(replace(e.road, ' ', '')), a.g) l
+     WHERE e.road IS NOT NULL AND e.geom IS NOT NULL AND NOT e.location_refs ?| ARRAY['pr', 'referent']
+    HAVING bool_and(coalesce(l.offset_m <= $3, false))"""
 
 
 def _stored_event(row: asyncpg.Record) -> StoredEvent:
