@@ -281,6 +281,8 @@ def test_publication_header_and_exchange_information(schema_v36: etree.XMLSchema
 
 
 _id_chars = st.characters(blacklist_categories=("Cc", "Cs"))  # ids carry no control characters
+# Texts a stored record can hold: anything but NUL and lone surrogates (refused at ingest).
+_storable = st.characters(exclude_categories=("Cs",), exclude_characters="\x00")
 def test_ids_versions_and_times(schema_v36: etree.XMLSchema) -> None:
     event = make_event(7, severity="high")
     doc = valid(schema_v36, render_situations([event], PUBLICATION, NOW))
@@ -667,7 +669,7 @@ _geometries = st.one_of(
     _positions.map(lambda p: Geometry(type="Point", coordinates=p)),
     st.lists(_positions, min_size=2, max_size=6).map(lambda ps: Geometry(type="LineString", coordinates=ps)),
 )
-_texts = st.dictionaries(st.sampled_from(["fr", "en", "oc", "", "pas une langue"]), st.text(max_size=1200), max_size=3)
+_texts = st.dictionaries(st.sampled_from(["fr", "en", "oc", "", "pas une langue"]), st.text(_storable, max_size=1200), max_size=3)
 
 
 @st.composite
@@ -676,18 +678,18 @@ def _events(draw: st.DrawFn) -> StoredEvent:
         draw(st.integers(0, 99_999)),
         id=draw(st.text(_id_chars, min_size=1, max_size=40)),
         type=draw(st.sampled_from(EVENT_TYPES)),
-        subtype=draw(st.one_of(st.none(), st.sampled_from(list(DATEX_RECORD_TYPES)), st.text(max_size=20))),
+        subtype=draw(st.one_of(st.none(), st.sampled_from(list(DATEX_RECORD_TYPES)), st.text(_storable, max_size=20))),
         status=draw(st.sampled_from(["planned", "active", "ended"])),
         severity=draw(st.sampled_from(["unknown", "low", "medium", "high", "highest"])),
         planned_start=draw(st.one_of(st.none(), _times)),
         planned_end=draw(st.one_of(st.none(), _times)),
         actual_start=draw(st.one_of(st.none(), _times)),
         actual_end=draw(st.one_of(st.none(), _times)),
-        road=draw(st.one_of(st.none(), st.text(max_size=12))),
+        road=draw(st.one_of(st.none(), st.text(_storable, max_size=12))),
         direction=draw(st.sampled_from([None, "both", "positive", "negative", "N", "Montpellier"])),
         geometry=draw(_geometries),
         descriptions=draw(_texts),
-        detour=draw(st.one_of(st.none(), st.text(max_size=50))),
+        detour=draw(st.one_of(st.none(), st.text(_storable, max_size=50))),
         location_refs=draw(
             st.sampled_from([{}, {"pr": 3, "distance": "12.5"}, {"referent": "34PR3", "distance": "x"}])
         ),
@@ -731,7 +733,7 @@ def _sites(draw: st.DrawFn) -> StoredSite:
     return make_site(
         n,
         channels,
-        name=draw(st.text(max_size=30)),
+        name=draw(st.text(_storable, max_size=30)),
         external_id=draw(st.text(_id_chars, min_size=1, max_size=20)),
         pr=draw(st.one_of(st.none(), st.integers(0, 200))),
         insee=draw(st.sampled_from([None, "34172", "2A004", "97411", "bad"])),
