@@ -6,15 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from jsonschema import Draft7Validator
 from lxml import etree
 from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
 
 from feed import roads
+from feed.config import Config, PublicationConfig, ServerConfig
+from feed.http import CONTEXT, build_app
 from feed.simulator import referential_geojson
 from feed.storage import Storage
 
@@ -64,3 +68,23 @@ async def until_in_feed(client: TestClient, path: str, needle: str) -> bytes:
             return body
         assert time.monotonic() < deadline, f"{needle} not in {path} after {FEED_WAIT} s"
         await asyncio.sleep(0.05)
+
+
+ADMIN = "ops-token"
+
+
+@asynccontextmanager
+async def agents_app(storage: Storage) -> AsyncIterator[TestClient]:
+    """The whole application over the simulated roads' referential, with an admin token,
+    no rate limit and an area wide enough for any generated place; ready to serve."""
+    await load_simulated_roads(storage)
+    config = Config(server=ServerConfig(admin_token=ADMIN, rate_limit_per_minute=0),
+                    publication=PublicationConfig(bbox=(-5.0, 41.0, 10.0, 51.5)))
+    app = build_app(config, storage)
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    try:
+        assert await app[CONTEXT].publisher.wait_ready(30)
+        yield client
+    finally:
+        await client.close()

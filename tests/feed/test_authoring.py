@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
@@ -22,14 +22,12 @@ from pydantic import ValidationError
 from exporters import datex2_v2, datex2_v3, geojson, waze, wzdx
 from feed.authoring import _CONTROL as CONTROL
 from feed.authoring import KINDS, EventInput, event_record
-from feed.config import Config, PublicationConfig, ServerConfig
-from feed.http import CONTEXT, build_app
+from feed.config import PublicationConfig
 from feed.model import DAYS, StoredEvent
 from feed.simulator import ROADS
 from feed.storage import Storage
-from agents_support import CIFS, DATEX_V2, DATEX_V3, WZDX, load_simulated_roads, until_in_feed, xml_valid
+from agents_support import ADMIN, CIFS, DATEX_V2, DATEX_V3, WZDX, agents_app, until_in_feed, xml_valid
 
-ADMIN = "ops-token"
 PUBLICATION = PublicationConfig()
 NOW = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 
@@ -154,17 +152,8 @@ def test_kinds_are_written_as_each_format_expresses_them() -> None:
 
 @pytest.fixture
 async def client(storage: Storage) -> AsyncIterator[TestClient]:
-    await load_simulated_roads(storage)
-    config = Config(server=ServerConfig(admin_token=ADMIN, rate_limit_per_minute=0),
-                    publication=PublicationConfig(bbox=(-5.0, 41.0, 10.0, 51.5)))
-    app = build_app(config, storage)
-    c = TestClient(TestServer(app, host="127.0.0.1"))
-    await c.start_server()
-    try:
-        assert await app[CONTEXT].publisher.wait_ready(30)
+    async with agents_app(storage) as c:
         yield c
-    finally:
-        await c.close()
 
 
 AUTH = {"Authorization": f"Bearer {ADMIN}"}

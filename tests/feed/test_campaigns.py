@@ -11,18 +11,15 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from feed.campaigns import parse_campaign
-from feed.config import Config, PublicationConfig, ServerConfig
-from feed.http import CONTEXT, build_app
 from feed.storage import Storage
-from agents_support import load_simulated_roads
+from agents_support import ADMIN, agents_app
 
 PARIS = ZoneInfo("Europe/Paris")
-ADMIN = "ops-token"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 HEADER = "site;name;road;pr;abscissa;lon;lat;direction;vehicle_class;hour;count\n"
 
@@ -40,17 +37,8 @@ def good_lines(hours: int = 48) -> list[str]:
 
 @pytest.fixture
 async def client(storage: Storage) -> AsyncIterator[TestClient]:
-    await load_simulated_roads(storage)
-    config = Config(server=ServerConfig(admin_token=ADMIN, rate_limit_per_minute=0),
-                    publication=PublicationConfig(bbox=(-5.0, 41.0, 10.0, 51.5)))
-    app = build_app(config, storage)
-    c = TestClient(TestServer(app, host="127.0.0.1"))
-    await c.start_server()
-    try:
-        assert await app[CONTEXT].publisher.wait_ready(30)
+    async with agents_app(storage) as c:
         yield c
-    finally:
-        await c.close()
 
 
 def test_every_bad_line_is_named_with_its_reason() -> None:

@@ -8,33 +8,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from lxml import etree
 
-from feed.config import Config, PublicationConfig, ServerConfig
-from feed.http import CONTEXT, build_app
 from feed.storage import Storage
-from agents_support import DATEX_V2, DATEX_V3, until_in_feed, xml_valid
-from agents_support import load_simulated_roads
+from agents_support import ADMIN, agents_app, DATEX_V2, DATEX_V3, until_in_feed, xml_valid
 
-ADMIN = "ops-token"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 SECTION = {"road": "RD986", "from": {"pr": 20}, "to": {"pr": 28, "abscissa": 500}}
 
 
 @pytest.fixture
 async def client(storage: Storage) -> AsyncIterator[TestClient]:
-    await load_simulated_roads(storage)
-    config = Config(server=ServerConfig(admin_token=ADMIN, rate_limit_per_minute=0),
-                    publication=PublicationConfig(bbox=(-5.0, 41.0, 10.0, 51.5)))
-    app = build_app(config, storage)
-    c = TestClient(TestServer(app, host="127.0.0.1"))
-    await c.start_server()
-    try:
-        assert await app[CONTEXT].publisher.wait_ready(30)
+    async with agents_app(storage) as c:
         yield c
-    finally:
-        await c.close()
 
 
 async def set_level(client: TestClient, level: str, **extra: Any) -> dict[str, Any]:
