@@ -23,6 +23,13 @@ async def test_hangs_in_an_awaited_coroutine():
 def test_hangs_in_a_thread_join():
     threading.Event().wait()
 
+from hypothesis import given, settings, strategies as st
+
+@settings(max_examples=10**6, deadline=None)
+@given(st.integers())
+def test_hangs_inside_a_property(n):
+    threading.Event().wait(0.2)  # each example slow: the limit falls inside hypothesis
+
 async def test_still_runs_after_the_hung_ones():
     await asyncio.sleep(0)
 '''
@@ -47,7 +54,7 @@ def test_a_hung_test_fails_with_every_thread_and_task_stack_and_the_run_goes_on(
     child = run_child(tmp_path, HUNG)
     out = child.stdout + child.stderr
     assert child.returncode == 1, out
-    assert "2 failed, 1 passed" in out
+    assert "3 failed, 1 passed" in out  # hypothesis does not swallow the timeout
     assert "test_hangs_in_an_awaited_coroutine exceeded 1 s" in out
     assert "Timeout: the test exceeded its limit of 1 s" in out
     # the task's whole await chain, down to the coroutine that waits

@@ -25,6 +25,15 @@ import pytest
 GRACE = float(os.environ.get("ROADFEED_TEST_TIMEOUT_GRACE", "30"))
 
 
+class TestTimedOut(BaseException):
+    """Raised in the main thread when a test's time is up. Not an Exception (nor pytest's
+    Failed): hypothesis would take either for a failing example and go on replaying,
+    shrinking and printing it past the limit (seen under CPU contention: the watchdog
+    had to end the run); pytest reports this one as the test's failure and moves on."""
+
+    __test__ = False  # not a test class, whatever its name
+
+
 def _await_chain(coro: Any) -> list[FrameType]:
     """The frames of a coroutine and of everything it awaits, outermost first."""
     frames: list[FrameType] = []
@@ -65,7 +74,7 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool:
         __tracebackhide__ = True
         sys.stderr.write(f"\n{'+' * 30} Timeout: {item.nodeid} exceeded {limit:g} s {'+' * 30}\n")
         dump_everything(sys.stderr, asyncio._get_running_loop())
-        pytest.fail(f"Timeout: the test exceeded its limit of {limit:g} s (stacks above)", pytrace=False)
+        raise TestTimedOut(f"Timeout: the test exceeded its limit of {limit:g} s (stacks above)")
 
     def last_resort() -> None:
         capture = item.config.pluginmanager.getplugin("capturemanager")
