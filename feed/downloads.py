@@ -104,7 +104,7 @@ def neutralise(text: str) -> str:
 class Column:
     name: str
     sql: str  # expression over the table's FROM clause
-    type: str  # int32, int64, float64, string, date, timestamp, geometry
+    type: str  # int32, int64, float64, string, date, timestamp (local zone), timestamp_utc, geometry
     unit: str | None
     meaning: str
     text: bool = False  # free text from sources: CSV cells are guarded against formula injection
@@ -116,7 +116,8 @@ class Column:
     def arrow_type(self, timezone: str) -> pa.DataType:
         return {
             "int32": pa.int32(), "int64": pa.int64(), "float64": pa.float64(), "string": pa.string(),
-            "date": pa.date32(), "timestamp": pa.timestamp("ms", tz=timezone), "geometry": pa.binary(),
+            "date": pa.date32(), "timestamp": pa.timestamp("ms", tz=timezone),
+            "timestamp_utc": pa.timestamp("ms", tz="UTC"), "geometry": pa.binary(),
         }[self.type]
 
 
@@ -139,6 +140,11 @@ def _ratio(name: str, sql: str, meaning: str) -> Column:
 def _ts(expr: str) -> str:
     # The transaction's TimeZone is the publication's: local time with its offset.
     return f"""to_char({expr}, 'YYYY-MM-DD"T"HH24:MI:SSTZH:TZM')"""
+
+
+def _ts_utc(expr: str) -> str:
+    # The same instant in UTC with a Z: one offset all year, so readers parse the column without a zone rule.
+    return f"""to_char({expr} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"""
 
 
 _SITE_KEY = tuple(
@@ -182,6 +188,8 @@ HOURLY_COLUMNS = (
     *_SITE_KEY,
     Column("period_start", _ts("r.bucket"), "timestamp", "ISO 8601 local time with offset",
            "start of the hour (the hour ends one hour later)"),
+    Column("period_utc", _ts_utc("r.bucket"), "timestamp_utc", "ISO 8601 UTC time (Z)",
+           "the same start of the hour in UTC: one offset all year (period_start's offset changes with DST)"),
     *_measures("r.intervals_expected"),
 )
 DAILY_COLUMNS = (
@@ -326,7 +334,9 @@ def dictionary(publication: Any, method: dict[str, Any]) -> dict[str, Any]:
         "method": method,
         "formats": {
             "csv": "UTF-8, comma-separated, one header line, RFC 4180 quoting, LF line ends; an empty field is "
-                   "a missing value; decimal point '.'; times ISO 8601 in local time with their UTC offset. "
+                   "a missing value; decimal point '.'; times ISO 8601 in local time with their UTC offset, "
+                   "and hourly rows also carry their start in UTC (period_utc, with a Z) for readers that "
+                   "want one offset all year. "
                    "Text cells that a spreadsheet would run as a formula (starting with = + - @, tab or carriage "
                    "return, and not a number) start with an apostrophe.",
             "parquet": f"Apache Parquet, {PARQUET_COMPRESSION} compression, typed columns (times as UTC instants "

@@ -183,6 +183,7 @@ SCHEMAS.update({
         "points": {"type": "array", "items": _ref("Point")},
     }),
     "Annual": _document_schema({"year": {"type": "integer"}, "threshold": {"type": "number"},
+                                "q": _nullable("string", description="the filter applied (q), null when none"),
                                 "rows": {"type": "array", "items": _ref("AnnualRow")}}),
     "Event": {"allOf": [_ref("EventState")], "type": "object", "required": ["versions"],
               "properties": {"versions": {"type": "array", "items": _ref("EventVersion")}}},
@@ -311,7 +312,9 @@ def paths() -> dict[str, Any]:
                 FORMAT, DIALECT,
             ],
             "responses": {"200": _table_content("Counts", "the series; CSV header: period,count,coverage,"
-                                                          "estimated_share,speed,invalid,invalid_reasons"),
+                                                          "estimated_share,speed,invalid,invalid_reasons; at "
+                                                          "step=hour period_utc (the start in UTC, with a Z) "
+                                                          "follows period"),
                           **NOT_MODIFIED, **NOT_FOUND, **ERRORS},
         }},
         f"{API}/annual": {"get": {
@@ -322,6 +325,11 @@ def paths() -> dict[str, Any]:
                        required=True, example=2025),
                 _param("threshold", "query", "coverage a day needs to count (default [publication] "
                        "coverage_threshold)", {"type": "number", "minimum": 0, "maximum": 1}, blank=True),
+                _param("q", "query", "only the sites whose `name road external_id` (a missing one is empty) "
+                       "contains this text, both compared decomposed (NFD) without the combining accents U+0300 "
+                       "to U+036F and lower-cased, after surrounding white space is removed; the table filter of "
+                       "the web page. Every format holds the same rows. Text without NUL", TEXT, blank=True,
+                       example="rd613"),
                 FORMAT, DIALECT,
             ],
             "responses": {"200": _table_content("Annual", "one row per site"), **NOT_MODIFIED, **ERRORS},

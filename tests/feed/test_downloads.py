@@ -185,8 +185,11 @@ async def test_hourly_parquet_reads_back_with_the_csv_rows(env: Env):
     assert table.schema.field("count").type == pa.int64() and table.schema.field("coverage").type == pa.float64()
     metadata = pq.read_metadata(io.BytesIO(body)).metadata
     assert metadata[b"licence"] == CONFIG.publication.licence.encode()
+    assert table.schema.field("period_utc").type == pa.timestamp("ms", tz="UTC")
     for r, p in zip(rows, table.to_pylist(), strict=True):
         assert p["period_start"].astimezone(PARIS).isoformat() == r["period_start"]
+        assert p["period_utc"] == p["period_start"] and r["period_utc"].endswith("Z")
+        assert datetime.fromisoformat(r["period_utc"]) == datetime.fromisoformat(r["period_start"])
         assert p["count"] == int(r["count"]) and p["coverage"] == float(r["coverage"])
         assert p["speed"] == float(r["speed"]) and p["intervals_expected"] == int(r["intervals_expected"])
         assert p["site_external_id"] == r["site_external_id"].removeprefix("'")
@@ -332,5 +335,9 @@ async def test_csv_decimal_columns_are_typed_as_decimals_by_readers_that_guess(e
     rows = read_csv(body)
     for column in floats:
         assert all("." in r[column] for r in rows if r[column] != ""), column
+    if name == "hourly.csv":  # one offset all year: instants without utc=True
+        dtype = pandas.to_datetime(frame["period_utc"]).dtype
+        assert isinstance(dtype, pandas.DatetimeTZDtype) and str(dtype.tz) == "UTC"
+        assert types["period_utc"] == "TIMESTAMP WITH TIME ZONE"
     if name == "hourly.csv":  # whole ratios are there, written as decimals
         assert {"1.0", "0.0"} <= {r["estimated_share"] for r in rows} | {r["coverage"] for r in rows}

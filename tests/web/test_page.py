@@ -519,6 +519,8 @@ async def test_the_annual_table_sorts_filters_exports_and_opens_a_site(browser: 
         filter_box = browser.find_element(By.ID, "annual-filter")
         filter_box.send_keys("rd613")
         filtered = browser.execute_script(names)
+        filtered_links = [browser.find_element(By.ID, i).get_attribute("href")
+                          for i in ("annual-csv", "annual-csv-fr", "annual-parquet")]
         filter_box.send_keys(Keys.CONTROL, "a")
         filter_box.send_keys(Keys.BACKSPACE)
         until(browser, "document.querySelectorAll('#annual-table tbody tr').length === 3", "the filter cleared")
@@ -526,7 +528,7 @@ async def test_the_annual_table_sorts_filters_exports_and_opens_a_site(browser: 
         rows = browser.execute_script("return window.roadfeedPage.annual.doc.rows;")
         caption = text(browser, "#annual-caption")
         return dict(descending=descending, ascending=ascending, sort_down=sort_down, sort_up=sort_up,
-                    by_tmja=by_tmja, filtered=filtered, csv=csv_href, rows=rows, caption=caption,
+                    by_tmja=by_tmja, filtered=filtered, filtered_links=filtered_links, csv=csv_href, rows=rows, caption=caption,
                     errors=console_errors(browser))
 
     page = await in_browser(sort_and_filter)
@@ -542,6 +544,12 @@ async def test_the_annual_table_sorts_filters_exports_and_opens_a_site(browser: 
     doc = await site.json("/api/v1/annual?year=2025")
     assert doc["rows"] == page["rows"]
     assert page["csv"].endswith("/api/v1/annual?year=2025&format=csv")
+    # The downloads hold the rows the filtered table shows, in every format.
+    csv_link, fr_link, parquet_link = page["filtered_links"]
+    assert csv_link.endswith("/api/v1/annual?year=2025&format=csv&q=rd613")
+    assert [int(r["site_id"]) for r in parse_csv((await site.get(csv_link))[2])] == [int(i) for i in page["filtered"]]
+    fr_rows = (await site.get(fr_link))[2].decode("utf-8-sig").splitlines()
+    assert len(fr_rows) == 1 + len(page["filtered"]) and "q=rd613" in parquet_link
     status, headers, body = await site.get(page["csv"])
     assert status == 200 and headers["Content-Type"].startswith("text/csv")
     rows = parse_csv(body)
