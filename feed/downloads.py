@@ -273,7 +273,9 @@ SITE_COLUMNS = (
     Column("mobility_type", "c.mobility_type", "string", None, "what is counted (car, bike, ...)", True),
     Column("time_step", "c.time_step", "int32", "s", "length of the channel's intervals"),
     Column("days_with_data", "d.days", "int32", "days",
-           "local days of the year with at least one stored interval (the channel's coverage of the year)"),
+           "number of local days of the year with at least one stored interval, however few: a count of days, "
+           "not a coverage (a day with one interval of 96 counts as one; the daily file's coverage says how "
+           "complete each day is)"),
 )
 
 
@@ -321,6 +323,63 @@ def parse_file_name(name: str) -> tuple[Table, Format] | None:
     return table, fmt  # type: ignore[return-value]
 
 
+# Every unit the columns use, with how to read it.
+UNITS = {
+    "vehicles": "number of vehicles that passed the counter",
+    "km/h": "kilometres per hour",
+    "ratio 0..1": "a share: 0 = none, 1 = all (multiply by 100 for a percentage)",
+    "intervals": "number of the channel's measurement intervals (of time_step seconds each)",
+    "days": "number of local days",
+    "s": "seconds",
+    "m": "metres",
+    "degrees (WGS 84)": "decimal degrees, WGS 84 (EPSG:4326)",
+    "ISO 8601 local time with offset": "e.g. 2025-07-01T08:00:00+02:00: local time of the publication's zone",
+    "ISO 8601 UTC time (Z)": "e.g. 2025-07-01T06:00:00Z: the same instant in UTC",
+    "ISO 8601 date": "e.g. 2025-07-01",
+    "JSON object": "a JSON object in the cell",
+    "CSV: GeoJSON; Parquet: WKB (GeoParquet 1.1); WGS 84 lon/lat": "a location",
+}
+
+# The quality a source gives each interval, and what the files make of it.
+QUALITY = {
+    "observed": "counted by the sensor: present",
+    "estimated": "filled in by the source (marked estimated): present, and counted in estimated_share",
+    "missing": "the source sent the interval without a count: not present (it lowers coverage)",
+    "invalid": "the source marked the count invalid: not present (it lowers coverage)",
+    "rejected": "an observed or estimated interval this service's validation rejected (see method.validation): "
+                "kept raw, not present, counted per reason in the counts API's `invalid`",
+}
+
+# Counters' `direction`: the compass direction of travel (the national counting model's convention).
+COMPASS_DIRECTIONS = {
+    "N": {"en": "northbound", "fr": "vers le nord"}, "NE": {"en": "north-eastbound", "fr": "vers le nord-est"},
+    "E": {"en": "eastbound", "fr": "vers l'est"}, "SE": {"en": "south-eastbound", "fr": "vers le sud-est"},
+    "S": {"en": "southbound", "fr": "vers le sud"}, "SW": {"en": "south-westbound", "fr": "vers le sud-ouest"},
+    "W": {"en": "westbound", "fr": "vers l'ouest"}, "NW": {"en": "north-westbound", "fr": "vers le nord-ouest"},
+}
+# Events' `direction`.
+EVENT_DIRECTIONS = {
+    "both": {"en": "both directions", "fr": "les deux sens"},
+    "positive": {"en": "direction of increasing PR", "fr": "sens des PR croissants"},
+    "negative": {"en": "direction of decreasing PR", "fr": "sens des PR décroissants"},
+}
+
+FORMULAS = {
+    "coverage": "intervals_present / intervals_expected",
+    "estimated_share": "intervals_estimated / intervals_present (empty when intervals_present = 0)",
+    "speed": "sum(speed_i * count_i) / sum(count_i) over the intervals i with a speed, rounded to 0.1 km/h",
+    "site_total(d)": "sum of count over the site's all-vehicle channels on day d (both directions), or over its "
+                     "light + heavy channels when it has no all-vehicle channel",
+    "valid day": "a local day whose coverage, over every channel the site is expected to have that day, "
+                 ">= the coverage threshold",
+    "TMJA": "sum of site_total(d) over the valid days d of the year / number of valid days (vehicles/day)",
+    "TMJO": "sum of site_total(d) over the valid days d Monday to Friday that are not public holidays / number "
+            "of those days (vehicles/day)",
+    "heavy_share": "sum of heavy counts / sum of all-vehicle counts, over the valid days where heavy vehicles "
+                   "are counted (ratio 0..1; x 100 for % PL)",
+}
+
+
 def dictionary(publication: Any, method: dict[str, Any]) -> dict[str, Any]:
     """Field, type, unit and meaning of every column of every file."""
     return {
@@ -342,6 +401,16 @@ def dictionary(publication: Any, method: dict[str, Any]) -> dict[str, Any]:
             "parquet": f"Apache Parquet, {PARQUET_COMPRESSION} compression, typed columns (times as UTC instants "
                        f"with the zone {publication.timezone!r}); same rows and values as the CSV, without "
                        "apostrophes.",
+        },
+        "formulas": FORMULAS,
+        "units": UNITS,
+        "quality": QUALITY,
+        "directions": {
+            "counts": {"meaning": "hourly, daily and sites files: the channel's compass direction of travel; a "
+                                  "source that names its directions otherwise gives its own code",
+                       "codes": COMPASS_DIRECTIONS},
+            "events": {"meaning": "events file: the direction the event affects, or a name the source gives",
+                       "codes": EVENT_DIRECTIONS},
         },
         "files": [
             {"name": t.name, "files": t.file_names(), "row": t.row, "order": t.order, "notes": t.extra,

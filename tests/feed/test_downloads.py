@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import typing
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from feed import api, downloads
 from feed.config import Config, SourceConfig
 from feed.feeds import FeedPublisher
 from feed.http import build_app
-from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
+from feed.model import ChannelRecord, EventRecord, Geometry, Quality, SiteRecord
 from feed.storage import Storage
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -139,6 +140,29 @@ async def test_dictionary_describes_every_column_of_every_file(env: Env):
         assert all(c["meaning"] and "unit" in c and c["type"] for c in columns)
     same = json.loads((await fetch(env.client, "/api/v1/downloads/2025/dictionary.json"))[1])
     assert same == doc
+
+
+async def test_dictionary_gives_formulas_units_quality_and_direction_labels(env: Env):
+    """Every unit a column uses is explained; every quality a stored interval can have and every direction a
+    file holds has a meaning (directions in English and French); the annual figures have formulas."""
+    doc = json.loads((await fetch(env.client, "/api/v1/downloads/dictionary.json"))[1])
+    used = {c["unit"] for f in doc["files"] for c in f["columns"] if c["unit"]}
+    assert used <= set(doc["units"]) and all(doc["units"].values())
+    assert set(typing.get_args(Quality)) <= set(doc["quality"])
+    for name in ("TMJA", "TMJO", "heavy_share", "coverage", "site_total(d)", "valid day"):
+        assert doc["formulas"][name]
+    assert "/ number of valid days" in doc["formulas"]["TMJA"] and "holidays" in doc["formulas"]["TMJO"]
+    compass = doc["directions"]["counts"]["codes"]
+    events = doc["directions"]["events"]["codes"]
+    assert all(label["en"] and label["fr"].startswith(("vers", "les", "sens"))
+               for label in [*compass.values(), *events.values()])
+    assert set(compass) == {"N", "NE", "E", "SE", "S", "SW", "W", "NW"} and set(events) == {"both", "positive",
+                                                                                           "negative"}
+    stored = {r["direction"] for r in read_csv((await fetch(env.client, "/api/v1/downloads/2025/sites.csv"))[1])}
+    assert {"N", "S"} <= stored  # the compass codes the files hold have their labels
+    sites = next(f for f in doc["files"] if f["name"] == "sites")
+    days = next(c for c in sites["columns"] if c["field"] == "days_with_data")
+    assert "not a coverage" in days["meaning"] and "coverage of the year" not in days["meaning"]
 
 
 def recompute_daily(rows: list[tuple]) -> dict[tuple[int, str], tuple[int, int]]:
