@@ -348,8 +348,10 @@ def site_json(site: Site, tz: ZoneInfo) -> dict[str, Any]:
     return {
         "id": site.id, "external_id": site.external_id, "source": site.source, "name": site.name,
         "road": site.road, "pr": site.pr, "abscissa": site.abscissa, "insee": site.insee, "commune": site.commune,
-        "lon": site.lon, "lat": site.lat, "directions": site.directions, "vehicle_classes": site.vehicle_classes,
-        "channels": [{"id": c.id, "external_id": c.external_id, "direction": c.direction, "lane": c.lane,
+        "lon": site.lon, "lat": site.lat, "directions": site.directions, "direction_names": site.direction_names,
+        "vehicle_classes": site.vehicle_classes,
+        "channels": [{"id": c.id, "external_id": c.external_id, "direction": c.direction,
+                      "direction_name": c.direction_name, "lane": c.lane,
                       "vehicle_class": c.vehicle_class, "time_step": c.time_step} for c in site.channels],
         "first_data": iso(site.first_data, tz), "last_data": iso(site.last_data, tz),
     }
@@ -662,8 +664,9 @@ class _Api:
                            filename=f"{name}.parquet", compressible=False)
         return respond_json(request, self.document({
             "site": site_json(site, self.tz), "from": iso(start, self.tz), "to": iso(end, self.tz), "step": step,
-            "direction": None if direction in (None, "all") else direction, "vehicle_class": vehicle_class,
-            "points": rows,
+            "direction": None if direction in (None, "all") else direction,
+            "direction_name": None if direction in (None, "all") else site.direction_names.get(direction),
+            "vehicle_class": vehicle_class, "points": rows,
         }, **VALIDATION_METHOD))
 
     def _point(self, p: history.Point) -> dict[str, Any]:

@@ -153,7 +153,10 @@ _SITE_KEY = tuple(
         ("site_external_id", "s.external_id", "string", "the site's id at its source", True),
         ("road", "s.road", "string", "road the site is on, e.g. RD613", True),
         ("channel_id", "c.id", "int32", "the channel's id in this service (stable)", False),
-        ("direction", "c.direction", "string", "direction of travel as the source names it", True),
+        ("direction", "c.direction", "string", "direction of travel: the source's code, usually a compass "
+         "point (see directions)", True),
+        ("direction_name", "c.direction_name", "string", "the direction's name at the source (e.g. vers Béziers); "
+         "empty when the source gives none", True),
         ("lane", "c.lane", "int32", "lane number when the channel counts one lane", False),
         ("vehicle_class", "c.vehicle_class", "string", "all, light or heavy vehicles", False),
     )
@@ -267,7 +270,10 @@ SITE_COLUMNS = (
            parquet_sql="ST_AsBinary(s.geom)", geometry_types=("Point",)),
     Column("channel_id", "c.id", "int32", None, "the channel's id (the key of hourly and daily rows)"),
     Column("channel_external_id", "c.external_id", "string", None, "the channel's id at its source", True),
-    Column("direction", "c.direction", "string", None, "direction of travel as the source names it", True),
+    Column("direction", "c.direction", "string", None, "direction of travel: the source's code, usually a compass "
+           "point (see directions)", True),
+    Column("direction_name", "c.direction_name", "string", None, "the direction's name at the source (e.g. vers "
+           "Béziers); empty when the source gives none", True),
     Column("lane", "c.lane", "int32", None, "lane number when the channel counts one lane"),
     Column("vehicle_class", "c.vehicle_class", "string", None, "all, light or heavy vehicles"),
     Column("mobility_type", "c.mobility_type", "string", None, "what is counted (car, bike, ...)", True),

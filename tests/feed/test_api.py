@@ -124,7 +124,8 @@ async def seed(storage: Storage) -> Seeded:
     await storage.upsert_sites("cnt", sites)
     await storage.upsert_channels("cnt", [
         *[ChannelRecord(site_external_id="S1", external_id=f"S1-{d}-{c}", direction=d, vehicle_class=c,
-                        time_step=3600) for d in ("N", "S") for c in ("light", "heavy")],
+                        direction_name={"N": "vers Montpellier", "S": "vers Sète"}[d], time_step=3600)
+          for d in ("N", "S") for c in ("light", "heavy")],
         *[ChannelRecord(site_external_id="S2", external_id=f"S2-{d}", direction=d, time_step=900)
           for d in ("N", "S")],
     ])
@@ -567,6 +568,21 @@ async def test_random_series_equal_a_recomputation_from_raw_rows(env: Env, data,
         want = recompute(rows, channel_steps, api.parse_instant("from", a, PARIS), api.parse_instant("to", b, PARIS),
                          step, rejected)
         assert_points(doc["points"], want)
+
+
+async def test_directions_are_shown_with_the_names_their_source_gives(env: Env):
+    """A named direction comes with its name on the site, each channel and a series of that direction;
+    an unnamed one (S2) has none, never a made-up one."""
+    s1, s2 = env.seeded.site_ids["S1"], env.seeded.site_ids["S2"]
+    site = await get_json(env.client, f"/api/v1/sites/{s1}")
+    assert site["direction_names"] == {"N": "vers Montpellier", "S": "vers Sète"}
+    assert {(c["direction"], c["direction_name"]) for c in site["channels"]} == {
+        ("N", "vers Montpellier"), ("S", "vers Sète")}
+    for direction, name in (("S", "vers Sète"), ("all", None)):
+        doc = await get_json(env.client, f"/api/v1/sites/{s1}/counts?from=2025-07-01&to=2025-07-02&direction={direction}")
+        assert doc["direction_name"] == name
+    other = await get_json(env.client, f"/api/v1/sites/{s2}")
+    assert other["direction_names"] == {} and all(c["direction_name"] is None for c in other["channels"])
 
 
 # --------------------------------------------------------------------------- annual

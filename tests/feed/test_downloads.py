@@ -62,7 +62,8 @@ async def seed(storage: Storage) -> tuple[list[tuple], dict[str, int]]:
         SiteRecord(external_id="S3", name='Quote "and", comma', road="+RD 5", lon=3.8, lat=43.6),
     ])
     await storage.upsert_channels("cnt", [
-        ChannelRecord(site_external_id="S1", external_id="S1-N", direction="N", vehicle_class="light", time_step=3600),
+        ChannelRecord(site_external_id="S1", external_id="S1-N", direction="N", direction_name="vers Béziers",
+                      vehicle_class="light", time_step=3600),
         ChannelRecord(site_external_id="S1", external_id="S1-S", direction="S", vehicle_class="heavy", time_step=3600),
         ChannelRecord(site_external_id='=HYPERLINK("http://x")', external_id="E-1", direction="=1+1",
                       time_step=900),
@@ -163,6 +164,15 @@ async def test_dictionary_gives_formulas_units_quality_and_direction_labels(env:
     sites = next(f for f in doc["files"] if f["name"] == "sites")
     days = next(c for c in sites["columns"] if c["field"] == "days_with_data")
     assert "not a coverage" in days["meaning"] and "coverage of the year" not in days["meaning"]
+
+
+@pytest.mark.parametrize("name", ["hourly", "daily", "sites"])
+async def test_files_give_each_channels_direction_name_when_its_source_names_it(env: Env, name: str):
+    rows = read_csv((await fetch(env.client, f"/api/v1/downloads/2025/{name}.csv"))[1])
+    names = {(r["direction"], r["direction_name"]) for r in rows if r["channel_id"]}
+    assert ("N", "vers Béziers") in names and ("S", "") in names
+    table = pq.read_table(io.BytesIO((await fetch(env.client, f"/api/v1/downloads/2025/{name}.parquet"))[1]))
+    assert table.column("direction_name").to_pylist() == [r["direction_name"] or None for r in rows]
 
 
 def recompute_daily(rows: list[tuple]) -> dict[tuple[int, str], tuple[int, int]]:

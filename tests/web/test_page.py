@@ -135,7 +135,8 @@ async def seed(storage: Storage) -> Seeded:
     ])
     await storage.upsert_channels("cd34", [
         *(ChannelRecord(site_external_id="MTB", external_id=f"MTB-{d}-{c}", direction=d, vehicle_class=c,
-                        time_step=3600) for d in ("N", "S") for c in ("light", "heavy")),
+                        direction_name={"N": "vers Montpellier", "S": "vers Sète"}[d], time_step=3600)
+          for d in ("N", "S") for c in ("light", "heavy")),
         *(ChannelRecord(site_external_id="SML", external_id=f"SML-{d}-{c}", direction=d, vehicle_class=c,
                         time_step=3600) for d in ("E", "O") for c in ("light", "heavy")),
         ChannelRecord(site_external_id="BEZ", external_id="BEZ-N-all", direction="N", vehicle_class="all",
@@ -450,11 +451,15 @@ async def test_clicking_a_site_draws_its_chart_and_the_downloads_return_its_rows
             "parquet": browser.find_element(By.ID, "download-parquet").get_attribute("href"),
             "points": browser.execute_script("return window.roadfeedPage.counts.doc.points;"),
             "table_rows": count(browser, "#counts-table tbody tr"),
+            "directions": browser.execute_script(
+                "return [...document.querySelectorAll('#f-direction option')].map(o => [o.value, o.textContent]);"),
             "errors": console_errors(browser),
         }
 
     second = await in_browser(narrow)
     assert second["errors"] == []
+    # Directions as the source names them, the code after the name.
+    assert second["directions"][1:] == [["N", "vers Montpellier (N)"], ["S", "vers Sète (S)"]]
     assert second["table_rows"] == 7
     assert "format=csv" in second["csv"] and "format=parquet" in second["parquet"]
     assert second["csv"].replace("format=csv", "format=parquet") == second["parquet"]
