@@ -18,6 +18,7 @@ import asyncio
 import csv
 import io
 import json
+import re
 import os
 import shutil
 import tempfile
@@ -660,6 +661,52 @@ async def test_errors_and_empty_periods_are_explained(browser: Any, site: Site):
     assert page["logged"] and all("400" in m for m in page["logged"])
     assert "Aucune donnée" in page["empty"] and page["downloads_hidden"]
     assert page["errors"] == []
+
+
+# Words of the API's English texts that no French sentence of the page uses.
+ENGLISH_WORDS = re.compile(r"\b(the|of|and|is|are|when|with|expected|intervals?|days?|vehicles?|not|one|"
+                           r"before|after|within|from|than|must|site.s|which)\b", re.IGNORECASE)
+
+
+def english_words(texts: list[str]) -> list[str]:
+    """The English words in `texts`, except parameter names and values quoted « like this »."""
+    unquoted = [re.sub(r"«[^»]*»", "", t) for t in texts]
+    return [m.group(0) for t in unquoted for m in ENGLISH_WORDS.finditer(t)]
+
+
+@one_engine
+async def test_french_mode_shows_no_english_in_errors_nor_in_the_method(browser: Any, site: Site):
+    """In French, an API refusal is explained in French (the API's English `expected` and `detail`
+    are not shown) and the method section reads in French, with each rejection reason's French text."""
+    ids = site.seeded.sites
+    cases = [f"/?site={ids['MTB']}&from=2025-07-31&to=2025-07-01&step=day",
+             f"/?site={ids['MTB']}&from=2025-01-01&to=2025-06-01&step=hour"]
+
+    def read() -> dict[str, Any]:
+        errors = []
+        for path in cases:
+            open_page(browser, site.url(path))
+            until(browser, "!document.getElementById('counts-message').hidden", "the error message")
+            errors.append(text(browser, "#counts-message"))
+        open_page(browser, site.url(f"/?site={ids['MTB']}&from=2025-07-01&to=2025-07-08&step=day"))
+        wait_chart(browser)
+        browser.execute_script("document.querySelectorAll('#counts-method details').forEach(d => d.open = true);")
+        method = browser.execute_script(
+            "return [...document.querySelectorAll('#counts-method p, #counts-method dt, #counts-method dd,"
+            " #counts-method summary')].map(e => e.innerText);")
+        return dict(errors=errors, method=method, lang=browser.execute_script("return document.documentElement.lang;"))
+
+    page = await in_browser(read)
+    assert page["lang"] == "fr"
+    for path, shown in zip(cases, page["errors"], strict=True):
+        api_path = "/api/v1/sites/{}/counts?{}".format(ids["MTB"], path.split("&", 1)[1])
+        refusal = json.loads((await site.get(api_path))[2])
+        assert "Paramètre" in shown and refusal["parameter"] in shown, shown
+        assert refusal["detail"] not in shown and refusal["expected"] not in shown
+        assert english_words([shown]) == [], shown
+    assert len(page["method"]) > 10 and english_words(page["method"]) == [], english_words(page["method"])
+    joined = "\n".join(page["method"])
+    assert "Couverture" in joined and "Motif de rejet « spike »" in joined and "Validation" in joined
 
 
 # --------------------------------------------------------------------------- HTTP (no browser, no database)
