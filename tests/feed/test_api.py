@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import unicodedata
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -648,18 +647,6 @@ async def test_annual_filter_q_gives_the_same_rows_in_every_format(env: Env, q: 
     assert len(list(csv.reader(io.StringIO(body.decode("utf-8-sig")), delimiter=";"))) == len(want) + 1
     table = pq.read_table(io.BytesIO(await (await env.client.get(query + "&format=parquet")).read()))
     assert table.to_pylist() == want
-
-
-@given(name=st.text(max_size=12), road=st.text(max_size=6), external_id=st.text(min_size=1, max_size=6),
-       start=st.integers(0, 30), length=st.integers(1, 8))
-def test_annual_filter_ignores_accents_and_case_of_any_piece_of_a_row(name, road, external_id, start, length):
-    """Any piece of a row's `name road external_id` written without its accents, in upper or lower case,
-    finds the row (pieces that split a letter from its accent are cut in the decomposed text)."""
-    haystack = api.fold(f"{name} {road} {external_id}")
-    piece = haystack[start:start + length]
-    for variant in (piece, piece.upper().lower(), unicodedata.normalize("NFC", piece)):
-        if api.fold(variant) == piece:
-            assert api.matches_filter(variant, name, road, external_id)
 
 
 async def test_annual_filter_refusals(env: Env):

@@ -566,6 +566,24 @@ async def test_the_annual_table_sorts_filters_exports_and_opens_a_site(browser: 
         for key in ("tmja", "tmjo", "heavy_share", "days_valid", "days_excluded", "mean_coverage"):
             assert close(row[key], expected[key]), (key, row, expected)
 
+    # The page's filter and the server's q keep the same rows, whatever the accents, case and spaces.
+    filters = ["BÉZIERS", "  rd613 ", "gély", "e", "É", "nord rd", "MC", "zz", "\u0301"]
+
+    def filter_each() -> list[tuple[list[str], str]]:
+        out = []
+        box = browser.find_element(By.ID, "annual-filter")
+        for value in filters:
+            browser.execute_script("const e = arguments[0]; e.value = arguments[1];"
+                                   "e.dispatchEvent(new Event('input'));", box, value)
+            ids = browser.execute_script(
+                "return [...document.querySelectorAll('#annual-table tbody tr')].map(r => r.dataset.siteId);")
+            out.append((ids, browser.find_element(By.ID, "annual-csv").get_attribute("href")))
+        return out
+
+    for value, (shown, link) in zip(filters, await in_browser(filter_each), strict=True):
+        served = [r["site_id"] for r in parse_csv((await site.get(link))[2])]
+        assert sorted(served) == sorted(shown), (value, shown, served)
+
     def open_from_table() -> str:
         browser.find_element(By.CSS_SELECTOR, f"#annual-table tr[data-site-id='{ids['BEZ']}'] .link-button").click()
         wait_chart(browser)
