@@ -411,7 +411,8 @@ def _csv_cell(value: Any) -> str:
 # columns with numbers as numbers.
 DIALECTS = ("standard", "fr")
 FR_HEADERS = {
-    "period": "période", "period_utc": "période_utc", "count": "comptage", "coverage": "couverture", "estimated_share": "part_estimée",
+    "period": "période", "period_utc": "période_utc", "count": "comptage", "coverage": "couverture",
+    "estimated_share": "part_estimée",
     "speed": "vitesse_moyenne_kmh", "invalid": "intervalles_rejetés", "invalid_reasons": "motifs_de_rejet",
     "site_id": "id_site", "external_id": "id_externe", "name": "nom", "road": "route", "tmja": "TMJA",
     "tmjo": "TMJO", "heavy_share": "part_poids_lourds", "mean_speed": "vitesse_moyenne_kmh",
@@ -460,8 +461,9 @@ def counts_csv(points: Sequence[history.Point], rows: Sequence[dict[str, Any]], 
     if step != "hour":
         return csv_bytes(COUNT_FIELDS, [[r[k] for k in COUNT_FIELDS] for r in rows], dialect)
     header = ("period", "period_utc", *COUNT_FIELDS[1:])
-    return csv_bytes(header, [[r["period"], utc_text(p.period), *(r[k] for k in COUNT_FIELDS[1:])]  # type: ignore[arg-type]
-                              for p, r in zip(points, rows, strict=True)], dialect)
+    lines = [[r["period"], utc_text(p.period), *(r[k] for k in COUNT_FIELDS[1:])]  # type: ignore[arg-type]
+             for p, r in zip(points, rows, strict=True)]
+    return csv_bytes(header, lines, dialect)
 
 
 def parquet_bytes(table: pa.Table) -> bytes:

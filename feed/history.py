@@ -157,8 +157,8 @@ WITH s AS (
        AND ($6::integer IS NULL OR s.id = $6)
      ORDER BY s.id
      LIMIT $5)
-SELECT s.*, c.id AS channel_id, c.external_id AS channel_external_id, c.direction, c.direction_name, c.lane, c.vehicle_class,
-       c.time_step, fd.day AS first_day, ld.day AS last_day
+SELECT s.*, c.id AS channel_id, c.external_id AS channel_external_id, c.direction, c.direction_name, c.lane,
+       c.vehicle_class, c.time_step, fd.day AS first_day, ld.day AS last_day
   FROM s
   LEFT JOIN channels c ON c.site_id = s.id
   LEFT JOIN LATERAL (SELECT day FROM rollup_daily WHERE channel_id = c.id ORDER BY day LIMIT 1) fd ON true

@@ -578,7 +578,8 @@ async def test_directions_are_shown_with_the_names_their_source_gives(env: Env):
     assert {(c["direction"], c["direction_name"]) for c in site["channels"]} == {
         ("N", "vers Montpellier"), ("S", "vers Sète")}
     for direction, name in (("S", "vers Sète"), ("all", None)):
-        doc = await get_json(env.client, f"/api/v1/sites/{s1}/counts?from=2025-07-01&to=2025-07-02&direction={direction}")
+        path = f"/api/v1/sites/{s1}/counts?from=2025-07-01&to=2025-07-02&direction={direction}"
+        doc = await get_json(env.client, path)
         assert doc["direction_name"] == name
     other = await get_json(env.client, f"/api/v1/sites/{s2}")
     assert other["direction_names"] == {} and all(c["direction_name"] is None for c in other["channels"])

@@ -534,7 +534,8 @@ async def test_the_annual_table_sorts_filters_exports_and_opens_a_site(browser: 
         rows = browser.execute_script("return window.roadfeedPage.annual.doc.rows;")
         caption = text(browser, "#annual-caption")
         return dict(descending=descending, ascending=ascending, sort_down=sort_down, sort_up=sort_up,
-                    by_tmja=by_tmja, filtered=filtered, filtered_links=filtered_links, csv=csv_href, rows=rows, caption=caption,
+                    by_tmja=by_tmja, filtered=filtered, filtered_links=filtered_links, csv=csv_href, rows=rows,
+                    caption=caption,
                     errors=console_errors(browser))
 
     page = await in_browser(sort_and_filter)
