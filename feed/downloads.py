@@ -147,6 +147,13 @@ def _ts_utc(expr: str) -> str:
     return f"""to_char({expr} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"""
 
 
+def _times(name: str, expr: str, meaning: str, utc_name: str | None = None) -> tuple[Column, Column]:
+    """A time as two columns: local with its offset, then the same instant in UTC (one offset all year)."""
+    return (Column(name, _ts(expr), "timestamp", "ISO 8601 local time with offset", meaning),
+            Column(utc_name or f"{name}_utc", _ts_utc(expr), "timestamp_utc", "ISO 8601 UTC time (Z)",
+                   f"{name} in UTC"))
+
+
 _SITE_KEY = tuple(
     Column(name, sql, type_, None, meaning, text, keyed=True) for name, sql, type_, meaning, text in (
         ("site_id", "c.site_id", "int32", "the site's id in this service (stable; /api/v1/sites/{id})", False),
@@ -189,10 +196,7 @@ _DAY_SECONDS = "{day_seconds}"
 
 HOURLY_COLUMNS = (
     *_SITE_KEY,
-    Column("period_start", _ts("r.bucket"), "timestamp", "ISO 8601 local time with offset",
-           "start of the hour (the hour ends one hour later)"),
-    Column("period_utc", _ts_utc("r.bucket"), "timestamp_utc", "ISO 8601 UTC time (Z)",
-           "the same start of the hour in UTC: one offset all year (period_start's offset changes with DST)"),
+    *_times("period_start", "r.bucket", "start of the hour (the hour ends one hour later)", "period_utc"),
     *_measures("r.intervals_expected"),
 )
 DAILY_COLUMNS = (
@@ -207,7 +211,7 @@ def _state(key: str) -> str:
 
 
 def _state_ts(key: str) -> str:
-    return _ts(f"(v.state->>'{key}')::timestamptz")
+    return f"(v.state->>'{key}')::timestamptz"
 
 
 EVENT_COLUMNS = (
@@ -215,8 +219,8 @@ EVENT_COLUMNS = (
            "the same in every live feed and in /api/v1/events/{id}", True),
     Column("version", "v.version", "int32", None, "version number; one row per version"),
     Column("change", "v.change", "string", None, "what this version did: created, updated, ended or reopened"),
-    Column("recorded", _ts("v.recorded"), "timestamp", "ISO 8601 local time with offset",
-           "when this service recorded the version (the quality of the row: how fresh the source was)"),
+    *_times("recorded", "v.recorded",
+            "when this service recorded the version (the quality of the row: how fresh the source was)"),
     Column("source_id", _state("source_id"), "string", None, "the source that reported the event", True),
     Column("external_id", _state("external_id"), "string", None, "the event's id at its source", True),
     Column("type", _state("type"), "string", None, "roadworks, accident, closure, lane_management, congestion, "
@@ -225,13 +229,10 @@ EVENT_COLUMNS = (
            True),
     Column("status", _state("status"), "string", None, "planned, active or ended"),
     Column("severity", _state("severity"), "string", None, "unknown, low, medium, high or highest"),
-    Column("planned_start", _state_ts("planned_start"), "timestamp", "ISO 8601 local time with offset",
-           "planned start"),
-    Column("planned_end", _state_ts("planned_end"), "timestamp", "ISO 8601 local time with offset", "planned end"),
-    Column("actual_start", _state_ts("actual_start"), "timestamp", "ISO 8601 local time with offset",
-           "actual start, when known"),
-    Column("actual_end", _state_ts("actual_end"), "timestamp", "ISO 8601 local time with offset",
-           "actual end, when known"),
+    *_times("planned_start", _state_ts("planned_start"), "planned start"),
+    *_times("planned_end", _state_ts("planned_end"), "planned end"),
+    *_times("actual_start", _state_ts("actual_start"), "actual start, when known"),
+    *_times("actual_end", _state_ts("actual_end"), "actual end, when known"),
     Column("road", _state("road"), "string", None, "road, e.g. RD613", True),
     Column("direction", _state("direction"), "string", None, "both, positive, negative or a named direction", True),
     Column("lanes_affected", _state("lanes_affected"), "string", None, "lanes affected as the source says", True),
@@ -247,10 +248,8 @@ EVENT_COLUMNS = (
            "other location references (PR + abscissa, Alert-C, ...)", True),
     Column("source_version", _state("source_version"), "string", None, "the source's own version of the record",
            True),
-    Column("source_updated", _state_ts("source_updated"), "timestamp", "ISO 8601 local time with offset",
-           "when the source says it last changed the event"),
-    Column("first_seen", _state_ts("first_seen"), "timestamp", "ISO 8601 local time with offset",
-           "when this service first saw the event"),
+    *_times("source_updated", _state_ts("source_updated"), "when the source says it last changed the event"),
+    *_times("first_seen", _state_ts("first_seen"), "when this service first saw the event"),
 )
 
 SITE_COLUMNS = (
@@ -400,8 +399,8 @@ def dictionary(publication: Any, method: dict[str, Any]) -> dict[str, Any]:
         "formats": {
             "csv": "UTF-8, comma-separated, one header line, RFC 4180 quoting, LF line ends; an empty field is "
                    "a missing value; decimal point '.'; times ISO 8601 in local time with their UTC offset, "
-                   "and hourly rows also carry their start in UTC (period_utc, with a Z) for readers that "
-                   "want one offset all year. "
+                   "each followed by the same instant in UTC with a Z (period_utc, <name>_utc) for readers "
+                   "that want one offset all year. "
                    "Text cells that a spreadsheet would run as a formula (starting with = + - @, tab or carriage "
                    "return, and not a number) start with an apostrophe.",
             "parquet": f"Apache Parquet, {PARQUET_COMPRESSION} compression, typed columns (times as UTC instants "

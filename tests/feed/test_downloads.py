@@ -166,6 +166,31 @@ async def test_dictionary_gives_formulas_units_quality_and_direction_labels(env:
     assert "not a coverage" in days["meaning"] and "coverage of the year" not in days["meaning"]
 
 
+@pytest.mark.parametrize("name", ["hourly", "events"])
+async def test_every_time_is_followed_by_the_same_instant_in_utc(env: Env, name: str):
+    """Local times change offset with DST; each is followed by its UTC twin (Z), which pandas reads as UTC
+    instants without utc=True, in the CSV and as UTC timestamps in Parquet."""
+    table = downloads.TABLES[name]
+    pairs = [(a.name, b.name) for a, b in zip(table.columns, table.columns[1:])
+             if a.type == "timestamp" and b.type == "timestamp_utc"]
+    assert len(pairs) == sum(c.type == "timestamp" for c in table.columns) > 0
+    body = (await fetch(env.client, f"/api/v1/downloads/2025/{name}.csv"))[1]
+    rows = read_csv(body)
+    frame = pandas.read_csv(io.BytesIO(body), keep_default_na=False)
+    parquet = pq.read_table(io.BytesIO((await fetch(env.client, f"/api/v1/downloads/2025/{name}.parquet"))[1]))
+    assert any(r[local] for r in rows for local, _ in pairs)
+    for local, utc in pairs:
+        for r in rows:
+            assert (r[utc] == "") == (r[local] == "")
+            if r[local]:
+                assert r[utc].endswith("Z") and datetime.fromisoformat(r[utc]) == datetime.fromisoformat(r[local])
+        if any(r[utc] for r in rows):
+            parsed = pandas.to_datetime(frame[utc].replace("", None))
+            assert isinstance(parsed.dtype, pandas.DatetimeTZDtype) and str(parsed.dtype.tz) == "UTC"
+        assert parquet.schema.field(utc).type == pa.timestamp("ms", tz="UTC")
+        assert parquet.column(utc).to_pylist() == parquet.column(local).to_pylist()
+
+
 @pytest.mark.parametrize("name", ["hourly", "daily", "sites"])
 async def test_files_give_each_channels_direction_name_when_its_source_names_it(env: Env, name: str):
     rows = read_csv((await fetch(env.client, f"/api/v1/downloads/2025/{name}.csv"))[1])
