@@ -531,6 +531,7 @@ def _channel_converter(
             site_external_id=site_id,
             external_id=channel_id,
             direction=direction,
+            direction_name=values.get("provider_direction_name") or None,
             vehicle_class=classify_vehicles(types),
             mobility_type=mobility,
             time_step=step,
@@ -553,7 +554,7 @@ def parse_channels(
     mobility_type: the first listed type, lower-cased ("E-SCOOTER,PEDESTRIAN" →
     "e-scooter"; empty → "undefined"); vehicle_class from all listed types.
     direction: the compass `direction`, else `provider_direction_code`, else
-    `provider_direction_name`.
+    `provider_direction_name`; direction_name: `provider_direction_name`.
     """
     convert = _channel_converter(default_time_step, _zone(local_timezone))
     return CsvItems(data, source=source, kind="channel", convert=convert, columns=columns, encoding=encoding)

@@ -127,6 +127,7 @@ class CounterMapping(_Mapping):
     time: str  # start of the interval
     count: str
     direction: str | None = None
+    direction_name: str | None = None  # the direction's name, e.g. "vers Béziers"
     vehicle_class: str | None = None
     vehicle_class_map: dict[str, VehicleClass] = Field(default_factory=dict)  # source label → class
     speed: str | None = None  # km/h
@@ -544,6 +545,7 @@ class _Converter:
                     site_external_id=site_id,
                     external_id=channel_id,
                     direction=direction,
+                    direction_name=_field_text(rec, m.direction_name),
                     vehicle_class=vclass,
                     mobility_type=m.mobility_type,
                     time_step=length if 86400 % length == 0 else m.interval_seconds,

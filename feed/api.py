@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import re
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -347,8 +348,10 @@ def site_json(site: Site, tz: ZoneInfo) -> dict[str, Any]:
     return {
         "id": site.id, "external_id": site.external_id, "source": site.source, "name": site.name,
         "road": site.road, "pr": site.pr, "abscissa": site.abscissa, "insee": site.insee, "commune": site.commune,
-        "lon": site.lon, "lat": site.lat, "directions": site.directions, "vehicle_classes": site.vehicle_classes,
-        "channels": [{"id": c.id, "external_id": c.external_id, "direction": c.direction, "lane": c.lane,
+        "lon": site.lon, "lat": site.lat, "directions": site.directions, "direction_names": site.direction_names,
+        "vehicle_classes": site.vehicle_classes,
+        "channels": [{"id": c.id, "external_id": c.external_id, "direction": c.direction,
+                      "direction_name": c.direction_name, "lane": c.lane,
                       "vehicle_class": c.vehicle_class, "time_step": c.time_step} for c in site.channels],
         "first_data": iso(site.first_data, tz), "last_data": iso(site.last_data, tz),
     }
@@ -408,7 +411,8 @@ def _csv_cell(value: Any) -> str:
 # columns with numbers as numbers.
 DIALECTS = ("standard", "fr")
 FR_HEADERS = {
-    "period": "période", "count": "comptage", "coverage": "couverture", "estimated_share": "part_estimée",
+    "period": "période", "period_utc": "période_utc", "count": "comptage", "coverage": "couverture",
+    "estimated_share": "part_estimée",
     "speed": "vitesse_moyenne_kmh", "invalid": "intervalles_rejetés", "invalid_reasons": "motifs_de_rejet",
     "site_id": "id_site", "external_id": "id_externe", "name": "nom", "road": "route", "tmja": "TMJA",
     "tmjo": "TMJO", "heavy_share": "part_poids_lourds", "mean_speed": "vitesse_moyenne_kmh",
@@ -435,6 +439,31 @@ def csv_bytes(header: Sequence[str], rows: Sequence[Sequence[Any]], dialect: str
     lines = [",".join(header)]
     lines += [",".join(_csv_cell(v) for v in row) for row in rows]
     return ("\n".join(lines) + "\n").encode()
+
+
+def fold(text: str) -> str:
+    """The annual table's filter rule, the page's too: decomposed (NFD), combining accents
+    U+0300 to U+036F removed, lower-cased."""
+    return "".join(ch for ch in unicodedata.normalize("NFD", text) if not "\u0300" <= ch <= "\u036f").lower()
+
+
+def matches_filter(text: str, name: str | None, road: str | None, external_id: str) -> bool:
+    """A row matches when the folded text is in the folded `name road external_id` (a missing one is empty)."""
+    return fold(text) in fold(f"{name or ''} {road or ''} {external_id}")
+
+
+def utc_text(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def counts_csv(points: Sequence[history.Point], rows: Sequence[dict[str, Any]], step: Step, dialect: str) -> bytes:
+    """A series as CSV; at hour step each period also in UTC (`period_utc`), whose offset never changes."""
+    if step != "hour":
+        return csv_bytes(COUNT_FIELDS, [[r[k] for k in COUNT_FIELDS] for r in rows], dialect)
+    header = ("period", "period_utc", *COUNT_FIELDS[1:])
+    lines = [[r["period"], utc_text(p.period), *(r[k] for k in COUNT_FIELDS[1:])]  # type: ignore[arg-type]
+             for p, r in zip(points, rows, strict=True)]
+    return csv_bytes(header, lines, dialect)
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -630,15 +659,16 @@ class _Api:
         name = (f"site-{site.id}_{vehicle_class}_{'all-directions' if direction in (None, 'all') else direction}"
                 f"_{_stamp(start, self.tz)}_{_stamp(last, self.tz)}_{step}")
         if fmt == "csv":
-            return respond(request, csv_bytes(COUNT_FIELDS, [[r[k] for k in COUNT_FIELDS] for r in rows], dialect),
+            return respond(request, counts_csv(points, rows, step, dialect),
                            MEDIA_TYPES["csv"], filename=f"{name}{'_fr' if dialect == 'fr' else ''}.csv")
         if fmt == "parquet":
             return respond(request, parquet_bytes(self._points_table(points, rows, step)), MEDIA_TYPES["parquet"],
                            filename=f"{name}.parquet", compressible=False)
         return respond_json(request, self.document({
             "site": site_json(site, self.tz), "from": iso(start, self.tz), "to": iso(end, self.tz), "step": step,
-            "direction": None if direction in (None, "all") else direction, "vehicle_class": vehicle_class,
-            "points": rows,
+            "direction": None if direction in (None, "all") else direction,
+            "direction_name": None if direction in (None, "all") else site.direction_names.get(direction),
+            "vehicle_class": vehicle_class, "points": rows,
         }, **VALIDATION_METHOD))
 
     def _point(self, p: history.Point) -> dict[str, Any]:
@@ -679,13 +709,14 @@ class _Api:
             if not 0 <= threshold <= 1:
                 raise _bad("threshold", raw_threshold, "a number from 0 to 1, e.g. 0.95",
                            f"threshold {raw_threshold!r} is not a share from 0 to 1")
+        text = _one(q, "q")
         async with reading(self.ctx) as conn:
             table = await history.annual_table(conn, year, threshold, self.config.publication.timezone,
                                                  holidays=self.config.publication.holidays)
         rows = [{"site_id": r.site_id, "external_id": r.external_id, "name": r.name, "road": r.road,
                  "tmja": r.tmja, "tmjo": r.tmjo, "heavy_share": r.heavy_share, "mean_speed": r.mean_speed,
                  "days_valid": r.days_valid, "days_excluded": r.days_excluded, "mean_coverage": r.mean_coverage}
-                for r in table]
+                for r in table if text is None or matches_filter(text, r.name, r.road, r.external_id)]
         if fmt == "csv":
             return respond(request, csv_bytes(ANNUAL_FIELDS, [[r[k] for k in ANNUAL_FIELDS] for r in rows], dialect),
                            MEDIA_TYPES["csv"], filename=f"annual_{year}{'_fr' if dialect == 'fr' else ''}.csv")
@@ -694,7 +725,8 @@ class _Api:
             return respond(request, parquet_bytes(pa.table(columns)), MEDIA_TYPES["parquet"],
                            filename=f"annual_{year}.parquet", compressible=False)
         return respond_json(request, self.document(
-            {"year": year, "threshold": threshold, "rows": rows}, **self.annual_method(), coverage_threshold=threshold))
+            {"year": year, "threshold": threshold, "q": text, "rows": rows}, **self.annual_method(),
+            coverage_threshold=threshold))
 
     # events -----------------------------------------------------------------
 

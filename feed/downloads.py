@@ -104,7 +104,7 @@ def neutralise(text: str) -> str:
 class Column:
     name: str
     sql: str  # expression over the table's FROM clause
-    type: str  # int32, int64, float64, string, date, timestamp, geometry
+    type: str  # int32, int64, float64, string, date, timestamp (local zone), timestamp_utc, geometry
     unit: str | None
     meaning: str
     text: bool = False  # free text from sources: CSV cells are guarded against formula injection
@@ -116,7 +116,8 @@ class Column:
     def arrow_type(self, timezone: str) -> pa.DataType:
         return {
             "int32": pa.int32(), "int64": pa.int64(), "float64": pa.float64(), "string": pa.string(),
-            "date": pa.date32(), "timestamp": pa.timestamp("ms", tz=timezone), "geometry": pa.binary(),
+            "date": pa.date32(), "timestamp": pa.timestamp("ms", tz=timezone),
+            "timestamp_utc": pa.timestamp("ms", tz="UTC"), "geometry": pa.binary(),
         }[self.type]
 
 
@@ -141,13 +142,28 @@ def _ts(expr: str) -> str:
     return f"""to_char({expr}, 'YYYY-MM-DD"T"HH24:MI:SSTZH:TZM')"""
 
 
+def _ts_utc(expr: str) -> str:
+    # The same instant in UTC with a Z: one offset all year, so readers parse the column without a zone rule.
+    return f"""to_char({expr} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"""
+
+
+def _times(name: str, expr: str, meaning: str, utc_name: str | None = None) -> tuple[Column, Column]:
+    """A time as two columns: local with its offset, then the same instant in UTC (one offset all year)."""
+    return (Column(name, _ts(expr), "timestamp", "ISO 8601 local time with offset", meaning),
+            Column(utc_name or f"{name}_utc", _ts_utc(expr), "timestamp_utc", "ISO 8601 UTC time (Z)",
+                   f"{name} in UTC"))
+
+
 _SITE_KEY = tuple(
     Column(name, sql, type_, None, meaning, text, keyed=True) for name, sql, type_, meaning, text in (
         ("site_id", "c.site_id", "int32", "the site's id in this service (stable; /api/v1/sites/{id})", False),
         ("site_external_id", "s.external_id", "string", "the site's id at its source", True),
         ("road", "s.road", "string", "road the site is on, e.g. RD613", True),
         ("channel_id", "c.id", "int32", "the channel's id in this service (stable)", False),
-        ("direction", "c.direction", "string", "direction of travel as the source names it", True),
+        ("direction", "c.direction", "string", "direction of travel: the source's code, usually a compass "
+         "point (see directions)", True),
+        ("direction_name", "c.direction_name", "string", "the direction's name at the source (e.g. vers Béziers); "
+         "empty when the source gives none", True),
         ("lane", "c.lane", "int32", "lane number when the channel counts one lane", False),
         ("vehicle_class", "c.vehicle_class", "string", "all, light or heavy vehicles", False),
     )
@@ -180,8 +196,7 @@ _DAY_SECONDS = "{day_seconds}"
 
 HOURLY_COLUMNS = (
     *_SITE_KEY,
-    Column("period_start", _ts("r.bucket"), "timestamp", "ISO 8601 local time with offset",
-           "start of the hour (the hour ends one hour later)"),
+    *_times("period_start", "r.bucket", "start of the hour (the hour ends one hour later)", "period_utc"),
     *_measures("r.intervals_expected"),
 )
 DAILY_COLUMNS = (
@@ -196,7 +211,7 @@ def _state(key: str) -> str:
 
 
 def _state_ts(key: str) -> str:
-    return _ts(f"(v.state->>'{key}')::timestamptz")
+    return f"(v.state->>'{key}')::timestamptz"
 
 
 EVENT_COLUMNS = (
@@ -204,8 +219,8 @@ EVENT_COLUMNS = (
            "the same in every live feed and in /api/v1/events/{id}", True),
     Column("version", "v.version", "int32", None, "version number; one row per version"),
     Column("change", "v.change", "string", None, "what this version did: created, updated, ended or reopened"),
-    Column("recorded", _ts("v.recorded"), "timestamp", "ISO 8601 local time with offset",
-           "when this service recorded the version (the quality of the row: how fresh the source was)"),
+    *_times("recorded", "v.recorded",
+            "when this service recorded the version (the quality of the row: how fresh the source was)"),
     Column("source_id", _state("source_id"), "string", None, "the source that reported the event", True),
     Column("external_id", _state("external_id"), "string", None, "the event's id at its source", True),
     Column("type", _state("type"), "string", None, "roadworks, accident, closure, lane_management, congestion, "
@@ -214,13 +229,10 @@ EVENT_COLUMNS = (
            True),
     Column("status", _state("status"), "string", None, "planned, active or ended"),
     Column("severity", _state("severity"), "string", None, "unknown, low, medium, high or highest"),
-    Column("planned_start", _state_ts("planned_start"), "timestamp", "ISO 8601 local time with offset",
-           "planned start"),
-    Column("planned_end", _state_ts("planned_end"), "timestamp", "ISO 8601 local time with offset", "planned end"),
-    Column("actual_start", _state_ts("actual_start"), "timestamp", "ISO 8601 local time with offset",
-           "actual start, when known"),
-    Column("actual_end", _state_ts("actual_end"), "timestamp", "ISO 8601 local time with offset",
-           "actual end, when known"),
+    *_times("planned_start", _state_ts("planned_start"), "planned start"),
+    *_times("planned_end", _state_ts("planned_end"), "planned end"),
+    *_times("actual_start", _state_ts("actual_start"), "actual start, when known"),
+    *_times("actual_end", _state_ts("actual_end"), "actual end, when known"),
     Column("road", _state("road"), "string", None, "road, e.g. RD613", True),
     Column("direction", _state("direction"), "string", None, "both, positive, negative or a named direction", True),
     Column("lanes_affected", _state("lanes_affected"), "string", None, "lanes affected as the source says", True),
@@ -236,10 +248,8 @@ EVENT_COLUMNS = (
            "other location references (PR + abscissa, Alert-C, ...)", True),
     Column("source_version", _state("source_version"), "string", None, "the source's own version of the record",
            True),
-    Column("source_updated", _state_ts("source_updated"), "timestamp", "ISO 8601 local time with offset",
-           "when the source says it last changed the event"),
-    Column("first_seen", _state_ts("first_seen"), "timestamp", "ISO 8601 local time with offset",
-           "when this service first saw the event"),
+    *_times("source_updated", _state_ts("source_updated"), "when the source says it last changed the event"),
+    *_times("first_seen", _state_ts("first_seen"), "when this service first saw the event"),
 )
 
 SITE_COLUMNS = (
@@ -259,13 +269,18 @@ SITE_COLUMNS = (
            parquet_sql="ST_AsBinary(s.geom)", geometry_types=("Point",)),
     Column("channel_id", "c.id", "int32", None, "the channel's id (the key of hourly and daily rows)"),
     Column("channel_external_id", "c.external_id", "string", None, "the channel's id at its source", True),
-    Column("direction", "c.direction", "string", None, "direction of travel as the source names it", True),
+    Column("direction", "c.direction", "string", None, "direction of travel: the source's code, usually a compass "
+           "point (see directions)", True),
+    Column("direction_name", "c.direction_name", "string", None, "the direction's name at the source (e.g. vers "
+           "Béziers); empty when the source gives none", True),
     Column("lane", "c.lane", "int32", None, "lane number when the channel counts one lane"),
     Column("vehicle_class", "c.vehicle_class", "string", None, "all, light or heavy vehicles"),
     Column("mobility_type", "c.mobility_type", "string", None, "what is counted (car, bike, ...)", True),
     Column("time_step", "c.time_step", "int32", "s", "length of the channel's intervals"),
     Column("days_with_data", "d.days", "int32", "days",
-           "local days of the year with at least one stored interval (the channel's coverage of the year)"),
+           "number of local days of the year with at least one stored interval, however few: a count of days, "
+           "not a coverage (a day with one interval of 96 counts as one; the daily file's coverage says how "
+           "complete each day is)"),
 )
 
 
@@ -313,6 +328,63 @@ def parse_file_name(name: str) -> tuple[Table, Format] | None:
     return table, fmt  # type: ignore[return-value]
 
 
+# Every unit the columns use, with how to read it.
+UNITS = {
+    "vehicles": "number of vehicles that passed the counter",
+    "km/h": "kilometres per hour",
+    "ratio 0..1": "a share: 0 = none, 1 = all (multiply by 100 for a percentage)",
+    "intervals": "number of the channel's measurement intervals (of time_step seconds each)",
+    "days": "number of local days",
+    "s": "seconds",
+    "m": "metres",
+    "degrees (WGS 84)": "decimal degrees, WGS 84 (EPSG:4326)",
+    "ISO 8601 local time with offset": "e.g. 2025-07-01T08:00:00+02:00: local time of the publication's zone",
+    "ISO 8601 UTC time (Z)": "e.g. 2025-07-01T06:00:00Z: the same instant in UTC",
+    "ISO 8601 date": "e.g. 2025-07-01",
+    "JSON object": "a JSON object in the cell",
+    "CSV: GeoJSON; Parquet: WKB (GeoParquet 1.1); WGS 84 lon/lat": "a location",
+}
+
+# The quality a source gives each interval, and what the files make of it.
+QUALITY = {
+    "observed": "counted by the sensor: present",
+    "estimated": "filled in by the source (marked estimated): present, and counted in estimated_share",
+    "missing": "the source sent the interval without a count: not present (it lowers coverage)",
+    "invalid": "the source marked the count invalid: not present (it lowers coverage)",
+    "rejected": "an observed or estimated interval this service's validation rejected (see method.validation): "
+                "kept raw, not present, counted per reason in the counts API's `invalid`",
+}
+
+# Counters' `direction`: the compass direction of travel (the national counting model's convention).
+COMPASS_DIRECTIONS = {
+    "N": {"en": "northbound", "fr": "vers le nord"}, "NE": {"en": "north-eastbound", "fr": "vers le nord-est"},
+    "E": {"en": "eastbound", "fr": "vers l'est"}, "SE": {"en": "south-eastbound", "fr": "vers le sud-est"},
+    "S": {"en": "southbound", "fr": "vers le sud"}, "SW": {"en": "south-westbound", "fr": "vers le sud-ouest"},
+    "W": {"en": "westbound", "fr": "vers l'ouest"}, "NW": {"en": "north-westbound", "fr": "vers le nord-ouest"},
+}
+# Events' `direction`.
+EVENT_DIRECTIONS = {
+    "both": {"en": "both directions", "fr": "les deux sens"},
+    "positive": {"en": "direction of increasing PR", "fr": "sens des PR croissants"},
+    "negative": {"en": "direction of decreasing PR", "fr": "sens des PR décroissants"},
+}
+
+FORMULAS = {
+    "coverage": "intervals_present / intervals_expected",
+    "estimated_share": "intervals_estimated / intervals_present (empty when intervals_present = 0)",
+    "speed": "sum(speed_i * count_i) / sum(count_i) over the intervals i with a speed, rounded to 0.1 km/h",
+    "site_total(d)": "sum of count over the site's all-vehicle channels on day d (both directions), or over its "
+                     "light + heavy channels when it has no all-vehicle channel",
+    "valid day": "a local day whose coverage, over every channel the site is expected to have that day, "
+                 ">= the coverage threshold",
+    "TMJA": "sum of site_total(d) over the valid days d of the year / number of valid days (vehicles/day)",
+    "TMJO": "sum of site_total(d) over the valid days d Monday to Friday that are not public holidays / number "
+            "of those days (vehicles/day)",
+    "heavy_share": "sum of heavy counts / sum of all-vehicle counts, over the valid days where heavy vehicles "
+                   "are counted (ratio 0..1; x 100 for % PL)",
+}
+
+
 def dictionary(publication: Any, method: dict[str, Any]) -> dict[str, Any]:
     """Field, type, unit and meaning of every column of every file."""
     return {
@@ -326,12 +398,24 @@ def dictionary(publication: Any, method: dict[str, Any]) -> dict[str, Any]:
         "method": method,
         "formats": {
             "csv": "UTF-8, comma-separated, one header line, RFC 4180 quoting, LF line ends; an empty field is "
-                   "a missing value; decimal point '.'; times ISO 8601 in local time with their UTC offset. "
+                   "a missing value; decimal point '.'; times ISO 8601 in local time with their UTC offset, "
+                   "each followed by the same instant in UTC with a Z (period_utc, <name>_utc) for readers "
+                   "that want one offset all year. "
                    "Text cells that a spreadsheet would run as a formula (starting with = + - @, tab or carriage "
                    "return, and not a number) start with an apostrophe.",
             "parquet": f"Apache Parquet, {PARQUET_COMPRESSION} compression, typed columns (times as UTC instants "
                        f"with the zone {publication.timezone!r}); same rows and values as the CSV, without "
                        "apostrophes.",
+        },
+        "formulas": FORMULAS,
+        "units": UNITS,
+        "quality": QUALITY,
+        "directions": {
+            "counts": {"meaning": "hourly, daily and sites files: the channel's compass direction of travel; a "
+                                  "source that names its directions otherwise gives its own code",
+                       "codes": COMPASS_DIRECTIONS},
+            "events": {"meaning": "events file: the direction the event affects, or a name the source gives",
+                       "codes": EVENT_DIRECTIONS},
         },
         "files": [
             {"name": t.name, "files": t.file_names(), "row": t.row, "order": t.order, "notes": t.extra,

@@ -97,6 +97,7 @@ class Channel:
     id: int
     external_id: str
     direction: str | None
+    direction_name: str | None  # as the source names it, e.g. "vers Béziers"
     lane: int | None
     vehicle_class: str
     time_step: int
@@ -124,6 +125,15 @@ class Site:
         return sorted({c.direction for c in self.channels if c.direction is not None})
 
     @property
+    def direction_names(self) -> dict[str, str]:
+        """Each direction the source names: code -> name (the first channel's name when channels differ)."""
+        names: dict[str, str] = {}
+        for c in self.channels:
+            if c.direction is not None and c.direction_name:
+                names.setdefault(c.direction, c.direction_name)
+        return dict(sorted(names.items()))
+
+    @property
     def vehicle_classes(self) -> list[str]:
         order = {"all": 0, "light": 1, "heavy": 2}
         return sorted({c.vehicle_class for c in self.channels}, key=lambda v: order.get(v, 3))
@@ -147,8 +157,8 @@ WITH s AS (
        AND ($6::integer IS NULL OR s.id = $6)
      ORDER BY s.id
      LIMIT $5)
-SELECT s.*, c.id AS channel_id, c.external_id AS channel_external_id, c.direction, c.lane, c.vehicle_class,
-       c.time_step, fd.day AS first_day, ld.day AS last_day
+SELECT s.*, c.id AS channel_id, c.external_id AS channel_external_id, c.direction, c.direction_name, c.lane,
+       c.vehicle_class, c.time_step, fd.day AS first_day, ld.day AS last_day
   FROM s
   LEFT JOIN channels c ON c.site_id = s.id
   LEFT JOIN LATERAL (SELECT day FROM rollup_daily WHERE channel_id = c.id ORDER BY day LIMIT 1) fd ON true
@@ -209,8 +219,8 @@ async def _build_sites(conn: Conn, rows: Sequence[asyncpg.Record], tz: ZoneInfo)
         result.append(Site(
             r["id"], r["external_id"], r["source_id"], r["name"], r["road"], r["pr"], r["abscissa"], r["insee"],
             r["commune"], r["lon"], r["lat"],
-            tuple(Channel(c["channel_id"], c["channel_external_id"], c["direction"], c["lane"], c["vehicle_class"],
-                          c["time_step"]) for c in chans if c["channel_id"] is not None),
+            tuple(Channel(c["channel_id"], c["channel_external_id"], c["direction"], c["direction_name"], c["lane"],
+                          c["vehicle_class"], c["time_step"]) for c in chans if c["channel_id"] is not None),
             min(firsts) if firsts else None, max(lasts) if lasts else None,
         ))
     return result

@@ -167,6 +167,7 @@ class ChannelRecord(_Record):
     site_external_id: str = Field(min_length=1, max_length=MAX_ID)
     external_id: str = Field(min_length=1, max_length=MAX_ID)
     direction: Short | None = None
+    direction_name: Short | None = None  # as the source names it, e.g. "vers Béziers"
     lane: Int4 | None = None
     vehicle_class: VehicleClass = "all"
     mobility_type: Short = "car"

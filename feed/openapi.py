@@ -80,11 +80,16 @@ SITE_PROPERTIES: dict[str, Any] = {
     "insee": _nullable("string"), "commune": _nullable("string"),
     "lon": _nullable("number"), "lat": _nullable("number"),
     "directions": {"type": "array", "items": {"type": "string"}},
+    "direction_names": {"type": "object", "additionalProperties": {"type": "string"},
+                        "description": "direction code -> its name at the source (e.g. \"vers Béziers\"), for the "
+                                       "directions the source names"},
     "vehicle_classes": {"type": "array", "items": {"enum": ["all", "light", "heavy"]}},
     "channels": {"type": "array", "items": _ref("Channel")},
     "first_data": {**NTIME, "description": "start of the first stored interval (local time)"},
     "last_data": {**NTIME, "description": "end of the last stored interval (local time)"},
 }
+
+TEXTS = {"type": "object", "additionalProperties": {"type": "string"}}  # name -> explanation
 
 SCHEMAS: dict[str, Any] = {
     "Licence": _object({"name": {"type": "string"}, "url": {"type": "string", "format": "uri"}}),
@@ -105,6 +110,7 @@ SCHEMAS: dict[str, Any] = {
     ),
     "Channel": _object({
         "id": {"type": "integer"}, "external_id": {"type": "string"}, "direction": _nullable("string"),
+        "direction_name": _nullable("string", description="the direction's name at the source, e.g. vers Béziers"),
         "lane": _nullable("integer"), "vehicle_class": {"enum": ["all", "light", "heavy"]},
         "time_step": {"type": "integer", "description": "seconds"},
     }),
@@ -179,10 +185,13 @@ SCHEMAS.update({
     "SiteDocument": _document_schema(SITE_PROPERTIES),
     "Counts": _document_schema({
         "site": _ref("Site"), "from": TIME, "to": TIME, "step": {"enum": list(STEPS)},
-        "direction": _nullable("string"), "vehicle_class": {"enum": ["all", "light", "heavy"]},
+        "direction": _nullable("string"),
+        "direction_name": _nullable("string", description="the asked direction's name at the source, if named"),
+        "vehicle_class": {"enum": ["all", "light", "heavy"]},
         "points": {"type": "array", "items": _ref("Point")},
     }),
     "Annual": _document_schema({"year": {"type": "integer"}, "threshold": {"type": "number"},
+                                "q": _nullable("string", description="the filter applied (q), null when none"),
                                 "rows": {"type": "array", "items": _ref("AnnualRow")}}),
     "Event": {"allOf": [_ref("EventState")], "type": "object", "required": ["versions"],
               "properties": {"versions": {"type": "array", "items": _ref("EventVersion")}}},
@@ -206,6 +215,10 @@ SCHEMAS.update({
         "title": {"type": "string"}, "publisher": {"type": "string"}, "licence_url": {"type": "string"},
         "timezone": {"type": "string"}, "aggregation_version": {"type": "string"},
         "format_version": {"type": "string"}, "formats": {"type": "object"},
+        "formulas": TEXTS, "units": TEXTS, "quality": TEXTS,
+        "directions": _object({kind: _object({"meaning": {"type": "string"}, "codes": {
+            "type": "object", "additionalProperties": _object({"en": {"type": "string"}, "fr": {"type": "string"}})}})
+            for kind in ("counts", "events")}),
         "files": {"type": "array", "items": _object({
             "name": {"type": "string"}, "files": {"type": "array", "items": {"type": "string"}},
             "row": {"type": "string"}, "order": {"type": "string"}, "notes": {"type": "string"},
@@ -311,7 +324,9 @@ def paths() -> dict[str, Any]:
                 FORMAT, DIALECT,
             ],
             "responses": {"200": _table_content("Counts", "the series; CSV header: period,count,coverage,"
-                                                          "estimated_share,speed,invalid,invalid_reasons"),
+                                                          "estimated_share,speed,invalid,invalid_reasons; at "
+                                                          "step=hour period_utc (the start in UTC, with a Z) "
+                                                          "follows period"),
                           **NOT_MODIFIED, **NOT_FOUND, **ERRORS},
         }},
         f"{API}/annual": {"get": {
@@ -322,6 +337,11 @@ def paths() -> dict[str, Any]:
                        required=True, example=2025),
                 _param("threshold", "query", "coverage a day needs to count (default [publication] "
                        "coverage_threshold)", {"type": "number", "minimum": 0, "maximum": 1}, blank=True),
+                _param("q", "query", "only the sites whose `name road external_id` (a missing one is empty) "
+                       "contains this text, both compared decomposed (NFD) without the combining accents U+0300 "
+                       "to U+036F and lower-cased, after surrounding white space is removed; the table filter of "
+                       "the web page. Every format holds the same rows. Text without NUL", TEXT, blank=True,
+                       example="rd613"),
                 FORMAT, DIALECT,
             ],
             "responses": {"200": _table_content("Annual", "one row per site"), **NOT_MODIFIED, **ERRORS},

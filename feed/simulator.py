@@ -1974,6 +1974,7 @@ def simulator_sources(base_url: str, *, interval: int = 60, datex2: bool = False
                     "time": "date_heure",
                     "count": "debit",
                     "direction": "sens",
+                    "direction_name": "libelle_sens",
                     "vehicle_class": "categorie",
                     "vehicle_class_map": {"VL": "light", "PL": "heavy"},
                     "speed": "vitesse_moyenne",

@@ -472,29 +472,34 @@ class Storage:
         if missing:
             raise KeyError(f"source {source_id}: channels refer to unknown sites {missing[:5]}")
         rows = [
-            (site_ids[c.site_external_id], c.external_id, c.direction, c.lane, c.vehicle_class,
+            (site_ids[c.site_external_id], c.external_id, c.direction, c.direction_name, c.lane, c.vehicle_class,
              c.mobility_type, c.time_step)
             for c in chans
         ]
         result = await self.pool.fetchrow(
             f"""WITH input AS (
-                   SELECT * FROM unnest($2::int[], $3::text[], $4::text[], $5::int[], $6::text[],
-                                        $7::text[], $8::int[])
-                          AS i(site_id, external_id, direction, lane, vehicle_class, mobility_type, time_step)),
+                   SELECT * FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[],
+                                        $8::text[], $9::int[])
+                          AS i(site_id, external_id, direction, direction_name, lane, vehicle_class, mobility_type,
+                               time_step)),
                changed AS (
                    UPDATE channels AS c
-                      SET site_id = i.site_id, direction = i.direction, lane = i.lane,
+                      SET site_id = i.site_id, direction = i.direction, direction_name = i.direction_name,
+                          lane = i.lane,
                           vehicle_class = i.vehicle_class, mobility_type = i.mobility_type, time_step = i.time_step
                      FROM input i
                     WHERE c.source_id = $1 AND c.external_id = i.external_id
-                      AND (c.site_id, c.direction, c.lane, c.vehicle_class, c.mobility_type, c.time_step)
-                          IS DISTINCT FROM (i.site_id, i.direction, i.lane, i.vehicle_class, i.mobility_type,
-                                            i.time_step)
+                      AND (c.site_id, c.direction, c.direction_name, c.lane, c.vehicle_class, c.mobility_type,
+                           c.time_step)
+                          IS DISTINCT FROM (i.site_id, i.direction, i.direction_name, i.lane, i.vehicle_class,
+                                            i.mobility_type, i.time_step)
                    RETURNING 1),
                added AS ({_INSERT_NEW.format(
                    table="channels",
-                   columns="source_id, site_id, external_id, direction, lane, vehicle_class, mobility_type, time_step",
-                   values="$1, site_id, external_id, direction, lane, vehicle_class, mobility_type, time_step")})
+                   columns="source_id, site_id, external_id, direction, direction_name, lane, vehicle_class, "
+                           "mobility_type, time_step",
+                   values="$1, site_id, external_id, direction, direction_name, lane, vehicle_class, mobility_type, "
+                          "time_step")})
                SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM changed)""",
             source_id, *map(list, zip(*rows)),
         )

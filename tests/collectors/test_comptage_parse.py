@@ -77,6 +77,7 @@ def test_official_channel_example():
         site_external_id="C01-Baix",
         external_id="C-C-01-Baix",
         direction="SW",  # the compass direction wins over provider_direction_code "IN"
+        direction_name="De Gare du Nord vers Gare de l'Est",  # provider_direction_name
         vehicle_class="all",
         mobility_type="e-scooter",
         time_step=900,

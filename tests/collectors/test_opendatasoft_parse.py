@@ -164,6 +164,7 @@ def test_channel_ids_from_direction_and_vehicle_class():
         ],
     }
     page = parse_records_page(json.dumps(body).encode(), mapping)
+    assert all(c.direction_name is None for c in page.channels)  # no direction_name field mapped
     assert [(c.external_id, c.direction, c.vehicle_class, c.time_step) for c in page.channels] == [
         ("MMT34.H1:1:PL", "1", "heavy", 900),
         ("MMT34.H1:1:VL", "1", "light", 900),

@@ -13,8 +13,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
+import pandas
 import pyarrow.parquet as pq
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -121,7 +123,8 @@ async def seed(storage: Storage) -> Seeded:
     await storage.upsert_sites("cnt", sites)
     await storage.upsert_channels("cnt", [
         *[ChannelRecord(site_external_id="S1", external_id=f"S1-{d}-{c}", direction=d, vehicle_class=c,
-                        time_step=3600) for d in ("N", "S") for c in ("light", "heavy")],
+                        direction_name={"N": "vers Montpellier", "S": "vers Sète"}[d], time_step=3600)
+          for d in ("N", "S") for c in ("light", "heavy")],
         *[ChannelRecord(site_external_id="S2", external_id=f"S2-{d}", direction=d, time_step=900)
           for d in ("N", "S")],
     ])
@@ -419,9 +422,13 @@ async def test_json_csv_and_parquet_hold_the_same_numbers(env: Env):
         assert disposition.startswith("attachment; filename=") and f"site-{sid}" in disposition
         assert step in disposition and a[:10] in disposition
         text = await response.text()
-        assert text.splitlines()[0] == "period,count,coverage,estimated_share,speed,invalid,invalid_reasons"
+        utc = ",period_utc" if step == "hour" else ""
+        assert text.splitlines()[0] == f"period{utc},count,coverage,estimated_share,speed,invalid,invalid_reasons"
         rows = list(csv.DictReader(io.StringIO(text)))
         assert [r["period"] for r in rows] == [p["period"] for p in points]
+        if step == "hour":
+            assert [datetime.fromisoformat(r["period_utc"]) for r in rows] == [
+                datetime.fromisoformat(r["period"]) for r in rows]
         for r, p in zip(rows, points, strict=True):
             assert (int(r["count"]) if r["count"] else None) == p["count"]
             assert float(r["coverage"]) == p["coverage"]
@@ -440,6 +447,24 @@ async def test_json_csv_and_parquet_hold_the_same_numbers(env: Env):
             assert [t.astimezone(PARIS).isoformat() for t in periods] == [p["period"] for p in points]
         else:
             assert [d.isoformat() for d in periods] == [p["period"] for p in points]
+
+
+@pytest.mark.parametrize(("a", "b"), [("2025-03-29", "2025-04-01"), ("2025-10-25", "2025-10-28")])
+async def test_hourly_csv_has_a_utc_column_that_parses_across_dst_changes(env: Env, a: str, b: str):
+    """Local periods carry two offsets around a DST change; period_utc has one (Z), so pandas reads it
+    as instants without utc=True, and each is the local period's instant, in French files too."""
+    sid = env.seeded.site_ids["S1"]
+    base = f"/api/v1/sites/{sid}/counts?from={a}&to={b}&step=hour&format=csv"
+    frame = pandas.read_csv(io.BytesIO(await (await env.client.get(base)).read()))
+    assert {p[-6:] for p in frame["period"]} == {"+01:00", "+02:00"}
+    utc = pandas.to_datetime(frame["period_utc"])
+    assert isinstance(utc.dtype, pandas.DatetimeTZDtype) and str(utc.dtype.tz) == "UTC"
+    assert utc.is_monotonic_increasing and utc.is_unique
+    assert list(utc) == [pandas.Timestamp(datetime.fromisoformat(p)) for p in frame["period"]]
+    assert (utc.diff().dropna() == pandas.Timedelta(hours=1)).all()
+    body = await (await env.client.get(base + "&dialect=fr")).read()
+    rows = list(csv.reader(io.StringIO(body.decode("utf-8-sig")), delimiter=";"))
+    assert rows[0][:2] == ["période", "période_utc"] and [r[1] for r in rows[1:]] == list(frame["period_utc"])
 
 
 @pytest.mark.parametrize(("query", "parameter"), [
@@ -544,6 +569,22 @@ async def test_random_series_equal_a_recomputation_from_raw_rows(env: Env, data,
         assert_points(doc["points"], want)
 
 
+async def test_directions_are_shown_with_the_names_their_source_gives(env: Env):
+    """A named direction comes with its name on the site, each channel and a series of that direction;
+    an unnamed one (S2) has none, never a made-up one."""
+    s1, s2 = env.seeded.site_ids["S1"], env.seeded.site_ids["S2"]
+    site = await get_json(env.client, f"/api/v1/sites/{s1}")
+    assert site["direction_names"] == {"N": "vers Montpellier", "S": "vers Sète"}
+    assert {(c["direction"], c["direction_name"]) for c in site["channels"]} == {
+        ("N", "vers Montpellier"), ("S", "vers Sète")}
+    for direction, name in (("S", "vers Sète"), ("all", None)):
+        path = f"/api/v1/sites/{s1}/counts?from=2025-07-01&to=2025-07-02&direction={direction}"
+        doc = await get_json(env.client, path)
+        assert doc["direction_name"] == name
+    other = await get_json(env.client, f"/api/v1/sites/{s2}")
+    assert other["direction_names"] == {} and all(c["direction_name"] is None for c in other["channels"])
+
+
 # --------------------------------------------------------------------------- annual
 
 
@@ -586,6 +627,32 @@ async def test_annual_formats_and_refusals(env: Env):
     for query, parameter in (("", "year"), ("year=abc", "year"), ("year=2025&threshold=1.5", "threshold"),
                              ("year=2025&threshold=nan", "threshold"), ("year=2025&format=xml", "format")):
         assert_bad(await get_json(env.client, f"/api/v1/annual?{query}", 400), parameter)
+
+
+@pytest.mark.parametrize(("q", "expected"), [
+    ("rd613", {"S1"}), ("  SAINT-GELY ", {"S2"}), ("gély", {"S2"}), ("RD 986", {"S2"}), ("x1", {"X10", "X11"}),
+    ("site 1", {"X10", "X11"}), ("montbazin rd613 s1", {"S1"}), ("montbazin s1", set()), ("none", set()), ("", None),
+])
+async def test_annual_filter_q_gives_the_same_rows_in_every_format(env: Env, q: str, expected: set[str] | None):
+    """q is the page's table filter: accents and case ignored over `name road external_id`; JSON, CSV (both
+    dialects) and Parquet hold exactly the rows the unfiltered table has that match, in its order."""
+    whole = (await get_json(env.client, "/api/v1/annual?year=2025"))["rows"]
+    query = f"/api/v1/annual?{urlencode({'year': 2025, 'q': q})}"
+    doc = await get_json(env.client, query)
+    want = [r for r in whole if expected is None or r["external_id"] in expected]
+    assert doc["rows"] == want and doc["q"] == (q.strip() or None)
+    assert [r for r in whole if api.matches_filter(q.strip(), r["name"], r["road"], r["external_id"])] == want
+    rows = list(csv.DictReader(io.StringIO(await (await env.client.get(query + "&format=csv")).text())))
+    assert [int(r["site_id"]) for r in rows] == [r["site_id"] for r in want]
+    body = await (await env.client.get(query + "&format=csv&dialect=fr")).read()
+    assert len(list(csv.reader(io.StringIO(body.decode("utf-8-sig")), delimiter=";"))) == len(want) + 1
+    table = pq.read_table(io.BytesIO(await (await env.client.get(query + "&format=parquet")).read()))
+    assert table.to_pylist() == want
+
+
+async def test_annual_filter_refusals(env: Env):
+    for query in ("year=2025&q=a%00b", "year=2025&q=a&q=b"):
+        assert_bad(await get_json(env.client, f"/api/v1/annual?{query}", 400), "q")
 
 
 # --------------------------------------------------------------------------- events

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import typing
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from feed import api, downloads
 from feed.config import Config, SourceConfig
 from feed.feeds import FeedPublisher
 from feed.http import build_app
-from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
+from feed.model import ChannelRecord, EventRecord, Geometry, Quality, SiteRecord
 from feed.storage import Storage
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -61,7 +62,8 @@ async def seed(storage: Storage) -> tuple[list[tuple], dict[str, int]]:
         SiteRecord(external_id="S3", name='Quote "and", comma', road="+RD 5", lon=3.8, lat=43.6),
     ])
     await storage.upsert_channels("cnt", [
-        ChannelRecord(site_external_id="S1", external_id="S1-N", direction="N", vehicle_class="light", time_step=3600),
+        ChannelRecord(site_external_id="S1", external_id="S1-N", direction="N", direction_name="vers Béziers",
+                      vehicle_class="light", time_step=3600),
         ChannelRecord(site_external_id="S1", external_id="S1-S", direction="S", vehicle_class="heavy", time_step=3600),
         ChannelRecord(site_external_id='=HYPERLINK("http://x")', external_id="E-1", direction="=1+1",
                       time_step=900),
@@ -141,6 +143,63 @@ async def test_dictionary_describes_every_column_of_every_file(env: Env):
     assert same == doc
 
 
+async def test_dictionary_gives_formulas_units_quality_and_direction_labels(env: Env):
+    """Every unit a column uses is explained; every quality a stored interval can have and every direction a
+    file holds has a meaning (directions in English and French); the annual figures have formulas."""
+    doc = json.loads((await fetch(env.client, "/api/v1/downloads/dictionary.json"))[1])
+    used = {c["unit"] for f in doc["files"] for c in f["columns"] if c["unit"]}
+    assert used <= set(doc["units"]) and all(doc["units"].values())
+    assert set(typing.get_args(Quality)) <= set(doc["quality"])
+    for name in ("TMJA", "TMJO", "heavy_share", "coverage", "site_total(d)", "valid day"):
+        assert doc["formulas"][name]
+    assert "/ number of valid days" in doc["formulas"]["TMJA"] and "holidays" in doc["formulas"]["TMJO"]
+    compass = doc["directions"]["counts"]["codes"]
+    events = doc["directions"]["events"]["codes"]
+    assert all(label["en"] and label["fr"].startswith(("vers", "les", "sens"))
+               for label in [*compass.values(), *events.values()])
+    assert set(compass) == {"N", "NE", "E", "SE", "S", "SW", "W", "NW"} and set(events) == {"both", "positive",
+                                                                                           "negative"}
+    stored = {r["direction"] for r in read_csv((await fetch(env.client, "/api/v1/downloads/2025/sites.csv"))[1])}
+    assert {"N", "S"} <= stored  # the compass codes the files hold have their labels
+    sites = next(f for f in doc["files"] if f["name"] == "sites")
+    days = next(c for c in sites["columns"] if c["field"] == "days_with_data")
+    assert "not a coverage" in days["meaning"] and "coverage of the year" not in days["meaning"]
+
+
+@pytest.mark.parametrize("name", ["hourly", "events"])
+async def test_every_time_is_followed_by_the_same_instant_in_utc(env: Env, name: str):
+    """Local times change offset with DST; each is followed by its UTC twin (Z), which pandas reads as UTC
+    instants without utc=True, in the CSV and as UTC timestamps in Parquet."""
+    table = downloads.TABLES[name]
+    pairs = [(a.name, b.name) for a, b in zip(table.columns, table.columns[1:])
+             if a.type == "timestamp" and b.type == "timestamp_utc"]
+    assert len(pairs) == sum(c.type == "timestamp" for c in table.columns) > 0
+    body = (await fetch(env.client, f"/api/v1/downloads/2025/{name}.csv"))[1]
+    rows = read_csv(body)
+    frame = pandas.read_csv(io.BytesIO(body), keep_default_na=False)
+    parquet = pq.read_table(io.BytesIO((await fetch(env.client, f"/api/v1/downloads/2025/{name}.parquet"))[1]))
+    assert any(r[local] for r in rows for local, _ in pairs)
+    for local, utc in pairs:
+        for r in rows:
+            assert (r[utc] == "") == (r[local] == "")
+            if r[local]:
+                assert r[utc].endswith("Z") and datetime.fromisoformat(r[utc]) == datetime.fromisoformat(r[local])
+        if any(r[utc] for r in rows):
+            parsed = pandas.to_datetime(frame[utc].replace("", None))
+            assert isinstance(parsed.dtype, pandas.DatetimeTZDtype) and str(parsed.dtype.tz) == "UTC"
+        assert parquet.schema.field(utc).type == pa.timestamp("ms", tz="UTC")
+        assert parquet.column(utc).to_pylist() == parquet.column(local).to_pylist()
+
+
+@pytest.mark.parametrize("name", ["hourly", "daily", "sites"])
+async def test_files_give_each_channels_direction_name_when_its_source_names_it(env: Env, name: str):
+    rows = read_csv((await fetch(env.client, f"/api/v1/downloads/2025/{name}.csv"))[1])
+    names = {(r["direction"], r["direction_name"]) for r in rows if r["channel_id"]}
+    assert ("N", "vers Béziers") in names and ("S", "") in names
+    table = pq.read_table(io.BytesIO((await fetch(env.client, f"/api/v1/downloads/2025/{name}.parquet"))[1]))
+    assert table.column("direction_name").to_pylist() == [r["direction_name"] or None for r in rows]
+
+
 def recompute_daily(rows: list[tuple]) -> dict[tuple[int, str], tuple[int, int]]:
     """(channel, local day) -> (count, present intervals) from the raw rows."""
     out: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
@@ -185,8 +244,11 @@ async def test_hourly_parquet_reads_back_with_the_csv_rows(env: Env):
     assert table.schema.field("count").type == pa.int64() and table.schema.field("coverage").type == pa.float64()
     metadata = pq.read_metadata(io.BytesIO(body)).metadata
     assert metadata[b"licence"] == CONFIG.publication.licence.encode()
+    assert table.schema.field("period_utc").type == pa.timestamp("ms", tz="UTC")
     for r, p in zip(rows, table.to_pylist(), strict=True):
         assert p["period_start"].astimezone(PARIS).isoformat() == r["period_start"]
+        assert p["period_utc"] == p["period_start"] and r["period_utc"].endswith("Z")
+        assert datetime.fromisoformat(r["period_utc"]) == datetime.fromisoformat(r["period_start"])
         assert p["count"] == int(r["count"]) and p["coverage"] == float(r["coverage"])
         assert p["speed"] == float(r["speed"]) and p["intervals_expected"] == int(r["intervals_expected"])
         assert p["site_external_id"] == r["site_external_id"].removeprefix("'")
@@ -332,5 +394,9 @@ async def test_csv_decimal_columns_are_typed_as_decimals_by_readers_that_guess(e
     rows = read_csv(body)
     for column in floats:
         assert all("." in r[column] for r in rows if r[column] != ""), column
+    if name == "hourly.csv":  # one offset all year: instants without utc=True
+        dtype = pandas.to_datetime(frame["period_utc"]).dtype
+        assert isinstance(dtype, pandas.DatetimeTZDtype) and str(dtype.tz) == "UTC"
+        assert types["period_utc"] == "TIMESTAMP WITH TIME ZONE"
     if name == "hourly.csv":  # whole ratios are there, written as decimals
         assert {"1.0", "0.0"} <= {r["estimated_share"] for r in rows} | {r["coverage"] for r in rows}

@@ -305,6 +305,22 @@ async def test_watermark_paging_reads_every_record_exactly_once(served: tuple[Te
         truth(MONDAY + timedelta(hours=5), MONDAY + timedelta(hours=6)))
 
 
+async def test_channels_carry_the_direction_names_the_dataset_gives(served: tuple[TestClient, SimClock]) -> None:
+    """The simulator's `libelle_sens` ("vers Sète") reaches every channel as its direction_name, for each code."""
+    client, clock = served
+    clock.advance(timedelta(hours=1))
+    url = records_url(base_url(client), COUNTERS_DATASET, time_field="date_heure", watermark=None,
+                      seen_at_watermark=0, order_by_id=COUNTERS["order_by_id"])
+    status, body = await get(client, url)
+    assert status == 200, body
+    page = parse_records_page(body, mapping_from_options(COUNTERS))
+    labels = {(s.id, d.code): d.label for s in SIM.sites for d in s.directions}
+    assert page.channels and not page.quarantined
+    for channel in page.channels:
+        assert channel.direction_name == labels[(channel.site_external_id, channel.direction)]
+        assert channel.direction_name.startswith("vers ")
+
+
 async def test_where_and_order_by(served: tuple[TestClient, SimClock]) -> None:
     client, clock = served
     clock.advance(timedelta(hours=4))

@@ -18,6 +18,7 @@ import asyncio
 import csv
 import io
 import json
+import re
 import os
 import shutil
 import tempfile
@@ -135,7 +136,8 @@ async def seed(storage: Storage) -> Seeded:
     ])
     await storage.upsert_channels("cd34", [
         *(ChannelRecord(site_external_id="MTB", external_id=f"MTB-{d}-{c}", direction=d, vehicle_class=c,
-                        time_step=3600) for d in ("N", "S") for c in ("light", "heavy")),
+                        direction_name={"N": "vers Montpellier", "S": "vers Sète"}[d], time_step=3600)
+          for d in ("N", "S") for c in ("light", "heavy")),
         *(ChannelRecord(site_external_id="SML", external_id=f"SML-{d}-{c}", direction=d, vehicle_class=c,
                         time_step=3600) for d in ("E", "O") for c in ("light", "heavy")),
         ChannelRecord(site_external_id="BEZ", external_id="BEZ-N-all", direction="N", vehicle_class="all",
@@ -450,11 +452,15 @@ async def test_clicking_a_site_draws_its_chart_and_the_downloads_return_its_rows
             "parquet": browser.find_element(By.ID, "download-parquet").get_attribute("href"),
             "points": browser.execute_script("return window.roadfeedPage.counts.doc.points;"),
             "table_rows": count(browser, "#counts-table tbody tr"),
+            "directions": browser.execute_script(
+                "return [...document.querySelectorAll('#f-direction option')].map(o => [o.value, o.textContent]);"),
             "errors": console_errors(browser),
         }
 
     second = await in_browser(narrow)
     assert second["errors"] == []
+    # Directions as the source names them, the code after the name.
+    assert second["directions"][1:] == [["N", "vers Montpellier (N)"], ["S", "vers Sète (S)"]]
     assert second["table_rows"] == 7
     assert "format=csv" in second["csv"] and "format=parquet" in second["parquet"]
     assert second["csv"].replace("format=csv", "format=parquet") == second["parquet"]
@@ -519,6 +525,8 @@ async def test_the_annual_table_sorts_filters_exports_and_opens_a_site(browser: 
         filter_box = browser.find_element(By.ID, "annual-filter")
         filter_box.send_keys("rd613")
         filtered = browser.execute_script(names)
+        filtered_links = [browser.find_element(By.ID, i).get_attribute("href")
+                          for i in ("annual-csv", "annual-csv-fr", "annual-parquet")]
         filter_box.send_keys(Keys.CONTROL, "a")
         filter_box.send_keys(Keys.BACKSPACE)
         until(browser, "document.querySelectorAll('#annual-table tbody tr').length === 3", "the filter cleared")
@@ -526,7 +534,8 @@ async def test_the_annual_table_sorts_filters_exports_and_opens_a_site(browser: 
         rows = browser.execute_script("return window.roadfeedPage.annual.doc.rows;")
         caption = text(browser, "#annual-caption")
         return dict(descending=descending, ascending=ascending, sort_down=sort_down, sort_up=sort_up,
-                    by_tmja=by_tmja, filtered=filtered, csv=csv_href, rows=rows, caption=caption,
+                    by_tmja=by_tmja, filtered=filtered, filtered_links=filtered_links, csv=csv_href, rows=rows,
+                    caption=caption,
                     errors=console_errors(browser))
 
     page = await in_browser(sort_and_filter)
@@ -542,6 +551,12 @@ async def test_the_annual_table_sorts_filters_exports_and_opens_a_site(browser: 
     doc = await site.json("/api/v1/annual?year=2025")
     assert doc["rows"] == page["rows"]
     assert page["csv"].endswith("/api/v1/annual?year=2025&format=csv")
+    # The downloads hold the rows the filtered table shows, in every format.
+    csv_link, fr_link, parquet_link = page["filtered_links"]
+    assert csv_link.endswith("/api/v1/annual?year=2025&format=csv&q=rd613")
+    assert [int(r["site_id"]) for r in parse_csv((await site.get(csv_link))[2])] == [int(i) for i in page["filtered"]]
+    fr_rows = (await site.get(fr_link))[2].decode("utf-8-sig").splitlines()
+    assert len(fr_rows) == 1 + len(page["filtered"]) and "q=rd613" in parquet_link
     status, headers, body = await site.get(page["csv"])
     assert status == 200 and headers["Content-Type"].startswith("text/csv")
     rows = parse_csv(body)
@@ -551,6 +566,24 @@ async def test_the_annual_table_sorts_filters_exports_and_opens_a_site(browser: 
         expected = by_id[int(row["site_id"])]
         for key in ("tmja", "tmjo", "heavy_share", "days_valid", "days_excluded", "mean_coverage"):
             assert close(row[key], expected[key]), (key, row, expected)
+
+    # The page's filter and the server's q keep the same rows, whatever the accents, case and spaces.
+    filters = ["BÉZIERS", "  rd613 ", "gély", "e", "É", "nord rd", "MC", "zz", "\u0301"]
+
+    def filter_each() -> list[tuple[list[str], str]]:
+        out = []
+        box = browser.find_element(By.ID, "annual-filter")
+        for value in filters:
+            browser.execute_script("const e = arguments[0]; e.value = arguments[1];"
+                                   "e.dispatchEvent(new Event('input'));", box, value)
+            ids = browser.execute_script(
+                "return [...document.querySelectorAll('#annual-table tbody tr')].map(r => r.dataset.siteId);")
+            out.append((ids, browser.find_element(By.ID, "annual-csv").get_attribute("href")))
+        return out
+
+    for value, (shown, link) in zip(filters, await in_browser(filter_each), strict=True):
+        served = [r["site_id"] for r in parse_csv((await site.get(link))[2])]
+        assert sorted(served) == sorted(shown), (value, shown, served)
 
     def open_from_table() -> str:
         browser.find_element(By.CSS_SELECTOR, f"#annual-table tr[data-site-id='{ids['BEZ']}'] .link-button").click()
@@ -647,6 +680,52 @@ async def test_errors_and_empty_periods_are_explained(browser: Any, site: Site):
     assert page["logged"] and all("400" in m for m in page["logged"])
     assert "Aucune donnée" in page["empty"] and page["downloads_hidden"]
     assert page["errors"] == []
+
+
+# Words of the API's English texts that no French sentence of the page uses.
+ENGLISH_WORDS = re.compile(r"\b(the|of|and|is|are|when|with|expected|intervals?|days?|vehicles?|not|one|"
+                           r"before|after|within|from|than|must|site.s|which)\b", re.IGNORECASE)
+
+
+def english_words(texts: list[str]) -> list[str]:
+    """The English words in `texts`, except parameter names and values quoted « like this »."""
+    unquoted = [re.sub(r"«[^»]*»", "", t) for t in texts]
+    return [m.group(0) for t in unquoted for m in ENGLISH_WORDS.finditer(t)]
+
+
+@one_engine
+async def test_french_mode_shows_no_english_in_errors_nor_in_the_method(browser: Any, site: Site):
+    """In French, an API refusal is explained in French (the API's English `expected` and `detail`
+    are not shown) and the method section reads in French, with each rejection reason's French text."""
+    ids = site.seeded.sites
+    cases = [f"/?site={ids['MTB']}&from=2025-07-31&to=2025-07-01&step=day",
+             f"/?site={ids['MTB']}&from=2025-01-01&to=2025-06-01&step=hour"]
+
+    def read() -> dict[str, Any]:
+        errors = []
+        for path in cases:
+            open_page(browser, site.url(path))
+            until(browser, "!document.getElementById('counts-message').hidden", "the error message")
+            errors.append(text(browser, "#counts-message"))
+        open_page(browser, site.url(f"/?site={ids['MTB']}&from=2025-07-01&to=2025-07-08&step=day"))
+        wait_chart(browser)
+        browser.execute_script("document.querySelectorAll('#counts-method details').forEach(d => d.open = true);")
+        method = browser.execute_script(
+            "return [...document.querySelectorAll('#counts-method p, #counts-method dt, #counts-method dd,"
+            " #counts-method summary')].map(e => e.innerText);")
+        return dict(errors=errors, method=method, lang=browser.execute_script("return document.documentElement.lang;"))
+
+    page = await in_browser(read)
+    assert page["lang"] == "fr"
+    for path, shown in zip(cases, page["errors"], strict=True):
+        api_path = "/api/v1/sites/{}/counts?{}".format(ids["MTB"], path.split("&", 1)[1])
+        refusal = json.loads((await site.get(api_path))[2])
+        assert "Paramètre" in shown and refusal["parameter"] in shown, shown
+        assert refusal["detail"] not in shown and refusal["expected"] not in shown
+        assert english_words([shown]) == [], shown
+    assert len(page["method"]) > 10 and english_words(page["method"]) == [], english_words(page["method"])
+    joined = "\n".join(page["method"])
+    assert "Couverture" in joined and "Motif de rejet « spike »" in joined and "Validation" in joined
 
 
 # --------------------------------------------------------------------------- HTTP (no browser, no database)

@@ -18,6 +18,7 @@ export const COLUMNS = [
   { key: 'mean_coverage', label: 'annual.col.coverage', type: 'number', format: (v) => formatPercent(v) },
 ];
 
+// The filter rule, the same as the server's for `q`: NFD, accents U+0300-U+036F removed, lower case.
 function fold(text) {
   return String(text ?? '').normalize('NFD').replace(/[\u0300-\u036f]/g, '').toLowerCase();
 }
@@ -45,7 +46,10 @@ export class AnnualTable {
     this.sort = { key: 'name', direction: 'ascending' };
     this.token = 0;
     $('annual-year').addEventListener('change', () => this.load(Number($('annual-year').value)));
-    $('annual-filter').addEventListener('input', () => this.renderBody());
+    $('annual-filter').addEventListener('input', () => {
+      this.updateLinks();
+      this.renderBody();
+    });
   }
 
   setYears(years, selected) {
@@ -62,15 +66,7 @@ export class AnnualTable {
   async load(year) {
     this.year = year;
     $('annual-year').value = String(year);
-    const csv = $('annual-csv');
-    csv.href = `/api/v1/annual?${new URLSearchParams({ year: String(year), format: 'csv' })}`;
-    csv.setAttribute('download', `roadfeed-annual-${year}.csv`);
-    const fr = $('annual-csv-fr');
-    fr.href = `/api/v1/annual?${new URLSearchParams({ year: String(year), format: 'csv', dialect: 'fr' })}`;
-    fr.setAttribute('download', `roadfeed-annual-${year}_fr.csv`);
-    const parquet = $('annual-parquet');
-    parquet.href = `/api/v1/annual?${new URLSearchParams({ year: String(year), format: 'parquet' })}`;
-    parquet.setAttribute('download', `roadfeed-annual-${year}.parquet`);
+    this.updateLinks();
     this.onYearChange(year);
     const token = ++this.token;
     $('annual-status').textContent = t('annual.loading');
@@ -87,6 +83,22 @@ export class AnnualTable {
     }
     $('annual').removeAttribute('aria-busy');
     this.render();
+  }
+
+  /** The downloads hold the rows the table shows: the filter goes with them as `q` (the server applies the same rule). */
+  updateLinks() {
+    const year = String(this.year);
+    const filter = $('annual-filter').value.trim();
+    const href = (params) => `/api/v1/annual?${new URLSearchParams({ year, ...params, ...(filter ? { q: filter } : {}) })}`;
+    const csv = $('annual-csv');
+    csv.href = href({ format: 'csv' });
+    csv.setAttribute('download', `roadfeed-annual-${year}.csv`);
+    const fr = $('annual-csv-fr');
+    fr.href = href({ format: 'csv', dialect: 'fr' });
+    fr.setAttribute('download', `roadfeed-annual-${year}_fr.csv`);
+    const parquet = $('annual-parquet');
+    parquet.href = href({ format: 'parquet' });
+    parquet.setAttribute('download', `roadfeed-annual-${year}.parquet`);
   }
 
   render() {
@@ -155,7 +167,7 @@ export class AnnualTable {
     }
     const rows = this.doc.rows || [];
     const filter = fold($('annual-filter').value.trim());
-    const shown = rows.filter((r) => !filter || fold(`${r.name} ${r.road} ${r.external_id}`).includes(filter));
+    const shown = rows.filter((r) => !filter || fold(`${r.name ?? ''} ${r.road ?? ''} ${r.external_id}`).includes(filter));
     const column = COLUMNS.find((c) => c.key === this.sort.key);
     shown.sort((a, b) => compareRows(a, b, column, this.sort.direction) || (a.site_id - b.site_id));
     tbody.replaceChildren(...shown.map((r) => {

@@ -1,5 +1,40 @@
 // Talking to the roadfeed HTTP API: JSON documents, and errors people can read.
-import { t } from './i18n.js';
+import { currentLang, t } from './i18n.js';
+
+// In French, what each parameter accepts and what each error code means: the API's
+// `expected` and `detail` are English and are not shown.
+const FRENCH_EXPECTED = {
+  from: 'une date AAAA-MM-JJ (ou date et heure), avant « to », la période ne dépassant pas 93 jours par heure, 3 ans par jour ou 30 ans par mois ou par an',
+  to: 'une date AAAA-MM-JJ (ou date et heure) après « from », la période ne dépassant pas 93 jours par heure, 3 ans par jour ou 30 ans par mois ou par an',
+  step: 'hour, day, month ou year',
+  direction: 'une des directions de ce site',
+  vehicle_class: 'une des classes de véhicules de ce site (all, light ou heavy)',
+  year: 'une année de 1900 à 2199',
+  threshold: 'un nombre de 0 à 1',
+  q: 'un texte sans caractère NUL',
+  format: 'json, csv ou parquet',
+  dialect: 'standard ou fr',
+  id: 'l\'identifiant d\'un site existant',
+};
+const FRENCH_ERRORS = {
+  not_found: 'Introuvable.',
+  query_timeout: 'La requête a pris trop de temps : réduisez la période puis réessayez.',
+  busy: 'Le serveur est occupé : réessayez dans un instant.',
+  database_unavailable: 'Les données sont momentanément indisponibles : réessayez dans un instant.',
+  rate_limited: 'Trop de requêtes : patientez un instant puis réessayez.',
+};
+
+function frenchError(err, body) {
+  const lines = [];
+  if (body.parameter) {
+    const expected = FRENCH_EXPECTED[body.parameter] ?? 'une autre valeur';
+    lines.push(t('error.parameter', { parameter: body.parameter, value: body.value ?? '', expected }));
+  } else {
+    lines.push(t('error.http', { status: err.status }));
+    if (FRENCH_ERRORS[body.error]) lines.push(FRENCH_ERRORS[body.error]);
+  }
+  return lines;
+}
 
 /** An answer that is not the document asked for: an HTTP error or no answer at all. */
 export class ApiError extends Error {
@@ -33,6 +68,7 @@ export function describeError(err) {
   if (!(err instanceof ApiError)) return [t('error.http', { status: '?' }), String(err && err.message ? err.message : err)];
   if (err.status === 0) return [t('error.network')];
   const body = err.body && typeof err.body === 'object' ? err.body : {};
+  if (currentLang() === 'fr') return frenchError(err, body);
   const lines = [];
   if (body.parameter) {
     const expected = Array.isArray(body.expected) ? body.expected.join(', ') : body.expected ?? '';

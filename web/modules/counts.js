@@ -83,6 +83,12 @@ export function lowRuns(points, isLow) {
   return runs;
 }
 
+/** A direction as the source names it ("vers Béziers (E)"), else its code. */
+export function directionLabel(site, code) {
+  const name = (site.direction_names || {})[code];
+  return name ? `${name} (${code})` : code;
+}
+
 export class CountsPanel {
   constructor({ threshold, onQueryChange }) {
     this.threshold = threshold;
@@ -150,7 +156,7 @@ export class CountsPanel {
     if (!site) return;
     const direction = query.direction ?? $('f-direction').value;
     $('f-direction').replaceChildren(option('', t('counts.direction.all'), !direction),
-      ...(site.directions || []).map((d) => option(d, d, d === direction)));
+      ...(site.directions || []).map((d) => option(d, directionLabel(site, d), d === direction)));
     const classes = site.vehicle_classes || [];
     const vehicleClass = query.vehicleClass ?? $('f-class').value;
     const choices = [option('', t('counts.class.all'), !vehicleClass)];
