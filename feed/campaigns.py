@@ -209,9 +209,10 @@ def parse_comptage(files: dict[str, bytes], tz: ZoneInfo) -> Campaign:
     return out
 
 
-async def _read_upload(request: web.Request, tz: ZoneInfo) -> tuple[Campaign, int]:
+async def _read_upload(request: web.Request, tz: ZoneInfo, limit: int) -> tuple[Campaign, int]:
     """The campaign of a text/csv body or of a multipart upload of Comptage des
-    mobilités files, and the bytes read."""
+    mobilités files, and the bytes read; a multipart upload is held to `limit`
+    bytes in all, as a plain body is by the server."""
     if not request.content_type.startswith("multipart/"):
         data = await request.read()
         kind = file_kind(data) if data.strip() else "campaign"
@@ -220,17 +221,25 @@ async def _read_upload(request: web.Request, tz: ZoneInfo) -> tuple[Campaign, in
                              "files together as the parts of one multipart/form-data upload")
         return parse_campaign(data, tz), len(data)
     files: dict[str, bytes] = {}
+    size = 0
+    # aiohttp raises ValueError for a malformed multipart body: a 400 like any unreadable file
     reader = await request.multipart()
     async for part in reader:
         if not isinstance(part, BodyPartReader):
             raise ValueError("nested multipart parts are not taken")
-        data = await part.read()
-        kind = file_kind(bytes(data))
+        chunks = []
+        while chunk := await part.read_chunk():
+            size += len(chunk)
+            if size > limit:
+                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+            chunks.append(chunk)
+        data = b"".join(chunks)  # as sent: a part's Content-Encoding is not undone (no inflating past `limit`)
+        kind = file_kind(data)
         if kind == "campaign" or kind in files:
             raise ValueError(f"part {part.name!r}: a multipart upload takes one site, one channel and one "
                              f"measure file of the Comptage des mobilités schema (this one is a {kind} file)")
-        files[kind] = bytes(data)
-    return parse_comptage(files, tz), sum(len(d) for d in files.values())
+        files[kind] = data
+    return parse_comptage(files, tz), size
 
 
 async def _place(conn: Any, campaign: Campaign) -> None:
@@ -258,7 +267,7 @@ def campaign_routes(app: web.Application, ctx: AppContext) -> None:
             raise BadParameter("name", name, "2 to 41 of a-z 0-9 -, e.g. rd32-mars-2026", "name the campaign")
         dry_run = request.query.get("dry_run", "false") == "true"
         try:
-            campaign, size = await _read_upload(request, tz)
+            campaign, size = await _read_upload(request, tz, ctx.config.server.max_request_bytes)
         except ValueError as exc:
             raise BadParameter("body", request.content_type, f"a campaign CSV ({';'.join(COLUMNS)}) or the "
                                "site, channel and measure files of the Comptage des mobilités schema as "

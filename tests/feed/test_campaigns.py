@@ -203,3 +203,19 @@ async def test_comptage_upload_joins_the_map_and_the_annual_table(client: TestCl
     async with client.get("/api/v1/annual?year=2022&threshold=0.5") as resp:
         annual = {r["external_id"] for r in (await resp.json())["rows"]}
     assert annual == set(sites)
+
+
+@pytest.mark.parametrize(("headers", "body", "status"), [
+    ({"Content-Type": "multipart/form-data"}, b"--x\r\n\r\nsite_id\r\n--x--\r\n", 400),  # no boundary
+    ({"Content-Type": "multipart/form-data; boundary=x"}, b"garbage", 400),
+    ({"Content-Type": "multipart/form-data; boundary=x"}, b"--x\r\nContent-Type: text/csv\r\n\r\nsite_id\r\n--x", 400),
+    ({"Content-Type": "multipart/mixed; boundary=x"},
+     b"--x\r\nContent-Type: multipart/mixed; boundary=y\r\n\r\n--y\r\n\r\na\r\n--y--\r\n--x--\r\n", 400),
+    ({"Content-Type": "multipart/form-data; boundary=x"},
+     b"--x\r\nContent-Disposition: form-data; name=a\r\n\r\n" + b"site_id,site_name,xlong,ylat\n" * 80_000
+     + b"\r\n--x--\r\n", 413),  # beyond the server's request size, though multipart
+])
+async def test_hostile_multipart_bodies_are_refused_not_failed(client: TestClient, headers: dict[str, str],
+                                                               body: bytes, status: int) -> None:
+    async with client.post("/api/v1/campaigns?name=hostile", data=body, headers={**AUTH, **headers}) as resp:
+        assert resp.status == status, await resp.text()
