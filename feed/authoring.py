@@ -63,6 +63,7 @@ def _printable(text: str) -> str:
 
 MAX_PR = 10_000
 MAX_ABSCISSA = 100_000  # metres
+MAX_OFFSET = 1_000  # metres to the side of a road
 # A position along a road in a query: PR, or PR+abscissa in metres ("12+250"; an unescaped
 # + arrives as a space). The OpenAPI document states the same pattern.
 PR_POSITION_PATTERN = r"^[0-9]{1,4}([+ ][0-9]{1,5}(\.[0-9]{1,3})?)?$"
@@ -314,16 +315,30 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
             try:
                 if "lon" in request.query or "lat" in request.query:
                     lon, lat = number(request, "lon", float, -180, 180), number(request, "lat", float, -90, 90)
-                    pr, abscissa, offset = await roads.locate(conn, road, lon, lat)
+                    pr, abscissa, offset, side = await roads.locate(conn, road, lon, lat)
                     return json_response({"road": road, "pr": pr, "abscissa": round(abscissa, 1),
-                                          "offset_m": round(offset, 1), "lon": lon, "lat": lat})
+                                          "offset_m": round(offset, 1), "side": side, "lon": lon, "lat": lat})
                 pr = number(request, "pr", int, 0, MAX_PR)
                 abscissa = number(request, "abscissa", float, -MAX_ABSCISSA, MAX_ABSCISSA) \
                     if "abscissa" in request.query else 0.0
-                lon, lat = await roads.point(conn, road, pr, abscissa)
+                side = side_of(request)
+                offset = number(request, "offset", float, 0, MAX_OFFSET) if "offset" in request.query else 0.0
+                if offset and side is None:
+                    raise BadParameter("side", "", "left or right", "an offset needs a side (left or right)")
+                lon, lat = await roads.point(conn, road, pr, abscissa, side, offset)
             except roads.OffRoad as exc:
                 raise NotFound("road", road, "a position on a road of the referential", str(exc)) from None
-        return json_response({"road": road, "pr": pr, "abscissa": abscissa, "lon": lon, "lat": lat})
+        return json_response({"road": road, "pr": pr, "abscissa": abscissa, "side": side,
+                              "offset_m": offset if side else 0.0, "lon": lon, "lat": lat})
+
+    def side_of(request: web.Request) -> roads.Side | None:
+        raw = request.query.get("side")
+        if raw is None:
+            return None
+        for side in roads.SIDES:
+            if raw == side:
+                return side
+        raise BadParameter("side", raw, "left or right", f"side {raw!r} is neither left nor right")
 
     async def site_check(_request: web.Request) -> web.Response:
         async with reading(ctx) as conn:
@@ -473,11 +488,16 @@ def authoring_paths() -> dict[str, Any]:
         f"{API}/roads/{{road}}/pr": {"get": {"summary": "A road's PR with their position along the road",
                                              "operationId": "roadPrs", "parameters": [road], "responses": json_ok}},
         f"{API}/roads/{{road}}/locate": {"get": {
-            "summary": "PR + abscissa -> point (pr, abscissa) or point -> PR + abscissa (lon, lat); with lon "
-                       "or lat, both are needed and pr is not read; otherwise pr is needed",
+            "summary": "PR + abscissa (+ side and offset) -> point (pr, abscissa, side, offset), or point -> "
+                       "PR + abscissa, distance from the road (offset_m) and side (lon, lat). The side is left or "
+                       "right of the road's direction of increasing PR (null within 1 cm of the road); offset is "
+                       "metres from the road's line, and an offset above 0 needs a side. With lon or lat, both are "
+                       "needed and pr, side and offset are not read; otherwise pr is needed",
             "operationId": "roadLocate",
             "parameters": [road, q("pr", "integer", minimum=0, maximum=MAX_PR),
                            q("abscissa", "number", minimum=-MAX_ABSCISSA, maximum=MAX_ABSCISSA),
+                           q("side", "string", enum=list(roads.SIDES)),
+                           q("offset", "number", minimum=0, maximum=MAX_OFFSET),
                            q("lon", "number", minimum=-180, maximum=180), q("lat", "number", minimum=-90, maximum=90)],
             "responses": json_ok}},
         f"{API}/roads/{{road}}/section": {"get": {

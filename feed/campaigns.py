@@ -13,6 +13,14 @@ and hour:
 `vehicle_class` is all, light or heavy; `name`, `road`, `pr`, `abscissa`, `lon`,
 `lat` describe the site (the first line of a site wins). A site given by road + PR
 + abscissa without coordinates is placed with the road referential.
+
+The national "Comptage des mobilités" files (schema v0.2.5: site, channel and
+measure CSVs) are also taken, as the parts of one multipart/form-data upload;
+each part's kind is told from its header (part names do not matter). The
+measure file needs its sites and channels in the same upload, since a measure
+names only its channel and a channel its site. Bad lines are reported as
+`<kind> line N`; counts of a channel or site missing from the upload are
+quarantined at import like any unknown reference.
 """
 
 from __future__ import annotations
@@ -25,9 +33,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from pydantic import ValidationError
 
+from collectors import comptage_parse
 from feed import roads
 from feed.agents import Principal, authorised, json_response
 from feed.api import API, reading
@@ -39,7 +48,8 @@ from feed.storage import RunStats
 if TYPE_CHECKING:
     from feed.http import AppContext
 
-__all__ = ["COLUMNS", "Campaign", "campaign_paths", "campaign_routes", "parse_campaign"]
+__all__ = ["COLUMNS", "Campaign", "campaign_paths", "campaign_routes", "file_kind", "parse_campaign",
+           "parse_comptage"]
 
 COLUMNS = ("site", "name", "road", "pr", "abscissa", "lon", "lat", "direction", "vehicle_class", "hour", "count")
 REQUIRED = {"site", "direction", "hour", "count"}
@@ -133,6 +143,105 @@ def parse_campaign(data: bytes, tz: ZoneInfo) -> Campaign:
     return out
 
 
+def file_kind(data: bytes) -> str:
+    """"campaign" (the simple CSV), or the Comptage des mobilités kind ("site",
+    "channel", "measure"), told from the header's column names (pure)."""
+    header = data.split(b"\n", 1)[0].decode("utf-8-sig", "replace")
+    separator = max((";", ",", "\t"), key=header.count)
+    names = {n.strip().strip('"').strip().lower() for n in header.split(separator)}
+    if REQUIRED <= names:
+        return "campaign"
+    for kind in ("measure", "channel", "site"):
+        if set(comptage_parse.REQUIRED_COLUMNS[kind]) <= names:
+            return kind
+    raise ValueError(f"header {header[:200]!r} is neither a campaign CSV ({';'.join(COLUMNS)}) nor a "
+                     "Comptage des mobilités site, channel or measure file")
+
+
+def parse_comptage(files: dict[str, bytes], tz: ZoneInfo) -> Campaign:
+    """A campaign from the Comptage des mobilités files keyed by kind (site, channel,
+    measure); every bad line becomes an error naming its file kind, line and reason (pure)."""
+    missing = {"site", "channel", "measure"} - set(files)
+    if missing:
+        raise ValueError(f"a Comptage des mobilités campaign needs its site, channel and measure files in one "
+                         f"upload; missing: {', '.join(sorted(missing))}")
+    out = Campaign()
+    zone = str(tz)
+
+    def add(kind: str, items: comptage_parse.CsvItems[Any]) -> list[Any]:
+        good = []
+        for item in items:
+            if isinstance(item, Quarantined):
+                out.errors.append(item.model_copy(update={"record_ref": f"{kind} {item.record_ref}"}))
+            else:
+                good.append(item)
+        return good
+
+    try:
+        for site in add("site", comptage_parse.parse_sites(files["site"], source="site")):
+            if site.external_id in out.sites:
+                out.errors.append(Quarantined(reason=f"site {site.external_id} is given twice",
+                                              record_ref=f"site {site.external_id}"))
+            else:
+                out.sites[site.external_id] = site
+        for channel in add("channel", comptage_parse.parse_channels(files["channel"], source="channel",
+                                                                     local_timezone=zone)):
+            if channel.external_id in out.channels:
+                out.errors.append(Quarantined(reason=f"channel {channel.external_id} is given twice",
+                                              record_ref=f"channel {channel.external_id}"))
+            else:
+                out.channels[channel.external_id] = channel
+        steps = {c.external_id: c.time_step for c in out.channels.values()}
+        seen: set[tuple[str, datetime]] = set()
+        measures = comptage_parse.parse_measures(files["measure"], source="measure", time_steps=steps,
+                                                 local_timezone=zone)
+        for m in add("measure", measures):
+            if (m.channel_external_id, m.start) in seen:
+                out.errors.append(Quarantined(reason=f"{m.channel_external_id} at {m.start.isoformat()} is "
+                                                     "given twice", record_ref=f"measure {m.channel_external_id}"))
+            else:
+                seen.add((m.channel_external_id, m.start))
+                out.measurements.append(m)
+    except comptage_parse.ParseError as exc:
+        raise ValueError(str(exc)) from None
+    if len(out.measurements) + len(out.errors) > MAX_LINES:
+        raise ValueError(f"more than {MAX_LINES} lines: split the campaign")
+    return out
+
+
+async def _read_upload(request: web.Request, tz: ZoneInfo, limit: int) -> tuple[Campaign, int]:
+    """The campaign of a text/csv body or of a multipart upload of Comptage des
+    mobilités files, and the bytes read; a multipart upload is held to `limit`
+    bytes in all, as a plain body is by the server."""
+    if not request.content_type.startswith("multipart/"):
+        data = await request.read()
+        kind = file_kind(data) if data.strip() else "campaign"
+        if kind != "campaign":
+            raise ValueError(f"a Comptage des mobilités {kind} file alone: send the site, channel and measure "
+                             "files together as the parts of one multipart/form-data upload")
+        return parse_campaign(data, tz), len(data)
+    files: dict[str, bytes] = {}
+    size = 0
+    # aiohttp raises ValueError for a malformed multipart body: a 400 like any unreadable file
+    reader = await request.multipart()
+    async for part in reader:
+        if not isinstance(part, BodyPartReader):
+            raise ValueError("nested multipart parts are not taken")
+        chunks = []
+        while chunk := await part.read_chunk():
+            size += len(chunk)
+            if size > limit:
+                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+            chunks.append(chunk)
+        data = b"".join(chunks)  # as sent: a part's Content-Encoding is not undone (no inflating past `limit`)
+        kind = file_kind(data)
+        if kind == "campaign" or kind in files:
+            raise ValueError(f"part {part.name!r}: a multipart upload takes one site, one channel and one "
+                             f"measure file of the Comptage des mobilités schema (this one is a {kind} file)")
+        files[kind] = data
+    return parse_comptage(files, tz), size
+
+
 async def _place(conn: Any, campaign: Campaign) -> None:
     """Sites with road + PR + abscissa and no coordinates: placed with the referential.
     A site the referential cannot place is left out: the import then quarantines its
@@ -157,12 +266,12 @@ def campaign_routes(app: web.Application, ctx: AppContext) -> None:
         if not NAME.match(name):
             raise BadParameter("name", name, "2 to 41 of a-z 0-9 -, e.g. rd32-mars-2026", "name the campaign")
         dry_run = request.query.get("dry_run", "false") == "true"
-        data = await request.read()
         try:
-            campaign = parse_campaign(data, tz)
+            campaign, size = await _read_upload(request, tz, ctx.config.server.max_request_bytes)
         except ValueError as exc:
-            raise BadParameter("body", data[:200].decode("utf-8", "replace"), "a campaign CSV "
-                               f"({';'.join(COLUMNS)})", str(exc)) from None
+            raise BadParameter("body", request.content_type, f"a campaign CSV ({';'.join(COLUMNS)}) or the "
+                               "site, channel and measure files of the Comptage des mobilités schema as "
+                               "multipart/form-data", str(exc)) from None
         async with reading(ctx) as conn:
             await _place(conn, campaign)
         errors = [{"line": q.record_ref, "reason": q.reason, "excerpt": q.excerpt} for q in campaign.errors]
@@ -179,7 +288,7 @@ def campaign_routes(app: web.Application, ctx: AppContext) -> None:
                     lambda: datetime.now(UTC))
         await sink.store(campaign.items())
         result = await sink.finish(snapshot=False)
-        await storage.finish_run(run_id, RunStats(bytes=len(data), counts=result.counts,
+        await storage.finish_run(run_id, RunStats(bytes=size, counts=result.counts,
                                                   quarantined=result.quarantined, complete=True))
         return json_response({**summary, "imported": True, "run_id": run_id, "new": result.counts.new,
                               "updated": result.counts.updated, "quarantined": result.quarantined,
@@ -191,13 +300,20 @@ def campaign_routes(app: web.Application, ctx: AppContext) -> None:
 def campaign_paths() -> dict[str, Any]:
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     return {f"{API}/campaigns": {"post": {
-        "summary": "Upload a counting campaign CSV (site;name;road;pr;abscissa;lon;lat;direction;vehicle_class;"
-                   "hour;count): dry_run=true previews the errors per line; otherwise imports it as the source "
+        "summary": "Upload a counting campaign: a CSV (site;name;road;pr;abscissa;lon;lat;direction;vehicle_class;"
+                   "hour;count), or the site, channel and measure CSVs of the national Comptage des mobilités "
+                   "schema as the parts of one multipart/form-data upload (each part's kind told from its "
+                   "header). dry_run=true previews the errors per line; otherwise imports it as the source "
                    "campaign-<name>, bad lines quarantined (editor)",
         "operationId": "uploadCampaign", "security": [{"agentSession": []}, {"agentToken": []}],
-        "parameters": [{"name": "name", "in": "query", "required": True, "schema": {"type": "string"}},
+        "parameters": [{"name": "name", "in": "query", "required": True,
+                        "schema": {"type": "string", "pattern": NAME.pattern}},
                        {"name": "dry_run", "in": "query", "required": False, "schema": {"type": "boolean"}}],
-        "requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}},
+        "requestBody": {"required": True, "content": {
+            "text/csv": {"schema": {"type": "string"}},
+            "multipart/form-data": {"schema": {"type": "object", "description": "one part per file: the site, "
+                                               "channel and measure files, any part names",
+                                               "additionalProperties": {"type": "string", "format": "binary"}}}}},
         "responses": {"200": {"description": "the preview", "content": {"application/json": {}}},
                       "201": {"description": "imported, with the quarantine report",
                               "content": {"application/json": {}}},

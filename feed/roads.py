@@ -1,5 +1,7 @@
 """The road referential: roads and their PR (points de repère), and linear
-referencing (road + PR + abscissa <-> point; from/to -> the line along the road).
+referencing (road + PR + abscissa (+ side and lateral offset) <-> point; from/to ->
+the line along the road). The side is left or right of the road's direction of
+increasing PR.
 
 The file road authorities keep: PR points per road, as CSV (columns `road`, `pr`,
 `lon`, `lat`, optional `name`; `,` or `;` separated, UTF-8) or as a GeoJSON
@@ -18,13 +20,15 @@ import io
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
-__all__ = ["ROAD_PATTERN", "ReferentialError", "Road", "locate", "parse_referential", "point", "section",
+__all__ = ["ROAD_PATTERN", "SIDES", "ReferentialError", "Road", "Side", "locate", "parse_referential", "point", "section",
            "store_referential"]
 
+Side = Literal["left", "right"]
+SIDES: tuple[Side, ...] = ("left", "right")
 ROAD_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._/-]{0,63}$")
 MAX_ROADS = 5000
 MAX_PRS = 200_000
@@ -208,21 +212,27 @@ def _cm(metres: float) -> float:
     return round(metres, 2) + 0.0
 
 
-async def point(conn: asyncpg.Connection, road: str, pr: int, abscissa: float) -> tuple[float, float]:
+async def point(conn: asyncpg.Connection, road: str, pr: int, abscissa: float, side: Side | None = None,
+                offset: float = 0.0) -> tuple[float, float]:
+    """The point at PR + abscissa, moved `offset` metres to the `side` of the road
+    (left or right of the direction of increasing PR)."""
     abscissa = _cm(abscissa)
-    row = await conn.fetchrow("SELECT ST_X(g) AS lon, ST_Y(g) AS lat FROM road_point($1, $2, $3) g",
-                              road, pr, abscissa)
+    signed = 0.0 if side is None else _cm(offset if side == "right" else -offset)
+    row = await conn.fetchrow("SELECT ST_X(g) AS lon, ST_Y(g) AS lat FROM road_point($1, $2, $3, $4) g",
+                              road, pr, abscissa, signed)
     if row is None or row["lon"] is None:
         raise OffRoad(await _why(conn, road, pr, abscissa))
     return row["lon"], row["lat"]
 
 
-async def locate(conn: asyncpg.Connection, road: str, lon: float, lat: float) -> tuple[int, float, float]:
-    """(PR, abscissa, distance from the road) of a point, metres."""
+async def locate(conn: asyncpg.Connection, road: str, lon: float, lat: float
+                 ) -> tuple[int, float, float, Side | None]:
+    """(PR, abscissa, distance from the road, side) of a point, metres; the side is
+    None within a centimetre of the road's line."""
     row = await conn.fetchrow("SELECT * FROM road_locate($1, ST_SetSRID(ST_MakePoint($2, $3), 4326))", road, lon, lat)
     if row is None or row["pr"] is None:
         raise OffRoad(f"road {road} is not in the referential")
-    return row["pr"], row["abscissa"], row["offset_m"]
+    return row["pr"], row["abscissa"], row["offset_m"], row["side"]
 
 
 async def section(conn: asyncpg.Connection, road: str, start: tuple[int, float], end: tuple[int, float]

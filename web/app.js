@@ -60,9 +60,11 @@ class Page {
     this.sites = new Map(); // id -> /api/v1/sites entry
     this.siteFeatures = [];
     this.eventFeatures = [];
+    this.conditionFeatures = [];
     this.state = { site: null, query: null, year: null };
     this.sitesError = null;
     this.eventsError = null;
+    this.conditionsError = null;
     this.outlineError = null;
     this.updatedAt = null;
 
@@ -111,11 +113,12 @@ class Page {
       year: Number(params.get('year')) || null,
     };
     $('map-status').textContent = t('map.loading');
-    const [outline, sites, sitesGeo, eventsGeo] = await Promise.allSettled([
+    const [outline, sites, sitesGeo, eventsGeo, conditionsGeo] = await Promise.allSettled([
       fetchJSON('/static/herault.geojson'),
       fetchAllSites(),
       fetchJSON('/feeds/sites.geojson'),
       fetchJSON('/feeds/events.geojson'),
+      fetchJSON('/api/v1/road-conditions'),
     ]);
     if (outline.status === 'fulfilled') this.map.setOutline(outline.value);
     else this.outlineError = outline.reason;
@@ -125,7 +128,7 @@ class Page {
     } else {
       this.sitesError = sites.reason;
     }
-    this.applyFeeds(sitesGeo, eventsGeo);
+    this.applyFeeds(sitesGeo, eventsGeo, conditionsGeo);
     this.fillSiteSelect();
     this.fillLicence();
 
@@ -139,8 +142,8 @@ class Page {
     document.body.dataset.ready = 'true';
   }
 
-  applyFeeds(sitesGeo, eventsGeo) {
-    const before = JSON.stringify([this.siteFeatures, this.eventFeatures]);
+  applyFeeds(sitesGeo, eventsGeo, conditionsGeo) {
+    const before = JSON.stringify([this.siteFeatures, this.eventFeatures, this.conditionFeatures]);
     if (sitesGeo.status === 'fulfilled') {
       this.siteFeatures = sitesGeo.value.features || [];
       this.sitesFeedError = null;
@@ -156,9 +159,16 @@ class Page {
     } else {
       this.eventsError = eventsGeo.reason;
     }
-    if (JSON.stringify([this.siteFeatures, this.eventFeatures]) !== before) {
+    if (conditionsGeo.status === 'fulfilled') {
+      this.conditionFeatures = conditionsGeo.value.features || [];
+      this.conditionsError = null;
+    } else {
+      this.conditionsError = conditionsGeo.reason;
+    }
+    if (JSON.stringify([this.siteFeatures, this.eventFeatures, this.conditionFeatures]) !== before) {
       this.map.setSites(this.siteFeatures, this.sites);
       this.map.setEvents(this.eventFeatures);
+      this.map.setConditions(this.conditionFeatures);
       this.map.select(this.state.site);
     }
     this.updatedAt = new Date();
@@ -168,10 +178,10 @@ class Page {
   async refresh() {
     // Not while someone reads a popup or moves through the map with the keyboard: redrawing would close it.
     if (document.hidden || this.map.popupOpen || $('map').contains(document.activeElement)) return;
-    const [sitesGeo, eventsGeo] = await Promise.allSettled([
-      fetchJSON('/feeds/sites.geojson'), fetchJSON('/feeds/events.geojson'),
+    const [sitesGeo, eventsGeo, conditionsGeo] = await Promise.allSettled([
+      fetchJSON('/feeds/sites.geojson'), fetchJSON('/feeds/events.geojson'), fetchJSON('/api/v1/road-conditions'),
     ]);
-    this.applyFeeds(sitesGeo, eventsGeo);
+    this.applyFeeds(sitesGeo, eventsGeo, conditionsGeo);
   }
 
   renderMapStatus() {
@@ -181,11 +191,12 @@ class Page {
       + `${this.updatedAt ? t('map.updated', { time: formatTime(this.updatedAt) }) : ''}`;
     const lines = [];
     for (const [err, key] of [[this.outlineError, 'error.outline'], [this.sitesError, 'error.sites'],
-      [this.sitesFeedError, 'error.sites'], [this.eventsError, 'error.events']]) {
+      [this.sitesFeedError, 'error.sites'], [this.eventsError, 'error.events'],
+      [this.conditionsError, 'error.conditions']]) {
       if (err) lines.push(`${t(key)} ${describeError(err).join(' ')}`);
     }
     showMessage($('map-message'), [...new Set(lines)]);
-    renderLegend($('legend'), this.siteFeatures, this.eventFeatures);
+    renderLegend($('legend'), this.siteFeatures, this.eventFeatures, this.conditionFeatures);
   }
 
   fillSiteSelect() {

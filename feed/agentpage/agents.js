@@ -12,7 +12,7 @@ async function call(method, url, body, contentType = 'application/json') {
   if (csrf) headers['X-CSRF-Token'] = csrf;
   const init = { method, headers, credentials: 'same-origin' };
   if (body !== undefined) {
-    headers['Content-Type'] = contentType;
+    if (contentType) headers['Content-Type'] = contentType; // none for FormData: the browser sets the boundary
     init.body = contentType === 'application/json' ? JSON.stringify(body) : body;
   }
   const response = await fetch(url, init);
@@ -212,12 +212,22 @@ async function mark(event) {
 }
 
 async function campaign(dryRun) {
-  const file = $('cp-file').files[0];
-  if (!file) { say('campaign-message', 'Choisissez un fichier CSV.', 'error'); return; }
-  const text = await file.text();
+  const files = [...$('cp-file').files];
+  if (!files.length) {
+    say('campaign-message', 'Choisissez un fichier CSV, ou les fichiers site, channel et measure '
+      + 'du schéma Comptage des mobilités.', 'error');
+    return;
+  }
   const url = `/api/v1/campaigns?name=${encodeURIComponent($('cp-name').value.trim())}${dryRun ? '&dry_run=true' : ''}`;
   try {
-    const report = await call('POST', url, text, 'text/csv');
+    let report;
+    if (files.length === 1) {
+      report = await call('POST', url, await files[0].text(), 'text/csv');
+    } else { // the Comptage des mobilités files: one part each, told apart by their headers
+      const form = new FormData();
+      files.forEach((file, n) => form.append(`file${n}`, file, file.name));
+      report = await call('POST', url, form, null);
+    }
     const body = $('campaign-errors').tBodies[0];
     body.replaceChildren();
     for (const e of report.errors) {

@@ -6,16 +6,19 @@ the map and the annual table."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feed.campaigns import parse_campaign
+from feed.campaigns import file_kind, parse_campaign, parse_comptage
 from feed.storage import Storage
 from agents_support import ADMIN, agents_app
 
@@ -115,3 +118,104 @@ def test_generated_files_lose_and_duplicate_nothing(seed: int, bad: list[str]) -
     assert len(set(keys)) == len(keys)
     assert sorted(m.count for m in campaign.measurements if m.count is not None) == sorted(
         int(line.rsplit(";", 1)[1]) for line in good_lines(6))
+
+
+COMPTAGE = Path(__file__).parents[1] / "data" / "comptage"
+
+
+def comptage_files(flavour: str) -> dict[str, bytes]:
+    return {kind: (COMPTAGE / f"{kind}.{flavour}.csv").read_bytes() for kind in ("site", "channel", "measure")}
+
+
+def multipart(files: dict[str, bytes]) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    for n, data in enumerate(files.values()):  # part names do not matter: the header tells the kind
+        form.add_field(f"file{n}", data, filename=f"file{n}.csv", content_type="text/csv")
+    return form
+
+
+def test_the_kind_of_a_file_is_told_from_its_header() -> None:
+    for kind, data in comptage_files("exemple-valide").items():
+        assert file_kind(data) == kind
+    assert file_kind(HEADER.encode()) == "campaign"
+    with pytest.raises(ValueError, match="neither a campaign CSV"):
+        file_kind(b"code_pme;horodate;debit\n")
+
+
+def test_comptage_sample_files_become_a_campaign() -> None:
+    campaign = parse_comptage(comptage_files("exemple-valide-eco-compteur"), PARIS)
+    assert len(campaign.sites) == 3 and len(campaign.channels) == 10 and campaign.errors == []
+    lengths = Counter(m.length for m in campaign.measurements)
+    assert lengths == {86400: 3640, 82800: 10}  # daily counts; each channel's spring-forward day lasts 23 h
+    with pytest.raises(ValueError, match="missing: channel, site"):
+        parse_comptage({"measure": comptage_files("exemple-valide")["measure"]}, PARIS)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10**6), bad=st.lists(st.sampled_from([
+    "353226361,X,2022-13-01T00:00:00+01:00,,1\n", "353226361,X,2022-02-01T00:00:00+01:00,,-4\n",
+    ",X,2022-02-01T00:00:00+01:00,,1\n", "353226361,X,2022-02-01T00:00:00+01:00,2022-01-01T00:00:00+01:00,1\n",
+    "353226361,X,2022-02-01T00:00:00+01:00\n"]), max_size=6))
+def test_comptage_bad_lines_are_named_and_good_ones_all_kept(seed: int, bad: list[str]) -> None:
+    files = comptage_files("exemple-valide-eco-compteur")
+    header, *rows = files["measure"].decode().splitlines(keepends=True)
+    rows[-1] = rows[-1] if rows[-1].endswith("\n") else rows[-1] + "\n"
+    rng = random.Random(seed)
+    rng.shuffle(rows)
+    places = []
+    for b in bad:
+        at = rng.randrange(len(rows) + 1)
+        rows.insert(at, b)
+        places = [p + 1 if p >= at else p for p in places] + [at]
+    campaign = parse_comptage({**files, "measure": (header + "".join(rows)).encode()}, PARIS)
+    assert len(campaign.measurements) == 3650
+    assert sorted(q.record_ref for q in campaign.errors) == sorted(f"measure line {p + 2}" for p in places)
+
+
+async def test_comptage_upload_preview_then_import(client: TestClient, storage: Storage) -> None:
+    files = comptage_files("exemple-valide")  # measures of channels C-C-02/03-Baix, absent from the channel file
+    async with client.post("/api/v1/campaigns?name=baix&dry_run=true", data=multipart(files), headers=AUTH) as resp:
+        preview = await resp.json()
+        assert resp.status == 200, preview
+    assert (preview["sites"], preview["channels"], preview["counts"], preview["error_count"]) == (1, 1, 9, 0)
+    async with client.post("/api/v1/campaigns?name=baix", data=multipart(files), headers=AUTH) as resp:
+        report = await resp.json()
+        assert resp.status == 201, report
+    assert report["source"] == "campaign-baix" and report["quarantined"] == 6  # the 6 counts of unknown channels
+    stored = await storage.pool.fetchval("SELECT count(*) FROM measurements m JOIN channels c ON c.id = m.channel_id"
+                                         " JOIN sites s ON s.id = c.site_id WHERE s.external_id = 'C01-Baix'")
+    assert stored == 3
+    async with client.post("/api/v1/campaigns?name=baix", data=files["measure"], headers=AUTH) as resp:
+        refused = await resp.json()
+        assert resp.status == 400 and "multipart" in refused["detail"]
+
+
+async def test_comptage_upload_joins_the_map_and_the_annual_table(client: TestClient) -> None:
+    files = comptage_files("exemple-valide-eco-compteur")
+    async with client.post("/api/v1/campaigns?name=loire-2022", data=multipart(files), headers=AUTH) as resp:
+        report = await resp.json()
+        assert resp.status == 201, report
+    assert report["new"] == 3650 and report["quarantined"] == 0
+    async with client.get("/api/v1/sites?limit=10") as resp:
+        sites = {s["external_id"]: s for s in (await resp.json())["sites"]}
+    assert set(sites) == {"300014141", "300014151", "300014142"}
+    assert sites["300014141"]["name"] == "Champtoceaux"
+    async with client.get("/api/v1/annual?year=2022&threshold=0.5") as resp:
+        annual = {r["external_id"] for r in (await resp.json())["rows"]}
+    assert annual == set(sites)
+
+
+@pytest.mark.parametrize(("headers", "body", "status"), [
+    ({"Content-Type": "multipart/form-data"}, b"--x\r\n\r\nsite_id\r\n--x--\r\n", 400),  # no boundary
+    ({"Content-Type": "multipart/form-data; boundary=x"}, b"garbage", 400),
+    ({"Content-Type": "multipart/form-data; boundary=x"}, b"--x\r\nContent-Type: text/csv\r\n\r\nsite_id\r\n--x", 400),
+    ({"Content-Type": "multipart/mixed; boundary=x"},
+     b"--x\r\nContent-Type: multipart/mixed; boundary=y\r\n\r\n--y\r\n\r\na\r\n--y--\r\n--x--\r\n", 400),
+    ({"Content-Type": "multipart/form-data; boundary=x"},
+     b"--x\r\nContent-Disposition: form-data; name=a\r\n\r\n" + b"site_id,site_name,xlong,ylat\n" * 80_000
+     + b"\r\n--x--\r\n", 413),  # beyond the server's request size, though multipart
+])
+async def test_hostile_multipart_bodies_are_refused_not_failed(client: TestClient, headers: dict[str, str],
+                                                               body: bytes, status: int) -> None:
+    async with client.post("/api/v1/campaigns?name=hostile", data=body, headers={**AUTH, **headers}) as resp:
+        assert resp.status == status, await resp.text()

@@ -125,7 +125,7 @@ async def test_positions_along_a_road_round_trip_through_the_v2_feed(
     body = render_situations(events, PUBLICATION, datetime.now(UTC))
     doc = xml_valid(DATEX_V2, body)
     read_back = {e.external_id: e for e in parse_datex2(body, source_id="again") if isinstance(e, EventRecord)}
-    for n, ((road, _), (pr, abscissa, _offset)) in enumerate(zip(placed, expected, strict=True)):
+    for n, ((road, _), (pr, abscissa, _offset, _side)) in enumerate(zip(placed, expected, strict=True)):
         [(number, referent, distance)] = located(doc, f"gen:e{n}")
         assert number == road and referent == f"PR{pr}" and distance == pytest.approx(abscissa, abs=1.0)
         [ref] = read_back[f"gen:e{n}"].location_refs["pr"]

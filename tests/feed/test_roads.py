@@ -80,11 +80,19 @@ async def test_known_distances_on_a_straight_road(storage: Storage) -> None:
             expected = await ground_m(conn, pr0, points[pr]) + abscissa
             assert abs(await ground_m(conn, pr0, (lon, lat)) - expected) < 1.0, (pr, abscissa)
         half = (3.5, 43.5 + 2.5 * 0.009)
-        pr, abscissa, offset = await roads.locate(conn, "RD1", *half)
+        pr, abscissa, offset, side = await roads.locate(conn, "RD1", *half)
         assert pr == 2 and abs(abscissa - await ground_m(conn, points[2], half)) < 1.0 and offset < 0.01
+        assert side is None  # on the road's line
         east = (3.51, points[1][1])  # about 800 m east of PR 1
-        pr, abscissa, offset = await roads.locate(conn, "RD1", *east)
+        pr, abscissa, offset, side = await roads.locate(conn, "RD1", *east)
         assert pr == 1 and abscissa < 1.0 and abs(offset - await ground_m(conn, points[1], east)) < 2.0
+        assert side == "right"  # east of a road whose PR increase northwards
+        west = (3.49, points[1][1])
+        assert (await roads.locate(conn, "RD1", *west))[3] == "left"
+        for side, sign in (("right", 1), ("left", -1)):
+            lon, lat = await roads.point(conn, "RD1", 1, 0, side, 50)
+            assert sign * (lon - points[1][0]) > 0 and abs(lat - points[1][1]) < 1e-6
+            assert abs(await ground_m(conn, points[1], (lon, lat)) - 50) < 0.1
         line = await roads.section(conn, "RD1", (1, 200), (3, 100))
         assert line["type"] == "LineString"
         first, last = tuple(line["coordinates"][0]), tuple(line["coordinates"][-1])
@@ -108,19 +116,24 @@ async def test_simulated_sites_pr_and_abscissa_agree_with_the_referential(storag
             lon, lat = await roads.point(conn, site.road.name, site.pr, site.abscissa)
             # the simulator measures with an equirectangular approximation: a few metres per km
             assert geodesic_m(on_road, (lon, lat)) < 10, site.id
-            pr, abscissa, offset = await roads.locate(conn, site.road.name, lon, lat)
+            pr, abscissa, offset, _side = await roads.locate(conn, site.road.name, lon, lat)
             assert pr == site.pr and abscissa == pytest.approx(site.abscissa, abs=1.0), site.id
             assert offset < 1.0
 
 
+Position = tuple[str, int, float, roads.Side | None, float]
+
+
 @st.composite
-def _positions(draw: st.DrawFn, referential: list[roads.Road]) -> tuple[str, int, float]:
+def _positions(draw: st.DrawFn, referential: list[roads.Road]) -> Position:
     road = draw(st.sampled_from(referential))
     prs = sorted(road.prs)
     i = draw(st.integers(0, len(prs) - 2))
+    side = draw(st.sampled_from([None, *roads.SIDES]))
+    offset = 0.0 if side is None else draw(st.floats(0.1, 30))  # a roadside: a counter, a stopped vehicle
     if prs[i + 1] != prs[i] + 1:  # a gap between two sections of the road
-        return road.road, prs[i], 0.0
-    return road.road, prs[i], draw(st.floats(0, 900, allow_nan=False))
+        return road.road, prs[i], 0.0, side, offset
+    return road.road, prs[i], draw(st.floats(0, 900, allow_nan=False)), side, offset
 
 
 REFERENTIAL = roads.parse_referential(referential_geojson(), "simulator")
@@ -129,19 +142,26 @@ REFERENTIAL = roads.parse_referential(referential_geojson(), "simulator")
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(positions=st.lists(_positions(REFERENTIAL), min_size=1, max_size=5))
 async def test_pr_and_abscissa_round_trip_within_a_metre(storage: Storage,
-                                                         positions: list[tuple[str, int, float]]) -> None:
+                                                         positions: list[Position]) -> None:
     async with storage.pool.acquire() as conn:
         if not await roads.road_exists(conn, "RD613"):
             await roads.store_referential(conn, REFERENTIAL)
-        for road, pr, abscissa in positions:
-            lon, lat = await roads.point(conn, road, pr, abscissa)
-            found = await roads.locate(conn, road, lon, lat)
-            position = (found[0], found[1])
-            if position[0] != pr:  # a point exactly on the next PR is named after it
-                assert position[0] > pr and position[1] < 1.0
-            else:
-                assert position[1] == pytest.approx(abscissa, abs=1.0)
-            assert found[2] < 1.0
+        for road, pr, abscissa, side, offset in positions:
+            lon, lat = await roads.point(conn, road, pr, abscissa, side, offset)
+            found_pr, found_abscissa, found_offset, found_side = await roads.locate(conn, road, lon, lat)
+            assert found_side == side
+            # the answer places the point back where it was
+            again = await roads.point(conn, road, found_pr, found_abscissa, found_side, found_offset)
+            assert geodesic_m((lon, lat), again) < 1.0
+            if found_offset < offset - 1.0:
+                continue  # inside a bend, another part of the road is nearer: that one is named
+            assert found_offset == pytest.approx(offset, abs=1.0)
+            if found_pr == pr:
+                assert found_abscissa == pytest.approx(abscissa, abs=1.0)
+            else:  # a point on a PR may be named after the PR or as the end of the section before it
+                assert abs(found_pr - pr) == 1 and min(abs(found_abscissa), abs(abscissa)) < 1.0
+                assert geodesic_m(await roads.point(conn, road, found_pr, found_abscissa),
+                                  await roads.point(conn, road, pr, abscissa)) < 1.0
 
 
 async def test_a_shape_drawn_backwards_is_refused(storage: Storage) -> None:
@@ -183,7 +203,18 @@ async def test_routes_read_the_referential_and_only_an_administrator_imports(sto
             at = await resp.json()
         async with client.get(f"/api/v1/roads/RD613/locate?lon={at['lon']}&lat={at['lat']}") as resp:
             back = await resp.json()
-        assert back["pr"] == 12 and abs(back["abscissa"] - 250) < 1
+        assert back["pr"] == 12 and abs(back["abscissa"] - 250) < 1 and back["side"] is None
+        async with client.get("/api/v1/roads/RD613/locate?pr=12&abscissa=250&side=left&offset=20") as resp:
+            at = await resp.json()
+        assert at["side"] == "left" and at["offset_m"] == 20
+        async with client.get(f"/api/v1/roads/RD613/locate?lon={at['lon']}&lat={at['lat']}") as resp:
+            back = await resp.json()
+        assert back["pr"] == 12 and abs(back["abscissa"] - 250) < 1 and abs(back["offset_m"] - 20) < 1
+        assert back["side"] == "left"
+        async with client.get("/api/v1/roads/RD613/locate?pr=12&offset=20") as resp:
+            assert resp.status == 400 and "needs a side" in (await resp.json())["detail"]
+        async with client.get("/api/v1/roads/RD613/locate?pr=12&side=up") as resp:
+            assert resp.status == 400
         async with client.get("/api/v1/roads/RD613/section?from=12+250&to=14") as resp:
             feature = await resp.json()
         assert feature["geometry"]["type"] == "LineString"
@@ -197,6 +228,7 @@ async def test_routes_read_the_referential_and_only_an_administrator_imports(sto
 
 @pytest.mark.parametrize("path", ["/api/v1/roads/%00/pr", "/api/v1/roads/RD613/locate?pr=2147483648",
                                   "/api/v1/roads/RD613/locate?pr=1&abscissa=nan",
+                                  "/api/v1/roads/RD613/locate?pr=1&side=right&offset=-inf",
                                   "/api/v1/roads/RD613/locate?lon=inf&lat=43",
                                   "/api/v1/roads/RD613/section?from=99999999999&to=1"])
 async def test_hostile_positions_are_refused_not_failed(storage: Storage, path: str) -> None:

@@ -167,6 +167,30 @@ def conditions_and_campaign(driver: Any, url: str, campaign_file: Path) -> dict[
     return {"errors": errors, "report": report}
 
 
+def comptage_campaign(driver: Any, url: str, files: list[Path]) -> dict[str, Any]:
+    open_agents(driver, url)
+    fill(driver, {"cp-name": "baix-2021", "cp-file": "\n".join(str(f) for f in files)})
+    click(driver, "#cp-check")
+    preview = until(driver, "document.getElementById('campaign-message').textContent.includes('comptages valides')"
+                            " && document.getElementById('campaign-message').textContent", "the preview")
+    click(driver, "#cp-import")
+    report = until(driver, "document.getElementById('campaign-message').textContent.startsWith('Importé') && "
+                           "document.getElementById('campaign-message').textContent", "the import")
+    return {"preview": preview, "report": report}
+
+
+async def test_a_comptage_des_mobilites_campaign_is_uploaded_as_its_three_files(
+        browser: Any, site: tuple[str, int, TestClient]) -> None:
+    url, _site_id, client = site
+    samples = Path(__file__).parents[1] / "data" / "comptage"
+    files = [samples / f"{kind}.exemple-valide.csv" for kind in ("measure", "site", "channel")]
+    done = await in_browser(comptage_campaign, browser, url, files)
+    assert done["preview"].startswith("9 comptages valides sur 1 sites, 0 ligne(s) refusée(s)")
+    assert "campaign-baix-2021 : 3 comptages, 6 en quarantaine" in done["report"]  # channels C-C-02/03 unknown
+    async with client.get("/api/v1/sites?limit=100") as resp:
+        assert "C01-Baix" in {s["external_id"] for s in (await resp.json())["sites"]}
+
+
 async def test_the_agents_workflow_in_french(browser: Any, site: tuple[str, int, TestClient]) -> None:
     url, site_id, client = site
     entered = await in_browser(log_in_and_enter, browser, url)

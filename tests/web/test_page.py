@@ -40,6 +40,7 @@ from feed.http import build_app
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
 from feed.storage import Storage
 from feed.webpage import ASSETS_DIR, OUTLINE_PATH, WebAssets, content_security_policy, make_web_routes
+from agents_support import ADMIN, agents_app
 
 try:
     from selenium import webdriver
@@ -367,6 +368,43 @@ async def test_the_map_draws_the_outline_sites_and_events_without_console_errors
     assert page["annual_rows"] == 3
     assert "3 sites de comptage, 3 événements" in page["status"]
     assert "Travaux (1)" in page["legend"] and "Fermeture (1)" in page["legend"]
+
+
+@one_engine
+async def test_a_c3_section_set_through_the_api_appears_on_the_map_in_its_colour(browser: Any, storage: Storage):
+    assets_built()
+
+    def network(base: str) -> dict[str, Any]:
+        open_page(browser, base + "/")
+        return {
+            "lines": {level: count(browser, f"#map path.condition-line.level-{level}") for level in ("C1", "C3")},
+            "strokes": browser.execute_script(
+                "return [...document.querySelectorAll('#map path.condition-line')]"
+                ".map((p) => getComputedStyle(p).stroke);"),
+            "swatch": browser.execute_script(
+                "const s = document.querySelector('#legend .swatch-condition.level-C3');"
+                "return s ? getComputedStyle(s).backgroundColor : null;"),
+            "legend": text(browser, "#legend .legend-conditions"),
+            "errors": console_errors(browser),
+        }
+
+    async with agents_app(storage) as client:
+        base = str(client.make_url("")).rstrip("/")
+        before = await in_browser(network, base)
+        section = {"road": "RD986", "from": {"pr": 20}, "to": {"pr": 28, "abscissa": 500}}
+        async with client.post("/api/v1/road-conditions", json={**section, "level": "C3"},
+                               headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
+            assert resp.status == 200, await resp.text()
+        after = await in_browser(network, base)
+        async with client.post("/api/v1/road-conditions", json={**section, "level": "C1"},
+                               headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
+            assert resp.status == 200, await resp.text()
+        back = await in_browser(network, base)
+    assert before["lines"] == {"C1": 0, "C3": 0} and "C3 conditions difficiles (0)" in before["legend"]
+    assert after["lines"] == {"C1": 0, "C3": 1} and after["strokes"] == ["rgb(234, 88, 12)"]  # #ea580c
+    assert after["swatch"] == "rgb(234, 88, 12)" and "C3 conditions difficiles (1)" in after["legend"]
+    assert back["lines"] == {"C1": 1, "C3": 0} and back["strokes"] == ["rgb(22, 163, 74)"]  # back to normal
+    assert before["errors"] == after["errors"] == back["errors"] == []
 
 
 @one_engine

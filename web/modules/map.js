@@ -1,5 +1,6 @@
 // The map: the département's outline as the base layer (tiles only when configured),
-// counting sites coloured by freshness and quality, events coloured by type.
+// counting sites coloured by freshness and quality, events coloured by type, and
+// the winter state of each road section (C1 to C4, /api/v1/road-conditions).
 import L from 'leaflet';
 import {
   currentLang, formatAge, formatDateTime, formatDay, formatNumber, localDay, t,
@@ -29,6 +30,21 @@ export const EVENT_COLOURS = {
   public_event: '#4d7c0f',
   other: '#4b5563',
 };
+
+// Road section states on the French winter scale, and their colours (as style.css .swatch.level-…).
+export const CONDITION_LEVELS = ['C1', 'C2', 'C3', 'C4'];
+
+export const CONDITION_COLOURS = {
+  C1: '#16a34a',
+  C2: '#eab308',
+  C3: '#ea580c',
+  C4: '#7f1d1d',
+};
+
+/** C1 to C4 from a feature of /api/v1/road-conditions (an unknown level reads as C1). */
+export function conditionLevel(props) {
+  return props && CONDITION_LEVELS.includes(props.level) ? props.level : 'C1';
+}
 
 export const SITE_COLOURS = {
   fresh: '#15803d',
@@ -98,6 +114,19 @@ function eventPopup(p) {
     el('p', { class: 'popup-description' }, text || t('event.nodescription')));
 }
 
+function conditionLabel(p) {
+  return `${p.road || ''} — ${conditionLevel(p)}, ${t(`condition.${conditionLevel(p)}`)}`;
+}
+
+function conditionPopup(p) {
+  const level = conditionLevel(p);
+  return el('div', { class: 'popup condition-popup', lang: currentLang() },
+    el('h3', { class: `popup-title level-${level}` }, `${level} — ${t(`condition.${level}`)}`),
+    el('dl', {},
+      row(t('event.road'), p.road),
+      row(t('event.updated'), p.updated ? formatDateTime(p.updated) : null)));
+}
+
 function sitePopup(p, site, onShow) {
   const state = siteState(p);
   const button = el('button', { type: 'button', class: 'button popup-show' }, t('map.site.show'));
@@ -142,8 +171,10 @@ export class TrafficMap {
     }
     this.map.setView([43.6, 3.4], 9);
     this.outline = null;
+    this.conditionsLayer = L.layerGroup().addTo(this.map);
     this.sitesLayer = L.layerGroup().addTo(this.map);
     this.eventsLayer = L.layerGroup().addTo(this.map);
+    this.conditionFeatures = [];
     this.siteFeatures = [];
     this.eventFeatures = [];
     this.sitesById = new Map();
@@ -245,6 +276,31 @@ export class TrafficMap {
     this.sitesLayer.eachLayer((layer) => layer.bringToFront && layer.bringToFront());
   }
 
+  /** The road network coloured by each section's state, under the events. */
+  setConditions(features) {
+    this.conditionFeatures = features || [];
+    this.conditionsLayer.clearLayers();
+    for (const feature of this.conditionFeatures) {
+      if (!feature.geometry || feature.geometry.type !== 'LineString') continue;
+      const p = feature.properties;
+      const level = conditionLevel(p);
+      const layer = L.polyline(feature.geometry.coordinates.map(([lon, lat]) => [lat, lon]), {
+        color: CONDITION_COLOURS[level],
+        weight: 10,
+        opacity: 0.85,
+        lineCap: 'butt',
+        className: `condition-line level-${level}`,
+      });
+      layer.bindPopup(() => conditionPopup(p), { maxWidth: 280 });
+      layer.addTo(this.conditionsLayer);
+      const node = layer.getElement();
+      if (node) node.dataset.sectionId = String(feature.id);
+      keyboardReachable(layer, conditionLabel(p), () => layer.openPopup());
+    }
+    this.conditionsLayer.eachLayer((layer) => layer.bringToBack());
+    if (this.outline) this.outline.bringToBack();
+  }
+
   select(siteId) {
     this.selected = siteId;
     for (const [id, marker] of this.markers) {
@@ -260,6 +316,7 @@ export class TrafficMap {
     this.map.closePopup();
     this.setSites(this.siteFeatures);
     this.setEvents(this.eventFeatures);
+    this.setConditions(this.conditionFeatures);
     this.select(this.selected);
   }
 
@@ -268,8 +325,8 @@ export class TrafficMap {
   }
 }
 
-/** The legend under the map: site states and event types, with counts. */
-export function renderLegend(container, siteFeatures, eventFeatures) {
+/** The legend under the map: site states, event types and road section states, with counts. */
+export function renderLegend(container, siteFeatures, eventFeatures, conditionFeatures) {
   const siteCounts = {};
   for (const f of siteFeatures) siteCounts[siteState(f.properties)] = (siteCounts[siteState(f.properties)] || 0) + 1;
   const eventCounts = {};
@@ -284,10 +341,20 @@ export function renderLegend(container, siteFeatures, eventFeatures) {
   const events = el('ul', { class: 'legend-list' }, ...(present.length ? present : []).map((type) => el('li', {},
     el('span', { class: `swatch swatch-event type-${type}`, 'aria-hidden': 'true' }),
     `${t(`event.type.${type}`)} (${formatNumber(eventCounts[type])})`)));
+  const conditionCounts = {};
+  for (const f of conditionFeatures) {
+    if (!f.geometry) continue;
+    const level = conditionLevel(f.properties);
+    conditionCounts[level] = (conditionCounts[level] || 0) + 1;
+  }
+  const conditions = el('ul', { class: 'legend-list' }, ...CONDITION_LEVELS.map((level) => el('li', {},
+    el('span', { class: `swatch swatch-condition level-${level}`, 'aria-hidden': 'true' }),
+    `${level} ${t(`condition.${level}`)} (${formatNumber(conditionCounts[level] || 0)})`)));
   container.replaceChildren(
     el('div', { class: 'legend-group' }, el('h3', {}, t('legend.sites')), sites),
     el('div', { class: 'legend-group' }, el('h3', {}, t('legend.events')),
       present.length ? events : el('p', { class: 'hint' }, formatNumber(0)),
       el('p', { class: 'hint legend-note' }, t('legend.status'))),
+    el('div', { class: 'legend-group legend-conditions' }, el('h3', {}, t('legend.conditions')), conditions),
   );
 }
