@@ -30,14 +30,14 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from feed import roads  # noqa: E402
-from feed.cluster import Cluster, free_port, host_engine  # noqa: E402
+from feed.store import roads  # noqa: E402
+from feed.store.cluster import Cluster, free_port, host_engine  # noqa: E402
 from feed.config import Config, PublicationConfig, ServerConfig  # noqa: E402
-from feed.http import CONTEXT, build_app  # noqa: E402
-from feed.migrations import migrate  # noqa: E402
+from feed.http.app import CONTEXT, build_app  # noqa: E402
+from feed.store.migrations import migrate  # noqa: E402
 from feed.model import EventRecord, Geometry  # noqa: E402
-from feed.simulator import referential_geojson  # noqa: E402
-from feed.storage import Storage  # noqa: E402
+from feed.simulator.core import referential_geojson  # noqa: E402
+from feed.store.storage import Storage  # noqa: E402
 
 TOKEN = "bench-admin-token"
 FEEDS = ("/feeds/datex2/v3/situations.xml", "/feeds/datex2/v2/situations.xml", "/feeds/events.geojson",

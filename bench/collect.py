@@ -62,12 +62,12 @@ from collectors import opendatasoft_parse
 from collectors.datex2_parse import parse_datex2
 from collectors.fetch import Fetcher
 from exporters.datex2_v3 import render_situations
-from feed.cluster import Cluster, Engine, chroot_engine, host_engine
-from feed.collect import poll_source
+from feed.store.cluster import Cluster, Engine, chroot_engine, host_engine
+from feed.collect.poll import poll_source
 from feed.config import PublicationConfig, SourceConfig
-from feed.migrations import migrate
+from feed.store.migrations import migrate
 from feed.model import Geometry, StoredEvent
-from feed.storage import CHANGES_CHANNEL, Storage
+from feed.store.storage import CHANGES_CHANNEL, Storage
 
 MB = 1_000_000
 PUBLICATION = PublicationConfig()  # Hérault: bbox (2.53, 43.2, 4.2, 43.98)

@@ -4,7 +4,7 @@ On every engine available here (host PostgreSQL + PostGIS; PostgreSQL 17 +
 TimescaleDB when its root filesystem is built), 500 sites x 2 directions x 2
 classes (light, heavy) of hourly counts are loaded through the storage API
 (rollups included): a year in one database, a month in another. The API runs
-in its own process (`feed.api` routes only) and is queried over HTTP:
+in its own process (`feed.http.api` routes only) and is queried over HTTP:
 
 1. one site's daily series for a year (`/api/v1/sites/{id}/counts?step=day`),
 2. the annual table of the year (`/api/v1/annual`),
@@ -56,14 +56,15 @@ import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from feed import api, history
-from feed.cluster import Cluster, Engine, chroot_engine, free_port, host_engine
+from feed.http import api
+from feed.store import history
+from feed.store.cluster import Cluster, Engine, chroot_engine, free_port, host_engine
 from feed.config import Config
-from feed.feeds import FeedPublisher
-from feed.http import AppContext
-from feed.migrations import migrate
+from feed.publish.feeds import FeedPublisher
+from feed.http.app import AppContext
+from feed.store.migrations import migrate
 from feed.model import ChannelRecord, SiteRecord
-from feed.storage import Storage
+from feed.store.storage import Storage
 
 TZ = "Europe/Paris"
 PARIS = ZoneInfo(TZ)
@@ -75,11 +76,11 @@ ROW_GROUP = 122_880  # rows per Parquet row group in the reference file (DuckDB'
 SERVER = r"""
 import asyncio, sys
 from aiohttp import web
-from feed.api import api_routes
+from feed.http.api import api_routes
 from feed.config import Config
-from feed.feeds import FeedPublisher
-from feed.http import build_app
-from feed.storage import Storage
+from feed.publish.feeds import FeedPublisher
+from feed.http.app import build_app
+from feed.store.storage import Storage
 
 class NoFeeds(FeedPublisher):
     async def start(self): return None
@@ -105,10 +106,10 @@ BACKFILL = r"""
 import asyncio, resource, sys
 import aiohttp
 from collectors.fetch import Fetcher
-from feed.collect import poll_source
+from feed.collect.poll import poll_source
 from feed.config import Config, SourceConfig
-from feed.simulator import simulator_sources
-from feed.storage import Storage
+from feed.simulator.core import simulator_sources
+from feed.store.storage import Storage
 
 async def main(url, sim_url, days):
     entry = next(e for e in simulator_sources(sim_url) if e["options"].get("dataset_type") == "counters")

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import psycopg
 
-from feed.cluster import Cluster, Engine, chroot_engine, host_engine
-from feed.migrations import migrate
+from feed.store.cluster import Cluster, Engine, chroot_engine, host_engine
+from feed.store.migrations import migrate
 from feed.model import ChannelRecord, SiteRecord
-from feed.storage import Storage
+from feed.store.storage import Storage
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 

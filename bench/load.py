@@ -42,9 +42,9 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from feed.cluster import Cluster, free_port, host_engine  # noqa: E402
-from feed.migrations import migrate  # noqa: E402
-from feed.simulator import simulator_sources  # noqa: E402
+from feed.store.cluster import Cluster, free_port, host_engine  # noqa: E402
+from feed.store.migrations import migrate  # noqa: E402
+from feed.simulator.core import simulator_sources  # noqa: E402
 
 FEEDS = (
     "/feeds/datex2/v3/situations.xml",

@@ -12,7 +12,7 @@ a TPEG segment between its first and last positions (the full line is in v3).
 The road number goes in `linearElement/roadNumber`, where v2.3 consumers read it;
 v2.3 only has it inside a linear reference (a referent and a distance). The live
 feeds read an event whose source gives no PR with the PR + abscissa the road
-referential finds for its geometry (feed/storage.py); an event off the referential
+referential finds for its geometry (feed/store/storage.py); an event off the referential
 carries its road as the TPEG link name only.
 """
 

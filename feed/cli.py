@@ -12,13 +12,14 @@ from collections.abc import Callable
 import asyncpg
 import psycopg
 
-from feed import agents, embedded, roads
-from feed.cluster import ClusterError
+from feed.http import agents
+from feed.store import embedded, roads
+from feed.store.cluster import ClusterError
 from feed.logs import FORMATS, resolve_format, setup_logging
 from feed.config import Config, ConfigError, load_config
-from feed.migrations import MigrationError, detect_engine, migrate, table_sizes
-from feed.static_export import ExportError
-from feed.service import NotMigrated, run
+from feed.store.migrations import MigrationError, detect_engine, migrate, table_sizes
+from feed.publish.static_export import ExportError
+from feed.server.service import NotMigrated, run
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -85,8 +86,8 @@ async def _collect(config: Config, source, once: bool) -> int:
     import aiohttp
 
     from collectors.fetch import Fetcher
-    from feed.collect import poll_source
-    from feed.storage import Storage
+    from feed.collect.poll import poll_source
+    from feed.store.storage import Storage
 
     storage = await Storage.open(embedded.database_url(config), max_size=4)
     try:
@@ -112,13 +113,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from feed.simulator import run_simulator
+    from feed.simulator.core import run_simulator
 
     if args.speed <= 0:
         raise ConfigError(f"--speed {args.speed:g}: must be greater than 0 (1 = real time)")
     national = None
     if args.sites is not None:
-        from feed.national import NationalNetwork
+        from feed.simulator.national import NationalNetwork
 
         try:
             national = NationalNetwork(sites=args.sites, step=args.step)
@@ -129,7 +130,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from feed.demo import run_demo
+    from feed.server.demo import run_demo
 
     if args.speed <= 0 or args.interval < 1:
         raise ConfigError("--speed must be greater than 0 and --interval at least 1 second")
@@ -138,8 +139,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_export_feeds(args: argparse.Namespace) -> int:
-    from feed.static_export import export_feeds
-    from feed.storage import Storage
+    from feed.publish.static_export import export_feeds
+    from feed.store.storage import Storage
 
     config = _config(args)
 

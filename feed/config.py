@@ -29,7 +29,7 @@ class _Section(BaseModel):
 
 class DatabaseConfig(_Section):
     url: str | None = None  # None: the embedded cluster started by `roadfeed db up`
-    # A hot standby of `url` that `serve` reads from (feed.replica); collectors always write to `url`.
+    # A hot standby of `url` that `serve` reads from (feed.store.replica); collectors always write to `url`.
     read_url: str | None = None
     pool_size: int = Field(default=10, ge=1, le=200)
     statement_timeout_ms: int = Field(default=15000, ge=100)
@@ -50,7 +50,7 @@ class ServerConfig(_Section):
     workers: int = Field(default=0, ge=0, le=64)  # HTTP processes sharing the port; 0: one per CPU
     admin_token: str | None = None
     feed_max_age: int = Field(default=30, ge=0)  # Cache-Control max-age of live feeds
-    # Per-client token bucket (feed.security): refill rate, bucket size; 0 disables the limit.
+    # Per-client token bucket (feed.http.security): refill rate, bucket size; 0 disables the limit.
     rate_limit_per_minute: int = Field(default=600, ge=0)
     rate_limit_burst: int = Field(default=300, ge=1)
     # Proxies whose X-Forwarded-For names the client (addresses or networks, e.g. "10.0.0.0/8").
@@ -116,7 +116,7 @@ class SourceConfig(_Section):
 
 
 class MqttConfig(_Section):
-    """MQTT push (feed.mqtt), from the nodes that run the collectors (`run`)."""
+    """MQTT push (feed.publish.mqtt), from the nodes that run the collectors (`run`)."""
 
     url: str = Field(pattern=r"^mqtt://")  # mqtt://[user:password@]host[:port]
     prefix: str = Field(default="roadfeed/v1", pattern=r"^[^+#]+$")

@@ -1,7 +1,7 @@
 """`/metrics`: the Prometheus text exposition (format 0.0.4), written by hand.
 
 Counters and histograms live in this module, one set per process: the code that
-does the work bumps them (polls in feed.collect, HTTP requests in the middleware
+does the work bumps them (polls in feed.collect.poll, HTTP requests in the middleware
 and in the feeds' fast path); gauges that describe state (feeds, database pool,
 sources) are read when `/metrics` is scraped.
 
@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from feed.storage import bounded_connection
+from feed.store.storage import bounded_connection
 
 if TYPE_CHECKING:  # pragma: no cover
-    from feed.collect import RunReport
+    from feed.collect.poll import RunReport
 
 __all__ = ["CONTENT_TYPE", "REGISTRY", "Counter", "Gauge", "Histogram", "expose", "http_middleware",
            "metrics_routes", "record_poll"]
@@ -331,7 +331,7 @@ async def expose(storage: Any, publisher: Any) -> str:
 
 
 def metrics_routes(app: web.Application, ctx: Any) -> None:
-    """`/metrics` (a RouteSetup for feed.http)."""
+    """`/metrics` (a RouteSetup for feed.http.app)."""
 
     async def metrics(_request: web.Request) -> web.Response:
         body = await expose(ctx.storage, ctx.publisher)

@@ -16,11 +16,11 @@ from lxml import etree
 from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
 
-from feed import roads
+from feed.store import roads
 from feed.config import Config, PublicationConfig, ServerConfig
-from feed.http import CONTEXT, build_app
-from feed.simulator import referential_geojson
-from feed.storage import Storage
+from feed.http.app import CONTEXT, build_app
+from feed.simulator.core import referential_geojson
+from feed.store.storage import Storage
 
 SCHEMAS = Path(__file__).resolve().parent / "data" / "schemas"
 DATEX_V3 = etree.XMLSchema(etree.parse(str(SCHEMAS / "datex2" / "v3.6" / "DATEXII_3_MessageContainer.xsd")))

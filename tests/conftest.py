@@ -20,9 +20,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from feed.cluster import Cluster, Engine, chroot_engine, host_engine
-from feed.migrations import migrate
-from feed.storage import Storage
+from feed.store.cluster import Cluster, Engine, chroot_engine, host_engine
+from feed.store.migrations import migrate
+from feed.store.storage import Storage
 from timeouts import pytest_timeout_set_timer  # noqa: F401  (the hook: stacks of threads and tasks)
 
 ENGINES = ["pg15-postgis", "pg17-timescaledb"]

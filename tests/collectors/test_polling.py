@@ -16,10 +16,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from collectors.fetch import Fetcher, FetchPolicy
-from feed.collect import poll_source
+from feed.collect.poll import poll_source
 from feed.config import PublicationConfig, SourceConfig
 from feed.model import EventRecord, Geometry
-from feed.storage import Storage
+from feed.store.storage import Storage
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 NDW = DATA / "datex2" / "nl-ndw-actueel_beeld-situations-messagecontainer.xml"
@@ -315,7 +315,7 @@ async def test_sites_and_events_outside_the_area_are_quarantined(storage, origin
 
 async def test_one_hanging_source_does_not_delay_another(storage, origin, fetcher):
     from feed.config import Config
-    from feed.scheduler import Collector
+    from feed.collect.scheduler import Collector
 
     hang = asyncio.Event()
 

@@ -18,12 +18,12 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
-from feed.cluster import free_port
+from feed.store.cluster import free_port
 from feed.config import Config, ServerConfig, SourceConfig
-from feed.feeds import EVENTS_GEOJSON
-from feed.http import build_app
+from feed.publish.feeds import EVENTS_GEOJSON
+from feed.http.app import build_app
 from feed.model import EventRecord, Geometry
-from feed.storage import Storage
+from feed.store.storage import Storage
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 DEPLOYED = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"

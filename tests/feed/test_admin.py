@@ -15,14 +15,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from collectors.fetch import Fetcher
-from feed import roads
-from feed.admin import attach_collector
+from feed.store import roads
+from feed.http.admin import attach_collector
 from feed.config import Config, PublicationConfig, ServerConfig, SourceConfig
-from feed.http import build_app
+from feed.http.app import build_app
 from feed.model import ChannelRecord, Quarantined, SiteRecord
-from feed.scheduler import Collector
-from feed.simulator import referential_geojson
-from feed.storage import RunStats, Storage
+from feed.collect.scheduler import Collector
+from feed.simulator.core import referential_geojson
+from feed.store.storage import RunStats, Storage
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

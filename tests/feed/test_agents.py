@@ -13,11 +13,11 @@ import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from feed import agents
+from feed.http import agents
 from feed.cli import main
 from feed.config import Config, PublicationConfig, ServerConfig
-from feed.http import build_app
-from feed.storage import Storage
+from feed.http.app import build_app
+from feed.store.storage import Storage
 from agents_support import load_simulated_roads
 
 ADMIN = "ops-admin-token"

@@ -24,12 +24,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from multidict import MultiDict
 
-from feed import api, history
+from feed.http import api
+from feed.store import history
 from feed.config import Config, DatabaseConfig, SourceConfig
-from feed.feeds import FeedPublisher
-from feed.http import build_app
+from feed.publish.feeds import FeedPublisher
+from feed.http.app import build_app
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
-from feed.storage import RunStats, Storage
+from feed.store.storage import RunStats, Storage
 from long_mode import examples, seconds
 
 PARIS = ZoneInfo("Europe/Paris")

@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from feed.config import Config
-from feed.feeds import FeedPublisher
-from feed.http import build_app
+from feed.publish.feeds import FeedPublisher
+from feed.http.app import build_app
 from feed.model import ChannelRecord, SiteRecord
-from feed.openapi import openapi_document
-from feed.storage import Storage
+from feed.http.openapi import openapi_document
+from feed.store.storage import Storage
 
 CONFIG = Config()
 DOC = openapi_document(CONFIG)

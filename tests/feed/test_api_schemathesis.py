@@ -19,17 +19,17 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from feed import api
-from feed.agents import agent_routes
-from feed.authoring import authoring_routes
-from feed.campaigns import campaign_routes
-from feed.conditions import condition_routes
+from feed.http import api
+from feed.http.agents import agent_routes
+from feed.http.authoring import authoring_routes
+from feed.http.campaigns import campaign_routes
+from feed.http.conditions import condition_routes
 from feed.config import Config
-from feed.feeds import FeedPublisher
-from feed.http import build_app
+from feed.publish.feeds import FeedPublisher
+from feed.http.app import build_app
 from feed.model import ChannelRecord, SiteRecord
-from feed.openapi import openapi_document
-from feed.storage import Storage
+from feed.http.openapi import openapi_document
+from feed.store.storage import Storage
 
 CONFIG = Config()
 SCHEMATHESIS = shutil.which("schemathesis", path=str(Path(sys.executable).parent))

@@ -20,12 +20,12 @@ from lxml import etree
 from pydantic import ValidationError
 
 from exporters import datex2_v2, datex2_v3, geojson, waze, wzdx
-from feed.authoring import _CONTROL as CONTROL
-from feed.authoring import KINDS, EventInput, event_record
+from feed.http.authoring import _CONTROL as CONTROL
+from feed.http.authoring import KINDS, EventInput, event_record
 from feed.config import PublicationConfig
 from feed.model import DAYS, StoredEvent
-from feed.simulator import ROADS
-from feed.storage import Storage
+from feed.simulator.core import ROADS
+from feed.store.storage import Storage
 from agents_support import ADMIN, CIFS, DATEX_V2, DATEX_V3, WZDX, agents_app, until_in_feed, xml_valid
 
 PUBLICATION = PublicationConfig()

@@ -18,8 +18,8 @@ from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feed.campaigns import file_kind, parse_campaign, parse_comptage
-from feed.storage import Storage
+from feed.http.campaigns import file_kind, parse_campaign, parse_comptage
+from feed.store.storage import Storage
 from agents_support import ADMIN, agents_app
 
 PARIS = ZoneInfo("Europe/Paris")

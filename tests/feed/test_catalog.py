@@ -17,11 +17,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from pyshacl import validate
 from rdflib.namespace import DCAT, DCTERMS, FOAF, RDF, SKOS
 
-from feed.catalog import CATALOG_PATH, DATASETS, MEDIA_TYPE
+from feed.publish.catalog import CATALOG_PATH, DATASETS, MEDIA_TYPE
 from feed.config import Config, PublicationConfig
-from feed.feeds import FeedPublisher
-from feed.http import build_app
-from feed.storage import Storage
+from feed.publish.feeds import FeedPublisher
+from feed.http.app import build_app
+from feed.store.storage import Storage
 
 CONFIG = Config(publication=PublicationConfig(publisher="Département de test", languages=["fr", "en"]))
 MOBILITY = rdflib.Namespace("https://w3id.org/mobilitydcat-ap#")

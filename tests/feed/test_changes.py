@@ -20,7 +20,7 @@ from httpx_sse import aconnect_sse
 from sseclient import SSEClient
 
 from exporters.geojson import event_feature
-from feed.changes import (
+from feed.publish.changes import (
     CHANGE_HUB,
     CHANGES_PATH,
     LISTENER_APPLICATION_NAME,
@@ -32,9 +32,9 @@ from feed.changes import (
     make_changes_routes,
 )
 from feed.config import Config, SourceConfig
-from feed.http import build_app, health_routes
+from feed.http.app import build_app, health_routes
 from feed.model import EventRecord, Geometry
-from feed.storage import Storage
+from feed.store.storage import Storage
 
 NOW = datetime.now(UTC).replace(microsecond=0)  # fixed: equal records must hash equal
 WAIT = 30.0  # seconds a change may take to arrive; generous (loaded machines), this is no speed test

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from feed.cluster import host_engine
-from feed.migrations import load_migrations
+from feed.store.cluster import host_engine
+from feed.store.migrations import load_migrations
 
 pytestmark = pytest.mark.skipif(host_engine() is None, reason="no host PostgreSQL with PostGIS")
 
@@ -87,7 +87,7 @@ def test_db_lifecycle_as_an_ordinary_user(traversable_checkout):
 
 
 def test_no_binaries_message_names_the_packages():
-    from feed.cluster import missing_binaries_message
+    from feed.store.cluster import missing_binaries_message
 
     assert "postgresql-15-postgis-3" in missing_binaries_message()
     assert "ROADFEED_DATABASE_URL" in missing_binaries_message()

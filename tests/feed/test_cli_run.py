@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from exporters.datex2_v3 import render_situations
-from feed.cluster import free_port
+from feed.store.cluster import free_port
 from feed.config import PublicationConfig
 from feed.model import Geometry, StoredEvent
 

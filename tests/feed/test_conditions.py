@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from lxml import etree
 
-from feed.storage import Storage
+from feed.store.storage import Storage
 from agents_support import ADMIN, agents_app, DATEX_V2, DATEX_V3, until_in_feed, xml_valid
 
 AUTH = {"Authorization": f"Bearer {ADMIN}"}

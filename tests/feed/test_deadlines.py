@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from feed.deadlines import cancel_and_wait
-from feed.storage import Storage
+from feed.store.storage import Storage
 
 
 async def test_storage_close_terminates_a_connection_never_given_back(db_url: str, caplog: pytest.LogCaptureFixture):

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from feed.cluster import free_port, host_engine
+from feed.store.cluster import free_port, host_engine
 
 pytestmark = pytest.mark.skipif(host_engine() is None, reason="no host PostgreSQL with PostGIS")
 

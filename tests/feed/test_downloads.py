@@ -25,12 +25,13 @@ import pytest
 import shapely.geometry
 from aiohttp.test_utils import TestClient, TestServer
 
-from feed import api, downloads
+from feed.http import api
+from feed.store import downloads
 from feed.config import Config, SourceConfig
-from feed.feeds import FeedPublisher
-from feed.http import build_app
+from feed.publish.feeds import FeedPublisher
+from feed.http.app import build_app
 from feed.model import ChannelRecord, EventRecord, Geometry, Quality, SiteRecord
-from feed.storage import Storage
+from feed.store.storage import Storage
 
 PARIS = ZoneInfo("Europe/Paris")
 CONFIG = Config(sources=[SourceConfig(id="cnt", kind="comptage-mobilites", url="http://127.0.0.1:9/cnt")])

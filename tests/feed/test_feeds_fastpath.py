@@ -16,10 +16,10 @@ import pytest
 from aiohttp import web
 
 from feed.config import Config, SourceConfig
-from feed.feeds import EVENTS_GEOJSON, FEEDS, STATUS_PATH, FeedFastPath, FeedSite, FeedSpec, FeedState
-from feed.http import CONTEXT, build_app
+from feed.publish.feeds import EVENTS_GEOJSON, FEEDS, STATUS_PATH, FeedFastPath, FeedSite, FeedSpec, FeedState
+from feed.http.app import CONTEXT, build_app
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
-from feed.storage import Storage
+from feed.store.storage import Storage
 
 CONFIG = Config(sources=[SourceConfig(id="cd34", kind="datex2", url="http://127.0.0.1:9/cd34", interval=60)])
 WAIT = 15.0
@@ -251,9 +251,9 @@ def test_feeds_not_rendered_yet_are_left_to_aiohttp():
 
 
 async def test_big_bodies_go_out_in_chunks(sites: Sites, monkeypatch: pytest.MonkeyPatch):
-    import feed.feeds
+    import feed.publish.feeds
 
-    monkeypatch.setattr(feed.feeds, "BODY_CHUNK", 333)  # every feed here is "big"
+    monkeypatch.setattr(feed.publish.feeds, "BODY_CHUNK", 333)  # every feed here is "big"
     path = "/feeds/datex2/v3/situations.xml"
     (whole,) = await exchange(sites.plain, get(path))
     assert len(whole.body) > 3 * 333

@@ -21,10 +21,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from lxml import etree
 
 from feed.config import Config, SourceConfig
-from feed.feeds import EVENTS_GEOJSON, FEEDS, LISTENER_APPLICATION_NAME, STATUS_PATH
-from feed.http import CONTEXT, build_app
+from feed.publish.feeds import EVENTS_GEOJSON, FEEDS, LISTENER_APPLICATION_NAME, STATUS_PATH
+from feed.http.app import CONTEXT, build_app
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
-from feed.storage import RunStats, Storage
+from feed.store.storage import RunStats, Storage
 
 ALL_PATHS = [spec.path for spec in FEEDS] + [STATUS_PATH]
 WAIT = 15.0  # seconds a change may take to show, generous for loaded machines

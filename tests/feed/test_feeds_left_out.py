@@ -24,11 +24,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from feed.config import Config, SourceConfig
-from feed.feeds import EVENTS_GEOJSON, FEEDS, STATUS_PATH
-from feed.http import build_app
+from feed.publish.feeds import EVENTS_GEOJSON, FEEDS, STATUS_PATH
+from feed.http.app import build_app
 from feed import model
 from feed.model import ChannelRecord, EventRecord, EventStatus, EventType, Geometry, Severity, SiteRecord, StoredEvent
-from feed.storage import CHANGES_CHANNEL, Storage
+from feed.store.storage import CHANGES_CHANNEL, Storage
 
 WAIT = 15.0
 LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)  # the last instant Python (and so asyncpg) can carry

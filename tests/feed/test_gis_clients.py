@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from exporters import geojson
 from feed.config import Config, SourceConfig
-from feed.http import build_app
+from feed.http.app import build_app
 from feed.model import EventRecord, Geometry, SiteRecord
-from feed.storage import Storage
+from feed.store.storage import Storage
 
 pytestmark = pytest.mark.skipif(shutil.which("ogrinfo") is None,
                                 reason="needs GDAL's ogrinfo/ogr2ogr (apt-get install gdal-bin)")

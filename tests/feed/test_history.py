@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from feed.history import annual_table, site_series
+from feed.store.history import annual_table, site_series
 from feed.model import ChannelRecord, SiteRecord
-from feed.storage import Storage
+from feed.store.storage import Storage
 
 PARIS = ZoneInfo("Europe/Paris")
 JAN1 = datetime(2025, 1, 1, tzinfo=PARIS)

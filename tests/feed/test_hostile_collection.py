@@ -25,11 +25,11 @@ from hypothesis import strategies as st
 
 from collectors.fetch import SPOOL_IN_MEMORY, Fetcher, FetchPolicy
 from exporters.geojson import render_events
-from feed.collect import poll_source
+from feed.collect.poll import poll_source
 from feed.config import PublicationConfig, SourceConfig
-from feed.ingest import CHUNK, Plausibility, Sink
+from feed.collect.ingest import CHUNK, Plausibility, Sink
 from feed.model import EventRecord, Quarantined
-from feed.storage import Storage
+from feed.store.storage import Storage
 from tests.collectors.test_polling import Origin
 
 HERAULT = PublicationConfig()

@@ -25,13 +25,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feed import downloads
-from feed.admin import MAX_DEPTH, openapi_paths
+from feed.store import downloads
+from feed.http.admin import MAX_DEPTH, openapi_paths
 from feed.config import Config, ServerConfig, SourceConfig
-from feed.http import CONTEXT, build_app
+from feed.http.app import CONTEXT, build_app
 from feed.model import ChannelRecord, SiteRecord
-from feed.openapi import openapi_document
-from feed.storage import Storage
+from feed.http.openapi import openapi_document
+from feed.store.storage import Storage
 
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

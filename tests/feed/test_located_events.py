@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 from agents_support import DATEX_V2, load_simulated_roads, until_in_feed, xml_valid
 from collectors.datex2_parse import parse_datex2
 from exporters.datex2_v2 import render_situations
-from feed import roads
+from feed.store import roads
 from feed.config import Config, PublicationConfig, ServerConfig
-from feed.http import build_app
+from feed.http.app import build_app
 from feed.model import EventRecord, Geometry
-from feed.simulator import referential_geojson
-from feed.storage import Storage
+from feed.simulator.core import referential_geojson
+from feed.store.storage import Storage
 
 NS = {"d": "http://datex2.eu/schema/2/2_0"}
 V2_FEED = "/feeds/datex2/v2/situations.xml"

@@ -16,11 +16,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feed.agents import create_token
+from feed.http.agents import create_token
 from feed.config import Config, PublicationConfig, ServerConfig
-from feed.http import CONTEXT, build_app
+from feed.http.app import CONTEXT, build_app
 from feed.model import ChannelRecord, SiteRecord
-from feed.storage import Storage
+from feed.store.storage import Storage
 from agents_support import until_in_feed
 from agents_support import load_simulated_roads
 

@@ -16,14 +16,14 @@ from aiohttp.test_utils import TestServer
 
 from collectors.fetch import Fetcher
 from exporters.datex2_v3 import render_situations
-from feed.cluster import free_port
+from feed.store.cluster import free_port
 from feed.config import Config, PublicationConfig, ServerConfig, SourceConfig
-from feed.http import CONTEXT
+from feed.http.app import CONTEXT
 from feed.logs import JsonFormatter
 from feed.metrics import CONTENT_TYPE, Counter, Histogram
 from feed.model import Geometry, StoredEvent
-from feed.scheduler import Collector
-from feed.service import http_server
+from feed.collect.scheduler import Collector
+from feed.server.service import http_server
 
 WAIT = 20.0
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')

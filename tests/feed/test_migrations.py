@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from feed.migrations import SQL_DIR, MigrationError, detect_engine, load_migrations, migrate, table_sizes
+from feed.store.migrations import SQL_DIR, MigrationError, detect_engine, load_migrations, migrate, table_sizes
 
 
 def test_fresh_database_applies_every_file_once_then_nothing(server):

@@ -18,11 +18,11 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
-from feed.cluster import free_port
+from feed.store.cluster import free_port
 from feed.config import MqttConfig
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
-from feed.mqtt import MqttPusher, event_topic
-from feed.storage import Storage
+from feed.publish.mqtt import MqttPusher, event_topic
+from feed.store.storage import Storage
 
 WAIT = 30.0  # a bound for loaded machines, not a speed check
 PREFIX = "roadfeed/v1"

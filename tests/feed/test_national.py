@@ -11,11 +11,11 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from collectors.fetch import Fetcher
-from feed.collect import poll_source
+from feed.collect.poll import poll_source
 from feed.config import SourceConfig
-from feed.national import MEASURED_PATH, PUBLICATION, NationalNetwork, add_national_routes, national_sources
-from feed.simulator import SimClock, build_simulator_app
-from feed.storage import Storage
+from feed.simulator.national import MEASURED_PATH, PUBLICATION, NationalNetwork, add_national_routes, national_sources
+from feed.simulator.core import SimClock, build_simulator_app
+from feed.store.storage import Storage
 
 NETWORK = NationalNetwork(sites=400, step=60, seed=15)
 START = datetime(2026, 3, 2, 7, 30, 20, tzinfo=UTC)

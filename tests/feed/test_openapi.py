@@ -16,14 +16,14 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from feed import api
+from feed.http import api
 from feed.config import Config, SourceConfig
-from feed.feeds import FeedPublisher
-from feed.http import build_app
+from feed.publish.feeds import FeedPublisher
+from feed.http.app import build_app
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
-from feed.openapi import openapi_document
-from feed.openapi import paths as history_paths
-from feed.storage import RunStats, Storage
+from feed.http.openapi import openapi_document
+from feed.http.openapi import paths as history_paths
+from feed.store.storage import RunStats, Storage
 
 PARIS = ZoneInfo("Europe/Paris")
 CONFIG = Config(sources=[SourceConfig(id="cnt", kind="comptage-mobilites", url="http://127.0.0.1:9/cnt"),
@@ -53,7 +53,7 @@ def api_paths(app: Any) -> set[str]:
 
 
 async def test_every_api_route_of_the_real_application_is_documented(storage: Storage):
-    app = build_app(CONFIG, storage)  # every RouteSetup of feed.http.ROUTES, as served
+    app = build_app(CONFIG, storage)  # every RouteSetup of feed.http.app.ROUTES, as served
     registered = api_paths(app)
     assert f"{api.API}/sites/{{id}}/counts" in registered and f"{api.API}/events/{{id}}" in registered
     assert registered == set(DOC["paths"]), (registered ^ set(DOC["paths"]))

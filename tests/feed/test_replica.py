@@ -27,15 +27,15 @@ import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from feed.changes import CHANGES_PATH, STREAM_PATH, iter_sse
-from feed.cluster import Cluster, Engine
+from feed.publish.changes import CHANGES_PATH, STREAM_PATH, iter_sse
+from feed.store.cluster import Cluster, Engine
 from feed.config import Config, ConfigError, SourceConfig, load_config, parse_config
-from feed.feeds import EVENTS_GEOJSON, LISTENER_APPLICATION_NAME
-from feed.http import build_app
-from feed.migrations import migrate
+from feed.publish.feeds import EVENTS_GEOJSON, LISTENER_APPLICATION_NAME
+from feed.http.app import build_app
+from feed.store.migrations import migrate
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
-from feed.replica import primary_of
-from feed.storage import Storage
+from feed.store.replica import primary_of
+from feed.store.storage import Storage
 
 WAIT = 30.0  # a bound for loaded machines, not a speed check
 APPLY_DELAY_MS = 400

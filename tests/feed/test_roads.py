@@ -13,12 +13,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from feed import roads
+from feed.store import roads
 from feed.config import Config, PublicationConfig, ServerConfig
-from feed.http import build_app
-from feed.simulator import SITES, referential_geojson
+from feed.http.app import build_app
+from feed.simulator.core import SITES, referential_geojson
 from feed.model import SiteRecord
-from feed.storage import Storage
+from feed.store.storage import Storage
 from agents_support import load_simulated_roads
 
 ADMIN = "admin-secret-token"

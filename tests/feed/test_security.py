@@ -19,13 +19,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from feed.api import _guarded, reading
+from feed.http.api import _guarded, reading
 from feed.config import Config, DatabaseConfig, ServerConfig, SourceConfig
-from feed.feeds import EVENTS_GEOJSON, FeedFastPath, FeedSite
-from feed.http import CONTEXT, build_app
+from feed.publish.feeds import EVENTS_GEOJSON, FeedFastPath, FeedSite
+from feed.http.app import CONTEXT, build_app
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
-from feed.security import FEED_SECURITY_HEADERS, RATE_LIMITER, RateLimiter
-from feed.storage import Storage
+from feed.http.security import FEED_SECURITY_HEADERS, RATE_LIMITER, RateLimiter
+from feed.store.storage import Storage
 
 WAIT = 15.0
 SOURCES = [SourceConfig(id="cd34", kind="datex2", url="http://127.0.0.1:9/cd34", interval=60),

@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from feed.cluster import free_port
+from feed.store.cluster import free_port
 from feed.model import EventRecord, Geometry
-from feed.storage import Storage
+from feed.store.storage import Storage
 
 WAIT = 30.0
 SITUATIONS = "/feeds/datex2/v3/situations.xml"

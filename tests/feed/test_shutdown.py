@@ -14,9 +14,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from collectors.fetch import Fetcher
-from feed.cluster import free_port
+from feed.store.cluster import free_port
 from feed.config import Config, SourceConfig
-from feed.scheduler import Collector
+from feed.collect.scheduler import Collector
 from tests.feed.test_metrics import situations
 
 SLOW = 2.0  # seconds the source takes to answer

@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from feed.model import EventRecord, Geometry
-from feed.storage import Storage
+from feed.store.storage import Storage
 
 NOW = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
 

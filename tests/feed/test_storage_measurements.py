@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from feed.model import ChannelRecord, SiteRecord
-from feed import history
-from feed.storage import Storage, create_pool
+from feed.store import history
+from feed.store.storage import Storage, create_pool
 
 T0 = datetime(2026, 3, 28, 20, 0, tzinfo=UTC)  # the night France moves to summer time
 

@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from feed import history
+from feed.store import history
 from feed.holidays import easter, public_holidays
 from feed.model import ChannelRecord, SiteRecord
-from feed.simulator import Simulation
-from feed.storage import Storage
-from feed.validation import REASONS
+from feed.simulator.core import Simulation
+from feed.store.storage import Storage
+from feed.store.validation import REASONS
 from long_mode import examples, seconds
 
 PARIS = ZoneInfo("Europe/Paris")

@@ -11,8 +11,8 @@ from aiohttp.test_utils import TestServer
 
 from collectors.fetch import Fetcher, FetchPolicy
 from feed.config import Config, PublicationConfig, SourceConfig
-from feed.scheduler import Collector
-from feed.storage import Storage
+from feed.collect.scheduler import Collector
+from feed.store.storage import Storage
 
 
 async def test_two_workers_poll_each_source_once_per_interval(storage: Storage, db_url: str):

@@ -14,9 +14,9 @@ import psycopg
 from reliability_support import T, Simulator, assert_equals_truth, counter_source
 
 from collectors.fetch import Fetcher, FetchPolicy
-from feed.collect import poll_source
+from feed.collect.poll import poll_source
 from feed.config import PublicationConfig, SourceConfig
-from feed.storage import Storage
+from feed.store.storage import Storage
 
 HERAULT = PublicationConfig()
 

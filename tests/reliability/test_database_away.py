@@ -28,12 +28,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 
-from feed.cluster import Cluster
+from feed.store.cluster import Cluster
 from feed.config import Config, ServerConfig, SourceConfig
-from feed.http import CONTEXT, build_app
-from feed.migrations import migrate
+from feed.http.app import CONTEXT, build_app
+from feed.store.migrations import migrate
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
-from feed.storage import Storage
+from feed.store.storage import Storage
 
 ANSWER_WITHIN = 5.0  # seconds: the bound the API must keep while the database is away
 FEEDS = ["/feeds/events.geojson", "/feeds/datex2/v3/situations.xml", "/feeds/waze/cifs.xml", "/feeds/sites.geojson"]

@@ -19,11 +19,11 @@ from reliability_support import (
 )
 
 from collectors.fetch import Fetcher, FetchPolicy
-from feed.collect import poll_source
+from feed.collect.poll import poll_source
 from feed.config import Config, PublicationConfig, SourceConfig
-from feed.scheduler import Collector
-from feed.simulator import Simulation
-from feed.storage import Storage
+from feed.collect.scheduler import Collector
+from feed.simulator.core import Simulation
+from feed.store.storage import Storage
 
 FAST = FetchPolicy(timeout=1.0, retries=1, backoff_base=0.01, backoff_max=0.05)
 HERAULT = PublicationConfig()

@@ -14,7 +14,7 @@ import time
 import asyncpg
 from reliability_support import Simulator, assert_equals_truth
 
-from feed.cluster import free_port
+from feed.store.cluster import free_port
 
 # A restarted worker resumes once the dead one's lease lapses (renewed while it
 # polled); a short lease keeps the test short.
@@ -25,7 +25,7 @@ HISTORY_DAYS = 3  # ~17,500 records: two polls of 100 pages
 
 
 def config_text(sim_url: str, port: int) -> str:
-    from feed.simulator import simulator_sources
+    from feed.simulator.core import simulator_sources
 
     source = simulator_sources(sim_url, interval=2)[0]
     return f"""

@@ -23,11 +23,11 @@ import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from feed import agents
+from feed.http import agents
 from feed.config import Config, PublicationConfig, ServerConfig
-from feed.http import CONTEXT, build_app
+from feed.http.app import CONTEXT, build_app
 from feed.model import ChannelRecord, SiteRecord
-from feed.storage import Storage
+from feed.store.storage import Storage
 from agents_support import CIFS, DATEX_V3, WZDX, load_simulated_roads, xml_valid
 from test_page import ARTIFACTS, assets_built, browser, in_browser, one_engine, open_page, until  # noqa: F401
 

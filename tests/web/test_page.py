@@ -1,6 +1,6 @@
 """The web page in a real headless Chromium over the real application.
 
-The app is seeded through `feed.storage.Storage` (three counting sites, a summer
+The app is seeded through `feed.store.storage.Storage` (three counting sites, a summer
 of hourly counts with a gap, live events), served on 127.0.0.1, and driven with
 selenium: the map draws the outline, sites and events; clicking a site draws its
 chart and the download buttons return exactly the chart's rows; the annual table
@@ -36,10 +36,10 @@ from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from feed.config import Config, SourceConfig
-from feed.http import build_app
+from feed.http.app import build_app
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
-from feed.storage import Storage
-from feed.webpage import ASSETS_DIR, OUTLINE_PATH, WebAssets, content_security_policy, make_web_routes
+from feed.store.storage import Storage
+from feed.http.page import ASSETS_DIR, OUTLINE_PATH, WebAssets, content_security_policy, make_web_routes
 from agents_support import ADMIN, agents_app
 
 try:
@@ -220,7 +220,7 @@ async def wait_for_api(client: TestClient) -> None:
     """The API is written by a colleague at the same time: say so clearly if it is missing."""
     response = await client.get("/api/v1/sites")
     if response.status == 404:
-        pytest.fail("/api/v1/sites answers 404: the API routes (feed/api.py) are not in feed.http.ROUTES")
+        pytest.fail("/api/v1/sites answers 404: the API routes (feed/http/api.py) are not in feed.http.app.ROUTES")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,346 @@
+"""Road agents: accounts with a role, web sessions with CSRF protection, personal
+API tokens, and who may write what.
+
+Roles, each including the one before: `reader` (reads what agents see),
+`editor` (authors events, road conditions, markings, campaigns), `administrator`
+(also imports the road referential and manages markings of every kind). The
+`[server] admin_token` bearer stays for operations and counts as an administrator
+whose writes are signed "admin-token".
+
+Passwords are hashed with argon2id (argon2-cffi); session ids and API tokens are
+random and only their SHA-256 is stored. A session lives in an HttpOnly,
+SameSite=Strict cookie; every unsafe request made with it must also carry its
+CSRF token in `X-CSRF-Token` (the page reads it from `GET /api/v1/session`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+from aiohttp import web
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from feed.http.api import API, QUERY_MARGIN, NotFound, can_switch_role
+from feed.publish.feeds import BadParameter
+from feed.store.storage import ACQUIRE_TIMEOUT, DATABASE_UNAVAILABLE
+
+if TYPE_CHECKING:
+    from feed.http.app import AppContext
+
+__all__ = ["ROLES", "Agent", "AgentError", "Principal", "agent_routes", "answering", "authorised", "hash_password",
+           "new_secret", "public", "secret_hash", "verify_password", "writing"]
+
+ROLES = ("reader", "editor", "administrator")
+USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
+SESSION_COOKIE = "roadfeed_session"
+CSRF_HEADER = "X-CSRF-Token"
+SESSION_LIFETIME = timedelta(hours=12)
+MIN_PASSWORD = 10
+ADMIN_AUTHOR = "admin-token"
+WRITER_ROLE = "roadfeed_writer"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_HASHER = PasswordHasher()  # argon2id with the library's vetted defaults
+# Verified when the username is unknown, so that answering takes as long either way.
+_DUMMY_HASH = _HASHER.hash("not a password of anyone")
+
+
+class AgentError(ValueError):
+    """A refused account operation, with the reason."""
+
+
+@dataclass(frozen=True)
+class Agent:
+    id: int
+    username: str
+    display_name: str
+    role: str
+    disabled: bool
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who makes a request: an agent, or the operators' admin token."""
+
+    author: str  # recorded with every write
+    role: str
+    agent_id: int | None = None
+    csrf: str | None = None  # set when authenticated by a session cookie
+
+    def may(self, role: str) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+
+def hash_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD:
+        raise AgentError(f"a password needs at least {MIN_PASSWORD} characters")
+    return _HASHER.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _HASHER.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def secret_hash(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def check_username(username: str) -> str:
+    if not USERNAME.match(username):
+        raise AgentError(f"username {username!r}: 2 to 64 of a-z 0-9 . _ - starting with a letter or digit")
+    return username
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise AgentError(f"role {role!r}: one of {', '.join(ROLES)}")
+    return role
+
+
+# --------------------------------------------------------------------------- database
+
+
+@asynccontextmanager
+async def writing(ctx: AppContext) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction on the storage pool, as `roadfeed_writer` when the pool's role may be it;
+    bounded like feed.http.api.reading, so a silent server gives a 503, not a hung request."""
+    pool = ctx.storage.pool
+    statement_timeout = int(ctx.config.database.statement_timeout_ms)
+    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+        try:
+            async with asyncio.timeout(statement_timeout / 1000 + QUERY_MARGIN), conn.transaction():
+                settings = f"SET LOCAL statement_timeout = {statement_timeout}"
+                if await can_switch_role(pool, conn, WRITER_ROLE):
+                    settings += f"; SET LOCAL ROLE {WRITER_ROLE}"
+                await conn.execute(settings)
+                yield conn
+        except DATABASE_UNAVAILABLE:
+            conn.terminate()  # giving it back would wait for the silent server
+            raise
+
+
+async def _login(conn: asyncpg.Connection, username: str, password: str) -> tuple[Agent, str, str] | None:
+    row = await conn.fetchrow("SELECT * FROM agents WHERE username = $1", username)
+    if row is None:
+        verify_password(_DUMMY_HASH, password)
+        return None
+    if not verify_password(row["password_hash"], password) or row["disabled"]:
+        return None
+    session, csrf = new_secret(), new_secret()
+    await conn.execute("DELETE FROM agent_sessions WHERE expires < now()")
+    await conn.execute("INSERT INTO agent_sessions (id_hash, agent_id, csrf, expires) VALUES ($1, $2, $3, now() + $4)",
+                       secret_hash(session), row["id"], csrf, SESSION_LIFETIME)
+    return _agent(row), session, csrf
+
+
+def _agent(row: asyncpg.Record) -> Agent:
+    return Agent(row["id"], row["username"], row["display_name"], row["role"], row["disabled"])
+
+
+async def _principal(conn: asyncpg.Connection, request: web.Request, admin_token: str | None) -> Principal | None:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and given.strip():
+        token = given.strip()
+        if admin_token and hmac.compare_digest(token.encode(), admin_token.encode()):
+            return Principal(ADMIN_AUTHOR, "administrator")
+        row = await conn.fetchrow(
+            """SELECT a.id, a.username, a.role FROM agent_tokens t JOIN agents a ON a.id = t.agent_id
+                WHERE t.token_hash = $1 AND t.revoked IS NULL AND NOT a.disabled""", secret_hash(token))
+        return None if row is None else Principal(row["username"], row["role"], row["id"])
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        row = await conn.fetchrow(
+            """SELECT a.id, a.username, a.role, s.csrf FROM agent_sessions s JOIN agents a ON a.id = s.agent_id
+                WHERE s.id_hash = $1 AND s.expires > now() AND NOT a.disabled""", secret_hash(cookie))
+        return None if row is None else Principal(row["username"], row["role"], row["id"], row["csrf"])
+    return None
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def json_response(document: Any, status: int = 200, **headers: str) -> web.Response:
+    body = json.dumps(document, ensure_ascii=False, default=str).encode()
+    return web.Response(status=status, body=body,
+                        headers={"Content-Type": "application/json", "Cache-Control": "no-store", **headers})
+
+
+def error(status: int, code: str, detail: str, **headers: str) -> web.Response:
+    return json_response({"error": code, "parameter": None, "value": None, "expected": None, "detail": detail},
+                         status, **headers)
+
+
+AgentHandler = Callable[[web.Request, Principal], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def authorised(ctx: AppContext, role: str, handler: AgentHandler) -> Handler:
+    """`handler` for a principal of at least `role`; refusals as JSON errors.
+
+    401 without valid credentials, 403 when the role is too low or a session's
+    unsafe request lacks its CSRF token; 503 when the database cannot answer."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        try:
+            async with ctx.storage.pool.acquire() as conn:
+                principal = await _principal(conn, request, ctx.config.server.admin_token)
+        except (*DATABASE_DOWN, asyncpg.PostgresError):
+            return error(503, "database_unavailable", "the database cannot be reached; retry shortly",
+                         **{"Retry-After": "10"})
+        if principal is None:
+            return error(401, "unauthorized", "log in (POST /api/v1/session) or send Authorization: Bearer <token>",
+                         **{"WWW-Authenticate": 'Bearer realm="roadfeed"'})
+        if principal.csrf is not None and request.method not in SAFE_METHODS:
+            given = request.headers.get(CSRF_HEADER, "")
+            if not hmac.compare_digest(given.encode(), principal.csrf.encode()):
+                return error(403, "csrf", f"a request made with a session needs its {CSRF_HEADER} header "
+                                          "(see GET /api/v1/session)")
+        if not principal.may(role):
+            return error(403, "forbidden", f"this needs the role {role} or above; {principal.author} is "
+                                           f"{principal.role}")
+        return await answering(lambda: handler(request, principal))
+
+    return handle
+
+
+DATABASE_DOWN = (OSError, asyncpg.InterfaceError, asyncpg.QueryCanceledError, asyncpg.CannotConnectNowError,
+                 asyncpg.ConnectionDoesNotExistError)
+
+
+async def answering(call: Callable[[], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """A handler's answer, its refusals as JSON errors: 400, 404, and 503 (never 500)
+    when the database cannot answer."""
+    try:
+        return await call()
+    except BadParameter as exc:
+        return json_response(exc.as_json(), 400)
+    except NotFound as exc:
+        return json_response(exc.body, 404)
+    except DATABASE_DOWN:
+        return error(503, "database_unavailable", "the database did not answer; retry shortly",
+                     **{"Retry-After": "10"})
+
+
+def public(handler: Handler) -> Handler:
+    """A route open to everyone, with the same refusals as the agents' routes."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await answering(lambda: handler(request))
+
+    return handle
+
+
+async def read_json(request: web.Request, example: str) -> dict[str, Any]:
+    expected = f"a JSON object, e.g. {example}"
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadParameter("body", raw[:200].decode("utf-8", "replace"), expected, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise BadParameter("body", json.dumps(body)[:200], expected, "the body is not a JSON object")
+    return body
+
+
+def agent_routes(app: web.Application, ctx: AppContext) -> None:
+    """`/api/v1/session`: log in (POST), who am I and the CSRF token (GET), log out (DELETE)."""
+
+    async def login(request: web.Request) -> web.Response:
+        try:
+            body = await read_json(request, '{"username": "alice", "password": "..."}')
+        except BadParameter as exc:
+            return json_response(exc.as_json(), 400)
+        username, password = body.get("username"), body.get("password")
+        if not isinstance(username, str) or not isinstance(password, str):
+            return error(400, "bad_request", "give username and password as strings")
+        try:
+            async with writing(ctx) as conn:
+                found = await _login(conn, username, password)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return error(503, "database_unavailable", "the database cannot be reached; retry shortly",
+                         **{"Retry-After": "10"})
+        if found is None:
+            return error(401, "login_failed", "unknown username, wrong password or disabled account")
+        agent, session, csrf = found
+        response = json_response({"username": agent.username, "display_name": agent.display_name,
+                                  "role": agent.role, "csrf_token": csrf})
+        response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="Strict", path="/",
+                            max_age=int(SESSION_LIFETIME.total_seconds()),
+                            secure=request.secure)
+        return response
+
+    async def whoami(_request: web.Request, who: Principal) -> web.Response:
+        return json_response({"username": who.author, "role": who.role, "csrf_token": who.csrf})
+
+    async def logout(request: web.Request, _who: Principal) -> web.Response:
+        async with writing(ctx) as conn:
+            await conn.execute("DELETE FROM agent_sessions WHERE id_hash = $1",
+                               secret_hash(request.cookies.get(SESSION_COOKIE, "")))
+        response = json_response({"logged_out": True})
+        response.del_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    app.router.add_post(f"{API}/session", login)
+    app.router.add_get(f"{API}/session", authorised(ctx, "reader", whoami))
+    app.router.add_delete(f"{API}/session", authorised(ctx, "reader", logout))
+
+
+# --------------------------------------------------------------------------- the CLI's operations
+
+
+def add_agent(conn: Any, username: str, role: str, password: str, display_name: str = "") -> int:
+    """Creates an account (psycopg connection, as the CLI's administrative commands use)."""
+    check_username(username)
+    check_role(role)
+    row = conn.execute("SELECT 1 FROM agents WHERE username = %s", (username,)).fetchone()
+    if row is not None:
+        raise AgentError(f"username {username!r} already exists")
+    (agent_id,) = conn.execute(
+        "INSERT INTO agents (username, display_name, role, password_hash) VALUES (%s, %s, %s, %s) RETURNING id",
+        (username, display_name, role, hash_password(password))).fetchone()
+    return int(agent_id)
+
+
+def list_agents(conn: Any) -> list[Agent]:
+    rows = conn.execute("SELECT id, username, display_name, role, disabled FROM agents ORDER BY username").fetchall()
+    return [Agent(*r) for r in rows]
+
+
+def disable_agent(conn: Any, username: str) -> None:
+    """Disables the account: its sessions end and its tokens stop working."""
+    row = conn.execute("UPDATE agents SET disabled = true WHERE username = %s RETURNING id", (username,)).fetchone()
+    if row is None:
+        raise AgentError(f"no account {username!r}")
+    conn.execute("DELETE FROM agent_sessions WHERE agent_id = %s", (row[0],))
+
+
+def create_token(conn: Any, username: str, label: str = "") -> str:
+    """A new personal API token, returned once (only its hash is kept)."""
+    row = conn.execute("SELECT id, disabled FROM agents WHERE username = %s", (username,)).fetchone()
+    if row is None:
+        raise AgentError(f"no account {username!r}")
+    if row[1]:
+        raise AgentError(f"account {username!r} is disabled")
+    token = new_secret()
+    conn.execute("INSERT INTO agent_tokens (agent_id, token_hash, label) VALUES (%s, %s, %s)",
+                 (row[0], secret_hash(token), label))
+    return token
+

@@ -1,0 +1,1 @@
+"""Running the service: worker processes, the service, the demo."""

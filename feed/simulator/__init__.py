@@ -1,0 +1,1 @@
+"""A simulated département over the real protocols (`roadfeed simulate`)."""
