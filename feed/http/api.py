@@ -36,9 +36,9 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
 from exporters import geojson
-from feed.publish import catalog
+from feed.publish import dcat
 from feed.store import downloads, history, validation
-from feed.publish.catalog import catalog_document
+from feed.publish.dcat import catalog_document
 from feed.config import Config
 from feed.store.downloads import MEDIA_TYPES, neutralise
 from feed.publish.feeds import (
@@ -895,7 +895,7 @@ class _Api:
         async with reading(self.ctx) as conn:
             created = await history.database_created(conn)
         return respond(request, dumps(catalog_document(self.config.publication, base, created)),
-                       catalog.MEDIA_TYPE, cache_control="public, max-age=300")
+                       dcat.MEDIA_TYPE, cache_control="public, max-age=300")
 
     # OpenAPI ----------------------------------------------------------------
 
@@ -960,7 +960,7 @@ def api_routes(app: web.Application, ctx: AppContext) -> None:
         (f"{API}/downloads/{downloads.DICTIONARY}", api.dictionary),
         (f"{API}/downloads/{{year}}/{{name}}", api.download),
         (f"{API}/openapi.json", api.openapi),
-        (catalog.CATALOG_PATH, api.catalog),
+        (dcat.CATALOG_PATH, api.catalog),
     ]
     for path, handler in routes:
         app.router.add_get(path, _guarded(handler))

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pyshacl import validate
 from rdflib.namespace import DCAT, DCTERMS, FOAF, RDF, SKOS
 
-from feed.publish.catalog import CATALOG_PATH, DATASETS, MEDIA_TYPE
+from feed.publish.dcat import CATALOG_PATH, DATASETS, MEDIA_TYPE
 from feed.config import Config, PublicationConfig
 from feed.publish.feeds import FeedPublisher
 from feed.http.app import build_app
