@@ -60,7 +60,7 @@ from feed.http import api
 from feed.store import history
 from feed.store.cluster import Cluster, Engine, chroot_engine, free_port, host_engine
 from feed.config import Config
-from feed.publish.feeds import FeedPublisher
+from feed.publish.publisher import FeedPublisher
 from feed.http.app import AppContext
 from feed.store.migrations import migrate
 from feed.model import ChannelRecord, SiteRecord
@@ -78,7 +78,7 @@ import asyncio, sys
 from aiohttp import web
 from feed.http.api import api_routes
 from feed.config import Config
-from feed.publish.feeds import FeedPublisher
+from feed.publish.publisher import FeedPublisher
 from feed.http.app import build_app
 from feed.store.storage import Storage
 

@@ -41,7 +41,7 @@ from feed.store import downloads, history, validation
 from feed.publish.dcat import catalog_document
 from feed.config import Config
 from feed.store.downloads import MEDIA_TYPES, neutralise
-from feed.publish.feeds import (
+from feed.publish.publisher import (
     BBOX_EXPECTED,
     CORS_HEADERS,
     EVENT_STATUSES,

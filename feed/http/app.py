@@ -26,7 +26,7 @@ from feed.http.conditions import condition_routes
 from feed.http.api import api_routes
 from feed.publish.changes import changes_routes
 from feed.config import Config
-from feed.publish.feeds import (
+from feed.publish.publisher import (
     CORS_HEADERS,
     BadParameter,
     FeedPublisher,
@@ -163,7 +163,7 @@ class RefusalLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 def feed_routes(app: web.Application, ctx: AppContext) -> None:
-    """The live feeds under /feeds/ (see feed.publish.feeds.FEEDS)."""
+    """The live feeds under /feeds/ (see feed.publish.publisher.FEEDS)."""
     add_feed_routes(app.router, ctx.publisher, ctx.config.server.feed_max_age)
 
 

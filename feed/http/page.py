@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from feed.publish.feeds import compress_variants, negotiate_encoding
+from feed.publish.publisher import compress_variants, negotiate_encoding
 
 __all__ = [
     "ASSETS_DIR",

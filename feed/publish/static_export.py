@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from feed.config import Config
-from feed.publish.feeds import GZIP_LEVEL, FeedPublisher, RenderedFeed
+from feed.publish.publisher import GZIP_LEVEL, FeedPublisher, RenderedFeed
 from feed.store.storage import Storage
 
 INDEX = "index.json"

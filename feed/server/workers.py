@@ -49,7 +49,7 @@ from aiohttp import web
 
 from feed.config import Config
 from feed.deadlines import cancel_and_wait
-from feed.publish.feeds import EVENTS_GEOJSON, EventFilter, FeedFastPath, FeedPublisher, FeedSite, RenderedFeed
+from feed.publish.publisher import EVENTS_GEOJSON, EventFilter, FeedFastPath, FeedPublisher, FeedSite, RenderedFeed
 from feed.store.replica import primary_of
 from feed.store.storage import Storage
 

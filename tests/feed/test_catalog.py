@@ -19,7 +19,7 @@ from rdflib.namespace import DCAT, DCTERMS, FOAF, RDF, SKOS
 
 from feed.publish.dcat import CATALOG_PATH, DATASETS, MEDIA_TYPE
 from feed.config import Config, PublicationConfig
-from feed.publish.feeds import FeedPublisher
+from feed.publish.publisher import FeedPublisher
 from feed.http.app import build_app
 from feed.store.storage import Storage
 

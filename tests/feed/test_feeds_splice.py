@@ -11,7 +11,7 @@ import pytest
 
 from exporters import wzdx
 from feed.config import PublicationConfig
-from feed.publish.feeds import FEEDS, SPLICE_RULES, _keyed, _Splicer
+from feed.publish.publisher import FEEDS, SPLICE_RULES, _keyed, _Splicer
 from feed.model import Geometry, StoredEvent
 
 PUBLICATION = PublicationConfig()
