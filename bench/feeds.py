@@ -336,7 +336,7 @@ async def bench_regeneration(ours: OurServer, url: str, args: argparse.Namespace
     Each change comes `--quiet` seconds after the previous refresh of every feed of
     its kind finished (renders counters in status.json): an isolated change, not one
     queued behind the previous one or coalesced with it by the publisher's debounce."""
-    from feed.publish.publisher import FEEDS
+    from feed.publish.catalogue import FEEDS
 
     kind_paths = {"events": [s.path for s in FEEDS if s.kind == "events"],
                   "sites": [s.path for s in FEEDS if s.kind == "sites"]}

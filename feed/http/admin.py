@@ -29,7 +29,7 @@ from aiohttp import web
 
 from feed.store import markings
 from feed.http.api import API, NotFound, parse_instant, reading
-from feed.publish.publisher import BadParameter, check_storable
+from feed.publish.filters import BadParameter, check_storable
 
 if TYPE_CHECKING:
     from feed.http.app import AppContext

@@ -33,7 +33,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from feed.http.api import API, QUERY_MARGIN, NotFound, can_switch_role
-from feed.publish.publisher import BadParameter
+from feed.publish.filters import BadParameter
 from feed.store.storage import ACQUIRE_TIMEOUT, DATABASE_UNAVAILABLE
 
 if TYPE_CHECKING:

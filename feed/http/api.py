@@ -41,19 +41,9 @@ from feed.store import downloads, history, validation
 from feed.publish.dcat import catalog_document
 from feed.config import Config
 from feed.store.downloads import MEDIA_TYPES, neutralise
-from feed.publish.publisher import (
-    BBOX_EXPECTED,
-    CORS_HEADERS,
-    EVENT_STATUSES,
-    EVENT_TYPES,
-    PREFLIGHT_HEADERS,
-    BadParameter,
-    body_tag,
-    etag_matches,
-    json_error,
-    negotiate_encoding,
-    unstorable,
-)
+from feed.http.responses import CORS_HEADERS, PREFLIGHT_HEADERS, etag_matches, json_error, negotiate_encoding
+from feed.publish.filters import BBOX_EXPECTED, EVENT_STATUSES, EVENT_TYPES, BadParameter, unstorable
+from feed.publish.render import body_tag
 from feed.store.history import STEPS, Site, Step
 from feed.store.storage import ACQUIRE_TIMEOUT, DATABASE_UNAVAILABLE, ROUND_TRIP_TIMEOUT
 

@@ -23,7 +23,7 @@ from exporters.datex2_v3 import NothingToPublish
 from feed.store import markings, roads
 from feed.http.agents import Principal, authorised, error, json_response, public, read_json, writing
 from feed.http.api import API, NotFound, reading
-from feed.publish.publisher import BadParameter
+from feed.publish.filters import BadParameter
 from feed.model import EventRecord, EventType, Geometry, Severity, StoredEvent, TimeSlot, public_event_id
 
 if TYPE_CHECKING:

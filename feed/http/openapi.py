@@ -24,7 +24,7 @@ from feed.http.authoring import EventInput, authoring_paths
 from feed.http.campaigns import campaign_paths
 from feed.http.conditions import ConditionInput, condition_paths
 from feed.config import Config
-from feed.publish.publisher import BBOX_EXPECTED, EVENT_STATUSES, EVENT_TYPES
+from feed.publish.filters import BBOX_EXPECTED, EVENT_STATUSES, EVENT_TYPES
 from feed.store.history import STEPS
 
 REF = "#/components/schemas/"

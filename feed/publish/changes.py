@@ -78,7 +78,8 @@ from multidict import CIMultiDict, MultiMapping
 from exporters import geojson
 from exporters.geojson import event_feature, intersects
 from feed.store import storage as _storage
-from feed.publish.publisher import CORS_HEADERS, PREFLIGHT_HEADERS, BadParameter, EventFilter, json_error, parse_event_filter
+from feed.http.responses import CORS_HEADERS, PREFLIGHT_HEADERS, json_error
+from feed.publish.filters import BadParameter, EventFilter, parse_event_filter
 from feed.deadlines import cancel_and_wait
 from feed.model import Geometry, StoredEvent
 from feed.store.storage import CHANGES_CHANNEL, Storage, bounded_connection
