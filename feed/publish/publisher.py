@@ -19,7 +19,6 @@ Other processes can serve the same versions (`copy_state`, feed.server.workers).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -52,7 +51,8 @@ from feed.publish.render import (
     rendered,
 )
 from feed.publish.splice import SPLICE_RULES, Splicer
-from feed.store.storage import CHANGES_CHANNEL, Storage
+from feed.store.pool import ChangeListener
+from feed.store.storage import Storage
 
 __all__ = ["LISTENER_APPLICATION_NAME", "FeedPublisher", "FeedState", "FeedStateCopy"]
 
@@ -117,15 +117,6 @@ class _EventsSnapshot:
     events: list[StoredEvent]
     published_at: datetime
     last_modified: datetime
-
-
-@dataclass
-class _Listener:
-    connected: bool = False
-    connected_since: datetime | None = None
-    connections: int = 0
-    last_error: str | None = None
-    last_error_at: datetime | None = None
 
 
 def _tag(feed: RenderedFeed | None) -> str | None:
@@ -194,7 +185,10 @@ class FeedPublisher:
         self._ready = asyncio.Event()
         self._status_complete = False  # status.json rendered after every feed was
         self._observers: list[Callable[[str], None]] = []
-        self.listener = _Listener()
+        # Each (re)connection catches up with whatever was committed before it (a no-op
+        # render-wise when nothing changed: the fingerprint is the same).
+        self.listener = ChangeListener(storage, self._on_change, application_name=LISTENER_APPLICATION_NAME,
+                                       interval=refresh_interval, name="feed change", log=log)
         self.processes: Callable[[], dict[str, Any]] | None = None  # shown in status.json when set
 
     # --- lifecycle -------------------------------------------------------------
@@ -210,7 +204,7 @@ class FeedPublisher:
             asyncio.create_task(self._kind_loop("events", self.refresh_interval), name="feeds-events"),
             asyncio.create_task(self._kind_loop("sites", self.refresh_interval), name="feeds-sites"),
             asyncio.create_task(self._kind_loop("status", self.status_interval), name="feeds-status"),
-            asyncio.create_task(self._listen_loop(), name="feeds-listener"),
+            asyncio.create_task(self.listener.run(), name="feeds-listener"),
         ]
 
     async def stop(self) -> None:
@@ -537,53 +531,8 @@ class FeedPublisher:
 
     # --- listening -------------------------------------------------------------
 
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_change(self, payload: str) -> None:
         self.request(*_PAYLOAD_KINDS.get(payload, ("events", "sites", "status")))
-
-    async def _listen_loop(self) -> None:
-        backoff = 0.2
-        while True:
-            lost = asyncio.Event()
-
-            def on_lost(_conn: Any) -> None:
-                lost.set()
-
-            on_notify = self.storage.listener(self._on_notify)  # on a standby: once replayed
-            try:
-                async with self.storage.listen_pool.acquire(timeout=30) as conn:
-                    await conn.execute(f"SET application_name = '{LISTENER_APPLICATION_NAME}'")
-                    conn.add_termination_listener(on_lost)
-                    await conn.add_listener(CHANGES_CHANNEL, on_notify)
-                    try:
-                        self.listener.connected = True
-                        self.listener.connected_since = _utc_now()
-                        self.listener.connections += 1
-                        # Catch up with whatever was committed before we listened (a no-op
-                        # render-wise when nothing changed: the fingerprint is the same).
-                        on_notify(conn, 0, CHANGES_CHANNEL, "")
-                        backoff = 0.2
-                        while not lost.is_set():
-                            try:
-                                await asyncio.wait_for(lost.wait(), self.refresh_interval)
-                            except TimeoutError:
-                                # a connection that died silently raises here instead of staying mute
-                                await asyncio.wait_for(conn.fetchval("SELECT 1"), 10)
-                        raise ConnectionError("the listening connection was closed")
-                    finally:
-                        self.listener.connected = False
-                        # A terminated connection is already detached from its proxy: nothing to undo.
-                        with contextlib.suppress(asyncpg.InterfaceError):
-                            conn.remove_termination_listener(on_lost)
-                            if not conn.is_closed():
-                                await conn.remove_listener(CHANGES_CHANNEL, on_notify)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the listener must outlive any connection problem
-                self.listener.last_error = f"{type(exc).__name__}: {exc}"
-                self.listener.last_error_at = _utc_now()
-                log.warning("feed change listener lost (%s); reconnecting in %.1f s", exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
 
 
 def _consume_exception(task: asyncio.Task[Any]) -> None:

@@ -19,7 +19,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from feed.http.api import _guarded, reading
+from feed.http.api import _guarded
+from feed.store.pool import reading
 from feed.config import Config, DatabaseConfig, ServerConfig, SourceConfig
 from feed.publish.catalogue import EVENTS_GEOJSON
 from feed.server.fastpath import FeedFastPath, FeedSite
