@@ -24,7 +24,7 @@ from feed.http.authoring import authoring_routes
 from feed.http.campaigns import campaign_routes
 from feed.http.conditions import condition_routes
 from feed.http.api import api_routes
-from feed.publish.changes import changes_routes
+from feed.http.changes import changes_routes
 from feed.config import Config
 from feed.http.feeds import add_feed_routes
 from feed.http.responses import CORS_HEADERS, json_error

@@ -20,7 +20,7 @@ from httpx_sse import aconnect_sse
 from sseclient import SSEClient
 
 from exporters.geojson import event_feature
-from feed.publish.changes import (
+from feed.http.changes import (
     CHANGE_HUB,
     CHANGES_PATH,
     LISTENER_APPLICATION_NAME,

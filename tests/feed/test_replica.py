@@ -27,7 +27,7 @@ import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from feed.publish.changes import CHANGES_PATH, STREAM_PATH, iter_sse
+from feed.http.changes import CHANGES_PATH, STREAM_PATH, iter_sse
 from feed.store.cluster import Cluster, Engine
 from feed.config import Config, ConfigError, SourceConfig, load_config, parse_config
 from feed.publish.catalogue import EVENTS_GEOJSON
