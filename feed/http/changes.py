@@ -29,26 +29,8 @@ keep proxies from closing the stream, are comment lines only: a comment never
 ends a block with a blank line, since some clients dispatch an empty message on
 every blank line once an id was seen.
 
-Nothing is skipped, even when writers commit out of `seq` order. Two sources
-storing events at the same time can commit seq 11 before seq 10; a reader that
-answered "up to 11" would never send 10. So a change is only served once every
-smaller `seq` is final (committed or rolled back): when the rows after the
-cursor are contiguous they are final; when there is a hole, the reader waits for
-the event writers that were in flight (they hold the source's advisory lock from
-`Storage.upsert_events` until they commit, visible in `pg_locks`), then reads
-again. Holes left by rolled-back transactions are thus skipped, never waited on
-forever. Anything that writes `event_versions` must hold that lock.
-
-Filters (`bbox`, `type`, as in /feeds/events.geojson; not `status`) keep a change
-when the event matches before *or* after it, so a client also hears that an event
-left its area or its type. A filtered page may hold fewer than `limit` changes
-(`next_cursor` still moves past the ones filtered out).
-
-The stream has ONE database listener per process (`ChangeHub`), started with the
-first client: it reads each new batch of changes once, encodes it once, and hands
-it to every client's bounded queue. A client whose queue overflows is
-disconnected with a final comment; it resumes with `Last-Event-ID`. Application
-shutdown closes every stream (`on_shutdown`).
+What the filters keep and the one listener per process: feed.publish.changes;
+why nothing is skipped, even when writers commit out of order: feed.store.changes.
 
 For latency measurements (a benchmark, not the tests): read the stream with
 `iter_sse` and take `delivery_latency(message)` = arrival time - the change's
@@ -60,14 +42,11 @@ and the latency covers write, commit, NOTIFY, read and delivery (same host clock
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
-import time
-from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,27 +55,19 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
 from exporters import geojson
-from exporters.geojson import event_feature, intersects
-from feed.store import storage as _storage
 from feed.http.responses import CORS_HEADERS, PREFLIGHT_HEADERS, json_error
+from feed.publish.changes import CURSOR_EXPECTED, STREAM_BATCH, ChangeHub, decode_cursor, matches, page
 from feed.publish.filters import BadParameter, EventFilter, parse_event_filter
-from feed.deadlines import cancel_and_wait
-from feed.model import Geometry, StoredEvent
-from feed.store.storage import CHANGES_CHANNEL, Storage, bounded_connection
+from feed.store.changes import Change, ChangeLog, encode_cursor, iso_ms
 
 __all__ = [
     "CHANGES_PATH",
     "CHANGE_HUB",
     "POSITION_EVENT",
     "STREAM_PATH",
-    "Change",
-    "ChangeHub",
-    "ChangeLog",
     "SSEMessage",
     "changes_routes",
-    "decode_cursor",
     "delivery_latency",
-    "encode_cursor",
     "iter_sse",
     "make_changes_routes",
 ]
@@ -107,373 +78,11 @@ CHANGES_PATH = "/feeds/events/changes"
 STREAM_PATH = "/feeds/events/stream"
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 5000
-SCAN_BUDGET = 50_000  # changes a filtered page may look at before answering with `more`
-STREAM_BATCH = 500  # changes read per query by the stream (catch-up and live)
-READ_TIMEOUT = 3.0  # seconds one read of the change log may take: past it the database counts as away (a 503)
-LISTENER_APPLICATION_NAME = "roadfeed-change-stream"
 EVENT_STREAM = "text/event-stream"
 POSITION_EVENT = "position"  # carries the resume point when no change does
 
-CURSOR_EXPECTED = "a cursor this feed returned (next_cursor, a change's cursor or an SSE id)"
 LIMIT_EXPECTED = f"an integer from 1 to {MAX_LIMIT}"
-_CURSOR = re.compile(r"^[0-9]{1,18}$")
 _LIMIT = re.compile(r"^[0-9]{1,9}$")
-
-# The advisory lock class every event writer holds until it commits (see module doc).
-_WRITER_LOCK_CLASS = _storage._LOCK_SOURCE
-
-_READ = """
-SELECT v.seq, v.change, v.recorded, v.state,
-       p.state -> 'geometry' AS previous_geometry, p.state ->> 'type' AS previous_type
-  FROM event_versions v
-  LEFT JOIN event_versions p ON p.event_id = v.event_id AND p.version = v.version - 1
- WHERE v.seq > $1 AND ($2::bigint IS NULL OR v.seq <= $2)
- ORDER BY v.seq
- LIMIT $3"""
-
-_WRITERS = """
-SELECT coalesce(array_agg(virtualtransaction), '{}') FROM pg_locks
- WHERE locktype = 'advisory' AND granted AND classid = $1 AND objsubid = 2
-   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"""
-
-_STILL_WRITING = """
-SELECT count(*) FROM pg_locks
- WHERE locktype = 'advisory' AND granted AND classid = $1 AND objsubid = 2 AND virtualtransaction = ANY($2)"""
-
-
-# --------------------------------------------------------------------------- cursors and documents
-
-
-def encode_cursor(seq: int) -> str:
-    return str(seq)
-
-
-def decode_cursor(text: str, parameter: str = "since") -> int:
-    """The position a cursor stands for; BadParameter when it is not one of ours."""
-    if not _CURSOR.match(text):
-        raise BadParameter(parameter, text, CURSOR_EXPECTED, f"{parameter} {text!r} is not a cursor of this feed")
-    return int(text)
-
-
-def _iso_ms(value: datetime) -> str:
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One stored change of one event, with its JSON document encoded once."""
-
-    seq: int
-    kind: str  # created, updated, ended, reopened
-    recorded: datetime
-    event: StoredEvent
-    previous_type: str | None  # the version before, for filters (None when created)
-    previous_geometry: Geometry | None
-    data: bytes  # the change document, compact JSON
-    sse: bytes  # the same as one server-sent event
-
-    @property
-    def cursor(self) -> str:
-        return encode_cursor(self.seq)
-
-    def matches(self, query: EventFilter) -> bool:
-        """The event matches `query` before or after the change."""
-        if query.types is not None and not (self.event.type in query.types or self.previous_type in query.types):
-            return False
-        if query.bbox is not None and not (
-            intersects(self.event.geometry, query.bbox)
-            or (self.previous_geometry is not None and intersects(self.previous_geometry, query.bbox))
-        ):
-            return False
-        return True
-
-
-def _change(row: Mapping[str, Any]) -> Change:
-    event = StoredEvent.model_validate(row["state"])
-    previous = row["previous_geometry"]
-    document = {"cursor": encode_cursor(row["seq"]), "change": row["change"], "recorded": _iso_ms(row["recorded"]),
-                "event": event_feature(event)}
-    data = geojson.dumps(document)
-    sse = f"id: {document['cursor']}\nevent: {row['change']}\ndata: ".encode() + data + b"\n\n"
-    return Change(row["seq"], row["change"], row["recorded"], event, row["previous_type"],
-                  Geometry.model_validate(previous) if previous else None, data, sse)
-
-
-def _changes(rows: Sequence[Mapping[str, Any]]) -> list[Change]:
-    return [_change(r) for r in rows]
-
-
-# --------------------------------------------------------------------------- reading in seq order
-
-
-class ChangeLog:
-    """Reads changes after a cursor, only ever those no earlier change can still join."""
-
-    def __init__(self, pool: asyncpg.Pool, *, writer_wait: float = 5.0, poll_interval: float = 0.01) -> None:
-        self.pool = pool
-        self.writer_wait = writer_wait  # longest wait for in-flight writers before answering without them
-        self.poll_interval = poll_interval
-
-    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        async with bounded_connection(self.pool, READ_TIMEOUT) as conn:
-            return await conn.fetch(query, *args)
-
-    async def _fetchval(self, query: str, *args: Any) -> Any:
-        async with bounded_connection(self.pool, READ_TIMEOUT) as conn:
-            return await conn.fetchval(query, *args)
-
-    async def read(self, since: int, limit: int) -> tuple[list[Change], bool]:
-        """Up to `limit` final changes after `since`, and whether more are there already."""
-        rows = await self._fetch(_READ, since, None, limit + 1)
-        hole = next((i for i, r in enumerate(rows) if r["seq"] != since + 1 + i), None)
-        if hole is not None:
-            # Every seq up to the last one seen was handed out before this read: once
-            # the writers in flight now are done, each is committed or abandoned.
-            last = rows[-1]["seq"]
-            if await self._writers_done():
-                rows = await self._fetch(_READ, since, last, limit + 1)
-            else:
-                rows = rows[:hole]  # what was final anyway; the rest next time
-        changes = await asyncio.to_thread(_changes, rows[:limit])
-        return changes, len(rows) > limit
-
-    async def head(self) -> int:
-        """The newest position such that every change up to it is final."""
-        top = await self._fetchval("SELECT coalesce(max(seq), 0) FROM event_versions")
-        while not await self._writers_done():
-            pass  # a writer still holds changes at or below `top`: it has to finish first
-        return top
-
-    async def latest(self) -> int:
-        """The newest stored change (final or not): no valid cursor is beyond it."""
-        return await self._fetchval("SELECT coalesce(max(seq), 0) FROM event_versions")
-
-    async def _writers_done(self) -> bool:
-        """Waits (up to `writer_wait`) until the event writers in flight now have finished."""
-        writers = await self._fetchval(_WRITERS, _WRITER_LOCK_CLASS)
-        deadline = time.monotonic() + self.writer_wait
-        while writers:
-            if time.monotonic() > deadline:
-                log.warning("event writers %s still running after %.1f s; serving the changes before them",
-                            writers, self.writer_wait)
-                return False
-            await asyncio.sleep(self.poll_interval)
-            if not await self._fetchval(_STILL_WRITING, _WRITER_LOCK_CLASS, writers):
-                break
-        return True
-
-    async def page(self, since: int, limit: int, query: EventFilter) -> tuple[list[Change], int, bool]:
-        """Up to `limit` matching changes, the cursor to continue from, and whether to continue now."""
-        if query.is_empty:
-            changes, more = await self.read(since, limit)
-            return changes, changes[-1].seq if changes else since, more
-        out: list[Change] = []
-        cursor, scanned = since, 0
-        while True:
-            chunk, more = await self.read(cursor, max(limit, STREAM_BATCH))
-            for i, change in enumerate(chunk):
-                cursor = change.seq
-                if change.matches(query):
-                    out.append(change)
-                    if len(out) == limit:
-                        return out, cursor, more or i + 1 < len(chunk)
-            scanned += len(chunk)
-            if not more or scanned >= SCAN_BUDGET:
-                return out, cursor, more
-
-
-# --------------------------------------------------------------------------- fan-out to stream clients
-
-
-@dataclass(frozen=True, slots=True)
-class _Batch:
-    """Changes after `prev`, as the hub read them."""
-
-    prev: int  # every change up to here was final when the hub read this batch
-    changes: list[Change]
-
-    @property
-    def end(self) -> int:
-        return self.changes[-1].seq if self.changes else self.prev
-
-
-@dataclass(eq=False)
-class _Subscription:
-    limit: int
-    transport: asyncio.BaseTransport | None = None
-    queue: deque[_Batch] = field(default_factory=deque)
-    queued: int = 0  # changes in the queue
-    overflowed: bool = False
-    closed: bool = False
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def offer(self, batch: _Batch) -> None:
-        if self.overflowed or self.closed:
-            return
-        if self.queued + len(batch.changes) > self.limit:
-            self.overflowed = True
-            self.queue.clear()
-            self.queued = 0
-        else:
-            self.queue.append(batch)
-            self.queued += len(batch.changes)
-        self.wake.set()
-
-    def discard_through(self, seq: int) -> None:
-        """Drops queued batches the client already got from the database."""
-        while self.queue and self.queue[0].end <= seq:
-            self.take()
-
-    def take(self) -> _Batch | None:
-        if not self.queue:
-            return None
-        batch = self.queue.popleft()
-        self.queued -= len(batch.changes)
-        return batch
-
-
-class ChangeHub:
-    """One LISTEN connection and one reader for every stream client of the process."""
-
-    def __init__(
-        self,
-        storage: Storage,
-        *,
-        queue_size: int = 10_000,
-        heartbeat: float = 15.0,
-        retry_ms: int = 3000,
-        write_timeout: float = 30.0,
-        safety_interval: float = 30.0,
-        retry_interval: float = 2.0,
-        writer_wait: float = 5.0,
-    ) -> None:
-        self.storage = storage
-        self.log = ChangeLog(storage.pool, writer_wait=writer_wait)
-        self.queue_size = queue_size  # changes a client may lag behind before it is disconnected
-        self.heartbeat = heartbeat
-        self.retry_ms = retry_ms
-        self.write_timeout = write_timeout
-        self.safety_interval = safety_interval  # read even without NOTIFY this often
-        self.retry_interval = retry_interval
-        self.listening = False
-        self.head: int | None = None  # last position handed to clients (None: not following)
-        self._subs: set[_Subscription] = set()
-        self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._closing = False
-
-    @property
-    def clients(self) -> int:
-        return len(self._subs)
-
-    def _start(self) -> None:
-        if not self._tasks and not self._closing:
-            self._tasks = [asyncio.create_task(self._listen_loop(), name="changes-listener"),
-                           asyncio.create_task(self._read_loop(), name="changes-reader")]
-
-    def subscribe(self, transport: asyncio.BaseTransport | None = None) -> _Subscription:
-        self._start()
-        sub = _Subscription(self.queue_size, transport)
-        if self._closing:
-            sub.closed = True
-        self._subs.add(sub)
-        self._wake.set()
-        return sub
-
-    def unsubscribe(self, sub: _Subscription) -> None:
-        self._subs.discard(sub)
-
-    async def close(self, grace: float = 1.0) -> None:
-        """Ends every stream (each gets a final comment), then stops listening."""
-        self._closing = True
-        for sub in self._subs:
-            sub.closed = True
-            sub.wake.set()
-        deadline = time.monotonic() + grace
-        while self._subs and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        for sub in list(self._subs):  # stuck writing to a client that does not read
-            if sub.transport is not None:
-                sub.transport.abort()
-        tasks, self._tasks = self._tasks, []
-        await cancel_and_wait(tasks, "change hub")
-
-    # --- reading ---------------------------------------------------------------
-
-    async def _read_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if not self._subs:
-                self.head = None  # nobody to read for; start again from the head when someone comes
-                continue
-            try:
-                if self.head is None:
-                    # Starting to follow: clients may be behind this head (changes committed
-                    # since their own catch-up); an empty batch tells them to read up to it.
-                    self.head = await self.log.head()
-                    for sub in list(self._subs):
-                        sub.offer(_Batch(self.head, []))
-                while self._subs:
-                    changes, more = await self.log.read(self.head, STREAM_BATCH)
-                    if changes:
-                        batch = _Batch(self.head, changes)
-                        self.head = changes[-1].seq
-                        for sub in list(self._subs):
-                            sub.offer(batch)
-                    if not more:
-                        break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database may be away: try again, clients keep their place
-                log.warning("reading changes for the stream failed (%s); retrying in %.1f s", exc, self.retry_interval)
-                await asyncio.sleep(self.retry_interval)
-                self._wake.set()
-
-    # --- listening -------------------------------------------------------------
-
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        if payload not in ("measurements", "sites", "sources"):  # events, or unknown: look
-            self._wake.set()
-
-    async def _listen_loop(self) -> None:
-        backoff = 0.2
-        while True:
-            lost = asyncio.Event()
-
-            def on_lost(_conn: Any) -> None:
-                lost.set()
-
-            on_notify = self.storage.listener(self._on_notify)  # on a standby: once replayed
-            try:
-                async with self.storage.listen_pool.acquire(timeout=30) as conn:
-                    await conn.execute(f"SET application_name = '{LISTENER_APPLICATION_NAME}'")
-                    conn.add_termination_listener(on_lost)
-                    await conn.add_listener(CHANGES_CHANNEL, on_notify)
-                    try:
-                        self.listening = True
-                        on_notify(conn, 0, CHANGES_CHANNEL, "")  # whatever was committed while nobody listened
-                        backoff = 0.2
-                        while not lost.is_set():
-                            try:
-                                await asyncio.wait_for(lost.wait(), self.safety_interval)
-                            except TimeoutError:
-                                await asyncio.wait_for(conn.fetchval("SELECT 1"), 10)
-                                self._wake.set()
-                        raise ConnectionError("the listening connection was closed")
-                    finally:
-                        self.listening = False
-                        with contextlib.suppress(asyncpg.InterfaceError):
-                            conn.remove_termination_listener(on_lost)
-                            if not conn.is_closed():
-                                await conn.remove_listener(CHANGES_CHANNEL, on_notify)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("change stream listener lost (%s); reconnecting in %.1f s", exc, backoff)
-            self._wake.set()  # poll while not listening
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -535,7 +144,7 @@ async def changes_handler(request: web.Request, log_: ChangeLog) -> web.Response
         query = _filter(request.query)
         text = _one(request.query, "since", CURSOR_EXPECTED)
         since = decode_cursor(text) if text else 0  # empty or absent: from the first change
-        changes, next_cursor, more = await log_.page(since, limit, query)
+        changes, next_cursor, more = await page(log_, since, limit, query)
         if next_cursor == since:  # nothing after it: is it a cursor of ours at all?
             await _check_not_ahead(log_, since, "since")
     except BadParameter as exc:
@@ -545,7 +154,7 @@ async def changes_handler(request: web.Request, log_: ChangeLog) -> web.Response
     body = b"".join((
         b'{"changes":[', b",".join(c.data for c in changes), b'],"next_cursor":',
         geojson.dumps(encode_cursor(next_cursor)), b',"more":', b"true" if more else b"false",
-        b',"publication_time":', geojson.dumps(_iso_ms(datetime.now(UTC))), b"}",
+        b',"publication_time":', geojson.dumps(iso_ms(datetime.now(UTC))), b"}",
     ))
     headers = CIMultiDict({**CORS_HEADERS, "Cache-Control": "no-cache", "Content-Type": "application/json",
                            "Vary": "Accept-Encoding"})
@@ -605,7 +214,7 @@ async def stream_handler(request: web.Request, hub: ChangeHub) -> web.StreamResp
 
     async def deliver(changes: Sequence[Change]) -> None:
         nonlocal sent, said
-        out = [c for c in changes if c.seq > sent and (query.is_empty or c.matches(query))]
+        out = [c for c in changes if c.seq > sent and (query.is_empty or matches(c, query))]
         if changes:
             sent = max(sent, changes[-1].seq)
         if out:

@@ -80,7 +80,7 @@ async def bounded_connection(pool: asyncpg.Pool, seconds: float) -> AsyncIterato
 
 
 _LOCK_CHANNEL = 1  # advisory lock class for channels being ingested
-_LOCK_SOURCE = 2  # advisory lock class for a source's events
+EVENT_WRITER_LOCK = 2  # advisory lock class of a source's events: held by every event writer until it commits
 
 
 @dataclass
@@ -687,7 +687,7 @@ class Storage:
         latest = {r.external_id: r for r in records}
         counts = Counts()
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_SOURCE, source_id)
+            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", EVENT_WRITER_LOCK, source_id)
             existing = {
                 r["external_id"]: r
                 for r in await conn.fetch(
@@ -734,7 +734,7 @@ class Storage:
         """The end of a complete snapshot stored in batches by run `run_id`: the source's
         open events that no batch of the run listed are ended (never deleted)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_SOURCE, source_id)
+            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", EVENT_WRITER_LOCK, source_id)
             gone = await conn.fetch(
                 f"""SELECT {_EVENT_COLUMNS} FROM events
                      WHERE source_id = $1 AND status <> 'ended' AND last_run IS DISTINCT FROM $2""",

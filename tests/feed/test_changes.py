@@ -23,7 +23,6 @@ from exporters.geojson import event_feature
 from feed.http.changes import (
     CHANGE_HUB,
     CHANGES_PATH,
-    LISTENER_APPLICATION_NAME,
     POSITION_EVENT,
     STREAM_PATH,
     SSEMessage,
@@ -32,6 +31,7 @@ from feed.http.changes import (
     make_changes_routes,
 )
 from feed.config import Config, SourceConfig
+from feed.publish.changes import LISTENER_APPLICATION_NAME
 from feed.http.app import build_app, health_routes
 from feed.model import EventRecord, Geometry
 from feed.store.storage import Storage
