@@ -446,10 +446,7 @@ class FeedPublisher:
         now = _utc_now()
         ok = True
         try:
-            rows = await self.storage.pool.fetch(
-                "SELECT id, kind, last_success, last_error, last_error_at FROM sources ORDER BY id"
-            )
-            self._sources = [dict(r) for r in rows]
+            self._sources = await self.storage.source_statuses()
             self._fetch_errors["status"] = None
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             self._fetch_errors["status"] = (f"{type(exc).__name__}: {exc}", now)

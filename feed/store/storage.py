@@ -46,7 +46,7 @@ CHANGES_CHANNEL = "roadfeed_changes"
 # answers, and its statement_timeout cannot fire, so only the client can give up.
 CONNECT_TIMEOUT = 5.0  # seconds to open a connection
 COMMAND_TIMEOUT = 120.0  # seconds any one statement may take (ingest batches included)
-ACQUIRE_TIMEOUT = 2.0  # seconds a request waits for a pooled connection (see `bounded_connection`, feed.store.pool.reading)
+ACQUIRE_TIMEOUT = 2.0  # seconds a request waits for a pooled connection (`bounded_connection`, pool.reading)
 ROUND_TRIP_TIMEOUT = 2.0  # seconds a trivial statement (BEGIN, SELECT 1) may take before the server counts as away
 
 # What "the database is away" looks like from the client: refused or reset
@@ -331,6 +331,20 @@ class Storage:
         if row is None:
             raise KeyError(f"unknown source {source_id!r}")
         return SourceState(**dict(row))
+
+    async def source_statuses(self) -> list[dict[str, Any]]:
+        """Every stored source's kind, last success and last error (what /feeds/status.json shows)."""
+        rows = await self.pool.fetch(
+            "SELECT id, kind, last_success, last_error, last_error_at FROM sources ORDER BY id")
+        return [dict(r) for r in rows]
+
+    async def source_times(self, timeout: float) -> list[asyncpg.Record]:
+        """Every source's `id`, last success (`ok`) and last error (`err`) as Unix times, read within
+        `timeout` seconds (a frozen server cannot hold the caller, a /metrics scrape)."""
+        async with bounded_connection(self.pool, timeout) as conn:
+            return await conn.fetch(
+                "SELECT id, extract(epoch FROM last_success)::float8 AS ok, "
+                "extract(epoch FROM last_error_at)::float8 AS err FROM sources ORDER BY id")
 
     async def claim_poll(self, source_id: str, owner: str, interval: float, lease: float, *,
                          due_only: bool = True) -> bool:
