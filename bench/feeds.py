@@ -18,7 +18,7 @@ rounds alternate which server goes first; the median round is reported):
   tight loop on 127.0.0.1 polls the feed until its ETag changes (new connection
   each time, so any worker may answer); also the publisher's own render time
   from /feeds/status.json;
-- SSE delivery, when `feed/publish/changes.py` exists: the time from an event's commit
+- SSE delivery, when `feed/http/changes.py` exists: the time from an event's commit
   to its arrival on /feeds/events/stream, over CHANGES changes.
 
 Prints a table, then one JSON line with the targets.
@@ -336,7 +336,7 @@ async def bench_regeneration(ours: OurServer, url: str, args: argparse.Namespace
     Each change comes `--quiet` seconds after the previous refresh of every feed of
     its kind finished (renders counters in status.json): an isolated change, not one
     queued behind the previous one or coalesced with it by the publisher's debounce."""
-    from feed.publish.feeds import FEEDS
+    from feed.publish.catalogue import FEEDS
 
     kind_paths = {"events": [s.path for s in FEEDS if s.kind == "events"],
                   "sites": [s.path for s in FEEDS if s.kind == "sites"]}
@@ -389,11 +389,11 @@ async def bench_regeneration(ours: OurServer, url: str, args: argparse.Namespace
 
 async def bench_sse(ours: OurServer, url: str, args: argparse.Namespace) -> dict[str, Any] | None:
     """Time from an event's commit to its arrival on /feeds/events/stream (None: no stream here)."""
-    if importlib.util.find_spec("feed.publish.changes") is None:
+    if importlib.util.find_spec("feed.http.changes") is None:
         return None
     import aiohttp
 
-    from feed.publish.changes import POSITION_EVENT, STREAM_PATH, delivery_latency, iter_sse
+    from feed.http.changes import POSITION_EVENT, STREAM_PATH, delivery_latency, iter_sse
 
     storage = await Storage.open(url, max_size=2)
     arrivals: dict[str, Any] = {}
@@ -550,8 +550,8 @@ def main() -> None:
     extra: dict[str, Any] = {}
     print()
     if sse is None:
-        print("SSE delivery: not measured (feed/publish/changes.py is not there)")
-        extra["sse"] = "not measured: feed/publish/changes.py (/feeds/events/stream) does not exist yet"
+        print("SSE delivery: not measured (feed/http/changes.py is not there)")
+        extra["sse"] = "not measured: feed/http/changes.py (/feeds/events/stream) does not exist yet"
     else:
         c, rec = sse["from_commit_ms"], sse["from_recorded_ms"]
         print(f"SSE delivery over {len(c)} changes ({sse['lost']} lost): from commit p50 {pct(c, 50):.1f} ms, "

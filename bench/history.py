@@ -56,11 +56,11 @@ import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from feed.http import api
+from feed.store.pool import reading
 from feed.store import history
 from feed.store.cluster import Cluster, Engine, chroot_engine, free_port, host_engine
 from feed.config import Config
-from feed.publish.feeds import FeedPublisher
+from feed.publish.publisher import FeedPublisher
 from feed.http.app import AppContext
 from feed.store.migrations import migrate
 from feed.model import ChannelRecord, SiteRecord
@@ -78,7 +78,7 @@ import asyncio, sys
 from aiohttp import web
 from feed.http.api import api_routes
 from feed.config import Config
-from feed.publish.feeds import FeedPublisher
+from feed.publish.publisher import FeedPublisher
 from feed.http.app import build_app
 from feed.store.storage import Storage
 
@@ -344,13 +344,13 @@ async def bench_api(year_url: str, month_url: str, site: int, repeat: int) -> di
         start, end = datetime(YEAR, 1, 1, tzinfo=PARIS), datetime(YEAR + 1, 1, 1, tzinfo=PARIS)
 
         async def series() -> list[history.Point]:
-            async with api.reading(ctx) as conn:
+            async with reading(ctx) as conn:
                 found = await history.site(conn, site, TZ)
                 assert found is not None
                 return await history.channel_series(conn, history.select_channels(found), start, end, "day", TZ)
 
         async def annual() -> list[history.AnnualRow]:
-            async with api.reading(ctx) as conn:
+            async with reading(ctx) as conn:
                 return await history.annual_table(conn, YEAR, 0.95)
 
         await series()

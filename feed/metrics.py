@@ -21,15 +21,10 @@ import math
 import os
 import time
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from aiohttp import web
-
-from feed.store.storage import bounded_connection
-
-if TYPE_CHECKING:  # pragma: no cover
-    from feed.collect.poll import RunReport
 
 __all__ = ["CONTENT_TYPE", "REGISTRY", "Counter", "Gauge", "Histogram", "expose", "http_middleware",
            "metrics_routes", "record_poll"]
@@ -174,21 +169,14 @@ REGISTRY = Registry()
 # --------------------------------------------------------------------------- what the work records
 
 
-def poll_outcome(report: RunReport) -> str:
-    s = report.stats
-    if s.error is not None:
-        return "interrupted" if s.error.startswith("interrupted") else "error"
-    return "not_modified" if s.http_status == 304 else "ok"
-
-
-def record_poll(report: RunReport) -> None:
-    s, source = report.stats, report.source_id
-    REGISTRY.polls.inc(source, poll_outcome(report))
-    for result, n in (("new", s.counts.new), ("updated", s.counts.updated), ("unchanged", s.counts.unchanged),
-                      ("quarantined", s.quarantined)):
+def record_poll(source: str, outcome: str, records: Mapping[str, int], fetched: int, duration: float) -> None:
+    """One poll of `source`: its outcome (ok, not_modified, error, interrupted), the records it
+    stored by result (new, updated, unchanged, quarantined), the bytes it fetched and its seconds."""
+    REGISTRY.polls.inc(source, outcome)
+    for result, n in records.items():
         REGISTRY.records.inc(source, result, amount=n)
-    REGISTRY.poll_bytes.inc(source, amount=s.bytes or 0)
-    REGISTRY.poll_duration.observe(source, value=report.duration)
+    REGISTRY.poll_bytes.inc(source, amount=fetched)
+    REGISTRY.poll_duration.observe(source, value=duration)
 
 
 def status_class(status: int) -> str:
@@ -258,13 +246,8 @@ def _feed_lines(publisher: Any) -> list[str]:
     ]
 
 
-async def _source_lines(storage: Any) -> list[str]:
-    try:
-        async with bounded_connection(storage.pool, SCRAPE_DB_TIMEOUT) as conn:  # a frozen server cannot hold it
-            rows = await conn.fetch(
-                "SELECT id, extract(epoch FROM last_success)::float8 AS ok, "
-                "extract(epoch FROM last_error_at)::float8 AS err FROM sources ORDER BY id")
-    except Exception:  # noqa: BLE001 - a scrape shows what it can; roadfeed_database_up says why
+def _source_lines(rows: Sequence[Mapping[str, Any]] | None) -> list[str]:
+    if rows is None:
         return _gauge_lines("roadfeed_database_up", "1 when the scrape could read the database.", (), [((), 0)])
     return [
         *_gauge_lines("roadfeed_database_up", "1 when the scrape could read the database.", (), [((), 1)]),
@@ -276,8 +259,7 @@ async def _source_lines(storage: Any) -> list[str]:
     ]
 
 
-def _pool_lines(storage: Any) -> list[str]:
-    pool = storage.pool
+def _pool_lines(pool: Any) -> list[str]:
     return [
         *_gauge_lines("roadfeed_db_pool_connections", "Connections the database pool holds.", (),
                       [((), pool.get_size())]),
@@ -320,13 +302,14 @@ def _add_process_label(lines: list[str]) -> list[str]:
     return out
 
 
-async def expose(storage: Any, publisher: Any) -> str:
-    """The whole exposition of this process."""
+def expose(publisher: Any, pool: Any, sources: Sequence[Mapping[str, Any]] | None) -> str:
+    """The whole exposition of this process: `pool` is the database pool, `sources` each
+    source's `id`, last success `ok` and last error `err` (Unix times), None when unreadable."""
     lines: list[str] = []
     for metric in REGISTRY.own():
         lines += metric.header() + metric.lines()
-    lines += _feed_lines(publisher) + _pool_lines(storage) + _process_lines(publisher)
-    lines += await _source_lines(storage)
+    lines += _feed_lines(publisher) + _pool_lines(pool) + _process_lines(publisher)
+    lines += _source_lines(sources)
     return "\n".join(_add_process_label(lines)) + "\n"
 
 
@@ -334,7 +317,11 @@ def metrics_routes(app: web.Application, ctx: Any) -> None:
     """`/metrics` (a RouteSetup for feed.http.app)."""
 
     async def metrics(_request: web.Request) -> web.Response:
-        body = await expose(ctx.storage, ctx.publisher)
+        try:
+            sources = await ctx.storage.source_times(SCRAPE_DB_TIMEOUT)  # a frozen server cannot hold it
+        except Exception:  # noqa: BLE001 - a scrape shows what it can; roadfeed_database_up says why
+            sources = None
+        body = expose(ctx.publisher, ctx.storage.pool, sources)
         return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
 
     app.router.add_get("/metrics", metrics)

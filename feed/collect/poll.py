@@ -41,6 +41,14 @@ class RunReport:
                 f"unchanged {s.counts.unchanged}, quarantined {s.quarantined}; {s.bytes:,} bytes in "
                 f"{self.duration:.2f} s" + (f"; next watermark {self.watermark}" if self.watermark else ""))
 
+    @property
+    def outcome(self) -> str:
+        """ok, not_modified, error or interrupted (the /metrics label)."""
+        s = self.stats
+        if s.error is not None:
+            return "interrupted" if s.error.startswith("interrupted") else "error"
+        return "not_modified" if s.http_status == 304 else "ok"
+
     def fields(self) -> dict[str, object]:
         """The report as structured log fields (JSON logs)."""
         s = self.stats
@@ -122,7 +130,9 @@ async def poll_source(
     stats.complete = stats.error is None
     await _finish_run(storage, run_id, stats, outcome)
     report = RunReport(source.id, run_id, stats, time.monotonic() - started, outcome.watermark if outcome else None)
-    record_poll(report)
+    record_poll(source.id, report.outcome, {"new": stats.counts.new, "updated": stats.counts.updated,
+                                            "unchanged": stats.counts.unchanged, "quarantined": stats.quarantined},
+                stats.bytes or 0, report.duration)
     (log.info if stats.error is None else log.warning)(report.line(), extra={"fields": report.fields()})
     if interrupted:
         raise asyncio.CancelledError

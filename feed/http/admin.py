@@ -10,7 +10,7 @@ they are for operators' tools, not for other sites' pages.
 
 Writes (markings) go through the storage pool, the connection the collectors
 write with (the writer role in production), never through the API's read-only
-transactions (feed.http.api.reading), which run as `roadfeed_reader`.
+transactions (feed.store.pool.reading), which run as `roadfeed_reader`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ import asyncpg
 from aiohttp import web
 
 from feed.store import markings
-from feed.http.api import API, NotFound, parse_instant, reading
-from feed.publish.feeds import BadParameter, check_storable
+from feed.http.api import API, NotFound, parse_instant
+from feed.store.pool import reading
+from feed.publish.filters import BadParameter, check_storable
 
 if TYPE_CHECKING:
     from feed.http.app import AppContext

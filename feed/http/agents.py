@@ -32,8 +32,9 @@ from aiohttp import web
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from feed.http.api import API, QUERY_MARGIN, NotFound, can_switch_role
-from feed.publish.feeds import BadParameter
+from feed.http.api import API, NotFound
+from feed.store.pool import QUERY_MARGIN, can_switch_role
+from feed.publish.filters import BadParameter
 from feed.store.storage import ACQUIRE_TIMEOUT, DATABASE_UNAVAILABLE
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ def check_role(role: str) -> str:
 @asynccontextmanager
 async def writing(ctx: AppContext) -> AsyncIterator[asyncpg.Connection]:
     """A transaction on the storage pool, as `roadfeed_writer` when the pool's role may be it;
-    bounded like feed.http.api.reading, so a silent server gives a 503, not a hung request."""
+    bounded like feed.store.pool.reading, so a silent server gives a 503, not a hung request."""
     pool = ctx.storage.pool
     statement_timeout = int(ctx.config.database.statement_timeout_ms)
     async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:

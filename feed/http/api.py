@@ -16,15 +16,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import gzip
 import io
 import json
 import logging
 import re
 import unicodedata
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -36,26 +34,16 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
 from exporters import geojson
-from feed.publish import catalog
+from feed.publish import dcat
 from feed.store import downloads, history, validation
-from feed.publish.catalog import catalog_document
+from feed.publish.dcat import catalog_document
 from feed.config import Config
 from feed.store.downloads import MEDIA_TYPES, neutralise
-from feed.publish.feeds import (
-    BBOX_EXPECTED,
-    CORS_HEADERS,
-    EVENT_STATUSES,
-    EVENT_TYPES,
-    PREFLIGHT_HEADERS,
-    BadParameter,
-    body_tag,
-    etag_matches,
-    json_error,
-    negotiate_encoding,
-    unstorable,
-)
+from feed.http.responses import CORS_HEADERS, PREFLIGHT_HEADERS, etag_matches, json_error, negotiate_encoding
+from feed.publish.filters import BBOX_EXPECTED, EVENT_STATUSES, EVENT_TYPES, BadParameter, unstorable
+from feed.publish.render import body_tag
 from feed.store.history import STEPS, Site, Step
-from feed.store.storage import ACQUIRE_TIMEOUT, DATABASE_UNAVAILABLE, ROUND_TRIP_TIMEOUT
+from feed.store.pool import reading
 
 if TYPE_CHECKING:  # feed.http.app imports this module to register its routes
     from feed.http.app import AppContext
@@ -75,7 +63,6 @@ EVENTS_LIMIT = (50, 500)
 YEARS = (1900, 2199)  # accepted years in dates and /annual
 DOWNLOAD_SLOTS_SHARE = 4  # at most pool size / this many downloads at once (each holds a connection)
 DOWNLOAD_WAIT = 30.0  # seconds a download waits for a slot before a 503
-DOWNLOAD_WORK_MEM = "64MB"  # per download: a batch is sorted in memory, not on disk
 GZIP_MIN = 1400  # bytes; smaller bodies are sent as they are
 
 JSON_TYPE = "application/json"
@@ -480,79 +467,6 @@ def _stamp(value: datetime, tz: ZoneInfo) -> str:
     return local.strftime("%Y-%m-%dT%H%M")
 
 
-# --------------------------------------------------------------------------- database
-
-
-READER_ROLE = "roadfeed_reader"
-_ROLE_SWITCH: dict[int, tuple[asyncpg.Pool, dict[str, bool]]] = {}  # id(pool) -> (pool, role -> may switch)
-_CAN_SWITCH = ("SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) "
-               "THEN pg_has_role($1, 'MEMBER') ELSE false END")
-
-
-async def can_switch_role(pool: asyncpg.Pool, conn: asyncpg.Connection, role: str) -> bool:
-    """Whether the pool's login may SET ROLE `role` (asked once per pool and role).
-
-    A superuser or a member may; a login that is neither (say the writer serving
-    the API) keeps its own role, and the API's transactions stay READ ONLY."""
-    entry = _ROLE_SWITCH.get(id(pool))
-    if entry is None or entry[0] is not pool:
-        if len(_ROLE_SWITCH) > 64:  # pools are few; tests open many
-            _ROLE_SWITCH.clear()
-        entry = _ROLE_SWITCH[id(pool)] = (pool, {})
-    known = entry[1]
-    if role not in known:
-        known[role] = bool(await conn.fetchval(_CAN_SWITCH, role, timeout=ROUND_TRIP_TIMEOUT))
-        if not known[role]:
-            log.warning("the database login cannot SET ROLE %s; transactions keep the login's role", role)
-    return known[role]
-
-
-QUERY_MARGIN = 2.0  # seconds past the statement timeout before the client gives up on a silent server
-
-
-@asynccontextmanager
-async def reading(ctx: AppContext, *, bulk: bool = False) -> AsyncIterator[asyncpg.Connection]:
-    """A read-only REPEATABLE READ transaction bounded by the configured statement timeout
-    (JIT off: these queries are short, and compiling them would cost more than running them).
-    `bulk` (downloads): the publication's time zone for formatting times, and room to sort a batch in memory.
-
-    Bounded on the client side too, for a server that does not answer at all
-    (frozen, or a network that drops packets): a connection within ACQUIRE_TIMEOUT,
-    BEGIN within ROUND_TRIP_TIMEOUT, and, except for downloads (each batch bounded
-    by the pool's command timeout), the whole transaction within the statement
-    timeout plus QUERY_MARGIN. A connection that failed that way is closed, never
-    given back. The errors raised are those of `DATABASE_UNAVAILABLE` (a 503)."""
-    statement_timeout = int(ctx.config.database.statement_timeout_ms)
-    settings = f"SET LOCAL statement_timeout = {statement_timeout}; SET LOCAL jit = off"
-    if bulk:
-        settings += (f"; SET LOCAL TimeZone = {downloads.sql_literal(ctx.config.publication.timezone)}"
-                     f"; SET LOCAL work_mem = '{DOWNLOAD_WORK_MEM}'")
-    pool = ctx.storage.pool
-    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-        try:
-            # The read-only role on top of READ ONLY: even a statement that escaped both
-            # could not write, it would lack the privilege (see sql/003_roles.sql).
-            if await can_switch_role(pool, conn, READER_ROLE):
-                settings += f"; SET LOCAL ROLE {READER_ROLE}"
-            # BEGIN and the settings in one round trip (asyncpg's Transaction would take two).
-            await conn.execute(f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {settings}",
-                               timeout=ROUND_TRIP_TIMEOUT)
-        except BaseException:
-            conn.terminate()
-            raise
-        deadline = contextlib.nullcontext() if bulk else asyncio.timeout(statement_timeout / 1000 + QUERY_MARGIN)
-        try:
-            async with deadline:
-                yield conn
-        except DATABASE_UNAVAILABLE:
-            conn.terminate()
-            raise
-        except BaseException:
-            if not conn.is_closed():
-                with contextlib.suppress(Exception):  # the pool's reset rolls back whatever is left
-                    await conn.execute("ROLLBACK", timeout=ROUND_TRIP_TIMEOUT)
-            raise
-        await conn.execute("COMMIT", timeout=ROUND_TRIP_TIMEOUT)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -895,7 +809,7 @@ class _Api:
         async with reading(self.ctx) as conn:
             created = await history.database_created(conn)
         return respond(request, dumps(catalog_document(self.config.publication, base, created)),
-                       catalog.MEDIA_TYPE, cache_control="public, max-age=300")
+                       dcat.MEDIA_TYPE, cache_control="public, max-age=300")
 
     # OpenAPI ----------------------------------------------------------------
 
@@ -960,7 +874,7 @@ def api_routes(app: web.Application, ctx: AppContext) -> None:
         (f"{API}/downloads/{downloads.DICTIONARY}", api.dictionary),
         (f"{API}/downloads/{{year}}/{{name}}", api.download),
         (f"{API}/openapi.json", api.openapi),
-        (catalog.CATALOG_PATH, api.catalog),
+        (dcat.CATALOG_PATH, api.catalog),
     ]
     for path, handler in routes:
         app.router.add_get(path, _guarded(handler))

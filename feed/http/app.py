@@ -24,17 +24,12 @@ from feed.http.authoring import authoring_routes
 from feed.http.campaigns import campaign_routes
 from feed.http.conditions import condition_routes
 from feed.http.api import api_routes
-from feed.publish.changes import changes_routes
+from feed.http.changes import changes_routes
 from feed.config import Config
-from feed.publish.feeds import (
-    CORS_HEADERS,
-    BadParameter,
-    FeedPublisher,
-    add_feed_routes,
-    check_request_text,
-    json_error,
-    printable,
-)
+from feed.http.feeds import add_feed_routes
+from feed.http.responses import CORS_HEADERS, json_error
+from feed.publish.filters import BadParameter, check_request_text, printable
+from feed.publish.publisher import FeedPublisher
 from feed.logs import ThrottledLog
 from feed.metrics import http_middleware, metrics_routes
 from feed.http.security import ADMIN_PREFIX, install_security
@@ -163,7 +158,7 @@ class RefusalLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 def feed_routes(app: web.Application, ctx: AppContext) -> None:
-    """The live feeds under /feeds/ (see feed.publish.feeds.FEEDS)."""
+    """The live feeds under /feeds/ (see feed.publish.catalogue.FEEDS)."""
     add_feed_routes(app.router, ctx.publisher, ctx.config.server.feed_max_age)
 
 

@@ -22,8 +22,9 @@ from exporters import datex2_v2, datex2_v3, geojson, waze, wzdx
 from exporters.datex2_v3 import NothingToPublish
 from feed.store import markings, roads
 from feed.http.agents import Principal, authorised, error, json_response, public, read_json, writing
-from feed.http.api import API, NotFound, reading
-from feed.publish.feeds import BadParameter
+from feed.http.api import API, NotFound
+from feed.store.pool import reading
+from feed.publish.filters import BadParameter
 from feed.model import EventRecord, EventType, Geometry, Severity, StoredEvent, TimeSlot, public_event_id
 
 if TYPE_CHECKING:

@@ -39,8 +39,9 @@ from pydantic import ValidationError
 from collectors import comptage_parse
 from feed.store import roads
 from feed.http.agents import Principal, authorised, json_response
-from feed.http.api import API, reading
-from feed.publish.feeds import BadParameter
+from feed.http.api import API
+from feed.store.pool import reading
+from feed.publish.filters import BadParameter
 from feed.collect.ingest import Plausibility, Sink
 from feed.model import ChannelRecord, MeasurementRecord, ParsedItem, Quarantined, SiteRecord
 from feed.store.storage import RunStats

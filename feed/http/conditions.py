@@ -19,9 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from feed.store import roads
 from feed.http.agents import Principal, authorised, json_response, public, read_json
-from feed.http.api import API, reading
+from feed.http.api import API
+from feed.store.pool import reading
 from feed.http.authoring import Position
-from feed.publish.feeds import BadParameter
+from feed.publish.filters import BadParameter
 from feed.store.markings import AGENTS_SOURCE
 from feed.model import EventRecord, Geometry
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from feed.publish import catalog
+from feed.publish import dcat
 from feed.store import downloads
 from feed.http.api import (
     API,
@@ -24,7 +24,7 @@ from feed.http.authoring import EventInput, authoring_paths
 from feed.http.campaigns import campaign_paths
 from feed.http.conditions import ConditionInput, condition_paths
 from feed.config import Config
-from feed.publish.feeds import BBOX_EXPECTED, EVENT_STATUSES, EVENT_TYPES
+from feed.publish.filters import BBOX_EXPECTED, EVENT_STATUSES, EVENT_TYPES
 from feed.store.history import STEPS
 
 REF = "#/components/schemas/"
@@ -403,14 +403,14 @@ def paths() -> dict[str, Any]:
                 **NOT_MODIFIED, **NOT_FOUND, **ERRORS,
             },
         }},
-        catalog.CATALOG_PATH: {"get": {
+        dcat.CATALOG_PATH: {"get": {
             "summary": "The DCAT-AP / mobilityDCAT-AP catalogue of the datasets and feeds (JSON-LD)",
             "description": "For national access points (transport.data.gouv.fr): licence, publisher, update "
                            "frequency, spatial coverage, and every distribution with its format and the schema "
                            "version it conforms to. The @context is inline.",
             "operationId": "getCatalog",
             "responses": {"200": {"description": "a dcat:Catalog", "content": {
-                catalog.MEDIA_TYPE: {"schema": {"type": "object", "required": ["@context", "@type", "dcat:dataset"]}},
+                dcat.MEDIA_TYPE: {"schema": {"type": "object", "required": ["@context", "@type", "dcat:dataset"]}},
             }}, **NOT_MODIFIED, **ERRORS},
         }},
         f"{API}/openapi.json": {"get": {

@@ -29,7 +29,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from feed.publish.feeds import compress_variants, negotiate_encoding
+from feed.http.responses import negotiate_encoding
+from feed.publish.render import compress_variants
 
 __all__ = [
     "ASSETS_DIR",

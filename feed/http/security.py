@@ -1,7 +1,7 @@
 """Hardening shared by every route: security headers, a per-client rate limit and
 request size limits.
 
-The feeds' fast path (feed.publish.feeds.FeedFastPath) answers polls before aiohttp sees
+The feeds' fast path (feed.server.fastpath.FeedFastPath) answers polls before aiohttp sees
 them, so middlewares do not run there: it writes `FEED_SECURITY_HEADERS` into its
 prepared responses and asks the same `RateLimiter` before answering (a refused
 request is handed to aiohttp, whose middleware answers the 429). Both paths thus

@@ -40,7 +40,7 @@ import asyncpg
 import paho.mqtt.client as paho
 
 from exporters.geojson import site_feature
-from feed.publish.changes import Change, ChangeLog
+from feed.store.changes import Change, ChangeLog
 from feed.config import MqttConfig
 from feed.deadlines import cancel_and_wait
 from feed.model import StoredEvent, StoredSite

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from feed.config import Config
-from feed.publish.feeds import GZIP_LEVEL, FeedPublisher, RenderedFeed
+from feed.publish.publisher import FeedPublisher
+from feed.publish.render import GZIP_LEVEL, RenderedFeed
 from feed.store.storage import Storage
 
 INDEX = "index.json"

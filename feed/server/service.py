@@ -3,7 +3,7 @@
 `roadfeed run` = collectors + scheduler + HTTP; `roadfeed serve` = HTTP only.
 Both serve with `[server] workers` processes (0: one per CPU; see feed.server.workers):
 this process renders the feeds and runs the collectors, every process serves.
-Connections start on the feeds' fast path (feed.publish.feeds.FeedFastPath) and move to
+Connections start on the feeds' fast path (feed.server.fastpath.FeedFastPath) and move to
 aiohttp for anything else.
 
 On SIGTERM/SIGINT: stop listening (no new connections; idle fast-path connections
@@ -27,7 +27,7 @@ from aiohttp import web
 from collectors.fetch import Fetcher
 from feed.http.admin import attach_collector
 from feed.config import Config
-from feed.publish.feeds import FeedFastPath, FeedSite
+from feed.server.fastpath import FeedFastPath, FeedSite
 from feed.http.app import CONTEXT, build_app
 from feed.collect.ingest import SinkResult
 from feed.collect.scheduler import STOP_TIMEOUT, Collector

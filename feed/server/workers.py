@@ -49,7 +49,11 @@ from aiohttp import web
 
 from feed.config import Config
 from feed.deadlines import cancel_and_wait
-from feed.publish.feeds import EVENTS_GEOJSON, EventFilter, FeedFastPath, FeedPublisher, FeedSite, RenderedFeed
+from feed.publish.catalogue import EVENTS_GEOJSON
+from feed.publish.filters import EventFilter
+from feed.publish.publisher import FeedPublisher
+from feed.publish.render import RenderedFeed
+from feed.server.fastpath import FeedFastPath, FeedSite
 from feed.store.replica import primary_of
 from feed.store.storage import Storage
 

@@ -46,7 +46,7 @@ CHANGES_CHANNEL = "roadfeed_changes"
 # answers, and its statement_timeout cannot fire, so only the client can give up.
 CONNECT_TIMEOUT = 5.0  # seconds to open a connection
 COMMAND_TIMEOUT = 120.0  # seconds any one statement may take (ingest batches included)
-ACQUIRE_TIMEOUT = 2.0  # seconds a request waits for a pooled connection (see `bounded_connection`, feed.http.api.reading)
+ACQUIRE_TIMEOUT = 2.0  # seconds a request waits for a pooled connection (`bounded_connection`, pool.reading)
 ROUND_TRIP_TIMEOUT = 2.0  # seconds a trivial statement (BEGIN, SELECT 1) may take before the server counts as away
 
 # What "the database is away" looks like from the client: refused or reset
@@ -80,7 +80,7 @@ async def bounded_connection(pool: asyncpg.Pool, seconds: float) -> AsyncIterato
 
 
 _LOCK_CHANNEL = 1  # advisory lock class for channels being ingested
-_LOCK_SOURCE = 2  # advisory lock class for a source's events
+EVENT_WRITER_LOCK = 2  # advisory lock class of a source's events: held by every event writer until it commits
 
 
 @dataclass
@@ -331,6 +331,20 @@ class Storage:
         if row is None:
             raise KeyError(f"unknown source {source_id!r}")
         return SourceState(**dict(row))
+
+    async def source_statuses(self) -> list[dict[str, Any]]:
+        """Every stored source's kind, last success and last error (what /feeds/status.json shows)."""
+        rows = await self.pool.fetch(
+            "SELECT id, kind, last_success, last_error, last_error_at FROM sources ORDER BY id")
+        return [dict(r) for r in rows]
+
+    async def source_times(self, timeout: float) -> list[asyncpg.Record]:
+        """Every source's `id`, last success (`ok`) and last error (`err`) as Unix times, read within
+        `timeout` seconds (a frozen server cannot hold the caller, a /metrics scrape)."""
+        async with bounded_connection(self.pool, timeout) as conn:
+            return await conn.fetch(
+                "SELECT id, extract(epoch FROM last_success)::float8 AS ok, "
+                "extract(epoch FROM last_error_at)::float8 AS err FROM sources ORDER BY id")
 
     async def claim_poll(self, source_id: str, owner: str, interval: float, lease: float, *,
                          due_only: bool = True) -> bool:
@@ -687,7 +701,7 @@ class Storage:
         latest = {r.external_id: r for r in records}
         counts = Counts()
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_SOURCE, source_id)
+            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", EVENT_WRITER_LOCK, source_id)
             existing = {
                 r["external_id"]: r
                 for r in await conn.fetch(
@@ -734,7 +748,7 @@ class Storage:
         """The end of a complete snapshot stored in batches by run `run_id`: the source's
         open events that no batch of the run listed are ended (never deleted)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_SOURCE, source_id)
+            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", EVENT_WRITER_LOCK, source_id)
             gone = await conn.fetch(
                 f"""SELECT {_EVENT_COLUMNS} FROM events
                      WHERE source_id = $1 AND status <> 'ended' AND last_run IS DISTINCT FROM $2""",

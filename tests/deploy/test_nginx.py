@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 
 from feed.store.cluster import free_port
 from feed.config import Config, ServerConfig, SourceConfig
-from feed.publish.feeds import EVENTS_GEOJSON
+from feed.publish.catalogue import EVENTS_GEOJSON
 from feed.http.app import build_app
 from feed.model import EventRecord, Geometry
 from feed.store.storage import Storage

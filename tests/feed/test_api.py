@@ -27,7 +27,7 @@ from multidict import MultiDict
 from feed.http import api
 from feed.store import history
 from feed.config import Config, DatabaseConfig, SourceConfig
-from feed.publish.feeds import FeedPublisher
+from feed.publish.publisher import FeedPublisher
 from feed.http.app import build_app
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
 from feed.store.storage import RunStats, Storage

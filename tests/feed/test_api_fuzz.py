@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from feed.config import Config
-from feed.publish.feeds import FeedPublisher
+from feed.publish.publisher import FeedPublisher
 from feed.http.app import build_app
 from feed.model import ChannelRecord, SiteRecord
 from feed.http.openapi import openapi_document

@@ -25,7 +25,7 @@ from feed.http.authoring import authoring_routes
 from feed.http.campaigns import campaign_routes
 from feed.http.conditions import condition_routes
 from feed.config import Config
-from feed.publish.feeds import FeedPublisher
+from feed.publish.publisher import FeedPublisher
 from feed.http.app import build_app
 from feed.model import ChannelRecord, SiteRecord
 from feed.http.openapi import openapi_document

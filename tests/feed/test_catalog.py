@@ -17,9 +17,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from pyshacl import validate
 from rdflib.namespace import DCAT, DCTERMS, FOAF, RDF, SKOS
 
-from feed.publish.catalog import CATALOG_PATH, DATASETS, MEDIA_TYPE
+from feed.publish.dcat import CATALOG_PATH, DATASETS, MEDIA_TYPE
 from feed.config import Config, PublicationConfig
-from feed.publish.feeds import FeedPublisher
+from feed.publish.publisher import FeedPublisher
 from feed.http.app import build_app
 from feed.store.storage import Storage
 

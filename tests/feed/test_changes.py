@@ -20,10 +20,9 @@ from httpx_sse import aconnect_sse
 from sseclient import SSEClient
 
 from exporters.geojson import event_feature
-from feed.publish.changes import (
+from feed.http.changes import (
     CHANGE_HUB,
     CHANGES_PATH,
-    LISTENER_APPLICATION_NAME,
     POSITION_EVENT,
     STREAM_PATH,
     SSEMessage,
@@ -32,6 +31,7 @@ from feed.publish.changes import (
     make_changes_routes,
 )
 from feed.config import Config, SourceConfig
+from feed.publish.changes import LISTENER_APPLICATION_NAME
 from feed.http.app import build_app, health_routes
 from feed.model import EventRecord, Geometry
 from feed.store.storage import Storage

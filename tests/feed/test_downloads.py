@@ -28,7 +28,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from feed.http import api
 from feed.store import downloads
 from feed.config import Config, SourceConfig
-from feed.publish.feeds import FeedPublisher
+from feed.publish.publisher import FeedPublisher
 from feed.http.app import build_app
 from feed.model import ChannelRecord, EventRecord, Geometry, Quality, SiteRecord
 from feed.store.storage import Storage

@@ -16,7 +16,9 @@ import pytest
 from aiohttp import web
 
 from feed.config import Config, SourceConfig
-from feed.publish.feeds import EVENTS_GEOJSON, FEEDS, STATUS_PATH, FeedFastPath, FeedSite, FeedSpec, FeedState
+from feed.publish.catalogue import EVENTS_GEOJSON, FEEDS, STATUS_PATH, FeedSpec
+from feed.publish.publisher import FeedState
+from feed.server.fastpath import FeedFastPath, FeedSite
 from feed.http.app import CONTEXT, build_app
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
 from feed.store.storage import Storage
@@ -251,9 +253,9 @@ def test_feeds_not_rendered_yet_are_left_to_aiohttp():
 
 
 async def test_big_bodies_go_out_in_chunks(sites: Sites, monkeypatch: pytest.MonkeyPatch):
-    import feed.publish.feeds
+    import feed.server.fastpath
 
-    monkeypatch.setattr(feed.publish.feeds, "BODY_CHUNK", 333)  # every feed here is "big"
+    monkeypatch.setattr(feed.server.fastpath, "BODY_CHUNK", 333)  # every feed here is "big"
     path = "/feeds/datex2/v3/situations.xml"
     (whole,) = await exchange(sites.plain, get(path))
     assert len(whole.body) > 3 * 333

@@ -21,7 +21,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from lxml import etree
 
 from feed.config import Config, SourceConfig
-from feed.publish.feeds import EVENTS_GEOJSON, FEEDS, LISTENER_APPLICATION_NAME, STATUS_PATH
+from feed.publish.catalogue import EVENTS_GEOJSON, FEEDS, STATUS_PATH
+from feed.publish.publisher import LISTENER_APPLICATION_NAME
 from feed.http.app import CONTEXT, build_app
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
 from feed.store.storage import RunStats, Storage

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from feed.config import Config, SourceConfig
-from feed.publish.feeds import EVENTS_GEOJSON, FEEDS, STATUS_PATH
+from feed.publish.catalogue import EVENTS_GEOJSON, FEEDS, STATUS_PATH
 from feed.http.app import build_app
 from feed import model
 from feed.model import ChannelRecord, EventRecord, EventStatus, EventType, Geometry, Severity, SiteRecord, StoredEvent

@@ -11,7 +11,9 @@ import pytest
 
 from exporters import wzdx
 from feed.config import PublicationConfig
-from feed.publish.feeds import FEEDS, SPLICE_RULES, _keyed, _Splicer
+from feed.publish.catalogue import FEEDS
+from feed.publish.render import keyed
+from feed.publish.splice import SPLICE_RULES, Splicer
 from feed.model import Geometry, StoredEvent
 
 PUBLICATION = PublicationConfig()
@@ -38,19 +40,19 @@ EVENTS = [stored(i) for i in range(40)] + [stored(99, geometry=None, road=None, 
 SPLICED = [spec for spec in FEEDS if spec.render in SPLICE_RULES]
 
 
-def splicer_for(render: Any, **options: Any) -> _Splicer:
+def splicer_for(render: Any, **options: Any) -> Splicer:
     rule = SPLICE_RULES.get(render)
-    return _Splicer("/test", render, rule.time_key if rule else lambda _e, _t: None, **options)
+    return Splicer("/test", render, rule.time_key if rule else lambda _e, _t: None, **options)
 
 
 def keys_for(render: Any, events: Sequence[StoredEvent]) -> list[bytes]:
     """The keys the publisher gives this renderer's splicer."""
-    _, keys, steady = _keyed(events)
+    _, keys, steady = keyed(events)
     rule = SPLICE_RULES.get(render)
     return keys if rule is None or rule.shows_poll_fields else steady
 
 
-def warm(splicer: _Splicer, events: Sequence[StoredEvent], at: datetime) -> None:
+def warm(splicer: Splicer, events: Sequence[StoredEvent], at: datetime) -> None:
     splicer.check(events, keys_for(splicer.render, events), PUBLICATION, at, splicer.render(events, PUBLICATION, at))
 
 
@@ -93,7 +95,7 @@ def test_a_part_that_depends_on_time_undeclared_is_caught():
         return b"<list>" + b"".join(f"<e id='{e.id}' age='{(at - e.updated).seconds}'/>".encode()
                                     for e in events) + b"</list>"
 
-    splicer = _Splicer("/test", render, lambda _e, _t: None, verify_every=2)
+    splicer = Splicer("/test", render, lambda _e, _t: None, verify_every=2)
     warm(splicer, EVENTS, T0)
     assert splicer.trusted
     later = T0 + timedelta(minutes=1)

@@ -20,7 +20,7 @@ from feed.store.cluster import free_port
 from feed.config import Config, PublicationConfig, ServerConfig, SourceConfig
 from feed.http.app import CONTEXT
 from feed.logs import JsonFormatter
-from feed.metrics import CONTENT_TYPE, Counter, Histogram
+from feed.metrics import CONTENT_TYPE, Counter, Histogram, expose
 from feed.model import Geometry, StoredEvent
 from feed.collect.scheduler import Collector
 from feed.server.service import http_server
@@ -82,6 +82,35 @@ def test_exposition_format_of_counters_and_histograms():
         'd_seconds_count{route="/r"} 4',
     ]
 
+
+
+class _NoFeeds:
+    """A publisher with no feed (what `expose` reads of one)."""
+
+    paths: list[str] = []
+    processes = None
+
+
+class _Pool:
+    def get_size(self) -> int:
+        return 3
+
+    def get_idle_size(self) -> int:
+        return 2
+
+    def get_max_size(self) -> int:
+        return 10
+
+
+def test_exposition_shows_what_the_scrape_read_and_says_when_it_could_not():
+    """`expose` is pure: the caller reads the sources (None when the database was away)."""
+    read, _ = parse(expose(_NoFeeds(), _Pool(), [{"id": "cd34", "ok": 1700000000.5, "err": None}]))
+    assert value(read, "roadfeed_database_up") == 1
+    assert value(read, "roadfeed_source_last_success_timestamp_seconds", source="cd34") == 1700000000.5
+    assert value(read, "roadfeed_db_pool_idle_connections") == 2
+    away, _ = parse(expose(_NoFeeds(), _Pool(), None))
+    assert value(away, "roadfeed_database_up") == 0
+    assert not any(name.startswith("roadfeed_source_") for name, _ in away)
 
 async def test_metrics_count_polls_requests_feeds_and_the_pool(storage):
     body = situations()

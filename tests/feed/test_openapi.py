@@ -18,7 +18,7 @@ from referencing.jsonschema import DRAFT202012
 
 from feed.http import api
 from feed.config import Config, SourceConfig
-from feed.publish.feeds import FeedPublisher
+from feed.publish.publisher import FeedPublisher
 from feed.http.app import build_app
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
 from feed.http.openapi import openapi_document

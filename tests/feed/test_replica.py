@@ -27,10 +27,11 @@ import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from feed.publish.changes import CHANGES_PATH, STREAM_PATH, iter_sse
+from feed.http.changes import CHANGES_PATH, STREAM_PATH, iter_sse
 from feed.store.cluster import Cluster, Engine
 from feed.config import Config, ConfigError, SourceConfig, load_config, parse_config
-from feed.publish.feeds import EVENTS_GEOJSON, LISTENER_APPLICATION_NAME
+from feed.publish.catalogue import EVENTS_GEOJSON
+from feed.publish.publisher import LISTENER_APPLICATION_NAME
 from feed.http.app import build_app
 from feed.store.migrations import migrate
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord

@@ -19,9 +19,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from feed.http.api import _guarded, reading
+from feed.http.api import _guarded
+from feed.store.pool import reading
 from feed.config import Config, DatabaseConfig, ServerConfig, SourceConfig
-from feed.publish.feeds import EVENTS_GEOJSON, FeedFastPath, FeedSite
+from feed.publish.catalogue import EVENTS_GEOJSON
+from feed.server.fastpath import FeedFastPath, FeedSite
 from feed.http.app import CONTEXT, build_app
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
 from feed.http.security import FEED_SECURITY_HEADERS, RATE_LIMITER, RateLimiter
