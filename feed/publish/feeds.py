@@ -46,7 +46,7 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict, MultiMapping
 
-from exporters import datex2_v2, datex2_v3, geojson, waze, wzdx
+from exporters import datex2_record, datex2_v2, datex2_v3, geojson, waze, wzdx
 from feed.config import Config, PublicationConfig
 from feed.metrics import REGISTRY as METRICS
 from feed.http.security import FEED_SECURITY_HEADERS, NOT_MODIFIED_COST, RATE_LIMITER, RateLimiter
@@ -368,11 +368,11 @@ def _timeless(_item: Any, _at: datetime) -> None:
 
 
 def _v3_validity(event: StoredEvent, at: datetime) -> Any:
-    return datex2_v3.validity(event, at)
+    return datex2_record.validity(event, at)
 
 
 def _v2_validity(event: StoredEvent, at: datetime) -> Any:
-    return datex2_v3.validity(event, at, planned_status=False)
+    return datex2_record.validity(event, at, planned_status=False)
 
 
 class SpliceRule(NamedTuple):
