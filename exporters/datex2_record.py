@@ -282,7 +282,7 @@ class Dialect:
     location_prefix: str  # of a location class's `xsi:type` (v3: "loc:")
     versioned_situation: bool  # the situation element carries the event version (v2.3)
     planned_status: bool  # `validityStatus` has "planned" (v3)
-    time_period_attrs: Mapping[str, str]  # of `recurringTimePeriodOfDay` (v2.3: its xsi:type)
+    time_period_attrs: dict[str, str]  # of `recurringTimePeriodOfDay` (v2.3: its xsi:type)
     values: Mapping[tuple[str, str], str]  # (element, value) spelt otherwise in this version
     locate: Locate
 

@@ -13,8 +13,8 @@ a TPEG segment between its first and last positions (the full line is in v3).
 The road number goes in `linearElement/roadNumber`, where v2.3 consumers read it;
 v2.3 only has it inside a linear reference (a referent and a distance). The live
 feeds read an event whose source gives no PR with the PR + abscissa the road
-referential finds for its geometry (feed/store/storage.py); an event off the referential
-carries its road as the TPEG link name only.
+referential finds for its geometry (feed/store/storage.py); an event off the
+referential carries its road as the TPEG link name only.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ event ids); its version is a short hash of its static description, so it changes
 exactly when the site or its channels change. A site's channels, ordered by
 their id, are numbered n = 1, 2, ...; channel n is measurement index 2n-1 (flow)
 and 2n (speed), in both the site table and the measured data.
+
+The situation record itself is written by exporters/datex2_record.py, which v2.3
+shares; this module holds what only v3 has: its publication headers, its
+locations (GML line strings) and the road-traffic-data publications.
 """
 
 from __future__ import annotations
