@@ -666,7 +666,7 @@ def _pr(value: Any, name: str) -> tuple[int, int] | None:
 
 
 def _pr_refs(rec: dict[str, Any], m: EventMapping, road: str | None) -> dict[str, Any]:
-    """`location_refs` in the shape the DATEX II parser gives (see exporters.datex2_v3.pr_reference)."""
+    """`location_refs` in the shape the DATEX II parser gives (see exporters.datex2_record.pr_reference)."""
     insee = _field_text(rec, m.insee)
     start = _pr(rec.get(m.pr_from), m.pr_from) if m.pr_from else None
     end = _pr(rec.get(m.pr_to), m.pr_to) if m.pr_to else None

@@ -17,28 +17,39 @@ event ids); its version is a short hash of its static description, so it changes
 exactly when the site or its channels change. A site's channels, ordered by
 their id, are numbered n = 1, 2, ...; channel n is measurement index 2n-1 (flow)
 and 2n (speed), in both the site table and the measured data.
+
+The situation record itself is written by exporters/datex2_record.py, which v2.3
+shares; this module holds what only v3 has: its publication headers, its
+locations (GML line strings) and the road-traffic-data publications.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
-import re
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
-from typing import Any, NamedTuple
+from datetime import datetime, timedelta
+from typing import Any
 
 from lxml import etree
 
-from feed.config import PublicationConfig
-from feed.model import (
-    DATEX_RECORD_TYPES,
-    DEFAULT_DATEX_RECORD,
-    StoredChannel,
-    StoredEvent,
-    StoredSite,
-    departement_of,
+from exporters.datex2_record import (
+    COMPASS_DIRECTIONS,
+    LINEAR_DIRECTIONS,
+    XSI,
+    XSI_TYPE,
+    Dialect,
+    EventPlace,
+    PrReference,
+    Tags,
+    clean_text,
+    event_place,
+    french_referent,
+    write_situation,
+    xml_datetime,
+    xml_safe,
 )
+from feed.config import PublicationConfig
+from feed.model import StoredChannel, StoredEvent, StoredSite, departement_of
 
 MC = "http://datex2.eu/schema/3/messageContainer"
 D2 = "http://datex2.eu/schema/3/d2Payload"
@@ -47,250 +58,16 @@ SIT = "http://datex2.eu/schema/3/situation"
 LOC = "http://datex2.eu/schema/3/locationReferencing"
 ROA = "http://datex2.eu/schema/3/roadTrafficData"
 EX = "http://datex2.eu/schema/3/exchangeInformation"
-XSI = "http://www.w3.org/2001/XMLSchema-instance"
 
 MODEL_BASE_VERSION = "3"
-TEXT_MAX = 1024  # MultilingualStringValueType maxLength (v2.3 and v3)
 
 
 class NothingToPublish(ValueError):
     """The publication would be empty, and the schema forbids an empty one."""
 
 
-class _Tags:
-    """`T.name` -> "{namespace}name", computed once per name."""
-
-    def __init__(self, ns: str) -> None:
-        self._prefix = "{" + ns + "}"
-
-    def __getattr__(self, name: str) -> str:
-        tag = self._prefix + name
-        setattr(self, name, tag)
-        return tag
-
-
-_mc, _d2, _c, _s, _l, _r, _x = (_Tags(ns) for ns in (MC, D2, COM, SIT, LOC, ROA, EX))
-_TYPE = "{" + XSI + "}type"
+_mc, _d2, _c, _s, _l, _r, _x = (Tags(ns) for ns in (MC, D2, COM, SIT, LOC, ROA, EX))
 _SE = etree.SubElement
-
-
-# ---------------------------------------------------------------- shared with datex2_v2
-
-_INVALID_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-_LANGUAGE = re.compile(r"[a-zA-Z]{1,8}(-[a-zA-Z0-9]{1,8})*")
-
-
-def xml_datetime(value: datetime) -> str:
-    """xs:dateTime in UTC with a `Z`."""
-    if value.utcoffset():
-        value = value.astimezone(timezone.utc)
-    return value.isoformat()[:-6] + "Z"  # drop "+00:00"
-
-
-def xml_safe(text: str) -> str:
-    """Without the characters XML cannot carry (an id from a source may have some)."""
-    return _INVALID_XML.sub("", text)
-
-
-def clean_text(text: str, limit: int = TEXT_MAX) -> str:
-    """Text XML can carry, within the schema's length limit (cut with an ellipsis)."""
-    text = _INVALID_XML.sub("", text).strip()
-    if len(text) > limit:
-        text = text[: limit - 1].rstrip() + "…"
-    return text
-
-
-def texts_by_language(texts: dict[str, str], languages: Sequence[str]) -> list[tuple[str | None, str]]:
-    """(lang, text) pairs, publication languages first; a malformed tag becomes no `lang`."""
-    rank = {lang: i for i, lang in enumerate(languages)}
-    out = []
-    for lang, text in sorted(texts.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])):
-        cleaned = clean_text(text)
-        if cleaned:
-            out.append((lang if _LANGUAGE.fullmatch(lang) else None, cleaned))
-    return out
-
-
-def coord(value: float) -> str:
-    """Degrees with 6 decimals (~0.1 m), never in exponent form (gml posList forbids it)."""
-    return f"{value:.6f}"
-
-
-# The DATEX II classes we can write: concrete in both v2.3 and v3.6. DATEX_RECORD_TYPES
-# also names "RoadworksInformation" (in neither schema) and "NetworkManagement"
-# (abstract); those fall back to the default class of the event type.
-WRITABLE_RECORD_CLASSES = frozenset(DATEX_RECORD_TYPES) - {"RoadworksInformation", "NetworkManagement"}
-
-
-def record_class(event: StoredEvent) -> str:
-    """The situation record class (`xsi:type` local name) written for an event."""
-    if event.subtype in WRITABLE_RECORD_CLASSES:
-        return event.subtype
-    return DEFAULT_DATEX_RECORD[event.type]
-
-
-# The elements each writable class requires, in schema order, with the generic member
-# of each code list (our taxonomy does not say more). Same names in v2.3 and v3.6.
-_REQUIRED_VALUES: dict[str, tuple[tuple[str, str], ...]] = {
-    "MaintenanceWorks": (("roadMaintenanceType", "roadworks"),),
-    "ConstructionWorks": (("constructionWorkType", "constructionWork"),),
-    "Accident": (("accidentType", "accident"),),
-    "RoadOrCarriagewayOrLaneManagement": (
-        ("complianceOption", "mandatory"),
-        ("roadOrCarriagewayOrLaneManagementType", "other"),
-    ),
-    "GeneralNetworkManagement": (("complianceOption", "mandatory"), ("generalNetworkManagementType", "other")),
-    "AbnormalTraffic": (),
-    "VehicleObstruction": (("vehicleObstructionType", "other"),),
-    "GeneralObstruction": (("obstructionType", "other"),),
-    "AnimalPresenceObstruction": (("animalPresenceType", "animalsOnTheRoad"),),
-    "EnvironmentalObstruction": (("environmentalObstructionType", "other"),),
-    "InfrastructureDamageObstruction": (("infrastructureDamageType", "other"),),
-    "PoorEnvironmentConditions": (("poorEnvironmentType", "badWeather"),),  # the list has no "other"
-    "WeatherRelatedRoadConditions": (("weatherRelatedRoadConditionType", "other"),),
-    "NonWeatherRelatedRoadConditions": (("nonWeatherRelatedRoadConditionType", "other"),),
-    "SpeedManagement": (("complianceOption", "mandatory"),),
-    "ReroutingManagement": (("complianceOption", "mandatory"), ("reroutingManagementType", "followDiversionSigns")),
-    "PublicEvent": (("publicEventType", "unknown"),),
-}
-# Where our event type says more than the generic value.
-_TYPED_VALUES = {
-    ("closure", "roadOrCarriagewayOrLaneManagementType"): "roadClosed",
-    ("obstruction", "obstructionType"): "obstructionOnTheRoad",
-}
-
-
-# Code-list values an event's `subtype` may name (agents' event kinds: alternating
-# one-way traffic, lane closures, ice...): written instead of the generic value.
-# Members of the same list in v2.3 and v3.6.
-SUBTYPE_VALUES: dict[str, frozenset[str]] = {
-    "roadOrCarriagewayOrLaneManagementType": frozenset({
-        "roadClosed", "singleAlternateLineTraffic", "laneClosures", "narrowLanes", "carriagewayClosures",
-        "contraflow"}),
-    "weatherRelatedRoadConditionType": frozenset({"ice", "blackIce", "snowOnTheRoad", "freezingOfWetRoads",
-                                                  "wetAndIcyRoad", "surfaceWater"}),
-}
-
-
-def record_type_values(event: StoredEvent, cls: str) -> list[tuple[str, str]]:
-    """(element, value) pairs the record class requires after the common elements."""
-    out = []
-    for name, value in _REQUIRED_VALUES[cls]:
-        if event.subtype in SUBTYPE_VALUES.get(name, ()):
-            out.append((name, event.subtype))
-        else:
-            out.append((name, _TYPED_VALUES.get((event.type, name), value)))
-    return out
-
-
-class Validity(NamedTuple):
-    status: str  # DATEX validityStatus
-    start: datetime
-    end: datetime | None
-    overrunning: bool
-
-
-def validity(event: StoredEvent, published_at: datetime, *, planned_status: bool = True) -> Validity:
-    """The validity a consumer should apply, consistent with the event's status.
-
-    `definedByValidityTimeSpec` whenever the times alone tell the truth at
-    `published_at`; otherwise the status says it (`active`, or `planned` where the
-    version has it), and an active event past its planned end is `overrunning` (its
-    planned end is still given).
-    An ended event always gets an end: its actual end, else its planned end if that
-    had passed when we saw it end, else the time we saw it end (`updated`).
-    """
-    start = event.actual_start or event.planned_start or event.first_seen
-    if event.status == "ended":
-        end = event.actual_end
-        if end is None:
-            planned = event.planned_end
-            end = planned if planned is not None and planned <= event.updated else event.updated
-        return Validity("definedByValidityTimeSpec", min(start, end), end, False)
-    end = event.actual_end or event.planned_end
-    if end is not None and end <= start:
-        end = None
-    if event.status == "active":
-        if start <= published_at and (end is None or end > published_at):
-            return Validity("definedByValidityTimeSpec", start, end, False)
-        if end is not None and end <= published_at:
-            # Still running past its planned end: say so, and keep the end it had.
-            return Validity("active", start, end, True)
-        return Validity("active", start, end, False)
-    if start > published_at or not planned_status:
-        return Validity("definedByValidityTimeSpec", start, end, False)
-    return Validity("planned", start, end, False)
-
-
-class PrReference(NamedTuple):
-    road: str
-    referent: str  # referentIdentifier
-    referent_name: str | None
-    distance: float  # metres after the referent
-
-
-def pr_reference(refs: dict[str, Any], road: str | None, at: str = "point") -> PrReference | None:
-    """French PR + abscissa from an event's `location_refs`, if it has one for `at`.
-
-    Two shapes are read: flat keys `road`, `referent` or `pr`, `distance` (a point),
-    and the DATEX parser's list `pr: [{"at": "point"|"from"|"to", "road", "referent",
-    "pr", "departement", "side", "abscissa"}, ...]`.
-    """
-    entry: dict[str, Any] | None
-    if isinstance(refs.get("pr"), list):
-        entry = next((e for e in refs["pr"] if isinstance(e, dict) and e.get("at", "point") == at), None)
-    else:
-        entry = refs if at == "point" else None
-    if not entry:
-        return None
-    road = entry.get("road") or road
-    referent, pr = entry.get("referent"), entry.get("pr")
-    if not road or (referent in (None, "") and pr in (None, "")):
-        return None
-    distance = entry.get("distance", entry.get("abscissa"))
-    try:
-        metres = float(distance) if distance not in (None, "") else 0.0
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(metres):
-        return None
-    if referent in (None, ""):
-        referent = french_referent(pr, entry.get("departement"), entry.get("side"))
-    road, referent = clean_text(str(road)), clean_text(str(referent))
-    if not road or not referent:
-        return None
-    return PrReference(road, referent, f"PR {pr}" if pr not in (None, "") else None, metres)
-
-
-def french_referent(pr: Any, departement: str | None = None, side: str | None = None) -> str:
-    """The PR identifier of the French feeds: "34PR12D" (département, PR, side), or "PR12"."""
-    return f"{departement or ''}PR{pr}{(side or '') if departement else ''}"
-
-
-class EventPlace(NamedTuple):
-    road: str | None
-    point: PrReference | None  # PR + abscissa of a point event
-    start: PrReference | None  # of a linear event: from ...
-    end: PrReference | None  # ... to
-
-
-def event_place(event: StoredEvent) -> EventPlace:
-    """The road and PR references of an event (from its fields and `location_refs`)."""
-    refs = event.location_refs
-    if not refs:
-        return EventPlace(clean_text(event.road) if event.road else None, None, None, None)
-    point, start, end = (pr_reference(refs, event.road, at) for at in ("point", "from", "to"))
-    road = event.road or next((r.road for r in (point, start, end) if r is not None), None)
-    if not road and isinstance(refs.get("road"), str):
-        road = refs["road"]
-    return EventPlace(clean_text(road) if road else None, point, start, end)
-
-
-LINEAR_DIRECTIONS = {"positive": "aligned", "negative": "opposite", "both": "both"}
-COMPASS_DIRECTIONS = {
-    "N": "northBound", "NE": "northEastBound", "E": "eastBound", "SE": "southEastBound",
-    "S": "southBound", "SW": "southWestBound", "W": "westBound", "NW": "northWestBound",
-}  # fmt: skip
 
 
 # ---------------------------------------------------------------- common parts
@@ -304,7 +81,7 @@ def _payload(
     container: bool,
 ) -> tuple[Any, Any]:
     """(root, payload) with the PayloadPublication header filled in."""
-    attrs = {_TYPE: xsi_type, "lang": publication.languages[0], "modelBaseVersion": MODEL_BASE_VERSION}
+    attrs = {XSI_TYPE: xsi_type, "lang": publication.languages[0], "modelBaseVersion": MODEL_BASE_VERSION}
     if container:
         root = etree.Element(_mc.messageContainer, {"modelBaseVersion": MODEL_BASE_VERSION}, nsmap=nsmap)
         payload = _SE(root, _mc.payload, attrs)
@@ -334,62 +111,14 @@ def _exchange_information(root: Any, publication: PublicationConfig, published_a
     _SE(dynamic, _x.messageGenerationTimestamp).text = xml_datetime(published_at)
 
 
-def _header(parent: Any, tag: str) -> None:
-    header = _SE(parent, tag)
-    _SE(header, _c.confidentiality).text = "noRestriction"
-    _SE(header, _c.informationStatus).text = "real"
-
-
-def _multilingual(parent: Any, tag: str, texts: list[tuple[str | None, str]]) -> None:
-    values = _SE(_SE(parent, tag), _c.values)
-    for lang, text in texts:
-        value = _SE(values, _c.value) if lang is None else _SE(values, _c.value, {"lang": lang})
-        value.text = text
-
-
 def _serialize(root: Any) -> bytes:
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
-
-
-def _point_coordinates(parent: Any, tag: str, lon: float, lat: float) -> None:
-    pc = _SE(parent, tag)
-    _SE(pc, _l.latitude).text = coord(lat)
-    _SE(pc, _l.longitude).text = coord(lon)
 
 
 def _road_information(location: Any, road: str | None) -> None:
     if road:
         spd = _SE(location, _l.supplementaryPositionalDescription)
         _SE(_SE(spd, _l.roadInformation), _l.roadNumber).text = road
-
-
-def _point_along(location: Any, ref: PrReference, direction: str | None) -> None:
-    along = _SE(location, _l.pointAlongLinearElement)
-    relative = LINEAR_DIRECTIONS.get(direction or "")
-    if relative:
-        _SE(along, _l.directionRelativeAtPoint).text = relative
-    _SE(_SE(along, _l.linearElement), _l.roadNumber).text = ref.road
-    _distance_from_referent(along, _l.distanceAlongLinearElement, ref)
-
-
-def _linear_within(location: Any, start: PrReference, end: PrReference, direction: str | None) -> None:
-    within = _SE(location, _l.linearWithinLinearElement)
-    relative = LINEAR_DIRECTIONS.get(direction or "")
-    if relative:
-        _SE(within, _l.directionRelativeOnLinearSection).text = relative
-    _SE(_SE(within, _l.linearElement), _l.roadNumber).text = start.road
-    _distance_from_referent(within, _l.fromPoint, start)
-    _distance_from_referent(within, _l.toPoint, end)
-
-
-def _distance_from_referent(parent: Any, tag: str, ref: PrReference) -> None:
-    distance = _SE(parent, tag, {_TYPE: "loc:DistanceFromLinearElementReferent"})
-    _SE(distance, _l.distanceAlong).text = f"{ref.distance:.1f}"
-    referent = _SE(distance, _l.fromReferent)
-    _SE(referent, _l.referentIdentifier).text = ref.referent
-    if ref.referent_name:
-        _SE(referent, _l.referentName).text = ref.referent_name
-    _SE(referent, _l.referentType).text = "referenceMarker"
 
 
 # ---------------------------------------------------------------- situations
@@ -406,88 +135,49 @@ def render_situations(events: Sequence[StoredEvent], publication: PublicationCon
     root, payload = _payload(publication, published_at, "sit:SituationPublication", _SITUATION_NSMAP, True)
     languages = publication.languages
     for event in events:
-        _situation(payload, event, languages, published_at)
+        place = event_place(event)
+        if event.geometry is not None or place.road:
+            write_situation(payload, _V3, event, place, languages, published_at)
     _exchange_information(root, publication, published_at)
     return _serialize(root)
 
 
-def _situation(payload: Any, event: StoredEvent, languages: Sequence[str], published_at: datetime) -> None:
-    place = event_place(event)
-    if event.geometry is None and not place.road:
-        return
-    ident = xml_safe(event.id)
-    situation = _SE(payload, _s.situation, {"id": ident})
-    _SE(situation, _s.overallSeverity).text = event.severity
-    updated = xml_datetime(event.updated)
-    _SE(situation, _s.situationVersionTime).text = updated
-    _header(situation, _s.headerInformation)
-    cls = record_class(event)
-    record = _SE(situation, _s.situationRecord, {_TYPE: "sit:" + cls, "id": ident, "version": str(event.version)})
-    _SE(record, _s.situationRecordCreationTime).text = xml_datetime(event.first_seen)
-    _SE(record, _s.situationRecordVersionTime).text = updated
-    _SE(record, _s.probabilityOfOccurrence).text = "certain"
-    _SE(record, _s.severity).text = event.severity
-    _SE(_SE(record, _s.source), _c.sourceIdentification).text = event.source_id
-
-    valid = validity(event, published_at)
-    v = _SE(record, _s.validity)
-    _SE(v, _c.validityStatus).text = valid.status
-    if valid.overrunning:
-        _SE(v, _c.overrunning).text = "true"
-    spec = _SE(v, _c.validityTimeSpecification)
-    _SE(spec, _c.overallStartTime).text = xml_datetime(valid.start)
-    if valid.end is not None:
-        _SE(spec, _c.overallEndTime).text = xml_datetime(valid.end)
-    for slot in event.schedule:  # recurring slots: one valid period each
-        period = _SE(spec, _c.validPeriod)
-        times = _SE(period, _c.recurringTimePeriodOfDay)
-        _SE(times, _c.startTimeOfPeriod).text = f"{slot.start}:00"
-        _SE(times, _c.endTimeOfPeriod).text = f"{slot.end}:00"
-        days = _SE(period, _c.recurringDayWeekMonthPeriod)
-        for day in slot.days:
-            _SE(days, _c.applicableDay).text = day
-
-    texts = texts_by_language(event.descriptions, languages)
-    if texts:
-        comment = _SE(record, _s.generalPublicComment)
-        _multilingual(comment, _s.comment, texts)
-        _SE(comment, _s.commentType).text = "description"
-    detour = clean_text(event.detour) if event.detour else ""
-    if detour and cls != "ReroutingManagement":
-        comment = _SE(record, _s.generalPublicComment)
-        _multilingual(comment, _s.comment, [(languages[0], detour)])
-        _SE(comment, _s.commentType).text = "other"
-
-    _event_location(record, event, place)
-
-    for name, value in record_type_values(event, cls):
-        _SE(record, getattr(_s, name)).text = value
-    if detour and cls == "ReroutingManagement":
-        _multilingual(record, _s.reroutingItineraryDescription, [(languages[0], detour)])
-
-
-def _event_location(record: Any, event: StoredEvent, place: EventPlace) -> None:
+def _event_location(record: Any, event: StoredEvent, place: EventPlace, _lang: str) -> None:
     geometry = event.geometry
     if geometry is not None and geometry.type == "LineString":
         points = geometry.points
         on_one_road = place.start is not None and place.end is not None and place.start.road == place.end.road
         kind = "loc:SingleRoadLinearLocation" if on_one_road else "loc:LinearLocation"
-        location = _SE(record, _s.locationReference, {_TYPE: kind})
-        _point_coordinates(location, _l.coordinatesForDisplay, *points[0])
+        location = _SE(record, _s.locationReference, {XSI_TYPE: kind})
+        _V3.point_coordinates(location, _l.coordinatesForDisplay, *points[0])
         _road_information(location, place.road)
         line = _SE(location, _l.gmlLineString, {"srsDimension": "2"})
         # No srsName: DATEX II then reads posList as ETRS89 latitude-longitude pairs.
         _SE(line, _l.posList).text = " ".join(f"{lat:.6f} {lon:.6f}" for lon, lat in points)
         if on_one_road:
-            _linear_within(location, place.start, place.end, event.direction)  # type: ignore[arg-type]
+            _V3.linear_within(location, place.start, place.end, event.direction)  # type: ignore[arg-type]
         return
-    location = _SE(record, _s.locationReference, {_TYPE: "loc:PointLocation"})
+    location = _SE(record, _s.locationReference, {XSI_TYPE: "loc:PointLocation"})
     _road_information(location, place.road)
     if geometry is not None:
         lon, lat = geometry.points[0]
-        _point_coordinates(_SE(location, _l.pointByCoordinates), _l.pointCoordinates, lon, lat)
+        _V3.point_coordinates(_SE(location, _l.pointByCoordinates), _l.pointCoordinates, lon, lat)
     if place.point is not None:
-        _point_along(location, place.point, event.direction)
+        _V3.point_along(location, place.point, event.direction)
+
+
+_V3 = Dialect(
+    situation=_s,
+    common=_c,
+    location=_l,
+    record_prefix="sit:",
+    location_prefix="loc:",
+    versioned_situation=False,
+    planned_status=True,
+    time_period_attrs={},
+    values={},
+    locate=_event_location,
+)
 
 
 # ---------------------------------------------------------------- measurement sites
@@ -600,7 +290,7 @@ def render_measurement_sites(
     root, payload = _payload(
         publication, published_at, "roa:MeasurementSiteTablePublication", _roa_nsmap(container), container
     )
-    _header(payload, _r.headerInformation)
+    _V3.header(payload, _r.headerInformation)
     table_id, table_version = _table_reference(publication, listed)
     table = _SE(payload, _r.measurementSiteTable, {"id": table_id, "version": table_version})
     lang = publication.languages[0]
@@ -608,7 +298,7 @@ def render_measurement_sites(
         record = _SE(table, _r.measurementSite, {"id": sid, "version": version})
         name = clean_text(site.name)
         if name:
-            _multilingual(record, _r.measurementSiteName, [(lang, name)])
+            _V3.multilingual(record, _r.measurementSiteName, [(lang, name)])
         _SE(record, _r.measurementSiteIdentification).text = clean_text(site.external_id)
         for channel, flow_index, speed_index, vehicles in channel_indexes(site):
             side = _measurement_side(channel.direction)
@@ -626,12 +316,12 @@ def render_measurement_sites(
                     _SE(_SE(msc, _r.specificLane), _l.laneNumber).text = str(channel.lane)
         # No roadInformation here: the RTTI profile removed it. The road is in the
         # linear element of the PR reference when the site has one.
-        location = _SE(record, _r.measurementSiteLocation, {_TYPE: "loc:PointLocation"})
-        _point_coordinates(_SE(location, _l.pointByCoordinates), _l.pointCoordinates, site.lon, site.lat)
+        location = _SE(record, _r.measurementSiteLocation, {XSI_TYPE: "loc:PointLocation"})
+        _V3.point_coordinates(_SE(location, _l.pointByCoordinates), _l.pointCoordinates, site.lon, site.lat)
         road = clean_text(site.road) if site.road else ""
         if road and site.pr is not None:
             referent = french_referent(site.pr, departement_of(site.insee))
-            _point_along(location, PrReference(road, referent, f"PR {site.pr}", float(site.abscissa or 0)), None)
+            _V3.point_along(location, PrReference(road, referent, f"PR {site.pr}", float(site.abscissa or 0)), None)
     if container:
         _exchange_information(root, publication, published_at)
     return _serialize(root)
@@ -669,7 +359,7 @@ def render_measured_data(
         _r.measurementSiteTableReference,
         {"targetClass": "roa:MeasurementSiteTable", "id": table_id, "version": table_version},
     )
-    _header(payload, _r.headerInformation)
+    _V3.header(payload, _r.headerInformation)
     for _site, sid, version, channels in measured:
         block = _SE(payload, _r.siteMeasurements)
         _SE(block, _r.measurementSiteReference, {"targetClass": "roa:MeasurementSite", "id": sid, "version": version})
@@ -715,8 +405,8 @@ def _channel_quantities(
 
 def _quantity(block: Any, index: int, data_type: str, start: datetime, end: datetime) -> Any:
     wrapper = _SE(block, _r.physicalQuantity, {"index": str(index)})
-    quantity = _SE(wrapper, _r.physicalQuantity, {_TYPE: "roa:SinglePhysicalQuantity"})
-    basic = _SE(quantity, _r.basicData, {_TYPE: data_type})
+    quantity = _SE(wrapper, _r.physicalQuantity, {XSI_TYPE: "roa:SinglePhysicalQuantity"})
+    basic = _SE(quantity, _r.basicData, {XSI_TYPE: data_type})
     time = _SE(basic, _r.measurementOrCalculationTime)
     _SE(time, _r.timeMeaning).text = "endTime"
     end_text = xml_datetime(end)
@@ -729,7 +419,7 @@ def _quantity(block: Any, index: int, data_type: str, start: datetime, end: date
 
 def _fault(block: Any, index: int, fault_type: str, when: datetime) -> None:
     wrapper = _SE(block, _r.physicalQuantity, {"index": str(index)})
-    quantity = _SE(wrapper, _r.physicalQuantity, {_TYPE: "roa:SinglePhysicalQuantity"})
+    quantity = _SE(wrapper, _r.physicalQuantity, {XSI_TYPE: "roa:SinglePhysicalQuantity"})
     fault = _SE(quantity, _r.physicalQuantityFault)
     _SE(fault, _c.faultLastUpdateTime).text = xml_datetime(when)
     _SE(fault, _r.physicalQuantityFaultType).text = fault_type

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from exporters import datex2_v2, datex2_v3, geojson, waze
+from exporters import datex2_record, datex2_v2, datex2_v3, geojson, waze
 from feed.config import PublicationConfig
 from feed.model import StoredEvent
 
@@ -36,11 +36,11 @@ def _timeless(_item: Any, _at: datetime) -> None:
 
 
 def _v3_validity(event: StoredEvent, at: datetime) -> Any:
-    return datex2_v3.validity(event, at)
+    return datex2_record.validity(event, at)
 
 
 def _v2_validity(event: StoredEvent, at: datetime) -> Any:
-    return datex2_v3.validity(event, at, planned_status=False)
+    return datex2_record.validity(event, at, planned_status=False)
 
 
 class SpliceRule(NamedTuple):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import pytest
@@ -15,8 +15,10 @@ from lxml import etree
 from exporters.datex2_v2 import render_situations
 from feed.config import PublicationConfig
 from feed.model import DATEX_RECORD_TYPES, DEFAULT_DATEX_RECORD, Geometry, StoredEvent
+from exporters_support import DATEX2_V2_XSD, id_chars, positions, storable_chars, times, valid_datex
+from exporters_support import one as _one
+from exporters_support import text as _text
 
-SCHEMA = Path(__file__).resolve().parent.parent / "data" / "schemas" / "datex2" / "v2.3" / "DATEXIISchema_2_2_3.xsd"
 NS = {"d": "http://datex2.eu/schema/2/2_0", "xsi": "http://www.w3.org/2001/XMLSchema-instance"}
 XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 
@@ -52,27 +54,8 @@ def make_event(n: int = 1, **changes: Any) -> StoredEvent:
     return StoredEvent(**fields)
 
 
-@pytest.fixture(scope="module")
-def schema() -> etree.XMLSchema:
-    return etree.XMLSchema(etree.parse(str(SCHEMA)))
-
-
-def valid(schema: etree.XMLSchema, data: bytes) -> etree._Element:
-    assert data.startswith(b"<?xml version='1.0' encoding='UTF-8'?>")
-    doc = etree.fromstring(data)
-    if not schema.validate(doc):
-        pytest.fail("\n".join(f"line {e.line}: {e.message}" for e in schema.error_log))
-    return doc
-
-
-def one(doc: etree._Element, path: str) -> etree._Element:
-    found = doc.xpath(path, namespaces=NS)
-    assert len(found) == 1, f"{path}: {len(found)} matches"
-    return found[0]
-
-
-def text(doc: etree._Element, path: str) -> str:
-    return one(doc, path).text
+one = partial(_one, namespaces=NS)
+text = partial(_text, namespaces=NS)
 
 
 def record(doc: etree._Element, event_id: str) -> etree._Element:
@@ -92,9 +75,9 @@ def all_kinds_of_events() -> list[StoredEvent]:
     return events
 
 
-def test_every_type_and_class_is_valid(schema: etree.XMLSchema) -> None:
+def test_every_type_and_class_is_valid(datex2_v2_xsd: etree.XMLSchema) -> None:
     events = all_kinds_of_events()
-    doc = valid(schema, render_situations(events, PUBLICATION, NOW))
+    doc = valid_datex(datex2_v2_xsd, render_situations(events, PUBLICATION, NOW))
 
     written = {r.get("id"): r.get(XSI_TYPE) for r in doc.xpath("//d:situationRecord", namespaces=NS)}
     assert len(written) == len(events)
@@ -107,8 +90,8 @@ def test_every_type_and_class_is_valid(schema: etree.XMLSchema) -> None:
         assert text(public_event, "d:publicEventType") == "other"  # v2.3 has no "unknown"
 
 
-def test_document_header(schema: etree.XMLSchema) -> None:
-    doc = valid(schema, render_situations([make_event()], PUBLICATION, NOW))
+def test_document_header(datex2_v2_xsd: etree.XMLSchema) -> None:
+    doc = valid_datex(datex2_v2_xsd, render_situations([make_event()], PUBLICATION, NOW))
 
     assert doc.tag == "{%s}d2LogicalModel" % NS["d"]
     assert doc.get("modelBaseVersion") == "2"
@@ -121,16 +104,16 @@ def test_document_header(schema: etree.XMLSchema) -> None:
     assert text(payload, "d:publicationCreator/d:nationalIdentifier") == "FR-HERAULT"
 
 
-def test_a_country_outside_the_v2_list_is_other(schema: etree.XMLSchema) -> None:
-    doc = valid(schema, render_situations([make_event()], PublicationConfig(country="ad"), NOW))
+def test_a_country_outside_the_v2_list_is_other(datex2_v2_xsd: etree.XMLSchema) -> None:
+    doc = valid_datex(datex2_v2_xsd, render_situations([make_event()], PublicationConfig(country="ad"), NOW))
     assert text(doc, "d:exchange/d:supplierIdentification/d:country") == "other"
 
 
-def test_ids_and_versions(schema: etree.XMLSchema) -> None:
+def test_ids_and_versions(datex2_v2_xsd: etree.XMLSchema) -> None:
     before = make_event(5)
     after = before.model_copy(update={"version": 3, "updated": NOW - timedelta(minutes=1), "severity": "highest"})
-    old = valid(schema, render_situations([before], PUBLICATION, NOW))
-    new = valid(schema, render_situations([after], PUBLICATION, NOW))
+    old = valid_datex(datex2_v2_xsd, render_situations([before], PUBLICATION, NOW))
+    new = valid_datex(datex2_v2_xsd, render_situations([after], PUBLICATION, NOW))
 
     situation = one(new, "//d:situation")
     assert situation.get("id") == "herault-inforoute:EV00005"
@@ -144,9 +127,9 @@ def test_ids_and_versions(schema: etree.XMLSchema) -> None:
     assert text(situation, "d:overallSeverity") == "highest"
 
 
-def test_point_in_the_french_style(schema: etree.XMLSchema) -> None:
+def test_point_in_the_french_style(datex2_v2_xsd: etree.XMLSchema) -> None:
     event = make_event(6, location_refs={"road": "RD612", "referent": "34PR21D", "pr": 21, "distance": 628})
-    doc = valid(schema, render_situations([event], PUBLICATION, NOW))
+    doc = valid_datex(datex2_v2_xsd, render_situations([event], PUBLICATION, NOW))
 
     location = one(record(doc, event.id), "d:groupOfLocations")
     assert location.get(XSI_TYPE) == "Point"
@@ -171,9 +154,9 @@ def test_point_in_the_french_style(schema: etree.XMLSchema) -> None:
     assert location.xpath("d:pointByCoordinates", namespaces=NS) == []  # the TPEG point has them
 
 
-def test_point_without_road_by_coordinates(schema: etree.XMLSchema) -> None:
+def test_point_without_road_by_coordinates(datex2_v2_xsd: etree.XMLSchema) -> None:
     event = make_event(15, road=None)
-    doc = valid(schema, render_situations([event], PUBLICATION, NOW))
+    doc = valid_datex(datex2_v2_xsd, render_situations([event], PUBLICATION, NOW))
 
     location = one(record(doc, event.id), "d:groupOfLocations")
     assert location.xpath("d:tpegPointLocation", namespaces=NS) == []  # TPEG needs a name
@@ -181,10 +164,10 @@ def test_point_without_road_by_coordinates(schema: etree.XMLSchema) -> None:
     assert float(text(location, "d:pointByCoordinates/d:pointCoordinates/d:latitude")) == pytest.approx(43.3431)
 
 
-def test_pr_refs_in_the_datex_parser_shape(schema: etree.XMLSchema) -> None:
+def test_pr_refs_in_the_datex_parser_shape(datex2_v2_xsd: etree.XMLSchema) -> None:
     refs = {"pr": [{"at": "point", "road": "RD612", "departement": "34", "pr": 21, "side": "D", "abscissa": 40}]}
     event = make_event(7, geometry=None, location_refs=refs)
-    doc = valid(schema, render_situations([event], PUBLICATION, NOW))
+    doc = valid_datex(datex2_v2_xsd, render_situations([event], PUBLICATION, NOW))
 
     location = one(record(doc, event.id), "d:groupOfLocations")
     assert location.xpath("d:locationForDisplay", namespaces=NS) == []  # no coordinates known
@@ -192,7 +175,7 @@ def test_pr_refs_in_the_datex_parser_shape(schema: etree.XMLSchema) -> None:
     assert float(text(location, ".//d:distanceAlong")) == 40
 
 
-def test_line_as_a_tpeg_segment_and_between_prs(schema: etree.XMLSchema) -> None:
+def test_line_as_a_tpeg_segment_and_between_prs(datex2_v2_xsd: etree.XMLSchema) -> None:
     refs = {
         "pr": [
             {"at": "from", "road": "RD612", "referent": "34PR21D", "abscissa": 0},
@@ -200,7 +183,7 @@ def test_line_as_a_tpeg_segment_and_between_prs(schema: etree.XMLSchema) -> None
         ]
     }
     event = make_event(8, geometry=LINE, direction="both", location_refs=refs)
-    doc = valid(schema, render_situations([event], PUBLICATION, NOW))
+    doc = valid_datex(datex2_v2_xsd, render_situations([event], PUBLICATION, NOW))
 
     location = one(record(doc, event.id), "d:groupOfLocations")
     assert location.get(XSI_TYPE) == "Linear"
@@ -217,11 +200,11 @@ def test_line_as_a_tpeg_segment_and_between_prs(schema: etree.XMLSchema) -> None
     assert float(text(within, "d:toPoint/d:distanceAlong")) == 500
 
 
-def test_descriptions_in_several_languages(schema: etree.XMLSchema) -> None:
+def test_descriptions_in_several_languages(datex2_v2_xsd: etree.XMLSchema) -> None:
     event = make_event(
         9, descriptions={"en": "Crash", "fr": "Accident", "es": "Accidente"}, detour="Déviation par Mèze"
     )
-    doc = valid(schema, render_situations([event], PUBLICATION, NOW))
+    doc = valid_datex(datex2_v2_xsd, render_situations([event], PUBLICATION, NOW))
 
     comments = record(doc, event.id).xpath("d:generalPublicComment", namespaces=NS)
     values = comments[0].xpath("d:comment/d:values/d:value", namespaces=NS)
@@ -230,7 +213,7 @@ def test_descriptions_in_several_languages(schema: etree.XMLSchema) -> None:
     assert text(comments[1], "d:comment/d:values/d:value") == "Déviation par Mèze"
 
 
-def test_ended_and_planned_events(schema: etree.XMLSchema) -> None:
+def test_ended_and_planned_events(datex2_v2_xsd: etree.XMLSchema) -> None:
     ended = make_event(10, status="ended", actual_end=NOW - timedelta(minutes=5))
     planned = make_event(
         11,
@@ -240,7 +223,7 @@ def test_ended_and_planned_events(schema: etree.XMLSchema) -> None:
         planned_end=NOW + timedelta(days=2),
     )
     planned_late = make_event(12, status="planned", actual_start=None, planned_start=NOW - timedelta(hours=1))
-    doc = valid(schema, render_situations([ended, planned, planned_late], PUBLICATION, NOW))
+    doc = valid_datex(datex2_v2_xsd, render_situations([ended, planned, planned_late], PUBLICATION, NOW))
 
     validity = one(record(doc, ended.id), "d:validity")
     assert text(validity, "d:validityStatus") == "definedByValidityTimeSpec"
@@ -253,16 +236,10 @@ def test_ended_and_planned_events(schema: etree.XMLSchema) -> None:
     assert text(record(doc, planned_late.id), "d:validity/d:validityStatus") == "definedByValidityTimeSpec"
 
 
-def test_events_v2_cannot_locate_are_left_out(schema: etree.XMLSchema) -> None:
-    doc = valid(schema, render_situations([make_event(13, geometry=None), make_event(14)], PUBLICATION, NOW))
+def test_events_v2_cannot_locate_are_left_out(datex2_v2_xsd: etree.XMLSchema) -> None:
+    events = [make_event(13, geometry=None), make_event(14)]
+    doc = valid_datex(datex2_v2_xsd, render_situations(events, PUBLICATION, NOW))
     assert [s.get("id") for s in doc.xpath("//d:situation", namespaces=NS)] == ["herault-inforoute:EV00014"]
-
-
-_id_chars = st.characters(blacklist_categories=("Cc", "Cs"))  # ids carry no control characters
-_times = st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(timezone.utc))
-_positions = st.tuples(st.floats(-180, 180), st.floats(-90, 90)).map(list)
-# What a stored event can hold: no NUL and no unpaired surrogate (feed/model.py refuses them).
-_texts = st.characters(exclude_categories=("Cs",), exclude_characters="\x00")
 
 
 @st.composite
@@ -270,8 +247,8 @@ def _events(draw: st.DrawFn) -> StoredEvent:
     geometry = draw(
         st.one_of(
             st.none(),
-            _positions.map(lambda p: Geometry(type="Point", coordinates=p)),
-            st.lists(_positions, min_size=2, max_size=5).map(lambda ps: Geometry(type="LineString", coordinates=ps)),
+            positions.map(lambda p: Geometry(type="Point", coordinates=p)),
+            st.lists(positions, min_size=2, max_size=5).map(lambda ps: Geometry(type="LineString", coordinates=ps)),
         )
     )
     refs = draw(
@@ -290,32 +267,34 @@ def _events(draw: st.DrawFn) -> StoredEvent:
     )
     return make_event(
         draw(st.integers(0, 99_999)),
-        id=draw(st.text(_id_chars, min_size=1, max_size=40)),
+        id=draw(st.text(id_chars, min_size=1, max_size=40)),
         type=draw(st.sampled_from(EVENT_TYPES)),
         subtype=draw(st.one_of(st.none(), st.sampled_from(list(DATEX_RECORD_TYPES)))),
         status=draw(st.sampled_from(["planned", "active", "ended"])),
-        planned_start=draw(st.one_of(st.none(), _times)),
-        planned_end=draw(st.one_of(st.none(), _times)),
-        actual_start=draw(st.one_of(st.none(), _times)),
-        actual_end=draw(st.one_of(st.none(), _times)),
-        road=draw(st.one_of(st.none(), st.text(_texts, max_size=12))),
+        planned_start=draw(st.one_of(st.none(), times)),
+        planned_end=draw(st.one_of(st.none(), times)),
+        actual_start=draw(st.one_of(st.none(), times)),
+        actual_end=draw(st.one_of(st.none(), times)),
+        road=draw(st.one_of(st.none(), st.text(storable_chars, max_size=12))),
         direction=draw(st.sampled_from([None, "both", "positive", "SW", "Béziers"])),
         geometry=geometry,
-        descriptions=draw(st.dictionaries(st.sampled_from(["fr", "en", "", "?"]), st.text(_texts, max_size=1200), max_size=3)),
-        detour=draw(st.one_of(st.none(), st.text(_texts, max_size=50))),
+        descriptions=draw(
+            st.dictionaries(st.sampled_from(["fr", "en", "", "?"]), st.text(storable_chars, max_size=1200), max_size=3)
+        ),
+        detour=draw(st.one_of(st.none(), st.text(storable_chars, max_size=50))),
         location_refs=refs,
-        first_seen=draw(_times),
-        updated=draw(_times),
+        first_seen=draw(times),
+        updated=draw(times),
     )
 
 
 @settings(max_examples=60, deadline=None)
 @given(events=st.lists(_events(), max_size=4, unique_by=lambda e: e.id))
-def test_any_events_give_a_valid_document(schema: etree.XMLSchema, events: list[StoredEvent]) -> None:
-    valid(schema, render_situations(events, PUBLICATION, NOW))
+def test_any_events_give_a_valid_document(datex2_v2_xsd: etree.XMLSchema, events: list[StoredEvent]) -> None:
+    valid_datex(datex2_v2_xsd, render_situations(events, PUBLICATION, NOW))
 
 
-def test_2000_events_stay_valid(schema: etree.XMLSchema) -> None:
+def test_2000_events_stay_valid(datex2_v2_xsd: etree.XMLSchema) -> None:
     events = [
         make_event(
             i,
@@ -325,9 +304,10 @@ def test_2000_events_stay_valid(schema: etree.XMLSchema) -> None:
         )
         for i in range(2000)
     ]
-    doc = valid(schema, render_situations(events, PUBLICATION, NOW))
+    doc = valid_datex(datex2_v2_xsd, render_situations(events, PUBLICATION, NOW))
     assert len(doc.findall(".//{*}situation")) == 2000
 
 
 def test_xmlschema_agrees() -> None:
-    xmlschema.XMLSchema(str(SCHEMA)).validate(render_situations(all_kinds_of_events(), PUBLICATION, NOW).decode())
+    document = render_situations(all_kinds_of_events(), PUBLICATION, NOW)
+    xmlschema.XMLSchema(str(DATEX2_V2_XSD)).validate(document.decode())

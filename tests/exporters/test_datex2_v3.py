@@ -4,7 +4,7 @@ road traffic data) and saying what the domain objects say."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import pytest
@@ -29,10 +29,9 @@ from feed.model import (
     StoredEvent,
     StoredSite,
 )
-
-SCHEMAS = Path(__file__).resolve().parent.parent / "data" / "schemas" / "datex2"
-V36_ENTRY = SCHEMAS / "v3.6" / "DATEXII_3_MessageContainer.xsd"
-RTTI_ENTRY = SCHEMAS / "v3.5-rtti-trafficdata-profile" / "xml" / "DATEXII_3_D2Payload.xsd"
+from exporters_support import DATEX2_V36_XSD, id_chars, positions, storable_chars, times, valid_datex
+from exporters_support import one as _one
+from exporters_support import text as _text
 
 NS = {
     "mc": "http://datex2.eu/schema/3/messageContainer",
@@ -171,32 +170,8 @@ def mixed_sites() -> list[StoredSite]:
     ]
 
 
-@pytest.fixture(scope="module")
-def schema_v36() -> etree.XMLSchema:
-    return etree.XMLSchema(etree.parse(str(V36_ENTRY)))
-
-
-@pytest.fixture(scope="module")
-def schema_rtti() -> etree.XMLSchema:
-    return etree.XMLSchema(etree.parse(str(RTTI_ENTRY)))
-
-
-def valid(schema: etree.XMLSchema, data: bytes) -> etree._Element:
-    assert data.startswith(b"<?xml version='1.0' encoding='UTF-8'?>")
-    doc = etree.fromstring(data)
-    if not schema.validate(doc):
-        pytest.fail("\n".join(f"line {e.line}: {e.message}" for e in schema.error_log))
-    return doc
-
-
-def one(doc: etree._Element, path: str) -> etree._Element:
-    found = doc.xpath(path, namespaces=NS)
-    assert len(found) == 1, f"{path}: {len(found)} matches"
-    return found[0]
-
-
-def text(doc: etree._Element, path: str) -> str:
-    return one(doc, path).text
+one = partial(_one, namespaces=NS)
+text = partial(_text, namespaces=NS)
 
 
 def record(doc: etree._Element, event_id: str) -> etree._Element:
@@ -226,9 +201,9 @@ def all_kinds_of_events() -> list[StoredEvent]:
 # ---------------------------------------------------------------- situations
 
 
-def test_situations_of_every_type_and_class_are_valid(schema_v36: etree.XMLSchema) -> None:
+def test_situations_of_every_type_and_class_are_valid(datex2_v36_xsd: etree.XMLSchema) -> None:
     events = all_kinds_of_events()
-    doc = valid(schema_v36, render_situations(events, PUBLICATION, NOW))
+    doc = valid_datex(datex2_v36_xsd, render_situations(events, PUBLICATION, NOW))
 
     assert len(doc.xpath("//sit:situation", namespaces=NS)) == len(events)
     written = {r.get("id"): r.get(XSI_TYPE) for r in doc.xpath("//sit:situationRecord", namespaces=NS)}
@@ -243,14 +218,14 @@ def test_situations_of_every_type_and_class_are_valid(schema_v36: etree.XMLSchem
     assert written["herault-inforoute:EV00090"] == "sit:Accident"  # unknown subtype
 
 
-def test_mandatory_type_specific_elements(schema_v36: etree.XMLSchema) -> None:
+def test_mandatory_type_specific_elements(datex2_v36_xsd: etree.XMLSchema) -> None:
     events = [
         make_event(1, type="closure"),
         make_event(2, type="roadworks"),
         make_event(3, type="public_event"),
         make_event(4, type="environment"),
     ]
-    doc = valid(schema_v36, render_situations(events, PUBLICATION, NOW))
+    doc = valid_datex(datex2_v36_xsd, render_situations(events, PUBLICATION, NOW))
 
     closure = record(doc, events[0].id)
     assert text(closure, "sit:complianceOption") == "mandatory"
@@ -260,9 +235,9 @@ def test_mandatory_type_specific_elements(schema_v36: etree.XMLSchema) -> None:
     assert text(record(doc, events[3].id), "sit:poorEnvironmentType") == "badWeather"
 
 
-def test_publication_header_and_exchange_information(schema_v36: etree.XMLSchema) -> None:
+def test_publication_header_and_exchange_information(datex2_v36_xsd: etree.XMLSchema) -> None:
     publication = PublicationConfig(country="FR", national_identifier="FR-HERAULT-34", languages=["fr", "en", "oc"])
-    doc = valid(schema_v36, render_situations([make_event()], publication, NOW))
+    doc = valid_datex(datex2_v36_xsd, render_situations([make_event()], publication, NOW))
 
     assert doc.tag == "{%s}messageContainer" % NS["mc"]
     payload = one(doc, "mc:payload")
@@ -280,12 +255,9 @@ def test_publication_header_and_exchange_information(schema_v36: etree.XMLSchema
     assert text(info, "ex:dynamicInformation/ex:messageGenerationTimestamp") == "2026-07-24T08:00:00Z"
 
 
-_id_chars = st.characters(blacklist_categories=("Cc", "Cs"))  # ids carry no control characters
-# Texts a stored record can hold: anything but NUL and lone surrogates (refused at ingest).
-_storable = st.characters(exclude_categories=("Cs",), exclude_characters="\x00")
-def test_ids_versions_and_times(schema_v36: etree.XMLSchema) -> None:
+def test_ids_versions_and_times(datex2_v36_xsd: etree.XMLSchema) -> None:
     event = make_event(7, severity="high")
-    doc = valid(schema_v36, render_situations([event], PUBLICATION, NOW))
+    doc = valid_datex(datex2_v36_xsd, render_situations([event], PUBLICATION, NOW))
 
     situation = one(doc, "//sit:situation")
     assert situation.get("id") == "herault-inforoute:EV00007"
@@ -300,13 +272,13 @@ def test_ids_versions_and_times(schema_v36: etree.XMLSchema) -> None:
     assert text(rec, "sit:source/com:sourceIdentification") == "herault-inforoute"
 
 
-def test_a_new_version_of_an_event_shows_its_higher_version(schema_v36: etree.XMLSchema) -> None:
+def test_a_new_version_of_an_event_shows_its_higher_version(datex2_v36_xsd: etree.XMLSchema) -> None:
     before = make_event(8, version=3)
     after = before.model_copy(
         update={"version": 4, "updated": NOW - timedelta(minutes=5), "descriptions": {"fr": "Chaussée rétrécie"}}
     )
-    old = valid(schema_v36, render_situations([before], PUBLICATION, NOW))
-    new = valid(schema_v36, render_situations([after], PUBLICATION, NOW))
+    old = valid_datex(datex2_v36_xsd, render_situations([before], PUBLICATION, NOW))
+    new = valid_datex(datex2_v36_xsd, render_situations([after], PUBLICATION, NOW))
 
     assert record(old, before.id).get("version") == "3"
     assert record(new, after.id).get("version") == "4"
@@ -316,9 +288,9 @@ def test_a_new_version_of_an_event_shows_its_higher_version(schema_v36: etree.XM
     )
 
 
-def test_point_location_with_road_and_pr(schema_v36: etree.XMLSchema) -> None:
+def test_point_location_with_road_and_pr(datex2_v36_xsd: etree.XMLSchema) -> None:
     event = make_event(9, direction="negative", location_refs={"road": "RD613", "pr": 12, "distance": 350})
-    doc = valid(schema_v36, render_situations([event], PUBLICATION, NOW))
+    doc = valid_datex(datex2_v36_xsd, render_situations([event], PUBLICATION, NOW))
 
     location = one(record(doc, event.id), "sit:locationReference")
     assert location.get(XSI_TYPE) == "loc:PointLocation"
@@ -335,9 +307,9 @@ def test_point_location_with_road_and_pr(schema_v36: etree.XMLSchema) -> None:
     assert text(distance, "loc:fromReferent/loc:referentType") == "referenceMarker"
 
 
-def test_line_location_is_a_gml_line_in_latitude_longitude_order(schema_v36: etree.XMLSchema) -> None:
+def test_line_location_is_a_gml_line_in_latitude_longitude_order(datex2_v36_xsd: etree.XMLSchema) -> None:
     event = make_event(10, geometry=LINE)
-    doc = valid(schema_v36, render_situations([event], PUBLICATION, NOW))
+    doc = valid_datex(datex2_v36_xsd, render_situations([event], PUBLICATION, NOW))
 
     location = one(record(doc, event.id), "sit:locationReference")
     assert location.get(XSI_TYPE) == "loc:LinearLocation"
@@ -347,7 +319,7 @@ def test_line_location_is_a_gml_line_in_latitude_longitude_order(schema_v36: etr
     assert numbers == pytest.approx([value for lon, lat in LINE.coordinates for value in (lat, lon)])
 
 
-def test_line_between_two_prs_of_the_datex_parser(schema_v36: etree.XMLSchema) -> None:
+def test_line_between_two_prs_of_the_datex_parser(datex2_v36_xsd: etree.XMLSchema) -> None:
     refs = {
         "pr": [
             {"at": "from", "road": "RD613", "referent": "34PR12D", "pr": 12, "abscissa": 100},
@@ -355,7 +327,7 @@ def test_line_between_two_prs_of_the_datex_parser(schema_v36: etree.XMLSchema) -
         ]
     }
     event = make_event(11, geometry=LINE, direction="positive", location_refs=refs)
-    doc = valid(schema_v36, render_situations([event], PUBLICATION, NOW))
+    doc = valid_datex(datex2_v36_xsd, render_situations([event], PUBLICATION, NOW))
 
     location = one(record(doc, event.id), "sit:locationReference")
     assert location.get(XSI_TYPE) == "loc:SingleRoadLinearLocation"
@@ -366,12 +338,12 @@ def test_line_between_two_prs_of_the_datex_parser(schema_v36: etree.XMLSchema) -
     assert one(location, "loc:gmlLineString") is not None
 
 
-def test_descriptions_in_every_language_and_the_detour(schema_v36: etree.XMLSchema) -> None:
+def test_descriptions_in_every_language_and_the_detour(datex2_v36_xsd: etree.XMLSchema) -> None:
     works = make_event(
         12, descriptions={"en": "Works", "fr": "Travaux", "de": "Bauarbeiten"}, detour="Déviation par Pignan"
     )
     rerouting = make_event(13, type="rerouting", detour="Suivre la RD5")
-    doc = valid(schema_v36, render_situations([works, rerouting], PUBLICATION, NOW))
+    doc = valid_datex(datex2_v36_xsd, render_situations([works, rerouting], PUBLICATION, NOW))
 
     comments = record(doc, works.id).xpath("sit:generalPublicComment", namespaces=NS)
     values = comments[0].xpath("sit:comment/com:values/com:value", namespaces=NS)
@@ -385,10 +357,10 @@ def test_descriptions_in_every_language_and_the_detour(schema_v36: etree.XMLSche
     assert text(rec, "sit:reroutingItineraryDescription/com:values/com:value") == "Suivre la RD5"
 
 
-def test_ended_events_are_listed_with_their_end(schema_v36: etree.XMLSchema) -> None:
+def test_ended_events_are_listed_with_their_end(datex2_v36_xsd: etree.XMLSchema) -> None:
     ended = make_event(14, status="ended", actual_start=NOW - timedelta(days=2), actual_end=NOW - timedelta(hours=1))
     ended_unknown_end = make_event(15, status="ended", planned_end=NOW + timedelta(days=3))
-    doc = valid(schema_v36, render_situations([ended, ended_unknown_end], PUBLICATION, NOW))
+    doc = valid_datex(datex2_v36_xsd, render_situations([ended, ended_unknown_end], PUBLICATION, NOW))
 
     validity = one(record(doc, ended.id), "sit:validity")
     assert text(validity, "com:validityStatus") == "definedByValidityTimeSpec"
@@ -416,10 +388,10 @@ def test_ended_events_are_listed_with_their_end(schema_v36: etree.XMLSchema) -> 
     ],
 )
 def test_validity_agrees_with_the_status(
-    schema_v36: etree.XMLSchema, changes: dict[str, Any], status: str, end: str | None, overrunning: bool
+    datex2_v36_xsd: etree.XMLSchema, changes: dict[str, Any], status: str, end: str | None, overrunning: bool
 ) -> None:
     event = make_event(16, **changes)
-    doc = valid(schema_v36, render_situations([event], PUBLICATION, NOW))
+    doc = valid_datex(datex2_v36_xsd, render_situations([event], PUBLICATION, NOW))
 
     validity = one(record(doc, event.id), "sit:validity")
     assert text(validity, "com:validityStatus") == status
@@ -428,22 +400,22 @@ def test_validity_agrees_with_the_status(
     assert ends == ([end] if end else [])
 
 
-def test_events_without_a_place_are_left_out(schema_v36: etree.XMLSchema) -> None:
+def test_events_without_a_place_are_left_out(datex2_v36_xsd: etree.XMLSchema) -> None:
     nowhere = make_event(17, geometry=None, road=None)
     road_only = make_event(18, geometry=None, road="RD986")
-    doc = valid(schema_v36, render_situations([nowhere, road_only], PUBLICATION, NOW))
+    doc = valid_datex(datex2_v36_xsd, render_situations([nowhere, road_only], PUBLICATION, NOW))
 
     assert [s.get("id") for s in doc.xpath("//sit:situation", namespaces=NS)] == [road_only.id]
     location = one(record(doc, road_only.id), "sit:locationReference")
     assert text(location, ".//loc:roadNumber") == "RD986"
 
 
-def test_free_text_is_made_safe(schema_v36: etree.XMLSchema) -> None:
+def test_free_text_is_made_safe(datex2_v36_xsd: etree.XMLSchema) -> None:
     event = make_event(
         19,
         descriptions={"fr": "Accident\x0b <grave> & bouchon " + "x" * 2000, "not a language!": "???"},
     )
-    doc = valid(schema_v36, render_situations([event], PUBLICATION, NOW))
+    doc = valid_datex(datex2_v36_xsd, render_situations([event], PUBLICATION, NOW))
 
     values = record(doc, event.id).xpath(".//sit:comment/com:values/com:value", namespaces=NS)
     assert values[0].text.startswith("Accident <grave> & bouchon xxx")
@@ -451,8 +423,8 @@ def test_free_text_is_made_safe(schema_v36: etree.XMLSchema) -> None:
     assert values[1].get("lang") is None and values[1].text == "???"
 
 
-def test_no_events_is_a_valid_empty_publication(schema_v36: etree.XMLSchema) -> None:
-    doc = valid(schema_v36, render_situations([], PUBLICATION, NOW))
+def test_no_events_is_a_valid_empty_publication(datex2_v36_xsd: etree.XMLSchema) -> None:
+    doc = valid_datex(datex2_v36_xsd, render_situations([], PUBLICATION, NOW))
     assert doc.xpath("//sit:situation", namespaces=NS) == []
 
 
@@ -461,7 +433,7 @@ def test_rendering_is_pure() -> None:
     assert render_situations(events, PUBLICATION, NOW) == render_situations(events, PUBLICATION, NOW)
 
 
-def test_2000_events_stay_valid(schema_v36: etree.XMLSchema) -> None:
+def test_2000_events_stay_valid(datex2_v36_xsd: etree.XMLSchema) -> None:
     events = [
         make_event(
             i,
@@ -471,7 +443,7 @@ def test_2000_events_stay_valid(schema_v36: etree.XMLSchema) -> None:
         )
         for i in range(2000)
     ]
-    doc = valid(schema_v36, render_situations(events, PUBLICATION, NOW))
+    doc = valid_datex(datex2_v36_xsd, render_situations(events, PUBLICATION, NOW))
     assert len(doc.findall(".//{*}situation")) == 2000
 
 
@@ -479,21 +451,21 @@ def test_2000_events_stay_valid(schema_v36: etree.XMLSchema) -> None:
 
 
 def test_site_table_is_valid_against_3_6_and_the_rtti_profile(
-    schema_v36: etree.XMLSchema, schema_rtti: etree.XMLSchema
+    datex2_v36_xsd: etree.XMLSchema, rtti_xsd: etree.XMLSchema
 ) -> None:
     data = render_measurement_sites(mixed_sites(), PUBLICATION, NOW)
-    valid(schema_v36, data)
-    doc = valid(schema_rtti, data)
+    valid_datex(datex2_v36_xsd, data)
+    doc = valid_datex(rtti_xsd, data)
     assert doc.tag == "{%s}payload" % NS["d2"]
     assert doc.get(XSI_TYPE) == "roa:MeasurementSiteTablePublication"
 
-    contained = valid(schema_v36, render_measurement_sites(mixed_sites(), PUBLICATION, NOW, container=True))
+    contained = valid_datex(datex2_v36_xsd, render_measurement_sites(mixed_sites(), PUBLICATION, NOW, container=True))
     assert one(contained, "mc:payload").get(XSI_TYPE) == "roa:MeasurementSiteTablePublication"
     assert one(contained, "mc:exchangeInformation") is not None
 
 
-def test_site_table_content(schema_rtti: etree.XMLSchema) -> None:
-    doc = valid(schema_rtti, render_measurement_sites(mixed_sites(), PUBLICATION, NOW))
+def test_site_table_content(rtti_xsd: etree.XMLSchema) -> None:
+    doc = valid_datex(rtti_xsd, render_measurement_sites(mixed_sites(), PUBLICATION, NOW))
 
     table = one(doc, "roa:measurementSiteTable")
     assert table.get("id") == "FR-HERAULT:measurement-sites"
@@ -531,12 +503,12 @@ def test_site_table_content(schema_rtti: etree.XMLSchema) -> None:
     assert float(text(along, ".//loc:distanceAlong")) == 350
 
 
-def test_sites_and_channels_datex_cannot_carry_are_left_out(schema_rtti: etree.XMLSchema) -> None:
+def test_sites_and_channels_datex_cannot_carry_are_left_out(rtti_xsd: etree.XMLSchema) -> None:
     pedestrians_first = make_site(
         4, [make_channel(1, "S4", mobility_type="PEDESTRIAN"), make_channel(2, "S4", mobility_type="CAR")]
     )
     no_coordinates = make_site(5, lon=None, lat=None)
-    doc = valid(schema_rtti, render_measurement_sites([pedestrians_first, no_coordinates], PUBLICATION, NOW))
+    doc = valid_datex(rtti_xsd, render_measurement_sites([pedestrians_first, no_coordinates], PUBLICATION, NOW))
 
     site = one(doc, "//roa:measurementSite")
     assert site.get("id") == "herault-comptages:S4"
@@ -562,18 +534,18 @@ def test_site_version_follows_the_description_not_the_data() -> None:
 
 
 def test_measured_data_is_valid_against_3_6_and_the_rtti_profile(
-    schema_v36: etree.XMLSchema, schema_rtti: etree.XMLSchema
+    datex2_v36_xsd: etree.XMLSchema, rtti_xsd: etree.XMLSchema
 ) -> None:
     data = render_measured_data(mixed_sites(), PUBLICATION, NOW)
-    valid(schema_v36, data)
-    doc = valid(schema_rtti, data)
+    valid_datex(datex2_v36_xsd, data)
+    doc = valid_datex(rtti_xsd, data)
     assert doc.get(XSI_TYPE) == "roa:MeasuredDataPublication"
-    valid(schema_v36, render_measured_data(mixed_sites(), PUBLICATION, NOW, container=True))
+    valid_datex(datex2_v36_xsd, render_measured_data(mixed_sites(), PUBLICATION, NOW, container=True))
 
 
-def test_measured_data_refers_to_the_site_table(schema_rtti: etree.XMLSchema) -> None:
-    table = valid(schema_rtti, render_measurement_sites(mixed_sites(), PUBLICATION, NOW))
-    data = valid(schema_rtti, render_measured_data(mixed_sites(), PUBLICATION, NOW))
+def test_measured_data_refers_to_the_site_table(rtti_xsd: etree.XMLSchema) -> None:
+    table = valid_datex(rtti_xsd, render_measurement_sites(mixed_sites(), PUBLICATION, NOW))
+    data = valid_datex(rtti_xsd, render_measured_data(mixed_sites(), PUBLICATION, NOW))
 
     reference = one(data, "roa:measurementSiteTableReference")
     assert reference.get("targetClass") == "roa:MeasurementSiteTable"
@@ -587,8 +559,8 @@ def test_measured_data_refers_to_the_site_table(schema_rtti: etree.XMLSchema) ->
     assert measured == listed
 
 
-def test_measured_values(schema_rtti: etree.XMLSchema) -> None:
-    doc = valid(schema_rtti, render_measured_data(mixed_sites(), PUBLICATION, NOW))
+def test_measured_values(rtti_xsd: etree.XMLSchema) -> None:
+    doc = valid_datex(rtti_xsd, render_measured_data(mixed_sites(), PUBLICATION, NOW))
 
     s1 = one(doc, "//roa:siteMeasurements[roa:measurementSiteReference/@id='herault-comptages:S1']")
     flow = one(s1, "roa:physicalQuantity[@index='1']/roa:physicalQuantity/roa:basicData")
@@ -611,8 +583,8 @@ def test_measured_values(schema_rtti: etree.XMLSchema) -> None:
     assert text(s3, "roa:physicalQuantity[@index='1']//com:vehicleFlowRate") == "42"  # 42 bikes in an hour
 
 
-def test_channels_without_usable_data_are_marked_not_invented(schema_rtti: etree.XMLSchema) -> None:
-    doc = valid(schema_rtti, render_measured_data(mixed_sites(), PUBLICATION, NOW))
+def test_channels_without_usable_data_are_marked_not_invented(rtti_xsd: etree.XMLSchema) -> None:
+    doc = valid_datex(rtti_xsd, render_measured_data(mixed_sites(), PUBLICATION, NOW))
     s2 = one(doc, "//roa:siteMeasurements[roa:measurementSiteReference/@id='herault-comptages:S2']")
 
     def fault(index: int) -> str:
@@ -627,7 +599,7 @@ def test_channels_without_usable_data_are_marked_not_invented(schema_rtti: etree
     assert fault(9) == "noDataValuesAvailable"  # channel 5: missing
 
 
-def test_a_site_without_any_data_is_still_listed(schema_rtti: etree.XMLSchema) -> None:
+def test_a_site_without_any_data_is_still_listed(rtti_xsd: etree.XMLSchema) -> None:
     silent = make_site(
         6,
         [
@@ -642,67 +614,69 @@ def test_a_site_without_any_data_is_still_listed(schema_rtti: etree.XMLSchema) -
             )
         ],
     )
-    doc = valid(schema_rtti, render_measured_data([silent], PUBLICATION, NOW))
+    doc = valid_datex(rtti_xsd, render_measured_data([silent], PUBLICATION, NOW))
     block = one(doc, "roa:siteMeasurements")
     assert text(block, "roa:measurementTimeDefault/roa:timeValue") == "2026-07-24T08:00:00Z"
     assert text(block, ".//roa:physicalQuantityFaultType") == "noDataValuesAvailable"
 
 
-def test_500_sites_stay_valid(schema_rtti: etree.XMLSchema) -> None:
+def test_500_sites_stay_valid(rtti_xsd: etree.XMLSchema) -> None:
     sites = [
         make_site(
             n, [make_channel(c, f"S{n}", vehicle_class=("light", "heavy")[c % 2], lane=c // 2 + 1) for c in range(4)]
         )
         for n in range(500)
     ]
-    valid(schema_rtti, render_measurement_sites(sites, PUBLICATION, NOW))
-    doc = valid(schema_rtti, render_measured_data(sites, PUBLICATION, NOW))
+    valid_datex(rtti_xsd, render_measurement_sites(sites, PUBLICATION, NOW))
+    doc = valid_datex(rtti_xsd, render_measured_data(sites, PUBLICATION, NOW))
     assert len(doc.findall(".//{*}siteMeasurements")) == 500
 
 
 # ---------------------------------------------------------------- any input stays valid
 
-_times = st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(timezone.utc))
-_positions = st.tuples(st.floats(-180, 180), st.floats(-90, 90)).map(list)
 _geometries = st.one_of(
     st.none(),
-    _positions.map(lambda p: Geometry(type="Point", coordinates=p)),
-    st.lists(_positions, min_size=2, max_size=6).map(lambda ps: Geometry(type="LineString", coordinates=ps)),
+    positions.map(lambda p: Geometry(type="Point", coordinates=p)),
+    st.lists(positions, min_size=2, max_size=6).map(lambda ps: Geometry(type="LineString", coordinates=ps)),
 )
-_texts = st.dictionaries(st.sampled_from(["fr", "en", "oc", "", "pas une langue"]), st.text(_storable, max_size=1200), max_size=3)
+_texts = st.dictionaries(
+    st.sampled_from(["fr", "en", "oc", "", "pas une langue"]), st.text(storable_chars, max_size=1200), max_size=3
+)
 
 
 @st.composite
 def _events(draw: st.DrawFn) -> StoredEvent:
     return make_event(
         draw(st.integers(0, 99_999)),
-        id=draw(st.text(_id_chars, min_size=1, max_size=40)),
+        id=draw(st.text(id_chars, min_size=1, max_size=40)),
         type=draw(st.sampled_from(EVENT_TYPES)),
-        subtype=draw(st.one_of(st.none(), st.sampled_from(list(DATEX_RECORD_TYPES)), st.text(_storable, max_size=20))),
+        subtype=draw(
+            st.one_of(st.none(), st.sampled_from(list(DATEX_RECORD_TYPES)), st.text(storable_chars, max_size=20))
+        ),
         status=draw(st.sampled_from(["planned", "active", "ended"])),
         severity=draw(st.sampled_from(["unknown", "low", "medium", "high", "highest"])),
-        planned_start=draw(st.one_of(st.none(), _times)),
-        planned_end=draw(st.one_of(st.none(), _times)),
-        actual_start=draw(st.one_of(st.none(), _times)),
-        actual_end=draw(st.one_of(st.none(), _times)),
-        road=draw(st.one_of(st.none(), st.text(_storable, max_size=12))),
+        planned_start=draw(st.one_of(st.none(), times)),
+        planned_end=draw(st.one_of(st.none(), times)),
+        actual_start=draw(st.one_of(st.none(), times)),
+        actual_end=draw(st.one_of(st.none(), times)),
+        road=draw(st.one_of(st.none(), st.text(storable_chars, max_size=12))),
         direction=draw(st.sampled_from([None, "both", "positive", "negative", "N", "Montpellier"])),
         geometry=draw(_geometries),
         descriptions=draw(_texts),
-        detour=draw(st.one_of(st.none(), st.text(_storable, max_size=50))),
+        detour=draw(st.one_of(st.none(), st.text(storable_chars, max_size=50))),
         location_refs=draw(
             st.sampled_from([{}, {"pr": 3, "distance": "12.5"}, {"referent": "34PR3", "distance": "x"}])
         ),
         version=draw(st.integers(1, 10**6)),
-        first_seen=draw(_times),
-        updated=draw(_times),
+        first_seen=draw(times),
+        updated=draw(times),
     )
 
 
 @settings(max_examples=60, deadline=None)
 @given(events=st.lists(_events(), max_size=4, unique_by=lambda e: e.id))
-def test_any_events_give_a_valid_document(schema_v36: etree.XMLSchema, events: list[StoredEvent]) -> None:
-    valid(schema_v36, render_situations(events, PUBLICATION, NOW))
+def test_any_events_give_a_valid_document(datex2_v36_xsd: etree.XMLSchema, events: list[StoredEvent]) -> None:
+    valid_datex(datex2_v36_xsd, render_situations(events, PUBLICATION, NOW))
 
 
 @st.composite
@@ -723,7 +697,7 @@ def _sites(draw: st.DrawFn) -> StoredSite:
                     st.sampled_from(["car", "BIKE", "PEDESTRIAN", "E-SCOOTER,PEDESTRIAN", "TRUCK", "?"])
                 ),
                 time_step=step,
-                latest_start=draw(st.one_of(st.none(), _times)),
+                latest_start=draw(st.one_of(st.none(), times)),
                 latest_length=draw(st.one_of(st.none(), st.just(step), st.integers(1, 86400))),
                 latest_count=draw(st.one_of(st.none(), st.integers(0, 10**6))),
                 latest_speed=draw(st.one_of(st.none(), st.floats(0, 300))),
@@ -733,8 +707,8 @@ def _sites(draw: st.DrawFn) -> StoredSite:
     return make_site(
         n,
         channels,
-        name=draw(st.text(_storable, max_size=30)),
-        external_id=draw(st.text(_id_chars, min_size=1, max_size=20)),
+        name=draw(st.text(storable_chars, max_size=30)),
+        external_id=draw(st.text(id_chars, min_size=1, max_size=20)),
         pr=draw(st.one_of(st.none(), st.integers(0, 200))),
         insee=draw(st.sampled_from([None, "34172", "2A004", "97411", "bad"])),
         lon=draw(st.one_of(st.none(), st.floats(-180, 180))),
@@ -745,29 +719,29 @@ def _sites(draw: st.DrawFn) -> StoredSite:
 @settings(max_examples=60, deadline=None)
 @given(sites=st.lists(_sites(), max_size=4, unique_by=lambda s: s.external_id))
 def test_any_sites_give_valid_documents(
-    schema_v36: etree.XMLSchema, schema_rtti: etree.XMLSchema, sites: list[StoredSite]
+    datex2_v36_xsd: etree.XMLSchema, rtti_xsd: etree.XMLSchema, sites: list[StoredSite]
 ) -> None:
     for render in (render_measurement_sites, render_measured_data):
         try:
             data = render(sites, PUBLICATION, NOW)
         except NothingToPublish:
             continue
-        valid(schema_v36, data)
-        valid(schema_rtti, data)
+        valid_datex(datex2_v36_xsd, data)
+        valid_datex(rtti_xsd, data)
 
 
 # ---------------------------------------------------------------- second opinion
 
 
 @pytest.fixture(scope="module")
-def xmlschema_v36() -> xmlschema.XMLSchema:
-    return xmlschema.XMLSchema(str(V36_ENTRY))
+def xmldatex2_v36_xsd() -> xmlschema.XMLSchema:
+    return xmlschema.XMLSchema(str(DATEX2_V36_XSD))
 
 
-def test_xmlschema_agrees(xmlschema_v36: xmlschema.XMLSchema) -> None:
+def test_xmlschema_agrees(xmldatex2_v36_xsd: xmlschema.XMLSchema) -> None:
     for data in (
         render_situations(all_kinds_of_events(), PUBLICATION, NOW),
         render_measurement_sites(mixed_sites(), PUBLICATION, NOW, container=True),
         render_measured_data(mixed_sites(), PUBLICATION, NOW),
     ):
-        xmlschema_v36.validate(data.decode("utf-8"))
+        xmldatex2_v36_xsd.validate(data.decode("utf-8"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import typing
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from datetime import datetime, timedelta
+from functools import partial
 
 import jsonschema
 import pytest
@@ -15,36 +15,15 @@ from hypothesis import strategies as st
 from exporters.geojson import filter_events, parse_bbox, render_events, render_sites
 from feed.config import PublicationConfig
 from feed.model import EventType, Geometry, StoredChannel, StoredEvent, StoredSite
+from exporters_support import LINE, POINT, T0, WZDX, cd34_event
 
-SCHEMAS = Path(__file__).resolve().parent.parent / "data" / "schemas" / "wzdx" / "geojson"
-POINT_SCHEMA = json.loads((SCHEMAS / "Point.json").read_text(encoding="utf-8"))
-LINESTRING_SCHEMA = json.loads((SCHEMAS / "LineString.json").read_text(encoding="utf-8"))
+POINT_SCHEMA = json.loads((WZDX / "geojson" / "Point.json").read_text(encoding="utf-8"))
+LINESTRING_SCHEMA = json.loads((WZDX / "geojson" / "LineString.json").read_text(encoding="utf-8"))
 
-CEST = timezone(timedelta(hours=2))
-T0 = datetime(2026, 7, 14, 10, 0, tzinfo=CEST)  # publication time, 08:00Z
 PUB = PublicationConfig()
 
-LINE = Geometry(type="LineString", coordinates=[[3.8765432198, 43.6111111149], [3.8801, 43.6123], [3.8850, 43.6140]])
-POINT = Geometry(type="Point", coordinates=[3.4401234567, 43.4567890123])
-
-
-def make_event(ext: str, type_: EventType = "roadworks", **kw: typing.Any) -> StoredEvent:
-    fields: dict[str, typing.Any] = {
-        "id": f"cd34:{ext}",
-        "source_id": "cd34",
-        "external_id": ext,
-        "type": type_,
-        "version": 1,
-        "first_seen": T0 - timedelta(hours=3),
-        "last_seen": T0 - timedelta(minutes=1),
-        "updated": T0 - timedelta(hours=1),
-        "road": "RD613",
-        "planned_start": T0 - timedelta(hours=2),
-        "geometry": LINE,
-        "descriptions": {"fr": "Travaux sur la chaussée", "en": "Roadworks"},
-    }
-    fields.update(kw)
-    return StoredEvent(**fields)
+# The works of the other formats' tests, here described at length and without a planned end.
+make_event = partial(cd34_event, planned_end=None, descriptions={"fr": "Travaux sur la chaussée", "en": "Roadworks"})
 
 
 def sample_events() -> list[StoredEvent]:

@@ -11,16 +11,15 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft7Validator
 from lxml import etree
-from referencing import Registry, Resource
 
 from collectors.datex2_parse import parse_datex2
 from exporters import datex2_v2, datex2_v3, geojson, waze, wzdx
 from feed.config import PublicationConfig
 from feed.model import EventRecord, StoredChannel, StoredEvent, StoredSite
 from feed.simulator.core import Simulation
+from exporters_support import valid_datex, valid_xml
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-SCHEMAS = DATA / "schemas"
 PUB = PublicationConfig()
 NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 REAL_SAMPLES = [
@@ -32,42 +31,6 @@ REAL_SAMPLES = [
     "fi-fintraffic-roadworks-situation-v2.3-FIprofile.xml",
     "no-npra-situations-messagecontainer-v3.1.xml",
 ]
-
-
-@pytest.fixture(scope="module")
-def xsd() -> dict[str, etree.XMLSchema]:
-    def load(path: Path) -> etree.XMLSchema:
-        return etree.XMLSchema(etree.parse(str(path)))
-    return {
-        "v3": load(SCHEMAS / "datex2" / "v3.6" / "DATEXII_3_MessageContainer.xsd"),
-        "v3-payload": load(SCHEMAS / "datex2" / "v3.6" / "DATEXII_3_D2Payload.xsd"),
-        "rtti": load(SCHEMAS / "datex2" / "v3.5-rtti-trafficdata-profile" / "xml" / "DATEXII_3_D2Payload.xsd"),
-        "v2": load(SCHEMAS / "datex2" / "v2.3" / "DATEXIISchema_2_2_3.xsd"),
-        "cifs": load(SCHEMAS / "waze" / "cifsv2.xsd"),
-    }
-
-
-@pytest.fixture(scope="module")
-def wzdx_schema() -> Draft7Validator:
-    resources = []
-    for folder in (SCHEMAS / "wzdx" / "4.2", SCHEMAS / "wzdx" / "geojson"):
-        for path in folder.glob("*.json"):
-            doc = json.loads(path.read_text())
-            resources.append((doc["$id"], Resource.from_contents(doc)))
-
-    def offline(uri: str) -> Resource:
-        raise LookupError(f"no network: {uri}")
-
-    registry = Registry(retrieve=offline).with_resources(resources)
-    main = json.loads((SCHEMAS / "wzdx" / "4.2" / "WorkZoneFeed.json").read_text())
-    return Draft7Validator(main, registry=registry)
-
-
-def valid_xml(schema: etree.XMLSchema, data: bytes) -> etree._Element:
-    doc = etree.fromstring(data)
-    if not schema.validate(doc):
-        pytest.fail("\n".join(f"line {e.line}: {e.message}" for e in list(schema.error_log)[:10]))
-    return doc
 
 
 def stored(rec: EventRecord, source_id: str, seen: datetime) -> StoredEvent:
@@ -133,28 +96,28 @@ def test_the_data_is_varied(events):
     assert any(e.status == "ended" for e in events) or any(e.planned_end is None for e in events)
 
 
-def test_datex2_v3_situations(events, xsd):
-    doc = valid_xml(xsd["v3"], datex2_v3.render_situations(events, PUB, NOW))
+def test_datex2_v3_situations(events, datex2_v36_xsd):
+    doc = valid_datex(datex2_v36_xsd, datex2_v3.render_situations(events, PUB, NOW))
     ids = {r.get("id") for r in doc.iter("{*}situationRecord")}
     # An event we cannot locate (only an Alert-C code, no coordinates, no road) is left out.
     assert ids == {e.id for e in events if e.geometry or e.road}
 
 
-def test_datex2_v2_situations(events, xsd):
-    valid_xml(xsd["v2"], datex2_v2.render_situations(events, PUB, NOW))
+def test_datex2_v2_situations(events, datex2_v2_xsd):
+    valid_datex(datex2_v2_xsd, datex2_v2.render_situations(events, PUB, NOW))
 
 
-def test_waze_cifs(events, xsd):
-    doc = valid_xml(xsd["cifs"], waze.render_cifs_xml(events, PUB, NOW))
+def test_waze_cifs(events, cifs_xsd):
+    doc = valid_xml(cifs_xsd, waze.render_cifs_xml(events, PUB, NOW))
     report = json.loads(waze.render_report(events, NOW))
     published = {i.get("id") for i in doc.iter("incident")}
     assert len(published) + report["counts"]["left_out"] == len({e.id for e in events})
     assert {i["incident"]["id"] for i in json.loads(waze.render_cifs_json(events, PUB, NOW))["incidents"]} == published
 
 
-def test_wzdx_work_zones(events, wzdx_schema):
+def test_wzdx_work_zones(events, wzdx_validator: Draft7Validator):
     feed = json.loads(wzdx.render_work_zones(events, PUB, NOW))
-    errors = [e.message for e in wzdx_schema.iter_errors(feed)]
+    errors = [e.message for e in wzdx_validator.iter_errors(feed)]
     assert errors == []
 
 
@@ -168,12 +131,12 @@ def test_geojson_events(events):
                                                                else g["coordinates"])))
 
 
-def test_sites_in_every_format(xsd):
+def test_sites_in_every_format(rtti_xsd: etree.XMLSchema, datex2_v36_payload_xsd: etree.XMLSchema):
     sites = simulated_sites()
     assert any(ch.latest_count is None for s in sites for ch in s.channels)  # sites with gaps
     for render in (datex2_v3.render_measurement_sites, datex2_v3.render_measured_data):
         body = render(sites, PUB, NOW)
-        valid_xml(xsd["rtti"], body)
-        valid_xml(xsd["v3-payload"], body)
+        valid_datex(rtti_xsd, body)
+        valid_datex(datex2_v36_payload_xsd, body)
     feed = json.loads(geojson.render_sites(sites, PUB, NOW))
     assert len(feed["features"]) == len(sites)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import re
 import typing
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from datetime import timedelta
+from functools import partial
 
 import pytest
 import xmlschema
@@ -25,15 +25,11 @@ from exporters.waze import (
 from exporters.wzdx import render_work_zones
 from feed.config import PublicationConfig
 from feed.model import EventType, Geometry, StoredEvent
+from exporters_support import CIFS_XSD, T0, cd34_event
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "schemas" / "waze"
-XSD = DATA / "cifsv2.xsd"
-DIALOG_SAMPLE = DATA / "samples" / "fr-dialog-cifs-incidents-expected-result.xml"
-LXML_SCHEMA = etree.XMLSchema(etree.parse(str(XSD)))
-XMLSCHEMA = xmlschema.XMLSchema(str(XSD))
+DIALOG_SAMPLE = CIFS_XSD.parent / "samples" / "fr-dialog-cifs-incidents-expected-result.xml"
+XMLSCHEMA = xmlschema.XMLSchema(str(CIFS_XSD))
 
-CEST = timezone(timedelta(hours=2))
-T0 = datetime(2026, 7, 14, 10, 0, tzinfo=CEST)
 PUB = PublicationConfig()
 WAZE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2}$")
 
@@ -46,24 +42,8 @@ LINE_12KM = Geometry(type="LineString", coordinates=[[3.5, 43.5], [3.5, 43.55], 
 POINT = Geometry(type="Point", coordinates=[3.44, 43.45])
 
 
-def make_event(ext: str, type_: EventType = "roadworks", **kw: typing.Any) -> StoredEvent:
-    fields: dict[str, typing.Any] = {
-        "id": f"cd34:{ext}",
-        "source_id": "cd34",
-        "external_id": ext,
-        "type": type_,
-        "version": 1,
-        "first_seen": T0 - timedelta(hours=3),
-        "last_seen": T0 - timedelta(minutes=1),
-        "updated": T0 - timedelta(hours=1),
-        "road": "RD613",
-        "planned_start": T0 - timedelta(hours=2),
-        "planned_end": T0 + timedelta(days=2),
-        "geometry": LINE_500M,
-        "descriptions": {"fr": "Travaux", "en": "Roadworks"},
-    }
-    fields.update(kw)
-    return StoredEvent(**fields)
+# The works of the other formats' tests, on a 500 m line.
+make_event = partial(cd34_event, geometry=LINE_500M)
 
 
 def sample_events() -> list[StoredEvent]:
@@ -104,14 +84,14 @@ def sample_events() -> list[StoredEvent]:
 # --- validator setup --------------------------------------------------------
 
 
-def test_official_sample_validates():
+def test_official_sample_validates(cifs_xsd: etree.XMLSchema):
     assert XMLSCHEMA.is_valid(str(DIALOG_SAMPLE))
-    assert LXML_SCHEMA.validate(etree.parse(str(DIALOG_SAMPLE)))
+    assert cifs_xsd.validate(etree.parse(str(DIALOG_SAMPLE)))
 
 
-def test_validator_is_not_vacuous():
+def test_validator_is_not_vacuous(cifs_xsd: etree.XMLSchema):
     broken = b"<incidents><incident id='abc'><type>FLOOD</type></incident></incidents>"
-    assert not LXML_SCHEMA.validate(etree.fromstring(broken))
+    assert not cifs_xsd.validate(etree.fromstring(broken))
     assert not XMLSCHEMA.is_valid(broken.decode())
 
 
@@ -207,7 +187,7 @@ def test_type_mapping(type_, kw, expected):
 
 
 def test_mapped_types_and_subtypes_are_in_the_xsd():
-    schema = etree.parse(str(XSD))
+    schema = etree.parse(str(CIFS_XSD))
     ns = {"xs": "http://www.w3.org/2001/XMLSchema"}
 
     def enum(name: str) -> set[str]:
@@ -234,15 +214,15 @@ def _xml_incidents(xml: bytes) -> dict[str, dict[str, typing.Any]]:
     return out
 
 
-def test_cifs_xml_validates_with_both_engines():
+def test_cifs_xml_validates_with_both_engines(cifs_xsd: etree.XMLSchema):
     xml = render_cifs_xml(sample_events(), PUB, T0)
     assert xml.startswith(b'<?xml version="1.0" encoding="UTF-8"?>')
     XMLSCHEMA.validate(xml.decode("utf-8"))
     doc = etree.fromstring(xml)
-    assert LXML_SCHEMA.validate(doc), LXML_SCHEMA.error_log
+    assert cifs_xsd.validate(doc), cifs_xsd.error_log
     assert doc.tag == "incidents" and doc.get("timestamp") == "2026-07-14T10:00:00+02:00"
     empty = render_cifs_xml([], PUB, T0)
-    assert LXML_SCHEMA.validate(etree.fromstring(empty))
+    assert cifs_xsd.validate(etree.fromstring(empty))
 
 
 def test_cifs_xml_content():
@@ -285,10 +265,10 @@ def test_cifs_xml_content():
         assert len(incident["polyline"].split()) >= 4
 
 
-def test_cifs_xml_escapes_text():
+def test_cifs_xml_escapes_text(cifs_xsd: etree.XMLSchema):
     event = make_event("esc", descriptions={"fr": 'Chantier <RD613> & "déviation"'})
     xml = render_cifs_xml([event], PUB, T0)
-    assert LXML_SCHEMA.validate(etree.fromstring(xml))
+    assert cifs_xsd.validate(etree.fromstring(xml))
     assert _xml_incidents(xml)["cd34:esc"]["description"] == 'Chantier <RD613> & "déviation"'
 
 

@@ -4,76 +4,27 @@ from __future__ import annotations
 
 import json
 import typing
-from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from jsonschema import Draft7Validator
-from referencing import Registry, Resource
-from referencing.exceptions import NoSuchResource
 
 from exporters.geojson import render_events
 from exporters.wzdx import OPEN_END_HORIZON, check_wzdx_rules, lane_closure, render_work_zones, wzdx_direction
 from feed.config import PublicationConfig
-from feed.model import EventType, Geometry, StoredEvent
+from feed.model import EventType, StoredEvent
+from exporters_support import LINE, POINT, T0, WZDX, cd34_event, schema_errors
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "schemas" / "wzdx"
-EXAMPLES = sorted((DATA / "examples" / "WorkZoneFeed").glob("*.geojson"))
+EXAMPLES = sorted((WZDX / "examples" / "WorkZoneFeed").glob("*.geojson"))
 
-CEST = timezone(timedelta(hours=2))
-T0 = datetime(2026, 7, 14, 10, 0, tzinfo=CEST)
 PUB = PublicationConfig()
-
-LINE = Geometry(type="LineString", coordinates=[[3.8765432198, 43.6111111149], [3.8801, 43.6123], [3.8850, 43.6140]])
-POINT = Geometry(type="Point", coordinates=[3.4401234567, 43.4567890123])
-
-
-def _offline(uri: str) -> Resource:
-    raise NoSuchResource(ref=uri)  # never the network
-
-
-def _validator() -> Draft7Validator:
-    resources = []
-    for path in sorted((DATA / "4.2").glob("*.json")) + sorted((DATA / "geojson").glob("*.json")):
-        schema = json.loads(path.read_text(encoding="utf-8"))
-        resources.append((schema["$id"], Resource.from_contents(schema)))
-    registry = Registry(retrieve=_offline).with_resources(resources)
-    root = json.loads((DATA / "4.2" / "WorkZoneFeed.json").read_text(encoding="utf-8"))
-    return Draft7Validator(root, registry=registry, format_checker=Draft7Validator.FORMAT_CHECKER)
-
-
-VALIDATOR = _validator()
-
-
-def errors(document: dict) -> list[str]:
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in VALIDATOR.iter_errors(document)]
-
-
-def make_event(ext: str, type_: EventType = "roadworks", **kw: typing.Any) -> StoredEvent:
-    fields: dict[str, typing.Any] = {
-        "id": f"cd34:{ext}",
-        "source_id": "cd34",
-        "external_id": ext,
-        "type": type_,
-        "version": 1,
-        "first_seen": T0 - timedelta(hours=3),
-        "last_seen": T0 - timedelta(minutes=1),
-        "updated": T0 - timedelta(hours=1),
-        "road": "RD613",
-        "planned_start": T0 - timedelta(hours=2),
-        "planned_end": T0 + timedelta(days=2),
-        "geometry": LINE,
-        "descriptions": {"fr": "Travaux", "en": "Roadworks"},
-    }
-    fields.update(kw)
-    return StoredEvent(**fields)
 
 
 def sample_events() -> list[StoredEvent]:
-    events = [make_event(f"all-{t}", t) for t in typing.get_args(EventType)]
+    events = [cd34_event(f"all-{t}", t) for t in typing.get_args(EventType)]
     events += [
-        make_event("works-point", "roadworks", geometry=POINT, version=4, direction="nord"),
-        make_event(
+        cd34_event("works-point", "roadworks", geometry=POINT, version=4, direction="nord"),
+        cd34_event(
             "closure-open",
             "closure",
             planned_end=None,
@@ -81,50 +32,50 @@ def sample_events() -> list[StoredEvent]:
             source_id="cd34-bis",
             id="cd34-bis:closure-open",
         ),
-        make_event(
+        cd34_event(
             "closure-started",
             "closure",
             actual_start=T0 - timedelta(minutes=90),
             descriptions={"en": "Road closed", "fr": "Route barrée à Lodève"},
         ),
-        make_event("lanes", "lane_management", lanes_affected="voie de droite", direction="positive"),
-        make_event("all-lanes", "lane_management", lanes_affected="toutes les voies"),
-        make_event("no-lanes", "lane_management", lanes_affected=None),
-        make_event("ended", "roadworks", status="ended", actual_end=T0 - timedelta(minutes=5)),
-        make_event("no-geometry", "roadworks", geometry=None),
-        make_event("no-road", "roadworks", road=None),
-        make_event(
+        cd34_event("lanes", "lane_management", lanes_affected="voie de droite", direction="positive"),
+        cd34_event("all-lanes", "lane_management", lanes_affected="toutes les voies"),
+        cd34_event("no-lanes", "lane_management", lanes_affected=None),
+        cd34_event("ended", "roadworks", status="ended", actual_end=T0 - timedelta(minutes=5)),
+        cd34_event("no-geometry", "roadworks", geometry=None),
+        cd34_event("no-road", "roadworks", road=None),
+        cd34_event(
             "planned",
             "roadworks",
             status="planned",
             planned_start=T0 + timedelta(days=1),
             planned_end=T0 + timedelta(days=4),
         ),
-        make_event("planned-no-start", "roadworks", status="planned", planned_start=None),
-        make_event("active-no-start", "roadworks", planned_start=None, planned_end=None, descriptions={}),
+        cd34_event("planned-no-start", "roadworks", status="planned", planned_start=None),
+        cd34_event("active-no-start", "roadworks", planned_start=None, planned_end=None, descriptions={}),
     ]
     return events
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_official_examples_validate(path):
-    assert errors(json.loads(path.read_text(encoding="utf-8"))) == []
+def test_official_examples_validate(path, wzdx_validator: Draft7Validator):
+    assert schema_errors(wzdx_validator, json.loads(path.read_text(encoding="utf-8"))) == []
 
 
-def test_validator_is_not_vacuous():
+def test_validator_is_not_vacuous(wzdx_validator: Draft7Validator):
     example = json.loads(EXAMPLES[0].read_text(encoding="utf-8"))
     broken = dict(example, feed_info={**example["feed_info"], "license": "https://example.org/other"})
-    assert errors(broken)
+    assert schema_errors(wzdx_validator, broken)
     feature = example["features"][0]
     point = dict(feature, geometry={"type": "Point", "coordinates": [1.0, 2.0]})
-    assert errors(dict(example, features=[point]))
+    assert schema_errors(wzdx_validator, dict(example, features=[point]))
     assert len(EXAMPLES) == 9
 
 
-def test_feed_validates_against_workzonefeed_schema():
+def test_feed_validates_against_workzonefeed_schema(wzdx_validator: Draft7Validator):
     doc = json.loads(render_work_zones(sample_events(), PUB, T0))
-    assert errors(doc) == []
-    assert errors(json.loads(render_work_zones([], PUB, T0))) == []
+    assert schema_errors(wzdx_validator, doc) == []
+    assert schema_errors(wzdx_validator, json.loads(render_work_zones([], PUB, T0))) == []
 
 
 def test_feed_info():
@@ -224,7 +175,7 @@ def test_feature_content():
 
 
 def test_open_end_after_a_future_start():
-    event = make_event("future", status="planned", planned_start=T0 + timedelta(days=3), planned_end=None)
+    event = cd34_event("future", status="planned", planned_start=T0 + timedelta(days=3), planned_end=None)
     props = json.loads(render_work_zones([event], PUB, T0))["features"][0]["properties"]
     expected = (T0 + timedelta(days=3) + OPEN_END_HORIZON).astimezone(UTC)
     assert datetime.fromisoformat(props["end_date"]) == expected
@@ -261,7 +212,7 @@ def test_direction_mapping(ours, wzdx):
     ],
 )
 def test_lane_closure(type_, lanes, expected):
-    assert lane_closure(make_event("x", type_, lanes_affected=lanes)) == expected
+    assert lane_closure(cd34_event("x", type_, lanes_affected=lanes)) == expected
 
 
 def test_same_id_as_geojson():
@@ -271,10 +222,10 @@ def test_same_id_as_geojson():
         assert feature["id"] in geo
 
 
-def test_2000_events_validate():
+def test_2000_events_validate(wzdx_validator: Draft7Validator):
     kinds: list[EventType] = ["roadworks", "closure", "lane_management"]
     events = [
-        make_event(
+        cd34_event(
             str(i),
             kinds[i % 3],
             geometry=LINE if i % 2 else POINT,
@@ -285,4 +236,4 @@ def test_2000_events_validate():
     ]
     doc = json.loads(render_work_zones(events, PUB, T0))
     assert len(doc["features"]) == 2000
-    assert errors(doc) == []
+    assert schema_errors(wzdx_validator, doc) == []
