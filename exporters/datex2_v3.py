@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 from lxml import etree
 
 from feed.config import PublicationConfig
+from feed.errors import PublishError
 from feed.model import (
     DATEX_RECORD_TYPES,
     DEFAULT_DATEX_RECORD,
@@ -53,7 +54,7 @@ MODEL_BASE_VERSION = "3"
 TEXT_MAX = 1024  # MultilingualStringValueType maxLength (v2.3 and v3)
 
 
-class NothingToPublish(ValueError):
+class NothingToPublish(PublishError, ValueError):
     """The publication would be empty, and the schema forbids an empty one."""
 
 

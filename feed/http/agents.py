@@ -32,6 +32,7 @@ from aiohttp import web
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from feed.errors import InputError
 from feed.http.api import API, QUERY_MARGIN, NotFound, can_switch_role
 from feed.publish.feeds import BadParameter
 from feed.store.storage import ACQUIRE_TIMEOUT, DATABASE_UNAVAILABLE
@@ -56,7 +57,7 @@ _HASHER = PasswordHasher()  # argon2id with the library's vetted defaults
 _DUMMY_HASH = _HASHER.hash("not a password of anyone")
 
 
-class AgentError(ValueError):
+class AgentError(InputError, ValueError):
     """A refused account operation, with the reason."""
 
 

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from feed.config import Config
+from feed.errors import PublishError
 from feed.publish.feeds import GZIP_LEVEL, FeedPublisher, RenderedFeed
 from feed.store.storage import Storage
 
 INDEX = "index.json"
 
 
-class ExportError(Exception):
+class ExportError(PublishError):
     """The feeds could not be rendered in time."""
 
 

@@ -49,6 +49,7 @@ from aiohttp import web
 
 from feed.config import Config
 from feed.deadlines import cancel_and_wait
+from feed.errors import PublishError
 from feed.publish.feeds import EVENTS_GEOJSON, EventFilter, FeedFastPath, FeedPublisher, FeedSite, RenderedFeed
 from feed.store.replica import primary_of
 from feed.store.storage import Storage
@@ -276,8 +277,8 @@ class Workers:
 # --------------------------------------------------------------------------- follower side
 
 
-class _NotRendered(Exception):
-    pass
+class _NotRendered(PublishError):
+    """The leader has not rendered this filtered feed (yet): not cached, asked again next time."""
 
 
 class FeedMirror(FeedPublisher):
