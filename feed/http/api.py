@@ -40,6 +40,8 @@ from feed.publish import catalog
 from feed.store import downloads, history, validation
 from feed.publish.catalog import catalog_document
 from feed.config import Config
+from feed.errors import BadParameter, NotFound, PublishError, Unavailable
+from feed.http.errors import REFUSALS, refusal
 from feed.store.downloads import MEDIA_TYPES, neutralise
 from feed.publish.feeds import (
     BBOX_EXPECTED,
@@ -47,10 +49,8 @@ from feed.publish.feeds import (
     EVENT_STATUSES,
     EVENT_TYPES,
     PREFLIGHT_HEADERS,
-    BadParameter,
     body_tag,
     etag_matches,
-    json_error,
     negotiate_encoding,
     unstorable,
 )
@@ -86,15 +86,8 @@ LIVE_CACHE = "no-cache"
 # --------------------------------------------------------------------------- errors
 
 
-class _StreamBroken(Exception):
+class _StreamBroken(PublishError):
     """A download failed after its headers were sent."""
-
-
-class NotFound(Exception):
-    def __init__(self, parameter: str, value: str, expected: str, detail: str) -> None:
-        super().__init__(detail)
-        self.body = {"error": "not_found", "parameter": parameter, "value": value, "expected": expected,
-                     "detail": detail}
 
 
 def _bad(parameter: str, value: str, expected: str, detail: str) -> BadParameter:
@@ -564,15 +557,11 @@ def _guarded(handler: Handler) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
-        except BadParameter as exc:
-            return json_error(400, exc.as_json())
-        except NotFound as exc:
-            return json_error(404, exc.body)
+        except REFUSALS as exc:
+            return refusal(exc)
         except asyncpg.QueryCanceledError:
-            return json_error(503, {"error": "query_timeout", "parameter": None, "value": None,
-                                    "expected": "a narrower query",
-                                    "detail": "the database did not answer within the statement timeout"},
-                              **{"Retry-After": "10"})
+            return refusal(Unavailable("query_timeout", "the database did not answer within the statement timeout",
+                                       expected="a narrower query", retry_after=10))
 
     return handle
 
@@ -828,8 +817,7 @@ class _Api:
         try:
             await asyncio.wait_for(self.download_slots.acquire(), DOWNLOAD_WAIT)
         except TimeoutError:
-            return json_error(503, {"error": "busy", "parameter": None, "value": None, "expected": None,
-                                    "detail": "every download slot is in use; retry shortly"}, **{"Retry-After": "30"})
+            raise Unavailable("busy", "every download slot is in use; retry shortly", retry_after=30) from None
         try:
             return await self._download(request, year, table, fmt)
         finally:

@@ -40,8 +40,7 @@ from collectors import comptage_parse
 from feed.store import roads
 from feed.http.agents import Principal, authorised, json_response
 from feed.http.api import API, reading
-from feed.errors import ParseError
-from feed.publish.feeds import BadParameter
+from feed.errors import BadParameter, ParseError
 from feed.collect.ingest import Plausibility, Sink
 from feed.model import ChannelRecord, MeasurementRecord, ParsedItem, Quarantined, SiteRecord
 from feed.store.storage import RunStats

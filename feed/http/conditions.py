@@ -21,7 +21,7 @@ from feed.store import roads
 from feed.http.agents import Principal, authorised, json_response, public, read_json
 from feed.http.api import API, reading
 from feed.http.authoring import Position
-from feed.publish.feeds import BadParameter
+from feed.errors import BadParameter
 from feed.store.markings import AGENTS_SOURCE
 from feed.model import EventRecord, Geometry
 
