@@ -56,13 +56,13 @@ from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
+from feed.errors import InputError, ParseError
 from feed.model import ChannelRecord, MeasurementRecord, Quarantined, SiteRecord, VehicleClass
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "CsvItems",
-    "ParseError",
     "classify_vehicles",
     "parse_channels",
     "parse_measures",
@@ -103,19 +103,7 @@ _HEAVY = {"TRUCK", "HGV", "BUS", "COACH", "LORRY", "PL", "POIDS LOURD", "POIDS L
 _LIGHT = {"CAR", "VAN", "MINIBUS", "VL", "VUL", "LIGHT", "VEHICULE LEGER", "VÉHICULE LÉGER"}
 
 
-class ParseError(Exception):
-    """A whole file or response cannot be read (as opposed to one bad record)."""
-
-    def __init__(self, source: str, reason: str, line: int | None = None) -> None:
-        self.source = source
-        self.reason = reason
-        self.line = line
-        where = f"{source}: " if source else ""
-        at = f"line {line}: " if line is not None else ""
-        super().__init__(f"{where}{at}{reason}")
-
-
-class _RowError(ValueError):
+class _RowError(InputError, ValueError):
     """One row is refused; the message becomes the Quarantined reason."""
 
 

@@ -36,6 +36,7 @@ from typing import IO, Any
 
 from lxml import etree
 
+from feed.errors import InputError, ParseError
 from feed.model import (
     DATEX_RECORD_TYPES,
     ChannelRecord,
@@ -51,7 +52,7 @@ from feed.model import (
     VehicleClass,
 )
 
-__all__ = ["DEFAULT_PERIOD", "ParseError", "ParseStats", "parse_datex2"]
+__all__ = ["DEFAULT_PERIOD", "DOCUMENT", "ParseStats", "parse_datex2"]
 
 # Bison Futé/Tipi publishes 1-minute data without saying so: the period we assume when
 # neither the measurement nor the site table gives one.
@@ -79,15 +80,7 @@ _MEASURED = "MeasuredDataPublication"
 _EXCERPT_CHARS = 500
 
 
-class ParseError(Exception):
-    """The document as a whole could not be read; records yielded before it stand."""
-
-    def __init__(self, source_id: str, reason: str, line: int | None = None) -> None:
-        self.source_id = source_id
-        self.reason = reason
-        self.line = line
-        where = f" at line {line}" if line else ""
-        super().__init__(f"{source_id}: DATEX II document refused{where}: {reason}")
+DOCUMENT = "DATEX II document"  # what a ParseError of this parser says was refused
 
 
 @dataclass
@@ -100,7 +93,7 @@ class ParseStats:
     quarantined: int = 0
 
 
-class _Reject(Exception):
+class _Reject(InputError):
     """A unit of the document that cannot become a domain record (quarantined)."""
 
 
@@ -132,9 +125,9 @@ def parse_datex2(
     try:
         yield from walk.run(stream)
     except etree.XMLSyntaxError as exc:
-        raise ParseError(source_id, exc.msg or "malformed XML", exc.lineno or None) from None
+        raise ParseError(source_id, exc.msg or "malformed XML", exc.lineno or None, document=DOCUMENT) from None
     except (etree.LxmlError, LookupError, UnicodeError) as exc:
-        raise ParseError(source_id, f"unreadable XML: {exc}") from None
+        raise ParseError(source_id, f"unreadable XML: {exc}", document=DOCUMENT) from None
 
 
 # --------------------------------------------------------------------------- document walk
@@ -217,7 +210,7 @@ class _Walk:
         if not self.root_checked:
             self._check_root(root)
         if self.root is None:
-            raise ParseError(self.source_id, "no DATEX II document found inside the SOAP envelope")
+            raise ParseError(self.source_id, "no DATEX II document found inside the SOAP envelope", document=DOCUMENT)
 
     def _events(self, events: Iterator[tuple[str, etree._Element]]) -> Iterator[ParsedItem]:
         for event, elem in events:
@@ -323,7 +316,7 @@ class _Walk:
             yield item
 
     def _refuse(self, reason: str, elem: etree._Element) -> None:
-        raise ParseError(self.source_id, reason, elem.sourceline)
+        raise ParseError(self.source_id, reason, elem.sourceline, document=DOCUMENT)
 
 
 def _chunks(stream: IO[bytes]) -> Iterator[bytes]:

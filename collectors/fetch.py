@@ -18,11 +18,13 @@ from typing import IO
 
 import aiohttp
 
+from feed.errors import InputError
+
 SPOOL_IN_MEMORY = 8 * 1024 * 1024
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 
 
-class FetchError(Exception):
+class FetchError(InputError):
     """A fetch that failed for good (after retries where retrying made sense): every
     transport fault ends as this, with what happened and how many bytes were read."""
 
@@ -207,7 +209,7 @@ class Fetcher:
             return Fetched(resp.status, body, resp.headers.get("ETag"), resp.headers.get("Last-Modified"), attempt)
 
 
-class _Retry(Exception):
+class _Retry(InputError):
     def __init__(self, reason: str, status: int, headers: dict[str, str]):
         self.reason = reason
         self.status = status

@@ -48,7 +48,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from collectors.comptage_parse import ParseError, byte_chunks, classify_vehicles
+from collectors.comptage_parse import byte_chunks, classify_vehicles
+from feed.errors import ConfigError, InputError, ParseError
 from feed.model import (
     DATEX_RECORD_TYPES,
     ChannelRecord,
@@ -71,7 +72,6 @@ __all__ = [
     "EventMapping",
     "ExportItems",
     "MappingError",
-    "ParseError",
     "RecordsPage",
     "RecordsStream",
     "counter_mapping_from_options",
@@ -101,7 +101,7 @@ _STATUSES: tuple[str, ...] = get_args(EventStatus)
 # --------------------------------------------------------------------------- mappings
 
 
-class MappingError(ValueError):
+class MappingError(ConfigError, ValueError):
     """A source's options do not describe a usable mapping; the message names the key."""
 
 
@@ -243,7 +243,7 @@ def mapping_from_options(options: Mapping[str, Any]) -> CounterMapping | EventMa
 # --------------------------------------------------------------------------- values
 
 
-class _Bad(ValueError):
+class _Bad(InputError, ValueError):
     """One record is refused; the message becomes the Quarantined reason."""
 
 

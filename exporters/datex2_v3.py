@@ -49,6 +49,7 @@ from exporters.datex2_record import (
     xml_safe,
 )
 from feed.config import PublicationConfig
+from feed.errors import PublishError
 from feed.model import StoredChannel, StoredEvent, StoredSite, departement_of
 
 MC = "http://datex2.eu/schema/3/messageContainer"
@@ -62,7 +63,7 @@ EX = "http://datex2.eu/schema/3/exchangeInformation"
 MODEL_BASE_VERSION = "3"
 
 
-class NothingToPublish(ValueError):
+class NothingToPublish(PublishError, ValueError):
     """The publication would be empty, and the schema forbids an empty one."""
 
 

@@ -16,7 +16,8 @@ from feed.http import agents
 from feed.store import embedded, roads
 from feed.store.cluster import ClusterError
 from feed.logs import FORMATS, resolve_format, setup_logging
-from feed.config import Config, ConfigError, load_config
+from feed.config import Config, load_config
+from feed.errors import ConfigError
 from feed.store.migrations import MigrationError, detect_engine, migrate, table_sizes
 from feed.publish.static_export import ExportError
 from feed.server.service import NotMigrated, run

@@ -14,13 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from feed.errors import ConfigError
 from feed.holidays import Calendar
 
 SourceKind = Literal["opendatasoft", "datex2", "comptage-mobilites"]
-
-
-class ConfigError(Exception):
-    """The configuration file cannot be used; the message says where and why."""
 
 
 class _Section(BaseModel):

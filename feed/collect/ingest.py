@@ -26,9 +26,8 @@ from typing import TypeVar
 
 import asyncpg
 
-from collectors.comptage_parse import ParseError as CsvParseError
-from collectors.datex2_parse import ParseError as DatexParseError
 from feed.config import PublicationConfig
+from feed.errors import ParseError
 from feed.model import (
     ChannelRecord,
     EventRecord,
@@ -39,7 +38,6 @@ from feed.model import (
 )
 from feed.store.storage import Counts, MeasurementRow, Storage
 
-PARSE_ERRORS = (CsvParseError, DatexParseError)
 CHUNK = 5_000  # items per batch; at most three batches are alive at once (stored, waiting, parsed)
 Clock = Callable[[], datetime]
 
@@ -147,7 +145,7 @@ class ParserThread:
                     self._send(_Batch(batch))
                     batch = []
             end.items = batch
-        except PARSE_ERRORS as err:
+        except ParseError as err:
             end.items, end.error = batch, str(err)
         except BaseException as err:  # noqa: BLE001 - handed to the poll, which records it
             end.items, end.failure = batch, err

@@ -27,10 +27,12 @@ from zoneinfo import ZoneInfo
 import asyncpg
 from aiohttp import web
 
+from feed.errors import BadParameter, Conflict, Forbidden, NotFound, RequestError, Unauthorized, Unavailable
+from feed.http.errors import refusal
 from feed.store import markings
-from feed.http.api import API, NotFound, parse_instant
+from feed.http.api import API, parse_instant
 from feed.store.pool import reading
-from feed.publish.filters import BadParameter, check_storable
+from feed.publish.filters import check_storable
 
 if TYPE_CHECKING:
     from feed.http.app import AppContext
@@ -72,11 +74,6 @@ def _json(document: Any, status: int = 200, **extra: str) -> web.Response:
                         headers={"Content-Type": JSON_TYPE, "Cache-Control": "no-store", **extra})
 
 
-def _error(status: int, error: str, detail: str, **extra: str) -> web.Response:
-    return _json({"error": error, "parameter": None, "value": None, "expected": None, "detail": detail},
-                 status, **extra)
-
-
 def _bad(parameter: str, value: Any, expected: str, detail: str) -> BadParameter:
     return BadParameter(parameter, value if isinstance(value, str) else _echo(value), expected, detail)
 
@@ -91,26 +88,28 @@ def _echo(value: Any) -> str:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _check_token(expected: bytes | None, request: web.Request) -> None:
+    if expected is None:
+        raise Forbidden("admin_disabled", "admin API disabled: set [server] admin_token")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise Unauthorized("unauthorized", "this route needs Authorization: Bearer <[server] admin_token>",
+                           realm="roadfeed admin")
+
+
 def _authorised(token: str | None, handler: Handler) -> Handler:
-    """The token check, then refusals as JSON errors."""
+    """The token check, then refusals as JSON errors (without CORS: same origin only)."""
     expected = token.encode() if token else None
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        if expected is None:
-            return _error(403, "admin_disabled", "admin API disabled: set [server] admin_token")
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-            return _error(401, "unauthorized", "this route needs Authorization: Bearer <[server] admin_token>",
-                          **{"WWW-Authenticate": 'Bearer realm="roadfeed admin"'})
         try:
+            _check_token(expected, request)
             return await handler(request)
-        except BadParameter as exc:
-            return _json(exc.as_json(), 400)
-        except NotFound as exc:
-            return _json(exc.body, 404)
+        except RequestError as exc:
+            return refusal(exc, cors=False, compact=False)
         except asyncpg.QueryCanceledError:
-            return _error(503, "query_timeout", "the database did not answer within the statement timeout",
-                          **{"Retry-After": "10"})
+            return refusal(Unavailable("query_timeout", "the database did not answer within the statement timeout",
+                                       retry_after=10), cors=False, compact=False)
 
     return handle
 
@@ -261,12 +260,11 @@ class _Admin:
                            f"no configured source {source_id!r}")
         collector = self.app[COLLECTOR_SLOT].collector
         if collector is None:
-            return _error(409, "no_collectors", "collectors are not running in this process "
-                          "(`roadfeed serve` serves only; use `roadfeed run`)")
+            raise Conflict("no_collectors", "collectors are not running in this process "
+                           "(`roadfeed serve` serves only; use `roadfeed run`)")
         report = await collector.poll(source)
         if report is None:
-            return _error(409, "busy", f"another worker is polling {source_id} now; retry shortly",
-                          **{"Retry-After": "10"})
+            raise Conflict("busy", f"another worker is polling {source_id} now; retry shortly", retry_after=10)
         s = report.stats
         return _json({"source": report.source_id, "run_id": report.run_id, "duration": round(report.duration, 3),
                       "http_status": s.http_status, "bytes": s.bytes, "new": s.counts.new,

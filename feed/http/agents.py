@@ -32,9 +32,10 @@ from aiohttp import web
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from feed.http.api import API, NotFound
+from feed.errors import BadParameter, BadRequest, Forbidden, InputError, RequestError, Unauthorized, Unavailable
+from feed.http.api import API
 from feed.store.pool import QUERY_MARGIN, can_switch_role
-from feed.publish.filters import BadParameter
+from feed.http.errors import refusal
 from feed.store.storage import ACQUIRE_TIMEOUT, DATABASE_UNAVAILABLE
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ _HASHER = PasswordHasher()  # argon2id with the library's vetted defaults
 _DUMMY_HASH = _HASHER.hash("not a password of anyone")
 
 
-class AgentError(ValueError):
+class AgentError(InputError, ValueError):
     """A refused account operation, with the reason."""
 
 
@@ -184,13 +185,29 @@ def json_response(document: Any, status: int = 200, **headers: str) -> web.Respo
                         headers={"Content-Type": "application/json", "Cache-Control": "no-store", **headers})
 
 
-def error(status: int, code: str, detail: str, **headers: str) -> web.Response:
-    return json_response({"error": code, "parameter": None, "value": None, "expected": None, "detail": detail},
-                         status, **headers)
-
-
 AgentHandler = Callable[[web.Request, Principal], Awaitable[web.StreamResponse]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def _authenticate(ctx: AppContext, request: web.Request, role: str) -> Principal:
+    """The principal making `request`, if it may act as `role`; otherwise the refusal."""
+    try:
+        async with ctx.storage.pool.acquire() as conn:
+            principal = await _principal(conn, request, ctx.config.server.admin_token)
+    except (*DATABASE_DOWN, asyncpg.PostgresError):
+        raise Unavailable("database_unavailable", "the database cannot be reached; retry shortly",
+                          retry_after=10) from None
+    if principal is None:
+        raise Unauthorized("unauthorized", "log in (POST /api/v1/session) or send Authorization: Bearer <token>",
+                           realm="roadfeed")
+    if principal.csrf is not None and request.method not in SAFE_METHODS:
+        given = request.headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(given.encode(), principal.csrf.encode()):
+            raise Forbidden("csrf", f"a request made with a session needs its {CSRF_HEADER} header "
+                                    "(see GET /api/v1/session)")
+    if not principal.may(role):
+        raise Forbidden("forbidden", f"this needs the role {role} or above; {principal.author} is {principal.role}")
+    return principal
 
 
 def authorised(ctx: AppContext, role: str, handler: AgentHandler) -> Handler:
@@ -200,24 +217,10 @@ def authorised(ctx: AppContext, role: str, handler: AgentHandler) -> Handler:
     unsafe request lacks its CSRF token; 503 when the database cannot answer."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        try:
-            async with ctx.storage.pool.acquire() as conn:
-                principal = await _principal(conn, request, ctx.config.server.admin_token)
-        except (*DATABASE_DOWN, asyncpg.PostgresError):
-            return error(503, "database_unavailable", "the database cannot be reached; retry shortly",
-                         **{"Retry-After": "10"})
-        if principal is None:
-            return error(401, "unauthorized", "log in (POST /api/v1/session) or send Authorization: Bearer <token>",
-                         **{"WWW-Authenticate": 'Bearer realm="roadfeed"'})
-        if principal.csrf is not None and request.method not in SAFE_METHODS:
-            given = request.headers.get(CSRF_HEADER, "")
-            if not hmac.compare_digest(given.encode(), principal.csrf.encode()):
-                return error(403, "csrf", f"a request made with a session needs its {CSRF_HEADER} header "
-                                          "(see GET /api/v1/session)")
-        if not principal.may(role):
-            return error(403, "forbidden", f"this needs the role {role} or above; {principal.author} is "
-                                           f"{principal.role}")
-        return await answering(lambda: handler(request, principal))
+        async def call() -> web.StreamResponse:
+            return await handler(request, await _authenticate(ctx, request, role))
+
+        return await answering(call)
 
     return handle
 
@@ -227,17 +230,15 @@ DATABASE_DOWN = (OSError, asyncpg.InterfaceError, asyncpg.QueryCanceledError, as
 
 
 async def answering(call: Callable[[], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    """A handler's answer, its refusals as JSON errors: 400, 404, and 503 (never 500)
-    when the database cannot answer."""
+    """A handler's answer, its refusals as JSON errors without CORS (same origin only):
+    400, 401, 403, 404, 409, and 503 (never 500) when the database cannot answer."""
     try:
         return await call()
-    except BadParameter as exc:
-        return json_response(exc.as_json(), 400)
-    except NotFound as exc:
-        return json_response(exc.body, 404)
+    except RequestError as exc:
+        return refusal(exc, cors=False, compact=False)
     except DATABASE_DOWN:
-        return error(503, "database_unavailable", "the database did not answer; retry shortly",
-                     **{"Retry-After": "10"})
+        return refusal(Unavailable("database_unavailable", "the database did not answer; retry shortly",
+                                   retry_after=10), cors=False, compact=False)
 
 
 def public(handler: Handler) -> Handler:
@@ -265,21 +266,18 @@ def agent_routes(app: web.Application, ctx: AppContext) -> None:
     """`/api/v1/session`: log in (POST), who am I and the CSRF token (GET), log out (DELETE)."""
 
     async def login(request: web.Request) -> web.Response:
-        try:
-            body = await read_json(request, '{"username": "alice", "password": "..."}')
-        except BadParameter as exc:
-            return json_response(exc.as_json(), 400)
+        body = await read_json(request, '{"username": "alice", "password": "..."}')
         username, password = body.get("username"), body.get("password")
         if not isinstance(username, str) or not isinstance(password, str):
-            return error(400, "bad_request", "give username and password as strings")
+            raise BadRequest("bad_request", "give username and password as strings")
         try:
             async with writing(ctx) as conn:
                 found = await _login(conn, username, password)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            return error(503, "database_unavailable", "the database cannot be reached; retry shortly",
-                         **{"Retry-After": "10"})
+            raise Unavailable("database_unavailable", "the database cannot be reached; retry shortly",
+                              retry_after=10) from None
         if found is None:
-            return error(401, "login_failed", "unknown username, wrong password or disabled account")
+            raise Unauthorized("login_failed", "unknown username, wrong password or disabled account")
         agent, session, csrf = found
         response = json_response({"username": agent.username, "display_name": agent.display_name,
                                   "role": agent.role, "csrf_token": csrf})
@@ -299,7 +297,7 @@ def agent_routes(app: web.Application, ctx: AppContext) -> None:
         response.del_cookie(SESSION_COOKIE, path="/")
         return response
 
-    app.router.add_post(f"{API}/session", login)
+    app.router.add_post(f"{API}/session", public(login))
     app.router.add_get(f"{API}/session", authorised(ctx, "reader", whoami))
     app.router.add_delete(f"{API}/session", authorised(ctx, "reader", logout))
 

@@ -38,9 +38,11 @@ from feed.publish import dcat
 from feed.store import downloads, history, validation
 from feed.publish.dcat import catalog_document
 from feed.config import Config
+from feed.errors import BadParameter, NotFound, PublishError, RequestError, Unavailable
+from feed.http.errors import refusal
 from feed.store.downloads import MEDIA_TYPES, neutralise
-from feed.http.responses import CORS_HEADERS, PREFLIGHT_HEADERS, etag_matches, json_error, negotiate_encoding
-from feed.publish.filters import BBOX_EXPECTED, EVENT_STATUSES, EVENT_TYPES, BadParameter, unstorable
+from feed.http.responses import CORS_HEADERS, PREFLIGHT_HEADERS, etag_matches, negotiate_encoding
+from feed.publish.filters import BBOX_EXPECTED, EVENT_STATUSES, EVENT_TYPES, unstorable
 from feed.publish.render import body_tag
 from feed.store.history import STEPS, Site, Step
 from feed.store.pool import reading
@@ -73,15 +75,8 @@ LIVE_CACHE = "no-cache"
 # --------------------------------------------------------------------------- errors
 
 
-class _StreamBroken(Exception):
+class _StreamBroken(PublishError):
     """A download failed after its headers were sent."""
-
-
-class NotFound(Exception):
-    def __init__(self, parameter: str, value: str, expected: str, detail: str) -> None:
-        super().__init__(detail)
-        self.body = {"error": "not_found", "parameter": parameter, "value": value, "expected": expected,
-                     "detail": detail}
 
 
 def _bad(parameter: str, value: str, expected: str, detail: str) -> BadParameter:
@@ -478,15 +473,11 @@ def _guarded(handler: Handler) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
-        except BadParameter as exc:
-            return json_error(400, exc.as_json())
-        except NotFound as exc:
-            return json_error(404, exc.body)
+        except RequestError as exc:
+            return refusal(exc)
         except asyncpg.QueryCanceledError:
-            return json_error(503, {"error": "query_timeout", "parameter": None, "value": None,
-                                    "expected": "a narrower query",
-                                    "detail": "the database did not answer within the statement timeout"},
-                              **{"Retry-After": "10"})
+            return refusal(Unavailable("query_timeout", "the database did not answer within the statement timeout",
+                                       expected="a narrower query", retry_after=10))
 
     return handle
 
@@ -742,8 +733,7 @@ class _Api:
         try:
             await asyncio.wait_for(self.download_slots.acquire(), DOWNLOAD_WAIT)
         except TimeoutError:
-            return json_error(503, {"error": "busy", "parameter": None, "value": None, "expected": None,
-                                    "detail": "every download slot is in use; retry shortly"}, **{"Retry-After": "30"})
+            raise Unavailable("busy", "every download slot is in use; retry shortly", retry_after=30) from None
         try:
             return await self._download(request, year, table, fmt)
         finally:

@@ -12,7 +12,6 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
@@ -26,9 +25,11 @@ from feed.http.conditions import condition_routes
 from feed.http.api import api_routes
 from feed.http.changes import changes_routes
 from feed.config import Config
+from feed.errors import RequestError, Unavailable, printable
+from feed.http.errors import json_error, refusal
 from feed.http.feeds import add_feed_routes
-from feed.http.responses import CORS_HEADERS, json_error
-from feed.publish.filters import BadParameter, check_request_text, printable
+
+from feed.publish.filters import check_request_text
 from feed.publish.publisher import FeedPublisher
 from feed.logs import ThrottledLog
 from feed.metrics import http_middleware, metrics_routes
@@ -41,7 +42,7 @@ __all__ = ["CONTEXT", "ROUTES", "AppContext", "RouteSetup", "build_app", "feed_r
 log = logging.getLogger("roadfeed.http")
 
 READY_DB_TIMEOUT = 2.0  # seconds /readyz waits for the database
-DATABASE_RETRY_AFTER = "5"  # seconds a client is asked to wait while the database is away
+DATABASE_RETRY_AFTER = 5  # seconds a client is asked to wait while the database is away
 MAX_HEADER_LINE = 8190  # bytes of a request line or header field (the fast path hands longer heads here)
 
 
@@ -78,7 +79,7 @@ def health_routes(app: web.Application, ctx: AppContext) -> None:
         document = {"status": "not_ready" if problems else "ready", "database": database,
                     "feeds_pending": pending}
         if problems:
-            return json_error(503, document, **{"Retry-After": DATABASE_RETRY_AFTER})
+            return json_error(503, document, **{"Retry-After": str(DATABASE_RETRY_AFTER)})
         return web.json_response(document, headers={"Cache-Control": "no-store"})
 
     app.router.add_get("/healthz", healthz)
@@ -110,21 +111,17 @@ def database_unavailable_middleware(throttled: ThrottledLog) -> Middleware:
             reason = _reason(exc)
             throttled.warning("database", f"database unavailable; answering 503 ({request.method} {request.path}: "
                                           f"{reason})")
-            document = {"error": "database_unavailable", "parameter": None, "value": None,
-                        "expected": f"a retry after {DATABASE_RETRY_AFTER} s",
-                        "detail": f"the database is unavailable ({reason}); retry shortly"}
-            return _error(request, 503, document, **{"Retry-After": DATABASE_RETRY_AFTER})
+            return _refusal(request, Unavailable("database_unavailable",
+                                                 f"the database is unavailable ({reason}); retry shortly",
+                                                 expected=f"a retry after {DATABASE_RETRY_AFTER} s",
+                                                 retry_after=DATABASE_RETRY_AFTER))
 
     return unavailable
 
 
-def _error(request: web.Request, status: int, document: dict[str, Any], **extra: str) -> web.Response:
-    """A JSON error in the API's shape, with CORS except on the admin API (same-origin only)."""
-    response = json_error(status, document, **extra)
-    if request.path.startswith(ADMIN_PREFIX):
-        for name in CORS_HEADERS:
-            response.headers.pop(name, None)
-    return response
+def _refusal(request: web.Request, error: RequestError) -> web.Response:
+    """A refusal in the API's shape, with CORS except on the admin API (same-origin only)."""
+    return refusal(error, cors=not request.path.startswith(ADMIN_PREFIX))
 
 
 @web.middleware
@@ -132,8 +129,8 @@ async def storable_text_middleware(request: web.Request, handler: Handler) -> we
     """A 400 naming the parameter for any query or path text PostgreSQL cannot hold."""
     try:
         check_request_text(request.query, request.match_info)
-    except BadParameter as exc:
-        return _error(request, 400, exc.as_json())
+    except RequestError as exc:
+        return _refusal(request, exc)
     return await handler(request)
 
 

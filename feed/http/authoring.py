@@ -21,10 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from exporters import datex2_v2, datex2_v3, geojson, waze, wzdx
 from exporters.datex2_v3 import NothingToPublish
 from feed.store import markings, roads
-from feed.http.agents import Principal, authorised, error, json_response, public, read_json, writing
-from feed.http.api import API, NotFound
+from feed.errors import BadParameter, Conflict, NotFound
+from feed.http.agents import Principal, authorised, json_response, public, read_json, writing
+from feed.http.api import API
 from feed.store.pool import reading
-from feed.publish.filters import BadParameter
 from feed.model import EventRecord, EventType, Geometry, Severity, StoredEvent, TimeSlot, public_event_id
 
 if TYPE_CHECKING:
@@ -270,7 +270,7 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
         event_id = _event_id(request)
         old = await current(event_id)
         if old.status == "ended":
-            return error(409, "already_ended", f"{event_id} ended at {old.actual_end}")
+            raise Conflict("already_ended", f"{event_id} ended at {old.actual_end}")
         now = _now()
         record = EventRecord.model_validate({**old.model_dump(include=set(EventRecord.model_fields)),
                                              "status": "ended", "actual_end": now})

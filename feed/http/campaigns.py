@@ -41,7 +41,7 @@ from feed.store import roads
 from feed.http.agents import Principal, authorised, json_response
 from feed.http.api import API
 from feed.store.pool import reading
-from feed.publish.filters import BadParameter
+from feed.errors import BadParameter, ParseError
 from feed.collect.ingest import Plausibility, Sink
 from feed.model import ChannelRecord, MeasurementRecord, ParsedItem, Quarantined, SiteRecord
 from feed.store.storage import RunStats
@@ -203,7 +203,7 @@ def parse_comptage(files: dict[str, bytes], tz: ZoneInfo) -> Campaign:
             else:
                 seen.add((m.channel_external_id, m.start))
                 out.measurements.append(m)
-    except comptage_parse.ParseError as exc:
+    except ParseError as exc:
         raise ValueError(str(exc)) from None
     if len(out.measurements) + len(out.errors) > MAX_LINES:
         raise ValueError(f"more than {MAX_LINES} lines: split the campaign")

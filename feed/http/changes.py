@@ -55,9 +55,11 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
 from exporters import geojson
-from feed.http.responses import CORS_HEADERS, PREFLIGHT_HEADERS, json_error
+from feed.http.errors import json_error
+from feed.http.responses import CORS_HEADERS, PREFLIGHT_HEADERS
 from feed.publish.changes import CURSOR_EXPECTED, STREAM_BATCH, ChangeHub, decode_cursor, matches, page
-from feed.publish.filters import BadParameter, EventFilter, parse_event_filter
+from feed.errors import BadParameter, PublishError
+from feed.publish.filters import EventFilter, parse_event_filter
 from feed.store.changes import Change, ChangeLog, encode_cursor, iso_ms
 
 __all__ = [
@@ -164,7 +166,7 @@ async def changes_handler(request: web.Request, log_: ChangeLog) -> web.Response
     return response
 
 
-class _Gone(Exception):
+class _Gone(PublishError):
     """The stream client went away or could not keep up."""
 
 

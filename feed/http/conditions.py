@@ -22,7 +22,7 @@ from feed.http.agents import Principal, authorised, json_response, public, read_
 from feed.http.api import API
 from feed.store.pool import reading
 from feed.http.authoring import Position
-from feed.publish.filters import BadParameter
+from feed.errors import BadParameter
 from feed.store.markings import AGENTS_SOURCE
 from feed.model import EventRecord, Geometry
 

@@ -15,9 +15,11 @@ from typing import Any
 
 from aiohttp import web
 
-from feed.http.responses import PREFLIGHT_HEADERS, json_error, serve
+from feed.http.errors import json_error
+from feed.http.responses import PREFLIGHT_HEADERS, serve
 from feed.publish.catalogue import EVENTS_GEOJSON, STATUS_PATH
-from feed.publish.filters import BadParameter, parse_event_filter
+from feed.errors import BadParameter
+from feed.publish.filters import parse_event_filter
 from feed.publish.publisher import FeedPublisher, FeedState
 
 __all__ = ["add_feed_routes", "feed_cache_control"]

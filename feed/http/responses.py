@@ -11,20 +11,16 @@ import re
 from collections.abc import Collection
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from exporters import geojson
-from feed.publish.catalogue import JSON
 from feed.publish.render import RenderedFeed
 
 __all__ = [
     "CORS_HEADERS",
     "PREFLIGHT_HEADERS",
     "etag_matches",
-    "json_error",
     "modified_since",
     "negotiate_encoding",
     "serve",
@@ -95,11 +91,6 @@ def modified_since(if_modified_since: str, last_modified: datetime) -> bool:
     if since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
     return last_modified > since
-
-
-def json_error(status: int, document: dict[str, Any], **extra: str) -> web.Response:
-    headers = CIMultiDict({**CORS_HEADERS, "Cache-Control": "no-store", "Content-Type": JSON, **extra})
-    return web.Response(status=status, body=geojson.dumps(document), headers=headers)
 
 
 def serve(request: web.Request, feed: RenderedFeed, cache_control: str) -> web.Response:

@@ -14,13 +14,15 @@ is still bounded and keeps the check free of any shared state.
 from __future__ import annotations
 
 import ipaddress
-import json
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
+
+from feed.errors import TooManyRequests
+from feed.http.errors import refusal
 
 __all__ = [
     "FEED_SECURITY_HEADERS",
@@ -169,12 +171,12 @@ def client_address(request: web.Request, limiter: RateLimiter) -> str:
 
 def too_many_requests(wait: float, path: str) -> web.Response:
     retry = max(1, math.ceil(wait))
-    body = {"error": "rate_limited", "parameter": None, "value": None, "expected": f"a retry after {retry} s",
-            "detail": "too many requests from this address; slow down and retry after the delay given"}
-    headers = {"Content-Type": "application/json", "Retry-After": str(retry), "Cache-Control": "no-store"}
+    error = TooManyRequests("rate_limited", "too many requests from this address; slow down and retry after the delay given",
+                            expected=f"a retry after {retry} s", retry_after=retry)
+    headers = {}
     if path.startswith(PUBLIC_PREFIXES) and not path.startswith(ADMIN_PREFIX):  # as the answer it replaces
         headers["Access-Control-Allow-Origin"] = "*"
-    return web.Response(status=429, body=json.dumps(body).encode(), headers=headers)
+    return refusal(error, cors=False, compact=False, **headers)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 from exporters.geojson import intersects
 from feed.deadlines import cancel_and_wait
-from feed.publish.filters import BadParameter, EventFilter
+from feed.errors import BadParameter
+from feed.publish.filters import EventFilter
 from feed.store.changes import Change, ChangeLog
 from feed.store.pool import ChangeListener
 from feed.store.storage import Storage

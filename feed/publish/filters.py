@@ -17,6 +17,7 @@ from typing import NamedTuple, get_args
 from multidict import MultiMapping
 
 from exporters import geojson
+from feed.errors import BadParameter, printable
 from feed.model import EventStatus, EventType
 
 __all__ = [
@@ -24,12 +25,10 @@ __all__ = [
     "EVENT_STATUSES",
     "EVENT_TYPES",
     "GEOMETRY_TYPES",
-    "BadParameter",
     "EventFilter",
     "check_request_text",
     "check_storable",
     "parse_event_filter",
-    "printable",
     "unstorable",
 ]
 
@@ -53,20 +52,6 @@ GEOMETRY_TYPES: tuple[str, ...] = ("Point", "LineString")
 BBOX_EXPECTED = "lon_min,lat_min,lon_max,lat_max in WGS 84 degrees, e.g. 3.2,43.3,4.1,43.8"
 
 
-MAX_ECHO = 200  # characters of a refused value echoed in the error
-
-
-def printable(text: str) -> str:
-    """`text` as an error may echo it: control characters and lone surrogates escaped
-    (a JSON body must encode as UTF-8), at most MAX_ECHO characters."""
-    if len(text) > MAX_ECHO:
-        text = text[:MAX_ECHO] + "…"
-    if _UNPRINTABLE.search(text) is None:
-        return text
-    return _UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
-_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 # What PostgreSQL text cannot hold (NUL) or UTF-8 cannot encode (lone surrogates).
 _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 UNSTORABLE_EXPECTED = "text without NUL (U+0000) or lone surrogates (U+D800 to U+DFFF)"
@@ -99,21 +84,6 @@ def check_request_text(query: MultiMapping[str], path_parameters: Mapping[str, s
     for name, value in query.items():
         check_storable(printable(name), name)
         check_storable(name, value)
-
-
-class BadParameter(ValueError):
-    """A query parameter that cannot be used; `as_json` is the 400 body."""
-
-    def __init__(self, parameter: str, value: str, expected: str, detail: str) -> None:
-        super().__init__(detail)
-        self.parameter = printable(parameter)
-        self.value = printable(value)
-        self.expected = expected
-        self.detail = printable(detail)
-
-    def as_json(self) -> dict[str, str]:
-        return {"error": "invalid_parameter", "parameter": self.parameter, "value": self.value,
-                "expected": self.expected, "detail": self.detail}
 
 
 def _parse_list(query: MultiMapping[str], name: str, allowed: Sequence[str]) -> tuple[str, ...] | None:

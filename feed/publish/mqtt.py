@@ -43,6 +43,7 @@ from exporters.geojson import site_feature
 from feed.store.changes import Change, ChangeLog
 from feed.config import MqttConfig
 from feed.deadlines import cancel_and_wait
+from feed.errors import PublishError
 from feed.model import StoredEvent, StoredSite
 from feed.store.storage import CHANGES_CHANNEL, Storage
 
@@ -52,7 +53,7 @@ PUSH_LOCK = (0x52464D51, 1)  # pg_advisory_lock(classid, objid): "RFMQ", the pub
 BATCH = 500  # changes per round trip to the broker
 
 
-class PushError(Exception):
+class PushError(PublishError):
     """The broker could not be reached or did not acknowledge in time."""
 
 

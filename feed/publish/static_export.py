@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from feed.config import Config
+from feed.errors import PublishError
 from feed.publish.publisher import FeedPublisher
 from feed.publish.render import GZIP_LEVEL, RenderedFeed
 from feed.store.storage import Storage
@@ -28,7 +29,7 @@ from feed.store.storage import Storage
 INDEX = "index.json"
 
 
-class ExportError(Exception):
+class ExportError(PublishError):
     """The feeds could not be rendered in time."""
 
 

@@ -31,6 +31,7 @@ from feed.server.fastpath import FeedFastPath, FeedSite
 from feed.http.app import CONTEXT, build_app
 from feed.collect.ingest import SinkResult
 from feed.collect.scheduler import STOP_TIMEOUT, Collector
+from feed.errors import StorageError
 from feed.publish.mqtt import MqttPusher
 from feed.store.replica import primary_of
 from feed.store.storage import Storage
@@ -41,7 +42,7 @@ log = logging.getLogger("roadfeed.service")
 SHUTDOWN_TIMEOUT = STOP_TIMEOUT  # seconds in-flight requests (and polls) get to finish when stopping
 
 
-class NotMigrated(Exception):
+class NotMigrated(StorageError):
     """The database has no roadfeed schema yet."""
 
 

@@ -54,6 +54,7 @@ from feed.publish.filters import EventFilter
 from feed.publish.publisher import FeedPublisher
 from feed.publish.render import RenderedFeed
 from feed.server.fastpath import FeedFastPath, FeedSite
+from feed.errors import PublishError
 from feed.store.replica import primary_of
 from feed.store.storage import Storage
 
@@ -280,8 +281,8 @@ class Workers:
 # --------------------------------------------------------------------------- follower side
 
 
-class _NotRendered(Exception):
-    pass
+class _NotRendered(PublishError):
+    """The leader has not rendered this filtered feed (yet): not cached, asked again next time."""
 
 
 class FeedMirror(FeedPublisher):

@@ -46,6 +46,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from aiohttp import web
 
 from feed.config import PublicationConfig
+from feed.errors import InputError
 from feed.holidays import public_holidays
 from feed.model import Geometry, StoredEvent
 from feed.simulator.national import MEASURED_PATH as NATIONAL_MEASURED
@@ -1286,7 +1287,7 @@ class SimClock:
 # ============================================================== ODSQL subset
 
 
-class OdsError(Exception):
+class OdsError(InputError):
     """An error answered the way an Opendatasoft portal answers it."""
 
     def __init__(self, status: int, code: str, message: str) -> None:

@@ -20,11 +20,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from feed.errors import StorageError
+
 ENGINE_B_ROOT = Path(os.environ.get("ROADFEED_ENGINE_B_ROOT", "/var/cache/roadfeed/engine-b"))
 READY_STAMP = ".roadfeed-ready"
 
 
-class ClusterError(Exception):
+class ClusterError(StorageError):
     """A private cluster could not be created, started or stopped."""
 
 

@@ -14,12 +14,13 @@ import psycopg
 
 from feed.store.cluster import Cluster, ClusterError, Engine, host_engine, missing_binaries_message
 from feed.config import Config
+from feed.errors import StorageError
 
 HOME = Path("var/pg")
 DBNAME = "roadfeed"
 
 
-class NoDatabase(Exception):
+class NoDatabase(StorageError):
     """No database is configured and the embedded one is not set up."""
 
 

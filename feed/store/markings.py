@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import asyncpg
 
 from feed.http.agents import writing
-from feed.publish.filters import BadParameter
+from feed.errors import BadParameter
 from feed.model import EventRecord, Geometry
 from feed.store.roads import OffRoad, normalise_road, section
 from feed.store.storage import Storage

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import psycopg
 
+from feed.errors import StorageError
+
 SQL_DIR = Path(os.environ.get("ROADFEED_SQL_DIR", Path(__file__).resolve().parents[2] / "sql"))
 LOCK_KEY = 7_210_415_001  # advisory lock held while migrating
 _NAME = re.compile(r"^\d{3}_[a-z0-9_]+\.sql$")
 
 
-class MigrationError(Exception):
+class MigrationError(StorageError):
     """Migrations cannot be applied; the message says which file and why."""
 
 

@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import asyncpg
 
+from feed.errors import InputError
+
 __all__ = ["ROAD_PATTERN", "SIDES", "ReferentialError", "Road", "Side", "locate", "parse_referential", "point", "section",
            "store_referential"]
 
@@ -34,7 +36,7 @@ MAX_ROADS = 5000
 MAX_PRS = 200_000
 
 
-class ReferentialError(ValueError):
+class ReferentialError(InputError, ValueError):
     """A referential file that cannot be imported: the file, the record and the reason."""
 
 
@@ -199,7 +201,7 @@ async def store_referential(conn: asyncpg.Connection, roads: list[Road]) -> int:
 # --------------------------------------------------------------------------- linear referencing
 
 
-class OffRoad(ValueError):
+class OffRoad(InputError, ValueError):
     """A position the referential cannot place: unknown road or PR, or beyond the road's ends."""
 
 

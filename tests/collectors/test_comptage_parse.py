@@ -13,13 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collectors.comptage_parse import (
-    ParseError,
     classify_vehicles,
     parse_channels,
     parse_measures,
     parse_measures_stream,
     parse_sites,
 )
+from feed.errors import ParseError
 from feed.model import ChannelRecord, MeasurementRecord, Quarantined, SiteRecord
 
 DATA = Path(__file__).parent.parent / "data" / "comptage"

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from collectors.datex2_parse import ParseError, ParseStats, parse_datex2
+from collectors.datex2_parse import ParseStats, parse_datex2
+from feed.errors import ParseError
 from feed.model import ChannelRecord, EventRecord, MeasurementRecord, Quarantined, SiteRecord
 
 DATA = Path(__file__).parent.parent / "data" / "datex2"

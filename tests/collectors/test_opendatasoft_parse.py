@@ -18,7 +18,6 @@ from collectors.opendatasoft_parse import (
     CounterMapping,
     EventMapping,
     MappingError,
-    ParseError,
     RecordsPage,
     counter_mapping_from_options,
     event_mapping_from_options,
@@ -29,6 +28,7 @@ from collectors.opendatasoft_parse import (
     parse_records_page,
     records_url,
 )
+from feed.errors import ParseError
 from feed.model import ChannelRecord, EventRecord, MeasurementRecord, Quarantined, SiteRecord
 
 DATA = Path(__file__).parent.parent / "data" / "opendatasoft"

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from feed.config import ConfigError, load_config
+from feed.config import load_config
+from feed.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "roadfeed.example.toml"
 

@@ -29,7 +29,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from feed.http.changes import CHANGES_PATH, STREAM_PATH, iter_sse
 from feed.store.cluster import Cluster, Engine
-from feed.config import Config, ConfigError, SourceConfig, load_config, parse_config
+from feed.config import Config, SourceConfig, load_config, parse_config
+from feed.errors import ConfigError
 from feed.publish.catalogue import EVENTS_GEOJSON
 from feed.publish.publisher import LISTENER_APPLICATION_NAME
 from feed.http.app import build_app

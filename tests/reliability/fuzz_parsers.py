@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 with atheris.instrument_imports():
     from collectors import comptage_parse, datex2_parse, opendatasoft_parse
 
+from feed.errors import ParseError  # noqa: E402
 from feed.model import ChannelRecord, EventRecord, MeasurementRecord, Quarantined, SiteRecord  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
@@ -43,19 +44,19 @@ def _check(items) -> None:
 def fuzz_datex2(data: bytes) -> None:
     try:
         _check(datex2_parse.parse_datex2(io.BytesIO(data), source_id="fuzz", now=NOW))
-    except datex2_parse.ParseError:
+    except ParseError:
         pass
 
 
 def fuzz_opendatasoft(data: bytes) -> None:
     try:
         opendatasoft_parse.parse_records_page(data, COUNTERS, source="fuzz", now=NOW)
-    except opendatasoft_parse.ParseError:
+    except ParseError:
         pass
     try:
         _check(opendatasoft_parse.parse_export_json((data[i:i + 97] for i in range(0, len(data), 97)),
                                                     COUNTERS, source="fuzz", now=NOW))
-    except opendatasoft_parse.ParseError:
+    except ParseError:
         pass
 
 
@@ -63,7 +64,7 @@ def fuzz_comptage(data: bytes) -> None:
     for parse in (comptage_parse.parse_sites, comptage_parse.parse_channels, comptage_parse.parse_measures):
         try:
             _check(parse(data, source="fuzz"))
-        except comptage_parse.ParseError:
+        except ParseError:
             pass
 
 
