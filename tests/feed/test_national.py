@@ -14,7 +14,7 @@ from collectors.fetch import Fetcher
 from feed.collect.poll import poll_source
 from feed.config import SourceConfig
 from feed.simulator.national import MEASURED_PATH, PUBLICATION, NationalNetwork, add_national_routes, national_sources
-from feed.simulator.core import SimClock, build_simulator_app
+from feed.simulator.events import SimClock, build_simulator_app
 from feed.store.storage import Storage
 
 NETWORK = NationalNetwork(sites=400, step=60, seed=15)

@@ -27,7 +27,7 @@ from collectors.opendatasoft_parse import (
 )
 from feed.config import SourceConfig
 from feed.model import EventRecord, MeasurementRecord
-from feed.simulator.core import (
+from feed.simulator.events import (
     COUNTERS_DATASET,
     DEFAULT_HISTORY_DAYS,
     EVENTS_DATASET,

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from feed.config import SourceConfig
-from feed.simulator.core import (
+from feed.simulator.events import (
     SimClock,
     Simulation,
     build_simulator_app,
