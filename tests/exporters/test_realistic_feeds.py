@@ -17,7 +17,7 @@ from collectors.datex2_parse import parse_datex2
 from exporters import datex2_v2, datex2_v3, geojson, waze, wzdx
 from feed.config import PublicationConfig
 from feed.model import EventRecord, StoredChannel, StoredEvent, StoredSite
-from feed.simulator.events import Simulation
+from feed.simulator.simulation import Simulation
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SCHEMAS = DATA / "schemas"
