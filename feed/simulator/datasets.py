@@ -136,7 +136,7 @@ class _CountersDataset:
 
         total = sum(size(idx) for idx in hours) if hi >= lo else 0
 
-        def records() -> Iterator[dict[str, Any]]:
+        def page() -> Iterator[dict[str, Any]]:
             skip, left = offset, limit
             for idx in hours:
                 if left is not None and left <= 0:
@@ -157,7 +157,7 @@ class _CountersDataset:
                     left -= len(rows)
                 yield from rows
 
-        return _Selection(total, records())
+        return _Selection(total, page())
 
     def _hour(self, idx: int, generic: list[_Condition], rest: list[tuple[str, bool]]) -> list[dict[str, Any]]:
         rows = self.sim.counter_records(idx)
