@@ -36,7 +36,7 @@ from feed.config import Config, PublicationConfig, ServerConfig  # noqa: E402
 from feed.http.app import CONTEXT, build_app  # noqa: E402
 from feed.store.migrations import migrate  # noqa: E402
 from feed.model import EventRecord, Geometry  # noqa: E402
-from feed.simulator.core import referential_geojson  # noqa: E402
+from feed.simulator.geography import referential_geojson  # noqa: E402
 from feed.store.storage import Storage  # noqa: E402
 
 TOKEN = "bench-admin-token"

@@ -108,7 +108,7 @@ import aiohttp
 from collectors.fetch import Fetcher
 from feed.collect.poll import poll_source
 from feed.config import Config, SourceConfig
-from feed.simulator.core import simulator_sources
+from feed.simulator.sources import simulator_sources
 from feed.store.storage import Storage
 
 async def main(url, sim_url, days):

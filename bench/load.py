@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from feed.store.cluster import Cluster, free_port, host_engine  # noqa: E402
 from feed.store.migrations import migrate  # noqa: E402
-from feed.simulator.core import simulator_sources  # noqa: E402
+from feed.simulator.sources import simulator_sources  # noqa: E402
 
 FEEDS = (
     "/feeds/datex2/v3/situations.xml",

@@ -114,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from feed.simulator.core import run_simulator
+    from feed.simulator.server import run_simulator
 
     if args.speed <= 0:
         raise ConfigError(f"--speed {args.speed:g}: must be greater than 0 (1 = real time)")

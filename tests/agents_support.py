@@ -19,7 +19,7 @@ from referencing.exceptions import NoSuchResource
 from feed.store import roads
 from feed.config import Config, PublicationConfig, ServerConfig
 from feed.http.app import CONTEXT, build_app
-from feed.simulator.core import referential_geojson
+from feed.simulator.geography import referential_geojson
 from feed.store.storage import Storage
 
 SCHEMAS = Path(__file__).resolve().parent / "data" / "schemas"

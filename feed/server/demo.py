@@ -24,7 +24,9 @@ from feed.store.migrations import migrate
 from feed.collect.scheduler import Collector
 from feed.server.service import http_server, wait_for_signal
 from feed.store import roads
-from feed.simulator.core import build_simulator_app, referential_geojson, simulator_clock, simulator_sources
+from feed.simulator.geography import referential_geojson
+from feed.simulator.server import build_simulator_app, simulator_clock
+from feed.simulator.sources import simulator_sources
 from feed.store.storage import Storage
 
 BACKFILL_DAYS = 7

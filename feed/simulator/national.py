@@ -113,7 +113,7 @@ class _Rendered:
 class _NationalState:
     def __init__(self, network: NationalNetwork, clock: Any) -> None:
         self.network = network
-        self.clock = clock  # anything with now() -> aware datetime (feed.simulator.core.SimClock)
+        self.clock = clock  # anything with now() -> aware datetime (feed.simulator.clock.SimClock)
         self.sites = network.site_list()
         self.table = render_measurement_sites(self.sites, PUBLICATION, datetime(2026, 1, 1, tzinfo=UTC))
         self.latest: _Rendered | None = None

@@ -15,7 +15,9 @@ from collectors.opendatasoft_parse import event_mapping_from_options, parse_expo
 from exporters import datex2_v2, datex2_v3
 from feed.config import PublicationConfig
 from feed.model import EventRecord, Geometry, StoredEvent
-from feed.simulator.core import Simulation, _render, simulator_sources
+from feed.simulator.datasets import _render
+from feed.simulator.simulation import Simulation
+from feed.simulator.sources import simulator_sources
 
 PUB = PublicationConfig()
 NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)

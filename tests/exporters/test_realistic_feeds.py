@@ -16,7 +16,7 @@ from collectors.datex2_parse import parse_datex2
 from exporters import datex2_v2, datex2_v3, geojson, waze, wzdx
 from feed.config import PublicationConfig
 from feed.model import EventRecord, StoredChannel, StoredEvent, StoredSite
-from feed.simulator.core import Simulation
+from feed.simulator.simulation import Simulation
 from exporters_support import valid_datex, valid_xml
 
 DATA = Path(__file__).resolve().parents[1] / "data"

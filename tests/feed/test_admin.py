@@ -21,7 +21,7 @@ from feed.config import Config, PublicationConfig, ServerConfig, SourceConfig
 from feed.http.app import build_app
 from feed.model import ChannelRecord, Quarantined, SiteRecord
 from feed.collect.scheduler import Collector
-from feed.simulator.core import referential_geojson
+from feed.simulator.geography import referential_geojson
 from feed.store.storage import RunStats, Storage
 
 TOKEN = "s3cret-token"

@@ -24,7 +24,7 @@ from feed.http.authoring import _CONTROL as CONTROL
 from feed.http.authoring import KINDS, EventInput, event_record
 from feed.config import PublicationConfig
 from feed.model import DAYS, StoredEvent
-from feed.simulator.core import ROADS
+from feed.simulator.geography import ROADS
 from feed.store.storage import Storage
 from agents_support import ADMIN, CIFS, DATEX_V2, DATEX_V3, WZDX, agents_app, until_in_feed, xml_valid
 

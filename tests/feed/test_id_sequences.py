@@ -23,7 +23,9 @@ from feed.collect.poll import poll_source
 from feed.config import PublicationConfig, SourceConfig
 from feed.model import ChannelRecord, SiteRecord
 from feed.store.storage import Storage
-from feed.simulator.core import SimClock, build_simulator_app, simulator_sources
+from feed.simulator.clock import SimClock
+from feed.simulator.server import build_simulator_app
+from feed.simulator.sources import simulator_sources
 
 SEQUENCES = """
 SELECT c.relname AS tbl, a.attname AS col, format_type(a.atttypid, a.atttypmod) AS col_type,

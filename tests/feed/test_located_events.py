@@ -19,7 +19,7 @@ from feed.store import roads
 from feed.config import Config, PublicationConfig, ServerConfig
 from feed.http.app import build_app
 from feed.model import EventRecord, Geometry
-from feed.simulator.core import referential_geojson
+from feed.simulator.geography import referential_geojson
 from feed.store.storage import Storage
 
 NS = {"d": "http://datex2.eu/schema/2/2_0"}

@@ -13,8 +13,9 @@ from aiohttp.test_utils import TestServer
 from collectors.fetch import Fetcher
 from feed.collect.poll import poll_source
 from feed.config import SourceConfig
+from feed.simulator.clock import SimClock
 from feed.simulator.national import MEASURED_PATH, PUBLICATION, NationalNetwork, add_national_routes, national_sources
-from feed.simulator.core import SimClock, build_simulator_app
+from feed.simulator.server import build_simulator_app
 from feed.store.storage import Storage
 
 NETWORK = NationalNetwork(sites=400, step=60, seed=15)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from feed.store import roads
 from feed.config import Config, PublicationConfig, ServerConfig
 from feed.http.app import build_app
-from feed.simulator.core import SITES, referential_geojson
+from feed.simulator.geography import SITES, referential_geojson
 from feed.model import SiteRecord
 from feed.store.storage import Storage
 from agents_support import load_simulated_roads

@@ -27,20 +27,12 @@ from collectors.opendatasoft_parse import (
 )
 from feed.config import SourceConfig
 from feed.model import EventRecord, MeasurementRecord
-from feed.simulator.core import (
-    COUNTERS_DATASET,
-    DEFAULT_HISTORY_DAYS,
-    EVENTS_DATASET,
-    SimClock,
-    Simulation,
-    build_simulator_app,
-    herault_outline,
-    inside_herault,
-    iter_all_counter_records,
-    run_simulator,
-    simulator_clock,
-    simulator_sources,
-)
+from feed.simulator.clock import SimClock
+from feed.simulator.datasets import COUNTERS_DATASET, EVENTS_DATASET
+from feed.simulator.geography import herault_outline, inside_herault
+from feed.simulator.server import DEFAULT_HISTORY_DAYS, build_simulator_app, run_simulator, simulator_clock
+from feed.simulator.simulation import Simulation, iter_all_counter_records
+from feed.simulator.sources import simulator_sources
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "data" / "schemas" / "datex2"
 MONDAY = datetime(2026, 6, 22, 4, 0, tzinfo=UTC)  # 06:00 in Montpellier

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from feed.store import history
 from feed.holidays import easter, public_holidays
 from feed.model import ChannelRecord, SiteRecord
-from feed.simulator.core import Simulation
+from feed.simulator.simulation import Simulation
 from feed.store.storage import Storage
 from feed.store.validation import REASONS
 from long_mode import examples, seconds

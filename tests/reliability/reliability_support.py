@@ -14,13 +14,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from feed.config import SourceConfig
-from feed.simulator.core import (
-    SimClock,
-    Simulation,
-    build_simulator_app,
-    iter_all_counter_records,
-    simulator_sources,
-)
+from feed.simulator.clock import SimClock
+from feed.simulator.server import build_simulator_app
+from feed.simulator.simulation import Simulation, iter_all_counter_records
+from feed.simulator.sources import simulator_sources
 
 SEED = 34
 T = datetime(2026, 6, 22, 4, tzinfo=UTC)  # the simulator's frozen "now" (a Monday, 06:00 in Paris)

@@ -22,7 +22,7 @@ from collectors.fetch import Fetcher, FetchPolicy
 from feed.collect.poll import poll_source
 from feed.config import Config, PublicationConfig, SourceConfig
 from feed.collect.scheduler import Collector
-from feed.simulator.core import Simulation
+from feed.simulator.simulation import Simulation
 from feed.store.storage import Storage
 
 FAST = FetchPolicy(timeout=1.0, retries=1, backoff_base=0.01, backoff_max=0.05)

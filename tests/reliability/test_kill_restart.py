@@ -29,7 +29,7 @@ HISTORY_DAYS = 3  # ~17,500 records: two polls of 100 pages
 
 
 def config_text(sim_url: str, port: int) -> str:
-    from feed.simulator.core import simulator_sources
+    from feed.simulator.sources import simulator_sources
 
     source = simulator_sources(sim_url, interval=2)[0]
     return f"""
