@@ -32,6 +32,7 @@ from feed.http.app import CONTEXT, build_app
 from feed.collect.ingest import SinkResult
 from feed.collect.scheduler import STOP_TIMEOUT, Collector
 from feed.publish.mqtt import MqttPusher
+from feed.store.migrations import is_migrated
 from feed.store.replica import primary_of
 from feed.store.storage import Storage
 from feed.server.workers import check_address_free, serving, serving_processes
@@ -46,7 +47,7 @@ class NotMigrated(Exception):
 
 
 async def check_schema(storage: Storage) -> None:
-    if not await storage.pool.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+    if not await is_migrated(storage.pool):
         raise NotMigrated("the database has no roadfeed schema: run `roadfeed db migrate` first")
 
 
