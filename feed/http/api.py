@@ -16,15 +16,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import gzip
 import io
 import json
 import logging
 import re
 import unicodedata
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -55,7 +53,7 @@ from feed.publish.feeds import (
     unstorable,
 )
 from feed.store.history import STEPS, Site, Step
-from feed.store.storage import ACQUIRE_TIMEOUT, DATABASE_UNAVAILABLE, ROUND_TRIP_TIMEOUT
+from feed.store.transactions import reading
 
 if TYPE_CHECKING:  # feed.http.app imports this module to register its routes
     from feed.http.app import AppContext
@@ -75,7 +73,6 @@ EVENTS_LIMIT = (50, 500)
 YEARS = (1900, 2199)  # accepted years in dates and /annual
 DOWNLOAD_SLOTS_SHARE = 4  # at most pool size / this many downloads at once (each holds a connection)
 DOWNLOAD_WAIT = 30.0  # seconds a download waits for a slot before a 503
-DOWNLOAD_WORK_MEM = "64MB"  # per download: a batch is sorted in memory, not on disk
 GZIP_MIN = 1400  # bytes; smaller bodies are sent as they are
 
 JSON_TYPE = "application/json"
@@ -480,81 +477,6 @@ def _stamp(value: datetime, tz: ZoneInfo) -> str:
     return local.strftime("%Y-%m-%dT%H%M")
 
 
-# --------------------------------------------------------------------------- database
-
-
-READER_ROLE = "roadfeed_reader"
-_ROLE_SWITCH: dict[int, tuple[asyncpg.Pool, dict[str, bool]]] = {}  # id(pool) -> (pool, role -> may switch)
-_CAN_SWITCH = ("SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) "
-               "THEN pg_has_role($1, 'MEMBER') ELSE false END")
-
-
-async def can_switch_role(pool: asyncpg.Pool, conn: asyncpg.Connection, role: str) -> bool:
-    """Whether the pool's login may SET ROLE `role` (asked once per pool and role).
-
-    A superuser or a member may; a login that is neither (say the writer serving
-    the API) keeps its own role, and the API's transactions stay READ ONLY."""
-    entry = _ROLE_SWITCH.get(id(pool))
-    if entry is None or entry[0] is not pool:
-        if len(_ROLE_SWITCH) > 64:  # pools are few; tests open many
-            _ROLE_SWITCH.clear()
-        entry = _ROLE_SWITCH[id(pool)] = (pool, {})
-    known = entry[1]
-    if role not in known:
-        known[role] = bool(await conn.fetchval(_CAN_SWITCH, role, timeout=ROUND_TRIP_TIMEOUT))
-        if not known[role]:
-            log.warning("the database login cannot SET ROLE %s; transactions keep the login's role", role)
-    return known[role]
-
-
-QUERY_MARGIN = 2.0  # seconds past the statement timeout before the client gives up on a silent server
-
-
-@asynccontextmanager
-async def reading(ctx: AppContext, *, bulk: bool = False) -> AsyncIterator[asyncpg.Connection]:
-    """A read-only REPEATABLE READ transaction bounded by the configured statement timeout
-    (JIT off: these queries are short, and compiling them would cost more than running them).
-    `bulk` (downloads): the publication's time zone for formatting times, and room to sort a batch in memory.
-
-    Bounded on the client side too, for a server that does not answer at all
-    (frozen, or a network that drops packets): a connection within ACQUIRE_TIMEOUT,
-    BEGIN within ROUND_TRIP_TIMEOUT, and, except for downloads (each batch bounded
-    by the pool's command timeout), the whole transaction within the statement
-    timeout plus QUERY_MARGIN. A connection that failed that way is closed, never
-    given back. The errors raised are those of `DATABASE_UNAVAILABLE` (a 503)."""
-    statement_timeout = int(ctx.config.database.statement_timeout_ms)
-    settings = f"SET LOCAL statement_timeout = {statement_timeout}; SET LOCAL jit = off"
-    if bulk:
-        settings += (f"; SET LOCAL TimeZone = {downloads.sql_literal(ctx.config.publication.timezone)}"
-                     f"; SET LOCAL work_mem = '{DOWNLOAD_WORK_MEM}'")
-    pool = ctx.storage.pool
-    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-        try:
-            # The read-only role on top of READ ONLY: even a statement that escaped both
-            # could not write, it would lack the privilege (see sql/003_roles.sql).
-            if await can_switch_role(pool, conn, READER_ROLE):
-                settings += f"; SET LOCAL ROLE {READER_ROLE}"
-            # BEGIN and the settings in one round trip (asyncpg's Transaction would take two).
-            await conn.execute(f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {settings}",
-                               timeout=ROUND_TRIP_TIMEOUT)
-        except BaseException:
-            conn.terminate()
-            raise
-        deadline = contextlib.nullcontext() if bulk else asyncio.timeout(statement_timeout / 1000 + QUERY_MARGIN)
-        try:
-            async with deadline:
-                yield conn
-        except DATABASE_UNAVAILABLE:
-            conn.terminate()
-            raise
-        except BaseException:
-            if not conn.is_closed():
-                with contextlib.suppress(Exception):  # the pool's reset rolls back whatever is left
-                    await conn.execute("ROLLBACK", timeout=ROUND_TRIP_TIMEOUT)
-            raise
-        await conn.execute("COMMIT", timeout=ROUND_TRIP_TIMEOUT)
-
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -585,6 +507,8 @@ class _Api:
         self.ctx = ctx
         self.config = ctx.config
         self.tz = ZoneInfo(ctx.config.publication.timezone)
+        self.pool = ctx.storage.pool
+        self.statement_timeout_ms = ctx.config.database.statement_timeout_ms
         slots = max(1, ctx.storage.pool.get_max_size() // DOWNLOAD_SLOTS_SHARE)
         self.download_slots = asyncio.Semaphore(slots)
 
@@ -605,7 +529,7 @@ class _Api:
         commune = _one(q, "commune")
         bbox = _bbox(q)
         limit = _limit(q, SITES_LIMIT)
-        async with reading(self.ctx) as conn:
+        async with reading(self.pool, self.statement_timeout_ms) as conn:
             found = await history.sites(conn, self.config.publication.timezone, after=after, roads=roads,
                                         commune=commune, bbox=bbox, limit=limit + 1)
         page = found[:limit]
@@ -627,7 +551,7 @@ class _Api:
         return site
 
     async def site(self, request: web.Request) -> web.StreamResponse:
-        async with reading(self.ctx) as conn:
+        async with reading(self.pool, self.statement_timeout_ms) as conn:
             site = await self._site(conn, request.match_info["id"])
         return respond_json(request, self.document(site_json(site, self.tz)))
 
@@ -640,7 +564,7 @@ class _Api:
         start, end = counts_range(q, step, self.tz, now)
         direction = _one(q, "direction")
         vehicle_class = _one(q, "vehicle_class") or "all"
-        async with reading(self.ctx) as conn:
+        async with reading(self.pool, self.statement_timeout_ms) as conn:
             site = await self._site(conn, request.match_info["id"])
             # A direction or class the site does not count is a series that does not exist.
             if direction is not None and direction != "all" and direction not in site.directions:
@@ -711,7 +635,7 @@ class _Api:
                 raise _bad("threshold", raw_threshold, "a number from 0 to 1, e.g. 0.95",
                            f"threshold {raw_threshold!r} is not a share from 0 to 1")
         text = _one(q, "q")
-        async with reading(self.ctx) as conn:
+        async with reading(self.pool, self.statement_timeout_ms) as conn:
             table = await history.annual_table(conn, year, threshold, self.config.publication.timezone,
                                                  holidays=self.config.publication.holidays)
         rows = [{"site_id": r.site_id, "external_id": r.external_id, "name": r.name, "road": r.road,
@@ -744,7 +668,7 @@ class _Api:
         roads = _list(q, "road")
         statuses = _list(q, "status", EVENT_STATUSES)
         limit = _limit(q, EVENTS_LIMIT)
-        async with reading(self.ctx) as conn:
+        async with reading(self.pool, self.statement_timeout_ms) as conn:
             found = await history.events(conn, after=after, start=start, end=end, bbox=bbox, types=types,
                                          roads=roads, statuses=statuses, limit=limit + 1)
         page = found[:limit]
@@ -756,7 +680,7 @@ class _Api:
 
     async def event(self, request: web.Request) -> web.StreamResponse:
         event_id = request.match_info["id"]
-        async with reading(self.ctx) as conn:
+        async with reading(self.pool, self.statement_timeout_ms) as conn:
             found = await history.event(conn, event_id)
         if found is None:
             raise NotFound("id", event_id, "the id of an event (<source id>:<external id>, see /api/v1/events)",
@@ -766,7 +690,7 @@ class _Api:
     # sources ----------------------------------------------------------------
 
     async def sources(self, request: web.Request) -> web.StreamResponse:
-        async with reading(self.ctx) as conn:
+        async with reading(self.pool, self.statement_timeout_ms) as conn:
             stored = {r["id"]: r for r in await history.source_states(conn)}
         configured = {s.id: s for s in self.config.sources}
         out = []
@@ -796,7 +720,7 @@ class _Api:
     # downloads --------------------------------------------------------------
 
     async def download_index(self, request: web.Request) -> web.StreamResponse:
-        async with reading(self.ctx) as conn:
+        async with reading(self.pool, self.statement_timeout_ms) as conn:
             years = await history.data_years(conn, self.config.publication.timezone)
         return respond_json(request, self.document({
             "years": [{"year": y, "files": {name: f"{API}/downloads/{y}/{name}" for name in downloads.file_names()}}
@@ -838,7 +762,7 @@ class _Api:
     async def _download(self, request: web.Request, year: int, table: downloads.Table,
                         fmt: downloads.Format) -> web.StreamResponse:
         timezone = self.config.publication.timezone
-        async with reading(self.ctx, bulk=True) as conn:
+        async with reading(self.pool, self.statement_timeout_ms, bulk_timezone=timezone) as conn:
             if year not in await history.data_years(conn, timezone):
                 raise NotFound("year", str(year), "a year listed by /api/v1/downloads", f"no data for {year}")
             data = await downloads.year_data(conn, year, timezone, table)
@@ -892,7 +816,7 @@ class _Api:
 
     async def catalog(self, request: web.Request) -> web.StreamResponse:
         base = self.config.publication.public_url or f"{request.scheme}://{request.host}"
-        async with reading(self.ctx) as conn:
+        async with reading(self.pool, self.statement_timeout_ms) as conn:
             created = await history.database_created(conn)
         return respond(request, dumps(catalog_document(self.config.publication, base, created)),
                        catalog.MEDIA_TYPE, cache_control="public, max-age=300")

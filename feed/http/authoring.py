@@ -21,10 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from exporters import datex2_v2, datex2_v3, geojson, waze, wzdx
 from exporters.datex2_v3 import NothingToPublish
 from feed.store import markings, roads
-from feed.http.agents import Principal, authorised, error, json_response, public, read_json, writing
-from feed.http.api import API, NotFound, reading
+from feed.http.agents import Principal, authorised, error, json_response, public, read_json
+from feed.http.api import API, NotFound
 from feed.publish.feeds import BadParameter
 from feed.model import EventRecord, EventType, Geometry, Severity, StoredEvent, TimeSlot, public_event_id
+from feed.store.transactions import reading, writing
 
 if TYPE_CHECKING:
     from feed.http.app import AppContext
@@ -222,6 +223,7 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
     """Event authoring (editor), the road referential (public reads; import by an
     administrator) and markings with effect (editor)."""
     storage = ctx.storage
+    statement_timeout_ms = ctx.config.database.statement_timeout_ms
 
     async def current(event_id: str) -> StoredEvent:
         versions = await storage.event_versions(event_id)
@@ -239,7 +241,7 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
     async def preview(request: web.Request, _who: Principal) -> web.Response:
         entry = parse_input(await read_json(request, '{"kind": "works", "road": "RD613", "from": {"pr": 12}}'))
         now = _now()
-        async with reading(ctx) as conn:
+        async with reading(storage.pool, statement_timeout_ms) as conn:
             record = await event_record(conn, entry, "preview", now)
         event = _stored(record, 1, now)
         return json_response({"event": event.model_dump(mode="json"), "consumers": consumers_report(event, ctx, now)})
@@ -248,7 +250,7 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
         entry = parse_input(await read_json(request, '{"kind": "works", "road": "RD613", "from": {"pr": 12}}'))
         now = _now()
         external_id = f"{now:%Y%m%d}-{secrets.token_hex(4)}"
-        async with reading(ctx) as conn:
+        async with reading(storage.pool, statement_timeout_ms) as conn:
             record = await event_record(conn, entry, external_id, now)
         response = await publish(record, who, now)
         response.set_status(201)
@@ -259,7 +261,7 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
         old = await current(event_id)
         entry = parse_input(await read_json(request, '{"kind": "works", "road": "RD613", "from": {"pr": 12}}'))
         now = _now()
-        async with reading(ctx) as conn:
+        async with reading(storage.pool, statement_timeout_ms) as conn:
             record = await event_record(conn, entry, old.external_id, now)
         if old.status != "planned" and record.status == "active" and old.actual_start:
             record = record.model_copy(update={"actual_start": old.actual_start})
@@ -284,15 +286,14 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
         return roads.normalise_road(raw)
 
     async def road_list(_request: web.Request) -> web.Response:
-        async with reading(ctx) as conn:
-            rows = await conn.fetch("SELECT r.road, r.name, r.length, min(p.pr) AS pr_min, max(p.pr) AS pr_max "
-                                    "FROM roads r JOIN road_prs p USING (road) GROUP BY r.road ORDER BY r.road")
+        async with reading(storage.pool, statement_timeout_ms) as conn:
+            rows = await roads.road_list(conn)
         return json_response({"roads": [{"road": r["road"], "name": r["name"], "length_m": round(r["length"], 1),
                                          "pr_min": r["pr_min"], "pr_max": r["pr_max"]} for r in rows]})
 
     async def road_prs(request: web.Request) -> web.Response:
         road = road_of(request)
-        async with reading(ctx) as conn:
+        async with reading(storage.pool, statement_timeout_ms) as conn:
             found = await roads.prs(conn, road)
         if not found:
             raise NotFound("road", road, "a road of the referential (see /api/v1/roads)", f"no road {road}")
@@ -311,7 +312,7 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
 
     async def road_locate(request: web.Request) -> web.Response:
         road = road_of(request)
-        async with reading(ctx) as conn:
+        async with reading(storage.pool, statement_timeout_ms) as conn:
             try:
                 if "lon" in request.query or "lat" in request.query:
                     lon, lat = number(request, "lon", float, -180, 180), number(request, "lat", float, -90, 90)
@@ -341,7 +342,7 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
         raise BadParameter("side", raw, "left or right", f"side {raw!r} is neither left nor right")
 
     async def site_check(_request: web.Request) -> web.Response:
-        async with reading(ctx) as conn:
+        async with reading(storage.pool, statement_timeout_ms) as conn:
             found = await roads.check_sites(conn)
         return json_response({"tolerance_m": roads.SITE_TOLERANCE_M, "sites": found})
 
@@ -354,7 +355,7 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
                 raise BadParameter(name, raw, "PR+abscissa, e.g. 12+250", f"{name} is not PR+abscissa")
             pr, _, abscissa = raw.replace(" ", "+").partition("+")
             ends.append((int(pr), float(abscissa or 0)))
-        async with reading(ctx) as conn:
+        async with reading(storage.pool, statement_timeout_ms) as conn:
             try:
                 line = await roads.section(conn, road, ends[0], ends[1])
             except roads.OffRoad as exc:
@@ -369,7 +370,7 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
         except roads.ReferentialError as exc:
             raise BadParameter("body", data[:200].decode("utf-8", "replace"), "a CSV (road, pr, lon, lat) or "
                                "GeoJSON of PR points", str(exc)) from None
-        async with writing(ctx) as conn:
+        async with writing(storage.pool, statement_timeout_ms) as conn:
             count = await roads.store_referential(conn, referential)
         return json_response({"roads": count, "prs": sum(len(r.prs) for r in referential)}, 201)
 
@@ -394,9 +395,8 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
         site = request.query.get("site_id")
         if site is not None and not (DIGITS.match(site) and int(site) < 2**31):
             raise BadParameter("site_id", site, "a site id", "site_id is not a site id")
-        async with reading(ctx) as conn:
-            rows = await conn.fetch(f"SELECT {markings.MARKING_COLUMNS} FROM markings WHERE $1::int IS NULL "
-                                    "OR site_id = $1 ORDER BY id DESC LIMIT 1000", None if site is None else int(site))
+        async with reading(storage.pool, statement_timeout_ms) as conn:
+            rows = await markings.list_markings(conn, 1000, None if site is None else int(site))
         return json_response({"markings": [markings.marking_json(m) for m in rows]})
 
     r = app.router

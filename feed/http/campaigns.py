@@ -39,11 +39,12 @@ from pydantic import ValidationError
 from collectors import comptage_parse
 from feed.store import roads
 from feed.http.agents import Principal, authorised, json_response
-from feed.http.api import API, reading
+from feed.http.api import API
 from feed.publish.feeds import BadParameter
 from feed.collect.ingest import Plausibility, Sink
 from feed.model import ChannelRecord, MeasurementRecord, ParsedItem, Quarantined, SiteRecord
 from feed.store.storage import RunStats
+from feed.store.transactions import reading
 
 if TYPE_CHECKING:
     from feed.http.app import AppContext
@@ -272,7 +273,7 @@ def campaign_routes(app: web.Application, ctx: AppContext) -> None:
             raise BadParameter("body", request.content_type, f"a campaign CSV ({';'.join(COLUMNS)}) or the "
                                "site, channel and measure files of the Comptage des mobilités schema as "
                                "multipart/form-data", str(exc)) from None
-        async with reading(ctx) as conn:
+        async with reading(ctx.storage.pool, ctx.config.database.statement_timeout_ms) as conn:
             await _place(conn, campaign)
         errors = [{"line": q.record_ref, "reason": q.reason, "excerpt": q.excerpt} for q in campaign.errors]
         summary = {"campaign": name, "source": f"campaign-{name}", "sites": len(campaign.sites),

@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import asyncpg
 
-from feed.http.agents import writing
 from feed.publish.feeds import BadParameter
 from feed.model import EventRecord, Geometry
 from feed.store.roads import OffRoad, normalise_road, section
 from feed.store.storage import Storage
+from feed.store.transactions import writing
 
 if TYPE_CHECKING:
     from feed.http.app import AppContext
 
 __all__ = ["AGENTS_SOURCE", "MARKING_COLUMNS", "MarkingFields", "add_marking", "closure_record", "delete_marking",
-           "mark_faulty", "marking_json", "unmark_faulty"]
+           "list_markings", "mark_faulty", "marking_json", "unmark_faulty"]
 
 MARKING_COLUMNS = "id, kind, road, site_id, pr_from, pr_to, valid_from, valid_to, comment, created, author, event_id"
 
@@ -52,12 +52,18 @@ def marking_json(r: asyncpg.Record) -> dict[str, Any]:
             "event_id": r["event_id"]}
 
 
+async def list_markings(conn: asyncpg.Connection, limit: int, site_id: int | None = None) -> list[asyncpg.Record]:
+    """The latest markings (of one site, or all), newest first."""
+    return list(await conn.fetch(f"SELECT {MARKING_COLUMNS} FROM markings WHERE $1::int IS NULL OR site_id = $1 "
+                                 "ORDER BY id DESC LIMIT $2", site_id, limit))
+
+
 async def add_marking(ctx: AppContext, m: MarkingFields, author: str) -> asyncpg.Record:
     """Stores a marking with its effect, or refuses it (BadParameter): none is stored
     without effect. A closure's event is published once the marking is committed."""
     now = datetime.now(UTC)
     road = normalise_road(m.road) if m.road else None
-    async with writing(ctx) as conn:
+    async with writing(ctx.storage.pool, ctx.config.database.statement_timeout_ms) as conn:
         if m.site_id is not None and not await conn.fetchval("SELECT 1 FROM sites WHERE id = $1", m.site_id):
             raise BadParameter("site_id", str(m.site_id), "the id of a site (see /api/v1/sites)",
                                f"no site {m.site_id}")
@@ -83,11 +89,11 @@ async def add_marking(ctx: AppContext, m: MarkingFields, author: str) -> asyncpg
     try:
         await ctx.storage.ensure_source(AGENTS_SOURCE, "agents", "")
         await ctx.storage.upsert_events(AGENTS_SOURCE, [closure], seen_at=now, author=author)
-        async with writing(ctx) as conn:
+        async with writing(ctx.storage.pool, ctx.config.database.statement_timeout_ms) as conn:
             row = await conn.fetchrow(f"UPDATE markings SET event_id = $2 WHERE id = $1 RETURNING {MARKING_COLUMNS}",
                                       row["id"], f"{AGENTS_SOURCE}:{closure.external_id}")
     except BaseException:
-        async with writing(ctx) as conn:
+        async with writing(ctx.storage.pool, ctx.config.database.statement_timeout_ms) as conn:
             await conn.execute("DELETE FROM markings WHERE id = $1", row["id"])
         raise
     assert row is not None
@@ -96,7 +102,7 @@ async def add_marking(ctx: AppContext, m: MarkingFields, author: str) -> asyncpg
 
 async def delete_marking(ctx: AppContext, marking_id: int, author: str) -> asyncpg.Record | None:
     """Removes a marking and undoes its effect: intervals restored, closure ended."""
-    async with writing(ctx) as conn:
+    async with writing(ctx.storage.pool, ctx.config.database.statement_timeout_ms) as conn:
         row = await conn.fetchrow(f"SELECT {MARKING_COLUMNS} FROM markings WHERE id = $1 FOR UPDATE", marking_id)
         if row is None:
             return None

@@ -258,6 +258,12 @@ async def _why(conn: asyncpg.Connection, road: str, pr: int, abscissa: float) ->
     return f"{road} PR {pr} + {abscissa:g} m falls beyond the road's ends (PR {known['lo']} to {known['hi']})"
 
 
+async def road_list(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Every road of the referential: road, name, length (metres), lowest and highest PR."""
+    return list(await conn.fetch("SELECT r.road, r.name, r.length, min(p.pr) AS pr_min, max(p.pr) AS pr_max "
+                                 "FROM roads r JOIN road_prs p USING (road) GROUP BY r.road ORDER BY r.road"))
+
+
 async def prs(conn: asyncpg.Connection, road: str) -> list[dict[str, Any]]:
     rows = await conn.fetch("SELECT pr, ST_X(geom) AS lon, ST_Y(geom) AS lat, measure FROM road_prs "
                             "WHERE road = $1 ORDER BY pr", road)
