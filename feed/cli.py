@@ -14,6 +14,7 @@ import psycopg
 
 from feed.http import agents
 from feed.store import agents as accounts
+from feed.roads import ReferentialError, Road, parse_referential
 from feed.store import embedded, roads
 from feed.store.cluster import ClusterError
 from feed.logs import FORMATS, resolve_format, setup_logging
@@ -191,13 +192,13 @@ def cmd_roads_import(args: argparse.Namespace) -> int:
     url = embedded.database_url(_config(args))
     with open(args.file, "rb") as f:
         data = f.read()
-    referential = roads.parse_referential(data, args.file)
+    referential = parse_referential(data, args.file)
     count = asyncio.run(_store_roads(url, referential))
     print(f"imported {count} roads, {sum(len(r.prs) for r in referential)} PR from {args.file}")
     return 0
 
 
-async def _store_roads(url: str, referential: list[roads.Road]) -> int:
+async def _store_roads(url: str, referential: list[Road]) -> int:
     conn = await asyncpg.connect(url)
     try:
         return await roads.store_referential(conn, referential)
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(args)
     except (ConfigError, ClusterError, MigrationError, embedded.NoDatabase, NotMigrated, ExportError,
-            agents.AgentError, roads.ReferentialError) as err:
+            agents.AgentError, ReferentialError) as err:
         print(f"roadfeed: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # e.g. the port is taken

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from exporters import datex2_v2, datex2_v3, geojson, waze, wzdx
 from exporters.datex2_v3 import NothingToPublish
+from feed.roads import ROAD_PATTERN, ReferentialError, normalise_road, parse_referential
 from feed.store import markings, roads
 from feed.http.agents import Principal, authorised, error, json_response, public, read_json
 from feed.http.api import API, NotFound
@@ -118,7 +119,7 @@ class EventInput(BaseModel):
 
     @model_validator(mode="after")
     def _place(self) -> EventInput:
-        if self.road is not None and not roads.ROAD_PATTERN.match(self.road):
+        if self.road is not None and not ROAD_PATTERN.match(self.road):
             raise ValueError(f"road {self.road!r} is not a road reference such as RD613")
         if self.geometry is None and (self.road is None or self.start_at is None):
             raise ValueError("locate the event: road with from (PR, abscissa) and optionally to, or a geometry")
@@ -146,7 +147,7 @@ def parse_input(body: dict[str, Any]) -> EventInput:
 async def event_record(conn: Any, entry: EventInput, external_id: str, now: datetime) -> EventRecord:
     """The stored form of what the agent entered: placed with the referential."""
     type_, subtype, default_lanes = KINDS[entry.kind]
-    road = roads.normalise_road(entry.road) if entry.road else None
+    road = normalise_road(entry.road) if entry.road else None
     geometry = entry.geometry
     refs: dict[str, Any] = {}
     if entry.start_at is not None and road is not None:
@@ -281,9 +282,9 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
 
     def road_of(request: web.Request) -> str:
         raw = request.match_info["road"]
-        if not roads.ROAD_PATTERN.match(raw):
+        if not ROAD_PATTERN.match(raw):
             raise NotFound("road", raw, "a road of the referential (see /api/v1/roads)", f"no road {raw!r}")
-        return roads.normalise_road(raw)
+        return normalise_road(raw)
 
     async def road_list(_request: web.Request) -> web.Response:
         async with reading(storage.pool, statement_timeout_ms) as conn:
@@ -366,8 +367,8 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
     async def road_import(request: web.Request, _who: Principal) -> web.Response:
         data = await request.read()
         try:
-            referential = roads.parse_referential(data, "the uploaded referential")
-        except roads.ReferentialError as exc:
+            referential = parse_referential(data, "the uploaded referential")
+        except ReferentialError as exc:
             raise BadParameter("body", data[:200].decode("utf-8", "replace"), "a CSV (road, pr, lon, lat) or "
                                "GeoJSON of PR points", str(exc)) from None
         async with writing(storage.pool, statement_timeout_ms) as conn:

@@ -37,6 +37,7 @@ from aiohttp import BodyPartReader, web
 from pydantic import ValidationError
 
 from collectors import comptage_parse
+from feed.roads import normalise_road
 from feed.store import roads
 from feed.http.agents import Principal, authorised, json_response
 from feed.http.api import API
@@ -127,7 +128,7 @@ def parse_campaign(data: bytes, tz: ZoneInfo) -> Campaign:
             if site_id not in out.sites:
                 out.sites[site_id] = SiteRecord(
                     external_id=site_id, name=(row.get("name") or "").strip() or site_id,
-                    road=roads.normalise_road(row["road"].strip()) if (row.get("road") or "").strip() else None,
+                    road=normalise_road(row["road"].strip()) if (row.get("road") or "").strip() else None,
                     pr=_number(row, "pr", int), abscissa=_number(row, "abscissa", int),
                     lon=_number(row, "lon", float), lat=_number(row, "lat", float))
             if channel_id not in out.channels:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from feed.roads import ROAD_PATTERN, normalise_road
 from feed.store import roads
 from feed.http.agents import Principal, authorised, json_response, public, read_json
 from feed.http.api import API
@@ -55,9 +56,9 @@ class ConditionInput(BaseModel):
     @field_validator("road")
     @classmethod
     def _road(cls, v: str) -> str:
-        if not roads.ROAD_PATTERN.match(v):
+        if not ROAD_PATTERN.match(v):
             raise ValueError(f"road {v!r} is not a road reference such as RD613")
-        return roads.normalise_road(v)
+        return normalise_road(v)
 
     @field_validator("comment")
     @classmethod

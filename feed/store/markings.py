@@ -17,7 +17,8 @@ import asyncpg
 
 from feed.publish.feeds import BadParameter
 from feed.model import EventRecord, Geometry
-from feed.store.roads import OffRoad, normalise_road, section
+from feed.roads import normalise_road
+from feed.store.roads import OffRoad, section
 from feed.store.storage import Storage
 from feed.store.transactions import writing
 
