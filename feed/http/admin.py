@@ -295,7 +295,7 @@ class _Admin:
 
     async def add_marking(self, request: web.Request) -> web.Response:
         fields = marking_fields(await self._body(request), self.tz)
-        row = await markings.add_marking(self.ctx, fields, "admin-token")
+        row = await markings.add_marking(self.ctx.storage, self.statement_timeout_ms, fields, "admin-token")
         return _json(_marking_json(row), 201, Location=f"{ADMIN}/markings/{row['id']}")
 
     async def openapi(self, _request: web.Request) -> web.Response:
@@ -318,7 +318,7 @@ class _Admin:
             raise NotFound("id", raw, expected, f"no marking {raw!r}") from None
         if not 0 < marking_id < 2**63:
             raise NotFound("id", raw, expected, f"no marking {raw!r}")
-        row = await markings.delete_marking(self.ctx, marking_id, "admin-token")
+        row = await markings.delete_marking(self.ctx.storage, self.statement_timeout_ms, marking_id, "admin-token")
         if row is None:
             raise NotFound("id", raw, expected, f"no marking {marking_id}")
         return _json({"deleted": _marking_json(row)})

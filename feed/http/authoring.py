@@ -381,13 +381,14 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
         from feed.http.admin import marking_fields  # noqa: PLC0415 - feed.http.admin is built on the same modules
 
         body = await read_json(request, '{"kind": "counter_faulty", "site_id": 12, "from": "2026-07-01"}')
-        row = await markings.add_marking(ctx, marking_fields(body, ZoneInfo(ctx.config.publication.timezone)),
-                                         who.author)
+        fields = marking_fields(body, ZoneInfo(ctx.config.publication.timezone))
+        row = await markings.add_marking(storage, statement_timeout_ms, fields, who.author)
         return json_response(markings.marking_json(row), 201, Location=f"{API}/markings/{row['id']}")
 
     async def delete_marking(request: web.Request, who: Principal) -> web.Response:
         raw = request.match_info["id"]
-        row = await markings.delete_marking(ctx, int(raw), who.author) if DIGITS.match(raw) else None
+        row = (await markings.delete_marking(storage, statement_timeout_ms, int(raw), who.author)
+               if DIGITS.match(raw) else None)
         if row is None:
             raise NotFound("id", raw, "the id of a marking (see /api/v1/markings)", f"no marking {raw}")
         return json_response({"deleted": markings.marking_json(row)})
