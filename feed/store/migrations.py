@@ -161,8 +161,9 @@ def table_sizes(conn: psycopg.Connection) -> list[tuple[str, int]]:
 
 
 def storage_mode(conn: psycopg.Connection) -> str | None:
-    """The storage mode the migrations chose (hypertables or plain tables); None before any migration."""
-    if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", ("roadfeed_meta",)).fetchone()[0]:
+    """The storage mode the migrations recorded (postgresql, timescaledb-...); None before any migration."""
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", ("roadfeed_meta",)).fetchone()
+    if row is None or not row[0]:
         return None
     return _one(conn, "SELECT value FROM roadfeed_meta WHERE key = 'storage_mode'")
 
