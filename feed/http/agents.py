@@ -8,7 +8,7 @@ Roles, each including the one before: `reader` (reads what agents see),
 whose writes are signed "admin-token".
 
 Passwords are hashed with argon2id (argon2-cffi); session ids and API tokens are
-random and only their SHA-256 is accounts. A session lives in an HttpOnly,
+random and only their SHA-256 is stored. A session lives in an HttpOnly,
 SameSite=Strict cookie; every unsafe request made with it must also carry its
 CSRF token in `X-CSRF-Token` (the page reads it from `GET /api/v1/session`).
 """
@@ -34,7 +34,6 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from feed.http.api import API, NotFound
 from feed.publish.feeds import BadParameter
 from feed.store import agents as accounts
-from feed.store.agents import Agent
 from feed.store.transactions import writing
 
 if TYPE_CHECKING:
@@ -109,7 +108,7 @@ def check_role(role: str) -> str:
 # --------------------------------------------------------------------------- database
 
 
-async def _login(conn: asyncpg.Connection, username: str, password: str) -> tuple[Agent, str, str] | None:
+async def _login(conn: asyncpg.Connection, username: str, password: str) -> tuple[accounts.Agent, str, str] | None:
     found = await accounts.login_account(conn, username)
     if found is None:
         verify_password(_DUMMY_HASH, password)
