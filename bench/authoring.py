@@ -30,6 +30,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from feed.roads import parse_referential  # noqa: E402
 from feed.store import roads  # noqa: E402
 from feed.store.cluster import Cluster, free_port, host_engine  # noqa: E402
 from feed.config import Config, PublicationConfig, ServerConfig  # noqa: E402
@@ -64,7 +65,7 @@ def p95(values: list[float]) -> float:
 async def run(url: str, events: int, rounds: int) -> dict[str, list[float]]:
     storage = await Storage.open(url)
     async with storage.pool.acquire() as conn:
-        await roads.store_referential(conn, roads.parse_referential(referential_geojson(), "simulator"))
+        await roads.store_referential(conn, parse_referential(referential_geojson(), "simulator"))
     await storage.ensure_source("cd34", "datex2", "http://127.0.0.1:9/cd34")
     now = datetime.now(UTC)
     background = [EventRecord(external_id=f"bg{i}", type="roadworks", road="RD986", descriptions={"fr": f"travaux {i}"},

@@ -56,15 +56,13 @@ import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from feed.store.pool import reading
 from feed.store import history
 from feed.store.cluster import Cluster, Engine, chroot_engine, free_port, host_engine
 from feed.config import Config
-from feed.publish.publisher import FeedPublisher
-from feed.http.app import AppContext
 from feed.store.migrations import migrate
 from feed.model import ChannelRecord, SiteRecord
 from feed.store.storage import Storage
+from feed.store.transactions import reading
 
 TZ = "Europe/Paris"
 PARIS = ZoneInfo(TZ)
@@ -340,17 +338,16 @@ async def bench_api(year_url: str, month_url: str, site: int, repeat: int) -> di
     storage = await Storage.open(year_url, max_size=2)
     try:
         config = Config()
-        ctx = AppContext(config, storage, FeedPublisher(storage, config))  # never started
         start, end = datetime(YEAR, 1, 1, tzinfo=PARIS), datetime(YEAR + 1, 1, 1, tzinfo=PARIS)
 
         async def series() -> list[history.Point]:
-            async with reading(ctx) as conn:
+            async with reading(storage.pool, config.database.statement_timeout_ms) as conn:
                 found = await history.site(conn, site, TZ)
                 assert found is not None
                 return await history.channel_series(conn, history.select_channels(found), start, end, "day", TZ)
 
         async def annual() -> list[history.AnnualRow]:
-            async with reading(ctx) as conn:
+            async with reading(storage.pool, config.database.statement_timeout_ms) as conn:
                 return await history.annual_table(conn, YEAR, 0.95)
 
         await series()

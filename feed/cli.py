@@ -13,12 +13,14 @@ import asyncpg
 import psycopg
 
 from feed.http import agents
+from feed.store import agents as accounts
+from feed.roads import ReferentialError, Road, parse_referential
 from feed.store import embedded, roads
 from feed.store.cluster import ClusterError
 from feed.logs import FORMATS, resolve_format, setup_logging
 from feed.config import Config, load_config
 from feed.errors import ConfigError
-from feed.store.migrations import MigrationError, detect_engine, migrate, table_sizes
+from feed.store.migrations import MigrationError, detect_engine, migrate, storage_mode, table_sizes
 from feed.publish.static_export import ExportError
 from feed.server.service import NotMigrated, run
 
@@ -54,15 +56,13 @@ def cmd_db_info(args: argparse.Namespace) -> int:
     url = embedded.database_url(_config(args))
     with psycopg.connect(url) as conn:
         info = detect_engine(conn)
-        mode = conn.execute(
-            "SELECT value FROM roadfeed_meta WHERE key = 'storage_mode'"
-        ).fetchone() if _has_table(conn, "roadfeed_meta") else None
+        mode = storage_mode(conn)
         sizes = table_sizes(conn)
     print(f"server:       PostgreSQL {info.server_version}")
     print(f"PostGIS:      {info.postgis_version or 'not available'}")
     print(f"TimescaleDB:  {info.timescaledb_version or 'not available'}"
           + (f" (licence: {info.timescaledb_license})" if info.timescaledb_license else ""))
-    print(f"storage mode: {mode[0] if mode else 'not migrated yet (run roadfeed db migrate)'}")
+    print(f"storage mode: {mode if mode is not None else 'not migrated yet (run roadfeed db migrate)'}")
     for note in info.notes:
         print(f"note:         {note}")
     if sizes:
@@ -157,10 +157,6 @@ def cmd_export_feeds(args: argparse.Namespace) -> int:
     return 0
 
 
-def _has_table(conn: psycopg.Connection, name: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
-
-
 def _human(n: int) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -183,7 +179,7 @@ def cmd_users(args: argparse.Namespace) -> int:
             agents.add_agent(conn, args.username, args.role, password, args.display_name)
             print(f"added {args.username} ({args.role})")
         elif args.users_command == "list":
-            for a in agents.list_agents(conn):
+            for a in accounts.list_agents(conn):
                 print(f"{a.username:<24}{a.role:<15}{'disabled' if a.disabled else 'active':<10}{a.display_name}")
         elif args.users_command == "disable":
             agents.disable_agent(conn, args.username)
@@ -197,13 +193,13 @@ def cmd_roads_import(args: argparse.Namespace) -> int:
     url = embedded.database_url(_config(args))
     with open(args.file, "rb") as f:
         data = f.read()
-    referential = roads.parse_referential(data, args.file)
+    referential = parse_referential(data, args.file)
     count = asyncio.run(_store_roads(url, referential))
     print(f"imported {count} roads, {sum(len(r.prs) for r in referential)} PR from {args.file}")
     return 0
 
 
-async def _store_roads(url: str, referential: list[roads.Road]) -> int:
+async def _store_roads(url: str, referential: list[Road]) -> int:
     conn = await asyncpg.connect(url)
     try:
         return await roads.store_referential(conn, referential)
@@ -308,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(args)
     except (ConfigError, ClusterError, MigrationError, embedded.NoDatabase, NotMigrated, ExportError,
-            agents.AgentError, roads.ReferentialError) as err:
+            agents.AgentError, ReferentialError) as err:
         print(f"roadfeed: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # e.g. the port is taken

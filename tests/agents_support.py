@@ -16,6 +16,7 @@ from lxml import etree
 from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
 
+from feed.roads import Road, parse_referential
 from feed.store import roads
 from feed.config import Config, PublicationConfig, ServerConfig
 from feed.http.app import CONTEXT, build_app
@@ -52,8 +53,8 @@ def xml_valid(schema: etree.XMLSchema, data: bytes) -> etree._Element:
     return doc
 
 
-async def load_simulated_roads(storage: Storage) -> list[roads.Road]:
-    referential = roads.parse_referential(referential_geojson(), "simulator")
+async def load_simulated_roads(storage: Storage) -> list[Road]:
+    referential = parse_referential(referential_geojson(), "simulator")
     async with storage.pool.acquire() as conn:
         await roads.store_referential(conn, referential)
     return referential

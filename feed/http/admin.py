@@ -10,7 +10,7 @@ they are for operators' tools, not for other sites' pages.
 
 Writes (markings) go through the storage pool, the connection the collectors
 write with (the writer role in production), never through the API's read-only
-transactions (feed.store.pool.reading), which run as `roadfeed_reader`.
+transactions (feed.store.transactions.reading), which run as `roadfeed_reader`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from feed.errors import BadParameter, Conflict, Forbidden, NotFound, RequestErro
 from feed.http.errors import refusal
 from feed.store import markings
 from feed.http.api import API, parse_instant
-from feed.store.pool import reading
 from feed.publish.filters import check_storable
+from feed.store.sources import last_runs, quarantined, source_states
+from feed.store.transactions import reading
 
 if TYPE_CHECKING:
     from feed.http.app import AppContext
@@ -193,20 +194,6 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_SOURCE_STATES = """
-SELECT s.id, s.kind, s.url, s.etag, s.last_modified, s.watermark, s.last_success, s.last_error, s.last_error_at,
-       s.lease_owner, s.lease_until, s.next_poll_at,
-       (SELECT count(*) FROM quarantine q WHERE q.source_id = s.id) AS quarantined_total,
-       (SELECT count(*) FROM quarantine q WHERE q.source_id = s.id AND q.last_seen > now() - interval '1 day')
-           AS quarantined_day
-  FROM sources s"""
-_LAST_RUNS = """
-SELECT r.* FROM sources s
-  CROSS JOIN LATERAL (SELECT * FROM source_runs x WHERE x.source_id = s.id ORDER BY x.started DESC LIMIT $1) r
- ORDER BY r.source_id, r.started DESC"""
-_MARKING_COLUMNS = markings.MARKING_COLUMNS
-
-
 def _run_json(r: asyncpg.Record) -> dict[str, Any]:
     return {"id": r["id"], "started": _iso(r["started"]), "finished": _iso(r["finished"]),
             "http_status": r["http_status"], "bytes": r["bytes"], "new": r["records_new"],
@@ -223,12 +210,14 @@ class _Admin:
         self.app = app
         self.ctx = ctx
         self.tz = ZoneInfo(ctx.config.publication.timezone)
+        self.pool = ctx.storage.pool
+        self.statement_timeout_ms = ctx.config.database.statement_timeout_ms
 
     async def sources(self, _request: web.Request) -> web.Response:
-        async with reading(self.ctx) as conn:
-            states = {r["id"]: r for r in await conn.fetch(_SOURCE_STATES)}
+        async with reading(self.pool, self.statement_timeout_ms) as conn:
+            states = {r["id"]: r for r in await source_states(conn)}
             runs: dict[str, list[dict[str, Any]]] = {}
-            for r in await conn.fetch(_LAST_RUNS, 5):
+            for r in await last_runs(conn, 5):
                 runs.setdefault(r["source_id"], []).append(_run_json(r))
         configured = {s.id: s for s in self.ctx.config.sources}
         out = []
@@ -285,11 +274,8 @@ class _Admin:
                 raise _bad("limit", raw_limit, expected, f"limit {raw_limit!r} is not an integer") from None
             if not 1 <= limit <= QUARANTINE_LIMIT[1]:
                 raise _bad("limit", raw_limit, expected, f"limit {limit} is out of range")
-        async with reading(self.ctx) as conn:
-            rows = await conn.fetch(
-                "SELECT id, source_id, run_id, record_ref, reason, excerpt, recorded, last_seen, times_seen"
-                " FROM quarantine WHERE ($1::text IS NULL OR source_id = $1) ORDER BY last_seen DESC, id DESC LIMIT $2",
-                source, limit)
+        async with reading(self.pool, self.statement_timeout_ms) as conn:
+            rows = await quarantined(conn, source, limit)
         return _json({"source": source, "limit": limit, "records": [
             {"id": r["id"], "source": r["source_id"], "run_id": r["run_id"], "record_ref": r["record_ref"],
              "reason": r["reason"], "excerpt": r["excerpt"], "recorded": _iso(r["recorded"]),
@@ -298,9 +284,8 @@ class _Admin:
     # markings ---------------------------------------------------------------
 
     async def markings(self, request: web.Request) -> web.Response:
-        async with reading(self.ctx) as conn:
-            rows = await conn.fetch(f"SELECT {_MARKING_COLUMNS} FROM markings ORDER BY id DESC LIMIT $1",
-                                    MARKINGS_LIMIT)
+        async with reading(self.pool, self.statement_timeout_ms) as conn:
+            rows = await markings.list_markings(conn, MARKINGS_LIMIT)
         return _json({"markings": [_marking_json(r) for r in rows]})
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
@@ -308,7 +293,7 @@ class _Admin:
 
     async def add_marking(self, request: web.Request) -> web.Response:
         fields = marking_fields(await self._body(request), self.tz)
-        row = await markings.add_marking(self.ctx, fields, "admin-token")
+        row = await markings.add_marking(self.ctx.storage, self.statement_timeout_ms, fields, "admin-token")
         return _json(_marking_json(row), 201, Location=f"{ADMIN}/markings/{row['id']}")
 
     async def openapi(self, _request: web.Request) -> web.Response:
@@ -331,7 +316,7 @@ class _Admin:
             raise NotFound("id", raw, expected, f"no marking {raw!r}") from None
         if not 0 < marking_id < 2**63:
             raise NotFound("id", raw, expected, f"no marking {raw!r}")
-        row = await markings.delete_marking(self.ctx, marking_id, "admin-token")
+        row = await markings.delete_marking(self.ctx.storage, self.statement_timeout_ms, marking_id, "admin-token")
         if row is None:
             raise NotFound("id", raw, expected, f"no marking {marking_id}")
         return _json({"deleted": _marking_json(row)})

@@ -15,34 +15,33 @@ CSRF token in `X-CSRF-Token` (the page reads it from `GET /api/v1/session`).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import psycopg
 from aiohttp import web
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from feed.errors import BadParameter, BadRequest, Forbidden, InputError, RequestError, Unauthorized, Unavailable
 from feed.http.api import API
-from feed.store.pool import QUERY_MARGIN, can_switch_role
 from feed.http.errors import refusal
-from feed.store.storage import ACQUIRE_TIMEOUT, DATABASE_UNAVAILABLE
+from feed.store import agents as accounts
+from feed.store.transactions import writing
 
 if TYPE_CHECKING:
     from feed.http.app import AppContext
 
-__all__ = ["ROLES", "Agent", "AgentError", "Principal", "agent_routes", "answering", "authorised", "hash_password",
-           "new_secret", "public", "secret_hash", "verify_password", "writing"]
+__all__ = ["ROLES", "AgentError", "Principal", "agent_routes", "answering", "authorised", "hash_password",
+           "new_secret", "public", "secret_hash", "verify_password"]
 
 ROLES = ("reader", "editor", "administrator")
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
@@ -51,7 +50,6 @@ CSRF_HEADER = "X-CSRF-Token"
 SESSION_LIFETIME = timedelta(hours=12)
 MIN_PASSWORD = 10
 ADMIN_AUTHOR = "admin-token"
-WRITER_ROLE = "roadfeed_writer"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _HASHER = PasswordHasher()  # argon2id with the library's vetted defaults
 # Verified when the username is unknown, so that answering takes as long either way.
@@ -60,15 +58,6 @@ _DUMMY_HASH = _HASHER.hash("not a password of anyone")
 
 class AgentError(InputError, ValueError):
     """A refused account operation, with the reason."""
-
-
-@dataclass(frozen=True)
-class Agent:
-    id: int
-    username: str
-    display_name: str
-    role: str
-    disabled: bool
 
 
 @dataclass(frozen=True)
@@ -120,41 +109,17 @@ def check_role(role: str) -> str:
 # --------------------------------------------------------------------------- database
 
 
-@asynccontextmanager
-async def writing(ctx: AppContext) -> AsyncIterator[asyncpg.Connection]:
-    """A transaction on the storage pool, as `roadfeed_writer` when the pool's role may be it;
-    bounded like feed.store.pool.reading, so a silent server gives a 503, not a hung request."""
-    pool = ctx.storage.pool
-    statement_timeout = int(ctx.config.database.statement_timeout_ms)
-    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-        try:
-            async with asyncio.timeout(statement_timeout / 1000 + QUERY_MARGIN), conn.transaction():
-                settings = f"SET LOCAL statement_timeout = {statement_timeout}"
-                if await can_switch_role(pool, conn, WRITER_ROLE):
-                    settings += f"; SET LOCAL ROLE {WRITER_ROLE}"
-                await conn.execute(settings)
-                yield conn
-        except DATABASE_UNAVAILABLE:
-            conn.terminate()  # giving it back would wait for the silent server
-            raise
-
-
-async def _login(conn: asyncpg.Connection, username: str, password: str) -> tuple[Agent, str, str] | None:
-    row = await conn.fetchrow("SELECT * FROM agents WHERE username = $1", username)
-    if row is None:
+async def _login(conn: asyncpg.Connection, username: str, password: str) -> tuple[accounts.Agent, str, str] | None:
+    found = await accounts.login_account(conn, username)
+    if found is None:
         verify_password(_DUMMY_HASH, password)
         return None
-    if not verify_password(row["password_hash"], password) or row["disabled"]:
+    agent, password_hash = found
+    if not verify_password(password_hash, password) or agent.disabled:
         return None
     session, csrf = new_secret(), new_secret()
-    await conn.execute("DELETE FROM agent_sessions WHERE expires < now()")
-    await conn.execute("INSERT INTO agent_sessions (id_hash, agent_id, csrf, expires) VALUES ($1, $2, $3, now() + $4)",
-                       secret_hash(session), row["id"], csrf, SESSION_LIFETIME)
-    return _agent(row), session, csrf
-
-
-def _agent(row: asyncpg.Record) -> Agent:
-    return Agent(row["id"], row["username"], row["display_name"], row["role"], row["disabled"])
+    await accounts.open_session(conn, secret_hash(session), agent.id, csrf, SESSION_LIFETIME)
+    return agent, session, csrf
 
 
 async def _principal(conn: asyncpg.Connection, request: web.Request, admin_token: str | None) -> Principal | None:
@@ -163,15 +128,11 @@ async def _principal(conn: asyncpg.Connection, request: web.Request, admin_token
         token = given.strip()
         if admin_token and hmac.compare_digest(token.encode(), admin_token.encode()):
             return Principal(ADMIN_AUTHOR, "administrator")
-        row = await conn.fetchrow(
-            """SELECT a.id, a.username, a.role FROM agent_tokens t JOIN agents a ON a.id = t.agent_id
-                WHERE t.token_hash = $1 AND t.revoked IS NULL AND NOT a.disabled""", secret_hash(token))
+        row = await accounts.token_holder(conn, secret_hash(token))
         return None if row is None else Principal(row["username"], row["role"], row["id"])
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
-        row = await conn.fetchrow(
-            """SELECT a.id, a.username, a.role, s.csrf FROM agent_sessions s JOIN agents a ON a.id = s.agent_id
-                WHERE s.id_hash = $1 AND s.expires > now() AND NOT a.disabled""", secret_hash(cookie))
+        row = await accounts.session_holder(conn, secret_hash(cookie))
         return None if row is None else Principal(row["username"], row["role"], row["id"], row["csrf"])
     return None
 
@@ -271,7 +232,7 @@ def agent_routes(app: web.Application, ctx: AppContext) -> None:
         if not isinstance(username, str) or not isinstance(password, str):
             raise BadRequest("bad_request", "give username and password as strings")
         try:
-            async with writing(ctx) as conn:
+            async with writing(ctx.storage.pool, ctx.config.database.statement_timeout_ms) as conn:
                 found = await _login(conn, username, password)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             raise Unavailable("database_unavailable", "the database cannot be reached; retry shortly",
@@ -290,9 +251,8 @@ def agent_routes(app: web.Application, ctx: AppContext) -> None:
         return json_response({"username": who.author, "role": who.role, "csrf_token": who.csrf})
 
     async def logout(request: web.Request, _who: Principal) -> web.Response:
-        async with writing(ctx) as conn:
-            await conn.execute("DELETE FROM agent_sessions WHERE id_hash = $1",
-                               secret_hash(request.cookies.get(SESSION_COOKIE, "")))
+        async with writing(ctx.storage.pool, ctx.config.database.statement_timeout_ms) as conn:
+            await accounts.end_session(conn, secret_hash(request.cookies.get(SESSION_COOKIE, "")))
         response = json_response({"logged_out": True})
         response.del_cookie(SESSION_COOKIE, path="/")
         return response
@@ -305,41 +265,29 @@ def agent_routes(app: web.Application, ctx: AppContext) -> None:
 # --------------------------------------------------------------------------- the CLI's operations
 
 
-def add_agent(conn: Any, username: str, role: str, password: str, display_name: str = "") -> int:
+def add_agent(conn: psycopg.Connection, username: str, role: str, password: str, display_name: str = "") -> int:
     """Creates an account (psycopg connection, as the CLI's administrative commands use)."""
     check_username(username)
     check_role(role)
-    row = conn.execute("SELECT 1 FROM agents WHERE username = %s", (username,)).fetchone()
-    if row is not None:
+    if accounts.agent_exists(conn, username):
         raise AgentError(f"username {username!r} already exists")
-    (agent_id,) = conn.execute(
-        "INSERT INTO agents (username, display_name, role, password_hash) VALUES (%s, %s, %s, %s) RETURNING id",
-        (username, display_name, role, hash_password(password))).fetchone()
-    return int(agent_id)
+    return accounts.insert_agent(conn, username, display_name, role, hash_password(password))
 
 
-def list_agents(conn: Any) -> list[Agent]:
-    rows = conn.execute("SELECT id, username, display_name, role, disabled FROM agents ORDER BY username").fetchall()
-    return [Agent(*r) for r in rows]
-
-
-def disable_agent(conn: Any, username: str) -> None:
+def disable_agent(conn: psycopg.Connection, username: str) -> None:
     """Disables the account: its sessions end and its tokens stop working."""
-    row = conn.execute("UPDATE agents SET disabled = true WHERE username = %s RETURNING id", (username,)).fetchone()
-    if row is None:
+    if not accounts.disable_agent(conn, username):
         raise AgentError(f"no account {username!r}")
-    conn.execute("DELETE FROM agent_sessions WHERE agent_id = %s", (row[0],))
 
 
-def create_token(conn: Any, username: str, label: str = "") -> str:
+def create_token(conn: psycopg.Connection, username: str, label: str = "") -> str:
     """A new personal API token, returned once (only its hash is kept)."""
-    row = conn.execute("SELECT id, disabled FROM agents WHERE username = %s", (username,)).fetchone()
-    if row is None:
+    owner = accounts.token_owner(conn, username)
+    if owner is None:
         raise AgentError(f"no account {username!r}")
-    if row[1]:
+    agent_id, disabled = owner
+    if disabled:
         raise AgentError(f"account {username!r} is disabled")
     token = new_secret()
-    conn.execute("INSERT INTO agent_tokens (agent_id, token_hash, label) VALUES (%s, %s, %s)",
-                 (row[0], secret_hash(token), label))
+    accounts.insert_token(conn, agent_id, secret_hash(token), label)
     return token
-

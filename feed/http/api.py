@@ -45,7 +45,7 @@ from feed.http.responses import CORS_HEADERS, PREFLIGHT_HEADERS, etag_matches, n
 from feed.publish.filters import BBOX_EXPECTED, EVENT_STATUSES, EVENT_TYPES, unstorable
 from feed.publish.render import body_tag
 from feed.store.history import STEPS, Site, Step
-from feed.store.pool import reading
+from feed.store.transactions import reading
 
 if TYPE_CHECKING:  # feed.http.app imports this module to register its routes
     from feed.http.app import AppContext
@@ -462,8 +462,6 @@ def _stamp(value: datetime, tz: ZoneInfo) -> str:
     return local.strftime("%Y-%m-%dT%H%M")
 
 
-
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -490,6 +488,8 @@ class _Api:
         self.ctx = ctx
         self.config = ctx.config
         self.tz = ZoneInfo(ctx.config.publication.timezone)
+        self.pool = ctx.storage.pool
+        self.statement_timeout_ms = ctx.config.database.statement_timeout_ms
         slots = max(1, ctx.storage.pool.get_max_size() // DOWNLOAD_SLOTS_SHARE)
         self.download_slots = asyncio.Semaphore(slots)
 
@@ -510,7 +510,7 @@ class _Api:
         commune = _one(q, "commune")
         bbox = _bbox(q)
         limit = _limit(q, SITES_LIMIT)
-        async with reading(self.ctx) as conn:
+        async with reading(self.pool, self.statement_timeout_ms) as conn:
             found = await history.sites(conn, self.config.publication.timezone, after=after, roads=roads,
                                         commune=commune, bbox=bbox, limit=limit + 1)
         page = found[:limit]
@@ -532,7 +532,7 @@ class _Api:
         return site
 
     async def site(self, request: web.Request) -> web.StreamResponse:
-        async with reading(self.ctx) as conn:
+        async with reading(self.pool, self.statement_timeout_ms) as conn:
             site = await self._site(conn, request.match_info["id"])
         return respond_json(request, self.document(site_json(site, self.tz)))
 
@@ -545,7 +545,7 @@ class _Api:
         start, end = counts_range(q, step, self.tz, now)
         direction = _one(q, "direction")
         vehicle_class = _one(q, "vehicle_class") or "all"
-        async with reading(self.ctx) as conn:
+        async with reading(self.pool, self.statement_timeout_ms) as conn:
             site = await self._site(conn, request.match_info["id"])
             # A direction or class the site does not count is a series that does not exist.
             if direction is not None and direction != "all" and direction not in site.directions:
@@ -616,7 +616,7 @@ class _Api:
                 raise _bad("threshold", raw_threshold, "a number from 0 to 1, e.g. 0.95",
                            f"threshold {raw_threshold!r} is not a share from 0 to 1")
         text = _one(q, "q")
-        async with reading(self.ctx) as conn:
+        async with reading(self.pool, self.statement_timeout_ms) as conn:
             table = await history.annual_table(conn, year, threshold, self.config.publication.timezone,
                                                  holidays=self.config.publication.holidays)
         rows = [{"site_id": r.site_id, "external_id": r.external_id, "name": r.name, "road": r.road,
@@ -649,7 +649,7 @@ class _Api:
         roads = _list(q, "road")
         statuses = _list(q, "status", EVENT_STATUSES)
         limit = _limit(q, EVENTS_LIMIT)
-        async with reading(self.ctx) as conn:
+        async with reading(self.pool, self.statement_timeout_ms) as conn:
             found = await history.events(conn, after=after, start=start, end=end, bbox=bbox, types=types,
                                          roads=roads, statuses=statuses, limit=limit + 1)
         page = found[:limit]
@@ -661,7 +661,7 @@ class _Api:
 
     async def event(self, request: web.Request) -> web.StreamResponse:
         event_id = request.match_info["id"]
-        async with reading(self.ctx) as conn:
+        async with reading(self.pool, self.statement_timeout_ms) as conn:
             found = await history.event(conn, event_id)
         if found is None:
             raise NotFound("id", event_id, "the id of an event (<source id>:<external id>, see /api/v1/events)",
@@ -671,7 +671,7 @@ class _Api:
     # sources ----------------------------------------------------------------
 
     async def sources(self, request: web.Request) -> web.StreamResponse:
-        async with reading(self.ctx) as conn:
+        async with reading(self.pool, self.statement_timeout_ms) as conn:
             stored = {r["id"]: r for r in await history.source_states(conn)}
         configured = {s.id: s for s in self.config.sources}
         out = []
@@ -701,7 +701,7 @@ class _Api:
     # downloads --------------------------------------------------------------
 
     async def download_index(self, request: web.Request) -> web.StreamResponse:
-        async with reading(self.ctx) as conn:
+        async with reading(self.pool, self.statement_timeout_ms) as conn:
             years = await history.data_years(conn, self.config.publication.timezone)
         return respond_json(request, self.document({
             "years": [{"year": y, "files": {name: f"{API}/downloads/{y}/{name}" for name in downloads.file_names()}}
@@ -742,7 +742,7 @@ class _Api:
     async def _download(self, request: web.Request, year: int, table: downloads.Table,
                         fmt: downloads.Format) -> web.StreamResponse:
         timezone = self.config.publication.timezone
-        async with reading(self.ctx, bulk=True) as conn:
+        async with reading(self.pool, self.statement_timeout_ms, bulk_timezone=timezone) as conn:
             if year not in await history.data_years(conn, timezone):
                 raise NotFound("year", str(year), "a year listed by /api/v1/downloads", f"no data for {year}")
             data = await downloads.year_data(conn, year, timezone, table)
@@ -796,7 +796,7 @@ class _Api:
 
     async def catalog(self, request: web.Request) -> web.StreamResponse:
         base = self.config.publication.public_url or f"{request.scheme}://{request.host}"
-        async with reading(self.ctx) as conn:
+        async with reading(self.pool, self.statement_timeout_ms) as conn:
             created = await history.database_created(conn)
         return respond(request, dumps(catalog_document(self.config.publication, base, created)),
                        dcat.MEDIA_TYPE, cache_control="public, max-age=300")

@@ -20,12 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from exporters import datex2_v2, datex2_v3, geojson, waze, wzdx
 from exporters.datex2_v3 import NothingToPublish
+from feed.roads import ROAD_PATTERN, ReferentialError, normalise_road, parse_referential
 from feed.store import markings, roads
 from feed.errors import BadParameter, Conflict, NotFound
-from feed.http.agents import Principal, authorised, json_response, public, read_json, writing
+from feed.http.agents import Principal, authorised, json_response, public, read_json
 from feed.http.api import API
-from feed.store.pool import reading
 from feed.model import EventRecord, EventType, Geometry, Severity, StoredEvent, TimeSlot, public_event_id
+from feed.store.transactions import reading, writing
 
 if TYPE_CHECKING:
     from feed.http.app import AppContext
@@ -118,7 +119,7 @@ class EventInput(BaseModel):
 
     @model_validator(mode="after")
     def _place(self) -> EventInput:
-        if self.road is not None and not roads.ROAD_PATTERN.match(self.road):
+        if self.road is not None and not ROAD_PATTERN.match(self.road):
             raise ValueError(f"road {self.road!r} is not a road reference such as RD613")
         if self.geometry is None and (self.road is None or self.start_at is None):
             raise ValueError("locate the event: road with from (PR, abscissa) and optionally to, or a geometry")
@@ -146,7 +147,7 @@ def parse_input(body: dict[str, Any]) -> EventInput:
 async def event_record(conn: Any, entry: EventInput, external_id: str, now: datetime) -> EventRecord:
     """The stored form of what the agent entered: placed with the referential."""
     type_, subtype, default_lanes = KINDS[entry.kind]
-    road = roads.normalise_road(entry.road) if entry.road else None
+    road = normalise_road(entry.road) if entry.road else None
     geometry = entry.geometry
     refs: dict[str, Any] = {}
     if entry.start_at is not None and road is not None:
@@ -223,6 +224,7 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
     """Event authoring (editor), the road referential (public reads; import by an
     administrator) and markings with effect (editor)."""
     storage = ctx.storage
+    statement_timeout_ms = ctx.config.database.statement_timeout_ms
 
     async def current(event_id: str) -> StoredEvent:
         versions = await storage.event_versions(event_id)
@@ -240,7 +242,7 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
     async def preview(request: web.Request, _who: Principal) -> web.Response:
         entry = parse_input(await read_json(request, '{"kind": "works", "road": "RD613", "from": {"pr": 12}}'))
         now = _now()
-        async with reading(ctx) as conn:
+        async with reading(storage.pool, statement_timeout_ms) as conn:
             record = await event_record(conn, entry, "preview", now)
         event = _stored(record, 1, now)
         return json_response({"event": event.model_dump(mode="json"), "consumers": consumers_report(event, ctx, now)})
@@ -249,7 +251,7 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
         entry = parse_input(await read_json(request, '{"kind": "works", "road": "RD613", "from": {"pr": 12}}'))
         now = _now()
         external_id = f"{now:%Y%m%d}-{secrets.token_hex(4)}"
-        async with reading(ctx) as conn:
+        async with reading(storage.pool, statement_timeout_ms) as conn:
             record = await event_record(conn, entry, external_id, now)
         response = await publish(record, who, now)
         response.set_status(201)
@@ -260,7 +262,7 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
         old = await current(event_id)
         entry = parse_input(await read_json(request, '{"kind": "works", "road": "RD613", "from": {"pr": 12}}'))
         now = _now()
-        async with reading(ctx) as conn:
+        async with reading(storage.pool, statement_timeout_ms) as conn:
             record = await event_record(conn, entry, old.external_id, now)
         if old.status != "planned" and record.status == "active" and old.actual_start:
             record = record.model_copy(update={"actual_start": old.actual_start})
@@ -280,20 +282,19 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
 
     def road_of(request: web.Request) -> str:
         raw = request.match_info["road"]
-        if not roads.ROAD_PATTERN.match(raw):
+        if not ROAD_PATTERN.match(raw):
             raise NotFound("road", raw, "a road of the referential (see /api/v1/roads)", f"no road {raw!r}")
-        return roads.normalise_road(raw)
+        return normalise_road(raw)
 
     async def road_list(_request: web.Request) -> web.Response:
-        async with reading(ctx) as conn:
-            rows = await conn.fetch("SELECT r.road, r.name, r.length, min(p.pr) AS pr_min, max(p.pr) AS pr_max "
-                                    "FROM roads r JOIN road_prs p USING (road) GROUP BY r.road ORDER BY r.road")
+        async with reading(storage.pool, statement_timeout_ms) as conn:
+            rows = await roads.road_list(conn)
         return json_response({"roads": [{"road": r["road"], "name": r["name"], "length_m": round(r["length"], 1),
                                          "pr_min": r["pr_min"], "pr_max": r["pr_max"]} for r in rows]})
 
     async def road_prs(request: web.Request) -> web.Response:
         road = road_of(request)
-        async with reading(ctx) as conn:
+        async with reading(storage.pool, statement_timeout_ms) as conn:
             found = await roads.prs(conn, road)
         if not found:
             raise NotFound("road", road, "a road of the referential (see /api/v1/roads)", f"no road {road}")
@@ -312,7 +313,7 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
 
     async def road_locate(request: web.Request) -> web.Response:
         road = road_of(request)
-        async with reading(ctx) as conn:
+        async with reading(storage.pool, statement_timeout_ms) as conn:
             try:
                 if "lon" in request.query or "lat" in request.query:
                     lon, lat = number(request, "lon", float, -180, 180), number(request, "lat", float, -90, 90)
@@ -342,7 +343,7 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
         raise BadParameter("side", raw, "left or right", f"side {raw!r} is neither left nor right")
 
     async def site_check(_request: web.Request) -> web.Response:
-        async with reading(ctx) as conn:
+        async with reading(storage.pool, statement_timeout_ms) as conn:
             found = await roads.check_sites(conn)
         return json_response({"tolerance_m": roads.SITE_TOLERANCE_M, "sites": found})
 
@@ -355,7 +356,7 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
                 raise BadParameter(name, raw, "PR+abscissa, e.g. 12+250", f"{name} is not PR+abscissa")
             pr, _, abscissa = raw.replace(" ", "+").partition("+")
             ends.append((int(pr), float(abscissa or 0)))
-        async with reading(ctx) as conn:
+        async with reading(storage.pool, statement_timeout_ms) as conn:
             try:
                 line = await roads.section(conn, road, ends[0], ends[1])
             except roads.OffRoad as exc:
@@ -366,11 +367,11 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
     async def road_import(request: web.Request, _who: Principal) -> web.Response:
         data = await request.read()
         try:
-            referential = roads.parse_referential(data, "the uploaded referential")
-        except roads.ReferentialError as exc:
+            referential = parse_referential(data, "the uploaded referential")
+        except ReferentialError as exc:
             raise BadParameter("body", data[:200].decode("utf-8", "replace"), "a CSV (road, pr, lon, lat) or "
                                "GeoJSON of PR points", str(exc)) from None
-        async with writing(ctx) as conn:
+        async with writing(storage.pool, statement_timeout_ms) as conn:
             count = await roads.store_referential(conn, referential)
         return json_response({"roads": count, "prs": sum(len(r.prs) for r in referential)}, 201)
 
@@ -380,13 +381,14 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
         from feed.http.admin import marking_fields  # noqa: PLC0415 - feed.http.admin is built on the same modules
 
         body = await read_json(request, '{"kind": "counter_faulty", "site_id": 12, "from": "2026-07-01"}')
-        row = await markings.add_marking(ctx, marking_fields(body, ZoneInfo(ctx.config.publication.timezone)),
-                                         who.author)
+        fields = marking_fields(body, ZoneInfo(ctx.config.publication.timezone))
+        row = await markings.add_marking(storage, statement_timeout_ms, fields, who.author)
         return json_response(markings.marking_json(row), 201, Location=f"{API}/markings/{row['id']}")
 
     async def delete_marking(request: web.Request, who: Principal) -> web.Response:
         raw = request.match_info["id"]
-        row = await markings.delete_marking(ctx, int(raw), who.author) if DIGITS.match(raw) else None
+        row = (await markings.delete_marking(storage, statement_timeout_ms, int(raw), who.author)
+               if DIGITS.match(raw) else None)
         if row is None:
             raise NotFound("id", raw, "the id of a marking (see /api/v1/markings)", f"no marking {raw}")
         return json_response({"deleted": markings.marking_json(row)})
@@ -395,9 +397,8 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
         site = request.query.get("site_id")
         if site is not None and not (DIGITS.match(site) and int(site) < 2**31):
             raise BadParameter("site_id", site, "a site id", "site_id is not a site id")
-        async with reading(ctx) as conn:
-            rows = await conn.fetch(f"SELECT {markings.MARKING_COLUMNS} FROM markings WHERE $1::int IS NULL "
-                                    "OR site_id = $1 ORDER BY id DESC LIMIT 1000", None if site is None else int(site))
+        async with reading(storage.pool, statement_timeout_ms) as conn:
+            rows = await markings.list_markings(conn, 1000, None if site is None else int(site))
         return json_response({"markings": [markings.marking_json(m) for m in rows]})
 
     r = app.router

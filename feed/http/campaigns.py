@@ -37,14 +37,15 @@ from aiohttp import BodyPartReader, web
 from pydantic import ValidationError
 
 from collectors import comptage_parse
+from feed.roads import normalise_road
 from feed.store import roads
 from feed.http.agents import Principal, authorised, json_response
 from feed.http.api import API
-from feed.store.pool import reading
 from feed.errors import BadParameter, ParseError
 from feed.collect.ingest import Plausibility, Sink
 from feed.model import ChannelRecord, MeasurementRecord, ParsedItem, Quarantined, SiteRecord
 from feed.store.storage import RunStats
+from feed.store.transactions import reading
 
 if TYPE_CHECKING:
     from feed.http.app import AppContext
@@ -127,7 +128,7 @@ def parse_campaign(data: bytes, tz: ZoneInfo) -> Campaign:
             if site_id not in out.sites:
                 out.sites[site_id] = SiteRecord(
                     external_id=site_id, name=(row.get("name") or "").strip() or site_id,
-                    road=roads.normalise_road(row["road"].strip()) if (row.get("road") or "").strip() else None,
+                    road=normalise_road(row["road"].strip()) if (row.get("road") or "").strip() else None,
                     pr=_number(row, "pr", int), abscissa=_number(row, "abscissa", int),
                     lon=_number(row, "lon", float), lat=_number(row, "lat", float))
             if channel_id not in out.channels:
@@ -273,7 +274,7 @@ def campaign_routes(app: web.Application, ctx: AppContext) -> None:
             raise BadParameter("body", request.content_type, f"a campaign CSV ({';'.join(COLUMNS)}) or the "
                                "site, channel and measure files of the Comptage des mobilités schema as "
                                "multipart/form-data", str(exc)) from None
-        async with reading(ctx) as conn:
+        async with reading(ctx.storage.pool, ctx.config.database.statement_timeout_ms) as conn:
             await _place(conn, campaign)
         errors = [{"line": q.record_ref, "reason": q.reason, "excerpt": q.excerpt} for q in campaign.errors]
         summary = {"campaign": name, "source": f"campaign-{name}", "sites": len(campaign.sites),

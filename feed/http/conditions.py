@@ -17,14 +17,16 @@ from typing import TYPE_CHECKING, Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from feed.roads import ROAD_PATTERN, normalise_road
 from feed.store import roads
 from feed.http.agents import Principal, authorised, json_response, public, read_json
 from feed.http.api import API
-from feed.store.pool import reading
 from feed.http.authoring import Position
 from feed.errors import BadParameter
 from feed.store.markings import AGENTS_SOURCE
 from feed.model import EventRecord, Geometry
+from feed.store.conditions import condition_events
+from feed.store.transactions import reading
 
 if TYPE_CHECKING:
     from feed.http.app import AppContext
@@ -54,9 +56,9 @@ class ConditionInput(BaseModel):
     @field_validator("road")
     @classmethod
     def _road(cls, v: str) -> str:
-        if not roads.ROAD_PATTERN.match(v):
+        if not ROAD_PATTERN.match(v):
             raise ValueError(f"road {v!r} is not a road reference such as RD613")
-        return roads.normalise_road(v)
+        return normalise_road(v)
 
     @field_validator("comment")
     @classmethod
@@ -92,6 +94,7 @@ def condition_record(c: ConditionInput, line: dict[str, Any], now: datetime, pre
 
 def condition_routes(app: web.Application, ctx: AppContext) -> None:
     storage = ctx.storage
+    statement_timeout_ms = ctx.config.database.statement_timeout_ms
 
     async def set_condition(request: web.Request, who: Principal) -> web.Response:
         body = await read_json(request, '{"road": "RD986", "from": {"pr": 20}, "to": {"pr": 30}, "level": "C3"}')
@@ -102,7 +105,7 @@ def condition_routes(app: web.Application, ctx: AppContext) -> None:
             where = ".".join(str(p) for p in first["loc"]) or "body"
             raise BadParameter(where, str(first.get("input", ""))[:200], "see ConditionInput in the OpenAPI "
                                "document", f"{where}: {first['msg']}") from None
-        async with reading(ctx) as conn:
+        async with reading(storage.pool, statement_timeout_ms) as conn:
             try:
                 line = await roads.section(conn, entry.road, (entry.start_at.pr, entry.start_at.abscissa),
                                            (entry.end_at.pr, entry.end_at.abscissa))
@@ -122,12 +125,8 @@ def condition_routes(app: web.Application, ctx: AppContext) -> None:
                               "event": event.model_dump(mode="json")})
 
     async def network(_request: web.Request) -> web.Response:
-        async with reading(ctx) as conn:
-            rows = await conn.fetch(
-                """SELECT id, road, status::text AS status, location_refs->>'winter_level' AS level,
-                          ST_AsGeoJSON(geom, 7)::json AS geometry, updated
-                     FROM events WHERE source_id = $1 AND external_id LIKE $2 ORDER BY id""",
-                AGENTS_SOURCE, PREFIX + "%")
+        async with reading(storage.pool, statement_timeout_ms) as conn:
+            rows = await condition_events(conn, AGENTS_SOURCE, PREFIX)
         features = [{"type": "Feature", "id": r["id"], "geometry": r["geometry"],
                      "properties": {"road": r["road"], "level": "C1" if r["status"] == "ended" else r["level"],
                                     "updated": r["updated"].astimezone(UTC).isoformat()}} for r in rows]

@@ -26,7 +26,7 @@ from feed.deadlines import cancel_and_wait
 from feed.errors import BadParameter
 from feed.publish.filters import EventFilter
 from feed.store.changes import Change, ChangeLog
-from feed.store.pool import ChangeListener
+from feed.store.listener import ChangeListener
 from feed.store.storage import Storage
 
 __all__ = [

@@ -45,11 +45,11 @@ from feed.config import MqttConfig
 from feed.deadlines import cancel_and_wait
 from feed.errors import PublishError
 from feed.model import StoredEvent, StoredSite
+from feed.store import push
 from feed.store.storage import CHANGES_CHANNEL, Storage
 
 log = logging.getLogger("roadfeed.mqtt")
 
-PUSH_LOCK = (0x52464D51, 1)  # pg_advisory_lock(classid, objid): "RFMQ", the publishing node
 BATCH = 500  # changes per round trip to the broker
 
 
@@ -189,7 +189,7 @@ class MqttPusher:
 
     async def _lead(self) -> None:
         async with self.storage.pool.acquire(timeout=30) as conn:
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", *PUSH_LOCK):
+            while not await push.try_push_lock(conn):
                 if self._stopping.is_set():
                     return
                 await asyncio.sleep(self.retry_interval)  # another node publishes
@@ -216,7 +216,7 @@ class MqttPusher:
                     await broker.disconnect()
             finally:
                 if not conn.is_closed():
-                    await conn.execute("SELECT pg_advisory_unlock($1, $2)", *PUSH_LOCK)
+                    await push.release_push_lock(conn)
 
     async def _wait(self) -> None:
         waits = [asyncio.ensure_future(w.wait()) for w in (*self._wake.values(), self._stopping)]
@@ -231,32 +231,26 @@ class MqttPusher:
 
     async def _push_events(self, conn: asyncpg.Connection, broker: Broker) -> bool:
         """One batch of changes after the cursor; True when more are waiting."""
-        cursor = await conn.fetchval("SELECT seq FROM push_cursors WHERE channel = 'events'") or 0
+        cursor = await push.events_cursor(conn)
         changes, more = await self._changes.read(cursor, BATCH)
         if not changes:
             return False
-        roads = dict(await conn.fetch(
-            """SELECT v.seq, p.state ->> 'road' FROM event_versions v
-                 JOIN event_versions p ON p.event_id = v.event_id AND p.version = v.version - 1
-                WHERE v.seq = ANY($1::bigint[])""", [c.seq for c in changes]))
+        roads = await push.previous_roads(conn, [c.seq for c in changes])
         messages = [m for c in changes for m in event_messages(self.prefix, c, roads.get(c.seq))]
         await broker.publish(messages)
-        await conn.execute("""INSERT INTO push_cursors VALUES ('events', $1)
-                              ON CONFLICT (channel) DO UPDATE SET seq = EXCLUDED.seq""", changes[-1].seq)
+        await push.record_events_cursor(conn, changes[-1].seq)
         self.published += len(messages)
         return more
 
     async def _push_sites(self, conn: asyncpg.Connection, broker: Broker) -> None:
         sites = await self.storage.sites()
-        known = dict(await conn.fetch("SELECT site_id, fingerprint FROM push_sites"))
+        known = await push.site_fingerprints(conn)
         now = datetime.now(UTC)
         changed = [(site.id, *m) for site in sites
                    if known.get(site.id) != (m := site_message(self.prefix, site, now))[2]]
         for start in range(0, len(changed), BATCH):
             batch = changed[start:start + BATCH]
             await broker.publish([(topic, payload) for _, topic, payload, _ in batch])
-            await conn.execute(
-                """INSERT INTO push_sites SELECT * FROM unnest($1::bigint[], $2::bytea[])
-                   ON CONFLICT (site_id) DO UPDATE SET fingerprint = EXCLUDED.fingerprint""",
-                [site_id for site_id, _, _, _ in batch], [f for _, _, _, f in batch])
+            await push.record_site_fingerprints(conn, [site_id for site_id, _, _, _ in batch],
+                                                [f for _, _, _, f in batch])
             self.published += len(batch)

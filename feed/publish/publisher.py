@@ -51,7 +51,7 @@ from feed.publish.render import (
     rendered,
 )
 from feed.publish.splice import SPLICE_RULES, Splicer
-from feed.store.pool import ChangeListener
+from feed.store.listener import ChangeListener
 from feed.store.storage import Storage
 
 __all__ = ["LISTENER_APPLICATION_NAME", "FeedPublisher", "FeedState", "FeedStateCopy"]

@@ -23,6 +23,7 @@ from feed.collect.ingest import SinkResult
 from feed.store.migrations import migrate
 from feed.collect.scheduler import Collector
 from feed.server.service import http_server, wait_for_signal
+from feed.roads import parse_referential
 from feed.store import roads
 from feed.simulator.geography import referential_geojson
 from feed.simulator.server import build_simulator_app, simulator_clock
@@ -85,7 +86,7 @@ async def run_demo(host: str, port: int, seed: int, speed: float = 1.0, interval
     storage = await Storage.open(url, max_size=config.database.pool_size)
     try:
         async with storage.pool.acquire() as conn:  # the simulated roads' referential, for agents' entries
-            await roads.store_referential(conn, roads.parse_referential(referential_geojson(), "simulator"))
+            await roads.store_referential(conn, parse_referential(referential_geojson(), "simulator"))
         async with http_server(config, storage, host, port) as runner:
             base = f"http://{host}:{port}"
             print(f"simulated département (Opendatasoft API + DATEX II): {simulator_url}/")

@@ -33,6 +33,7 @@ from feed.collect.ingest import SinkResult
 from feed.collect.scheduler import STOP_TIMEOUT, Collector
 from feed.errors import StorageError
 from feed.publish.mqtt import MqttPusher
+from feed.store.migrations import is_migrated
 from feed.store.replica import primary_of
 from feed.store.storage import Storage
 from feed.server.workers import check_address_free, serving, serving_processes
@@ -47,7 +48,7 @@ class NotMigrated(StorageError):
 
 
 async def check_schema(storage: Storage) -> None:
-    if not await storage.pool.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+    if not await is_migrated(storage.pool):
         raise NotMigrated("the database has no roadfeed schema: run `roadfeed db migrate` first")
 
 

@@ -11,21 +11,19 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import asyncpg
 
-from feed.http.agents import writing
 from feed.errors import BadParameter
 from feed.model import EventRecord, Geometry
-from feed.store.roads import OffRoad, normalise_road, section
+from feed.roads import normalise_road
+from feed.store.roads import OffRoad, section
 from feed.store.storage import Storage
-
-if TYPE_CHECKING:
-    from feed.http.app import AppContext
+from feed.store.transactions import writing
 
 __all__ = ["AGENTS_SOURCE", "MARKING_COLUMNS", "MarkingFields", "add_marking", "closure_record", "delete_marking",
-           "mark_faulty", "marking_json", "unmark_faulty"]
+           "list_markings", "mark_faulty", "marking_json", "unmark_faulty"]
 
 MARKING_COLUMNS = "id, kind, road, site_id, pr_from, pr_to, valid_from, valid_to, comment, created, author, event_id"
 
@@ -52,12 +50,18 @@ def marking_json(r: asyncpg.Record) -> dict[str, Any]:
             "event_id": r["event_id"]}
 
 
-async def add_marking(ctx: AppContext, m: MarkingFields, author: str) -> asyncpg.Record:
+async def list_markings(conn: asyncpg.Connection, limit: int, site_id: int | None = None) -> list[asyncpg.Record]:
+    """The latest markings (of one site, or all), newest first."""
+    return list(await conn.fetch(f"SELECT {MARKING_COLUMNS} FROM markings WHERE $1::int IS NULL OR site_id = $1 "
+                                 "ORDER BY id DESC LIMIT $2", site_id, limit))
+
+
+async def add_marking(storage: Storage, statement_timeout_ms: int, m: MarkingFields, author: str) -> asyncpg.Record:
     """Stores a marking with its effect, or refuses it (BadParameter): none is stored
     without effect. A closure's event is published once the marking is committed."""
     now = datetime.now(UTC)
     road = normalise_road(m.road) if m.road else None
-    async with writing(ctx) as conn:
+    async with writing(storage.pool, statement_timeout_ms) as conn:
         if m.site_id is not None and not await conn.fetchval("SELECT 1 FROM sites WHERE id = $1", m.site_id):
             raise BadParameter("site_id", str(m.site_id), "the id of a site (see /api/v1/sites)",
                                f"no site {m.site_id}")
@@ -69,7 +73,7 @@ async def add_marking(ctx: AppContext, m: MarkingFields, author: str) -> asyncpg
         closure = None
         if m.kind == "counter_faulty":
             assert m.site_id is not None
-            await mark_faulty(ctx.storage, conn, row["id"], m.site_id, m.start, m.end)
+            await mark_faulty(storage, conn, row["id"], m.site_id, m.start, m.end)
         else:
             assert road is not None
             try:
@@ -81,36 +85,37 @@ async def add_marking(ctx: AppContext, m: MarkingFields, author: str) -> asyncpg
     if closure is None:
         return row
     try:
-        await ctx.storage.ensure_source(AGENTS_SOURCE, "agents", "")
-        await ctx.storage.upsert_events(AGENTS_SOURCE, [closure], seen_at=now, author=author)
-        async with writing(ctx) as conn:
+        await storage.ensure_source(AGENTS_SOURCE, "agents", "")
+        await storage.upsert_events(AGENTS_SOURCE, [closure], seen_at=now, author=author)
+        async with writing(storage.pool, statement_timeout_ms) as conn:
             row = await conn.fetchrow(f"UPDATE markings SET event_id = $2 WHERE id = $1 RETURNING {MARKING_COLUMNS}",
                                       row["id"], f"{AGENTS_SOURCE}:{closure.external_id}")
     except BaseException:
-        async with writing(ctx) as conn:
+        async with writing(storage.pool, statement_timeout_ms) as conn:
             await conn.execute("DELETE FROM markings WHERE id = $1", row["id"])
         raise
     assert row is not None
     return row
 
 
-async def delete_marking(ctx: AppContext, marking_id: int, author: str) -> asyncpg.Record | None:
+async def delete_marking(storage: Storage, statement_timeout_ms: int, marking_id: int,
+                         author: str) -> asyncpg.Record | None:
     """Removes a marking and undoes its effect: intervals restored, closure ended."""
-    async with writing(ctx) as conn:
+    async with writing(storage.pool, statement_timeout_ms) as conn:
         row = await conn.fetchrow(f"SELECT {MARKING_COLUMNS} FROM markings WHERE id = $1 FOR UPDATE", marking_id)
         if row is None:
             return None
         if row["kind"] == "counter_faulty":
-            await unmark_faulty(ctx.storage, conn, marking_id)
+            await unmark_faulty(storage, conn, marking_id)
         await conn.execute("DELETE FROM markings WHERE id = $1", marking_id)
     if row["event_id"]:
-        versions = await ctx.storage.event_versions(row["event_id"])
+        versions = await storage.event_versions(row["event_id"])
         if versions and versions[-1].status != "ended":
             now = datetime.now(UTC)
             old = versions[-1]
             ended = EventRecord.model_validate({**old.model_dump(include=set(EventRecord.model_fields)),
                                                 "status": "ended", "actual_end": now})
-            await ctx.storage.upsert_events(AGENTS_SOURCE, [ended], seen_at=now, author=author)
+            await storage.upsert_events(AGENTS_SOURCE, [ended], seen_at=now, author=author)
     return row
 
 AGENTS_SOURCE = "agents"  # the source of everything agents publish

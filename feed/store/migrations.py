@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import psycopg
 
 from feed.errors import StorageError
@@ -159,3 +160,16 @@ def table_sizes(conn: psycopg.Connection) -> list[tuple[str, int]]:
         for (name,) in conn.execute("SELECT hypertable_name FROM timescaledb_information.hypertables").fetchall():
             sizes[name] = _one(conn, f"SELECT hypertable_size('{name}'::regclass)") or 0
     return sorted(sizes.items())
+
+
+def storage_mode(conn: psycopg.Connection) -> str | None:
+    """The storage mode the migrations recorded (postgresql, timescaledb-...); None before any migration."""
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", ("roadfeed_meta",)).fetchone()
+    if row is None or not row[0]:
+        return None
+    return _one(conn, "SELECT value FROM roadfeed_meta WHERE key = 'storage_mode'")
+
+
+async def is_migrated(pool: asyncpg.Pool) -> bool:
+    """Whether the database has the roadfeed schema (the migrations' own table)."""
+    return bool(await pool.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"))

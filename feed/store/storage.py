@@ -46,7 +46,7 @@ CHANGES_CHANNEL = "roadfeed_changes"
 # answers, and its statement_timeout cannot fire, so only the client can give up.
 CONNECT_TIMEOUT = 5.0  # seconds to open a connection
 COMMAND_TIMEOUT = 120.0  # seconds any one statement may take (ingest batches included)
-ACQUIRE_TIMEOUT = 2.0  # seconds a request waits for a pooled connection (`bounded_connection`, pool.reading)
+ACQUIRE_TIMEOUT = 2.0  # seconds a request waits for a pooled connection (`bounded_connection`, `transactions.reading`)
 ROUND_TRIP_TIMEOUT = 2.0  # seconds a trivial statement (BEGIN, SELECT 1) may take before the server counts as away
 
 # What "the database is away" looks like from the client: refused or reset

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from collectors.fetch import Fetcher, FetchPolicy
 from feed.collect.poll import poll_source
 from feed.config import PublicationConfig, SourceConfig
-from feed.model import EventRecord, Geometry
+from feed.model import Geometry
 from feed.store.storage import Storage
 
 DATA = Path(__file__).resolve().parents[1] / "data"

@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from collectors.fetch import Fetcher
+from feed.roads import parse_referential
 from feed.store import roads
 from feed.http.admin import attach_collector
 from feed.config import Config, PublicationConfig, ServerConfig, SourceConfig
@@ -44,7 +45,7 @@ def config(source_url: str = "http://127.0.0.1:9/speeds.xml", token: str | None 
 
 async def seed(storage: Storage) -> int:
     async with storage.pool.acquire() as conn:  # a closure is placed on the referential's road
-        await roads.store_referential(conn, roads.parse_referential(referential_geojson(), "simulator"))
+        await roads.store_referential(conn, parse_referential(referential_geojson(), "simulator"))
     await storage.ensure_source("ods", "opendatasoft", "http://127.0.0.1:9/ods")
     await storage.upsert_sites("ods", [SiteRecord(external_id="S1", name="RD613 Montbazin", road="RD613",
                                                   lon=3.69, lat=43.51)])

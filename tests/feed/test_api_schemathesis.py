@@ -16,7 +16,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from feed.http import api

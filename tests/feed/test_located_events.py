@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from agents_support import DATEX_V2, load_simulated_roads, until_in_feed, xml_valid
 from collectors.datex2_parse import parse_datex2
 from exporters.datex2_v2 import render_situations
+from feed.roads import parse_referential
 from feed.store import roads
 from feed.config import Config, PublicationConfig, ServerConfig
 from feed.http.app import build_app
@@ -25,7 +26,7 @@ from feed.store.storage import Storage
 NS = {"d": "http://datex2.eu/schema/2/2_0"}
 V2_FEED = "/feeds/datex2/v2/situations.xml"
 PUBLICATION = PublicationConfig()
-REFERENTIAL = roads.parse_referential(referential_geojson(), "simulator")
+REFERENTIAL = parse_referential(referential_geojson(), "simulator")
 
 
 def event(ext: str, road: str, geometry: Geometry, **changes: Any) -> EventRecord:

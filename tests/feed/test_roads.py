@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from feed.roads import ReferentialError, Road, parse_referential
 from feed.store import roads
 from feed.config import Config, PublicationConfig, ServerConfig
 from feed.http.app import build_app
@@ -47,13 +48,13 @@ def geodesic_m(a: tuple[float, float], b: tuple[float, float]) -> float:
     (b"\xff\xfe", "not UTF-8"),
 ])
 def test_bad_files_are_refused_naming_the_record_and_reason(data: bytes, reason: str) -> None:
-    with pytest.raises(roads.ReferentialError, match=reason) as caught:
-        roads.parse_referential(data, "pr.csv")
+    with pytest.raises(ReferentialError, match=reason) as caught:
+        parse_referential(data, "pr.csv")
     assert str(caught.value).startswith("pr.csv")
 
 
 def test_csv_with_semicolons_and_french_decimals() -> None:
-    parsed = roads.parse_referential("road;pr;lon;lat;name\nRD 613;0;3,80;43,50;Route de Sète\n"
+    parsed = parse_referential("road;pr;lon;lat;name\nRD 613;0;3,80;43,50;Route de Sète\n"
                                      "rd613;1;3,81;43,50;\n".encode(), "pr.csv")
     assert len(parsed) == 1 and parsed[0].road == "RD613" and parsed[0].name == "Route de Sète"
     assert parsed[0].prs == {0: (3.80, 43.50), 1: (3.81, 43.50)}
@@ -73,7 +74,7 @@ async def test_known_distances_on_a_straight_road(storage: Storage) -> None:
     points = {k: (3.5, 43.5 + k * 0.009) for k in range(5)}
     csv = "road,pr,lon,lat\n" + "".join(f"RD1,{k},{lon},{lat}\n" for k, (lon, lat) in points.items())
     async with storage.pool.acquire() as conn:
-        await roads.store_referential(conn, roads.parse_referential(csv.encode(), "rd1.csv"))
+        await roads.store_referential(conn, parse_referential(csv.encode(), "rd1.csv"))
         pr0 = points[0]
         for pr, abscissa in [(0, 0), (0, 500), (1, 250), (3, 900), (2, -300), (4, 0)]:
             lon, lat = await roads.point(conn, "RD1", pr, abscissa)
@@ -125,7 +126,7 @@ Position = tuple[str, int, float, roads.Side | None, float]
 
 
 @st.composite
-def _positions(draw: st.DrawFn, referential: list[roads.Road]) -> Position:
+def _positions(draw: st.DrawFn, referential: list[Road]) -> Position:
     road = draw(st.sampled_from(referential))
     prs = sorted(road.prs)
     i = draw(st.integers(0, len(prs) - 2))
@@ -136,7 +137,7 @@ def _positions(draw: st.DrawFn, referential: list[roads.Road]) -> Position:
     return road.road, prs[i], draw(st.floats(0, 900, allow_nan=False)), side, offset
 
 
-REFERENTIAL = roads.parse_referential(referential_geojson(), "simulator")
+REFERENTIAL = parse_referential(referential_geojson(), "simulator")
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -176,8 +177,8 @@ async def test_a_shape_drawn_backwards_is_refused(storage: Storage) -> None:
         {"type": "Feature", "geometry": {"type": "Point", "coordinates": [3.6, 43.5]}, "properties": {"road": "RD2", "pr": 1}},
     ]}
     async with storage.pool.acquire() as conn:
-        with pytest.raises(roads.ReferentialError, match="PR 1 is not after PR 0"):
-            await roads.store_referential(conn, roads.parse_referential(json.dumps(document).encode(), "x"))
+        with pytest.raises(ReferentialError, match="PR 1 is not after PR 0"):
+            await roads.store_referential(conn, parse_referential(json.dumps(document).encode(), "x"))
         assert not await roads.road_exists(conn, "RD2")
 
 

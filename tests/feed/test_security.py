@@ -20,7 +20,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from feed.http.api import _guarded
-from feed.store.pool import reading
 from feed.config import Config, DatabaseConfig, ServerConfig, SourceConfig
 from feed.publish.catalogue import EVENTS_GEOJSON
 from feed.server.fastpath import FeedFastPath, FeedSite
@@ -28,6 +27,7 @@ from feed.http.app import CONTEXT, build_app
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
 from feed.http.security import FEED_SECURITY_HEADERS, RATE_LIMITER, RateLimiter
 from feed.store.storage import Storage
+from feed.store.transactions import reading
 
 WAIT = 15.0
 SOURCES = [SourceConfig(id="cd34", kind="datex2", url="http://127.0.0.1:9/cd34", interval=60),
@@ -268,12 +268,12 @@ async def test_api_transactions_run_as_the_read_only_role(storage: Storage):
     await seed(storage)
     app = build_app(config(), storage)
     ctx = app[CONTEXT]
-    async with reading(ctx) as conn:
+    async with reading(ctx.storage.pool, ctx.config.database.statement_timeout_ms) as conn:
         assert await conn.fetchval("SELECT current_user") == "roadfeed_reader"
         assert await conn.fetchval("SHOW transaction_read_only") == "on"
         with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
             await conn.execute("INSERT INTO markings (kind, road, valid_from) VALUES ('road_closed', 'X', now())")
-    async with reading(ctx) as conn:
+    async with reading(ctx.storage.pool, ctx.config.database.statement_timeout_ms) as conn:
         with pytest.raises(asyncpg.PostgresError):  # too late to become read-write
             await conn.execute("SET LOCAL transaction_read_only = off; DELETE FROM sites")
     # Beyond READ ONLY: the role itself holds no write privilege.
@@ -289,14 +289,14 @@ async def test_statement_timeout_cuts_a_slow_api_query(storage: Storage):
     cfg = config(rate_limit_per_minute=0).model_copy(update={"database": DatabaseConfig(statement_timeout_ms=100)})
     app = build_app(cfg, storage)
     ctx = app[CONTEXT]
-    async with reading(ctx) as conn:
+    async with reading(ctx.storage.pool, ctx.config.database.statement_timeout_ms) as conn:
         assert await conn.fetchval("SHOW statement_timeout") == "100ms"
     with pytest.raises(asyncpg.QueryCanceledError):
-        async with reading(ctx) as conn:
+        async with reading(ctx.storage.pool, ctx.config.database.statement_timeout_ms) as conn:
             await conn.execute("SELECT pg_sleep(30)")
 
     async def slow(_request: web.Request) -> web.Response:  # the API's own wrapper over a slow read
-        async with reading(ctx) as conn:
+        async with reading(ctx.storage.pool, ctx.config.database.statement_timeout_ms) as conn:
             await conn.execute("SELECT pg_sleep(30)")
         return web.Response()
 
