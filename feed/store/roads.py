@@ -20,6 +20,7 @@ import io
 import json
 import re
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, Literal
 
 import asyncpg
@@ -136,7 +137,7 @@ def parse_referential(data: bytes, origin: str) -> list[Road]:
         if len(r.prs) < 2:
             raise ReferentialError(f"{origin}: road {r.road} has a single PR; a road needs at least two")
         ordered = sorted(r.prs.items())
-        for (a, pa), (b, pb) in zip(ordered, ordered[1:], strict=False):
+        for (a, pa), (b, pb) in pairwise(ordered):
             if pa == pb:
                 raise ReferentialError(f"{origin}: road {r.road} PR {a} and PR {b} are at the same place")
     return list(roads.values())
@@ -189,7 +190,7 @@ async def store_referential(conn: asyncpg.Connection, roads: list[Road]) -> int:
             await conn.execute(_INSERT_SHAPED_ROAD, r.road, r.name, [p[0] for p in r.shape], [p[1] for p in r.shape])
             placed = sorted((row["pr"], row["measure"]) for row in
                             await conn.fetch(_INSERT_SHAPED_PRS, r.road, prs, lons, lats))
-            for (a, ma), (b, mb) in zip(placed, placed[1:], strict=False):
+            for (a, ma), (b, mb) in pairwise(placed):
                 if mb <= ma:
                     raise ReferentialError(f"road {r.road}: PR {b} is not after PR {a} along the road's shape "
                                            "(is the shape drawn from the lowest PR?)")
