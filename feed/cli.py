@@ -9,17 +9,24 @@ import logging
 import sys
 from collections.abc import Callable
 
+import aiohttp
 import asyncpg
 import psycopg
 
+from collectors.fetch import Fetcher
+from feed.collect.poll import poll_source
 from feed.http import agents
 from feed.store import embedded, roads
 from feed.store.cluster import ClusterError
+from feed.store.storage import Storage
 from feed.logs import FORMATS, resolve_format, setup_logging
-from feed.config import Config, ConfigError, load_config
+from feed.config import Config, ConfigError, SourceConfig, load_config
 from feed.store.migrations import MigrationError, detect_engine, migrate, table_sizes
-from feed.publish.static_export import ExportError
+from feed.publish.static_export import ExportError, export_feeds
+from feed.server.demo import run_demo
 from feed.server.service import NotMigrated, run
+from feed.simulator.core import run_simulator
+from feed.simulator.national import NationalNetwork
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -82,13 +89,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return asyncio.run(_collect(config, sources[args.source], args.once))
 
 
-async def _collect(config: Config, source, once: bool) -> int:
-    import aiohttp
-
-    from collectors.fetch import Fetcher
-    from feed.collect.poll import poll_source
-    from feed.store.storage import Storage
-
+async def _collect(config: Config, source: SourceConfig, once: bool) -> int:
     storage = await Storage.open(embedded.database_url(config), max_size=4)
     try:
         async with aiohttp.ClientSession() as session:
@@ -113,14 +114,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from feed.simulator.core import run_simulator
-
     if args.speed <= 0:
         raise ConfigError(f"--speed {args.speed:g}: must be greater than 0 (1 = real time)")
     national = None
     if args.sites is not None:
-        from feed.simulator.national import NationalNetwork
-
         try:
             national = NationalNetwork(sites=args.sites, step=args.step)
         except ValueError as err:
@@ -130,8 +127,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from feed.server.demo import run_demo
-
     if args.speed <= 0 or args.interval < 1:
         raise ConfigError("--speed must be greater than 0 and --interval at least 1 second")
     asyncio.run(run_demo(args.host, args.port, args.seed, args.speed, args.interval))
@@ -139,9 +134,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_export_feeds(args: argparse.Namespace) -> int:
-    from feed.publish.static_export import export_feeds
-    from feed.store.storage import Storage
-
     config = _config(args)
 
     async def export() -> dict:
@@ -157,10 +149,11 @@ def cmd_export_feeds(args: argparse.Namespace) -> int:
 
 
 def _has_table(conn: psycopg.Connection, name: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+    return row is not None and row[0]
 
 
-def _human(n: int) -> str:
+def _human(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

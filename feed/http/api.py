@@ -26,7 +26,7 @@ import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -303,6 +303,10 @@ def counts_range(query: MultiMapping[str], step: Step, tz: ZoneInfo, now: dateti
 # --------------------------------------------------------------------------- rendering
 
 
+@overload
+def iso(value: datetime, tz: ZoneInfo) -> str: ...
+@overload
+def iso(value: None, tz: ZoneInfo) -> None: ...
 def iso(value: datetime | None, tz: ZoneInfo) -> str | None:
     """Local time with its offset; in UTC when the offset has seconds (local mean time
     before 1911 in Paris), which RFC 3339 date-times cannot carry."""
