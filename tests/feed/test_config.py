@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from collectors.opendatasoft_parse import mapping_from_options
 from feed.config import ConfigError, load_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "roadfeed.example.toml"
 
 
 def test_example_file_loads_and_every_source_mapping_is_valid():
-    from collectors.opendatasoft_parse import mapping_from_options
-
     config = load_config(EXAMPLE)
     assert config.publication.country == "fr" and config.publication.languages == ["fr", "en"]
     assert {s.kind for s in config.sources} == {"datex2", "opendatasoft"}
