@@ -19,11 +19,10 @@ test: system-test engine-b web venv-test lint
 	.venv/bin/python -m pytest
 
 # ruff (lint and format), mypy and the import contracts, all configured in pyproject.toml.
+# Each runs, so that one run shows every finding; any finding fails the target.
 lint: venv-test
-	.venv/bin/ruff check .
-	.venv/bin/ruff format --check .
-	.venv/bin/mypy
-	.venv/bin/lint-imports
+	@failed=0; for tool in "ruff check ." "ruff format --check ." "mypy" "lint-imports"; do \
+	  echo ".venv/bin/$$tool"; .venv/bin/$$tool || failed=1; done; exit $$failed
 
 system-runtime:
 	@scripts/system-packages runtime
