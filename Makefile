@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make demo   runs roadfeed on the embedded default (database, simulated
 #               département, collectors, feeds and web page)
-#   make test   runs the whole test suite
+#   make test   runs the linters (make lint), then the whole test suite
 # Each one does its own set-up: system packages (as root), the virtual
 # environment and, for the tests, the TimescaleDB engine's root filesystem.
 
@@ -10,13 +10,19 @@ PYTHON ?= $(shell for p in /usr/bin/python3 python3.12 python3.11 python3; do \
             command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
             && { command -v $$p; break; }; done)
 
-.PHONY: demo test lock lock-upgrade flake-hunt venv-runtime venv-test system-runtime system-test engine-b web clean
+.PHONY: demo test lint lock lock-upgrade flake-hunt venv-runtime venv-test system-runtime system-test engine-b web clean
 
 demo: system-runtime web venv-runtime
 	.venv/bin/roadfeed demo
 
-test: system-test engine-b web venv-test
+test: system-test engine-b web venv-test lint
 	.venv/bin/python -m pytest
+
+# ruff (lint and format), mypy and the import contracts, all configured in pyproject.toml.
+# Each runs, so that one run shows every finding; any finding fails the target.
+lint: venv-test
+	@failed=0; for tool in "ruff check ." "ruff format --check ." "mypy" "lint-imports"; do \
+	  echo ".venv/bin/$$tool"; .venv/bin/$$tool || failed=1; done; exit $$failed
 
 system-runtime:
 	@scripts/system-packages runtime
@@ -65,4 +71,4 @@ flake-hunt: system-test engine-b web venv-test
 	scripts/flake-hunt $(if $(N),--runs $(N)) $(if $(QUIET),--quiet)
 
 clean:
-	rm -rf .venv .venv-lock var node_modules feed/webassets
+	rm -rf .venv .venv-lock var node_modules feed/webassets .mypy_cache .ruff_cache .import_linter_cache

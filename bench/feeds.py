@@ -60,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 from feed.store.cluster import Cluster, free_port, host_engine  # noqa: E402
 from feed.store.migrations import migrate  # noqa: E402
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord  # noqa: E402
+from feed.publish.catalogue import FEEDS  # noqa: E402
 from feed.store.storage import Storage  # noqa: E402
 
 SITUATIONS = "/feeds/datex2/v3/situations.xml"
@@ -336,8 +337,6 @@ async def bench_regeneration(ours: OurServer, url: str, args: argparse.Namespace
     Each change comes `--quiet` seconds after the previous refresh of every feed of
     its kind finished (renders counters in status.json): an isolated change, not one
     queued behind the previous one or coalesced with it by the publisher's debounce."""
-    from feed.publish.catalogue import FEEDS
-
     kind_paths = {"events": [s.path for s in FEEDS if s.kind == "events"],
                   "sites": [s.path for s in FEEDS if s.kind == "sites"]}
     storage = await Storage.open(url, max_size=2)
@@ -363,13 +362,15 @@ async def bench_regeneration(ours: OurServer, url: str, args: argparse.Namespace
                         raise SystemExit(f"{path} did not change within 60 s of a stored change")
                 polled.append((time.perf_counter() - committed) * 1000)
 
-                def refreshed() -> dict[str, Any] | None:
+                def refreshed(
+                    paths: list[str] = kind_paths[kind], before: dict[str, int] = renders
+                ) -> dict[str, Any] | None:
                     status = ours.status()
-                    done = _renders(status, kind_paths[kind])
-                    return status if all(done[p] > renders[p] for p in done) else None
+                    done = _renders(status, paths)
+                    return status if all(done[p] > before[p] for p in done) else None
 
                 status = wait_until(refreshed, 120, f"the {kind} feeds to be rendered", 0.05)
-                time.sleep(args.quiet)  # an isolated change: bursts are coalesced (debounce) on purpose
+                await asyncio.sleep(args.quiet)  # an isolated change: bursts are coalesced (debounce) on purpose
                 feed = next(f for f in status["feeds"] if f["path"] == path)
                 reads.append(status.get("data_read_ms", {}).get(kind, {}))
                 generation.append(feed["generation_ms"])
@@ -391,50 +392,50 @@ async def bench_sse(ours: OurServer, url: str, args: argparse.Namespace) -> dict
     """Time from an event's commit to its arrival on /feeds/events/stream (None: no stream here)."""
     if importlib.util.find_spec("feed.http.changes") is None:
         return None
-    import aiohttp
+    import aiohttp  # noqa: PLC0415 - with the stream only
 
-    from feed.http.changes import POSITION_EVENT, STREAM_PATH, delivery_latency, iter_sse
+    from feed.http.changes import POSITION_EVENT, STREAM_PATH, delivery_latency, iter_sse  # noqa: PLC0415
 
     storage = await Storage.open(url, max_size=2)
     arrivals: dict[str, Any] = {}
     arrived = asyncio.Event()
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as session:
-            async with session.get(f"http://127.0.0.1:{ours.port}{STREAM_PATH}") as resp:
-                assert resp.status == 200, resp.status
+        async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as session,
+                    session.get(f"http://127.0.0.1:{ours.port}{STREAM_PATH}") as resp):
+            assert resp.status == 200, resp.status
 
-                async def read() -> None:
-                    async for message in iter_sse(resp.content):
-                        if message.event in (None, POSITION_EVENT):
-                            continue
-                        doc = message.json()
-                        arrivals[f"{doc['event']['id']}@{doc['event']['properties']['version']}"] = message
-                        arrived.set()
-
-                reader = asyncio.create_task(read())
-                await asyncio.sleep(0.5)  # the stream's head is set
-                from_commit, from_recorded, lost = [], [], 0
-                base = args.events  # new events: created, version 1
-                for i in range(args.changes):
-                    ext = f"SSE{i:05d}"
-                    now = datetime.now(UTC)
-                    await storage.upsert_events(SOURCE_EVENTS, [event_record(base + i, now).model_copy(
-                        update={"external_id": ext})], seen_at=now)
-                    committed = datetime.now(UTC)
-                    key = f"{SOURCE_EVENTS}:{ext}@1"
-                    deadline = time.monotonic() + 10
-                    while key not in arrivals and time.monotonic() < deadline:
-                        arrived.clear()
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(arrived.wait(), 0.5)
-                    message = arrivals.get(key)
-                    if message is None:
-                        lost += 1
+            async def read() -> None:
+                async for message in iter_sse(resp.content):
+                    if message.event in (None, POSITION_EVENT):
                         continue
-                    from_commit.append((message.received - committed).total_seconds() * 1000)
-                    from_recorded.append(delivery_latency(message) * 1000)
-                    await asyncio.sleep(args.change_interval)
-                reader.cancel()
+                    doc = message.json()
+                    arrivals[f"{doc['event']['id']}@{doc['event']['properties']['version']}"] = message
+                    arrived.set()
+
+            reader = asyncio.create_task(read())
+            await asyncio.sleep(0.5)  # the stream's head is set
+            from_commit, from_recorded, lost = [], [], 0
+            base = args.events  # new events: created, version 1
+            for i in range(args.changes):
+                ext = f"SSE{i:05d}"
+                now = datetime.now(UTC)
+                await storage.upsert_events(SOURCE_EVENTS, [event_record(base + i, now).model_copy(
+                    update={"external_id": ext})], seen_at=now)
+                committed = datetime.now(UTC)
+                key = f"{SOURCE_EVENTS}:{ext}@1"
+                deadline = time.monotonic() + 10
+                while key not in arrivals and time.monotonic() < deadline:
+                    arrived.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(arrived.wait(), 0.5)
+                message = arrivals.get(key)
+                if message is None:
+                    lost += 1
+                    continue
+                from_commit.append((message.received - committed).total_seconds() * 1000)
+                from_recorded.append(delivery_latency(message) * 1000)
+                await asyncio.sleep(args.change_interval)
+            reader.cancel()
     finally:
         await storage.close()
     return {"from_commit_ms": from_commit, "from_recorded_ms": from_recorded, "lost": lost}

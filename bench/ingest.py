@@ -78,7 +78,7 @@ def write_csv(path: Path, sites: int, hours: int) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         for hour in build_rows(ids, hours):
-            for c, start, length, count, speed, occ, q in hour:
+            for c, start, length, count, speed, _occupancy, q in hour:
                 w.writerow((c, start.isoformat(), length, count, speed, "", q))
 
 

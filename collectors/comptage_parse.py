@@ -33,7 +33,7 @@ Decisions, so that callers and operators know what happens to a file:
   computation (interpolation, averaging) per the schema, so it is rounded and
   marked `quality="estimated"`; `20.0` is an ordinary observed 20. An empty count
   means "no counting" per the schema: kept with `count=None, quality="missing"`.
-- Measure length: end − start; when `end_datetime` is empty, the channel's
+- Measure length: end - start; when `end_datetime` is empty, the channel's
   `time_step` (from `time_steps`, else `default_time_step`), a day step ending at
   the next local midnight-equivalent so a DST day lasts 23 or 25 hours.
 - Channel `time_step`: the schema has no default (it is only required when measures
@@ -57,7 +57,7 @@ from zoneinfo import ZoneInfo
 from pydantic import ValidationError
 
 from feed.errors import InputError, ParseError
-from feed.model import ChannelRecord, MeasurementRecord, Quarantined, SiteRecord, VehicleClass
+from feed.model import ChannelRecord, MeasurementRecord, Quality, Quarantined, SiteRecord, VehicleClass
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +328,7 @@ class CsvItems(Generic[T]):
             if len(row) != width:
                 yield self._quarantine(f"expected {width} columns, found {len(row)}", start)
                 continue
-            values = {name: cell.strip() for name, cell in zip(self.columns, row) if name}
+            values = {name: cell.strip() for name, cell in zip(self.columns, row, strict=True) if name}
             try:
                 yield self._convert(values, self.separator)
             except (_RowError, ValidationError) as err:
@@ -582,7 +582,7 @@ def _measure_converter(
         if length <= 0:
             raise _RowError(f"end_datetime {end.isoformat()} is not after start_datetime {start.isoformat()}")
         count, estimated = _count(values.get("count", ""), separator)
-        quality = "missing" if count is None else "estimated" if estimated else "observed"
+        quality: Quality = "missing" if count is None else "estimated" if estimated else "observed"
         return MeasurementRecord(
             channel_external_id=channel_id, start=start, length=length, count=count, quality=quality
         )

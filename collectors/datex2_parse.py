@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache, partial
 from itertools import chain
-from typing import IO, Any
+from typing import IO, Any, TypedDict
 
 from lxml import etree
 
@@ -484,6 +484,15 @@ def _event(record: etree._Element, situation: etree._Element, walk: _Walk) -> Ev
     )
 
 
+class _Times(TypedDict, total=False):
+    """The times of an EventRecord, as keyword arguments."""
+
+    planned_start: datetime | None
+    planned_end: datetime | None
+    actual_start: datetime | None
+    actual_end: datetime | None
+
+
 def _times(
     start: datetime | None,
     end: datetime | None,
@@ -491,13 +500,19 @@ def _times(
     begun: bool,
     ended: bool,
     updated: datetime | None,
-) -> dict[str, datetime | None]:
+) -> _Times:
     """DATEX has one validity period: its times are actual when the source says the event
     began (or ended), planned otherwise; an ended record without an end ended when updated."""
-    return {
-        "actual_start" if begun else "planned_start": start,
-        "actual_end" if ended else "planned_end": (end or updated) if ended else end,
-    }
+    times: _Times = {}
+    if begun:
+        times["actual_start"] = start
+    else:
+        times["planned_start"] = start
+    if ended:
+        times["actual_end"] = end or updated
+    else:
+        times["planned_end"] = end
+    return times
 
 
 def _event_type(record_class: str | None, record: etree._Element) -> EventType:

@@ -50,6 +50,12 @@ class Fetched:
     last_modified: str | None
     attempts: int
 
+    @property
+    def content(self) -> IO[bytes]:
+        """The body of a 200 (a 304, which has none, is never read)."""
+        assert self.body is not None, "a 304 has no body"
+        return self.body
+
     def close(self) -> None:
         if self.body is not None:
             self.body.close()
@@ -189,7 +195,7 @@ class Fetcher:
             declared = resp.content_length
             if declared is not None and resp.headers.get("Content-Encoding") is None and declared > policy.max_bytes:
                 raise FetchError(source_id, url, f"body of {declared} bytes exceeds the limit of {policy.max_bytes}")
-            body = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+            body = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - handed to Fetched, which closes it
             size = 0
             try:
                 async for chunk in resp.content.iter_chunked(256 * 1024):

@@ -35,10 +35,11 @@ is `time >= watermark`, ordered by time then id, with `offset` = that number.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -93,9 +94,9 @@ MAX_EXCERPT = 500
 CHUNK_SIZE = 1 << 16
 MAX_ITEM = 16 << 20  # one exported record larger than this is refused
 
-_EVENT_TYPES: tuple[str, ...] = get_args(EventType)
-_SEVERITIES: tuple[str, ...] = get_args(Severity)
-_STATUSES: tuple[str, ...] = get_args(EventStatus)
+_EVENT_TYPES: dict[str, EventType] = {t: t for t in get_args(EventType)}
+_SEVERITIES: dict[str, Severity] = {s: s for s in get_args(Severity)}
+_STATUSES: dict[str, EventStatus] = {s: s for s in get_args(EventStatus)}
 
 
 # --------------------------------------------------------------------------- mappings
@@ -455,10 +456,8 @@ class _Converter:
             if isinstance(self.mapping, CounterMapping) and isinstance(record.get(time_field), str):
                 ref += f" {time_field}={record[time_field]}"
         if time_field is not None:
-            try:
+            with contextlib.suppress(_Bad):  # reported below, with the record
                 self.state.saw_time(_datetime(record.get(time_field), time_field, self.zone), self.not_after)
-            except _Bad:
-                pass  # reported below, with the record
         if len(self.state.sites) > _SEEN_LIMIT or len(self.state.channels) > _SEEN_LIMIT:
             self.state.sites.clear()
             self.state.channels.clear()
@@ -512,7 +511,7 @@ class _Converter:
                 raise _Bad(f"negative count {count_value:g} in field {m.count!r}")
             if count_value > MAX_COUNT:
                 raise _Bad(f"count {count_value:g} in field {m.count!r} is out of range")
-            count = int(round(count_value))
+            count = round(count_value)
             estimated = count != count_value
         speed = _number(rec.get(m.speed), m.speed) if m.speed else None
         occupancy = _number(rec.get(m.occupancy), m.occupancy) if m.occupancy else None
@@ -579,7 +578,7 @@ class _Converter:
             event_type = (
                 _lookup(m.type_map, label)
                 or DATEX_RECORD_TYPES.get(label)
-                or (label.lower() if label.lower() in _EVENT_TYPES else None)
+                or _EVENT_TYPES.get(label.lower())
                 or m.default_type
             )
 
@@ -595,13 +594,13 @@ class _Converter:
         if m.severity:
             raw = _field_text(rec, m.severity)
             if raw is not None:
-                severity = _lookup(m.severity_map, raw) or (raw.lower() if raw.lower() in _SEVERITIES else "unknown")
+                severity = _lookup(m.severity_map, raw) or _SEVERITIES.get(raw.lower(), "unknown")
 
         status: EventStatus | None = None
         if m.status:
             raw = _field_text(rec, m.status)
             if raw is not None:
-                status = _lookup(m.status_map, raw) or (raw.lower() if raw.lower() in _STATUSES else None)
+                status = _lookup(m.status_map, raw) or _STATUSES.get(raw.lower())
         if status is None:
             status = self._status_from_times(planned_start or actual_start, actual_end or planned_end)
 
@@ -819,7 +818,7 @@ class _JsonReader:
                 if not truncated or self._eof:
                     raise self._error(f"not valid JSON: {what}: invalid JSON: {err.msg}") from None
                 if len(self._buf) - self._pos > MAX_ITEM:
-                    raise self._error(f"{what} is larger than {MAX_ITEM} bytes")
+                    raise self._error(f"{what} is larger than {MAX_ITEM} bytes") from None
                 self._fill()
                 continue
             if end == len(self._buf) and not self._eof and self._fill():
@@ -955,7 +954,7 @@ class _Items:
     def close(self) -> None:
         self._gen.close()
 
-    def _items(self) -> Iterator[ParsedItem]:
+    def _items(self) -> Generator[ParsedItem, None, None]:
         for record in self._records:
             yield from self._conv.convert(record)
 

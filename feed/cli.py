@@ -9,20 +9,27 @@ import logging
 import sys
 from collections.abc import Callable
 
+import aiohttp
 import asyncpg
 import psycopg
 
+from collectors.fetch import Fetcher
+from feed.collect.poll import poll_source
 from feed.http import agents
 from feed.store import agents as accounts
 from feed.roads import ReferentialError, Road, parse_referential
 from feed.store import embedded, roads
 from feed.store.cluster import ClusterError
+from feed.store.storage import Storage
 from feed.logs import FORMATS, resolve_format, setup_logging
-from feed.config import Config, load_config
+from feed.config import Config, SourceConfig, load_config
 from feed.errors import ConfigError
 from feed.store.migrations import MigrationError, detect_engine, migrate, storage_mode, table_sizes
-from feed.publish.static_export import ExportError
+from feed.publish.static_export import ExportError, export_feeds
+from feed.server.demo import run_demo
+from feed.simulator.server import run_simulator
 from feed.server.service import NotMigrated, run
+from feed.simulator.national import NationalNetwork
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -83,13 +90,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return asyncio.run(_collect(config, sources[args.source], args.once))
 
 
-async def _collect(config: Config, source, once: bool) -> int:
-    import aiohttp
-
-    from collectors.fetch import Fetcher
-    from feed.collect.poll import poll_source
-    from feed.store.storage import Storage
-
+async def _collect(config: Config, source: SourceConfig, once: bool) -> int:
     storage = await Storage.open(embedded.database_url(config), max_size=4)
     try:
         async with aiohttp.ClientSession() as session:
@@ -114,14 +115,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from feed.simulator.server import run_simulator
-
     if args.speed <= 0:
         raise ConfigError(f"--speed {args.speed:g}: must be greater than 0 (1 = real time)")
     national = None
     if args.sites is not None:
-        from feed.simulator.national import NationalNetwork
-
         try:
             national = NationalNetwork(sites=args.sites, step=args.step)
         except ValueError as err:
@@ -131,8 +128,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from feed.server.demo import run_demo
-
     if args.speed <= 0 or args.interval < 1:
         raise ConfigError("--speed must be greater than 0 and --interval at least 1 second")
     asyncio.run(run_demo(args.host, args.port, args.seed, args.speed, args.interval))
@@ -140,9 +135,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_export_feeds(args: argparse.Namespace) -> int:
-    from feed.publish.static_export import export_feeds
-    from feed.store.storage import Storage
-
     config = _config(args)
 
     async def export() -> dict:
@@ -157,7 +149,7 @@ def cmd_export_feeds(args: argparse.Namespace) -> int:
     return 0
 
 
-def _human(n: int) -> str:
+def _human(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -70,6 +70,10 @@ class _Metric:
     def header(self) -> list[str]:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
 
+    def lines(self) -> list[str]:
+        """The samples, one exposition line each (every kind of metric says how)."""
+        raise NotImplementedError
+
 
 class Counter(_Metric):
     kind = "counter"

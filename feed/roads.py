@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from itertools import pairwise
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,7 +130,7 @@ def parse_referential(data: bytes, origin: str) -> list[Road]:
         if len(r.prs) < 2:
             raise ReferentialError(f"{origin}: road {r.road} has a single PR; a road needs at least two")
         ordered = sorted(r.prs.items())
-        for (a, pa), (b, pb) in zip(ordered, ordered[1:], strict=False):
+        for (a, pa), (b, pb) in pairwise(ordered):
             if pa == pb:
                 raise ReferentialError(f"{origin}: road {r.road} PR {a} and PR {b} are at the same place")
     return list(roads.values())

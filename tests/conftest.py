@@ -43,7 +43,7 @@ class Server:
         name = f"t{os.getpid()}_{next(_counter)}"
         template = "roadfeed_template" if migrated else "template0"
         with psycopg.connect(self.cluster.url, autocommit=True) as conn:
-            for attempt in range(50):
+            for _attempt in range(50):
                 try:
                     conn.execute(f'CREATE DATABASE "{name}" TEMPLATE {template}')
                     break

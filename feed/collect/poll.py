@@ -121,7 +121,7 @@ async def poll_source(
     except asyncio.CancelledError:  # stopping took too long: close the run, then stop
         interrupted = True
         stats.error = "interrupted: roadfeed stopped during the poll"
-    except Exception as err:  # noqa: BLE001 - a poll must never take the process down
+    except Exception as err:  # a poll must never take the process down (logged with its traceback)
         log.exception("source %s: poll failed", source.id)
         stats.error = f"{type(err).__name__}: {err}"
     stats.bytes = poll_fetcher.bytes_read

@@ -58,7 +58,7 @@ async def poll_datex2(source: SourceConfig, state: SourceState, fetcher: Fetcher
     if fetched.status == 304:
         outcome.snapshot = False  # nothing read: nothing may be ended
         return outcome
-    await _consume(sink, fetched, parse_datex2(fetched.body, source_id=source.id, now=sink.now))
+    await _consume(sink, fetched, parse_datex2(fetched.content, source_id=source.id, now=sink.now))
     return outcome
 
 
@@ -69,18 +69,18 @@ async def poll_comptage(source: SourceConfig, state: SourceState, fetcher: Fetch
     time_steps: dict[str, int] = {}
     if "sites_url" in opts:
         fetched = await fetcher.get(source.id, opts["sites_url"])
-        await _consume(sink, fetched, iter(comptage_parse.parse_sites(fetched.body, source=source.id)))
+        await _consume(sink, fetched, iter(comptage_parse.parse_sites(fetched.content, source=source.id)))
     if "channels_url" in opts:
         fetched = await fetcher.get(source.id, opts["channels_url"])
         await _consume(sink, fetched, _noting_time_steps(iter(comptage_parse.parse_channels(
-            fetched.body, source=source.id, default_time_step=opts.get("time_step"), local_timezone=tz)),
+            fetched.content, source=source.id, default_time_step=opts.get("time_step"), local_timezone=tz)),
             time_steps))
     fetched = await fetcher.get(source.id, source.url, etag=state.etag, last_modified=state.last_modified)
     outcome = PollOutcome(fetched.status, fetched.etag, fetched.last_modified)
     if fetched.status == 304:
         return outcome
     await _consume(sink, fetched, iter(comptage_parse.parse_measures_stream(
-        fetched.body, source=source.id, time_steps=time_steps, default_time_step=opts.get("time_step"),
+        fetched.content, source=source.id, time_steps=time_steps, default_time_step=opts.get("time_step"),
         local_timezone=tz, columns=opts.get("columns"))))
     return outcome
 
@@ -118,7 +118,7 @@ async def poll_opendatasoft(source: SourceConfig, state: SourceState, fetcher: F
         url = opendatasoft_parse.exports_url(source.url, dataset)
         fetched = await fetcher.get(source.id, url, headers=headers, error_detail=opendatasoft_parse.parse_ods_error)
         await _consume(sink, fetched, opendatasoft_parse.parse_export_json(
-            fetched.body, mapping, source=source.id, now=sink.now))
+            fetched.content, mapping, source=source.id, now=sink.now))
         return PollOutcome(fetched.status, snapshot=True)
 
     watermark, seen = _cursor(state)
@@ -133,7 +133,7 @@ async def poll_opendatasoft(source: SourceConfig, state: SourceState, fetcher: F
         )
         fetched = await fetcher.get(source.id, url, headers=headers, error_detail=opendatasoft_parse.parse_ods_error)
         outcome.http_status = fetched.status
-        page = opendatasoft_parse.parse_records_stream(fetched.body, mapping, source=source.id, now=sink.now,
+        page = opendatasoft_parse.parse_records_stream(fetched.content, mapping, source=source.id, now=sink.now,
                                                        not_after=horizon)
         await _consume(sink, fetched, page)
         if not sink.result.complete:
@@ -166,7 +166,7 @@ async def _backfill_counters(
                                 policy=replace(fetcher.policy, timeout=max(fetcher.policy.timeout, 600),
                                                max_bytes=int(source.options.get("max_body_bytes",
                                                                                 BACKFILL_MAX_BYTES))))
-    items = opendatasoft_parse.parse_export_json(fetched.body, mapping, source=source.id, now=sink.now,
+    items = opendatasoft_parse.parse_export_json(fetched.content, mapping, source=source.id, now=sink.now,
                                                  not_after=horizon)
     await _consume(sink, fetched, items)
     return PollOutcome(fetched.status, watermark=_cursor_text(items.watermark, items.at_watermark))

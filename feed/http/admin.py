@@ -415,7 +415,7 @@ def openapi_paths() -> dict[str, Any]:
     error = {"content": {JSON_TYPE: {"schema": {"$ref": "#/components/schemas/Error"}}}}
     guarded = {"401": {"description": "missing or wrong token", **error},
                "403": {"description": "admin API disabled: no [server] admin_token", **error}}
-    security = [{"adminToken": []}]
+    security: list[dict[str, list[str]]] = [{"adminToken": []}]
 
     def op(summary: str, operation_id: str, ok: str, *, parameters: list[dict[str, Any]] | None = None,
            extra: dict[str, Any] | None = None, body: bool = False, status: str = "200") -> dict[str, Any]:

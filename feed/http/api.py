@@ -24,7 +24,7 @@ import re
 import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -285,6 +285,10 @@ def counts_range(query: MultiMapping[str], step: Step, tz: ZoneInfo, now: dateti
 # --------------------------------------------------------------------------- rendering
 
 
+@overload
+def iso(value: datetime, tz: ZoneInfo) -> str: ...
+@overload
+def iso(value: None, tz: ZoneInfo) -> None: ...
 def iso(value: datetime | None, tz: ZoneInfo) -> str | None:
     """Local time with its offset; in UTC when the offset has seconds (local mean time
     before 1911 in Paris), which RFC 3339 date-times cannot carry."""

@@ -134,7 +134,7 @@ async def storable_text_middleware(request: web.Request, handler: Handler) -> we
     return await handler(request)
 
 
-class RefusalLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class RefusalLog(logging.LoggerAdapter):
     """aiohttp's server logger for our application: a request aiohttp refuses as
     malformed or oversized (a line or header field too long, a bad head) is one
     line, at most one every few seconds, instead of a traceback per request that
@@ -144,7 +144,7 @@ class RefusalLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         super().__init__(logging.getLogger("aiohttp.server"), {})
         self.throttled = throttled
 
-    def log(self, level: int, msg: object, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+    def log(self, level: int, msg: object, *args: object, **kwargs: object) -> None:
         exc_info = kwargs.get("exc_info")
         exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1] if exc_info else None
         if level >= logging.ERROR and isinstance(exc, BadHttpMessage):

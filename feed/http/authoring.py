@@ -425,7 +425,7 @@ def authoring_paths() -> dict[str, Any]:
                "403": {"description": "role too low, or a session request without its X-CSRF-Token", **error_}}
     body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EventInput"}}}}
     ok = {"200": {"description": "the event as stored, with its new version", "content": {"application/json": {}}}}
-    security = [{"agentSession": []}, {"agentToken": []}]
+    security: list[dict[str, list[str]]] = [{"agentSession": []}, {"agentToken": []}]
     pid = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
     road = {"name": "road", "in": "path", "required": True, "schema": {"type": "string"}}
 

@@ -30,7 +30,7 @@ import io
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 from zoneinfo import ZoneInfo
 
 from aiohttp import BodyPartReader, web
@@ -43,7 +43,7 @@ from feed.http.agents import Principal, authorised, json_response
 from feed.http.api import API
 from feed.errors import BadParameter, ParseError
 from feed.collect.ingest import Plausibility, Sink
-from feed.model import ChannelRecord, MeasurementRecord, ParsedItem, Quarantined, SiteRecord
+from feed.model import ChannelRecord, MeasurementRecord, ParsedItem, Quarantined, SiteRecord, VehicleClass
 from feed.store.storage import RunStats
 from feed.store.transactions import reading
 
@@ -58,6 +58,7 @@ REQUIRED = {"site", "direction", "hour", "count"}
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,40}$")
 MAX_LINES = 200_000
 PREVIEW_ERRORS = 200
+_VEHICLE_CLASSES: dict[str, VehicleClass] = {c: c for c in get_args(VehicleClass)}
 
 
 @dataclass
@@ -113,9 +114,10 @@ def parse_campaign(data: bytes, tz: ZoneInfo) -> Campaign:
         try:
             site_id = (row.get("site") or "").strip()
             direction = (row.get("direction") or "").strip()
-            vehicle_class = (row.get("vehicle_class") or "all").strip() or "all"
-            if vehicle_class not in ("all", "light", "heavy"):
-                raise ValueError(f"vehicle_class {vehicle_class!r} is not all, light or heavy")
+            named_class = (row.get("vehicle_class") or "all").strip() or "all"
+            vehicle_class = _VEHICLE_CLASSES.get(named_class)
+            if vehicle_class is None:
+                raise ValueError(f"vehicle_class {named_class!r} is not all, light or heavy")
             if not site_id or not direction:
                 raise ValueError("site and direction are required")
             count = _number(row, "count", int)
@@ -302,8 +304,9 @@ def campaign_routes(app: web.Application, ctx: AppContext) -> None:
 def campaign_paths() -> dict[str, Any]:
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     return {f"{API}/campaigns": {"post": {
-        "summary": "Upload a counting campaign: a CSV (site;name;road;pr;abscissa;lon;lat;direction;vehicle_class;"
-                   "hour;count), or the site, channel and measure CSVs of the national Comptage des mobilités "
+        "summary": "Upload a counting campaign: a CSV "
+                   "(site;name;road;pr;abscissa;lon;lat;direction;vehicle_class;hour;count), "
+                   "or the site, channel and measure CSVs of the national Comptage des mobilités "
                    "schema as the parts of one multipart/form-data upload (each part's kind told from its "
                    "header). dry_run=true previews the errors per line; otherwise imports it as the source "
                    "campaign-<name>, bad lines quarantined (editor)",

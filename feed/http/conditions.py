@@ -24,7 +24,7 @@ from feed.http.api import API
 from feed.http.authoring import Position
 from feed.errors import BadParameter
 from feed.store.markings import AGENTS_SOURCE
-from feed.model import EventRecord, Geometry
+from feed.model import EventRecord, Geometry, Severity
 from feed.store.conditions import condition_events
 from feed.store.transactions import reading
 
@@ -35,7 +35,7 @@ __all__ = ["LEVELS", "ConditionInput", "condition_paths", "condition_record", "c
 
 Level = Literal["C1", "C2", "C3", "C4"]
 Surface = Literal["snowOnTheRoad", "ice", "blackIce", "freezingOfWetRoads", "wetAndIcyRoad"]
-LEVELS: dict[str, tuple[str, str, str]] = {  # level -> severity, French, English
+LEVELS: dict[str, tuple[Severity, str, str]] = {  # level -> severity, French, English
     "C1": ("low", "conditions normales", "normal conditions"),
     "C2": ("medium", "conditions délicates", "delicate conditions"),
     "C3": ("high", "conditions difficiles", "difficult conditions"),

@@ -180,7 +180,7 @@ class MqttPusher:
                 await self._lead()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the broker or the database away: try again, nothing acknowledged is lost
+            except Exception as exc:  # noqa: BLE001 - the broker or the database away: try again, nothing acknowledged is lost
                 log.warning("MQTT push stopped (%s: %s); retrying in %.1f s", type(exc).__name__, exc,
                             self.retry_interval)
             self.leader = False

@@ -92,8 +92,10 @@ async def run_demo(host: str, port: int, seed: int, speed: float = 1.0, interval
             print(f"simulated département (Opendatasoft API + DATEX II): {simulator_url}/")
             print(f"web page: {base}/")
             print(f"feeds:  {base}/feeds/events.geojson  {base}/feeds/datex2/v3/situations.xml")
-            print(f"        {base}/feeds/sites.geojson  {base}/feeds/waze/cifs.xml  {base}/feeds/wzdx/v4.2/work-zones.geojson")
-            print(f"status: {base}/feeds/status.json   (Ctrl-C stops; `roadfeed db down` stops the database)", flush=True)
+            print(f"        {base}/feeds/sites.geojson  {base}/feeds/waze/cifs.xml  "
+                  f"{base}/feeds/wzdx/v4.2/work-zones.geojson")
+            print(f"status: {base}/feeds/status.json   (Ctrl-C stops; `roadfeed db down` stops the database)",
+                  flush=True)
             clock = simulator_clock(sim_app).now
             async with aiohttp.ClientSession() as session:
                 collector = Collector(config, storage, Fetcher(session), progress=progress, clock=clock)

@@ -205,7 +205,7 @@ class Workers:
                 await self._serve_follower(f)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever stopped it, the follower is restarted
                 problem = str(exc)
             finally:
                 f.serving = False
@@ -228,7 +228,7 @@ class Workers:
         try:
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH")) if p)
-            f.process = subprocess.Popen(
+            f.process = subprocess.Popen(  # noqa: ASYNC220 - returns once started; watched through its socket
                 [sys.executable, "-m", "feed.server.workers", "--fd", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),), env=env,
             )
@@ -271,7 +271,7 @@ class Workers:
     async def _answer_filter(self, f: _Follower, request_id: int, query: EventFilter) -> None:
         try:
             feed, error = await self.publisher.filtered_events(query), None
-        except Exception as exc:  # the follower answers 500, as the leader would
+        except Exception as exc:  # noqa: BLE001 - the follower answers 500, as the leader would
             feed, error = None, f"{type(exc).__name__}: {exc}"
         if f.writer is not None:
             with contextlib.suppress(ConnectionError):

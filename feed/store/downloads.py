@@ -325,7 +325,7 @@ def parse_file_name(name: str) -> tuple[Table, Format] | None:
     table = TABLES.get(stem)
     if table is None or fmt not in FORMATS:
         return None
-    return table, fmt  # type: ignore[return-value]
+    return table, fmt
 
 
 # Every unit the columns use, with how to read it.
@@ -691,7 +691,7 @@ class _Sink(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, b: Any) -> int:  # type: ignore[override]
+    def write(self, b: Any) -> int:
         self._buffer += b
         self._position += len(b)
         return len(b)
@@ -736,10 +736,10 @@ def _parse_batch(chunk: bytes, schema: pa.Schema) -> pa.Table:
             null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False,
         ),
     )
-    for i, field in enumerate(schema):
-        if pa.types.is_binary(field.type):
+    for i, column in enumerate(schema):
+        if pa.types.is_binary(column.type):
             hex_cells = parsed.column(i).to_pylist()
-            parsed = parsed.set_column(i, field.name, pa.array(
+            parsed = parsed.set_column(i, column.name, pa.array(
                 [None if h is None else bytes.fromhex(h.removeprefix("\\x")) for h in hex_cells], pa.binary()))
     return parsed.cast(schema)
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -31,7 +31,7 @@ Step = Literal["hour", "day", "month", "year"]
 STEPS: tuple[Step, ...] = ("hour", "day", "month", "year")
 AGGREGATION_VERSION = "1"
 
-Conn = asyncpg.Pool | asyncpg.Connection
+Conn: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 
 # --------------------------------------------------------------------------- calendar
@@ -394,7 +394,7 @@ async def channel_series(
         ) if chans else []
         expected = [sum(3600 // c.time_step for c in chans)] * len(buckets)
     else:
-        days: list[date] = buckets  # type: ignore[assignment]
+        days: list[date] = buckets
         rows = await conn.fetch(
             _DAILY, [c.id for c in channels], days[0], next_period(days[-1], step), step
         ) if channels else []

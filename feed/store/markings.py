@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from feed.errors import BadParameter
-from feed.model import EventRecord, Geometry
+from feed.model import EventRecord, EventStatus, Geometry
 from feed.roads import normalise_road
 from feed.store.roads import OffRoad, section
 from feed.store.storage import Storage
@@ -173,7 +173,7 @@ async def closure_record(conn: asyncpg.Connection, marking_id: int, road: str, p
     line = await section(conn, road, (pr_from, 0.0), (pr_to, 0.0))
     refs: dict[str, Any] = {"pr": [{"at": "from", "road": road, "pr": pr_from, "abscissa": 0},
                                    {"at": "to", "road": road, "pr": pr_to, "abscissa": 0}]}
-    status = "planned" if start > now else "ended" if end is not None and end <= now else "active"
+    status: EventStatus = "planned" if start > now else "ended" if end is not None and end <= now else "active"
     return EventRecord(
         external_id=f"marking-{marking_id}", type="closure", status=status, severity="high",
         planned_start=start, planned_end=end, actual_start=None if status == "planned" else start,

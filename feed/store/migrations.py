@@ -13,6 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import psycopg
@@ -65,7 +66,8 @@ def load_migrations(sql_dir: Path = SQL_DIR) -> list[Migration]:
     return [Migration(p.name, p.read_text(encoding="utf-8")) for p in files]
 
 
-def _one(conn: psycopg.Connection, sql: str) -> str | None:
+def _one(conn: psycopg.Connection, sql: str) -> Any:
+    """The first column of the query's first row (None without a row)."""
     row = conn.execute(sql).fetchone()
     return None if row is None else row[0]
 
@@ -116,7 +118,7 @@ def migrate(url: str, sql_dir: Path = SQL_DIR) -> MigrationReport:
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
         try:
             engine = _prepare(conn)
-            done = dict(conn.execute("SELECT name, checksum FROM schema_migrations").fetchall())
+            done: dict[str, str] = dict(conn.execute("SELECT name, checksum FROM schema_migrations").fetchall())
             applied, already = [], []
             for m in migrations:
                 if m.name in done:
@@ -154,7 +156,7 @@ def table_sizes(conn: psycopg.Connection) -> list[tuple[str, int]]:
             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
             ORDER BY c.relname"""
     ).fetchall()
-    sizes = dict(rows)
+    sizes: dict[str, int] = dict(rows)
     has_ts = _one(conn, "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
     if has_ts:
         for (name,) in conn.execute("SELECT hypertable_name FROM timescaledb_information.hypertables").fetchall():

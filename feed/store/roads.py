@@ -11,6 +11,7 @@ queries run in PostgreSQL/PostGIS.
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from typing import Any, Literal
 
 import asyncpg
@@ -71,7 +72,7 @@ async def store_referential(conn: asyncpg.Connection, roads: list[Road]) -> int:
             await conn.execute(_INSERT_SHAPED_ROAD, r.road, r.name, [p[0] for p in r.shape], [p[1] for p in r.shape])
             placed = sorted((row["pr"], row["measure"]) for row in
                             await conn.fetch(_INSERT_SHAPED_PRS, r.road, prs, lons, lats))
-            for (a, ma), (b, mb) in zip(placed, placed[1:], strict=False):
+            for (a, ma), (b, mb) in pairwise(placed):
                 if mb <= ma:
                     raise ReferentialError(f"road {r.road}: PR {b} is not after PR {a} along the road's shape "
                                            "(is the shape drawn from the lowest PR?)")

@@ -61,6 +61,8 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
 )
+# A connection that met one of these (or was cancelled) is closed at once, never given back.
+_TERMINATE_ON: tuple[type[BaseException], ...] = (*DATABASE_UNAVAILABLE, asyncio.CancelledError)
 
 
 @asynccontextmanager
@@ -74,7 +76,7 @@ async def bounded_connection(pool: asyncpg.Pool, seconds: float) -> AsyncIterato
         try:
             async with asyncio.timeout(seconds):
                 yield conn
-        except (*DATABASE_UNAVAILABLE, asyncio.CancelledError):
+        except _TERMINATE_ON:
             conn.terminate()
             raise
 
@@ -148,8 +150,10 @@ _ROLLUP_UPDATE = """
 # Adding a batch of rows that are all new (the COPY path) to the buckets' totals:
 # exact, and it reads only the batch instead of whole buckets.
 _ROLLUP_ADD = """
-    count_sum = r.count_sum + EXCLUDED.count_sum, speed_weighted_sum = r.speed_weighted_sum + EXCLUDED.speed_weighted_sum,
-    speed_count = r.speed_count + EXCLUDED.speed_count, intervals_present = r.intervals_present + EXCLUDED.intervals_present,
+    count_sum = r.count_sum + EXCLUDED.count_sum,
+    speed_weighted_sum = r.speed_weighted_sum + EXCLUDED.speed_weighted_sum,
+    speed_count = r.speed_count + EXCLUDED.speed_count,
+    intervals_present = r.intervals_present + EXCLUDED.intervals_present,
     intervals_estimated = r.intervals_estimated + EXCLUDED.intervals_estimated,
     intervals_expected = EXCLUDED.intervals_expected"""
 _BATCH_ROWS = "m.start BETWEEN t.lo AND t.hi"
@@ -470,7 +474,7 @@ class Storage:
                    table="sites", columns="source_id, external_id, name, road, pr, abscissa, insee, geom, metadata",
                    values="$1, external_id, name, road, pr, abscissa, insee, geom, metadata")})
                SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM changed)""",
-            source_id, *map(list, zip(*rows)),
+            source_id, *map(list, zip(*rows, strict=True)),
         )
         if result[0] or result[1]:
             await self.pool.execute("SELECT pg_notify($1, 'sites')", CHANGES_CHANNEL)
@@ -515,7 +519,7 @@ class Storage:
                    values="$1, site_id, external_id, direction, direction_name, lane, vehicle_class, mobility_type, "
                           "time_step")})
                SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM changed)""",
-            source_id, *map(list, zip(*rows)),
+            source_id, *map(list, zip(*rows, strict=True)),
         )
         if result[0] or result[1]:
             await self.pool.execute("SELECT pg_notify($1, 'sites')", CHANGES_CHANNEL)
@@ -937,7 +941,8 @@ def _whole_hour_offsets(timezone: str) -> bool:
     """Whether every UTC offset the zone has used since 1990 is a whole number of hours."""
     zone = ZoneInfo(timezone)
     probes = (datetime(year, month, 1, tzinfo=UTC) for year in range(1990, 2041) for month in (1, 4, 7, 10))
-    return all(p.astimezone(zone).utcoffset().total_seconds() % 3600 == 0 for p in probes)
+    offsets = (p.astimezone(zone).utcoffset() for p in probes)
+    return all(o is not None and o.total_seconds() % 3600 == 0 for o in offsets)
 
 
 def _content_hash(rec: EventRecord) -> bytes:

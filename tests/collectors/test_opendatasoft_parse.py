@@ -171,7 +171,7 @@ def test_channel_ids_from_direction_and_vehicle_class():
         ("MMT34.H1:1:TV", "1", "all", 900),
     ]
     assert len(page.sites) == 1 and page.sites[0].lon is None
-    pl, vl, tv = page.measurements
+    pl, vl, _tv = page.measurements
     assert (pl.count, pl.speed, pl.quality) == (120, 81.5, "observed")
     assert (vl.count, vl.quality) == (980, "estimated")
     (bad,) = page.quarantined
@@ -378,7 +378,8 @@ def test_ods_error_messages():
     assert parse_ods_error(404, b'{"error_code": "NotFound", "message": "Unknown dataset: inforoute-34"}') == (
         "HTTP 404 Not Found: dataset or resource not found: [NotFound] Unknown dataset: inforoute-34"
     )
-    assert parse_ods_error(400, b'{"error_code": "InvalidRESTParameterError", "message": "Invalid value for limit API parameter: 101 was found but -1 <= limit <= 100 is expected."}').startswith(
+    assert parse_ods_error(400, b'{"error_code": "InvalidRESTParameterError", "message": "Invalid value for limit '
+                                b'API parameter: 101 was found but -1 <= limit <= 100 is expected."}').startswith(
         "HTTP 400 Bad Request: [InvalidRESTParameterError] Invalid value for limit"
     )
     assert "check the API key" in parse_ods_error(401, b'{"error_code": "Unauthorized", "message": "no"}')

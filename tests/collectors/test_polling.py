@@ -8,6 +8,7 @@ import gzip
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import aiohttp
@@ -15,10 +16,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from collectors.fetch import Fetcher, FetchPolicy
+from collectors.fetch import Fetcher, FetchPolicy, retry_delay
+from exporters.datex2_v2 import render_situations
 from feed.collect.poll import poll_source
-from feed.config import PublicationConfig, SourceConfig
-from feed.model import Geometry
+from feed.collect.scheduler import Collector
+from feed.config import Config, PublicationConfig, SourceConfig
+from feed.model import Geometry, StoredEvent
 from feed.store.storage import Storage
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -189,9 +192,6 @@ async def test_opendatasoft_rate_limit_is_reported(storage, origin, fetcher):
 
 def situation_v2(ids: list[str]) -> bytes:
     """A minimal real-shaped DATEX II v2 snapshot listing the given situation ids."""
-    from exporters.datex2_v2 import render_situations
-    from feed.model import StoredEvent
-
     now = datetime(2026, 11, 28, 8, tzinfo=UTC)
     events = [StoredEvent(
         id=f"herault:{i}", source_id="herault", external_id=i, version=1, type="roadworks",
@@ -314,9 +314,6 @@ async def test_sites_and_events_outside_the_area_are_quarantined(storage, origin
 
 
 async def test_one_hanging_source_does_not_delay_another(storage, origin, fetcher):
-    from feed.config import Config
-    from feed.collect.scheduler import Collector
-
     hang = asyncio.Event()
 
     async def respond(request: web.Request) -> web.Response:
@@ -341,7 +338,7 @@ async def test_one_hanging_source_does_not_delay_another(storage, origin, fetche
         slow = await runs(storage, "slow")
         # The quick source kept its rhythm while the slow one hung (never overlapping itself).
         assert len(quick) >= 3 and all(r["error"] is None for r in quick)
-        gaps = [(b["started"] - a["started"]).total_seconds() for a, b in zip(quick, quick[1:])]
+        gaps = [(b["started"] - a["started"]).total_seconds() for a, b in pairwise(quick)]
         assert max(gaps) < 2.5
         assert sum(r["finished"] is None for r in slow) <= 1
     finally:
@@ -412,8 +409,6 @@ async def test_malformed_csv_rows_and_impossible_speeds_are_quarantined(storage,
 
 
 def test_retry_delay_backs_off_with_jitter_and_obeys_the_server():
-    from collectors.fetch import retry_delay
-
     policy = FetchPolicy(backoff_base=1.0, backoff_max=60.0)
     assert [retry_delay(n, policy, rand=lambda: 0.5) for n in range(4)] == [1.0, 2.0, 4.0, 8.0]
     assert retry_delay(10, policy, rand=lambda: 0.5) == 60.0

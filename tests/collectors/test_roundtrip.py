@@ -14,7 +14,7 @@ from collectors.datex2_parse import parse_datex2
 from collectors.opendatasoft_parse import event_mapping_from_options, parse_export_json
 from exporters import datex2_v2, datex2_v3
 from feed.config import PublicationConfig
-from feed.model import EventRecord, Geometry, StoredEvent
+from feed.model import EventRecord, Geometry, MeasurementRecord, StoredChannel, StoredEvent, StoredSite
 from feed.simulator.datasets import _render
 from feed.simulator.simulation import Simulation
 from feed.simulator.sources import simulator_sources
@@ -80,7 +80,7 @@ def same_event(ours: StoredEvent, back: EventRecord, *, full_line: bool) -> None
     assert back.geometry is not None and back.geometry.type == ours.geometry.type
     theirs, mine = back.geometry.points, ours.geometry.points
     if full_line or ours.geometry.type == "Point":
-        assert len(theirs) == len(mine) and all(close(a, b) for a, b in zip(theirs, mine))
+        assert len(theirs) == len(mine) and all(close(a, b) for a, b in zip(theirs, mine, strict=True))
     else:  # DATEX II v2.3 has no line geometry: a linear location goes from the first to the last point
         assert close(theirs[0], mine[0]) and close(theirs[-1], mine[-1])
 
@@ -97,8 +97,6 @@ def test_our_situation_feeds_read_back_as_the_same_events(moments, version):
 
 
 def test_our_measured_data_reads_back_with_its_counts_and_hourly_periods():
-    from feed.model import MeasurementRecord, StoredChannel, StoredSite
-
     hour = datetime(2026, 11, 28, 7, tzinfo=UTC)
     sites = [StoredSite(id=n, source_id="cd34", external_id=f"S{n}", name=f"site {n}", road="RD613",
                         lon=3.6 + n / 100, lat=43.5, channels=[

@@ -146,7 +146,7 @@ async def test_a_disabled_account_cannot_log_in_and_its_session_and_tokens_stop(
     status, session = await login(client, "eddie")
     assert status == 200
     assert users(db_url, monkeypatch, capsys, "disable", "eddie")[0] == 0
-    status, body = await login(client, "eddie")
+    status, _body = await login(client, "eddie")
     assert status == 401
     async with client.post("/api/v1/events", json=EVENT, headers={"X-CSRF-Token": session["csrf_token"]}) as resp:
         assert resp.status == 401

@@ -562,7 +562,8 @@ async def test_random_series_equal_a_recomputation_from_raw_rows(env: Env, data,
     channel_steps = {ids[f"{ext}-{i}"]: ts for i, ts in enumerate(steps)}
     # Intervals the plausibility tests rejected (e.g. a direction silent while another flows) are not present.
     rejected = {(r["channel_id"], r["start"]): r["flag"] for r in await storage.pool.fetch(
-        "SELECT channel_id, start, flag FROM measurements WHERE channel_id = ANY($1::int[]) AND validation = 'invalid'",
+        "SELECT channel_id, start, flag FROM measurements "
+        "WHERE channel_id = ANY($1::int[]) AND validation = 'invalid'",
         list(channel_steps))}
     for step, a, b in (("hour", "2025-03-29T20:00", "2025-03-31T04:00"), ("day", "2025-03-28", "2025-04-02"),
                        ("month", "2025-03", "2025-05")):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from feed.store.cluster import host_engine
+from feed.store.cluster import host_engine, missing_binaries_message
 from feed.store.migrations import load_migrations
 
 pytestmark = pytest.mark.skipif(host_engine() is None, reason="no host PostgreSQL with PostGIS")
@@ -87,7 +87,5 @@ def test_db_lifecycle_as_an_ordinary_user(traversable_checkout):
 
 
 def test_no_binaries_message_names_the_packages():
-    from feed.store.cluster import missing_binaries_message
-
     assert "postgresql-15-postgis-3" in missing_binaries_message()
     assert "ROADFEED_DATABASE_URL" in missing_binaries_message()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from collectors.opendatasoft_parse import mapping_from_options
 from feed.config import load_config
 from feed.errors import ConfigError
 
@@ -13,8 +14,6 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "roadfeed.example.toml"
 
 
 def test_example_file_loads_and_every_source_mapping_is_valid():
-    from collectors.opendatasoft_parse import mapping_from_options
-
     config = load_config(EXAMPLE)
     assert config.publication.country == "fr" and config.publication.languages == ["fr", "en"]
     assert {s.kind for s in config.sources} == {"datex2", "opendatasoft"}

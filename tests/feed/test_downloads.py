@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -172,7 +173,7 @@ async def test_every_time_is_followed_by_the_same_instant_in_utc(env: Env, name:
     """Local times change offset with DST; each is followed by its UTC twin (Z), which pandas reads as UTC
     instants without utc=True, in the CSV and as UTC timestamps in Parquet."""
     table = downloads.TABLES[name]
-    pairs = [(a.name, b.name) for a, b in zip(table.columns, table.columns[1:])
+    pairs = [(a.name, b.name) for a, b in pairwise(table.columns)
              if a.type == "timestamp" and b.type == "timestamp_utc"]
     assert len(pairs) == sum(c.type == "timestamp" for c in table.columns) > 0
     body = (await fetch(env.client, f"/api/v1/downloads/2025/{name}.csv"))[1]

@@ -386,13 +386,13 @@ async def test_stored_changes_publish_new_versions(client: TestClient, storage: 
     await storage.ingest_measurements([(ids_["S1-N"], start, 900, 123, 88.0, None, "observed")])
 
     async def sites_changed() -> dict[str, Any] | None:
-        resp, body = await fetch(client, "/feeds/sites.geojson")
+        _resp, body = await fetch(client, "/feeds/sites.geojson")
         doc = json.loads(body)
         latest = [c["latest"] for f in doc["features"] for c in f["properties"]["channels"]]
         return doc if any(lat and lat["count"] == 123 for lat in latest) else None
 
     await eventually(sites_changed)
-    resp, xml = await fetch(client, "/feeds/datex2/v3/measured-data.xml")
+    resp, _xml = await fetch(client, "/feeds/datex2/v3/measured-data.xml")
     assert resp.headers["ETag"] != sites_before.headers["ETag"]
 
 

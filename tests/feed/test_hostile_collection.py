@@ -335,11 +335,9 @@ async def test_counters_watermark_passes_only_settled_records_and_stores_every_g
                 WHERE c.source_id = $1""", source.id)
         return {(r["external_id"], r["start"]): r["count"] for r in rows}
 
-    polls = 0
-    for _ in range(6):  # polls at the same time until nothing moves
+    for polls in range(6):  # polls at the same time until nothing moves
         before = await storage.source_state(source.id) if polls else None
         report = await poll_source(source, storage, fetcher, HERAULT, now=NOW)
-        polls += 1
         assert report.stats.error is None, report.line()
         if before is not None and (await storage.source_state(source.id)).watermark == before.watermark:
             break

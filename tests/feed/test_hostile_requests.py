@@ -271,8 +271,8 @@ async def test_csv_cells_are_neutralised_alike_in_python_and_sql(storage: Storag
 
 
 def test_full_width_formulas_are_neutralised():
-    assert downloads.neutralise("＝1+1") == "'＝1+1"
-    assert downloads.neutralise("＋cmd") == "'＋cmd" and downloads.neutralise(" =1") == "' =1"
+    assert downloads.neutralise("＝1+1") == "'＝1+1"  # noqa: RUF001 - full-width signs on purpose
+    assert downloads.neutralise("＋cmd") == "'＋cmd" and downloads.neutralise(" =1") == "' =1"  # noqa: RUF001
     assert downloads.neutralise("-3.5e2") == "-3.5e2" and downloads.neutralise("Montbazin") == "Montbazin"
 
 

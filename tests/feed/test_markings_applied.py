@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
@@ -38,8 +39,6 @@ def count_of(start: datetime) -> int:
 
 @pytest.fixture
 async def env(storage: Storage, db_url: str) -> AsyncIterator[tuple[TestClient, dict[str, str], int, list[Any]]]:
-    import psycopg
-
     await load_simulated_roads(storage)
     await storage.ensure_source("cnt", "opendatasoft", "http://127.0.0.1:9/cnt")
     await storage.upsert_sites("cnt", [SiteRecord(external_id="S1", name="RD613 Montbazin", road="RD613",
@@ -83,7 +82,7 @@ async def annual(client: TestClient) -> dict[str, Any]:
 
 def expected_daily(rows: list[Any], start: datetime, end: datetime) -> dict[str, tuple[int, float]]:
     out: dict[str, list[int]] = {}
-    for _, t, step, count, *_ in rows:
+    for _, t, _step, count, *_ in rows:
         day = t.astimezone(PARIS).date().isoformat()
         kept = not (start <= t < end)
         acc = out.setdefault(day, [0, 0, 0])

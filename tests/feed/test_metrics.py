@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import sys
@@ -199,8 +200,6 @@ async def _until_published(publisher) -> None:
 
 
 def test_json_formatter_writes_fields_and_exceptions():
-    import logging
-
     record = logging.LogRecord("roadfeed.collect", logging.WARNING, __file__, 1, "poll of %s", ("a",), None)
     record.fields = {"source": "a", "new": 3, "message": "not overriding"}
     document = json.loads(JsonFormatter().format(record))

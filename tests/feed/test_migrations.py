@@ -30,7 +30,7 @@ def test_edited_applied_migration_is_refused(server, tmp_path: Path):
     migrate(url, sql_dir)
     edited = sql_dir / "001_core.sql"
     edited.write_text(edited.read_text() + "\n-- an innocent-looking edit\n")
-    with pytest.raises(MigrationError, match="001_core.sql has changed since it was applied"):
+    with pytest.raises(MigrationError, match=r"001_core\.sql has changed since it was applied"):
         migrate(url, sql_dir)
 
 

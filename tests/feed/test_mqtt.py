@@ -52,7 +52,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 break
             except OSError:
                 if proc.poll() is not None:
-                    raise AssertionError(proc.stdout.read().decode() if proc.stdout else "mosquitto exited")
+                    raise AssertionError(proc.stdout.read().decode() if proc.stdout else "mosquitto exited") from None
                 threading.Event().wait(0.05)
         yield f"mqtt://127.0.0.1:{port}"
     finally:

@@ -41,7 +41,7 @@ async def test_national_minutes_are_collected_whole(storage: Storage):
         stored = 0
         async with aiohttp.ClientSession() as session:
             fetcher = Fetcher(session)
-            for minute in range(4):
+            for _minute in range(4):
                 end = NETWORK.interval_end(clock.now())
                 report = await poll_source(source, storage, fetcher, PUBLICATION, now=clock.now())
                 assert report.stats.error is None and report.stats.quarantined == 0

@@ -173,13 +173,13 @@ async def test_standby_node_publishes_every_change_written_on_the_primary(nodes)
                                                "observed")])
             want = {r["id"]: r["version"] for r in await writer.pool.fetch("SELECT id, version FROM events")}
 
-            async def feed_caught_up() -> bool:
+            async def feed_caught_up(want: dict[str, int] = want) -> bool:
                 got = versions(await get_json(client, EVENTS_GEOJSON))
                 return got == want
 
             await eventually(feed_caught_up, f"step {step}: the events feed missed a change")
 
-            async def sites_caught_up() -> bool:
+            async def sites_caught_up(count: int = count) -> bool:
                 doc = await get_json(client, "/feeds/sites.geojson")
                 latest = [c["latest"] for f in doc["features"] for c in f["properties"]["channels"]]
                 return any(lat and lat["count"] == count for lat in latest)
@@ -216,7 +216,7 @@ def test_read_url_names_a_standby_of_the_configured_primary():
     assert primary_of(config.database, "postgresql://s/roadfeed") == "postgresql://p/roadfeed"
     assert primary_of(config.database, "postgresql://p/roadfeed") is None  # `run` reads the primary itself
     assert primary_of(parse_config({}).database, "postgresql://p/roadfeed") is None
-    with pytest.raises(ConfigError, match="read_url .* needs url"):
+    with pytest.raises(ConfigError, match=r"read_url .* needs url"):
         parse_config({"database": {"read_url": "postgresql://s/roadfeed"}})
 
 
@@ -228,5 +228,5 @@ def test_the_environment_can_name_the_primary_of_a_configured_standby(tmp_path, 
     loaded = load_config(config)
     assert (loaded.database.url, loaded.database.read_url) == ("postgresql://p/roadfeed", "postgresql://s/roadfeed")
     monkeypatch.delenv("ROADFEED_DATABASE_URL")
-    with pytest.raises(ConfigError, match="read_url .* needs url"):
+    with pytest.raises(ConfigError, match=r"read_url .* needs url"):
         load_config(config)

@@ -87,7 +87,7 @@ def test_same_seed_same_world_other_seed_other_world() -> None:
     mine = [SIM.count(*k, h) for k in keys for h in hours]
     assert mine == [again.count(*k, h) for k in keys for h in hours]
     theirs = [other.count(*k, h) for k in keys for h in hours]
-    assert sum(a != b for a, b in zip(mine, theirs)) > len(mine) // 2
+    assert sum(a != b for a, b in zip(mine, theirs, strict=True)) > len(mine) // 2
 
     at = MONDAY + timedelta(days=3)
     listed = [(e.id, e.version, e.current) for e in SIM.events_at(at)]
@@ -284,7 +284,7 @@ async def test_watermark_paging_reads_every_record_exactly_once(served: tuple[Te
     keys = [(m.channel_external_id, m.start) for m in read]
     assert len(keys) == len(set(keys))
     expected = truth(MONDAY, MONDAY + timedelta(hours=5))
-    assert {k: m.count for k, m in zip(keys, read)} == expected
+    assert {k: m.count for k, m in zip(keys, read, strict=True)} == expected
     assert len(expected) > 5 * 230
     assert all(m.length == 3600 and m.start.utcoffset() is not None for m in read)
     # nothing new until the clock moves; then only the new hour
@@ -404,7 +404,7 @@ async def test_events_dataset_through_our_parser(served: tuple[TestClient, SimCl
     url = f"{base_url(client)}api/explore/v2.1/catalog/datasets/{EVENTS_DATASET}/exports/json"
     statuses: dict[str, set[str]] = defaultdict(set)
     versions: dict[str, list[datetime]] = defaultdict(list)
-    for step in range(6):
+    for _step in range(6):
         status, body = await get(client, url)
         assert status == 200
         items = list(parse_export_json(body, mapping))

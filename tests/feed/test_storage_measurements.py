@@ -56,7 +56,8 @@ async def assert_rollups_exact(pool: asyncpg.Pool) -> None:
     sub_hourly = {r[0] for r in await pool.fetch("SELECT id FROM channels WHERE time_step < 3600")}
     want_h = [tuple(r) for r in await pool.fetch(RECOMPUTE_HOURLY) if r[0] in sub_hourly]
     got_h = [tuple(r) for r in await pool.fetch(
-        "SELECT channel_id, bucket, count_sum, intervals_present, speed_weighted_sum FROM rollup_hourly ORDER BY 1, 2")]
+        "SELECT channel_id, bucket, count_sum, intervals_present, speed_weighted_sum "
+        "FROM rollup_hourly ORDER BY 1, 2")]
     assert got_h == want_h
     hourly_or_finer = {r[0] for r in await pool.fetch("SELECT id FROM channels WHERE time_step <= 3600")}
     want_all = [tuple(r) for r in await pool.fetch(RECOMPUTE_HOURLY) if r[0] in hourly_or_finer]
@@ -116,7 +117,7 @@ async def test_batch_repeating_a_key_keeps_the_last_value(storage: Storage):
 
 
 async def test_coverage_counts_expected_intervals_of_a_dst_day(storage: Storage):
-    c15, c60 = await make_channels(storage)
+    _c15, c60 = await make_channels(storage)
     day_start = datetime(2026, 3, 28, 23, 0, tzinfo=UTC)  # 29 March 00:00 in Paris, a 23-hour day
     await storage.ingest_measurements(series(c60, 3600, 20, start=day_start))
     row = await storage.pool.fetchrow(

@@ -69,7 +69,8 @@ async def simulated_site(
 
 async def flags(storage: Storage, channels: list[int]) -> dict[tuple[int, datetime], str]:
     return {(r["channel_id"], r["start"]): r["flag"] for r in await storage.pool.fetch(
-        "SELECT channel_id, start, flag FROM measurements WHERE channel_id = ANY($1::int[]) AND validation = 'invalid'",
+        "SELECT channel_id, start, flag FROM measurements "
+        "WHERE channel_id = ANY($1::int[]) AND validation = 'invalid'",
         channels)}
 
 
@@ -245,7 +246,7 @@ async def test_tmjo_leaves_out_public_holidays_and_future_days_are_not_missing(s
 async def test_periods_still_to_come_are_not_shown_as_missing(storage: Storage):
     """Seen on 7 December at 12:30, December's days after the 7th are not in the series
     (they are not gaps), today is, and so are the days of data."""
-    sid, ids, rows = await simulated_site(storage, SIM, NORMAL, date(2026, 12, 1), 7)
+    sid, _ids, rows = await simulated_site(storage, SIM, NORMAL, date(2026, 12, 1), 7)
     await storage.ingest_measurements(rows)
     site = await history.site(storage.pool, sid, "Europe/Paris")
     assert site is not None

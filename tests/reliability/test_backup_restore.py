@@ -88,7 +88,8 @@ async def test_dump_and_restore_into_a_fresh_database(server, db_url):
             assert last_run == await psycopg_max_run(db_url) + 1
             if server.engine.timescaledb:
                 assert await storage.pool.fetchval(
-                    "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_name = 'measurements'"
+                    "SELECT count(*) FROM timescaledb_information.hypertables "
+                    "WHERE hypertable_name = 'measurements'"
                 ) == 1
             await assert_equals_truth(storage.pool, sim)
         finally:

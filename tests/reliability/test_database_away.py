@@ -12,6 +12,7 @@ Each test starts its own cluster: the servers the other tests share stay untouch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -83,10 +84,8 @@ def _signal_cluster(cluster: Cluster, sig: signal.Signals) -> None:
     if not cluster.running():
         return
     for pid in _cluster_pids(cluster):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 async def _seed(storage: Storage) -> None:
@@ -185,7 +184,7 @@ async def _while_away(client: TestClient, etags: dict[str, str], seconds: float)
                     cors = "Access-Control-Allow-Origin" in headers
                     assert cors == (not path.startswith("/api/v1/admin/")), (path, headers)
 
-    await asyncio.gather(poll(FEEDS), poll(API[:4] + ["/readyz"]), poll(API[4:]), poll(ADMIN + OPERATIONS))
+    await asyncio.gather(poll(FEEDS), poll([*API[:4], "/readyz"]), poll(API[4:]), poll(ADMIN + OPERATIONS))
     seen["slowest_ms"] = round(slowest * 1000)
     return seen
 

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 import asyncpg
 import pytest
@@ -28,10 +29,19 @@ LEASE_WAIT = LEASE_SECONDS + 120.0
 HISTORY_DAYS = 3  # ~17,500 records: two polls of 100 pages
 
 
+def _toml_value(value: Any) -> str:
+    """A TOML value: JSON's, but a table is written inline."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
 def config_text(sim_url: str, port: int) -> str:
     from feed.simulator.sources import simulator_sources
 
     source = simulator_sources(sim_url, interval=2)[0]
+    options = "\n".join(f"{k} = {json.dumps(v)}" for k, v in source["options"].items() if k != "mapping")
+    mapping = "\n".join(f"{k} = {_toml_value(v)}" for k, v in source["options"]["mapping"].items())
     return f"""
 [server]
 port = {port}
@@ -44,10 +54,10 @@ url = "{source['url']}"
 interval = 2
 
 [sources.options]
-{chr(10).join(f'{k} = {json.dumps(v)}' for k, v in source['options'].items() if k != 'mapping')}
+{options}
 
 [sources.options.mapping]
-{chr(10).join(f'{k} = {json.dumps(v) if not isinstance(v, dict) else "{" + ", ".join(f"{json.dumps(a)} = {json.dumps(b)}" for a, b in v.items()) + "}"}' for k, v in source['options']['mapping'].items())}
+{mapping}
 """
 
 

@@ -31,6 +31,7 @@ from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pyarrow.parquet as pq
 import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
@@ -535,10 +536,6 @@ async def test_clicking_a_site_draws_its_chart_and_the_downloads_return_its_rows
             assert close(row[key], point[key]), (key, row, point)
     status, _headers, body = await site.get(second["parquet"])
     assert status == 200 and body[:4] == b"PAR1" and body[-4:] == b"PAR1"
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:  # the bytes are a Parquet file; the values were compared through CSV
-        return
     table = pq.read_table(io.BytesIO(body)).to_pylist()
     assert [r["count"] for r in table] == [p["count"] for p in doc["points"]]
     assert all(close(r["coverage"], p["coverage"]) for r, p in zip(table, doc["points"], strict=True))
@@ -826,8 +823,6 @@ def test_a_configured_tile_server_is_the_only_other_origin_allowed():
 
 
 def test_french_and_english_texts_have_the_same_keys_and_placeholders():
-    import re
-
     texts = {lang: json.loads((REPO / "web" / "i18n" / f"{lang}.json").read_text(encoding="utf-8"))
              for lang in ("fr", "en")}
     assert texts["fr"].keys() == texts["en"].keys()
