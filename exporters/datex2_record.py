@@ -146,10 +146,11 @@ SUBTYPE_VALUES: dict[str, frozenset[str]] = {
 
 def record_type_values(event: StoredEvent, cls: str) -> list[tuple[str, str]]:
     """(element, value) pairs the record class requires after the common elements."""
-    out = []
+    out: list[tuple[str, str]] = []
+    subtype = event.subtype
     for name, value in _REQUIRED_VALUES[cls]:
-        if event.subtype in SUBTYPE_VALUES.get(name, ()):
-            out.append((name, event.subtype))
+        if subtype is not None and subtype in SUBTYPE_VALUES.get(name, ()):
+            out.append((name, subtype))
         else:
             out.append((name, _TYPED_VALUES.get((event.type, name), value)))
     return out

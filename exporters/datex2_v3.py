@@ -78,7 +78,7 @@ def _payload(
     publication: PublicationConfig,
     published_at: datetime,
     xsi_type: str,
-    nsmap: dict[str | None, str],
+    nsmap: dict[str, str],
     container: bool,
 ) -> tuple[Any, Any]:
     """(root, payload) with the PayloadPublication header filled in."""
@@ -205,7 +205,7 @@ _NOT_VEHICLES = frozenset({"pedestrian", "horse-rider", "canoe"})
 _CLASS_VEHICLES = {"all": "anyVehicle", "light": "carOrLightVehicle", "heavy": "heavyVehicle"}
 
 
-def _roa_nsmap(container: bool) -> dict[str | None, str]:
+def _roa_nsmap(container: bool) -> dict[str, str]:
     return _ROA_CONTAINER_NSMAP if container else _ROA_NSMAP
 
 
@@ -318,6 +318,7 @@ def render_measurement_sites(
         # No roadInformation here: the RTTI profile removed it. The road is in the
         # linear element of the PR reference when the site has one.
         location = _SE(record, _r.measurementSiteLocation, {XSI_TYPE: "loc:PointLocation"})
+        assert site.lon is not None and site.lat is not None  # _publishable_sites lists located sites only
         _V3.point_coordinates(_SE(location, _l.pointByCoordinates), _l.pointCoordinates, site.lon, site.lat)
         road = clean_text(site.road) if site.road else ""
         if road and site.pr is not None:
@@ -384,19 +385,19 @@ def _channel_quantities(
     """Write the channel's flow (and speed); return the end of its interval if it has one."""
     start, length = channel.latest_start, channel.latest_length
     quality = channel.latest_quality
-    has_interval = start is not None and length is not None and length > 0
-    usable = has_interval and quality not in ("missing", "invalid")
-    end = start + timedelta(seconds=length) if has_interval else None  # type: ignore[operator]
-    if usable and channel.latest_count is not None:
-        basic = _quantity(block, flow_index, "roa:TrafficFlow", start, end)  # type: ignore[arg-type]
+    interval = (start, length) if start is not None and length is not None and length > 0 else None
+    end = interval[0] + timedelta(seconds=interval[1]) if interval is not None else None
+    usable = interval is not None and quality not in ("missing", "invalid")
+    if interval is not None and end is not None and usable and channel.latest_count is not None:
+        basic = _quantity(block, flow_index, "roa:TrafficFlow", interval[0], end)
         count = channel.latest_count
         flow = _SE(basic, _r.vehicleFlow, {"numberOfInputValuesUsed": str(count)})
-        _SE(flow, _c.vehicleFlowRate).text = str(int(count * 3600 / length + 0.5))  # type: ignore[operator]
+        _SE(flow, _c.vehicleFlowRate).text = str(int(count * 3600 / interval[1] + 0.5))
     else:
         _fault(block, flow_index, _FAULTS.get(quality or "", "noDataValuesAvailable"), end or published_at)
     if channel.latest_speed is not None:
-        if usable:
-            basic = _quantity(block, speed_index, "roa:TrafficSpeed", start, end)  # type: ignore[arg-type]
+        if interval is not None and end is not None and usable:
+            basic = _quantity(block, speed_index, "roa:TrafficSpeed", interval[0], end)
             speed = _SE(basic, _r.averageVehicleSpeed)
             _SE(speed, _c.speed).text = f"{channel.latest_speed:.1f}"
         elif quality == "invalid":

@@ -94,7 +94,7 @@ def test_a_bad_parameter_echoes_printable_text() -> None:
 
 
 def test_json_error_keeps_the_call_shape_of_the_feeds() -> None:
-    response = json_error(503, {"status": "not_ready"}, **{"Retry-After": "5"})
+    response = json_error(503, {"status": "not_ready"}, {"Retry-After": "5"})
     assert response.status == 503 and response.body == b'{"status":"not_ready"}'
     assert response.headers["Content-Type"] == "application/json"
     assert response.headers["Retry-After"] == "5"

@@ -79,7 +79,7 @@ def health_routes(app: web.Application, ctx: AppContext) -> None:
         document = {"status": "not_ready" if problems else "ready", "database": database,
                     "feeds_pending": pending}
         if problems:
-            return json_error(503, document, **{"Retry-After": str(DATABASE_RETRY_AFTER)})
+            return json_error(503, document, {"Retry-After": str(DATABASE_RETRY_AFTER)})
         return web.json_response(document, headers={"Cache-Control": "no-store"})
 
     app.router.add_get("/healthz", healthz)

@@ -126,7 +126,7 @@ async def _check_not_ahead(log_: ChangeLog, since: int, parameter: str) -> None:
 def _unavailable(exc: BaseException) -> web.Response:
     log.warning("cannot read event changes: %s", exc)
     return json_error(503, {"error": "database_unavailable", "detail": f"{type(exc).__name__}: {exc}"},
-                      **{"Retry-After": "5"})
+                      {"Retry-After": "5"})
 
 
 _DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
@@ -317,7 +317,8 @@ class SSEMessage:
 async def iter_sse(lines: AsyncIterable[bytes]) -> AsyncIterator[SSEMessage]:
     """Parses `text/event-stream` (e.g. an aiohttp `response.content`) as the HTML
     standard says: an id takes effect when its block ends, even a block without data."""
-    last_id, id_buffer, event, data = "", "", "", []
+    last_id, id_buffer, event = "", "", ""
+    data: list[str] = []
     async for raw in lines:
         line = raw.decode().rstrip("\r\n")
         if not line:

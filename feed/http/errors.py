@@ -55,8 +55,8 @@ def status_of(error: RequestError) -> int:
     raise LookupError(f"no HTTP status for {type(error).__name__}: add it to feed.http.errors.STATUS")
 
 
-def json_error(status: int, document: Mapping[str, Any], *, cors: bool = True, compact: bool = True,
-               **headers: str) -> web.Response:
+def json_error(status: int, document: Mapping[str, Any], headers: Mapping[str, str] | None = None, *,
+               cors: bool = True, compact: bool = True) -> web.Response:
     """A JSON error response: `document` as the body, never cached, with CORS when `cors`,
     then `headers` (e.g. Retry-After)."""
     if compact:
@@ -64,15 +64,17 @@ def json_error(status: int, document: Mapping[str, Any], *, cors: bool = True, c
     else:
         body = json.dumps(document, ensure_ascii=False, default=str).encode()
     head = CIMultiDict({**(CORS_HEADERS if cors else {}), "Cache-Control": "no-store", "Content-Type": JSON,
-                        **headers})
+                        **(headers or {})})
     return web.Response(status=status, body=body, headers=head)
 
 
-def refusal(error: RequestError, *, cors: bool = True, compact: bool = True, **headers: str) -> web.Response:
+def refusal(error: RequestError, headers: Mapping[str, str] | None = None, *, cors: bool = True,
+            compact: bool = True) -> web.Response:
     """The response to a refused request: its status, its document, `headers`, and those
     the error asks for (Retry-After, a Bearer challenge)."""
+    headers = dict(headers or {})
     if error.retry_after is not None:
         headers["Retry-After"] = str(error.retry_after)
     if isinstance(error, Unauthorized) and error.realm is not None:
         headers["WWW-Authenticate"] = f'Bearer realm="{error.realm}"'
-    return json_error(status_of(error), error.as_json(), cors=cors, compact=compact, **headers)
+    return json_error(status_of(error), error.as_json(), headers, cors=cors, compact=compact)

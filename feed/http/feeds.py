@@ -33,11 +33,11 @@ def feed_cache_control(path: str, max_age: int) -> str:
 def _unavailable(path: str, state: FeedState) -> web.Response:
     if state.empty is not None:
         return json_error(503, {"error": "nothing_to_publish", "path": path, "detail": state.empty},
-                          **{"Retry-After": "60"})
+                          {"Retry-After": "60"})
     detail = "the first rendering of this feed is not finished yet"
     if state.error:
         detail = f"this feed could not be rendered: {state.error}"
-    return json_error(503, {"error": "not_ready", "path": path, "detail": detail}, **{"Retry-After": "5"})
+    return json_error(503, {"error": "not_ready", "path": path, "detail": detail}, {"Retry-After": "5"})
 
 
 def add_feed_routes(router: web.UrlDispatcher, publisher: FeedPublisher, max_age: int) -> None:

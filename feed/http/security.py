@@ -173,10 +173,10 @@ def too_many_requests(wait: float, path: str) -> web.Response:
     retry = max(1, math.ceil(wait))
     error = TooManyRequests("rate_limited", "too many requests from this address; slow down and retry after the delay given",
                             expected=f"a retry after {retry} s", retry_after=retry)
-    headers = {}
+    headers: dict[str, str] = {}
     if path.startswith(PUBLIC_PREFIXES) and not path.startswith(ADMIN_PREFIX):  # as the answer it replaces
         headers["Access-Control-Allow-Origin"] = "*"
-    return refusal(error, cors=False, compact=False, **headers)
+    return refusal(error, headers, cors=False, compact=False)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -104,7 +104,7 @@ class _Batch:
 @dataclass(eq=False)
 class _Subscription:
     limit: int
-    transport: asyncio.BaseTransport | None = None
+    transport: asyncio.Transport | None = None
     queue: deque[_Batch] = field(default_factory=deque)
     queued: int = 0  # changes in the queue
     overflowed: bool = False
@@ -181,7 +181,7 @@ class ChangeHub:
             self._tasks = [asyncio.create_task(self._listener.run(), name="changes-listener"),
                            asyncio.create_task(self._read_loop(), name="changes-reader")]
 
-    def subscribe(self, transport: asyncio.BaseTransport | None = None) -> _Subscription:
+    def subscribe(self, transport: asyncio.Transport | None = None) -> _Subscription:
         self._start()
         sub = _Subscription(self.queue_size, transport)
         if self._closing:

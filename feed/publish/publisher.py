@@ -389,7 +389,9 @@ class FeedPublisher:
 
         async def render(state: FeedState) -> Outcome:
             splicer = self._splicers.get(state.spec.path)
-            item_keys = keys if splicer is None or SPLICE_RULES[state.spec.render].shows_poll_fields else steady_keys
+            render = state.spec.render  # a splicer is kept only for feeds rendered by a splice rule
+            spliced = splicer is not None and render is not None and not SPLICE_RULES[render].shows_poll_fields
+            item_keys = steady_keys if spliced else keys
             async with gate:
                 outcome = await asyncio.to_thread(render_outcome, state.spec, data, self.publication, now,
                                                   splicer, item_keys, state.left_out_keys)
