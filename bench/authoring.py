@@ -34,7 +34,8 @@ from feed.roads import parse_referential  # noqa: E402
 from feed.store import roads  # noqa: E402
 from feed.store.cluster import Cluster, free_port, host_engine  # noqa: E402
 from feed.config import Config, PublicationConfig, ServerConfig  # noqa: E402
-from feed.http.app import CONTEXT, build_app  # noqa: E402
+from feed.http.app import build_app  # noqa: E402
+from feed.http.context import CONTEXT  # noqa: E402
 from feed.store.migrations import migrate  # noqa: E402
 from feed.model import EventRecord, Geometry  # noqa: E402
 from feed.simulator.geography import referential_geojson  # noqa: E402

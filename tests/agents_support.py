@@ -19,7 +19,8 @@ from referencing.exceptions import NoSuchResource
 from feed.roads import Road, parse_referential
 from feed.store import roads
 from feed.config import Config, PublicationConfig, ServerConfig
-from feed.http.app import CONTEXT, build_app
+from feed.http.app import build_app
+from feed.http.context import CONTEXT
 from feed.simulator.geography import referential_geojson
 from feed.store.storage import Storage
 

@@ -27,26 +27,24 @@ from zoneinfo import ZoneInfo
 import asyncpg
 from aiohttp import web
 
-from feed.errors import BadParameter, Conflict, Forbidden, NotFound, RequestError, Unauthorized, Unavailable
+from feed.errors import Conflict, Forbidden, NotFound, RequestError, Unauthorized, Unavailable
 from feed.http.errors import refusal
 from feed.store import markings
-from feed.http.api import API, parse_instant
+from feed.http.api import API
+from feed.http.markings import MARKING_KINDS, MAX_COMMENT, bad_parameter, marking_fields
 from feed.publish.filters import check_storable
 from feed.store.sources import last_runs, quarantined, source_states
 from feed.store.transactions import reading
 
 if TYPE_CHECKING:
-    from feed.http.app import AppContext
+    from feed.http.context import AppContext
     from feed.collect.scheduler import Collector
 
 __all__ = ["ADMIN", "COLLECTOR_SLOT", "CollectorSlot", "admin_routes", "attach_collector"]
 
 ADMIN = f"{API}/admin"
-MARKING_KINDS = ("road_closed", "counter_faulty")
 QUARANTINE_LIMIT = (50, 500)  # default, maximum
 MARKINGS_LIMIT = 1000
-MAX_COMMENT = 2000
-ROAD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._/-]{0,63}$")
 SECRET_OPTION = re.compile(r"key|token|secret|password|credential", re.IGNORECASE)
 JSON_TYPE = "application/json"
 
@@ -73,17 +71,6 @@ def _json(document: Any, status: int = 200, **extra: str) -> web.Response:
     body = json.dumps(document, ensure_ascii=False, default=str).encode()
     return web.Response(status=status, body=body,
                         headers={"Content-Type": JSON_TYPE, "Cache-Control": "no-store", **extra})
-
-
-def _bad(parameter: str, value: Any, expected: str, detail: str) -> BadParameter:
-    return BadParameter(parameter, value if isinstance(value, str) else _echo(value), expected, detail)
-
-
-def _echo(value: Any) -> str:
-    try:
-        return json.dumps(value)
-    except (ValueError, RecursionError):  # a value json cannot write back; the detail says what is wrong
-        return repr(type(value))
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -164,14 +151,14 @@ def _check_strings(value: Any, path: str) -> None:
 def parse_body(raw: bytes) -> dict[str, Any]:
     """A JSON object of at most MAX_DEPTH levels whose texts PostgreSQL can hold, or BadParameter."""
     if _depth_exceeded(raw, MAX_DEPTH):
-        raise _bad("body", raw[:200].decode("utf-8", "replace"), f"{BODY_EXPECTED}, nested at most {MAX_DEPTH} deep",
+        raise bad_parameter("body", raw[:200].decode("utf-8", "replace"), f"{BODY_EXPECTED}, nested at most {MAX_DEPTH} deep",
                    f"the body nests arrays or objects more than {MAX_DEPTH} deep")
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise _bad("body", raw[:200].decode("utf-8", "replace"), BODY_EXPECTED, "the body is not JSON") from None
+        raise bad_parameter("body", raw[:200].decode("utf-8", "replace"), BODY_EXPECTED, "the body is not JSON") from None
     if not isinstance(body, dict):
-        raise _bad("body", body, BODY_EXPECTED, "the body is not a JSON object")
+        raise bad_parameter("body", body, BODY_EXPECTED, "the body is not a JSON object")
     _check_strings(body, "body")
     return body
 
@@ -271,9 +258,9 @@ class _Admin:
             try:
                 limit = int(raw_limit)
             except ValueError:
-                raise _bad("limit", raw_limit, expected, f"limit {raw_limit!r} is not an integer") from None
+                raise bad_parameter("limit", raw_limit, expected, f"limit {raw_limit!r} is not an integer") from None
             if not 1 <= limit <= QUARANTINE_LIMIT[1]:
-                raise _bad("limit", raw_limit, expected, f"limit {limit} is out of range")
+                raise bad_parameter("limit", raw_limit, expected, f"limit {limit} is out of range")
         async with reading(self.pool, self.statement_timeout_ms) as conn:
             rows = await quarantined(conn, source, limit)
         return _json({"source": source, "limit": limit, "records": [
@@ -320,66 +307,6 @@ class _Admin:
         if row is None:
             raise NotFound("id", raw, expected, f"no marking {marking_id}")
         return _json({"deleted": _marking_json(row)})
-
-
-def _instant(body: dict[str, Any], name: str, tz: ZoneInfo, *, required: bool) -> datetime | None:
-    raw = body.get(name)
-    if raw is None:
-        if required:
-            raise _bad(name, "", "a date (2025-07-01) or an ISO 8601 date-time", f"{name} is required")
-        return None
-    if not isinstance(raw, str):
-        raise _bad(name, raw, "a date (2025-07-01) or an ISO 8601 date-time", f"{name} is not a string")
-    return parse_instant(name, raw.strip(), tz)
-
-
-def _pr(body: dict[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000:
-        raise _bad(name, value, "a PR of the road (an integer)", f"{name} is not a PR")
-    return value
-
-
-def marking_fields(body: dict[str, Any], tz: ZoneInfo) -> markings.MarkingFields:
-    """A marking's fields from a request body, each checked, or BadParameter."""
-    allowed = {"kind", "road", "site_id", "from", "to", "comment", "pr_from", "pr_to"}
-    for key in body:
-        if key not in allowed:
-            raise _bad(key, body[key], f"only the fields {', '.join(sorted(allowed))}", f"unknown field {key!r}")
-    kind = body.get("kind")
-    if kind not in MARKING_KINDS:
-        raise _bad("kind", kind, f"one of: {', '.join(MARKING_KINDS)}", f"unknown kind {kind!r}")
-    road = site_id = None
-    if kind == "road_closed":
-        road = body.get("road")
-        if not isinstance(road, str) or not ROAD.match(road.strip()):
-            raise _bad("road", road, "a road reference such as RD613 (letters, digits, space . _ / -; "
-                       "at most 64)", "road is missing or not a road reference")
-        road = road.strip()
-        if "site_id" in body:
-            raise _bad("site_id", body["site_id"], "no site_id with road_closed", "give road, not site_id")
-    else:
-        site_id = body.get("site_id")
-        if isinstance(site_id, bool) or not isinstance(site_id, int) or not 0 < site_id < 2**31:
-            raise _bad("site_id", site_id, "the id of a site (an integer, see /api/v1/sites)",
-                       "site_id is missing or not a site id")
-    pr_from, pr_to = _pr(body, "pr_from"), _pr(body, "pr_to")
-    if (pr_from is None) != (pr_to is None) or (pr_from is not None and kind != "road_closed"):
-        raise _bad("pr_from", body.get("pr_from"), "pr_from and pr_to together, with road_closed",
-                   "give both pr_from and pr_to (or neither: the whole road)")
-    start = _instant(body, "from", tz, required=True)
-    end = _instant(body, "to", tz, required=False)
-    assert start is not None
-    if end is not None and end <= start:
-        raise _bad("to", body["to"], "a time after from", "to must be after from; to is exclusive")
-    comment = body.get("comment", "")
-    if comment is None:
-        comment = ""
-    if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
-        raise _bad("comment", comment, f"a text of at most {MAX_COMMENT} characters", "comment is not valid")
-    return markings.MarkingFields(kind, road, site_id, pr_from, pr_to, start, end, comment)
 
 
 def admin_routes(app: web.Application, ctx: AppContext) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from feed.http.app import AppContext
+    from feed.http.context import AppContext
 
 __all__ = ["agent_page_routes"]
 

@@ -38,7 +38,7 @@ from feed.store import agents as accounts
 from feed.store.transactions import writing
 
 if TYPE_CHECKING:
-    from feed.http.app import AppContext
+    from feed.http.context import AppContext
 
 __all__ = ["ROLES", "AgentError", "Principal", "agent_routes", "answering", "authorised", "hash_password",
            "new_secret", "public", "secret_hash", "verify_password"]

@@ -48,7 +48,7 @@ from feed.store.history import STEPS, Site, Step
 from feed.store.transactions import reading
 
 if TYPE_CHECKING:  # feed.http.app imports this module to register its routes
-    from feed.http.app import AppContext
+    from feed.http.context import AppContext
 
 __all__ = ["API", "MAX_PERIODS", "api_routes", "method_document"]
 
@@ -805,13 +805,6 @@ class _Api:
         return respond(request, dumps(catalog_document(self.config.publication, base, created)),
                        dcat.MEDIA_TYPE, cache_control="public, max-age=300")
 
-    # OpenAPI ----------------------------------------------------------------
-
-    async def openapi(self, request: web.Request) -> web.StreamResponse:
-        from feed.http.openapi import openapi_document
-
-        return respond_json(request, openapi_document(self.config), cache_control="public, max-age=300")
-
 
 COUNT_FIELDS = ("period", "count", "coverage", "estimated_share", "speed", "invalid", "invalid_reasons")
 ANNUAL_FIELDS = ("site_id", "external_id", "name", "road", "tmja", "tmjo", "heavy_share", "mean_speed",
@@ -867,7 +860,6 @@ def api_routes(app: web.Application, ctx: AppContext) -> None:
         (f"{API}/downloads", api.download_index),
         (f"{API}/downloads/{downloads.DICTIONARY}", api.dictionary),
         (f"{API}/downloads/{{year}}/{{name}}", api.download),
-        (f"{API}/openapi.json", api.openapi),
         (dcat.CATALOG_PATH, api.catalog),
     ]
     for path, handler in routes:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
@@ -24,20 +23,21 @@ from feed.http.campaigns import campaign_routes
 from feed.http.conditions import condition_routes
 from feed.http.api import api_routes
 from feed.http.changes import changes_routes
+from feed.http.context import CONTEXT, AppContext, RouteSetup
 from feed.config import Config
 from feed.errors import RequestError, Unavailable, printable
 from feed.http.errors import json_error, refusal
 from feed.http.feeds import add_feed_routes
-
 from feed.publish.filters import check_request_text
 from feed.publish.publisher import FeedPublisher
 from feed.logs import ThrottledLog
 from feed.metrics import http_middleware, metrics_routes
 from feed.http.security import ADMIN_PREFIX, install_security
 from feed.store.storage import DATABASE_UNAVAILABLE, Storage
+from feed.http.openapi import openapi_routes
 from feed.http.page import web_routes
 
-__all__ = ["CONTEXT", "ROUTES", "AppContext", "RouteSetup", "build_app", "feed_routes", "health_routes"]
+__all__ = ["ROUTES", "build_app", "feed_routes", "health_routes"]
 
 log = logging.getLogger("roadfeed.http")
 
@@ -46,17 +46,6 @@ DATABASE_RETRY_AFTER = 5  # seconds a client is asked to wait while the database
 MAX_HEADER_LINE = 8190  # bytes of a request line or header field (the fast path hands longer heads here)
 
 
-@dataclass(frozen=True, slots=True)
-class AppContext:
-    """What every handler may need, shared by the whole application."""
-
-    config: Config
-    storage: Storage
-    publisher: FeedPublisher
-
-
-CONTEXT = web.AppKey("context", AppContext)
-RouteSetup = Callable[[web.Application, AppContext], None]
 
 
 def health_routes(app: web.Application, ctx: AppContext) -> None:
@@ -161,7 +150,7 @@ def feed_routes(app: web.Application, ctx: AppContext) -> None:
 
 ROUTES: list[RouteSetup] = [health_routes, metrics_routes, feed_routes, changes_routes, web_routes, admin_routes,
                             agent_routes, authoring_routes, condition_routes, campaign_routes,
-                            agent_page_routes, api_routes]
+                            agent_page_routes, api_routes, openapi_routes]
 
 
 def build_app(

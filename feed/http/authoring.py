@@ -25,11 +25,12 @@ from feed.store import markings, roads
 from feed.errors import BadParameter, Conflict, NotFound
 from feed.http.agents import Principal, authorised, json_response, public, read_json
 from feed.http.api import API
+from feed.http.markings import marking_fields
 from feed.model import EventRecord, EventType, Geometry, Severity, StoredEvent, TimeSlot, public_event_id
 from feed.store.transactions import reading, writing
 
 if TYPE_CHECKING:
-    from feed.http.app import AppContext
+    from feed.http.context import AppContext
 
 __all__ = ["KINDS", "EventInput", "authoring_paths", "authoring_routes", "consumers_report", "event_record"]
 
@@ -378,8 +379,6 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
     # markings -------------------------------------------------------------
 
     async def add_marking(request: web.Request, who: Principal) -> web.Response:
-        from feed.http.admin import marking_fields  # noqa: PLC0415 - feed.http.admin is built on the same modules
-
         body = await read_json(request, '{"kind": "counter_faulty", "site_id": 12, "from": "2026-07-01"}')
         fields = marking_fields(body, ZoneInfo(ctx.config.publication.timezone))
         row = await markings.add_marking(storage, statement_timeout_ms, fields, who.author)

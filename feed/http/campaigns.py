@@ -48,7 +48,7 @@ from feed.store.storage import RunStats
 from feed.store.transactions import reading
 
 if TYPE_CHECKING:
-    from feed.http.app import AppContext
+    from feed.http.context import AppContext
 
 __all__ = ["COLUMNS", "Campaign", "campaign_paths", "campaign_routes", "file_kind", "parse_campaign",
            "parse_comptage"]

@@ -29,7 +29,7 @@ from feed.store.conditions import condition_events
 from feed.store.transactions import reading
 
 if TYPE_CHECKING:
-    from feed.http.app import AppContext
+    from feed.http.context import AppContext
 
 __all__ = ["LEVELS", "ConditionInput", "condition_paths", "condition_record", "condition_routes"]
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiohttp import web
+
 from feed.publish import dcat
 from feed.store import downloads
 from feed.http.api import (
@@ -19,11 +21,14 @@ from feed.http.api import (
     MAX_RANGE_TEXT,
     SITES_LIMIT,
     YEARS,
+    respond_json,
 )
 from feed.http.authoring import EventInput, authoring_paths
 from feed.http.campaigns import campaign_paths
 from feed.http.conditions import ConditionInput, condition_paths
 from feed.config import Config
+from feed.http.context import AppContext
+from feed.http.responses import PREFLIGHT_HEADERS
 from feed.publish.filters import BBOX_EXPECTED, EVENT_STATUSES, EVENT_TYPES
 from feed.store.history import STEPS
 
@@ -445,3 +450,20 @@ def openapi_document(config: Config) -> dict[str, Any]:
         "paths": _merged(paths(), authoring_paths(), condition_paths(), campaign_paths()),
         "components": {"schemas": SCHEMAS, "securitySchemes": AGENT_SECURITY},
     }
+
+
+OPENAPI_PATH = f"{API}/openapi.json"
+
+
+def openapi_routes(app: web.Application, ctx: AppContext) -> None:
+    """`/api/v1/openapi.json`: this document (GET, HEAD and CORS preflight)."""
+    document = openapi_document(ctx.config)
+
+    async def openapi(request: web.Request) -> web.StreamResponse:
+        return respond_json(request, document, cache_control="public, max-age=300")
+
+    async def preflight(_request: web.Request) -> web.Response:
+        return web.Response(status=204, headers=PREFLIGHT_HEADERS)
+
+    app.router.add_get(OPENAPI_PATH, openapi)
+    app.router.add_route("OPTIONS", OPENAPI_PATH, preflight)

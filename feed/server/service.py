@@ -28,7 +28,8 @@ from collectors.fetch import Fetcher
 from feed.http.admin import attach_collector
 from feed.config import Config
 from feed.server.fastpath import FeedFastPath, FeedSite
-from feed.http.app import CONTEXT, build_app
+from feed.http.app import build_app
+from feed.http.context import CONTEXT
 from feed.collect.ingest import SinkResult
 from feed.collect.scheduler import STOP_TIMEOUT, Collector
 from feed.errors import StorageError

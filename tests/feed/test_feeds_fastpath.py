@@ -19,7 +19,8 @@ from feed.config import Config, SourceConfig
 from feed.publish.catalogue import EVENTS_GEOJSON, FEEDS, STATUS_PATH, FeedSpec
 from feed.publish.publisher import FeedState
 from feed.server.fastpath import FeedFastPath, FeedSite
-from feed.http.app import CONTEXT, build_app
+from feed.http.app import build_app
+from feed.http.context import CONTEXT
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
 from feed.store.storage import Storage
 

@@ -23,7 +23,8 @@ from lxml import etree
 from feed.config import Config, SourceConfig
 from feed.publish.catalogue import EVENTS_GEOJSON, FEEDS, STATUS_PATH
 from feed.publish.publisher import LISTENER_APPLICATION_NAME
-from feed.http.app import CONTEXT, build_app
+from feed.http.app import build_app
+from feed.http.context import CONTEXT
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
 from feed.store.storage import RunStats, Storage
 

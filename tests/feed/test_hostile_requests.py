@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 from feed.store import downloads
 from feed.http.admin import MAX_DEPTH, openapi_paths
 from feed.config import Config, ServerConfig, SourceConfig
-from feed.http.app import CONTEXT, build_app
+from feed.http.app import build_app
+from feed.http.context import CONTEXT
 from feed.model import ChannelRecord, SiteRecord
 from feed.http.openapi import openapi_document
 from feed.store.storage import Storage

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from feed.http.agents import create_token
 from feed.config import Config, PublicationConfig, ServerConfig
-from feed.http.app import CONTEXT, build_app
+from feed.http.app import build_app
+from feed.http.context import CONTEXT
 from feed.model import ChannelRecord, SiteRecord
 from feed.store.storage import Storage
 from agents_support import until_in_feed

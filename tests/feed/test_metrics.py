@@ -19,7 +19,7 @@ from collectors.fetch import Fetcher
 from exporters.datex2_v3 import render_situations
 from feed.store.cluster import free_port
 from feed.config import Config, PublicationConfig, ServerConfig, SourceConfig
-from feed.http.app import CONTEXT
+from feed.http.context import CONTEXT
 from feed.logs import JsonFormatter
 from feed.metrics import CONTENT_TYPE, Counter, Histogram, expose
 from feed.model import Geometry, StoredEvent

@@ -23,7 +23,8 @@ from feed.http.api import _guarded
 from feed.config import Config, DatabaseConfig, ServerConfig, SourceConfig
 from feed.publish.catalogue import EVENTS_GEOJSON
 from feed.server.fastpath import FeedFastPath, FeedSite
-from feed.http.app import CONTEXT, build_app
+from feed.http.app import build_app
+from feed.http.context import CONTEXT
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
 from feed.http.security import FEED_SECURITY_HEADERS, RATE_LIMITER, RateLimiter
 from feed.store.storage import Storage

@@ -31,7 +31,8 @@ from multidict import CIMultiDict
 
 from feed.store.cluster import Cluster
 from feed.config import Config, ServerConfig, SourceConfig
-from feed.http.app import CONTEXT, build_app
+from feed.http.app import build_app
+from feed.http.context import CONTEXT
 from feed.store.migrations import migrate
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
 from feed.store.storage import Storage

@@ -25,7 +25,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from feed.http import agents
 from feed.config import Config, PublicationConfig, ServerConfig
-from feed.http.app import CONTEXT, build_app
+from feed.http.app import build_app
+from feed.http.context import CONTEXT
 from feed.model import ChannelRecord, SiteRecord
 from feed.store.storage import Storage
 from agents_support import CIFS, DATEX_V3, WZDX, load_simulated_roads, xml_valid
