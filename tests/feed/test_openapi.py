@@ -21,7 +21,7 @@ from feed.config import Config, SourceConfig
 from feed.publish.publisher import FeedPublisher
 from feed.http.app import build_app
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
-from feed.http.openapi import openapi_document
+from feed.http.openapi import openapi_document, openapi_routes
 from feed.http.openapi import paths as history_paths
 from feed.store.storage import RunStats, Storage
 
@@ -103,7 +103,7 @@ async def client(server: Any) -> AsyncIterator[tuple[TestClient, dict[str, int]]
     storage = await Storage.open(server.new_database())
     try:
         sites = await seed(storage)
-        app = build_app(CONFIG, storage, publisher=NoFeeds(storage, CONFIG), routes=[api.api_routes])
+        app = build_app(CONFIG, storage, publisher=NoFeeds(storage, CONFIG), routes=[api.api_routes, openapi_routes])
         c = TestClient(TestServer(app, host="127.0.0.1"))
         await c.start_server()
         try:
