@@ -33,7 +33,6 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import quote, urlsplit
 
 import asyncpg
@@ -46,11 +45,13 @@ from feed.deadlines import cancel_and_wait
 from feed.errors import PublishError
 from feed.model import StoredEvent, StoredSite
 from feed.store import push
-from feed.store.storage import CHANGES_CHANNEL, Storage
+from feed.store.listener import ChangeListener
+from feed.store.storage import Storage
 
 log = logging.getLogger("roadfeed.mqtt")
 
 BATCH = 500  # changes per round trip to the broker
+LISTENER_APPLICATION_NAME = "roadfeed mqtt push"
 
 
 class PushError(PublishError):
@@ -168,7 +169,7 @@ class MqttPusher:
             await asyncio.wait_for(asyncio.shield(task), grace)
         await cancel_and_wait([task], "mqtt pusher")
 
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_change(self, payload: str) -> None:
         if payload in ("events", ""):
             self._wake["events"].set()
         if payload in ("measurements", "sites", ""):
@@ -196,7 +197,9 @@ class MqttPusher:
             try:
                 broker = Broker(self.config)
                 await broker.connect()
-                await conn.add_listener(CHANGES_CHANNEL, self._on_notify)
+                listener = ChangeListener(self.storage, self._on_change, application_name=LISTENER_APPLICATION_NAME,
+                                          interval=self.interval, name="MQTT push", log=log)
+                listening = asyncio.create_task(listener.run(), name="mqtt-listener")
                 self.leader = True
                 log.info("publishing to MQTT %s:%s under %s/", broker.host, broker.port, self.prefix)
                 try:
@@ -212,7 +215,7 @@ class MqttPusher:
                             await self._push_sites(conn, broker)
                         await self._wait()
                 finally:
-                    await conn.remove_listener(CHANGES_CHANNEL, self._on_notify)
+                    await cancel_and_wait([listening], "mqtt listener")
                     await broker.disconnect()
             finally:
                 if not conn.is_closed():

@@ -30,7 +30,9 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 LINE = Geometry(type="LineString", coordinates=[[3.870, 43.610], [3.880, 43.615]])
 
 
-@pytest.fixture(scope="module")
+# A broker of its own for each test: the retained messages of one test (or of the
+# same test on the other engine) must not reach the next one's subscribers.
+@pytest.fixture
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not Path(MOSQUITTO).exists():
         why = "mosquitto is not installed (scripts/system-packages test)"
