@@ -30,7 +30,8 @@ from aiohttp import web
 from feed.errors import BadParameter, Conflict, Forbidden, NotFound, RequestError, Unauthorized, Unavailable
 from feed.http.errors import refusal
 from feed.store import markings
-from feed.http.api import API, parse_instant
+from feed.http.documents import API
+from feed.http.params import parse_instant
 from feed.publish.filters import check_storable
 from feed.store.sources import last_runs, quarantined, source_states
 from feed.store.transactions import reading
