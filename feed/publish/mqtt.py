@@ -46,7 +46,8 @@ from feed.deadlines import cancel_and_wait
 from feed.errors import PublishError
 from feed.model import StoredEvent, StoredSite
 from feed.store import push
-from feed.store.storage import CHANGES_CHANNEL, Storage
+from feed.store.storage import Storage
+from feed.store.writes import CHANGES_CHANNEL
 
 log = logging.getLogger("roadfeed.mqtt")
 
