@@ -67,7 +67,8 @@ from feed.collect.poll import poll_source
 from feed.config import PublicationConfig, SourceConfig
 from feed.store.migrations import migrate
 from feed.model import Geometry, StoredEvent
-from feed.store.storage import CHANGES_CHANNEL, Storage
+from feed.store.storage import Storage
+from feed.store.writes import CHANGES_CHANNEL
 
 MB = 1_000_000
 PUBLICATION = PublicationConfig()  # Hérault: bbox (2.53, 43.2, 4.2, 43.98)

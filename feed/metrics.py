@@ -2,8 +2,9 @@
 
 Counters and histograms live in this module, one set per process: the code that
 does the work bumps them (polls in feed.collect.poll, HTTP requests in the middleware
-and in the feeds' fast path); gauges that describe state (feeds, database pool,
-sources) are read when `/metrics` is scraped.
+of feed.http.metrics and in the feeds' fast path); gauges that describe state (feeds,
+database pool, sources) are read when `/metrics` is scraped. This module imports no
+aiohttp: the route and the middleware are in feed.http.metrics.
 
 With several HTTP processes (`[server] workers` > 1) each process answers for
 itself: a scrape reaches whichever process the kernel picks, and every series
@@ -21,18 +22,14 @@ import math
 import os
 import time
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from aiohttp import web
-
-__all__ = ["CONTENT_TYPE", "REGISTRY", "Counter", "Gauge", "Histogram", "expose", "http_middleware",
-           "metrics_routes", "record_poll"]
+__all__ = ["CONTENT_TYPE", "REGISTRY", "Counter", "Gauge", "Histogram", "expose", "record_poll"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PROCESS = str(os.getpid())
 START_TIME = time.time()
-SCRAPE_DB_TIMEOUT = 2.0
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 POLL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
@@ -183,33 +180,6 @@ def record_poll(source: str, outcome: str, records: Mapping[str, int], fetched: 
     REGISTRY.poll_duration.observe(source, value=duration)
 
 
-def status_class(status: int) -> str:
-    return f"{status // 100}xx"
-
-
-@web.middleware
-async def http_middleware(request: web.Request,
-                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    """Latency of every aiohttp request, by route template ("unmatched" for 404s, so paths stay bounded)."""
-    t0 = time.perf_counter()
-    gauge = REGISTRY.http_in_flight
-    gauge.values[()] += 1
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        gauge.values[()] -= 1
-        info = request.match_info
-        route = info.route.resource.canonical if info.route.resource is not None and info.http_exception is None \
-            else "unmatched"
-        REGISTRY.http.child(route, status_class(status), "app").observe(time.perf_counter() - t0)
-
-
 # --------------------------------------------------------------------------- scrape
 
 
@@ -315,17 +285,3 @@ def expose(publisher: Any, pool: Any, sources: Sequence[Mapping[str, Any]] | Non
     lines += _feed_lines(publisher) + _pool_lines(pool) + _process_lines(publisher)
     lines += _source_lines(sources)
     return "\n".join(_add_process_label(lines)) + "\n"
-
-
-def metrics_routes(app: web.Application, ctx: Any) -> None:
-    """`/metrics` (a RouteSetup for feed.http.app)."""
-
-    async def metrics(_request: web.Request) -> web.Response:
-        try:
-            sources = await ctx.storage.source_times(SCRAPE_DB_TIMEOUT)  # a frozen server cannot hold it
-        except Exception:  # noqa: BLE001 - a scrape shows what it can; roadfeed_database_up says why
-            sources = None
-        body = expose(ctx.publisher, ctx.storage.pool, sources)
-        return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
-
-    app.router.add_get("/metrics", metrics)

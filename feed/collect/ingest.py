@@ -36,7 +36,9 @@ from feed.model import (
     Quarantined,
     SiteRecord,
 )
-from feed.store.storage import Counts, MeasurementRow, Storage
+from feed.store.measurements import MeasurementRow
+from feed.store.storage import Storage
+from feed.store.writes import Counts
 
 CHUNK = 5_000  # items per batch; at most three batches are alive at once (stored, waiting, parsed)
 Clock = Callable[[], datetime]

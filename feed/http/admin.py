@@ -30,7 +30,7 @@ from aiohttp import web
 from feed.errors import Conflict, Forbidden, NotFound, RequestError, Unauthorized, Unavailable
 from feed.http.errors import refusal
 from feed.store import markings
-from feed.http.api import API
+from feed.http.documents import API
 from feed.http.markings import MARKING_KINDS, MAX_COMMENT, bad_parameter, marking_fields
 from feed.publish.filters import check_storable
 from feed.store.sources import last_runs, quarantined, source_states

@@ -32,7 +32,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from feed.errors import BadParameter, BadRequest, Forbidden, InputError, RequestError, Unauthorized, Unavailable
-from feed.http.api import API
+from feed.http.documents import API
 from feed.http.errors import refusal
 from feed.store import agents as accounts
 from feed.store.transactions import writing

@@ -31,7 +31,7 @@ from feed.http.feeds import add_feed_routes
 from feed.publish.filters import check_request_text
 from feed.publish.publisher import FeedPublisher
 from feed.logs import ThrottledLog
-from feed.metrics import http_middleware, metrics_routes
+from feed.http.metrics import http_middleware, metrics_routes
 from feed.http.security import ADMIN_PREFIX, install_security
 from feed.store.storage import DATABASE_UNAVAILABLE, Storage
 from feed.http.openapi import openapi_routes

@@ -24,7 +24,7 @@ from feed.roads import ROAD_PATTERN, ReferentialError, normalise_road, parse_ref
 from feed.store import markings, roads
 from feed.errors import BadParameter, Conflict, NotFound
 from feed.http.agents import Principal, authorised, json_response, public, read_json
-from feed.http.api import API
+from feed.http.documents import API
 from feed.http.markings import marking_fields
 from feed.model import EventRecord, EventType, Geometry, Severity, StoredEvent, TimeSlot, public_event_id
 from feed.store.transactions import reading, writing

@@ -40,7 +40,7 @@ from collectors import comptage_parse
 from feed.roads import normalise_road
 from feed.store import roads
 from feed.http.agents import Principal, authorised, json_response
-from feed.http.api import API
+from feed.http.documents import API
 from feed.errors import BadParameter, ParseError
 from feed.collect.ingest import Plausibility, Sink
 from feed.model import ChannelRecord, MeasurementRecord, ParsedItem, Quarantined, SiteRecord, VehicleClass

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from feed.roads import ROAD_PATTERN, normalise_road
 from feed.store import roads
 from feed.http.agents import Principal, authorised, json_response, public, read_json
-from feed.http.api import API
+from feed.http.documents import API
 from feed.http.authoring import Position
 from feed.errors import BadParameter
 from feed.store.markings import AGENTS_SOURCE

@@ -13,7 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from feed.errors import BadParameter
-from feed.http.api import parse_instant
+from feed.http.params import parse_instant
 from feed.store.markings import MarkingFields
 
 __all__ = ["MARKING_KINDS", "MAX_COMMENT", "ROAD", "bad_parameter", "echo", "marking_fields"]

@@ -12,8 +12,8 @@ from aiohttp import web
 
 from feed.publish import dcat
 from feed.store import downloads
-from feed.http.api import (
-    API,
+from feed.http.documents import API, respond_json
+from feed.http.params import (
     DEFAULT_PERIODS,
     EVENTS_LIMIT,
     INSTANT_EXPECTED,
@@ -21,7 +21,6 @@ from feed.http.api import (
     MAX_RANGE_TEXT,
     SITES_LIMIT,
     YEARS,
-    respond_json,
 )
 from feed.http.authoring import EventInput, authoring_paths
 from feed.http.campaigns import campaign_paths
@@ -39,7 +38,7 @@ REF = "#/components/schemas/"
 _LON = r"[+-]?(180(\.0+)?|(1[0-7][0-9]|[0-9]{1,2})(\.[0-9]+)?)"
 _LAT = r"[+-]?(90(\.0+)?|[0-8]?[0-9](\.[0-9]+)?)"
 BBOX_PATTERN = rf"^\s*{_LON}\s*,\s*{_LAT}\s*,\s*{_LON}\s*,\s*{_LAT}\s*$"
-_YEAR = "(19|20|21)[0-9]{2}"  # feed.http.api.YEARS: 1900 to 2199
+_YEAR = "(19|20|21)[0-9]{2}"  # feed.http.params.YEARS: 1900 to 2199
 _MONTH = "(0[1-9]|1[0-2])"
 _MONTH_DAY = "((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)|(0[13578]|1[02])-31)"
 _TIME = r"T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?(Z|[+-](0[0-9]|1[0-3]):[0-5][0-9])?"

@@ -60,7 +60,7 @@ log = logging.getLogger("roadfeed.feeds")
 
 LISTENER_APPLICATION_NAME = "roadfeed-feed-listener"
 
-# What each NOTIFY payload makes stale (see storage.CHANGES_CHANNEL); unknown
+# What each NOTIFY payload makes stale (see writes.CHANGES_CHANNEL); unknown
 # payloads refresh everything.
 _PAYLOAD_KINDS: dict[str, tuple[Kind, ...]] = {
     "events": ("events",),

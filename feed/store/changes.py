@@ -30,7 +30,8 @@ import asyncpg
 from exporters import geojson
 from exporters.geojson import event_feature
 from feed.model import Geometry, StoredEvent
-from feed.store.storage import EVENT_WRITER_LOCK, bounded_connection
+from feed.store.events import EVENT_WRITER_LOCK
+from feed.store.storage import bounded_connection
 
 __all__ = ["READ_TIMEOUT", "Change", "ChangeLog", "encode_cursor", "iso_ms"]
 

@@ -1,7 +1,7 @@
 """The one LISTEN loop: how the publisher and the change stream hear of changes.
 
 `ChangeListener` is one reconnecting LISTEN on `roadfeed_changes`
-(storage.CHANGES_CHANNEL), shared by feed.publish.publisher and feed.publish.changes.
+(writes.CHANGES_CHANNEL), shared by feed.publish.publisher and feed.publish.changes.
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ from typing import Any
 
 import asyncpg
 
-from feed.store.storage import (
-    CHANGES_CHANNEL,
-    Storage,
-)
+from feed.store.storage import Storage
+from feed.store.writes import CHANGES_CHANNEL
 
 __all__ = ["ChangeListener"]
 

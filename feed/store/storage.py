@@ -1,47 +1,28 @@
-"""Storage API (asyncpg): sources and runs, sites and channels, measurements with
-exact rollups, versioned events, quarantine and retention.
-
-Measurements travel as plain tuples (`MeasurementRow`), not pydantic objects:
-ingest handles millions of rows and the per-object cost would dominate.
+"""The Storage class: the connection pool (and, on a hot standby, the primary's
+for listening), sources and runs, sites and channels, quarantine and its
+retention. Measurements with exact rollups (feed.store.measurements) and
+versioned events (feed.store.events) are written and read through it too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any
 
 import asyncpg
-from pydantic import ValidationError
 
-from feed.store import validation
 from feed.deadlines import CLOSE_TIMEOUT, close_pool
+from feed.model import ChannelRecord, EventRecord, Quarantined, SiteRecord, StoredChannel, StoredEvent, StoredSite
+from feed.store import events, measurements
+from feed.store.measurements import MeasurementRow, Zone
 from feed.store.replica import Notify, ReplayGate
-from feed.model import (
-    ChannelRecord,
-    EventRecord,
-    Geometry,
-    Quarantined,
-    SiteRecord,
-    StoredChannel,
-    StoredEvent,
-    StoredSite,
-    TimeSlot,
-    public_event_id,
-)
+from feed.store.writes import CHANGES_CHANNEL, Counts
 
-# (channel_id, start, length seconds, count, speed km/h, occupancy %, quality)
-MeasurementRow = tuple[int, datetime, int, int | None, float | None, float | None, str]
-MEASUREMENT_COLUMNS = ("channel_id", "start", "length", "count", "speed", "occupancy", "quality")
-
-# LISTEN on this channel to hear, at commit, that 'events' or 'measurements' changed.
-CHANGES_CHANNEL = "roadfeed_changes"
 # Client-side bounds: a frozen server accepts TCP connections and then never
 # answers, and its statement_timeout cannot fire, so only the client can give up.
 CONNECT_TIMEOUT = 5.0  # seconds to open a connection
@@ -81,23 +62,6 @@ async def bounded_connection(pool: asyncpg.Pool, seconds: float) -> AsyncIterato
             raise
 
 
-_LOCK_CHANNEL = 1  # advisory lock class for channels being ingested
-EVENT_WRITER_LOCK = 2  # advisory lock class of a source's events: held by every event writer until it commits
-
-
-@dataclass
-class Counts:
-    new: int = 0
-    updated: int = 0
-    unchanged: int = 0
-
-    def __iadd__(self, other: Counts) -> Counts:
-        self.new += other.new
-        self.updated += other.updated
-        self.unchanged += other.unchanged
-        return self
-
-
 @dataclass
 class SourceState:
     id: str
@@ -134,122 +98,6 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10, connec
     )
 
 
-# --- rollups -------------------------------------------------------------------
-
-_PRESENT = "m.count IS NOT NULL AND m.quality IN ('observed', 'estimated') AND m.validation IS NULL"
-_ROLLUP_VALUES = f"""
-       coalesce(sum(m.count) FILTER (WHERE {_PRESENT}), 0),
-       coalesce(sum(m.speed::float8 * m.count) FILTER (WHERE {_PRESENT} AND m.speed IS NOT NULL), 0),
-       coalesce(sum(m.count) FILTER (WHERE {_PRESENT} AND m.speed IS NOT NULL), 0),
-       count(*) FILTER (WHERE {_PRESENT}),
-       count(*) FILTER (WHERE {_PRESENT} AND m.quality = 'estimated')"""
-_ROLLUP_UPDATE = """
-    count_sum = EXCLUDED.count_sum, speed_weighted_sum = EXCLUDED.speed_weighted_sum,
-    speed_count = EXCLUDED.speed_count, intervals_present = EXCLUDED.intervals_present,
-    intervals_estimated = EXCLUDED.intervals_estimated, intervals_expected = EXCLUDED.intervals_expected"""
-# Adding a batch of rows that are all new (the COPY path) to the buckets' totals:
-# exact, and it reads only the batch instead of whole buckets.
-_ROLLUP_ADD = """
-    count_sum = r.count_sum + EXCLUDED.count_sum,
-    speed_weighted_sum = r.speed_weighted_sum + EXCLUDED.speed_weighted_sum,
-    speed_count = r.speed_count + EXCLUDED.speed_count,
-    intervals_present = r.intervals_present + EXCLUDED.intervals_present,
-    intervals_estimated = r.intervals_estimated + EXCLUDED.intervals_estimated,
-    intervals_expected = EXCLUDED.intervals_expected"""
-_BATCH_ROWS = "m.start BETWEEN t.lo AND t.hi"
-
-# $1 channel ids, $2 first and $3 last interval start per channel: every hour
-# bucket between them is recomputed from the raw rows ({rows} = the buckets, with
-# {update} replacing their totals), or the batch's rows are added ({rows} = the
-# batch, {update} adding). Only channels finer than
-# an hour have hourly rollups: an hourly channel's raw rows are its hourly
-# series (the `hourly` view joins both), and storing them twice would halve
-# ingest speed for nothing.
-_REFRESH_HOURLY = f"""
-INSERT INTO rollup_hourly AS r (channel_id, bucket, count_sum, speed_weighted_sum, speed_count,
-                                intervals_present, intervals_estimated, intervals_expected)
-SELECT m.channel_id, date_trunc('hour', m.start, 'UTC'), {_ROLLUP_VALUES},
-       greatest(1, 3600 / min(c.time_step))
-  FROM unnest($1::int[], $2::timestamptz[], $3::timestamptz[]) AS t(channel_id, lo, hi)
-  JOIN measurements m ON m.channel_id = t.channel_id AND {{rows}}
-  JOIN channels c ON c.id = m.channel_id AND c.time_step < 3600
- GROUP BY m.channel_id, date_trunc('hour', m.start, 'UTC')
-ON CONFLICT (channel_id, bucket) DO UPDATE SET {{update}}"""
-# Hours are UTC hours, named explicitly: the session's TimeZone (UTC in our pools,
-# but a pool configured elsewhere may differ) must not move a bucket.
-_HOURLY_BUCKETS = ("m.start >= date_trunc('hour', t.lo, 'UTC') "
-                   "AND m.start < date_trunc('hour', t.hi, 'UTC') + interval '1 hour'")
-
-# At least one interval a day: a daily channel owes one even on a 23-hour day.
-_DAILY_EXPECTED = """greatest(1, extract(epoch FROM ((({day} + 1)::timestamp AT TIME ZONE $4)
-                         - (({day})::timestamp AT TIME ZONE $4)))::integer / min(c.time_step))"""
-
-# The same for local days of zone $4; expected intervals follow the day's real
-# length (23 or 25 hours on DST changes). {channels} narrows the channels.
-_REFRESH_DAILY = f"""
-INSERT INTO rollup_daily AS r (channel_id, day, count_sum, speed_weighted_sum, speed_count,
-                               intervals_present, intervals_estimated, intervals_expected)
-SELECT m.channel_id, (m.start AT TIME ZONE $4)::date AS day, {_ROLLUP_VALUES},
-       {_DAILY_EXPECTED.format(day="(m.start AT TIME ZONE $4)::date")}
-  FROM unnest($1::int[], $2::timestamptz[], $3::timestamptz[]) AS t(channel_id, lo, hi)
-  JOIN measurements m ON m.channel_id = t.channel_id AND {{rows}}
-  JOIN channels c ON c.id = m.channel_id {{channels}}
- GROUP BY m.channel_id, (m.start AT TIME ZONE $4)::date
-ON CONFLICT (channel_id, day) DO UPDATE SET {{update}}"""
-_DAILY_BUCKETS = """m.start >= (date_trunc('day', t.lo AT TIME ZONE $4) AT TIME ZONE $4)
-                     AND m.start < ((date_trunc('day', t.hi AT TIME ZONE $4) + interval '1 day') AT TIME ZONE $4)"""
-
-# Channels finer than an hour: their days summed from the hourly rollup just
-# refreshed (an hour never straddles two local days in a zone whose offsets are
-# whole hours), which reads 4 to 60 times fewer rows than the raw intervals.
-_REFRESH_DAILY_FROM_HOURLY = f"""
-INSERT INTO rollup_daily AS r (channel_id, day, count_sum, speed_weighted_sum, speed_count,
-                               intervals_present, intervals_estimated, intervals_expected)
-SELECT h.channel_id, (h.bucket AT TIME ZONE $4)::date AS day,
-       sum(h.count_sum), sum(h.speed_weighted_sum), sum(h.speed_count),
-       sum(h.intervals_present), sum(h.intervals_estimated),
-       {_DAILY_EXPECTED.format(day="(h.bucket AT TIME ZONE $4)::date")}
-  FROM unnest($1::int[], $2::timestamptz[], $3::timestamptz[]) AS t(channel_id, lo, hi)
-  JOIN rollup_hourly h ON h.channel_id = t.channel_id
-                      AND h.bucket >= (date_trunc('day', t.lo AT TIME ZONE $4) AT TIME ZONE $4)
-                      AND h.bucket < ((date_trunc('day', t.hi AT TIME ZONE $4) + interval '1 day') AT TIME ZONE $4)
-  JOIN channels c ON c.id = h.channel_id AND c.time_step < 3600
- GROUP BY h.channel_id, (h.bucket AT TIME ZONE $4)::date
-ON CONFLICT (channel_id, day) DO UPDATE SET {_ROLLUP_UPDATE}"""
-
-_STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS rf_staging (
-    channel_id integer, start timestamptz, length integer, count integer,
-    speed real, occupancy real, quality quality
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS rf_changed (
-    channel_id integer, start timestamptz, inserted boolean
-) ON COMMIT DELETE ROWS"""
-
-# Writes only rows that are new or whose values differ, and records which ones.
-# Unchanged rows are filtered out by a read-only join first: ON CONFLICT alone
-# would lock (and so write) every conflicting row even when nothing changes.
-# {pick} is the staging table or its de-duplicated form.
-_UPSERT = """
-WITH up AS (
-    INSERT INTO measurements AS m (channel_id, start, length, count, speed, occupancy, quality, run_id)
-    SELECT s.channel_id, s.start, s.length, s.count, s.speed, s.occupancy, s.quality, $1
-      FROM {pick}
-      LEFT JOIN measurements o ON o.channel_id = s.channel_id AND o.start = s.start
-                              AND o.start BETWEEN $2 AND $3  -- lets the planner read only the batch's time range
-     WHERE o.channel_id IS NULL
-        OR (o.length, o.count, o.speed, o.occupancy, o.quality)
-           IS DISTINCT FROM (s.length, s.count, s.speed, s.occupancy, s.quality)
-    ON CONFLICT (channel_id, start) DO UPDATE
-       SET length = EXCLUDED.length, count = EXCLUDED.count, speed = EXCLUDED.speed,
-           occupancy = EXCLUDED.occupancy, quality = EXCLUDED.quality, run_id = EXCLUDED.run_id
-    RETURNING m.channel_id, m.start, (xmax = 0) AS inserted
-)
-INSERT INTO rf_changed SELECT channel_id, start, inserted FROM up"""
-
-# The last row of a key wins when a batch repeats it (COPY fills a fresh heap in order).
-_DEDUPED = """(SELECT DISTINCT ON (channel_id, start) * FROM rf_staging
-               ORDER BY channel_id, start, ctid DESC) AS s"""
 
 
 # Sites and channels: known rows are updated (when changed) and only unknown ones
@@ -278,7 +126,7 @@ class Storage:
     def __init__(self, pool: asyncpg.Pool, timezone: str, *, listen_pool: asyncpg.Pool | None = None):
         self.pool = pool
         self.timezone = timezone
-        self.whole_hour_zone = _whole_hour_offsets(timezone)
+        self.zone = Zone.of(timezone)
         self.listen_pool = listen_pool or pool
         self.replay_gate = ReplayGate(listen_pool, pool) if listen_pool is not None else None
 
@@ -543,147 +391,20 @@ class Storage:
             )
         return {r[0]: r[1] for r in rows}
 
-    # --- measurements ----------------------------------------------------------
+    # --- measurements (feed.store.measurements) -----------------------------
 
     async def ingest_measurements(self, rows: Sequence[MeasurementRow], run_id: int | None = None) -> Counts:
-        """Stores a batch idempotently and refreshes the rollup buckets it changed.
-
-        New data (the usual case: the next intervals of each channel) is copied
-        straight into the table; anything overlapping stored rows goes through a
-        staging table and an upsert that writes only rows whose values changed.
-        """
-        if not rows:
-            return Counts()
-        channels = sorted({r[0] for r in rows})
-        lo = min(r[1] for r in rows)
-        hi = max(r[1] for r in rows)
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT set_config('roadfeed.run_id', $1, true)", "" if run_id is None else str(run_id))
-            # Serialise ingests of the same channels, so rollups see every committed row.
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock($1, c) FROM unnest($2::int[]) AS c ORDER BY c", _LOCK_CHANNEL, channels
-            )
-            overlap = await conn.fetchval(
-                """SELECT EXISTS (SELECT 1 FROM measurements
-                                   WHERE channel_id = ANY($1::int[]) AND start BETWEEN $2 AND $3)""",
-                channels, lo, hi,
-            )
-            if not overlap and await self._copy_new(conn, rows):
-                revised = await self._validate(conn, channels, lo, hi)
-                await self._refresh_rollups(conn, channels, [lo] * len(channels), [hi] * len(channels), all_new=True)
-                counts = Counts(new=len(rows))
-            else:
-                counts, revised = await self._upsert(conn, rows, run_id, lo, hi)
-            if revised:  # judgements changed around the batch: recompute those buckets from the raw rows
-                await self._refresh_rollups(
-                    conn, [r["channel_id"] for r in revised], [r["lo"] for r in revised], [r["hi"] for r in revised])
-            if counts.new or counts.updated:
-                await conn.execute("SELECT pg_notify($1, 'measurements')", CHANGES_CHANNEL)
-            return counts
-
-    async def _copy_new(self, conn: asyncpg.Connection, rows: Sequence[MeasurementRow]) -> bool:
-        """COPY straight into measurements; False when the batch repeats a key."""
-        try:
-            async with conn.transaction():
-                await conn.copy_records_to_table("measurements", records=rows, columns=MEASUREMENT_COLUMNS)
-            return True
-        except asyncpg.UniqueViolationError:
-            return False
-
-    async def _upsert(
-        self, conn: asyncpg.Connection, rows: Sequence[MeasurementRow], run_id: int | None, lo: datetime, hi: datetime
-    ) -> tuple[Counts, list[asyncpg.Record]]:
-        await conn.execute(_STAGING)
-        await conn.copy_records_to_table("rf_staging", records=rows, columns=MEASUREMENT_COLUMNS)
-        await conn.execute("ANALYZE rf_staging")
-        distinct = len(rows)
-        try:
-            async with conn.transaction():
-                await conn.execute(_UPSERT.format(pick="rf_staging AS s"), run_id, lo, hi)
-        except asyncpg.CardinalityViolationError:  # the batch repeats a key
-            await conn.execute(_UPSERT.format(pick=_DEDUPED), run_id, lo, hi)
-            distinct = await conn.fetchval("SELECT count(*) FROM (SELECT DISTINCT channel_id, start FROM rf_staging) s")
-        changed = await conn.fetch(
-            """SELECT channel_id, min(start) AS lo, max(start) AS hi,
-                      count(*) FILTER (WHERE inserted) AS new, count(*) FILTER (WHERE NOT inserted) AS updated
-                 FROM rf_changed GROUP BY channel_id"""
-        )
-        new = sum(r["new"] for r in changed)
-        updated = sum(r["updated"] for r in changed)
-        revised: list[asyncpg.Record] = []
-        if changed:
-            revised = await self._validate(conn, [r["channel_id"] for r in changed], lo, hi)
-            await self._refresh_rollups(
-                conn, [r["channel_id"] for r in changed], [r["lo"] for r in changed], [r["hi"] for r in changed]
-            )
-        return Counts(new=new, updated=updated, unchanged=distinct - new - updated), revised
-
-    async def _validate(
-        self, conn: asyncpg.Connection, channels: list[int], lo: datetime, hi: datetime
-    ) -> list[asyncpg.Record]:
-        """Judges the intervals of the batch's sites around [lo, hi] (feed/store/validation.py);
-        returns, per channel, the range of intervals whose judgement changed."""
-        return list(await conn.fetch(
-            f"WITH v AS ({validation.VALIDATE}) "
-            "SELECT channel_id, min(start) AS lo, max(start) AS hi FROM v GROUP BY channel_id",
-            channels, lo, hi, self.timezone))
-
-    async def _refresh_rollups(
-        self, conn: asyncpg.Connection, channels: list[int], los: list[datetime], his: list[datetime],
-        *, all_new: bool = False,
-    ) -> None:
-        """Brings the rollup buckets of these ranges up to date. `all_new`: every raw
-        row in the ranges was just inserted, so its totals are added to the buckets."""
-        finer, coarser = await conn.fetchrow(
-            "SELECT bool_or(time_step < 3600), bool_or(time_step >= 3600) FROM channels WHERE id = ANY($1::int[])",
-            channels)
-        update = _ROLLUP_ADD if all_new else _ROLLUP_UPDATE
-        if finer:
-            rows = _BATCH_ROWS if all_new else _HOURLY_BUCKETS
-            await conn.execute(_REFRESH_HOURLY.format(rows=rows, update=update), channels, los, his)
-        daily = _REFRESH_DAILY.format(rows=_BATCH_ROWS if all_new else _DAILY_BUCKETS, update=update,
-                                      channels="{channels}")
-        if finer and self.whole_hour_zone:
-            await conn.execute(_REFRESH_DAILY_FROM_HOURLY, channels, los, his, self.timezone)
-            if coarser:
-                await conn.execute(daily.format(channels="AND c.time_step >= 3600"),
-                                   channels, los, his, self.timezone)
-        else:
-            await conn.execute(daily.format(channels=""), channels, los, his, self.timezone)
+        return await measurements.ingest(self.pool, self.zone, rows, run_id)
 
     async def refresh_rollups(
         self, conn: asyncpg.Connection, channels: list[int], los: list[datetime], his: list[datetime]
     ) -> None:
-        """Recomputes the rollup buckets over these ranges from the raw rows, after their
-        quality changed (a counter marked faulty, or the marking removed)."""
-        if channels:
-            await self._refresh_rollups(conn, channels, los, his)
-            await conn.execute("SELECT pg_notify($1, 'measurements')", CHANGES_CHANNEL)
+        await measurements.refresh_rollups(conn, self.zone, channels, los, his)
 
     async def drop_measurements_before(self, cutoff: datetime, batch: int = 50_000) -> int:
-        """Retention: removes raw rows older than `cutoff`; rollups stay."""
-        mode = await self.pool.fetchval("SELECT value FROM roadfeed_meta WHERE key = 'storage_mode'")
-        if mode and mode.startswith("timescaledb"):
-            # Whole chunks first, then the rows of the chunk that straddles the cutoff.
-            before = await self.pool.fetchval("SELECT count(*) FROM measurements WHERE start < $1", cutoff)
-            await self.pool.execute("SELECT drop_chunks('measurements', older_than => $1::timestamptz)", cutoff)
-            await self.pool.execute("DELETE FROM measurements WHERE start < $1", cutoff)
-            return before
-        removed = 0
-        while True:
-            n = await self.pool.fetchval(
-                """WITH gone AS (
-                       DELETE FROM measurements WHERE ctid = ANY (ARRAY(
-                           SELECT ctid FROM measurements WHERE start < $1 LIMIT $2))
-                       RETURNING 1)
-                   SELECT count(*) FROM gone""",
-                cutoff, batch,
-            )
-            removed += n
-            if n < batch:
-                return removed
+        return await measurements.drop_before(self.pool, cutoff, batch)
 
-    # --- events ----------------------------------------------------------------
+    # --- events (feed.store.events) ------------------------------------------
 
     async def upsert_events(
         self,
@@ -695,165 +416,20 @@ class Storage:
         complete_snapshot: bool = False,
         author: str | None = None,
     ) -> Counts:
-        """New version for each changed event; unchanged ones only move `last_seen`.
-
-        `author`: the agent who wrote these versions (None: a collector).
-
-        With `complete_snapshot`, the source's open events absent from `records`
-        are ended (status ended, actual end = `seen_at`), never deleted.
-        """
-        latest = {r.external_id: r for r in records}
-        counts = Counts()
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", EVENT_WRITER_LOCK, source_id)
-            existing = {
-                r["external_id"]: r
-                for r in await conn.fetch(
-                    """SELECT external_id, id, version, content_hash, status, first_seen FROM events
-                        WHERE source_id = $1 AND external_id = ANY($2::text[])""",
-                    source_id, list(latest),
-                )
-            }
-            unchanged: list[str] = []
-            writes: list[tuple[EventRecord, str, int, str, datetime]] = []
-            for ext, rec in latest.items():
-                digest = _content_hash(rec)
-                old = existing.get(ext)
-                if old is None:
-                    writes.append((rec, public_event_id(source_id, ext), 1, "created", seen_at))
-                    counts.new += 1
-                elif old["content_hash"] == digest:
-                    unchanged.append(old["id"])
-                    counts.unchanged += 1
-                else:
-                    change = "reopened" if old["status"] == "ended" and rec.status != "ended" else (
-                        "ended" if rec.status == "ended" else "updated")
-                    writes.append((rec, old["id"], old["version"] + 1, change, old["first_seen"]))
-                    counts.updated += 1
-            if writes:
-                await self._write_event_versions(conn, source_id, writes, seen_at, run_id, author)
-            if unchanged:
-                await conn.execute("UPDATE events SET last_seen = $2, last_run = $3 WHERE id = ANY($1::text[])",
-                                   unchanged, seen_at, run_id)
-            if complete_snapshot:
-                counts.updated += await self._end_missing(conn, source_id, list(latest), seen_at, run_id)
-            if counts.new or counts.updated:
-                await conn.execute("SELECT pg_notify($1, 'events')", CHANGES_CHANNEL)
-        return counts
+        return await events.upsert_events(self.pool, source_id, records, seen_at=seen_at, run_id=run_id,
+                                          complete_snapshot=complete_snapshot, author=author)
 
     async def events_seen_by_run(self, source_id: str, run_id: int, external_ids: Sequence[str]) -> set[str]:
-        """Which of these events run `run_id` has already stored."""
-        rows = await self.pool.fetch(
-            "SELECT external_id FROM events WHERE source_id = $1 AND external_id = ANY($2::text[]) AND last_run = $3",
-            source_id, list(external_ids), run_id)
-        return {r[0] for r in rows}
+        return await events.events_seen_by_run(self.pool, source_id, run_id, external_ids)
 
     async def end_events_not_seen(self, source_id: str, run_id: int, seen_at: datetime) -> int:
-        """The end of a complete snapshot stored in batches by run `run_id`: the source's
-        open events that no batch of the run listed are ended (never deleted)."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", EVENT_WRITER_LOCK, source_id)
-            gone = await conn.fetch(
-                f"""SELECT {_EVENT_COLUMNS} FROM events
-                     WHERE source_id = $1 AND status <> 'ended' AND last_run IS DISTINCT FROM $2""",
-                source_id, run_id,
-            )
-            ended = await self._end(conn, source_id, gone, seen_at, run_id)
-            if ended:
-                await conn.execute("SELECT pg_notify($1, 'events')", CHANGES_CHANNEL)
-        return ended
-
-    async def _end_missing(
-        self, conn: asyncpg.Connection, source_id: str, present: list[str], seen_at: datetime, run_id: int | None
-    ) -> int:
-        gone = await conn.fetch(
-            f"""SELECT {_EVENT_COLUMNS} FROM events
-                 WHERE source_id = $1 AND status <> 'ended' AND NOT (external_id = ANY($2::text[]))""",
-            source_id, present,
-        )
-        return await self._end(conn, source_id, gone, seen_at, run_id)
-
-    async def _end(self, conn: asyncpg.Connection, source_id: str, gone: list[asyncpg.Record], seen_at: datetime,
-                   run_id: int | None) -> int:
-        writes = []
-        for row in gone:
-            old = _stored_event(row)
-            fields = {k: v for k, v in old if k in EventRecord.model_fields}
-            ended = _as_stored(EventRecord, {**fields, "status": "ended", "actual_end": seen_at})
-            writes.append((ended, old.id, old.version + 1, "ended", old.first_seen))
-        if writes:
-            await self._write_event_versions(conn, source_id, writes, seen_at, run_id)
-        return len(writes)
-
-    async def _write_event_versions(
-        self,
-        conn: asyncpg.Connection,
-        source_id: str,
-        writes: list[tuple[EventRecord, str, int, str, datetime]],
-        seen_at: datetime,
-        run_id: int | None,
-        author: str | None = None,
-    ) -> None:
-        event_rows = []
-        version_rows = []
-        for rec, event_id, version, change, first_seen in writes:
-            geometry = rec.geometry.model_dump_json() if rec.geometry else None
-            event_rows.append((
-                event_id, source_id, rec.external_id, version, rec.type, rec.subtype, rec.status, rec.severity,
-                rec.planned_start, rec.planned_end, rec.actual_start, rec.actual_end, rec.road, rec.direction,
-                rec.lanes_affected, geometry, rec.descriptions, rec.detour, rec.location_refs,
-                rec.source_version, rec.source_updated, _content_hash(rec), first_seen, seen_at, seen_at,
-                [slot.model_dump() for slot in rec.schedule], run_id,
-            ))
-            state = _as_stored(StoredEvent, dict(
-                dict(rec), id=event_id, source_id=source_id, version=version,
-                first_seen=first_seen, last_seen=seen_at, updated=seen_at,
-            )).model_dump(mode="json")
-            version_rows.append((event_id, version, change, seen_at, run_id, state, author))
-        await conn.executemany(
-            """INSERT INTO events (id, source_id, external_id, version, type, subtype, status, severity,
-                                   planned_start, planned_end, actual_start, actual_end, road, direction,
-                                   lanes_affected, geom, descriptions, detour, location_refs, source_version,
-                                   source_updated, content_hash, first_seen, last_seen, updated, schedule, last_run)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                       ST_SetSRID(ST_GeomFromGeoJSON($16), 4326), $17, $18, $19, $20, $21, $22, $23, $24, $25, $26,
-                       $27)
-               ON CONFLICT (id) DO UPDATE SET
-                   version = EXCLUDED.version, type = EXCLUDED.type, subtype = EXCLUDED.subtype,
-                   status = EXCLUDED.status, severity = EXCLUDED.severity,
-                   planned_start = EXCLUDED.planned_start, planned_end = EXCLUDED.planned_end,
-                   actual_start = EXCLUDED.actual_start, actual_end = EXCLUDED.actual_end,
-                   road = EXCLUDED.road, direction = EXCLUDED.direction, lanes_affected = EXCLUDED.lanes_affected,
-                   geom = EXCLUDED.geom, descriptions = EXCLUDED.descriptions, detour = EXCLUDED.detour,
-                   location_refs = EXCLUDED.location_refs, source_version = EXCLUDED.source_version,
-                   source_updated = EXCLUDED.source_updated, content_hash = EXCLUDED.content_hash,
-                   last_seen = EXCLUDED.last_seen, updated = EXCLUDED.updated, schedule = EXCLUDED.schedule,
-                   last_run = EXCLUDED.last_run""",
-            event_rows,
-        )
-        await conn.executemany(
-            """INSERT INTO event_versions (event_id, version, change, recorded, run_id, state, author)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)""",
-            version_rows,
-        )
+        return await events.end_events_not_seen(self.pool, source_id, run_id, seen_at)
 
     async def events(self, *, ended_since: datetime | None = None, source_id: str | None = None) -> list[StoredEvent]:
-        """Open events, plus those ended since `ended_since` (all ended ones when None), as the
-        live feeds publish them: placed on the road referential when they have no PR (see
-        _LOCATED_REFS)."""
-        rows = await self.pool.fetch(
-            f"""SELECT {_EVENT_FIELDS}, coalesce(located.refs, e.location_refs) AS location_refs
-                  FROM events e LEFT JOIN LATERAL ({_LOCATED_REFS}) located ON true
-                 WHERE ($1::timestamptz IS NULL OR status <> 'ended' OR updated >= $1)
-                   AND ($2::text IS NULL OR source_id = $2)
-                 ORDER BY id""",
-            ended_since, source_id, LOCATE_TOLERANCE_M,
-        )
-        return [_stored_event(r) for r in rows]
+        return await events.events(self.pool, ended_since=ended_since, source_id=source_id)
 
     async def event_versions(self, event_id: str) -> list[StoredEvent]:
-        rows = await self.pool.fetch("SELECT state FROM event_versions WHERE event_id = $1 ORDER BY version", event_id)
-        return [StoredEvent.model_validate(r["state"]) for r in rows]
+        return await events.event_versions(self.pool, event_id)
 
     # --- reading sites ---------------------------------------------------------
 
@@ -880,72 +456,3 @@ class Storage:
             site_id = d.pop("site_id")
             by_site.setdefault(site_id, []).append(StoredChannel(**d))
         return [StoredSite(**dict(r), channels=by_site.get(r["id"], [])) for r in site_rows]
-
-
-_EVENT_FIELDS = """id, source_id, external_id, version, type, subtype, status::text AS status, severity,
-    planned_start, planned_end, actual_start, actual_end, road, direction, lanes_affected,
-    ST_AsGeoJSON(geom) AS geometry, descriptions, detour, schedule, source_version, source_updated,
-    first_seen, last_seen, updated"""
-_EVENT_COLUMNS = _EVENT_FIELDS + ", location_refs"
-
-# How far (metres, in Lambert-93) an event's position may lie from its road for the
-# referential to give it a PR + abscissa.
-LOCATE_TOLERANCE_M = 200.0
-
-# For the live feeds: an event `e` with a road and a geometry but no PR reference, on
-# a road of the referential, gets the PR + abscissa of its point (or of its line's
-# first and last positions, from / to) in `location_refs`, in the shape the DATEX II
-# parser gives, so that every DATEX II writer puts the road number in a linear
-# reference. No row (the event is read as stored) when the road is unknown or a
-# position lies more than $3 metres from it; stored versions never change.
-_LOCATED_REFS = """
-    SELECT e.location_refs || jsonb_build_object('pr', jsonb_agg(jsonb_build_object(
-               'at', a.at, 'road', e.road, 'pr', l.pr, 'abscissa', round(l.abscissa::numeric, 1)) ORDER BY a.n)) AS refs
-      FROM unnest(CASE GeometryType(e.geom) WHEN 'POINT' THEN ARRAY['point'] ELSE ARRAY['from', 'to'] END,
-                  CASE GeometryType(e.geom) WHEN 'POINT' THEN ARRAY[e.geom]
-                       ELSE ARRAY[ST_StartPoint(e.geom), ST_EndPoint(e.geom)] END) WITH ORDINALITY AS a(at, g, n)
-     CROSS JOIN LATERAL road_locate(upper(replace(e.road, ' ', '')), a.g) l
-     WHERE e.road IS NOT NULL AND e.geom IS NOT NULL AND NOT e.location_refs ?| ARRAY['pr', 'referent']
-    HAVING bool_and(coalesce(l.offset_m <= $3, false))"""
-
-
-def _stored_event(row: asyncpg.Record) -> StoredEvent:
-    d = dict(row)
-    geometry = d.pop("geometry")
-    d["geometry"] = Geometry.model_validate_json(geometry) if geometry else None
-    for key, value in d.items():
-        # asyncpg reads -infinity and infinity (what it writes for datetime.min and
-        # datetime.max) as naive datetime.min / datetime.max: they are UTC instants,
-        # and one such row must not make every event unreadable.
-        if isinstance(value, datetime) and value.tzinfo is None:
-            d[key] = value.replace(tzinfo=UTC)
-    return _as_stored(StoredEvent, d)
-
-
-_Stored = TypeVar("_Stored", EventRecord, StoredEvent)
-
-
-def _as_stored(model: type[_Stored], data: dict[str, Any]) -> _Stored:
-    """A model of what the database already holds. A row stored before today's ingest
-    bounds (or by another writer) stays readable and can be ended, as it is: each
-    renderer leaves out what it cannot write, and no feed or snapshot is held hostage."""
-    try:
-        return model(**data)
-    except ValidationError:
-        slots = [slot if isinstance(slot, TimeSlot) else TimeSlot.model_validate(slot)
-                 for slot in data.get("schedule") or []]
-        return model.model_construct(**{**data, "schedule": slots})
-
-
-def _whole_hour_offsets(timezone: str) -> bool:
-    """Whether every UTC offset the zone has used since 1990 is a whole number of hours."""
-    zone = ZoneInfo(timezone)
-    probes = (datetime(year, month, 1, tzinfo=UTC) for year in range(1990, 2041) for month in (1, 4, 7, 10))
-    offsets = (p.astimezone(zone).utcoffset() for p in probes)
-    return all(o is not None and o.total_seconds() % 3600 == 0 for o in offsets)
-
-
-def _content_hash(rec: EventRecord) -> bytes:
-    # Without a schedule, the hash every event had before schedules existed: no spurious new versions.
-    return hashlib.sha256(rec.model_dump_json(exclude=None if rec.schedule else {"schedule"}).encode()).digest()
-

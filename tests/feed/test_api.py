@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from multidict import MultiDict
 
-from feed.http import api
+from feed.http import api, documents, params
 from feed.store import history
 from feed.config import Config, DatabaseConfig, SourceConfig
 from feed.publish.publisher import FeedPublisher
@@ -385,8 +385,8 @@ async def test_hour_month_and_year_steps_equal_the_raw_rows(env: Env):
     for step, a, b in (("hour", "2025-07-02T08:00", "2025-07-02T14:00"), ("month", "2025-06", "2025-09"),
                        ("year", "2025", "2026")):
         doc = await get_json(env.client, f"/api/v1/sites/{sid}/counts?from={a}&to={b}&step={step}")
-        start = api.parse_instant("from", a, PARIS)
-        end = api.parse_instant("to", b, PARIS)
+        start = params.parse_instant("from", a, PARIS)
+        end = params.parse_instant("to", b, PARIS)
         assert_points(doc["points"], recompute(env.seeded.rows, steps, start, end, step))
     hours = (await get_json(env.client, f"/api/v1/sites/{sid}/counts?from=2025-07-02T09:00&to=2025-07-02T13:00"
                                         "&step=hour"))["points"]
@@ -503,9 +503,9 @@ async def test_range_limit_is_per_step_and_says_so(env: Env):
 async def test_default_range_is_the_last_periods(env: Env):
     sid = env.seeded.site_ids["S1"]
     doc = await get_json(env.client, f"/api/v1/sites/{sid}/counts?step=month")
-    assert len(doc["points"]) == api.DEFAULT_PERIODS["month"]
+    assert len(doc["points"]) == params.DEFAULT_PERIODS["month"]
     doc = await get_json(env.client, f"/api/v1/sites/{sid}/counts?from=2025-07-01")
-    assert len(doc["points"]) == api.DEFAULT_PERIODS["day"] and doc["points"][0]["period"] == "2025-07-01"
+    assert len(doc["points"]) == params.DEFAULT_PERIODS["day"] and doc["points"][0]["period"] == "2025-07-01"
 
 
 @st.composite
@@ -568,8 +568,8 @@ async def test_random_series_equal_a_recomputation_from_raw_rows(env: Env, data,
     for step, a, b in (("hour", "2025-03-29T20:00", "2025-03-31T04:00"), ("day", "2025-03-28", "2025-04-02"),
                        ("month", "2025-03", "2025-05")):
         doc = await get_json(env.client, f"/api/v1/sites/{sid}/counts?from={a}&to={b}&step={step}")
-        want = recompute(rows, channel_steps, api.parse_instant("from", a, PARIS), api.parse_instant("to", b, PARIS),
-                         step, rejected)
+        want = recompute(rows, channel_steps, params.parse_instant("from", a, PARIS),
+                         params.parse_instant("to", b, PARIS), step, rejected)
         assert_points(doc["points"], want)
 
 
@@ -645,7 +645,7 @@ async def test_annual_filter_q_gives_the_same_rows_in_every_format(env: Env, q: 
     doc = await get_json(env.client, query)
     want = [r for r in whole if expected is None or r["external_id"] in expected]
     assert doc["rows"] == want and doc["q"] == (q.strip() or None)
-    assert [r for r in whole if api.matches_filter(q.strip(), r["name"], r["road"], r["external_id"])] == want
+    assert [r for r in whole if documents.matches_filter(q.strip(), r["name"], r["road"], r["external_id"])] == want
     rows = list(csv.DictReader(io.StringIO(await (await env.client.get(query + "&format=csv")).text())))
     assert [int(r["site_id"]) for r in rows] == [r["site_id"] for r in want]
     body = await (await env.client.get(query + "&format=csv&dialect=fr")).read()
@@ -783,18 +783,18 @@ async def test_statement_timeout_bounds_every_api_query(env: Env, monkeypatch: p
 
 
 def test_csv_cells_are_quoted_and_never_formulas():
-    body = api.csv_bytes(["name", "n"], [["=1+1", 1], ["-3", -3], ["@a, b", None], ['say "hi"', 0.5], ["+x", 2]])
+    body = documents.csv_bytes(["name", "n"], [["=1+1", 1], ["-3", -3], ["@a, b", None], ['say "hi"', 0.5], ["+x", 2]])
     assert body.decode().splitlines() == ["name,n", "'=1+1,1", "-3,-3", '"\'@a, b",', '"say ""hi""",0.5', "'+x,2"]
 
 
 def test_cursor_round_trip_and_period_arithmetic():
-    assert api.decode_cursor(MultiDict(cursor=api.encode_cursor("events", "cd34:a/b")), "events") == "cd34:a/b"
+    assert params.decode_cursor(MultiDict(cursor=params.encode_cursor("events", "cd34:a/b")), "events") == "cd34:a/b"
     spring = datetime(2025, 3, 30, tzinfo=PARIS)
-    assert api.shift(spring, "day", 1, PARIS) == datetime(2025, 3, 31, tzinfo=PARIS)
-    assert api.count_periods(spring, api.shift(spring, "hour", 24, PARIS), "hour", PARIS) == 24
-    assert api.ceil_to(datetime(2025, 3, 30, 12, 30, tzinfo=PARIS), "day", PARIS) == datetime(2025, 3, 31,
+    assert params.shift(spring, "day", 1, PARIS) == datetime(2025, 3, 31, tzinfo=PARIS)
+    assert params.count_periods(spring, params.shift(spring, "hour", 24, PARIS), "hour", PARIS) == 24
+    assert params.ceil_to(datetime(2025, 3, 30, 12, 30, tzinfo=PARIS), "day", PARIS) == datetime(2025, 3, 31,
                                                                                               tzinfo=PARIS)
-    assert api.floor_to(datetime(2025, 7, 17, 9, tzinfo=PARIS), "month", PARIS) == JULY1
+    assert params.floor_to(datetime(2025, 7, 17, 9, tzinfo=PARIS), "month", PARIS) == JULY1
 
 
 async def test_french_csv_opens_in_columns_with_decimal_commas_and_says_what_it_holds(env: Env):

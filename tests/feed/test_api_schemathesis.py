@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from feed.http import api
+from feed.http import api, params
 from feed.http.agents import agent_routes
 from feed.http.authoring import authoring_routes
 from feed.http.campaigns import campaign_routes
@@ -83,7 +83,8 @@ async def test_schemathesis_with_every_check_finds_nothing(storage: Storage, tmp
     schema = tmp_path / "openapi.json"
     schema.write_text(json.dumps(openapi_document(CONFIG)))
     (tmp_path / "schemathesis.toml").write_text(CROSS_PARAMETER_VALUES.format(
-        site_id=site_id, sites_cursor=api.encode_cursor("sites", 0), events_cursor=api.encode_cursor("events", "")))
+        site_id=site_id, sites_cursor=params.encode_cursor("sites", 0),
+        events_cursor=params.encode_cursor("events", "")))
     # every route the document describes (the history API, agents, authoring, road conditions, campaigns)
     app = build_app(CONFIG, storage, publisher=NoFeeds(storage, CONFIG),
                     routes=[api.api_routes, agent_routes, authoring_routes, condition_routes, campaign_routes])

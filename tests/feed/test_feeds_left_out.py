@@ -28,7 +28,8 @@ from feed.publish.catalogue import EVENTS_GEOJSON, FEEDS, STATUS_PATH
 from feed.http.app import build_app
 from feed import model
 from feed.model import ChannelRecord, EventRecord, EventStatus, EventType, Geometry, Severity, SiteRecord, StoredEvent
-from feed.store.storage import CHANGES_CHANNEL, Storage
+from feed.store.storage import Storage
+from feed.store.writes import CHANGES_CHANNEL
 
 WAIT = 15.0
 LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)  # the last instant Python (and so asyncpg) can carry
