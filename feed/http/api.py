@@ -49,7 +49,7 @@ from feed.store.downloads import MEDIA_TYPES
 from feed.store.history import STEPS, Site, Step
 from feed.store.transactions import reading
 
-if TYPE_CHECKING:  # feed.http.app imports this module to register its routes
+if TYPE_CHECKING:
     from feed.http.context import AppContext
 
 __all__ = ["api_routes"]

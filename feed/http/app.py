@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.typedefs import Middleware
 
 from feed.http.admin import admin_routes
 from feed.http.agentpage import agent_page_routes
@@ -84,7 +85,6 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 def database_unavailable_middleware(throttled: ThrottledLog) -> Middleware:

@@ -35,8 +35,8 @@ from feed.store import downloads, history
 from feed.store.downloads import MEDIA_TYPES
 from feed.store.transactions import reading
 
-if TYPE_CHECKING:  # feed.http.app imports feed.http.api, which registers these routes
-    from feed.http.app import AppContext
+if TYPE_CHECKING:
+    from feed.http.context import AppContext
 
 log = logging.getLogger("roadfeed.api")
 

@@ -40,7 +40,8 @@ class Zone:
     def of(cls, timezone: str) -> Zone:
         zone = ZoneInfo(timezone)
         probes = (datetime(year, month, 1, tzinfo=UTC) for year in range(1990, 2041) for month in (1, 4, 7, 10))
-        return cls(timezone, all(p.astimezone(zone).utcoffset().total_seconds() % 3600 == 0 for p in probes))
+        offsets = (p.astimezone(zone).utcoffset() for p in probes)
+        return cls(timezone, all(o is not None and o.total_seconds() % 3600 == 0 for o in offsets))
 
 
 # --- rollups -------------------------------------------------------------------
