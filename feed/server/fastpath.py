@@ -11,7 +11,7 @@ answers exactly those requests straight from the connection's bytes, with every
 response's headers prepared once per feed version, and hands everything else
 (other paths, query strings, other methods, HTTP/1.0, bodies, upgrades, anything
 unusual) to aiohttp on the same connection, which then keeps it. Both paths send
-the same status, headers and body for the same request (tests/feed/test_feeds_fastpath.py).
+the same status, headers and body for the same request (tests/server/test_feeds_fastpath.py).
 """
 
 from __future__ import annotations

@@ -177,7 +177,7 @@ async def test_real_responses_validate_against_the_documented_schemas(client):
         assert schema is not None
         validate(json.loads(await response.read()), schema)
         checked.add(template)
-    # every history route answered at least once (agents' routes: tests/feed/test_authoring.py and others)
+    # every history route answered at least once (agents' routes: tests/http/test_authoring.py and others)
     documented = {p for p in history_paths() if p != "/api/v1/openapi.json"}
     assert checked == documented
 
