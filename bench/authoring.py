@@ -30,20 +30,25 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from feed.roads import parse_referential  # noqa: E402
-from feed.store import roads  # noqa: E402
-from feed.store.cluster import Cluster, free_port, host_engine  # noqa: E402
 from feed.config import Config, PublicationConfig, ServerConfig  # noqa: E402
 from feed.http.app import build_app  # noqa: E402
 from feed.http.context import CONTEXT  # noqa: E402
-from feed.store.migrations import migrate  # noqa: E402
 from feed.model import EventRecord, Geometry  # noqa: E402
+from feed.roads import parse_referential  # noqa: E402
 from feed.simulator.geography import referential_geojson  # noqa: E402
+from feed.store import roads  # noqa: E402
+from feed.store.cluster import Cluster, free_port, host_engine  # noqa: E402
+from feed.store.migrations import migrate  # noqa: E402
 from feed.store.storage import Storage  # noqa: E402
 
 TOKEN = "bench-admin-token"
-FEEDS = ("/feeds/datex2/v3/situations.xml", "/feeds/datex2/v2/situations.xml", "/feeds/events.geojson",
-         "/feeds/wzdx/v4.2/work-zones.geojson", "/feeds/waze/cifs.xml")
+FEEDS = (
+    "/feeds/datex2/v3/situations.xml",
+    "/feeds/datex2/v2/situations.xml",
+    "/feeds/events.geojson",
+    "/feeds/wzdx/v4.2/work-zones.geojson",
+    "/feeds/waze/cifs.xml",
+)
 
 
 async def until_everywhere(http: aiohttp.ClientSession, base: str, needle: bytes, started: float) -> float:
@@ -69,12 +74,22 @@ async def run(url: str, events: int, rounds: int) -> dict[str, list[float]]:
         await roads.store_referential(conn, parse_referential(referential_geojson(), "simulator"))
     await storage.ensure_source("cd34", "datex2", "http://127.0.0.1:9/cd34")
     now = datetime.now(UTC)
-    background = [EventRecord(external_id=f"bg{i}", type="roadworks", road="RD986", descriptions={"fr": f"travaux {i}"},
-                              geometry=Geometry(type="Point", coordinates=[3.8 + i * 1e-5, 43.7]), actual_start=now)
-                  for i in range(events)]
+    background = [
+        EventRecord(
+            external_id=f"bg{i}",
+            type="roadworks",
+            road="RD986",
+            descriptions={"fr": f"travaux {i}"},
+            geometry=Geometry(type="Point", coordinates=[3.8 + i * 1e-5, 43.7]),
+            actual_start=now,
+        )
+        for i in range(events)
+    ]
     await storage.upsert_events("cd34", background, seen_at=now)
-    config = Config(server=ServerConfig(admin_token=TOKEN, rate_limit_per_minute=0),
-                    publication=PublicationConfig(bbox=(-5.0, 41.0, 10.0, 51.5)))
+    config = Config(
+        server=ServerConfig(admin_token=TOKEN, rate_limit_per_minute=0),
+        publication=PublicationConfig(bbox=(-5.0, 41.0, 10.0, 51.5)),
+    )
     app = build_app(config, storage)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -88,9 +103,14 @@ async def run(url: str, events: int, rounds: int) -> dict[str, list[float]]:
         async with aiohttp.ClientSession() as http:
             event_id = None
             for n in range(rounds):
-                body = {"kind": "alternating_traffic", "road": "RD613", "from": {"pr": 12, "abscissa": 150},
-                        "to": {"pr": 13, "abscissa": 400}, "description": {"fr": f"alternat, version {n}"},
-                        "schedule": [{"days": ["monday", "tuesday"], "start": "21:00", "end": "06:00"}]}
+                body = {
+                    "kind": "alternating_traffic",
+                    "road": "RD613",
+                    "from": {"pr": 12, "abscissa": 150},
+                    "to": {"pr": 13, "abscissa": 400},
+                    "description": {"fr": f"alternat, version {n}"},
+                    "schedule": [{"days": ["monday", "tuesday"], "start": "21:00", "end": "06:00"}],
+                }
                 started = time.perf_counter()
                 if event_id is None:
                     async with http.post(base + "/api/v1/events", json=body, headers=headers) as resp:
@@ -100,9 +120,14 @@ async def run(url: str, events: int, rounds: int) -> dict[str, list[float]]:
                         assert resp.status == 200, await resp.text()
                 times["agent"].append(await until_everywhere(http, base, f"version {n}".encode(), started))
 
-                record = EventRecord(external_id="ref", type="roadworks", road="RD613",
-                                     descriptions={"fr": f"référence {n}"}, actual_start=now,
-                                     geometry=Geometry(type="LineString", coordinates=[[3.70, 43.50], [3.71, 43.51]]))
+                record = EventRecord(
+                    external_id="ref",
+                    type="roadworks",
+                    road="RD613",
+                    descriptions={"fr": f"référence {n}"},
+                    actual_start=now,
+                    geometry=Geometry(type="LineString", coordinates=[[3.70, 43.50], [3.71, 43.51]]),
+                )
                 started = time.perf_counter()
                 await storage.upsert_events("cd34", [record], seen_at=datetime.now(UTC))
                 times["collector"].append(await until_everywhere(http, base, f"référence {n}".encode(), started))
@@ -140,12 +165,27 @@ def main() -> None:
     for name, label in (("agent", "agent POST -> every feed"), ("collector", "collector upsert -> every feed (ref)")):
         v = times[name]
         print(f"{label:<40}{statistics.median(v):>10.3f}{p95(v):>10.3f}{max(v):>10.3f}")
-    print(json.dumps({"bench": "authoring", "targets": {
-        "agent_publish_to_every_feed_p95_s": {"value": round(p95(times["agent"]), 3), "op": "<=", "target": 1.0},
-        "agent_vs_collector_median_ratio": {
-            "value": round(statistics.median(times["agent"]) / statistics.median(times["collector"]), 3),
-            "op": "<=", "target": 1.5}},
-        "events": args.events, "rounds": args.rounds}))
+    print(
+        json.dumps(
+            {
+                "bench": "authoring",
+                "targets": {
+                    "agent_publish_to_every_feed_p95_s": {
+                        "value": round(p95(times["agent"]), 3),
+                        "op": "<=",
+                        "target": 1.0,
+                    },
+                    "agent_vs_collector_median_ratio": {
+                        "value": round(statistics.median(times["agent"]) / statistics.median(times["collector"]), 3),
+                        "op": "<=",
+                        "target": 1.5,
+                    },
+                },
+                "events": args.events,
+                "rounds": args.rounds,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

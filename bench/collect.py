@@ -62,11 +62,11 @@ from collectors import opendatasoft_parse
 from collectors.datex2_parse import parse_datex2
 from collectors.fetch import Fetcher
 from exporters.datex2_v3 import render_situations
-from feed.store.cluster import Cluster, Engine, chroot_engine, host_engine
 from feed.collect.poll import poll_source
 from feed.config import PublicationConfig, SourceConfig
-from feed.store.migrations import migrate
 from feed.model import Geometry, StoredEvent
+from feed.store.cluster import Cluster, Engine, chroot_engine, host_engine
+from feed.store.migrations import migrate
 from feed.store.storage import Storage
 from feed.store.writes import CHANGES_CHANNEL
 
@@ -117,26 +117,49 @@ def write_measured_data(path: Path, target_bytes: int, sites: int, now: datetime
             start, end = _xml_time(first + timedelta(minutes=step)), _xml_time(first + timedelta(minutes=step + 1))
             parts = []
             for site in range(sites):
-                parts.append('<roa:siteMeasurements><roa:measurementSiteReference targetClass="roa:MeasurementSite"'
-                             f' id="cd34:S{site:04d}" version="1"/>')
+                parts.append(
+                    '<roa:siteMeasurements><roa:measurementSiteReference targetClass="roa:MeasurementSite"'
+                    f' id="cd34:S{site:04d}" version="1"/>'
+                )
                 for direction in (0, 1):
                     count = (site * 7 + step * 13 + direction * 5) % 45
-                    parts.append(_QUANTITY.format(
-                        index=2 * direction + 1, kind="TrafficFlow", start=start, end=end,
-                        value=f'<roa:vehicleFlow numberOfInputValuesUsed="{count}"><com:vehicleFlowRate>'
-                              f"{count * 60}</com:vehicleFlowRate></roa:vehicleFlow>"))
-                    parts.append(_QUANTITY.format(
-                        index=2 * direction + 2, kind="TrafficSpeed", start=start, end=end,
-                        value=f"<roa:averageVehicleSpeed><com:speed>{55 + (site + step + direction) % 50}.5"
-                              "</com:speed></roa:averageVehicleSpeed>"))
-                parts.append(f"<roa:measurementTimeDefault><roa:timeMeaning>endTime</roa:timeMeaning><roa:timeValue>"
-                             f"{end}</roa:timeValue></roa:measurementTimeDefault></roa:siteMeasurements>")
+                    parts.append(
+                        _QUANTITY.format(
+                            index=2 * direction + 1,
+                            kind="TrafficFlow",
+                            start=start,
+                            end=end,
+                            value=f'<roa:vehicleFlow numberOfInputValuesUsed="{count}"><com:vehicleFlowRate>'
+                            f"{count * 60}</com:vehicleFlowRate></roa:vehicleFlow>",
+                        )
+                    )
+                    parts.append(
+                        _QUANTITY.format(
+                            index=2 * direction + 2,
+                            kind="TrafficSpeed",
+                            start=start,
+                            end=end,
+                            value=f"<roa:averageVehicleSpeed><com:speed>{55 + (site + step + direction) % 50}.5"
+                            "</com:speed></roa:averageVehicleSpeed>",
+                        )
+                    )
+                parts.append(
+                    f"<roa:measurementTimeDefault><roa:timeMeaning>endTime</roa:timeMeaning><roa:timeValue>"
+                    f"{end}</roa:timeValue></roa:measurementTimeDefault></roa:siteMeasurements>"
+                )
             f.write("".join(parts))
             blocks += sites
             step += 1
         f.write("</d2:payload>")
-    return {"bytes": path.stat().st_size, "blocks": blocks, "steps": step, "measurements": blocks * 4, "events": 0,
-            "sites": sites, "channels": sites * 4}
+    return {
+        "bytes": path.stat().st_size,
+        "blocks": blocks,
+        "steps": step,
+        "measurements": blocks * 4,
+        "events": 0,
+        "sites": sites,
+        "channels": sites * 4,
+    }
 
 
 _V2_SITUATIONS_HEAD = (
@@ -155,10 +178,14 @@ def write_situations(path: Path, n: int, now: datetime) -> dict[str, int]:
     with path.open("w", encoding="utf-8") as f:
         f.write(_V2_SITUATIONS_HEAD.format(published=_xml_time(now)))
         for start in range(0, n, 10_000):
-            f.write("".join(
-                f'<situation id="s{i}"><situationRecord xsi:type="Accident" id="r{i}" version="1">'
-                f"<groupOfLocations><roadNumber>RD{i % 999}</roadNumber></groupOfLocations>"
-                "</situationRecord></situation>" for i in range(start, min(n, start + 10_000))))
+            f.write(
+                "".join(
+                    f'<situation id="s{i}"><situationRecord xsi:type="Accident" id="r{i}" version="1">'
+                    f"<groupOfLocations><roadNumber>RD{i % 999}</roadNumber></groupOfLocations>"
+                    "</situationRecord></situation>"
+                    for i in range(start, min(n, start + 10_000))
+                )
+            )
         f.write("</payloadPublication></d2LogicalModel>")
     return {"bytes": path.stat().st_size, "events": n, "measurements": 0}
 
@@ -166,9 +193,16 @@ def write_situations(path: Path, n: int, now: datetime) -> dict[str, int]:
 ODS_DATASET = "bench-comptages"
 ODS_PATH = f"/api/explore/v2.1/catalog/datasets/{ODS_DATASET}/records"
 ODS_PAGE = "ods-page.json"
-ODS_MAPPING = {"site_id": "id_site", "time": "date_heure", "count": "debit", "direction": "sens",
-               "vehicle_class": "categorie", "site_name": "nom_site", "interval_seconds": 3600,
-               "vehicle_class_map": {"VL": "light", "PL": "heavy"}}
+ODS_MAPPING = {
+    "site_id": "id_site",
+    "time": "date_heure",
+    "count": "debit",
+    "direction": "sens",
+    "vehicle_class": "categorie",
+    "site_name": "nom_site",
+    "interval_seconds": 3600,
+    "vehicle_class_map": {"VL": "light", "PL": "heavy"},
+}
 
 
 def write_ods_page(path: Path, target_bytes: int, sites: int, now: datetime) -> dict[str, int]:
@@ -186,11 +220,20 @@ def write_ods_page(path: Path, target_bytes: int, sites: int, now: datetime) -> 
             for site in range(sites):
                 for sens in ("N", "S"):
                     for cat in ("VL", "PL"):
-                        parts.append(json.dumps({
-                            "id_site": f"CD34-{site:04d}", "date_heure": t, "debit": (site * 7 + hour) % 900,
-                            "sens": sens, "categorie": cat, "nom_site": f"RD{site % 999} PR {site % 60}+{site % 1000}",
-                            "geo_point_2d": {"lon": 3.0 + site % 100 / 100, "lat": 43.5 + site % 40 / 100},
-                            "commentaire": "Comptage permanent, boucles électromagnétiques, données horaires"}))
+                        parts.append(
+                            json.dumps(
+                                {
+                                    "id_site": f"CD34-{site:04d}",
+                                    "date_heure": t,
+                                    "debit": (site * 7 + hour) % 900,
+                                    "sens": sens,
+                                    "categorie": cat,
+                                    "nom_site": f"RD{site % 999} PR {site % 60}+{site % 1000}",
+                                    "geo_point_2d": {"lon": 3.0 + site % 100 / 100, "lat": 43.5 + site % 40 / 100},
+                                    "commentaire": "Comptage permanent, boucles électromagnétiques, données horaires",
+                                }
+                            )
+                        )
             f.write(("," if hour else "") + ",".join(parts))
             records += len(parts)
             hour += 1
@@ -199,17 +242,27 @@ def write_ods_page(path: Path, target_bytes: int, sites: int, now: datetime) -> 
 
 
 _DESCRIPTIONS = [
-    ("Travaux de réfection de chaussée, circulation alternée par feux.",
-     "Resurfacing works, alternating traffic controlled by lights."),
-    ("Accident impliquant deux véhicules, voie de droite neutralisée.",
-     "Accident involving two vehicles, right lane closed."),
+    (
+        "Travaux de réfection de chaussée, circulation alternée par feux.",
+        "Resurfacing works, alternating traffic controlled by lights.",
+    ),
+    (
+        "Accident impliquant deux véhicules, voie de droite neutralisée.",
+        "Accident involving two vehicles, right lane closed.",
+    ),
     ("Route barrée, déviation mise en place par la RD986.", "Road closed, diversion via the RD986."),
     ("Chute de pierres sur la chaussée, prudence.", "Fallen rocks on the road, take care."),
     ("Ralentissements importants à l'approche de l'échangeur.", "Heavy slowdowns approaching the interchange."),
 ]
-_KINDS = [("roadworks", "MaintenanceWorks"), ("accident", "Accident"), ("closure", None),
-          ("obstruction", "GeneralObstruction"), ("congestion", "AbnormalTraffic"),
-          ("weather", "WeatherRelatedRoadConditions"), ("speed_management", "SpeedManagement")]
+_KINDS = [
+    ("roadworks", "MaintenanceWorks"),
+    ("accident", "Accident"),
+    ("closure", None),
+    ("obstruction", "GeneralObstruction"),
+    ("congestion", "AbnormalTraffic"),
+    ("weather", "WeatherRelatedRoadConditions"),
+    ("speed_management", "SpeedManagement"),
+]
 _SEVERITIES = ["low", "medium", "high", "highest", "unknown"]
 
 
@@ -228,22 +281,37 @@ def build_events(n: int, now: datetime) -> list[StoredEvent]:
             refs: dict[str, Any] = {}
         else:
             geometry = Geometry(type="Point", coordinates=[round(lon, 6), round(lat, 6)])
-            refs = {"pr": [{"at": "point", "road": road, "departement": "34", "pr": 3 + i % 60,
-                            "abscissa": (i * 37) % 1000}]}
+            refs = {
+                "pr": [
+                    {"at": "point", "road": road, "departement": "34", "pr": 3 + i % 60, "abscissa": (i * 37) % 1000}
+                ]
+            }
         fr, en = _DESCRIPTIONS[i % len(_DESCRIPTIONS)]
         seen = now - timedelta(days=2, minutes=i)
         planned = i % 11 == 0
-        events.append(StoredEvent(
-            id=f"bench-situations:EV{i:05d}", source_id="bench-situations", external_id=f"EV{i:05d}", version=1,
-            type=kind, subtype=subtype, status="planned" if planned else "active",
-            severity=_SEVERITIES[i % len(_SEVERITIES)],
-            planned_start=now + timedelta(days=10) if planned else None,
-            actual_start=None if planned else now - timedelta(days=3, hours=i % 48),
-            planned_end=now + timedelta(days=20 + i % 30), road=road,
-            direction=("positive", "negative", "both")[i % 3], geometry=geometry,
-            descriptions={"fr": f"{fr} ({road}, réf. {i})", "en": f"{en} ({road}, ref. {i})"},
-            location_refs=refs, first_seen=seen, last_seen=seen, updated=seen,
-        ))
+        events.append(
+            StoredEvent(
+                id=f"bench-situations:EV{i:05d}",
+                source_id="bench-situations",
+                external_id=f"EV{i:05d}",
+                version=1,
+                type=kind,
+                subtype=subtype,
+                status="planned" if planned else "active",
+                severity=_SEVERITIES[i % len(_SEVERITIES)],
+                planned_start=now + timedelta(days=10) if planned else None,
+                actual_start=None if planned else now - timedelta(days=3, hours=i % 48),
+                planned_end=now + timedelta(days=20 + i % 30),
+                road=road,
+                direction=("positive", "negative", "both")[i % 3],
+                geometry=geometry,
+                descriptions={"fr": f"{fr} ({road}, réf. {i})", "en": f"{en} ({road}, ref. {i})"},
+                location_refs=refs,
+                first_seen=seen,
+                last_seen=seen,
+                updated=seen,
+            )
+        )
     return events
 
 
@@ -271,8 +339,13 @@ def bare_iterparse_seconds(path: str) -> float:
 def _source(kind: str, url: str) -> SourceConfig:
     if kind == "opendatasoft":
         base = url.split("/api/explore/")[0]
-        return SourceConfig(id="bench-ods", kind="opendatasoft", url=base, interval=3600, options={
-            "dataset": ODS_DATASET, "dataset_type": "counters", "mapping": ODS_MAPPING})
+        return SourceConfig(
+            id="bench-ods",
+            kind="opendatasoft",
+            url=base,
+            interval=3600,
+            options={"dataset": ODS_DATASET, "dataset_type": "counters", "mapping": ODS_MAPPING},
+        )
     return SourceConfig(id="bench-measured", kind="datex2", url=url, interval=3600)
 
 
@@ -318,12 +391,24 @@ async def child_measured(kind: str, url: str, db: str, path: str, expect: dict[s
     if stats.error:
         problems.append(f"poll failed: {stats.error}")
     if stored != expect["measurements"] or events != expect["events"] or quarantined or stats.quarantined:
-        problems.append(f"stored {stored} of {expect['measurements']} measurements, {events} of {expect['events']}"
-                        f" events, {quarantined} quarantined")
-    return {"seconds": elapsed, "bytes": stats.bytes, "new": stats.counts.new, "stored": stored + events,
-            "records": parsed, "rss_before_mib": rss_before / 1024, "peak_rss_mib": peak_kib / 1024,
-            "ru_maxrss_mib": maxrss_kib / 1024, "fetch_s": fetch_s, "parse_s": parse_s,
-            "iterparse_s": iterparse_s, "problems": problems}
+        problems.append(
+            f"stored {stored} of {expect['measurements']} measurements, {events} of {expect['events']}"
+            f" events, {quarantined} quarantined"
+        )
+    return {
+        "seconds": elapsed,
+        "bytes": stats.bytes,
+        "new": stats.counts.new,
+        "stored": stored + events,
+        "records": parsed,
+        "rss_before_mib": rss_before / 1024,
+        "peak_rss_mib": peak_kib / 1024,
+        "ru_maxrss_mib": maxrss_kib / 1024,
+        "fetch_s": fetch_s,
+        "parse_s": parse_s,
+        "iterparse_s": iterparse_s,
+        "problems": problems,
+    }
 
 
 async def child_latency(db: str, n_events: int, repeats: int) -> dict[str, Any]:
@@ -379,10 +464,16 @@ async def child_latency(db: str, n_events: int, repeats: int) -> dict[str, Any]:
                 k = (r * 97) % n_events
                 old = events[k]
                 changed_at = datetime.now(UTC)
-                events[k] = old.model_copy(update={
-                    "version": old.version + 1, "updated": changed_at, "last_seen": changed_at,
-                    "descriptions": {lang: f"{text} Mise à jour {r + 1}." for lang, text in old.descriptions.items()},
-                })
+                events[k] = old.model_copy(
+                    update={
+                        "version": old.version + 1,
+                        "updated": changed_at,
+                        "last_seen": changed_at,
+                        "descriptions": {
+                            lang: f"{text} Mise à jour {r + 1}." for lang, text in old.descriptions.items()
+                        },
+                    }
+                )
                 renders.append(publish())
                 committed.clear()
                 waiting.clear()
@@ -399,15 +490,23 @@ async def child_latency(db: str, n_events: int, repeats: int) -> dict[str, Any]:
                 if report.stats.error or (counts.new, counts.updated, counts.unchanged) != (0, 1, n_events - 1):
                     problems.append(f"repeat {r}: {report.line()}")
                 version = await storage.pool.fetchval(
-                    "SELECT version FROM events WHERE source_id = $1 AND external_id = $2", source.id, old.id)
+                    "SELECT version FROM events WHERE source_id = $1 AND external_id = $2", source.id, old.id
+                )
                 if version != 2 + sum(1 for q in range(r) if (q * 97) % n_events == k):
                     problems.append(f"repeat {r}: event EV{k:05d} stored as version {version}")
     finally:
         await listener.close()
         await storage.close()
         await runner.cleanup()
-    return {"events": n_events, "bytes": len(document["body"]), "first_poll_s": first_s, "render_s": render_s,
-            "latencies": latencies, "polls": polls, "problems": problems}
+    return {
+        "events": n_events,
+        "bytes": len(document["body"]),
+        "first_poll_s": first_s,
+        "render_s": render_s,
+        "latencies": latencies,
+        "polls": polls,
+        "problems": problems,
+    }
 
 
 def child_main(args: argparse.Namespace) -> None:
@@ -499,12 +598,25 @@ def bench_engine(engine: Engine, args: argparse.Namespace, docs: Docs, server: D
             print(f"[{engine.name}] {label}: {info['bytes'] / MB:.1f} MB ...", flush=True)
             db = fresh_database(cluster, label.replace("-", "_"))
             url = server.ods_url() if kind == "opendatasoft" else server.url(path.name)
-            result["measured"][label] = run_child("--child", "measured", "--kind", kind, "--url", url, "--db", db,
-                                                  "--file", str(path), "--expect", json.dumps(info))
+            result["measured"][label] = run_child(
+                "--child",
+                "measured",
+                "--kind",
+                kind,
+                "--url",
+                url,
+                "--db",
+                db,
+                "--file",
+                str(path),
+                "--expect",
+                json.dumps(info),
+            )
         print(f"[{engine.name}] change-to-stored latency, {args.events} events x {args.repeats} ...", flush=True)
         db = fresh_database(cluster, "latency")
-        result["latency"] = run_child("--child", "latency", "--db", db, "--events", str(args.events),
-                                      "--repeats", str(args.repeats))
+        result["latency"] = run_child(
+            "--child", "latency", "--db", db, "--events", str(args.events), "--repeats", str(args.repeats)
+        )
         return result
     finally:
         cluster.stop()
@@ -546,8 +658,11 @@ def main() -> None:
             t = time.perf_counter()
             info = write_measured_data(path, size * MB, args.sites, now)
             docs[f"measured-{size}mb"] = ("datex2", path, info)
-            print(f"wrote {path.name}: {info['bytes']:,} bytes, {info['sites']} sites x {info['steps']} minutes, "
-                  f"{info['measurements']:,} measurements ({time.perf_counter() - t:.1f} s)", flush=True)
+            print(
+                f"wrote {path.name}: {info['bytes']:,} bytes, {info['sites']} sites x {info['steps']} minutes, "
+                f"{info['measurements']:,} measurements ({time.perf_counter() - t:.1f} s)",
+                flush=True,
+            )
         path = Path(tmp) / "situations.xml"
         info = write_situations(path, args.situations, now)
         docs["situations"] = ("datex2", path, info)
@@ -564,67 +679,116 @@ def main() -> None:
 def report(results: dict[str, Any], sizes: list[int], labels: list[str], args: argparse.Namespace) -> None:
     big, small = f"measured-{max(sizes)}mb", f"measured-{min(sizes)}mb"
     print()
-    print(f"{'engine':<18}{'document':<18}{'doc MB':>7}{'records':>10}{'poll s':>8}{'MB/s':>7}{'records/s':>11}"
-          f"{'fetch s':>9}{'parse s':>9}{'parse MB/s':>11}{'iterparse MB/s':>15}{'ratio':>6}{'rest s':>8}"
-          f"{'RSS before':>11}{'peak RSS':>10}")
+    print(
+        f"{'engine':<18}{'document':<18}{'doc MB':>7}{'records':>10}{'poll s':>8}{'MB/s':>7}{'records/s':>11}"
+        f"{'fetch s':>9}{'parse s':>9}{'parse MB/s':>11}{'iterparse MB/s':>15}{'ratio':>6}{'rest s':>8}"
+        f"{'RSS before':>11}{'peak RSS':>10}"
+    )
     for name, r in results.items():
         for label in labels:
             m = r["measured"][label]
             rest = m["seconds"] - m["fetch_s"] - m["parse_s"]
-            bare = (f"{m['bytes'] / MB / m['iterparse_s']:>15.1f}{m['iterparse_s'] / m['seconds']:>6.2f}"
-                    if m["iterparse_s"] else f"{'-':>15}{'-':>6}")  # no XML reference for JSON
-            print(f"{name:<18}{label:<18}{m['bytes'] / MB:>7.1f}{m['records']:>10,}{m['seconds']:>8.2f}"
-                  f"{m['bytes'] / MB / m['seconds']:>7.1f}{m['records'] / m['seconds']:>11,.0f}"
-                  f"{m['fetch_s']:>9.2f}{m['parse_s']:>9.2f}{m['bytes'] / MB / m['parse_s']:>11.1f}"
-                  f"{bare}{rest:>8.2f}{m['rss_before_mib']:>8.0f}MiB{m['peak_rss_mib']:>7.0f}MiB")
+            bare = (
+                f"{m['bytes'] / MB / m['iterparse_s']:>15.1f}{m['iterparse_s'] / m['seconds']:>6.2f}"
+                if m["iterparse_s"]
+                else f"{'-':>15}{'-':>6}"
+            )  # no XML reference for JSON
+            print(
+                f"{name:<18}{label:<18}{m['bytes'] / MB:>7.1f}{m['records']:>10,}{m['seconds']:>8.2f}"
+                f"{m['bytes'] / MB / m['seconds']:>7.1f}{m['records'] / m['seconds']:>11,.0f}"
+                f"{m['fetch_s']:>9.2f}{m['parse_s']:>9.2f}{m['bytes'] / MB / m['parse_s']:>11.1f}"
+                f"{bare}{rest:>8.2f}{m['rss_before_mib']:>8.0f}MiB{m['peak_rss_mib']:>7.0f}MiB"
+            )
     print()
-    print(f"{'engine':<18}{'events':>7}{'doc MB':>8}{'first poll s':>13}{'render s':>9}{'n':>4}"
-          f"{'median s':>10}{'p99 s':>8}{'max s':>8}")
+    print(
+        f"{'engine':<18}{'events':>7}{'doc MB':>8}{'first poll s':>13}{'render s':>9}{'n':>4}"
+        f"{'median s':>10}{'p99 s':>8}{'max s':>8}"
+    )
     for name, r in results.items():
         lat = r["latency"]
         values = lat["latencies"] or [float("nan")]
-        print(f"{name:<18}{lat['events']:>7,}{lat['bytes'] / MB:>8.2f}{lat['first_poll_s']:>13.2f}"
-              f"{lat['render_s']:>9.2f}{len(lat['latencies']):>4}{statistics.median(values):>10.3f}"
-              f"{p99(values):>8.3f}{max(values):>8.3f}")
-    problems = [f"{name} {label}: {p}" for name, r in results.items() for label in labels
-                for p in r["measured"][label]["problems"]]
+        print(
+            f"{name:<18}{lat['events']:>7,}{lat['bytes'] / MB:>8.2f}{lat['first_poll_s']:>13.2f}"
+            f"{lat['render_s']:>9.2f}{len(lat['latencies']):>4}{statistics.median(values):>10.3f}"
+            f"{p99(values):>8.3f}{max(values):>8.3f}"
+        )
+    problems = [
+        f"{name} {label}: {p}"
+        for name, r in results.items()
+        for label in labels
+        for p in r["measured"][label]["problems"]
+    ]
     problems += [f"{name} latency: {p}" for name, r in results.items() for p in r["latency"]["problems"]]
     for p in problems:
         print(f"PROBLEM {p}")
-    print("measured-N = DATEX II measured data; situations = a v2.3 snapshot of small situations; ods-page = one\n"
-          "Opendatasoft records answer holding every record at once\n"
-          "records = items the parser yields (measurements + derived sites and channels); poll s = the whole\n"
-          "poll_source (download + parse + store, one after the other); fetch s and parse s = each alone;\n"
-          "rest s = poll - fetch - parse, i.e. Sink + storage; peak RSS = VmHWM of a subprocess doing only the poll;\n"
-          "iterparse MB/s = a bare lxml iterparse pass over the same file in the same run; ratio = poll MB/s / it")
+    print(
+        "measured-N = DATEX II measured data; situations = a v2.3 snapshot of small situations; ods-page = one\n"
+        "Opendatasoft records answer holding every record at once\n"
+        "records = items the parser yields (measurements + derived sites and channels); poll s = the whole\n"
+        "poll_source (download + parse + store, one after the other); fetch s and parse s = each alone;\n"
+        "rest s = poll - fetch - parse, i.e. Sink + storage; peak RSS = VmHWM of a subprocess doing only the poll;\n"
+        "iterparse MB/s = a bare lxml iterparse pass over the same file in the same run; ratio = poll MB/s / it"
+    )
 
     targets = {}
     for name, r in results.items():
         m_big, m_small = r["measured"][big], r["measured"][small]
-        targets[f"{name}.peak_rss_{big}_doc_mb"] = {
-            "value": round(m_big["peak_rss_mib"], 1), "op": "<=", "target": 150}
+        targets[f"{name}.peak_rss_{big}_doc_mb"] = {"value": round(m_big["peak_rss_mib"], 1), "op": "<=", "target": 150}
         for label in ("situations", "ods-page"):
             m = r["measured"][label]
             targets[f"{name}.peak_rss_{label}_{m['bytes'] / MB:.0f}mb_mb"] = {
-                "value": round(m["peak_rss_mib"], 1), "op": "<=", "target": 250}
+                "value": round(m["peak_rss_mib"], 1),
+                "op": "<=",
+                "target": 250,
+            }
         targets[f"{name}.rss_growth_{small}_to_{big}_doc_mb"] = {
-            "value": round(m_big["peak_rss_mib"] - m_small["peak_rss_mib"], 1), "op": "<=", "target": 20}
+            "value": round(m_big["peak_rss_mib"] - m_small["peak_rss_mib"], 1),
+            "op": "<=",
+            "target": 20,
+        }
         targets[f"{name}.parse_ingest_mb_s"] = {
-            "value": round(m_big["bytes"] / MB / m_big["seconds"], 1), "op": ">=", "target": 30}
+            "value": round(m_big["bytes"] / MB / m_big["seconds"], 1),
+            "op": ">=",
+            "target": 30,
+        }
         targets[f"{name}.parse_ingest_vs_bare_iterparse"] = {
-            "value": round(m_big["iterparse_s"] / m_big["seconds"], 3), "op": ">=", "target": 0.5}
+            "value": round(m_big["iterparse_s"] / m_big["seconds"], 3),
+            "op": ">=",
+            "target": 0.5,
+        }
         targets[f"{name}.change_to_stored_p99_s"] = {
-            "value": round(p99(r["latency"]["latencies"] or [float("inf")]), 3), "op": "<=", "target": 1.0}
-    print(json.dumps({
-        "bench": "collect", "targets": targets,
-        "measured": {n: {label: {k: (round(v, 3) if isinstance(v, float) else v)
-                                 for k, v in r["measured"][label].items() if k != "problems"} for label in labels}
-                     for n, r in results.items()},
-        "latency_s": {n: {"median": round(statistics.median(r["latency"]["latencies"]), 3),
-                          "p99": round(p99(r["latency"]["latencies"]), 3)}
-                      for n, r in results.items() if r["latency"]["latencies"]},
-        "problems": problems,
-    }))
+            "value": round(p99(r["latency"]["latencies"] or [float("inf")]), 3),
+            "op": "<=",
+            "target": 1.0,
+        }
+    print(
+        json.dumps(
+            {
+                "bench": "collect",
+                "targets": targets,
+                "measured": {
+                    n: {
+                        label: {
+                            k: (round(v, 3) if isinstance(v, float) else v)
+                            for k, v in r["measured"][label].items()
+                            if k != "problems"
+                        }
+                        for label in labels
+                    }
+                    for n, r in results.items()
+                },
+                "latency_s": {
+                    n: {
+                        "median": round(statistics.median(r["latency"]["latencies"]), 3),
+                        "p99": round(p99(r["latency"]["latencies"]), 3),
+                    }
+                    for n, r in results.items()
+                    if r["latency"]["latencies"]
+                },
+                "problems": problems,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -57,18 +57,23 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from feed.store.cluster import Cluster, free_port, host_engine  # noqa: E402
-from feed.store.migrations import migrate  # noqa: E402
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord  # noqa: E402
 from feed.publish.catalogue import FEEDS  # noqa: E402
+from feed.store.cluster import Cluster, free_port, host_engine  # noqa: E402
+from feed.store.migrations import migrate  # noqa: E402
 from feed.store.storage import Storage  # noqa: E402
 
 SITUATIONS = "/feeds/datex2/v3/situations.xml"
 SITES = "/feeds/sites.geojson"
 CASES = (("situations", SITUATIONS), ("sites", SITES))
 ROADS = ["RD613", "RD986", "RD65", "RD5", "RN109", "RD612", "RD908", "RD4", "RD2", "RD909"]
-TYPES = [("roadworks", "MaintenanceWorks"), ("closure", None), ("accident", "Accident"),
-         ("obstruction", "VehicleObstruction"), ("weather", "WeatherRelatedRoadConditions")]
+TYPES = [
+    ("roadworks", "MaintenanceWorks"),
+    ("closure", None),
+    ("accident", "Accident"),
+    ("obstruction", "VehicleObstruction"),
+    ("weather", "WeatherRelatedRoadConditions"),
+]
 SOURCE_EVENTS, SOURCE_SITES = "cd34", "cnt"
 
 
@@ -82,14 +87,25 @@ def event_record(i: int, now: datetime, revision: int = 0) -> EventRecord:
     road = ROADS[i % len(ROADS)]
     text = f"{kind} sur la {road}, PR {i % 80} à {i % 80 + 2}"
     return EventRecord(
-        external_id=f"E{i:05d}", type=kind, subtype=subtype, status="active",
+        external_id=f"E{i:05d}",
+        type=kind,
+        subtype=subtype,
+        status="active",
         severity=("low", "medium", "high")[i % 3],
-        planned_start=now - timedelta(days=1 + i % 5), planned_end=now + timedelta(days=2 + i % 30),
-        actual_start=now - timedelta(days=1 + i % 5), road=road, direction=("both", "positive", "negative")[i % 3],
-        lanes_affected="all", geometry=geometry,
+        planned_start=now - timedelta(days=1 + i % 5),
+        planned_end=now + timedelta(days=2 + i % 30),
+        actual_start=now - timedelta(days=1 + i % 5),
+        road=road,
+        direction=("both", "positive", "negative")[i % 3],
+        lanes_affected="all",
+        geometry=geometry,
         descriptions={"fr": f"{text} (révision {revision})", "en": f"{kind} on {road} (revision {revision})"},
-        location_refs={"pr": [{"at": "from", "road": road, "pr": i % 80, "departement": "34", "abscissa": 120},
-                              {"at": "to", "road": road, "pr": i % 80 + 2, "departement": "34", "abscissa": 40}]},
+        location_refs={
+            "pr": [
+                {"at": "from", "road": road, "pr": i % 80, "departement": "34", "abscissa": 120},
+                {"at": "to", "road": road, "pr": i % 80 + 2, "departement": "34", "abscissa": 40},
+            ]
+        },
         source_version=str(revision + 1),
     )
 
@@ -100,19 +116,40 @@ async def seed(url: str, events: int, sites: int) -> None:
         now = datetime.now(UTC).replace(microsecond=0)
         await storage.ensure_source(SOURCE_EVENTS, "datex2", "http://127.0.0.1:9/cd34")
         await storage.ensure_source(SOURCE_SITES, "comptage-mobilites", "http://127.0.0.1:9/cnt")
-        await storage.upsert_events(SOURCE_EVENTS, [event_record(i, now) for i in range(events)],
-                                    seen_at=now - timedelta(minutes=10))
-        await storage.upsert_sites(SOURCE_SITES, [
-            SiteRecord(external_id=f"S{i:04d}", name=f"{ROADS[i % len(ROADS)]} site {i}", road=ROADS[i % len(ROADS)],
-                       pr=i % 80, abscissa=250, insee=f"34{i % 300:03d}", lon=2.9 + (i * 37 % 1000) / 1000,
-                       lat=43.3 + (i * 53 % 600) / 1000) for i in range(sites)])
-        await storage.upsert_channels(SOURCE_SITES, [
-            ChannelRecord(site_external_id=f"S{i:04d}", external_id=f"S{i:04d}-{d}", direction=d, time_step=3600)
-            for i in range(sites) for d in ("N", "S")])
+        await storage.upsert_events(
+            SOURCE_EVENTS, [event_record(i, now) for i in range(events)], seen_at=now - timedelta(minutes=10)
+        )
+        await storage.upsert_sites(
+            SOURCE_SITES,
+            [
+                SiteRecord(
+                    external_id=f"S{i:04d}",
+                    name=f"{ROADS[i % len(ROADS)]} site {i}",
+                    road=ROADS[i % len(ROADS)],
+                    pr=i % 80,
+                    abscissa=250,
+                    insee=f"34{i % 300:03d}",
+                    lon=2.9 + (i * 37 % 1000) / 1000,
+                    lat=43.3 + (i * 53 % 600) / 1000,
+                )
+                for i in range(sites)
+            ],
+        )
+        await storage.upsert_channels(
+            SOURCE_SITES,
+            [
+                ChannelRecord(site_external_id=f"S{i:04d}", external_id=f"S{i:04d}-{d}", direction=d, time_step=3600)
+                for i in range(sites)
+                for d in ("N", "S")
+            ],
+        )
         ids = await storage.channel_ids(SOURCE_SITES)
         hour = now.replace(minute=0, second=0) - timedelta(hours=1)
-        rows = [(cid, hour - timedelta(hours=h), 3600, (cid * 7 + h * 13) % 900, 60.0 + (cid + h) % 40, None,
-                 "observed") for cid in sorted(ids.values()) for h in range(3)]
+        rows = [
+            (cid, hour - timedelta(hours=h), 3600, (cid * 7 + h * 13) % 900, 60.0 + (cid + h) % 40, None, "observed")
+            for cid in sorted(ids.values())
+            for h in range(3)
+        ]
         await storage.ingest_measurements(rows)
     finally:
         await storage.close()
@@ -170,7 +207,11 @@ class OurServer:
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "feed.cli", "serve", "--config", str(self.config), "--port", str(self.port)],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def wait_ready(self, timeout: float = 180) -> dict[str, Any]:
@@ -284,26 +325,32 @@ def wrk(url: str, args: argparse.Namespace, script: Path | None) -> dict[str, fl
     transfer = _bytes(re.search(r"Transfer/sec:\s+(\S+)", out).group(1))
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return {"rps": rps, "p99_ms": p99, "bytes_per_request": transfer / rps if rps else 0.0,
-            "errors": errors + (int(bad.group(1)) if bad else 0)}
+    return {
+        "rps": rps,
+        "p99_ms": p99,
+        "bytes_per_request": transfer / rps if rps else 0.0,
+        "errors": errors + (int(bad.group(1)) if bad else 0),
+    }
 
 
 def inm_script(base: Path, name: str, etag: str) -> Path:
     script = base / f"inm-{name}.lua"
-    script.write_text(f"wrk.headers[\"If-None-Match\"] = {json.dumps(etag)}\n")
+    script.write_text(f'wrk.headers["If-None-Match"] = {json.dumps(etag)}\n')
     return script
 
 
-def bench_serving(ours: OurServer, nginx: Nginx, etags: dict[str, dict[str, str]], base: Path,
-                  args: argparse.Namespace) -> dict[str, dict[str, dict[str, float]]]:
+def bench_serving(
+    ours: OurServer, nginx: Nginx, etags: dict[str, dict[str, str]], base: Path, args: argparse.Namespace
+) -> dict[str, dict[str, dict[str, float]]]:
     """{case.path: {server: median of the rounds}}, rounds alternating which server goes first."""
     results: dict[str, dict[str, dict[str, float]]] = {}
     for name, path in CASES:
         for kind in ("200", "304"):
             runs: dict[str, list[dict[str, float]]] = {"nginx": [], "ours": []}
             servers = {"nginx": nginx.port, "ours": ours.port}
-            scripts = {who: inm_script(base, f"{name}-{who}", etags[who][path]) if kind == "304" else None
-                       for who in servers}
+            scripts = {
+                who: inm_script(base, f"{name}-{who}", etags[who][path]) if kind == "304" else None for who in servers
+            }
             for who, port in servers.items():  # the path really is what we say it is
                 status, _, _ = request(port, path, **({"If-None-Match": etags[who][path]} if kind == "304" else {}))
                 assert status == int(kind), f"{who} {path}: {status}, expected {kind}"
@@ -312,11 +359,15 @@ def bench_serving(ours: OurServer, nginx: Nginx, etags: dict[str, dict[str, str]
                 for who in order:
                     run = wrk(f"http://127.0.0.1:{servers[who]}{path}", args, scripts[who])
                     runs[who].append(run)
-                    print(f"  {name:<11}{kind}  {who:<6} round {r + 1}: {run['rps']:>10,.0f} req/s  "
-                          f"p99 {run['p99_ms']:7.2f} ms  {run['bytes_per_request']:>11,.0f} B/req"
-                          + (f"  ERRORS {run['errors']:.0f}" if run["errors"] else ""), flush=True)
-            results[f"{name}.{kind}"] = {who: {k: statistics.median(x[k] for x in v) for k in v[0]}
-                                         for who, v in runs.items()}
+                    print(
+                        f"  {name:<11}{kind}  {who:<6} round {r + 1}: {run['rps']:>10,.0f} req/s  "
+                        f"p99 {run['p99_ms']:7.2f} ms  {run['bytes_per_request']:>11,.0f} B/req"
+                        + (f"  ERRORS {run['errors']:.0f}" if run["errors"] else ""),
+                        flush=True,
+                    )
+            results[f"{name}.{kind}"] = {
+                who: {k: statistics.median(x[k] for x in v) for k in v[0]} for who, v in runs.items()
+            }
     return results
 
 
@@ -337,8 +388,10 @@ async def bench_regeneration(ours: OurServer, url: str, args: argparse.Namespace
     Each change comes `--quiet` seconds after the previous refresh of every feed of
     its kind finished (renders counters in status.json): an isolated change, not one
     queued behind the previous one or coalesced with it by the publisher's debounce."""
-    kind_paths = {"events": [s.path for s in FEEDS if s.kind == "events"],
-                  "sites": [s.path for s in FEEDS if s.kind == "sites"]}
+    kind_paths = {
+        "events": [s.path for s in FEEDS if s.kind == "events"],
+        "sites": [s.path for s in FEEDS if s.kind == "sites"],
+    }
     storage = await Storage.open(url, max_size=2)
     out: dict[str, Any] = {}
     try:
@@ -352,8 +405,9 @@ async def bench_regeneration(ours: OurServer, url: str, args: argparse.Namespace
                 renders = _renders(ours.status(), kind_paths[kind])
                 now = datetime.now(UTC).replace(microsecond=0)
                 if kind == "events":
-                    await storage.upsert_events(SOURCE_EVENTS, [event_record(i % args.events, now, revision=i + 1)],
-                                                seen_at=datetime.now(UTC))
+                    await storage.upsert_events(
+                        SOURCE_EVENTS, [event_record(i % args.events, now, revision=i + 1)], seen_at=datetime.now(UTC)
+                    )
                 else:  # a corrected count for the latest interval of one channel
                     await storage.ingest_measurements([(channel, latest, 3600, 1000 + i, 80.0, None, "observed")])
                 committed = time.perf_counter()
@@ -376,10 +430,14 @@ async def bench_regeneration(ours: OurServer, url: str, args: argparse.Namespace
                 generation.append(feed["generation_ms"])
                 compression.append(feed["compression_ms"])
                 published.append(feed["generation_ms"] + feed["compression_ms"])
-            out[name] = {"polled_ms": polled, "generation_ms": generation, "compression_ms": compression,
-                         "publisher_ms": published,
-                         "read_ms": [r.get("read", float("nan")) for r in reads],
-                         "fingerprint_ms": [r.get("fingerprint", float("nan")) for r in reads]}
+            out[name] = {
+                "polled_ms": polled,
+                "generation_ms": generation,
+                "compression_ms": compression,
+                "publisher_ms": published,
+                "read_ms": [r.get("read", float("nan")) for r in reads],
+                "fingerprint_ms": [r.get("fingerprint", float("nan")) for r in reads],
+            }
     finally:
         await storage.close()
     return out
@@ -400,8 +458,10 @@ async def bench_sse(ours: OurServer, url: str, args: argparse.Namespace) -> dict
     arrivals: dict[str, Any] = {}
     arrived = asyncio.Event()
     try:
-        async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as session,
-                    session.get(f"http://127.0.0.1:{ours.port}{STREAM_PATH}") as resp):
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as session,
+            session.get(f"http://127.0.0.1:{ours.port}{STREAM_PATH}") as resp,
+        ):
             assert resp.status == 200, resp.status
 
             async def read() -> None:
@@ -419,8 +479,9 @@ async def bench_sse(ours: OurServer, url: str, args: argparse.Namespace) -> dict
             for i in range(args.changes):
                 ext = f"SSE{i:05d}"
                 now = datetime.now(UTC)
-                await storage.upsert_events(SOURCE_EVENTS, [event_record(base + i, now).model_copy(
-                    update={"external_id": ext})], seen_at=now)
+                await storage.upsert_events(
+                    SOURCE_EVENTS, [event_record(base + i, now).model_copy(update={"external_id": ext})], seen_at=now
+                )
                 committed = datetime.now(UTC)
                 key = f"{SOURCE_EVENTS}:{ext}@1"
                 deadline = time.monotonic() + 10
@@ -459,8 +520,12 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="wrk runs per server and case (median reported)")
-    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
-                   help="roadfeed HTTP processes (default: one per CPU)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="roadfeed HTTP processes (default: one per CPU)",
+    )
     p.add_argument("--regenerations", type=int, default=10, help="changes timed per feed")
     p.add_argument("--quiet", type=float, default=0.5, help="seconds between a refresh and the next timed change")
     p.add_argument("--changes", type=int, default=100, help="changes timed on the SSE stream")
@@ -504,8 +569,11 @@ def main() -> None:
             etags["nginx"][path] = headers["etag"]
         sizes = {path: len(b) for path, b in bodies.items()}
 
-        print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency, {args.rounds} rounds "
-              "per server and case (alternating order)", flush=True)
+        print(
+            f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency, {args.rounds} rounds "
+            "per server and case (alternating order)",
+            flush=True,
+        )
         serving = bench_serving(ours, nginx, etags, base, args)
         nginx.stop()
         nginx = None
@@ -524,10 +592,14 @@ def main() -> None:
 
     load = (round(load_before, 2), round(os.getloadavg()[0], 2))
     print()
-    print(f"{os.cpu_count()} CPUs; 1-minute load average {load[0]} before, {load[1]} after (this bench's "
-          "server, nginx and wrk share the CPUs with whatever else runs)")
-    print(f"{'feed':<12}{'path':<6}{'bytes':>11}{'nginx req/s':>14}{'p99 ms':>9}{'ours req/s':>14}{'p99 ms':>9}"
-          f"{'ratio':>8}{'target':>9}")
+    print(
+        f"{os.cpu_count()} CPUs; 1-minute load average {load[0]} before, {load[1]} after (this bench's "
+        "server, nginx and wrk share the CPUs with whatever else runs)"
+    )
+    print(
+        f"{'feed':<12}{'path':<6}{'bytes':>11}{'nginx req/s':>14}{'p99 ms':>9}{'ours req/s':>14}{'p99 ms':>9}"
+        f"{'ratio':>8}{'target':>9}"
+    )
     targets: dict[str, dict[str, Any]] = {}
     goal = {"200": 0.5, "304": 0.35}
     for name, path in CASES:
@@ -535,18 +607,24 @@ def main() -> None:
             r = serving[f"{name}.{kind}"]
             ratio = r["ours"]["rps"] / r["nginx"]["rps"]
             size = sizes[path] if kind == "200" else 0
-            print(f"{name:<12}{kind:<6}{size:>11,}{r['nginx']['rps']:>14,.0f}{r['nginx']['p99_ms']:>9.2f}"
-                  f"{r['ours']['rps']:>14,.0f}{r['ours']['p99_ms']:>9.2f}{ratio:>8.2f}{'>= ' + str(goal[kind]):>9}")
+            print(
+                f"{name:<12}{kind:<6}{size:>11,}{r['nginx']['rps']:>14,.0f}{r['nginx']['p99_ms']:>9.2f}"
+                f"{r['ours']['rps']:>14,.0f}{r['ours']['p99_ms']:>9.2f}{ratio:>8.2f}{'>= ' + str(goal[kind]):>9}"
+            )
             targets[f"{name}.{kind}_vs_nginx"] = {"value": round(ratio, 3), "op": ">=", "target": goal[kind]}
     print()
     print("regeneration: stored change -> new ETag seen by polling (p50, max); the publisher's own times (p50):")
-    print(f"{'feed':<12}{'changes':>8}{'poll p50':>10}{'poll max':>10}{'db read':>9}{'fingerpr.':>10}"
-          f"{'render':>8}{'compress':>10}{'target':>9}   (ms)")
+    print(
+        f"{'feed':<12}{'changes':>8}{'poll p50':>10}{'poll max':>10}{'db read':>9}{'fingerpr.':>10}"
+        f"{'render':>8}{'compress':>10}{'target':>9}   (ms)"
+    )
     for name, r in regen.items():
         med = {k: statistics.median(v) for k, v in r.items()}
-        print(f"{name:<12}{len(r['polled_ms']):>8}{med['polled_ms']:>10.1f}{max(r['polled_ms']):>10.1f}"
-              f"{med['read_ms']:>9.1f}{med['fingerprint_ms']:>10.1f}{med['generation_ms']:>8.1f}"
-              f"{med['compression_ms']:>10.1f}{'< 200':>9}")
+        print(
+            f"{name:<12}{len(r['polled_ms']):>8}{med['polled_ms']:>10.1f}{max(r['polled_ms']):>10.1f}"
+            f"{med['read_ms']:>9.1f}{med['fingerprint_ms']:>10.1f}{med['generation_ms']:>8.1f}"
+            f"{med['compression_ms']:>10.1f}{'< 200':>9}"
+        )
         targets[f"{name}.regeneration_ms"] = {"value": round(med["polled_ms"], 1), "op": "<", "target": 200}
     extra: dict[str, Any] = {}
     print()
@@ -555,28 +633,52 @@ def main() -> None:
         extra["sse"] = "not measured: feed/http/changes.py (/feeds/events/stream) does not exist yet"
     else:
         c, rec = sse["from_commit_ms"], sse["from_recorded_ms"]
-        print(f"SSE delivery over {len(c)} changes ({sse['lost']} lost): from commit p50 {pct(c, 50):.1f} ms, "
-              f"p99 {pct(c, 99):.1f} ms; from recorded (before the write) p50 {pct(rec, 50):.1f} ms, "
-              f"p99 {pct(rec, 99):.1f} ms (target p99 < 1000 ms)")
+        print(
+            f"SSE delivery over {len(c)} changes ({sse['lost']} lost): from commit p50 {pct(c, 50):.1f} ms, "
+            f"p99 {pct(c, 99):.1f} ms; from recorded (before the write) p50 {pct(rec, 50):.1f} ms, "
+            f"p99 {pct(rec, 99):.1f} ms (target p99 < 1000 ms)"
+        )
         targets["sse.delivery_p99_ms"] = {"value": round(pct(c, 99), 1), "op": "<", "target": 1000}
-        extra["sse"] = {"changes": len(c), "lost": sse["lost"], "from_commit_p50_ms": round(pct(c, 50), 1),
-                        "from_commit_p99_ms": round(pct(c, 99), 1), "from_recorded_p99_ms": round(pct(rec, 99), 1)}
-    print(json.dumps({
-        "bench": "feeds", "targets": targets,
-        "setup": {"events": args.events, "sites": args.sites, "workers": args.workers, "engine": engine.name,
-                  "wrk": f"-t{args.threads} -c{args.connections} -d{args.duration}s", "rounds": args.rounds,
-                  "bytes": sizes, "cpus": os.cpu_count(), "load_average_before_after": load},
-        "req_per_s": {k: {who: round(v["rps"]) for who, v in r.items()} for k, r in serving.items()},
-        "p99_ms": {k: {who: round(v["p99_ms"], 2) for who, v in r.items()} for k, r in serving.items()},
-        "regeneration_ms": {name: {"polled_p50": round(statistics.median(r["polled_ms"]), 1),
-                                   "polled_max": round(max(r["polled_ms"]), 1),
-                                   "publisher_read_p50": round(statistics.median(r["read_ms"]), 1),
-                                   "publisher_fingerprint_p50": round(statistics.median(r["fingerprint_ms"]), 1),
-                                   "publisher_render_p50": round(statistics.median(r["generation_ms"]), 1),
-                                   "publisher_compress_p50": round(statistics.median(r["compression_ms"]), 1)}
-                            for name, r in regen.items()},
-        **extra,
-    }))
+        extra["sse"] = {
+            "changes": len(c),
+            "lost": sse["lost"],
+            "from_commit_p50_ms": round(pct(c, 50), 1),
+            "from_commit_p99_ms": round(pct(c, 99), 1),
+            "from_recorded_p99_ms": round(pct(rec, 99), 1),
+        }
+    print(
+        json.dumps(
+            {
+                "bench": "feeds",
+                "targets": targets,
+                "setup": {
+                    "events": args.events,
+                    "sites": args.sites,
+                    "workers": args.workers,
+                    "engine": engine.name,
+                    "wrk": f"-t{args.threads} -c{args.connections} -d{args.duration}s",
+                    "rounds": args.rounds,
+                    "bytes": sizes,
+                    "cpus": os.cpu_count(),
+                    "load_average_before_after": load,
+                },
+                "req_per_s": {k: {who: round(v["rps"]) for who, v in r.items()} for k, r in serving.items()},
+                "p99_ms": {k: {who: round(v["p99_ms"], 2) for who, v in r.items()} for k, r in serving.items()},
+                "regeneration_ms": {
+                    name: {
+                        "polled_p50": round(statistics.median(r["polled_ms"]), 1),
+                        "polled_max": round(max(r["polled_ms"]), 1),
+                        "publisher_read_p50": round(statistics.median(r["read_ms"]), 1),
+                        "publisher_fingerprint_p50": round(statistics.median(r["fingerprint_ms"]), 1),
+                        "publisher_render_p50": round(statistics.median(r["generation_ms"]), 1),
+                        "publisher_compress_p50": round(statistics.median(r["compression_ms"]), 1),
+                    }
+                    for name, r in regen.items()
+                },
+                **extra,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

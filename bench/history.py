@@ -56,11 +56,11 @@ import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from feed.config import Config
+from feed.model import ChannelRecord, SiteRecord
 from feed.store import history
 from feed.store.cluster import Cluster, Engine, chroot_engine, free_port, host_engine
-from feed.config import Config
 from feed.store.migrations import migrate
-from feed.model import ChannelRecord, SiteRecord
 from feed.store.storage import Storage
 from feed.store.transactions import reading
 
@@ -130,16 +130,20 @@ asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3])))
 def bench_backfill(url: str, days: float) -> dict[str, Any]:
     """Backfills `days` from the simulator's export; wall time, rows stored, collector peak memory."""
     port = free_port()
-    sim = subprocess.Popen([sys.executable, "-m", "feed.cli", "simulate", "--port", str(port),
-                            "--history-days", str(days + 1)], stdout=subprocess.PIPE, text=True)
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "feed.cli", "simulate", "--port", str(port), "--history-days", str(days + 1)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert sim.stdout is not None
         for line in sim.stdout:  # ready once it says where it serves
             if "simulated now" in line:
                 break
         t = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", BACKFILL, url, f"http://127.0.0.1:{port}", str(days)],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-c", BACKFILL, url, f"http://127.0.0.1:{port}", str(days)], capture_output=True, text=True
+        )
         seconds = time.perf_counter() - t
     finally:
         sim.terminate()
@@ -149,8 +153,12 @@ def bench_backfill(url: str, days: float) -> dict[str, Any]:
     lines = done.stdout.strip().splitlines()
     peak_mb = int(lines[-1]) / 1024 if lines and lines[-1].isdigit() else float("nan")
     print(f"    backfill: {lines[0] if lines else done.stderr.strip()[-2000:]}", flush=True)
-    return {"backfill_s": seconds, "backfill_rows": rows, "backfill_peak_mb": peak_mb,
-            "backfill_ok": done.returncode == 0}
+    return {
+        "backfill_s": seconds,
+        "backfill_rows": rows,
+        "backfill_peak_mb": peak_mb,
+        "backfill_ok": done.returncode == 0,
+    }
 
 
 def count(channel: int, hour: int, vehicle_class: str) -> int:
@@ -174,12 +182,34 @@ async def load(url: str, sites: int, first: datetime, days: int) -> list[tuple[i
     storage = await Storage.open(url, max_size=2)
     try:
         await storage.ensure_source("bench", "comptage-mobilites", "http://127.0.0.1/bench")
-        await storage.upsert_sites("bench", [
-            SiteRecord(external_id=f"S{i:03d}", name=f"site {i}", road=f"RD{600 + i % 20}", insee=f"34{i % 300:03d}",
-                       lon=3.0 + i / 1000, lat=43.5) for i in range(sites)])
-        await storage.upsert_channels("bench", [
-            ChannelRecord(site_external_id=f"S{i:03d}", external_id=f"S{i:03d}-{d}-{c}", direction=d,
-                          vehicle_class=c, time_step=3600) for i in range(sites) for d, c in CHANNELS])
+        await storage.upsert_sites(
+            "bench",
+            [
+                SiteRecord(
+                    external_id=f"S{i:03d}",
+                    name=f"site {i}",
+                    road=f"RD{600 + i % 20}",
+                    insee=f"34{i % 300:03d}",
+                    lon=3.0 + i / 1000,
+                    lat=43.5,
+                )
+                for i in range(sites)
+            ],
+        )
+        await storage.upsert_channels(
+            "bench",
+            [
+                ChannelRecord(
+                    site_external_id=f"S{i:03d}",
+                    external_id=f"S{i:03d}-{d}-{c}",
+                    direction=d,
+                    vehicle_class=c,
+                    time_step=3600,
+                )
+                for i in range(sites)
+                for d, c in CHANNELS
+            ],
+        )
         by_ext = await storage.channel_ids("bench")
         ids = sorted((cid, ext.rsplit("-", 1)[1]) for ext, cid in by_ext.items())
         first_utc = first.astimezone(UTC)
@@ -198,10 +228,20 @@ def write_parquet(path: Path, ids: list[tuple[int, str]], first: datetime, days:
     """The same hourly rows as our hourly.parquet (its columns), sorted by site, channel and hour."""
     end = (first + timedelta(days=days)).astimezone(UTC)
     hours = int((end - first.astimezone(UTC)).total_seconds() // 3600)
-    schema = pa.schema([("site_id", pa.int32()), ("channel_id", pa.int32()), ("direction", pa.string()),
-                        ("vehicle_class", pa.string()), ("period_start", pa.timestamp("ms", tz=TZ)),
-                        ("count", pa.int64()), ("speed", pa.float64()), ("coverage", pa.float64()),
-                        ("intervals_present", pa.int32()), ("intervals_expected", pa.int32())])
+    schema = pa.schema(
+        [
+            ("site_id", pa.int32()),
+            ("channel_id", pa.int32()),
+            ("direction", pa.string()),
+            ("vehicle_class", pa.string()),
+            ("period_start", pa.timestamp("ms", tz=TZ)),
+            ("count", pa.int64()),
+            ("speed", pa.float64()),
+            ("coverage", pa.float64()),
+            ("intervals_present", pa.int32()),
+            ("intervals_expected", pa.int32()),
+        ]
+    )
     start_ms = int(first.astimezone(UTC).timestamp() * 1000)
     rows = 0
     pending: list[pa.Table] = []
@@ -209,15 +249,23 @@ def write_parquet(path: Path, ids: list[tuple[int, str]], first: datetime, days:
         for i, (cid, vehicle_class) in enumerate(ids):
             hs = [h for h in range(hours) if (cid * 31 + h) % 997]
             n = len(hs)
-            pending.append(pa.table({
-                "site_id": pa.array([i // 4 + 1] * n, pa.int32()), "channel_id": pa.array([cid] * n, pa.int32()),
-                "direction": pa.array([CHANNELS[i % 4][0]] * n), "vehicle_class": pa.array([vehicle_class] * n),
-                "period_start": pa.array([start_ms + h * 3_600_000 for h in hs], pa.timestamp("ms", tz=TZ)),
-                "count": pa.array([count(cid, h, vehicle_class) for h in hs], pa.int64()),
-                "speed": pa.array([60.0 + (cid + h) % 40 for h in hs], pa.float64()),
-                "coverage": pa.array([1.0] * n), "intervals_present": pa.array([1] * n, pa.int32()),
-                "intervals_expected": pa.array([1] * n, pa.int32()),
-            }, schema=schema))
+            pending.append(
+                pa.table(
+                    {
+                        "site_id": pa.array([i // 4 + 1] * n, pa.int32()),
+                        "channel_id": pa.array([cid] * n, pa.int32()),
+                        "direction": pa.array([CHANNELS[i % 4][0]] * n),
+                        "vehicle_class": pa.array([vehicle_class] * n),
+                        "period_start": pa.array([start_ms + h * 3_600_000 for h in hs], pa.timestamp("ms", tz=TZ)),
+                        "count": pa.array([count(cid, h, vehicle_class) for h in hs], pa.int64()),
+                        "speed": pa.array([60.0 + (cid + h) % 40 for h in hs], pa.float64()),
+                        "coverage": pa.array([1.0] * n),
+                        "intervals_present": pa.array([1] * n, pa.int32()),
+                        "intervals_expected": pa.array([1] * n, pa.int32()),
+                    },
+                    schema=schema,
+                )
+            )
             rows += n
             if sum(t.num_rows for t in pending) >= ROW_GROUP or i == len(ids) - 1:
                 table = pa.concat_tables(pending)
@@ -270,8 +318,12 @@ def bench_duckdb(path: Path, month_path: Path, site: int, repeat: int, tmp: Path
     t = time.perf_counter()
     con.execute(f"COPY (SELECT * FROM read_parquet('{month_path}')) TO '{tmp / 'month.csv'}' (HEADER)")
     csv_rate = month_rows / (time.perf_counter() - t)
-    return {"series_ms": median_ms(series), "annual_ms": median_ms(annual), "csv_rows_per_s": csv_rate,
-            "annual": {r[0]: r for r in rows}}
+    return {
+        "series_ms": median_ms(series),
+        "annual_ms": median_ms(annual),
+        "csv_rows_per_s": csv_rate,
+        "annual": {r[0]: r for r in rows},
+    }
 
 
 class Server:
@@ -279,8 +331,11 @@ class Server:
 
     def __init__(self, url: str):
         self.port = free_port()
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVER, url, str(self.port)], stdout=subprocess.PIPE,
-                                     env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SERVER, url, str(self.port)],
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
         assert self.proc.stdout is not None
         if self.proc.stdout.readline().strip() != b"ready":
             raise SystemExit("the API server did not start")
@@ -318,6 +373,7 @@ async def bench_api(year_url: str, month_url: str, site: int, repeat: int) -> di
     server = Server(year_url)
     try:
         async with aiohttp.ClientSession(server.base, auto_decompress=False) as http:
+
             async def get(path: str) -> Any:
                 async with http.get(path, headers={"Accept-Encoding": "identity"}) as r:
                     assert r.status == 200, await r.text()
@@ -364,8 +420,9 @@ async def bench_api(year_url: str, month_url: str, site: int, repeat: int) -> di
                 before = server.peak_kib()
                 t = time.perf_counter()
                 size = lines = 0
-                async with http.get(f"/api/v1/downloads/{MONTH.year}/{name}",
-                                    headers={"Accept-Encoding": "identity"}) as r:
+                async with http.get(
+                    f"/api/v1/downloads/{MONTH.year}/{name}", headers={"Accept-Encoding": "identity"}
+                ) as r:
                     assert r.status == 200
                     async for chunk in r.content.iter_chunked(1 << 20):
                         size += len(chunk)
@@ -401,8 +458,9 @@ def bench_engine(engine: Engine, args: argparse.Namespace, tmp: Path) -> dict[st
         for url in urls.values():
             migrate(url)
         if args.backfill_only:
-            print(f"[{engine.name}] backfilling {args.backfill_days:g} days from the simulator's export ...",
-                  flush=True)
+            print(
+                f"[{engine.name}] backfilling {args.backfill_days:g} days from the simulator's export ...", flush=True
+            )
             return {"ours": bench_backfill(urls["backfill"], args.backfill_days), "duckdb": {}}
         first = datetime(YEAR, 1, 1, tzinfo=PARIS)
         month_first = datetime(MONTH.year, MONTH.month, 1, tzinfo=PARIS)
@@ -453,31 +511,52 @@ def main() -> None:
     print()
     if not args.backfill_only:
         print(f"{'':<18}{'site daily series, ms':^32}{'annual table, ms':^32}{'month hourly CSV':^28}")
-        print(f"{'engine':<18}{'query':>8}{'http':>8}{'duckdb':>8}{'ratio':>8}{'query':>8}{'http':>8}{'duckdb':>8}"
-              f"{'ratio':>8}{'rows/s':>10}{'peak MB':>9}{'duckdb':>11}{'parquet r/s':>13}")
+        print(
+            f"{'engine':<18}{'query':>8}{'http':>8}{'duckdb':>8}{'ratio':>8}{'query':>8}{'http':>8}{'duckdb':>8}"
+            f"{'ratio':>8}{'rows/s':>10}{'peak MB':>9}{'duckdb':>11}{'parquet r/s':>13}"
+        )
     targets = {}
     for name, r in results.items():
         o, d = r["ours"], r["duckdb"]
         if not args.backfill_only:
             targets.update(api_targets(name, o, d))
-        print(f"{name:<18}backfill of {args.backfill_days:g} days: {o['backfill_rows']:,} rows in "
-              f"{o['backfill_s']:.1f} s ({o['backfill_rows'] / o['backfill_s']:,.0f} rows/s), collector peak "
-              f"{o['backfill_peak_mb']:.0f} MB{'' if o['backfill_ok'] else ', FAILED'}")
-        targets[f"{name}.backfill_s"] = {"value": round(o["backfill_s"], 1) if o["backfill_ok"] else None,
-                                         "op": "<=", "target": 120}
+        print(
+            f"{name:<18}backfill of {args.backfill_days:g} days: {o['backfill_rows']:,} rows in "
+            f"{o['backfill_s']:.1f} s ({o['backfill_rows'] / o['backfill_s']:,.0f} rows/s), collector peak "
+            f"{o['backfill_peak_mb']:.0f} MB{'' if o['backfill_ok'] else ', FAILED'}"
+        )
+        targets[f"{name}.backfill_s"] = {
+            "value": round(o["backfill_s"], 1) if o["backfill_ok"] else None,
+            "op": "<=",
+            "target": 120,
+        }
         targets[f"{name}.backfill_peak_mb"] = {"value": round(o["backfill_peak_mb"]), "op": "<=", "target": 300}
-    print(json.dumps({"bench": "history", "targets": targets,
-                      "results": {n: {k: {m: (round(v, 3) if isinstance(v, float) else v) for m, v in part.items()}
-                                      for k, part in r.items()} for n, r in results.items()}}))
+    print(
+        json.dumps(
+            {
+                "bench": "history",
+                "targets": targets,
+                "results": {
+                    n: {
+                        k: {m: (round(v, 3) if isinstance(v, float) else v) for m, v in part.items()}
+                        for k, part in r.items()
+                    }
+                    for n, r in results.items()
+                },
+            }
+        )
+    )
 
 
 def api_targets(name: str, o: dict[str, Any], d: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Prints one engine's row of the API table; returns its targets."""
     series, annual = o["series_query_ms"] / d["series_ms"], o["annual_query_ms"] / d["annual_ms"]
     peak = "n/a" if o["csv_peak_growth_mb"] is None else f"{o['csv_peak_growth_mb']:.1f}"
-    print(f"{name:<18}{o['series_query_ms']:>8.2f}{o['series_ms']:>8.2f}{d['series_ms']:>8.2f}{series:>8.2f}"
-          f"{o['annual_query_ms']:>8.0f}{o['annual_ms']:>8.0f}{d['annual_ms']:>8.0f}{annual:>8.2f}"
-          f"{o['csv_rows_per_s']:>10,.0f}{peak:>9}{d['csv_rows_per_s']:>11,.0f}{o['parquet_rows_per_s']:>13,.0f}")
+    print(
+        f"{name:<18}{o['series_query_ms']:>8.2f}{o['series_ms']:>8.2f}{d['series_ms']:>8.2f}{series:>8.2f}"
+        f"{o['annual_query_ms']:>8.0f}{o['annual_ms']:>8.0f}{d['annual_ms']:>8.0f}{annual:>8.2f}"
+        f"{o['csv_rows_per_s']:>10,.0f}{peak:>9}{d['csv_rows_per_s']:>11,.0f}{o['parquet_rows_per_s']:>13,.0f}"
+    )
     return {
         f"{name}.site_daily_series_vs_duckdb": {"value": round(series, 3), "op": "<=", "target": 0.5},
         f"{name}.annual_table_vs_duckdb": {"value": round(annual, 3), "op": "<=", "target": 0.5},

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import psycopg
 
+from feed.model import ChannelRecord, SiteRecord
 from feed.store.cluster import Cluster, Engine, chroot_engine, host_engine
 from feed.store.migrations import migrate
-from feed.model import ChannelRecord, SiteRecord
 from feed.store.storage import Storage
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -37,8 +37,9 @@ def build_rows(channel_ids: list[int], hours: int) -> list[list[tuple]]:
     by_hour = []
     for h in range(hours):
         start = T0 + timedelta(hours=h)
-        by_hour.append([(c, start, 3600, (c * 7 + h * 13) % 900, 60.0 + (c + h) % 40, None, "observed")
-                        for c in channel_ids])
+        by_hour.append(
+            [(c, start, 3600, (c * 7 + h * 13) % 900, 60.0 + (c + h) % 40, None, "observed") for c in channel_ids]
+        )
     return by_hour
 
 
@@ -46,14 +47,24 @@ async def run_ours(url: str, sites: int, hours: int, batch_hours: int) -> dict[s
     storage = await Storage.open(url, max_size=2)
     try:
         await storage.ensure_source("bench", "comptage-mobilites", "http://127.0.0.1/bench")
-        await storage.upsert_sites("bench", [SiteRecord(external_id=f"S{i}", name=f"site {i}", road="RD613",
-                                                        lon=3.0 + i / 1000, lat=43.5) for i in range(sites)])
-        await storage.upsert_channels("bench", [
-            ChannelRecord(site_external_id=f"S{i}", external_id=f"S{i}-{d}", direction=d, time_step=3600)
-            for i in range(sites) for d in ("N", "S")])
+        await storage.upsert_sites(
+            "bench",
+            [
+                SiteRecord(external_id=f"S{i}", name=f"site {i}", road="RD613", lon=3.0 + i / 1000, lat=43.5)
+                for i in range(sites)
+            ],
+        )
+        await storage.upsert_channels(
+            "bench",
+            [
+                ChannelRecord(site_external_id=f"S{i}", external_id=f"S{i}-{d}", direction=d, time_step=3600)
+                for i in range(sites)
+                for d in ("N", "S")
+            ],
+        )
         ids = sorted((await storage.channel_ids("bench")).values())
         by_hour = build_rows(ids, hours)
-        batches = [[r for hour in by_hour[i:i + batch_hours] for r in hour] for i in range(0, hours, batch_hours)]
+        batches = [[r for hour in by_hour[i : i + batch_hours] for r in hour] for i in range(0, hours, batch_hours)]
         total = sum(len(b) for b in batches)
         result = {"rows": total}
         for phase in ("first", "again"):
@@ -90,12 +101,23 @@ def run_reference(url: str, csv_path: Path, timescale: bool) -> float:
                           count integer, speed real, occupancy real, quality quality NOT NULL,
                           PRIMARY KEY (channel_id, start))""")
         if timescale:
-            conn.execute("SELECT create_hypertable('ref_measurements', 'start', "
-                         "chunk_time_interval => interval '7 days')")
+            conn.execute(
+                "SELECT create_hypertable('ref_measurements', 'start', chunk_time_interval => interval '7 days')"
+            )
     rows = sum(1 for _ in csv_path.open())
     t = time.perf_counter()
-    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", url, "-c",
-                    f"\\copy ref_measurements FROM '{csv_path}' WITH (FORMAT csv)"], check=True)
+    subprocess.run(
+        [
+            "psql",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            url,
+            "-c",
+            f"\\copy ref_measurements FROM '{csv_path}' WITH (FORMAT csv)",
+        ],
+        check=True,
+    )
     return rows / (time.perf_counter() - t)
 
 
@@ -136,17 +158,28 @@ def main() -> None:
         results = {e.name: bench_engine(e, args, csv_path) for e in engines}
 
     print()
-    print(f"{'engine':<20}{'rows':>11}{'psql copy r/s':>17}{'first load r/s':>17}{'ratio':>7}"
-          f"{'re-ingest r/s':>16}{'ratio':>7}")
+    print(
+        f"{'engine':<20}{'rows':>11}{'psql copy r/s':>17}{'first load r/s':>17}{'ratio':>7}"
+        f"{'re-ingest r/s':>16}{'ratio':>7}"
+    )
     targets = {}
     for name, r in results.items():
         first, again = r["first"] / r["reference"], r["again"] / r["reference"]
-        print(f"{name:<20}{r['rows']:>11,}{r['reference']:>17,.0f}{r['first']:>17,.0f}{first:>7.2f}"
-              f"{r['again']:>16,.0f}{again:>7.2f}")
+        print(
+            f"{name:<20}{r['rows']:>11,}{r['reference']:>17,.0f}{r['first']:>17,.0f}{first:>7.2f}"
+            f"{r['again']:>16,.0f}{again:>7.2f}"
+        )
         targets[f"{name}.first_load_vs_copy"] = {"value": round(first, 3), "op": ">=", "target": 0.5}
         targets[f"{name}.reingest_vs_copy"] = {"value": round(again, 3), "op": ">=", "target": 0.5}
-    print(json.dumps({"bench": "ingest", "targets": targets,
-                      "rows_per_s": {n: {k: round(v) for k, v in r.items()} for n, r in results.items()}}))
+    print(
+        json.dumps(
+            {
+                "bench": "ingest",
+                "targets": targets,
+                "rows_per_s": {n: {k: round(v) for k, v in r.items()} for n, r in results.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

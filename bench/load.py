@@ -42,9 +42,9 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from feed.simulator.sources import simulator_sources  # noqa: E402
 from feed.store.cluster import Cluster, free_port, host_engine  # noqa: E402
 from feed.store.migrations import migrate  # noqa: E402
-from feed.simulator.sources import simulator_sources  # noqa: E402
 
 FEEDS = (
     "/feeds/datex2/v3/situations.xml",
@@ -116,8 +116,9 @@ class Stats:
         self.latencies.append(seconds)
 
 
-async def client(session: aiohttp.ClientSession, base: str, stop: float, think: float, stats: Stats,
-                 rng: random.Random) -> None:
+async def client(
+    session: aiohttp.ClientSession, base: str, stop: float, think: float, stats: Stats, rng: random.Random
+) -> None:
     etags: dict[str, str] = {}
     while time.monotonic() < stop:
         path = rng.choice(FEEDS)
@@ -153,8 +154,9 @@ async def sample_rss(pid: int, stop: float, samples: list[tuple[float, int]]) ->
 
 def ingest_counts(url: str) -> tuple[int, int]:
     with psycopg.connect(url) as conn:
-        runs = conn.execute("SELECT count(*) FROM source_runs WHERE finished IS NOT NULL AND error IS NULL"
-                            ).fetchone()[0]
+        runs = conn.execute("SELECT count(*) FROM source_runs WHERE finished IS NOT NULL AND error IS NULL").fetchone()[
+            0
+        ]
         rows = conn.execute("SELECT count(*) FROM measurements").fetchone()[0]
     return runs, rows
 
@@ -163,8 +165,7 @@ def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None =
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"{what}: process exited ({proc.returncode})\n"
-                             + (log.read_text()[-3000:] if log else ""))
+            raise SystemExit(f"{what}: process exited ({proc.returncode})\n" + (log.read_text()[-3000:] if log else ""))
         try:
             value = check()
             if value:
@@ -204,8 +205,12 @@ async def drive(args: argparse.Namespace, port: int, server_pid: int) -> tuple[S
         # what a keep-alive pool of N connections does, with N clients in flight.
         stop = time.monotonic() + args.duration
         rng = random.Random(34)
-        tasks = [asyncio.create_task(client(session, f"http://127.0.0.1:{port}", stop, args.think, stats,
-                                            random.Random(rng.random()))) for _ in range(args.clients)]
+        tasks = [
+            asyncio.create_task(
+                client(session, f"http://127.0.0.1:{port}", stop, args.think, stats, random.Random(rng.random()))
+            )
+            for _ in range(args.clients)
+        ]
         tasks.append(asyncio.create_task(sample_rss(server_pid, stop, samples)))
         await asyncio.gather(*tasks)
     return stats, samples
@@ -218,9 +223,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--think", type=float, default=0.0, help="seconds between a client's requests")
     parser.add_argument("--timeout", type=float, default=30.0, help="per request")
     parser.add_argument("--workers", type=int, default=1, help="roadfeed HTTP processes")
-    parser.add_argument("--speed", type=float, default=1.0,
-                        help="simulated seconds per real second (above 1 the collectors quarantine "
-                             "records from their future)")
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="simulated seconds per real second (above 1 the collectors quarantine records from their future)",
+    )
     parser.add_argument("--interval", type=int, default=2, help="seconds between polls of each source")
     parser.add_argument("--history-days", type=float, default=7.0, help="the backlog ingested during the load")
     parser.add_argument("--database-url", help="a migrated database (default: a private cluster)")
@@ -249,26 +257,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sim_port, port = free_port(), free_port()
         sim_log, run_log = base / "simulate.log", base / "run.log"
         with sim_log.open("wb") as out:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "feed.cli", "simulate", "--port", str(sim_port), "--speed", str(args.speed),
-                 "--history-days", str(args.history_days)],
-                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "feed.cli",
+                        "simulate",
+                        "--port",
+                        str(sim_port),
+                        "--speed",
+                        str(args.speed),
+                        "--history-days",
+                        str(args.history_days),
+                    ],
+                    cwd=ROOT,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
         wait_until(lambda: http_status(sim_port, "/") == 200, 60, "the simulator", procs[0], sim_log)
         config = base / "roadfeed.toml"
         config.write_text(config_text(f"http://127.0.0.1:{sim_port}", port, args.workers, args.interval))
         with run_log.open("wb") as out:
             server = subprocess.Popen(
                 [sys.executable, "-m", "feed.cli", "run", "--config", str(config)],
-                cwd=ROOT, env={**os.environ, "ROADFEED_DATABASE_URL": url},
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                cwd=ROOT,
+                env={**os.environ, "ROADFEED_DATABASE_URL": url},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             procs.append(server)
         wait_until(lambda: http_status(port, "/readyz") == 200, 180, "roadfeed run /readyz", server, run_log)
         wait_until(lambda: ingest_counts(url)[1] > 0, 120, "the first measurements", server, run_log)
         time.sleep(1.0)
 
         runs_before, rows_before = ingest_counts(url)
-        print(f"{args.clients} clients polling {len(FEEDS)} feeds for {args.duration:g} s "
-              f"(workers {args.workers}, think {args.think:g} s) while ingest runs ...", flush=True)
+        print(
+            f"{args.clients} clients polling {len(FEEDS)} feeds for {args.duration:g} s "
+            f"(workers {args.workers}, think {args.think:g} s) while ingest runs ...",
+            flush=True,
+        )
         started = time.monotonic()
         stats, samples = asyncio.run(drive(args, port, server.pid))
         elapsed = time.monotonic() - started
@@ -289,30 +320,50 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     mb = 1024 * 1024
     rss_start, rss_end, rss_max = rss[0] / mb, rss[-1] / mb, max(rss) / mb
     result = {
-        "requests": requests, "rps": requests / elapsed, "ok_200": stats.status.get("200", 0),
-        "not_modified_304": stats.status.get("304", 0), "errors": errors,
-        "p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99), "max_ms": max(ms) if ms else float("nan"),
-        "rss_start_mb": rss_start, "rss_end_mb": rss_end, "rss_max_mb": rss_max,
-        "ingest_polls": runs_after - runs_before, "ingest_rows": rows_after - rows_before,
+        "requests": requests,
+        "rps": requests / elapsed,
+        "ok_200": stats.status.get("200", 0),
+        "not_modified_304": stats.status.get("304", 0),
+        "errors": errors,
+        "p50_ms": pct(ms, 50),
+        "p99_ms": pct(ms, 99),
+        "max_ms": max(ms) if ms else float("nan"),
+        "rss_start_mb": rss_start,
+        "rss_end_mb": rss_end,
+        "rss_max_mb": rss_max,
+        "ingest_polls": runs_after - runs_before,
+        "ingest_rows": rows_after - rows_before,
     }
-    print(f"requests {requests:,} ({result['rps']:,.0f}/s): 200 {result['ok_200']:,}, "
-          f"304 {result['not_modified_304']:,}, errors {errors}")
+    print(
+        f"requests {requests:,} ({result['rps']:,.0f}/s): 200 {result['ok_200']:,}, "
+        f"304 {result['not_modified_304']:,}, errors {errors}"
+    )
     print(f"latency p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, max {result['max_ms']:.1f} ms")
-    print(f"server RSS (all processes): start {rss_start:.1f} MB, end {rss_end:.1f} MB, max {rss_max:.1f} MB "
-          f"({len(samples)} samples: {', '.join(f'{r / mb:.0f}' for r in rss[:: max(1, len(rss) // 12)])})")
+    print(
+        f"server RSS (all processes): start {rss_start:.1f} MB, end {rss_end:.1f} MB, max {rss_max:.1f} MB "
+        f"({len(samples)} samples: {', '.join(f'{r / mb:.0f}' for r in rss[:: max(1, len(rss) // 12)])})"
+    )
     print(f"ingest during the load: {result['ingest_polls']} successful polls, {result['ingest_rows']:,} rows stored")
     if stats.errors:
         print("first errors:", *stats.errors[:5], sep="\n  ")
-    line = {"bench": "load", "setup": {"clients": args.clients, "duration_s": args.duration, "think_s": args.think,
-                                         "workers": args.workers, "feeds": len(FEEDS), "speed": args.speed},
-            "results": {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()},
-            "targets": {
-                "errors": {"value": errors, "op": "<=", "target": 0},
-                "rss_growth_mb": {"value": round(rss_end - rss_start, 1), "op": "<=",
-                                  "target": args.max_rss_growth_mb},
-                "p99_ms": {"value": round(result["p99_ms"], 1), "op": "<=", "target": args.max_p99_ms},
-                "ingest_polls": {"value": result["ingest_polls"], "op": ">=", "target": 1},
-            }}
+    line = {
+        "bench": "load",
+        "setup": {
+            "clients": args.clients,
+            "duration_s": args.duration,
+            "think_s": args.think,
+            "workers": args.workers,
+            "feeds": len(FEEDS),
+            "speed": args.speed,
+        },
+        "results": {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()},
+        "targets": {
+            "errors": {"value": errors, "op": "<=", "target": 0},
+            "rss_growth_mb": {"value": round(rss_end - rss_start, 1), "op": "<=", "target": args.max_rss_growth_mb},
+            "p99_ms": {"value": round(result["p99_ms"], 1), "op": "<=", "target": args.max_p99_ms},
+            "ingest_polls": {"value": result["ingest_polls"], "op": ">=", "target": 1},
+        },
+    }
     print(json.dumps(line))
     return line
 

@@ -50,7 +50,7 @@ import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Generic, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -71,14 +71,34 @@ __all__ = [
 ]
 
 SITE_COLUMNS = (
-    "site_id", "parent_site_id", "site_name", "fr_insee_code", "xlong", "ylat",
-    "external_ids", "infrastructure_type",
+    "site_id",
+    "parent_site_id",
+    "site_name",
+    "fr_insee_code",
+    "xlong",
+    "ylat",
+    "external_ids",
+    "infrastructure_type",
 )
 CHANNEL_COLUMNS = (
-    "channel_id", "channel_provider_id", "site_provider_id", "site_id", "mobility_type",
-    "comment", "counter_transmission_type", "publication_transmission_type", "counter_type",
-    "direction", "provider_direction_code", "provider_direction_name", "data_provider_name",
-    "temporality", "started_at", "ended_at", "last_updated_at", "time_step",
+    "channel_id",
+    "channel_provider_id",
+    "site_provider_id",
+    "site_id",
+    "mobility_type",
+    "comment",
+    "counter_transmission_type",
+    "publication_transmission_type",
+    "counter_type",
+    "direction",
+    "provider_direction_code",
+    "provider_direction_name",
+    "data_provider_name",
+    "temporality",
+    "started_at",
+    "ended_at",
+    "last_updated_at",
+    "time_step",
     "provider_portal_url",
 )
 MEASURE_COLUMNS = ("channel_id", "counter_id", "start_datetime", "end_datetime", "count")
@@ -410,7 +430,7 @@ def parse_datetime(text: str, name: str, local: ZoneInfo | None) -> datetime:
 
 def _localize(naive: datetime, zone: ZoneInfo, name: str, text: str) -> datetime:
     aware = naive.replace(tzinfo=zone)
-    back = aware.astimezone(timezone.utc).astimezone(zone)
+    back = aware.astimezone(UTC).astimezone(zone)
     if back.replace(tzinfo=None) != naive:
         raise _RowError(f"{name} {text!r} does not exist in {zone.key} (skipped hour at a DST change)")
     if aware.replace(fold=1).utcoffset() != aware.utcoffset():
@@ -511,10 +531,7 @@ def _channel_converter(
         elif default_time_step is not None:
             step = default_time_step
         else:
-            raise _RowError(
-                "time_step is empty and no default_time_step was given "
-                "(the schema has no default step)"
-            )
+            raise _RowError("time_step is empty and no default_time_step was given (the schema has no default step)")
         return ChannelRecord(
             site_external_id=site_id,
             external_id=channel_id,
@@ -556,7 +573,7 @@ def _end_from_step(start: datetime, step: int, local: ZoneInfo | None) -> dateti
     if step == 86400 and local is not None and start.utcoffset() == start.astimezone(local).utcoffset():
         wall = start.astimezone(local).replace(tzinfo=None) + timedelta(days=1)
         end = wall.replace(tzinfo=local)
-        if end.astimezone(timezone.utc).astimezone(local).replace(tzinfo=None) == wall:
+        if end.astimezone(UTC).astimezone(local).replace(tzinfo=None) == wall:
             return end
     return start + timedelta(seconds=step)
 
@@ -574,9 +591,7 @@ def _measure_converter(
         else:
             step = steps.get(channel_id, default_time_step)
             if step is None:
-                raise _RowError(
-                    f"end_datetime is empty and the time_step of channel {channel_id!r} is unknown"
-                )
+                raise _RowError(f"end_datetime is empty and the time_step of channel {channel_id!r} is unknown")
             end = _end_from_step(start, step, local)
         length = _seconds(end - start, "end_datetime - start_datetime")
         if length <= 0:

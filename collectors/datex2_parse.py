@@ -180,9 +180,7 @@ class _Walk:
         self.lang = "und"
         self.table_id: str | None = None
         self.table_ref: str | None = None
-        self.periods: dict[
-            tuple[str, str], int | None
-        ] = {}  # channels of this document's site table
+        self.periods: dict[tuple[str, str], int | None] = {}  # channels of this document's site table
         self.table_sites: set[str] = set()
         self.derived: set[tuple[str, str | None]] = set()  # sites/channels made from measured data
 
@@ -380,9 +378,7 @@ def _guarded(elem: etree._Element, ref: str | None, build: Callable[[], ParsedIt
 def _quarantine(elem: etree._Element, ref: str | None, exc: Exception) -> Quarantined:
     """The reason, the start of the element's XML and its id (or line) for a later look."""
     excerpt = etree.tostring(elem, encoding="unicode", with_tail=False)[:_EXCERPT_CHARS]
-    return Quarantined(
-        reason=_reason(exc), excerpt=excerpt, record_ref=ref or f"line {elem.sourceline}"
-    )
+    return Quarantined(reason=_reason(exc), excerpt=excerpt, record_ref=ref or f"line {elem.sourceline}")
 
 
 def _reason(exc: Exception) -> str:
@@ -459,9 +455,7 @@ def _event(record: etree._Element, situation: etree._Element, walk: _Walk) -> Ev
         type=_event_type(record_class, record),
         subtype=record_class,
         status=status,
-        severity=_SEVERITY.get(
-            _text(record, "severity") or _text(situation, "overallSeverity") or "", "unknown"
-        ),
+        severity=_SEVERITY.get(_text(record, "severity") or _text(situation, "overallSeverity") or "", "unknown"),
         **_times(
             start,
             end,
@@ -560,11 +554,7 @@ def _lanes(record: etree._Element, location: etree._Element | None) -> str | Non
     """Named lanes when the location lists them, else "N of M lanes" from the impact."""
     names: list[str] = []
     for lane in _descendants(location, "lane"):
-        name = (
-            _text(lane, "laneUsage")
-            or _lane_number_name(_text(lane, "laneNumber"))
-            or _own_text(lane)
-        )
+        name = _text(lane, "laneUsage") or _lane_number_name(_text(lane, "laneNumber")) or _own_text(lane)
         if name and name not in names:
             names.append(name)
     if names:
@@ -622,9 +612,7 @@ def _direction(location: etree._Element | None) -> str | None:
     relative = _first_text(location, "directionRelativeAtPoint", "directionRelativeOnLinearSection")
     if relative in _DIRECTION_RELATIVE:
         return _DIRECTION_RELATIVE[relative]
-    bound = _first_text(
-        location, "tpegDirection", "directionBoundAtPoint", "directionBoundOnLinearSection"
-    )
+    bound = _first_text(location, "tpegDirection", "directionBoundAtPoint", "directionBoundOnLinearSection")
     return _named_direction(bound)
 
 
@@ -682,9 +670,7 @@ def _pr_refs(location: etree._Element | None) -> list[dict[str, Any]]:
             "road": _text(holder, "linearElement", "roadNumber"),
             "referent": _text(referent, "referentIdentifier"),
             "abscissa": round(float(along)) if along is not None else None,
-            "direction": _first_text(
-                holder, "directionRelativeAtPoint", "directionRelativeOnLinearSection"
-            ),
+            "direction": _first_text(holder, "directionRelativeAtPoint", "directionRelativeOnLinearSection"),
         }
         match = _FRENCH_REFERENT.match(ref["referent"] or "")
         if match:
@@ -802,9 +788,7 @@ _F = 1 / 298.257222101  # GRS80 flattening (WGS 84 differs by 1e-11)
 _E = math.sqrt(_F * (2 - _F))
 
 
-def _utm_to_lonlat(
-    easting: float, northing: float, zone: int, *, north: bool
-) -> tuple[float, float]:
+def _utm_to_lonlat(easting: float, northing: float, zone: int, *, north: bool) -> tuple[float, float]:
     """Inverse transverse Mercator (Krüger series, millimetre accuracy within a zone)."""
     n = _F / (2 - _F)
     big_a = _A / (1 + n) * (1 + n**2 / 4 + n**4 / 64)
@@ -812,12 +796,8 @@ def _utm_to_lonlat(
     delta = (2 * n - 2 * n**2 / 3 - 2 * n**3, 7 * n**2 / 3 - 8 * n**3 / 5, 56 * n**3 / 15)
     xi = (northing - (0 if north else 10_000_000)) / (0.9996 * big_a)
     eta = (easting - 500_000) / (0.9996 * big_a)
-    xi_p = xi - sum(
-        b * math.sin(2 * j * xi) * math.cosh(2 * j * eta) for j, b in enumerate(beta, 1)
-    )
-    eta_p = eta - sum(
-        b * math.cos(2 * j * xi) * math.sinh(2 * j * eta) for j, b in enumerate(beta, 1)
-    )
+    xi_p = xi - sum(b * math.sin(2 * j * xi) * math.cosh(2 * j * eta) for j, b in enumerate(beta, 1))
+    eta_p = eta - sum(b * math.cos(2 * j * xi) * math.sinh(2 * j * eta) for j, b in enumerate(beta, 1))
     chi = math.asin(math.sin(xi_p) / math.cosh(eta_p))
     lat = chi + sum(d * math.sin(2 * j * chi) for j, d in enumerate(delta, 1))
     lon = math.radians(zone * 6 - 183) + math.atan2(math.sinh(eta_p), math.cos(xi_p))
@@ -897,9 +877,7 @@ def _site(site: etree._Element, site_id: str, walk: _Walk) -> SiteRecord:
     )
 
 
-def _channel(
-    characteristics: etree._Element, site_id: str, index: str, side: str | None, walk: _Walk
-) -> ChannelRecord:
+def _channel(characteristics: etree._Element, site_id: str, index: str, side: str | None, walk: _Walk) -> ChannelRecord:
     period = _seconds(_text(characteristics, "period"))
     walk.periods[(site_id, index)] = period
     direction = _text(characteristics, "measurementSide") or side
@@ -928,11 +906,7 @@ def _lane_index(characteristics: etree._Element) -> int | None:
 
 def _vehicle_class(characteristics: etree._Element | None) -> VehicleClass:
     """Heavy or light from vehicle types, or from a length threshold; otherwise all vehicles."""
-    types = (
-        {_own_text(e) for e in _kids(characteristics, "vehicleType")}
-        if characteristics is not None
-        else set()
-    )
+    types = {_own_text(e) for e in _kids(characteristics, "vehicleType")} if characteristics is not None else set()
     if types and types <= _HEAVY:
         return "heavy"
     if types and types <= _LIGHT:
@@ -992,18 +966,11 @@ def _measurement_items(block: etree._Element, walk: _Walk) -> Iterator[ParsedIte
         if value.problem is not None:
             yield _quarantine(value.element, ref, value.problem)
             continue
-        period = (
-            value.period
-            or default_period
-            or walk.periods.get((site_id, index))
-            or walk.default_period
-        )
+        period = value.period or default_period or walk.periods.get((site_id, index)) or walk.default_period
         if derive and (site_id, index) not in walk.derived:
             yield from _derived_site_and_channel(block, site_id, index, period, walk)
         try:
-            record: ParsedItem = _measurement(
-                ref, value, value.time or default_time, period, meaning
-            )
+            record: ParsedItem = _measurement(ref, value, value.time or default_time, period, meaning)
         except _RECORD_ERRORS as exc:
             record = _quarantine(value.element, ref, exc)
         yield record
@@ -1089,8 +1056,9 @@ def _read_traffic_data(kind: str, data: etree._Element, value: _Values) -> None:
         value.invalid |= _own_text(error) == "true"
     else:
         value.occupancy = _float(_own_text(number))
-    value.period = value.period or (_seconds(_own_text(own_period)) if own_period is not None
-                                    else _period_seconds(time_period))
+    value.period = value.period or (
+        _seconds(_own_text(own_period)) if own_period is not None else _period_seconds(time_period)
+    )
     if time is not None:
         value.time = _datetime(_own_text(time_value) if len(time) else _own_text(time))
 

@@ -70,8 +70,9 @@ class FetchPolicy:
     backoff_max: float = 60.0
 
 
-def retry_delay(attempt: int, policy: FetchPolicy, headers: dict[str, str] | None = None,
-                rand: Callable[[], float] = random.random) -> float:
+def retry_delay(
+    attempt: int, policy: FetchPolicy, headers: dict[str, str] | None = None, rand: Callable[[], float] = random.random
+) -> float:
     """Exponential backoff with jitter; a server's Retry-After / X-RateLimit-Reset wins."""
     told = _server_delay(headers or {})
     if told is not None:
@@ -112,8 +113,9 @@ class Fetcher:
     included) and its deadline, which every attempt and retry must fit in.
     """
 
-    def __init__(self, session: aiohttp.ClientSession, policy: FetchPolicy = FetchPolicy(),
-                 deadline: float | None = None):
+    def __init__(
+        self, session: aiohttp.ClientSession, policy: FetchPolicy = FetchPolicy(), deadline: float | None = None
+    ):
         self.session = session
         self.policy = policy
         self.deadline = deadline  # loop time after which no attempt starts or goes on
@@ -149,8 +151,14 @@ class Fetcher:
             if attempt:
                 left = self._time_left()
                 if left is not None and left <= delay:
-                    raise FetchError(source_id, url, f"{last_reason} (after {attempt} attempt(s); no time left "
-                                     "for another within the poll's deadline)", status, self.bytes_read - start)
+                    raise FetchError(
+                        source_id,
+                        url,
+                        f"{last_reason} (after {attempt} attempt(s); no time left "
+                        "for another within the poll's deadline)",
+                        status,
+                        self.bytes_read - start,
+                    )
                 await asyncio.sleep(delay)
             timeout = policy.timeout
             left = self._time_left()
@@ -167,8 +175,9 @@ class Fetcher:
             except TRANSPORT_ERRORS as err:
                 last_reason, status = _describe(err, timeout), None
                 delay = retry_delay(attempt, policy)
-        raise FetchError(source_id, url, f"{last_reason} (after {policy.retries + 1} attempts)", status,
-                         self.bytes_read - start)
+        raise FetchError(
+            source_id, url, f"{last_reason} (after {policy.retries + 1} attempts)", status, self.bytes_read - start
+        )
 
     async def _once(
         self,
@@ -203,7 +212,8 @@ class Fetcher:
                     self.bytes_read += len(chunk)
                     if size > policy.max_bytes:
                         raise FetchError(
-                            source_id, url,
+                            source_id,
+                            url,
                             f"body exceeds the limit of {policy.max_bytes} bytes (after decompression)",
                             resp.status,
                         )

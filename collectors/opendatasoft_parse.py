@@ -41,7 +41,7 @@ import math
 import re
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import IO, Any, get_args
 from urllib.parse import quote, urlencode
@@ -238,7 +238,7 @@ def mapping_from_options(options: Mapping[str, Any]) -> CounterMapping | EventMa
         return counter_mapping_from_options(options)
     if kind == "events":
         return event_mapping_from_options(options)
-    raise MappingError(f"options.dataset_type = {kind!r}: expected \"counters\" or \"events\"")
+    raise MappingError(f'options.dataset_type = {kind!r}: expected "counters" or "events"')
 
 
 # --------------------------------------------------------------------------- values
@@ -302,7 +302,7 @@ def _datetime(value: Any, name: str, zone: ZoneInfo) -> datetime | None:
     if parsed.tzinfo is not None:
         return parsed
     aware = parsed.replace(tzinfo=zone)
-    if aware.astimezone(timezone.utc).astimezone(zone).replace(tzinfo=None) != parsed:
+    if aware.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != parsed:
         raise _Bad(f"{name} {value!r} does not exist in {zone.key}")
     if aware.replace(fold=1).utcoffset() != aware.utcoffset():
         raise _Bad(f"{name} {value!r} is ambiguous in {zone.key}")
@@ -385,9 +385,7 @@ def _excerpt(record: Any) -> str:
 
 def _first_error(err: Exception) -> str:
     if isinstance(err, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in err.errors()
-        )
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in err.errors())
     return str(err)
 
 
@@ -430,8 +428,9 @@ _SEEN_LIMIT = 50_000  # sites and channels remembered as yielded; past it, they 
 
 
 class _Converter:
-    def __init__(self, mapping: CounterMapping | EventMapping, now: datetime | None,
-                 not_after: datetime | None = None) -> None:
+    def __init__(
+        self, mapping: CounterMapping | EventMapping, now: datetime | None, not_after: datetime | None = None
+    ) -> None:
         if now is not None and now.tzinfo is None:
             raise ValueError("now must carry a timezone")
         self.mapping = mapping
@@ -671,8 +670,11 @@ def _pr_refs(rec: dict[str, Any], m: EventMapping, road: str | None) -> dict[str
     end = _pr(rec.get(m.pr_to), m.pr_to) if m.pr_to else None
     places = [("point", start)] if end is None else [("from", start), ("to", end)]
     departement = departement_of(insee)
-    prs = [{"at": at, "road": road, "pr": pr[0], "abscissa": pr[1], "departement": departement}
-           for at, pr in places if pr is not None and road]
+    prs = [
+        {"at": at, "road": road, "pr": pr[0], "abscissa": pr[1], "departement": departement}
+        for at, pr in places
+        if pr is not None and road
+    ]
     refs: dict[str, Any] = {}
     if prs:
         refs["pr"] = prs
@@ -699,15 +701,14 @@ class RecordsPage:
     at_watermark: int  # records of the page whose time equals `watermark`
     held: bool = False  # the page has a record after `not_after`: read no further pages
 
-    def cursor_after(
-        self, watermark: datetime | None, seen_at_watermark: int = 0
-    ) -> tuple[datetime | None, int]:
+    def cursor_after(self, watermark: datetime | None, seen_at_watermark: int = 0) -> tuple[datetime | None, int]:
         """The (watermark, seen_at_watermark) to query next, given those this page was queried with."""
         return _cursor_after(self.watermark, self.at_watermark, watermark, seen_at_watermark)
 
 
-def _cursor_after(page_watermark: datetime | None, page_at: int, watermark: datetime | None,
-                  seen_at_watermark: int) -> tuple[datetime | None, int]:
+def _cursor_after(
+    page_watermark: datetime | None, page_at: int, watermark: datetime | None, seen_at_watermark: int
+) -> tuple[datetime | None, int]:
     if page_watermark is None:
         return watermark, seen_at_watermark
     if watermark is not None and page_watermark == watermark:
@@ -839,8 +840,9 @@ class _JsonReader:
                     expect_value = True
                     continue
                 if c != "]":
-                    raise self._error(f"not valid JSON: after record {self.consumed - 1}: expected ',' or ']', "
-                                      f"found {c!r}")
+                    raise self._error(
+                        f"not valid JSON: after record {self.consumed - 1}: expected ',' or ']', found {c!r}"
+                    )
             if c == "]" and expect_value is not True:
                 self._pos += 1
                 return
@@ -877,7 +879,7 @@ class _JsonReader:
         first = self._peek()
         if first != "{":
             found = "nothing" if first is None else "a JSON array" if first == "[" else repr(first)
-            raise self._error(f"not a records response (no \"results\" list): found {found}")
+            raise self._error(f'not a records response (no "results" list): found {found}')
         self._pos += 1
         seen_results = False
         while True:
@@ -899,8 +901,16 @@ class _JsonReader:
                 if self._peek() is None:
                     raise self._error(f"not valid JSON: truncated at member {_short(key)}")
                 value = self._value(f"member {_short(key)}")
-                if key in ("total_count", "error_code", "errorcode", "message", "error", "call_limit",
-                           "limit_time_unit", "reset_time"):
+                if key in (
+                    "total_count",
+                    "error_code",
+                    "errorcode",
+                    "message",
+                    "error",
+                    "call_limit",
+                    "limit_time_unit",
+                    "reset_time",
+                ):
                     members[key] = value
             c = self._peek()
             if c == ",":
@@ -912,7 +922,7 @@ class _JsonReader:
             detail = _error_detail(0, members)
             if detail is not None:
                 raise self._error(f"the response is an error: {detail}")
-            raise self._error(f"not a records response (no \"results\" list): {_short(members)}")
+            raise self._error(f'not a records response (no "results" list): {_short(members)}')
 
     def _rest(self, limit: int = 1 << 16) -> str:
         while len(self._buf) - self._pos < limit and self._fill():
@@ -927,8 +937,13 @@ class _Items:
     that are not after `not_after`; `held` says one was.
     """
 
-    def __init__(self, mapping: CounterMapping | EventMapping, now: datetime | None,
-                 not_after: datetime | None, records: Iterator[Any]) -> None:
+    def __init__(
+        self,
+        mapping: CounterMapping | EventMapping,
+        now: datetime | None,
+        not_after: datetime | None,
+        records: Iterator[Any],
+    ) -> None:
         self._conv = _Converter(mapping, now, not_after)
         self._records = records
         self._gen = self._items()
@@ -962,8 +977,16 @@ class _Items:
 class RecordsStream(_Items):
     """Items of one records response; `total_count` once read, `result_count` so far."""
 
-    def __init__(self, stream: bytes | Iterable[bytes] | IO[bytes], mapping: CounterMapping | EventMapping, *,
-                 source: str, now: datetime | None, not_after: datetime | None, chunk_size: int) -> None:
+    def __init__(
+        self,
+        stream: bytes | Iterable[bytes] | IO[bytes],
+        mapping: CounterMapping | EventMapping,
+        *,
+        source: str,
+        now: datetime | None,
+        not_after: datetime | None,
+        chunk_size: int,
+    ) -> None:
         self._reader = _JsonReader(byte_chunks(stream, chunk_size), source)
         self._members: dict[str, Any] = {}
         super().__init__(mapping, now, not_after, self._reader.results(self._members))
@@ -1005,8 +1028,16 @@ def parse_records_stream(
 class ExportItems(_Items):
     """Items of an `/exports/json` body; `record_count` is the number of records read."""
 
-    def __init__(self, stream: bytes | Iterable[bytes] | IO[bytes], mapping: CounterMapping | EventMapping, *,
-                 source: str, now: datetime | None, not_after: datetime | None, chunk_size: int) -> None:
+    def __init__(
+        self,
+        stream: bytes | Iterable[bytes] | IO[bytes],
+        mapping: CounterMapping | EventMapping,
+        *,
+        source: str,
+        now: datetime | None,
+        not_after: datetime | None,
+        chunk_size: int,
+    ) -> None:
         self._reader = _JsonReader(byte_chunks(stream, chunk_size), source)
         super().__init__(mapping, now, not_after, self._reader.elements())
 
@@ -1090,9 +1121,42 @@ def parse_ods_error(status: int, data: bytes) -> str:
 # --------------------------------------------------------------------------- URLs
 
 _KEYWORDS = frozenset(
-    "and as asc avg by count date_format day dayofweek desc equi false group hour or limit lower "
-    "max millisecond min minute month not null quarter range second select sum top true upper "
-    "where year".split()
+    [
+        "and",
+        "as",
+        "asc",
+        "avg",
+        "by",
+        "count",
+        "date_format",
+        "day",
+        "dayofweek",
+        "desc",
+        "equi",
+        "false",
+        "group",
+        "hour",
+        "or",
+        "limit",
+        "lower",
+        "max",
+        "millisecond",
+        "min",
+        "minute",
+        "month",
+        "not",
+        "null",
+        "quarter",
+        "range",
+        "second",
+        "select",
+        "sum",
+        "top",
+        "true",
+        "upper",
+        "where",
+        "year",
+    ]
 )
 
 
@@ -1109,7 +1173,7 @@ def _date_literal(value: datetime) -> str:
     """ODSQL date literal: ISO 8601, here in UTC (`date'2026-06-20T22:00:00Z'`)."""
     if value.tzinfo is None:
         raise ValueError("watermark must carry a timezone")
-    utc = value.astimezone(timezone.utc)
+    utc = value.astimezone(UTC)
     text = utc.strftime("%Y-%m-%dT%H:%M:%S")
     if utc.microsecond:
         text += f".{utc.microsecond:06d}"

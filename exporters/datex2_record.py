@@ -20,7 +20,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from lxml import etree
@@ -55,7 +55,7 @@ _LANGUAGE = re.compile(r"[a-zA-Z]{1,8}(-[a-zA-Z0-9]{1,8})*")
 def xml_datetime(value: datetime) -> str:
     """xs:dateTime in UTC with a `Z`."""
     if value.utcoffset():
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
     return value.isoformat()[:-6] + "Z"  # drop "+00:00"
 
 
@@ -136,11 +136,12 @@ _TYPED_VALUES = {
 # one-way traffic, lane closures, ice...): written instead of the generic value.
 # Members of the same list in v2.3 and v3.6.
 SUBTYPE_VALUES: dict[str, frozenset[str]] = {
-    "roadOrCarriagewayOrLaneManagementType": frozenset({
-        "roadClosed", "singleAlternateLineTraffic", "laneClosures", "narrowLanes", "carriagewayClosures",
-        "contraflow"}),
-    "weatherRelatedRoadConditionType": frozenset({"ice", "blackIce", "snowOnTheRoad", "freezingOfWetRoads",
-                                                  "wetAndIcyRoad", "surfaceWater"}),
+    "roadOrCarriagewayOrLaneManagementType": frozenset(
+        {"roadClosed", "singleAlternateLineTraffic", "laneClosures", "narrowLanes", "carriagewayClosures", "contraflow"}
+    ),
+    "weatherRelatedRoadConditionType": frozenset(
+        {"ice", "blackIce", "snowOnTheRoad", "freezingOfWetRoads", "wetAndIcyRoad", "surfaceWater"}
+    ),
 }
 
 

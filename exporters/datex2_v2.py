@@ -46,8 +46,52 @@ _SE = etree.SubElement
 
 # v2.3 CountryEnum; anything else is "other".
 _COUNTRIES = frozenset(
-    "at be bg ch cs cy cz de dk ee es fi fo fr gb gg gi gr hr hu ie im is it je li lt lu lv "
-    "ma mc mk mt nl no pl pt ro se si sk sm tr va".split()
+    [
+        "at",
+        "be",
+        "bg",
+        "ch",
+        "cs",
+        "cy",
+        "cz",
+        "de",
+        "dk",
+        "ee",
+        "es",
+        "fi",
+        "fo",
+        "fr",
+        "gb",
+        "gg",
+        "gi",
+        "gr",
+        "hr",
+        "hu",
+        "ie",
+        "im",
+        "is",
+        "it",
+        "je",
+        "li",
+        "lt",
+        "lu",
+        "lv",
+        "ma",
+        "mc",
+        "mk",
+        "mt",
+        "nl",
+        "no",
+        "pl",
+        "pt",
+        "ro",
+        "se",
+        "si",
+        "sk",
+        "sm",
+        "tr",
+        "va",
+    ]
 )
 # Values the v2.3 code lists spell differently from the v3 ones we share.
 _V2_VALUES = {("publicEventType", "unknown"): "other"}

@@ -15,21 +15,21 @@ import psycopg
 
 from collectors.fetch import Fetcher
 from feed.collect.poll import poll_source
-from feed.http import agents
-from feed.store import agents as accounts
-from feed.roads import ReferentialError, Road, parse_referential
-from feed.store import embedded, roads
-from feed.store.cluster import ClusterError
-from feed.store.storage import Storage
-from feed.logs import FORMATS, resolve_format, setup_logging
 from feed.config import Config, SourceConfig, load_config
 from feed.errors import ConfigError
-from feed.store.migrations import MigrationError, detect_engine, migrate, storage_mode, table_sizes
+from feed.http import agents
+from feed.logs import FORMATS, resolve_format, setup_logging
 from feed.publish.static_export import ExportError, export_feeds
+from feed.roads import ReferentialError, Road, parse_referential
 from feed.server.demo import run_demo
-from feed.simulator.server import run_simulator
 from feed.server.service import NotMigrated, run
 from feed.simulator.national import NationalNetwork
+from feed.simulator.server import run_simulator
+from feed.store import agents as accounts
+from feed.store import embedded, roads
+from feed.store.cluster import ClusterError
+from feed.store.migrations import MigrationError, detect_engine, migrate, storage_mode, table_sizes
+from feed.store.storage import Storage
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -52,8 +52,10 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
     report = migrate(embedded.database_url(_config(args)))
     for name in report.applied:
         print(f"applied {name}")
-    print(f"{len(report.applied)} applied, {len(report.already)} already applied; "
-          f"storage mode: {report.engine.storage_mode}")
+    print(
+        f"{len(report.applied)} applied, {len(report.already)} already applied; "
+        f"storage mode: {report.engine.storage_mode}"
+    )
     for note in report.engine.notes:
         print(f"note: {note}")
     return 0
@@ -67,8 +69,10 @@ def cmd_db_info(args: argparse.Namespace) -> int:
         sizes = table_sizes(conn)
     print(f"server:       PostgreSQL {info.server_version}")
     print(f"PostGIS:      {info.postgis_version or 'not available'}")
-    print(f"TimescaleDB:  {info.timescaledb_version or 'not available'}"
-          + (f" (licence: {info.timescaledb_license})" if info.timescaledb_license else ""))
+    print(
+        f"TimescaleDB:  {info.timescaledb_version or 'not available'}"
+        + (f" (licence: {info.timescaledb_license})" if info.timescaledb_license else "")
+    )
     print(f"storage mode: {mode if mode is not None else 'not migrated yet (run roadfeed db migrate)'}")
     for note in info.notes:
         print(f"note:         {note}")
@@ -109,8 +113,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.workers is not None and not 0 <= args.workers <= 64:
         raise ConfigError(f"--workers {args.workers}: expected 0 (one per CPU) to 64")
-    asyncio.run(run(config, embedded.database_url(config), args.host or config.server.host,
-                    args.port or config.server.port, collect=args.command == "run", workers=args.workers))
+    asyncio.run(
+        run(
+            config,
+            embedded.database_url(config),
+            args.host or config.server.host,
+            args.port or config.server.port,
+            collect=args.command == "run",
+            workers=args.workers,
+        )
+    )
     return 0
 
 
@@ -158,9 +170,11 @@ def _human(n: float) -> str:
 
 
 def _log_format_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--log-format", choices=FORMATS,
-                   help="log lines on stderr: text (default) or json (one object a line); "
-                        "default from ROADFEED_LOG_FORMAT")
+    p.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        help="log lines on stderr: text (default) or json (one object a line); default from ROADFEED_LOG_FORMAT",
+    )
 
 
 def cmd_users(args: argparse.Namespace) -> int:
@@ -220,8 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", required=name == "run", help="TOML configuration file")
         p.add_argument("--host", help="address to listen on (default from [server], 127.0.0.1)")
         p.add_argument("--port", type=int, help="port (default from [server], 8080)")
-        p.add_argument("--workers", type=int, metavar="N",
-                       help="HTTP processes sharing the port (default from [server] workers; 0: one per CPU)")
+        p.add_argument(
+            "--workers",
+            type=int,
+            metavar="N",
+            help="HTTP processes sharing the port (default from [server] workers; 0: one per CPU)",
+        )
         _log_format_option(p)
         p.set_defaults(func=cmd_run)
 
@@ -231,8 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=34, help="same seed, same département")
     simulate.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
     simulate.add_argument("--history-days", type=float, default=30, help="days of counts before now")
-    simulate.add_argument("--sites", type=int, help="add the national scenario: this many sites measured "
-                          "per lane (DATEX II v3 under /national/, e.g. 20000)")
+    simulate.add_argument(
+        "--sites",
+        type=int,
+        help="add the national scenario: this many sites measured per lane (DATEX II v3 under /national/, e.g. 20000)",
+    )
     simulate.add_argument("--step", type=int, default=60, help="seconds between national publications")
     simulate.set_defaults(func=cmd_simulate)
 
@@ -295,16 +316,27 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ConfigError, ClusterError, MigrationError, embedded.NoDatabase, NotMigrated, ExportError,
-            agents.AgentError, ReferentialError) as err:
+    except (
+        ConfigError,
+        ClusterError,
+        MigrationError,
+        embedded.NoDatabase,
+        NotMigrated,
+        ExportError,
+        agents.AgentError,
+        ReferentialError,
+    ) as err:
         print(f"roadfeed: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # e.g. the port is taken
         print(f"roadfeed: {err}", file=sys.stderr)
         return 2
     except psycopg.OperationalError as err:
-        print(f"roadfeed: cannot reach the database ({str(err).strip()}); "
-              "is it running? `roadfeed db up` starts the embedded one", file=sys.stderr)
+        print(
+            f"roadfeed: cannot reach the database ({str(err).strip()}); "
+            "is it running? `roadfeed db up` starts the embedded one",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         return 130

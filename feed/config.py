@@ -33,7 +33,6 @@ class DatabaseConfig(_Section):
     retention_days: int | None = Field(default=None, ge=1)  # raw measurements kept; rollups stay forever
     quarantine_retention_days: int = Field(default=90, ge=1)  # quarantined records not seen again since go
 
-
     @model_validator(mode="after")
     def _standby_needs_primary(self) -> DatabaseConfig:
         if self.read_url is not None and self.url is None:
@@ -171,8 +170,11 @@ def load_config(path: str | Path | None) -> Config:
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{p}: not valid TOML: {err}") from None
     # Before validation, so that checks between keys (read_url needs url) see the environment's.
-    overrides = {key: os.environ[env] for key, env in (("url", "ROADFEED_DATABASE_URL"),
-                                                      ("read_url", "ROADFEED_DATABASE_READ_URL")) if os.environ.get(env)}
+    overrides = {
+        key: os.environ[env]
+        for key, env in (("url", "ROADFEED_DATABASE_URL"), ("read_url", "ROADFEED_DATABASE_READ_URL"))
+        if os.environ.get(env)
+    }
     if overrides:
         database = raw.get("database", {})
         raw = {**raw, "database": {**(database if isinstance(database, dict) else {}), **overrides}}

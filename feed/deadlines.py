@@ -30,8 +30,13 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], what: str, timeout
     _done, late = await asyncio.wait(pending, timeout=timeout)
     if late:
         names = ", ".join(sorted(t.get_name() for t in late))
-        log.warning("%s: %d task(s) still running %.0f s after being cancelled, left behind: %s",
-                    what, len(late), timeout, names)
+        log.warning(
+            "%s: %d task(s) still running %.0f s after being cancelled, left behind: %s",
+            what,
+            len(late),
+            timeout,
+            names,
+        )
 
 
 async def close_pool(pool: asyncpg.Pool, timeout: float = CLOSE_TIMEOUT) -> None:
@@ -40,6 +45,7 @@ async def close_pool(pool: asyncpg.Pool, timeout: float = CLOSE_TIMEOUT) -> None
     try:
         await asyncio.wait_for(pool.close(), timeout)
     except TimeoutError:
-        log.warning("the database pool did not close within %.0f s (a connection still in use): terminating it",
-                    timeout)
+        log.warning(
+            "the database pool did not close within %.0f s (a connection still in use): terminating it", timeout
+        )
         pool.terminate()

@@ -133,8 +133,16 @@ class RequestError(RoadfeedError):
     `value` and `expected` say what to change when one part of the request is at fault.
     `retry_after` (seconds) when asking again later can succeed."""
 
-    def __init__(self, code: str, detail: str, *, parameter: str | None = None, value: str | None = None,
-                 expected: str | None = None, retry_after: int | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        detail: str,
+        *,
+        parameter: str | None = None,
+        value: str | None = None,
+        expected: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
@@ -145,8 +153,13 @@ class RequestError(RoadfeedError):
 
     def as_json(self) -> dict[str, str | None]:
         """The error document every refusal answers with."""
-        return {"error": self.code, "parameter": self.parameter, "value": self.value, "expected": self.expected,
-                "detail": self.detail}
+        return {
+            "error": self.code,
+            "parameter": self.parameter,
+            "value": self.value,
+            "expected": self.expected,
+            "detail": self.detail,
+        }
 
 
 class BadRequest(RequestError):
@@ -157,8 +170,9 @@ class BadParameter(BadRequest, ValueError):
     """A parameter (of the query, the path or the body) that cannot be used; echoed printable."""
 
     def __init__(self, parameter: str, value: str, expected: str, detail: str) -> None:
-        super().__init__("invalid_parameter", detail, parameter=printable(parameter), value=printable(value),
-                         expected=expected)
+        super().__init__(
+            "invalid_parameter", detail, parameter=printable(parameter), value=printable(value), expected=expected
+        )
         self.detail = printable(detail)  # the message keeps the text as given; the body echoes it printable
 
 

@@ -33,5 +33,6 @@ def public_holidays(calendar: Calendar, year: int) -> frozenset[date]:
     e = easter(year)
     fixed = [(1, 1), (5, 1), (5, 8), (7, 14), (8, 15), (11, 1), (11, 11), (12, 25)]
     # Easter Monday, Ascension Thursday, Whit Monday (metropolitan France).
-    return frozenset([date(year, m, d) for m, d in fixed]
-                     + [e + timedelta(days=1), e + timedelta(days=39), e + timedelta(days=50)])
+    return frozenset(
+        [date(year, m, d) for m, d in fixed] + [e + timedelta(days=1), e + timedelta(days=39), e + timedelta(days=50)]
+    )

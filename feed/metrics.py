@@ -111,8 +111,9 @@ class HistogramChild:
 class Histogram(_Metric):
     kind = "histogram"
 
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = (),
-                 buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
+    def __init__(
+        self, name: str, help_text: str, labels: Sequence[str] = (), buckets: Sequence[float] = LATENCY_BUCKETS
+    ) -> None:
         super().__init__(name, help_text, labels)
         self.bounds = tuple(sorted(buckets))
         self.children: dict[tuple[str, ...], HistogramChild] = {}
@@ -143,25 +144,41 @@ class Registry:
     """This process's counters and histograms."""
 
     def __init__(self) -> None:
-        self.polls = Counter("roadfeed_polls_total", "Polls of a source, by outcome (ok, not_modified, error, "
-                             "interrupted).", ("source", "outcome"))
-        self.records = Counter("roadfeed_poll_records_total", "Records a poll stored, by result (new, updated, "
-                               "unchanged, quarantined).", ("source", "result"))
+        self.polls = Counter(
+            "roadfeed_polls_total",
+            "Polls of a source, by outcome (ok, not_modified, error, interrupted).",
+            ("source", "outcome"),
+        )
+        self.records = Counter(
+            "roadfeed_poll_records_total",
+            "Records a poll stored, by result (new, updated, unchanged, quarantined).",
+            ("source", "result"),
+        )
         self.poll_bytes = Counter("roadfeed_poll_bytes_total", "Bytes a poll fetched.", ("source",))
-        self.poll_duration = Histogram("roadfeed_poll_duration_seconds", "Duration of a poll, fetch to stored.",
-                                       ("source",), POLL_BUCKETS)
+        self.poll_duration = Histogram(
+            "roadfeed_poll_duration_seconds", "Duration of a poll, fetch to stored.", ("source",), POLL_BUCKETS
+        )
         self.polls_in_flight = Gauge("roadfeed_polls_in_flight", "Polls running in this process.")
-        self.http = Histogram("roadfeed_http_request_duration_seconds",
-                              "Time to answer an HTTP request (body handed to the socket), by route template, "
-                              "status class and server path (fast: the feeds' fast path; app: aiohttp).",
-                              ("route", "status", "via"))
+        self.http = Histogram(
+            "roadfeed_http_request_duration_seconds",
+            "Time to answer an HTTP request (body handed to the socket), by route template, "
+            "status class and server path (fast: the feeds' fast path; app: aiohttp).",
+            ("route", "status", "via"),
+        )
         self.http_in_flight = Gauge("roadfeed_http_requests_in_flight", "aiohttp requests being handled.")
         self.polls_in_flight.set(value=0)
         self.http_in_flight.set(value=0)
 
     def own(self) -> list[_Metric]:
-        return [self.polls, self.records, self.poll_bytes, self.poll_duration, self.polls_in_flight,
-                self.http, self.http_in_flight]
+        return [
+            self.polls,
+            self.records,
+            self.poll_bytes,
+            self.poll_duration,
+            self.polls_in_flight,
+            self.http,
+            self.http_in_flight,
+        ]
 
 
 REGISTRY = Registry()
@@ -183,8 +200,9 @@ def record_poll(source: str, outcome: str, records: Mapping[str, int], fetched: 
 # --------------------------------------------------------------------------- scrape
 
 
-def _gauge_lines(name: str, help_text: str, labels: Sequence[str], rows: Iterable[tuple[Sequence[str], float]],
-                 kind: str = "gauge") -> list[str]:
+def _gauge_lines(
+    name: str, help_text: str, labels: Sequence[str], rows: Iterable[tuple[Sequence[str], float]], kind: str = "gauge"
+) -> list[str]:
     out = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
     out.extend(f"{name}{_labels(labels, values)} {_number(v)}" for values, v in rows)
     return out
@@ -205,18 +223,37 @@ def _feed_lines(publisher: Any) -> list[str]:
         size.append(((path, "identity"), len(cur.body)))
         size.extend(((path, coding), len(body)) for coding, body in sorted(cur.encoded.items()))
     return [
-        *_gauge_lines("roadfeed_feed_generation_seconds", "Rendering time of the feed's current version.",
-                      ("feed",), gen),
-        *_gauge_lines("roadfeed_feed_compression_seconds", "Compression time of the feed's current version.",
-                      ("feed",), comp),
-        *_gauge_lines("roadfeed_feed_size_bytes", "Size of the feed's current version, by content coding.",
-                      ("feed", "encoding"), size),
-        *_gauge_lines("roadfeed_feed_published_timestamp_seconds", "When the feed's current version was published.",
-                      ("feed",), published),
-        *_gauge_lines("roadfeed_feed_renders_total", "Renderings of the feed since the process started.",
-                      ("feed",), renders, kind="counter"),
-        *_gauge_lines("roadfeed_feed_state", "1 for the feed's condition (ok, stale, empty, error, pending).",
-                      ("feed", "state"), state),
+        *_gauge_lines(
+            "roadfeed_feed_generation_seconds", "Rendering time of the feed's current version.", ("feed",), gen
+        ),
+        *_gauge_lines(
+            "roadfeed_feed_compression_seconds", "Compression time of the feed's current version.", ("feed",), comp
+        ),
+        *_gauge_lines(
+            "roadfeed_feed_size_bytes",
+            "Size of the feed's current version, by content coding.",
+            ("feed", "encoding"),
+            size,
+        ),
+        *_gauge_lines(
+            "roadfeed_feed_published_timestamp_seconds",
+            "When the feed's current version was published.",
+            ("feed",),
+            published,
+        ),
+        *_gauge_lines(
+            "roadfeed_feed_renders_total",
+            "Renderings of the feed since the process started.",
+            ("feed",),
+            renders,
+            kind="counter",
+        ),
+        *_gauge_lines(
+            "roadfeed_feed_state",
+            "1 for the feed's condition (ok, stale, empty, error, pending).",
+            ("feed", "state"),
+            state,
+        ),
     ]
 
 
@@ -225,22 +262,33 @@ def _source_lines(rows: Sequence[Mapping[str, Any]] | None) -> list[str]:
         return _gauge_lines("roadfeed_database_up", "1 when the scrape could read the database.", (), [((), 0)])
     return [
         *_gauge_lines("roadfeed_database_up", "1 when the scrape could read the database.", (), [((), 1)]),
-        *_gauge_lines("roadfeed_source_last_success_timestamp_seconds",
-                      "End of the source's last successful poll (from the database: any process).",
-                      ("source",), [((r["id"],), r["ok"]) for r in rows if r["ok"] is not None]),
-        *_gauge_lines("roadfeed_source_last_error_timestamp_seconds", "When the source's last poll failed.",
-                      ("source",), [((r["id"],), r["err"]) for r in rows if r["err"] is not None]),
+        *_gauge_lines(
+            "roadfeed_source_last_success_timestamp_seconds",
+            "End of the source's last successful poll (from the database: any process).",
+            ("source",),
+            [((r["id"],), r["ok"]) for r in rows if r["ok"] is not None],
+        ),
+        *_gauge_lines(
+            "roadfeed_source_last_error_timestamp_seconds",
+            "When the source's last poll failed.",
+            ("source",),
+            [((r["id"],), r["err"]) for r in rows if r["err"] is not None],
+        ),
     ]
 
 
 def _pool_lines(pool: Any) -> list[str]:
     return [
-        *_gauge_lines("roadfeed_db_pool_connections", "Connections the database pool holds.", (),
-                      [((), pool.get_size())]),
-        *_gauge_lines("roadfeed_db_pool_idle_connections", "Connections of the pool free to use.", (),
-                      [((), pool.get_idle_size())]),
-        *_gauge_lines("roadfeed_db_pool_max_connections", "The pool's maximum size.", (),
-                      [((), pool.get_max_size())]),
+        *_gauge_lines(
+            "roadfeed_db_pool_connections", "Connections the database pool holds.", (), [((), pool.get_size())]
+        ),
+        *_gauge_lines(
+            "roadfeed_db_pool_idle_connections",
+            "Connections of the pool free to use.",
+            (),
+            [((), pool.get_idle_size())],
+        ),
+        *_gauge_lines("roadfeed_db_pool_max_connections", "The pool's maximum size.", (), [((), pool.get_max_size())]),
     ]
 
 
@@ -248,16 +296,25 @@ def _process_lines(publisher: Any) -> list[str]:
     role = "follower" if type(publisher).__name__ == "FeedMirror" else "leader"
     out = [
         *_gauge_lines("roadfeed_process_info", "This process (pid) and its role.", ("role",), [((role,), 1)]),
-        *_gauge_lines("roadfeed_process_start_time_seconds", "When this process started (Unix time).", (),
-                      [((), START_TIME)]),
+        *_gauge_lines(
+            "roadfeed_process_start_time_seconds", "When this process started (Unix time).", (), [((), START_TIME)]
+        ),
     ]
     described = publisher.processes() if getattr(publisher, "processes", None) is not None else None
     if described:
-        out += _gauge_lines("roadfeed_workers", "HTTP processes: configured, serving, and follower restarts.",
-                            ("state",), [((k,), v) for k, v in sorted(described.items())])
+        out += _gauge_lines(
+            "roadfeed_workers",
+            "HTTP processes: configured, serving, and follower restarts.",
+            ("state",),
+            [((k,), v) for k, v in sorted(described.items())],
+        )
     elif role == "leader":
-        out += _gauge_lines("roadfeed_workers", "HTTP processes: configured, serving, and follower restarts.",
-                            ("state",), [(("configured",), 1), (("serving",), 1)])
+        out += _gauge_lines(
+            "roadfeed_workers",
+            "HTTP processes: configured, serving, and follower restarts.",
+            ("state",),
+            [(("configured",), 1), (("serving",), 1)],
+        )
     return out
 
 

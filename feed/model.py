@@ -132,9 +132,12 @@ class Geometry(_Record):
         if len(points) > MAX_POSITIONS:
             raise ValueError(f"{len(points)} positions, more than {MAX_POSITIONS}")
         for p in points:
-            if (not isinstance(p, list | tuple) or not 2 <= len(p) <= 3
-                    or not all(isinstance(c, int | float) and not isinstance(c, bool) for c in p)
-                    or not (-180 <= p[0] <= 180 and -90 <= p[1] <= 90)):
+            if (
+                not isinstance(p, list | tuple)
+                or not 2 <= len(p) <= 3
+                or not all(isinstance(c, int | float) and not isinstance(c, bool) for c in p)
+                or not (-180 <= p[0] <= 180 and -90 <= p[1] <= 90)
+            ):
                 raise ValueError(f"position {str(p)[:80]} is not a lon/lat pair")
         return self
 
@@ -247,9 +250,9 @@ class EventRecord(_Record):
     source_version: Short | None = None
     source_updated: datetime | None = None
 
-    _times_aware = field_validator(
-        "planned_start", "planned_end", "actual_start", "actual_end", "source_updated"
-    )(_aware)
+    _times_aware = field_validator("planned_start", "planned_end", "actual_start", "actual_end", "source_updated")(
+        _aware
+    )
     _ids = field_validator("external_id")(_printable_id)
     _json = field_validator("location_refs")(_bounded_json)
 
@@ -268,8 +271,10 @@ class Quarantined(_Record):
         cut to size and what UTF-8 text cannot hold is replaced."""
         if isinstance(data, dict):
             limits = {"reason": 1000, "excerpt": 2000, "record_ref": MAX_ID}
-            data = {k: _UNSTORABLE.sub("\ufffd", v[: limits.get(k, len(v))]) if isinstance(v, str) else v
-                    for k, v in data.items()}
+            data = {
+                k: _UNSTORABLE.sub("\ufffd", v[: limits.get(k, len(v))]) if isinstance(v, str) else v
+                for k, v in data.items()
+            }
         return data
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-from itertools import pairwise
 import re
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from feed.errors import InputError
@@ -45,8 +45,9 @@ def normalise_road(road: str) -> str:
     return road.replace(" ", "").upper()
 
 
-def _record(roads: dict[str, Road], where: str, raw_road: Any, raw_pr: Any, raw_lon: Any, raw_lat: Any,
-            name: Any) -> None:
+def _record(
+    roads: dict[str, Road], where: str, raw_road: Any, raw_pr: Any, raw_lon: Any, raw_lat: Any, name: Any
+) -> None:
     if not isinstance(raw_road, str) or not ROAD_PATTERN.match(raw_road.strip()):
         raise ReferentialError(f"{where}: road {raw_road!r} is not a road reference such as RD613")
     road = normalise_road(raw_road.strip())
@@ -54,8 +55,9 @@ def _record(roads: dict[str, Road], where: str, raw_road: Any, raw_pr: Any, raw_
         pr = int(str(raw_pr).strip())
         lon, lat = float(str(raw_lon).replace(",", ".")), float(str(raw_lat).replace(",", "."))
     except ValueError:
-        raise ReferentialError(f"{where}: pr must be an integer and lon, lat numbers "
-                               f"(got {raw_pr!r}, {raw_lon!r}, {raw_lat!r})") from None
+        raise ReferentialError(
+            f"{where}: pr must be an integer and lon, lat numbers (got {raw_pr!r}, {raw_lon!r}, {raw_lat!r})"
+        ) from None
     if pr < 0 or not (-180 <= lon <= 180 and -90 <= lat <= 90):
         raise ReferentialError(f"{where}: PR {pr} at ({lon}, {lat}) is out of range")
     entry = roads.setdefault(road, Road(road))
@@ -115,11 +117,20 @@ def parse_referential(data: bytes, origin: str) -> list[Road]:
         reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
         missing = {"road", "pr", "lon", "lat"} - set(reader.fieldnames or [])
         if missing:
-            raise ReferentialError(f"{origin}: missing columns {', '.join(sorted(missing))} "
-                                   "(expected road, pr, lon, lat and optionally name)")
+            raise ReferentialError(
+                f"{origin}: missing columns {', '.join(sorted(missing))} "
+                "(expected road, pr, lon, lat and optionally name)"
+            )
         for row in reader:
-            _record(roads, f"{origin}: line {reader.line_num}", row.get("road"), row.get("pr"), row.get("lon"),
-                    row.get("lat"), row.get("name"))
+            _record(
+                roads,
+                f"{origin}: line {reader.line_num}",
+                row.get("road"),
+                row.get("pr"),
+                row.get("lon"),
+                row.get("lat"),
+                row.get("name"),
+            )
     if not roads:
         raise ReferentialError(f"{origin}: no PR in the file")
     if len(roads) > MAX_ROADS or sum(len(r.prs) for r in roads.values()) > MAX_PRS:

@@ -16,12 +16,12 @@ from lxml import etree
 from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
 
-from feed.roads import Road, parse_referential
-from feed.store import roads
 from feed.config import Config, PublicationConfig, ServerConfig
 from feed.http.app import build_app
 from feed.http.context import CONTEXT
+from feed.roads import Road, parse_referential
 from feed.simulator.geography import referential_geojson
+from feed.store import roads
 from feed.store.storage import Storage
 
 SCHEMAS = Path(__file__).resolve().parent / "data" / "schemas"
@@ -37,12 +37,17 @@ def _offline(uri: str) -> Resource:
 
 def _wzdx_validator() -> Draft7Validator:
     resources = []
-    for path in sorted((SCHEMAS / "wzdx" / "4.2").glob("*.json")) + sorted((SCHEMAS / "wzdx" / "geojson").glob("*.json")):
+    for path in sorted((SCHEMAS / "wzdx" / "4.2").glob("*.json")) + sorted(
+        (SCHEMAS / "wzdx" / "geojson").glob("*.json")
+    ):
         schema = json.loads(path.read_text(encoding="utf-8"))
         resources.append((schema["$id"], Resource.from_contents(schema)))
     root = json.loads((SCHEMAS / "wzdx" / "4.2" / "WorkZoneFeed.json").read_text(encoding="utf-8"))
-    return Draft7Validator(root, registry=Registry(retrieve=_offline).with_resources(resources),
-                           format_checker=Draft7Validator.FORMAT_CHECKER)
+    return Draft7Validator(
+        root,
+        registry=Registry(retrieve=_offline).with_resources(resources),
+        format_checker=Draft7Validator.FORMAT_CHECKER,
+    )
 
 
 WZDX = _wzdx_validator()
@@ -80,8 +85,10 @@ async def agents_app(storage: Storage) -> AsyncIterator[TestClient]:
     """The whole application over the simulated roads' referential, with an admin token,
     no rate limit and an area wide enough for any generated place; ready to serve."""
     await load_simulated_roads(storage)
-    config = Config(server=ServerConfig(admin_token=ADMIN, rate_limit_per_minute=0),
-                    publication=PublicationConfig(bbox=(-5.0, 41.0, 10.0, 51.5)))
+    config = Config(
+        server=ServerConfig(admin_token=ADMIN, rate_limit_per_minute=0),
+        publication=PublicationConfig(bbox=(-5.0, 41.0, 10.0, 51.5)),
+    )
     app = build_app(config, storage)
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()

@@ -20,7 +20,6 @@ from feed.errors import BadParameter, NotFound, RequestError, RoadfeedError, Una
 from feed.http.errors import STATUS, json_error, refusal, status_of
 
 
-
 def _modules() -> list[ModuleType]:
     modules = []
     for package in (feed, collectors, exporters):
@@ -73,14 +72,16 @@ def test_a_refusal_is_its_status_document_and_headers() -> None:
     assert response.status == 503
     assert response.headers["Retry-After"] == "30" and response.headers["Cache-Control"] == "no-store"
     assert response.headers["Access-Control-Allow-Origin"] == "*"
-    assert response.body == (b'{"error":"busy","parameter":null,"value":null,"expected":null,'
-                             b'"detail":"every slot is in use"}')
+    assert response.body == (
+        b'{"error":"busy","parameter":null,"value":null,"expected":null,"detail":"every slot is in use"}'
+    )
 
     response = refusal(Unauthorized("unauthorized", "log in", realm="roadfeed"), cors=False, compact=False)
     assert response.status == 401 and response.headers["WWW-Authenticate"] == 'Bearer realm="roadfeed"'
     assert "Access-Control-Allow-Origin" not in response.headers
-    assert response.body == (b'{"error": "unauthorized", "parameter": null, "value": null, "expected": null, '
-                             b'"detail": "log in"}')
+    assert response.body == (
+        b'{"error": "unauthorized", "parameter": null, "value": null, "expected": null, "detail": "log in"}'
+    )
 
     assert refusal(NotFound("id", "7", "a site id", "no site 7")).status == 404
 
@@ -88,8 +89,13 @@ def test_a_refusal_is_its_status_document_and_headers() -> None:
 def test_a_bad_parameter_echoes_printable_text() -> None:
     error = BadParameter("q\x01", "x" * 300, "a short text", "q\x01 is too long")
     assert str(error) == "q\x01 is too long"  # the message as given; the body escapes it
-    assert error.as_json() == {"error": "invalid_parameter", "parameter": "q\\u0001", "value": "x" * 200 + "…",
-                               "expected": "a short text", "detail": "q\\u0001 is too long"}
+    assert error.as_json() == {
+        "error": "invalid_parameter",
+        "parameter": "q\\u0001",
+        "value": "x" * 200 + "…",
+        "expected": "a short text",
+        "detail": "q\\u0001 is too long",
+    }
     assert isinstance(error, ValueError) and status_of(error) == 400
 
 

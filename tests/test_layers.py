@@ -30,10 +30,23 @@ SQL = re.compile(
     r"|^\s*(BEGIN|COMMIT|ROLLBACK)\b"
 )
 # The methods asyncpg's and psycopg's connections, pools and cursors run statements with.
-DRIVER_METHODS = frozenset({
-    "execute", "executemany", "fetch", "fetchrow", "fetchval", "fetchone", "fetchall", "fetchmany",
-    "copy_records_to_table", "copy_to_table", "copy_from_query", "copy_from_table", "copy_to_query",
-})
+DRIVER_METHODS = frozenset(
+    {
+        "execute",
+        "executemany",
+        "fetch",
+        "fetchrow",
+        "fetchval",
+        "fetchone",
+        "fetchall",
+        "fetchmany",
+        "copy_records_to_table",
+        "copy_to_table",
+        "copy_from_query",
+        "copy_from_table",
+        "copy_to_query",
+    }
+)
 
 
 def _modules() -> Iterator[Path]:
@@ -67,8 +80,12 @@ def _texts(tree: ast.Module) -> Iterator[tuple[int, str]]:
                 parts.append(str(value.value) if isinstance(value, ast.Constant) else "{}")
             yield node.lineno, "".join(parts)
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Constant) and isinstance(node.value, str)
-                and id(node) not in skip and id(node) not in inside_fstrings):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in skip
+            and id(node) not in inside_fstrings
+        ):
             yield node.lineno, node.value
 
 
@@ -76,10 +93,11 @@ def violations(source: str) -> list[str]:
     """Where `source` holds SQL text or calls a driver's statement method."""
     tree = ast.parse(source)
     found = [f"line {line}: SQL text {text.strip()[:60]!r}" for line, text in _texts(tree) if SQL.search(text)]
-    found += [f"line {node.lineno}: .{node.func.attr}() runs a statement"
-              for node in ast.walk(tree)
-              if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-              and node.func.attr in DRIVER_METHODS]
+    found += [
+        f"line {node.lineno}: .{node.func.attr}() runs a statement"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in DRIVER_METHODS
+    ]
     return found
 
 
@@ -89,30 +107,36 @@ def test_no_sql_outside_the_store(module: Path) -> None:
     assert not found, f"{module} holds SQL; move it into a module of feed/store/:\n" + "\n".join(found)
 
 
-@pytest.mark.parametrize("source", [
-    'rows = await conn.fetch("SELECT id FROM sites")',
-    'x = f"SELECT {columns} FROM markings WHERE id = $1"',
-    'q = """\n    INSERT INTO push_sites SELECT * FROM unnest($1::bigint[])"""',
-    'q = "UPDATE agents SET disabled = true WHERE username = %s"',
-    'q = "UPDATE measurements m SET quality = 1"',
-    'q = "DELETE FROM agent_sessions"',
-    'q = "LISTEN roadfeed_changes"',
-    'q = "NOTIFY roadfeed_changes"',
-    'q = "CREATE INDEX ON sites (road)"',
-    'await conn.execute(statement)',
-    'value = pool.fetchval(query)',
-    'await conn.copy_records_to_table("measurements", records=rows)',
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        'rows = await conn.fetch("SELECT id FROM sites")',
+        'x = f"SELECT {columns} FROM markings WHERE id = $1"',
+        'q = """\n    INSERT INTO push_sites SELECT * FROM unnest($1::bigint[])"""',
+        'q = "UPDATE agents SET disabled = true WHERE username = %s"',
+        'q = "UPDATE measurements m SET quality = 1"',
+        'q = "DELETE FROM agent_sessions"',
+        'q = "LISTEN roadfeed_changes"',
+        'q = "NOTIFY roadfeed_changes"',
+        'q = "CREATE INDEX ON sites (road)"',
+        "await conn.execute(statement)",
+        "value = pool.fetchval(query)",
+        'await conn.copy_records_to_table("measurements", records=rows)',
+    ],
+)
 def test_the_check_sees_sql(source: str) -> None:
     assert violations(source)
 
 
-@pytest.mark.parametrize("source", [
-    '"""Reads with SELECT ... FROM, as the store does."""',
-    'def f():\n    """INSERT INTO markings happens in feed.store.markings."""',
-    'message = "select the site from the list"',
-    'state = publisher.copy_state(path)',
-    'log.info("a look even without notify")',
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        '"""Reads with SELECT ... FROM, as the store does."""',
+        'def f():\n    """INSERT INTO markings happens in feed.store.markings."""',
+        'message = "select the site from the list"',
+        "state = publisher.copy_state(path)",
+        'log.info("a look even without notify")',
+    ],
+)
 def test_the_check_leaves_prose_alone(source: str) -> None:
     assert not violations(source)

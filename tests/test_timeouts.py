@@ -10,7 +10,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 
-HUNG = '''
+HUNG = """
 import asyncio
 import threading
 
@@ -32,20 +32,36 @@ def test_hangs_inside_a_property(n):
 
 async def test_still_runs_after_the_hung_ones():
     await asyncio.sleep(0)
-'''
+"""
 
 
 def run_child(tmp_path: Path, source: str, *args: str, grace: float = 30) -> subprocess.CompletedProcess[str]:
-    (tmp_path / "conftest.py").write_text(textwrap.dedent(f"""
+    (tmp_path / "conftest.py").write_text(
+        textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(HERE)!r})
         from timeouts import pytest_timeout_set_timer  # noqa: F401
-    """))
+    """)
+    )
     (tmp_path / "test_child.py").write_text(source)
     return subprocess.run(
-        [sys.executable, "-m", "pytest", str(tmp_path / "test_child.py"), "-p", "no:cacheprovider",
-         "-o", "asyncio_mode=auto", "-o", "timeout=1", *args],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(tmp_path / "test_child.py"),
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "asyncio_mode=auto",
+            "-o",
+            "timeout=1",
+            *args,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "ROADFEED_TEST_TIMEOUT_GRACE": str(grace)},
     )
 
@@ -65,14 +81,14 @@ def test_a_hung_test_fails_with_every_thread_and_task_stack_and_the_run_goes_on(
 
 
 def test_a_test_that_ignores_its_limit_ends_the_run(tmp_path: Path):
-    source = '''
+    source = """
 import signal
 import time
 
 def test_blocks_the_alarm():
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
     time.sleep(600)
-'''
+"""
     child = run_child(tmp_path, source, grace=1)
     out = child.stdout + child.stderr
     assert child.returncode == 1

@@ -80,8 +80,9 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool:
         capture = item.config.pluginmanager.getplugin("capturemanager")
         if capture is not None:  # write to the real stderr, not to a capture lost at exit
             capture.suspend_global_capture(in_=True)
-        sys.stderr.write(f"\n{'+' * 30} {item.nodeid} still running {GRACE:g} s after its limit: "
-                         f"ending the run {'+' * 30}\n")
+        sys.stderr.write(
+            f"\n{'+' * 30} {item.nodeid} still running {GRACE:g} s after its limit: ending the run {'+' * 30}\n"
+        )
         dump_everything(sys.stderr, None)
         sys.stderr.flush()
         os._exit(1)

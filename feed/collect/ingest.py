@@ -192,8 +192,9 @@ class ParserThread:
 T = TypeVar("T")
 
 
-async def _isolating(store: Callable[[list[T]], Awaitable[Counts]], items: list[T],
-                     refused: Callable[[T, BaseException], Quarantined]) -> tuple[Counts, list[Quarantined]]:
+async def _isolating(
+    store: Callable[[list[T]], Awaitable[Counts]], items: list[T], refused: Callable[[T, BaseException], Quarantined]
+) -> tuple[Counts, list[Quarantined]]:
     """Stores `items`; a batch the database refuses is halved until each refused item is
     alone, and that item is quarantined with the database's reason."""
     try:
@@ -209,13 +210,17 @@ async def _isolating(store: Callable[[list[T]], Awaitable[Counts]], items: list[
 
 
 def _refusal(ref: str | None, excerpt: str, err: BaseException) -> Quarantined:
-    return Quarantined(reason=f"refused by the database: {type(err).__name__}: {err}".splitlines()[0],
-                       excerpt=excerpt, record_ref=ref)
+    return Quarantined(
+        reason=f"refused by the database: {type(err).__name__}: {err}".splitlines()[0], excerpt=excerpt, record_ref=ref
+    )
 
 
 def _listed_twice(event: EventRecord) -> Quarantined:
-    return Quarantined(reason="event listed more than once in the document; its first listing is kept",
-                       excerpt=event.model_dump_json()[:500], record_ref=event.external_id)
+    return Quarantined(
+        reason="event listed more than once in the document; its first listing is kept",
+        excerpt=event.model_dump_json()[:500],
+        record_ref=event.external_id,
+    )
 
 
 def _ref(item: SiteRecord | ChannelRecord | MeasurementRecord | EventRecord) -> str:
@@ -227,8 +232,15 @@ def _ref(item: SiteRecord | ChannelRecord | MeasurementRecord | EventRecord) -> 
 class Sink:
     """Stores what one run parsed, batch by batch."""
 
-    def __init__(self, storage: Storage, source_id: str, run_id: int, rules: Plausibility, clock: Clock,
-                 progress: Callable[[str, SinkResult], None] | None = None):
+    def __init__(
+        self,
+        storage: Storage,
+        source_id: str,
+        run_id: int,
+        rules: Plausibility,
+        clock: Clock,
+        progress: Callable[[str, SinkResult], None] | None = None,
+    ):
         self.progress = progress  # told after every stored batch: long backfills show they move
         self.storage = storage
         self.source_id = source_id
@@ -301,8 +313,10 @@ class Sink:
             known = await self.storage.site_ids(self.source_id, [s.external_id for s in derived])
             sites = [s for s in sites if not (s.metadata.get("derived_from") and s.external_id in known)]
         _, refused = await _isolating(
-            lambda batch: self.storage.upsert_sites(self.source_id, batch), sites,
-            lambda s, err: _refusal(s.external_id, s.model_dump_json()[:500], err))
+            lambda batch: self.storage.upsert_sites(self.source_id, batch),
+            sites,
+            lambda s, err: _refusal(s.external_id, s.model_dump_json()[:500], err),
+        )
         return refused
 
     async def _store_channels(self, channels: list[ChannelRecord]) -> list[Quarantined]:
@@ -311,10 +325,17 @@ class Sink:
         _, refused = await _isolating(
             lambda batch: self.storage.upsert_channels(self.source_id, batch),
             [c for c in channels if c.site_external_id in known],
-            lambda c, err: _refusal(c.external_id, c.model_dump_json()[:500], err))
+            lambda c, err: _refusal(c.external_id, c.model_dump_json()[:500], err),
+        )
         self._channels = None  # reload on next use
-        return refused + [Quarantined(reason=f"channel refers to unknown site {c.site_external_id!r}",
-                                      excerpt=c.model_dump_json()[:500], record_ref=c.external_id) for c in orphans]
+        return refused + [
+            Quarantined(
+                reason=f"channel refers to unknown site {c.site_external_id!r}",
+                excerpt=c.model_dump_json()[:500],
+                record_ref=c.external_id,
+            )
+            for c in orphans
+        ]
 
     async def _store_measurements(self, measurements: list[MeasurementRecord]) -> list[Quarantined]:
         if self._channels is None:
@@ -325,14 +346,21 @@ class Sink:
         for m in measurements:
             channel = ids.get(m.channel_external_id)
             if channel is None:
-                unknown.append(Quarantined(reason=f"measurement of unknown channel {m.channel_external_id!r}",
-                                           excerpt=m.model_dump_json()[:500], record_ref=_ref(m)))
+                unknown.append(
+                    Quarantined(
+                        reason=f"measurement of unknown channel {m.channel_external_id!r}",
+                        excerpt=m.model_dump_json()[:500],
+                        record_ref=_ref(m),
+                    )
+                )
             else:
                 rows.append(((channel, m.start, m.length, m.count, m.speed, m.occupancy, m.quality), m))
         if rows:
             counts, refused = await _isolating(
-                lambda batch: self.storage.ingest_measurements([row for row, _ in batch], self.run_id), rows,
-                lambda pair, err: _refusal(_ref(pair[1]), pair[1].model_dump_json()[:500], err))
+                lambda batch: self.storage.ingest_measurements([row for row, _ in batch], self.run_id),
+                rows,
+                lambda pair, err: _refusal(_ref(pair[1]), pair[1].model_dump_json()[:500], err),
+            )
             self.result.counts += counts
             unknown += refused
         return unknown
@@ -346,13 +374,14 @@ class Sink:
         self.result.events_seen += len(events)
         counts, refused = await _isolating(
             lambda batch: self.storage.upsert_events(self.source_id, batch, seen_at=self.now, run_id=self.run_id),
-            events, lambda e, err: _refusal(e.external_id, e.model_dump_json()[:500], err))
+            events,
+            lambda e, err: _refusal(e.external_id, e.model_dump_json()[:500], err),
+        )
         self.result.counts += counts
         return refused + twice
 
     async def finish(self, *, snapshot: bool) -> SinkResult:
         """A complete snapshot ends the source's events its run did not list."""
         if snapshot and self.result.complete:
-            self.result.counts.updated += await self.storage.end_events_not_seen(self.source_id, self.run_id,
-                                                                                 self.now)
+            self.result.counts.updated += await self.storage.end_events_not_seen(self.source_id, self.run_id, self.now)
         return self.result

@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from collectors.fetch import FetchError, Fetcher
+from collectors.fetch import Fetcher, FetchError
+from feed.collect.ingest import Plausibility, Sink, SinkResult
 from feed.collect.polling import POLLERS, PollOutcome
 from feed.config import PublicationConfig, SourceConfig
-from feed.collect.ingest import Plausibility, Sink, SinkResult
 from feed.metrics import record_poll
 from feed.store.storage import RunStats, Storage
 
@@ -37,9 +37,11 @@ class RunReport:
         s = self.stats
         status = "ok" if s.error is None else f"FAILED: {s.error}"
         unchanged = " (not modified)" if s.http_status == 304 else ""
-        return (f"{self.source_id}: {status}{unchanged}; new {s.counts.new}, updated {s.counts.updated}, "
-                f"unchanged {s.counts.unchanged}, quarantined {s.quarantined}; {s.bytes:,} bytes in "
-                f"{self.duration:.2f} s" + (f"; next watermark {self.watermark}" if self.watermark else ""))
+        return (
+            f"{self.source_id}: {status}{unchanged}; new {s.counts.new}, updated {s.counts.updated}, "
+            f"unchanged {s.counts.unchanged}, quarantined {s.quarantined}; {s.bytes:,} bytes in "
+            f"{self.duration:.2f} s" + (f"; next watermark {self.watermark}" if self.watermark else "")
+        )
 
     @property
     def outcome(self) -> str:
@@ -52,10 +54,21 @@ class RunReport:
     def fields(self) -> dict[str, object]:
         """The report as structured log fields (JSON logs)."""
         s = self.stats
-        return {"event": "poll", "source": self.source_id, "run_id": self.run_id, "ok": s.error is None,
-                "http_status": s.http_status, "new": s.counts.new, "updated": s.counts.updated,
-                "unchanged": s.counts.unchanged, "quarantined": s.quarantined, "bytes": s.bytes,
-                "duration_s": round(self.duration, 3), "error": s.error, "watermark": self.watermark}
+        return {
+            "event": "poll",
+            "source": self.source_id,
+            "run_id": self.run_id,
+            "ok": s.error is None,
+            "http_status": s.http_status,
+            "new": s.counts.new,
+            "updated": s.counts.updated,
+            "unchanged": s.counts.unchanged,
+            "quarantined": s.quarantined,
+            "bytes": s.bytes,
+            "duration_s": round(self.duration, 3),
+            "error": s.error,
+            "watermark": self.watermark,
+        }
 
 
 FINISH_ATTEMPTS = 4
@@ -67,7 +80,8 @@ async def _finish_run(storage: Storage, run_id: int, stats: RunStats, outcome: P
     for attempt in range(FINISH_ATTEMPTS):
         try:
             await storage.finish_run(
-                run_id, stats,
+                run_id,
+                stats,
                 etag=outcome.etag if outcome and stats.complete else None,
                 last_modified=outcome.last_modified if outcome and stats.complete else None,
                 watermark=outcome.watermark if outcome else None,
@@ -130,9 +144,18 @@ async def poll_source(
     stats.complete = stats.error is None
     await _finish_run(storage, run_id, stats, outcome)
     report = RunReport(source.id, run_id, stats, time.monotonic() - started, outcome.watermark if outcome else None)
-    record_poll(source.id, report.outcome, {"new": stats.counts.new, "updated": stats.counts.updated,
-                                            "unchanged": stats.counts.unchanged, "quarantined": stats.quarantined},
-                stats.bytes or 0, report.duration)
+    record_poll(
+        source.id,
+        report.outcome,
+        {
+            "new": stats.counts.new,
+            "updated": stats.counts.updated,
+            "unchanged": stats.counts.unchanged,
+            "quarantined": stats.quarantined,
+        },
+        stats.bytes or 0,
+        report.duration,
+    )
     (log.info if stats.error is None else log.warning)(report.line(), extra={"fields": report.fields()})
     if interrupted:
         raise asyncio.CancelledError

@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from collectors import comptage_parse, opendatasoft_parse
 from collectors.datex2_parse import parse_datex2
 from collectors.fetch import Fetched, Fetcher
-from feed.config import SourceConfig
 from feed.collect.ingest import Sink
+from feed.config import SourceConfig
 from feed.model import ChannelRecord, ParsedItem
 from feed.store.storage import SourceState
 
@@ -53,8 +53,9 @@ def _noting_time_steps(items: Iterator[ParsedItem], steps: dict[str, int]) -> It
 async def poll_datex2(source: SourceConfig, state: SourceState, fetcher: Fetcher, sink: Sink) -> PollOutcome:
     """A DATEX II v2/v3 pull: conditional GET, streaming parse of the whole document."""
     fetched = await fetcher.get(source.id, source.url, etag=state.etag, last_modified=state.last_modified)
-    outcome = PollOutcome(fetched.status, fetched.etag, fetched.last_modified,
-                          snapshot=bool(source.options.get("snapshot", True)))
+    outcome = PollOutcome(
+        fetched.status, fetched.etag, fetched.last_modified, snapshot=bool(source.options.get("snapshot", True))
+    )
     if fetched.status == 304:
         outcome.snapshot = False  # nothing read: nothing may be ended
         return outcome
@@ -72,16 +73,36 @@ async def poll_comptage(source: SourceConfig, state: SourceState, fetcher: Fetch
         await _consume(sink, fetched, iter(comptage_parse.parse_sites(fetched.content, source=source.id)))
     if "channels_url" in opts:
         fetched = await fetcher.get(source.id, opts["channels_url"])
-        await _consume(sink, fetched, _noting_time_steps(iter(comptage_parse.parse_channels(
-            fetched.content, source=source.id, default_time_step=opts.get("time_step"), local_timezone=tz)),
-            time_steps))
+        await _consume(
+            sink,
+            fetched,
+            _noting_time_steps(
+                iter(
+                    comptage_parse.parse_channels(
+                        fetched.content, source=source.id, default_time_step=opts.get("time_step"), local_timezone=tz
+                    )
+                ),
+                time_steps,
+            ),
+        )
     fetched = await fetcher.get(source.id, source.url, etag=state.etag, last_modified=state.last_modified)
     outcome = PollOutcome(fetched.status, fetched.etag, fetched.last_modified)
     if fetched.status == 304:
         return outcome
-    await _consume(sink, fetched, iter(comptage_parse.parse_measures_stream(
-        fetched.content, source=source.id, time_steps=time_steps, default_time_step=opts.get("time_step"),
-        local_timezone=tz, columns=opts.get("columns"))))
+    await _consume(
+        sink,
+        fetched,
+        iter(
+            comptage_parse.parse_measures_stream(
+                fetched.content,
+                source=source.id,
+                time_steps=time_steps,
+                default_time_step=opts.get("time_step"),
+                local_timezone=tz,
+                columns=opts.get("columns"),
+            )
+        ),
+    )
     return outcome
 
 
@@ -117,8 +138,11 @@ async def poll_opendatasoft(source: SourceConfig, state: SourceState, fetcher: F
     if isinstance(mapping, opendatasoft_parse.EventMapping):
         url = opendatasoft_parse.exports_url(source.url, dataset)
         fetched = await fetcher.get(source.id, url, headers=headers, error_detail=opendatasoft_parse.parse_ods_error)
-        await _consume(sink, fetched, opendatasoft_parse.parse_export_json(
-            fetched.content, mapping, source=source.id, now=sink.now))
+        await _consume(
+            sink,
+            fetched,
+            opendatasoft_parse.parse_export_json(fetched.content, mapping, source=source.id, now=sink.now),
+        )
         return PollOutcome(fetched.status, snapshot=True)
 
     watermark, seen = _cursor(state)
@@ -128,13 +152,18 @@ async def poll_opendatasoft(source: SourceConfig, state: SourceState, fetcher: F
     outcome = PollOutcome()
     for _ in range(MAX_PAGES_PER_POLL):
         url = opendatasoft_parse.records_url(
-            source.url, dataset, time_field=mapping.time_field, watermark=watermark, seen_at_watermark=seen,
+            source.url,
+            dataset,
+            time_field=mapping.time_field,
+            watermark=watermark,
+            seen_at_watermark=seen,
             order_by_id=opts.get("order_by_id", mapping.site_id),
         )
         fetched = await fetcher.get(source.id, url, headers=headers, error_detail=opendatasoft_parse.parse_ods_error)
         outcome.http_status = fetched.status
-        page = opendatasoft_parse.parse_records_stream(fetched.content, mapping, source=source.id, now=sink.now,
-                                                       not_after=horizon)
+        page = opendatasoft_parse.parse_records_stream(
+            fetched.content, mapping, source=source.id, now=sink.now, not_after=horizon
+        )
         await _consume(sink, fetched, page)
         if not sink.result.complete:
             break  # a page cut short moves nothing: the next poll reads it again
@@ -155,19 +184,36 @@ BACKFILL_MAX_BYTES = 8 * 1024**3
 
 
 async def _backfill_counters(
-    source: SourceConfig, mapping: opendatasoft_parse.CounterMapping, fetcher: Fetcher, sink: Sink,
-    headers: dict[str, str], horizon: datetime,
+    source: SourceConfig,
+    mapping: opendatasoft_parse.CounterMapping,
+    fetcher: Fetcher,
+    sink: Sink,
+    headers: dict[str, str],
+    horizon: datetime,
 ) -> PollOutcome:
     """First poll of a counters dataset: the last `backfill_days` in one streamed export."""
     since = sink.now - timedelta(days=float(source.options["backfill_days"]))
-    url = opendatasoft_parse.exports_url(source.url, source.options["dataset"], time_field=mapping.time_field,
-                                         watermark=since, order_by_id=source.options.get("order_by_id", mapping.site_id))
-    fetched = await fetcher.get(source.id, url, headers=headers, error_detail=opendatasoft_parse.parse_ods_error,
-                                policy=replace(fetcher.policy, timeout=max(fetcher.policy.timeout, 600),
-                                               max_bytes=int(source.options.get("max_body_bytes",
-                                                                                BACKFILL_MAX_BYTES))))
-    items = opendatasoft_parse.parse_export_json(fetched.content, mapping, source=source.id, now=sink.now,
-                                                 not_after=horizon)
+    url = opendatasoft_parse.exports_url(
+        source.url,
+        source.options["dataset"],
+        time_field=mapping.time_field,
+        watermark=since,
+        order_by_id=source.options.get("order_by_id", mapping.site_id),
+    )
+    fetched = await fetcher.get(
+        source.id,
+        url,
+        headers=headers,
+        error_detail=opendatasoft_parse.parse_ods_error,
+        policy=replace(
+            fetcher.policy,
+            timeout=max(fetcher.policy.timeout, 600),
+            max_bytes=int(source.options.get("max_body_bytes", BACKFILL_MAX_BYTES)),
+        ),
+    )
+    items = opendatasoft_parse.parse_export_json(
+        fetched.content, mapping, source=source.id, now=sink.now, not_after=horizon
+    )
     await _consume(sink, fetched, items)
     return PollOutcome(fetched.status, watermark=_cursor_text(items.watermark, items.at_watermark))
 

@@ -25,9 +25,9 @@ import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from collectors.fetch import Fetcher
+from feed.collect.ingest import SinkResult
 from feed.collect.poll import RunReport, poll_source
 from feed.config import Config, SourceConfig
-from feed.collect.ingest import SinkResult
 from feed.metrics import REGISTRY as METRICS
 from feed.store.storage import Storage
 
@@ -43,10 +43,15 @@ STOP_TIMEOUT = 30.0  # seconds running polls have to finish when the collectors 
 class Collector:
     """The collectors of one process."""
 
-    def __init__(self, config: Config, storage: Storage, fetcher: Fetcher,
-                 on_report: Callable[[RunReport], Awaitable[None] | None] | None = None,
-                 progress: Callable[[str, SinkResult], None] | None = None,
-                 clock: Callable[[], datetime] | None = None):
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage,
+        fetcher: Fetcher,
+        on_report: Callable[[RunReport], Awaitable[None] | None] | None = None,
+        progress: Callable[[str, SinkResult], None] | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ):
         self.clock = clock  # "now" for plausibility and event status; the demo's simulated time
         self.config = config
         self.storage = storage
@@ -65,15 +70,33 @@ class Collector:
                 continue
             tick = min(MAX_TICK_SECONDS, source.interval / 2)
             self.scheduler.add_job(
-                self._tick, "interval", args=[source], id=source.id, name=f"poll {source.id}",
-                seconds=tick, jitter=tick / 10, max_instances=1, coalesce=True, misfire_grace_time=source.interval,
+                self._tick,
+                "interval",
+                args=[source],
+                id=source.id,
+                name=f"poll {source.id}",
+                seconds=tick,
+                jitter=tick / 10,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=source.interval,
                 next_run_time=now + timedelta(seconds=random.uniform(0, tick)),
             )
-        self.scheduler.add_job(self.apply_retention, "interval", id="retention",
-                               hours=6, max_instances=1, coalesce=True, next_run_time=now + timedelta(minutes=1))
+        self.scheduler.add_job(
+            self.apply_retention,
+            "interval",
+            id="retention",
+            hours=6,
+            max_instances=1,
+            coalesce=True,
+            next_run_time=now + timedelta(minutes=1),
+        )
         self.scheduler.start()
-        log.info("worker %s polling %d source(s)", self.owner,
-                 len([j for j in self.scheduler.get_jobs() if j.id != "retention"]))
+        log.info(
+            "worker %s polling %d source(s)",
+            self.owner,
+            len([j for j in self.scheduler.get_jobs() if j.id != "retention"]),
+        )
 
     async def _tick(self, source: SourceConfig) -> None:
         await self._poll(source, due_only=True)
@@ -86,8 +109,7 @@ class Collector:
         if source.id not in self._known:
             await self.storage.ensure_source(source.id, source.kind, source.url)
             self._known.add(source.id)
-        if not await self.storage.claim_poll(source.id, self.owner, source.interval, LEASE_SECONDS,
-                                             due_only=due_only):
+        if not await self.storage.claim_poll(source.id, self.owner, source.interval, LEASE_SECONDS, due_only=due_only):
             return None
         await self.storage.close_interrupted_runs(source.id)
         task = asyncio.current_task()
@@ -96,8 +118,9 @@ class Collector:
         METRICS.polls_in_flight.inc()
         heartbeat = asyncio.create_task(self._renew(source.id))
         try:
-            report = await poll_source(source, self.storage, self.fetcher, self.config.publication,
-                                       clock=self.clock, progress=self.progress)
+            report = await poll_source(
+                source, self.storage, self.fetcher, self.config.publication, clock=self.clock, progress=self.progress
+            )
         finally:
             heartbeat.cancel()
             METRICS.polls_in_flight.inc(amount=-1)
@@ -130,8 +153,9 @@ class Collector:
             removed = await self.storage.drop_measurements_before(now - timedelta(days=db.retention_days))
             log.info("retention: removed %d raw measurement(s) older than %d days", removed, db.retention_days)
         removed = await self.storage.drop_quarantine_before(now - timedelta(days=db.quarantine_retention_days))
-        log.info("retention: removed %d quarantined record(s) not seen for %d days", removed,
-                 db.quarantine_retention_days)
+        log.info(
+            "retention: removed %d quarantined record(s) not seen for %d days", removed, db.quarantine_retention_days
+        )
 
     @property
     def polls_running(self) -> int:

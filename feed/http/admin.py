@@ -28,17 +28,17 @@ import asyncpg
 from aiohttp import web
 
 from feed.errors import Conflict, Forbidden, NotFound, RequestError, Unauthorized, Unavailable
-from feed.http.errors import refusal
-from feed.store import markings
 from feed.http.documents import API
+from feed.http.errors import refusal
 from feed.http.markings import MARKING_KINDS, MAX_COMMENT, bad_parameter, marking_fields
 from feed.publish.filters import check_storable
+from feed.store import markings
 from feed.store.sources import last_runs, quarantined, source_states
 from feed.store.transactions import reading
 
 if TYPE_CHECKING:
-    from feed.http.context import AppContext
     from feed.collect.scheduler import Collector
+    from feed.http.context import AppContext
 
 __all__ = ["ADMIN", "COLLECTOR_SLOT", "CollectorSlot", "admin_routes", "attach_collector"]
 
@@ -69,8 +69,9 @@ def attach_collector(app: web.Application, collector: Collector | None) -> None:
 
 def _json(document: Any, status: int = 200, **extra: str) -> web.Response:
     body = json.dumps(document, ensure_ascii=False, default=str).encode()
-    return web.Response(status=status, body=body,
-                        headers={"Content-Type": JSON_TYPE, "Cache-Control": "no-store", **extra})
+    return web.Response(
+        status=status, body=body, headers={"Content-Type": JSON_TYPE, "Cache-Control": "no-store", **extra}
+    )
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -81,8 +82,9 @@ def _check_token(expected: bytes | None, request: web.Request) -> None:
         raise Forbidden("admin_disabled", "admin API disabled: set [server] admin_token")
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-        raise Unauthorized("unauthorized", "this route needs Authorization: Bearer <[server] admin_token>",
-                           realm="roadfeed admin")
+        raise Unauthorized(
+            "unauthorized", "this route needs Authorization: Bearer <[server] admin_token>", realm="roadfeed admin"
+        )
 
 
 def _authorised(token: str | None, handler: Handler) -> Handler:
@@ -96,8 +98,13 @@ def _authorised(token: str | None, handler: Handler) -> Handler:
         except RequestError as exc:
             return refusal(exc, cors=False, compact=False)
         except asyncpg.QueryCanceledError:
-            return refusal(Unavailable("query_timeout", "the database did not answer within the statement timeout",
-                                       retry_after=10), cors=False, compact=False)
+            return refusal(
+                Unavailable(
+                    "query_timeout", "the database did not answer within the statement timeout", retry_after=10
+                ),
+                cors=False,
+                compact=False,
+            )
 
     return handle
 
@@ -151,12 +158,18 @@ def _check_strings(value: Any, path: str) -> None:
 def parse_body(raw: bytes) -> dict[str, Any]:
     """A JSON object of at most MAX_DEPTH levels whose texts PostgreSQL can hold, or BadParameter."""
     if _depth_exceeded(raw, MAX_DEPTH):
-        raise bad_parameter("body", raw[:200].decode("utf-8", "replace"), f"{BODY_EXPECTED}, nested at most {MAX_DEPTH} deep",
-                   f"the body nests arrays or objects more than {MAX_DEPTH} deep")
+        raise bad_parameter(
+            "body",
+            raw[:200].decode("utf-8", "replace"),
+            f"{BODY_EXPECTED}, nested at most {MAX_DEPTH} deep",
+            f"the body nests arrays or objects more than {MAX_DEPTH} deep",
+        )
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise bad_parameter("body", raw[:200].decode("utf-8", "replace"), BODY_EXPECTED, "the body is not JSON") from None
+        raise bad_parameter(
+            "body", raw[:200].decode("utf-8", "replace"), BODY_EXPECTED, "the body is not JSON"
+        ) from None
     if not isinstance(body, dict):
         raise bad_parameter("body", body, BODY_EXPECTED, "the body is not a JSON object")
     _check_strings(body, "body")
@@ -182,10 +195,19 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_json(r: asyncpg.Record) -> dict[str, Any]:
-    return {"id": r["id"], "started": _iso(r["started"]), "finished": _iso(r["finished"]),
-            "http_status": r["http_status"], "bytes": r["bytes"], "new": r["records_new"],
-            "updated": r["records_updated"], "unchanged": r["records_unchanged"],
-            "quarantined": r["records_quarantined"], "complete": r["complete"], "error": r["error"]}
+    return {
+        "id": r["id"],
+        "started": _iso(r["started"]),
+        "finished": _iso(r["finished"]),
+        "http_status": r["http_status"],
+        "bytes": r["bytes"],
+        "new": r["records_new"],
+        "updated": r["records_updated"],
+        "unchanged": r["records_unchanged"],
+        "quarantined": r["records_quarantined"],
+        "complete": r["complete"],
+        "error": r["error"],
+    }
 
 
 def _marking_json(r: asyncpg.Record) -> dict[str, Any]:
@@ -210,43 +232,79 @@ class _Admin:
         out = []
         for source_id in sorted(configured.keys() | states.keys()):
             conf, row = configured.get(source_id), states.get(source_id)
-            out.append({
-                "id": source_id,
-                "config": None if conf is None else {
-                    "kind": conf.kind, "url": conf.url, "interval": conf.interval, "enabled": conf.enabled,
-                    "options": _options(conf.options)},
-                "state": None if row is None else {
-                    "kind": row["kind"], "url": row["url"], "etag": row["etag"],
-                    "last_modified": row["last_modified"], "watermark": row["watermark"],
-                    "last_success": _iso(row["last_success"]), "last_error": row["last_error"],
-                    "last_error_at": _iso(row["last_error_at"]), "lease_owner": row["lease_owner"],
-                    "lease_until": _iso(row["lease_until"]), "next_poll_at": _iso(row["next_poll_at"])},
-                "last_runs": runs.get(source_id, []),
-                "quarantine": {"total": row["quarantined_total"] if row else 0,
-                               "last_24h": row["quarantined_day"] if row else 0},
-            })
-        return _json({"sources": out,
-                      "collectors_running": self.app[COLLECTOR_SLOT].collector is not None})
+            out.append(
+                {
+                    "id": source_id,
+                    "config": None
+                    if conf is None
+                    else {
+                        "kind": conf.kind,
+                        "url": conf.url,
+                        "interval": conf.interval,
+                        "enabled": conf.enabled,
+                        "options": _options(conf.options),
+                    },
+                    "state": None
+                    if row is None
+                    else {
+                        "kind": row["kind"],
+                        "url": row["url"],
+                        "etag": row["etag"],
+                        "last_modified": row["last_modified"],
+                        "watermark": row["watermark"],
+                        "last_success": _iso(row["last_success"]),
+                        "last_error": row["last_error"],
+                        "last_error_at": _iso(row["last_error_at"]),
+                        "lease_owner": row["lease_owner"],
+                        "lease_until": _iso(row["lease_until"]),
+                        "next_poll_at": _iso(row["next_poll_at"]),
+                    },
+                    "last_runs": runs.get(source_id, []),
+                    "quarantine": {
+                        "total": row["quarantined_total"] if row else 0,
+                        "last_24h": row["quarantined_day"] if row else 0,
+                    },
+                }
+            )
+        return _json({"sources": out, "collectors_running": self.app[COLLECTOR_SLOT].collector is not None})
 
     async def run(self, request: web.Request) -> web.Response:
         source_id = request.match_info["id"]
         source = next((s for s in self.ctx.config.sources if s.id == source_id), None)
         if source is None:
-            raise NotFound("id", source_id, "the id of a configured source (see /api/v1/admin/sources)",
-                           f"no configured source {source_id!r}")
+            raise NotFound(
+                "id",
+                source_id,
+                "the id of a configured source (see /api/v1/admin/sources)",
+                f"no configured source {source_id!r}",
+            )
         collector = self.app[COLLECTOR_SLOT].collector
         if collector is None:
-            raise Conflict("no_collectors", "collectors are not running in this process "
-                           "(`roadfeed serve` serves only; use `roadfeed run`)")
+            raise Conflict(
+                "no_collectors",
+                "collectors are not running in this process (`roadfeed serve` serves only; use `roadfeed run`)",
+            )
         report = await collector.poll(source)
         if report is None:
             raise Conflict("busy", f"another worker is polling {source_id} now; retry shortly", retry_after=10)
         s = report.stats
-        return _json({"source": report.source_id, "run_id": report.run_id, "duration": round(report.duration, 3),
-                      "http_status": s.http_status, "bytes": s.bytes, "new": s.counts.new,
-                      "updated": s.counts.updated, "unchanged": s.counts.unchanged, "quarantined": s.quarantined,
-                      "complete": s.complete, "error": s.error, "watermark": report.watermark,
-                      "summary": report.line()})
+        return _json(
+            {
+                "source": report.source_id,
+                "run_id": report.run_id,
+                "duration": round(report.duration, 3),
+                "http_status": s.http_status,
+                "bytes": s.bytes,
+                "new": s.counts.new,
+                "updated": s.counts.updated,
+                "unchanged": s.counts.unchanged,
+                "quarantined": s.quarantined,
+                "complete": s.complete,
+                "error": s.error,
+                "watermark": report.watermark,
+                "summary": report.line(),
+            }
+        )
 
     async def quarantine(self, request: web.Request) -> web.Response:
         q = request.query
@@ -263,10 +321,26 @@ class _Admin:
                 raise bad_parameter("limit", raw_limit, expected, f"limit {limit} is out of range")
         async with reading(self.pool, self.statement_timeout_ms) as conn:
             rows = await quarantined(conn, source, limit)
-        return _json({"source": source, "limit": limit, "records": [
-            {"id": r["id"], "source": r["source_id"], "run_id": r["run_id"], "record_ref": r["record_ref"],
-             "reason": r["reason"], "excerpt": r["excerpt"], "recorded": _iso(r["recorded"]),
-             "last_seen": _iso(r["last_seen"]), "times_seen": r["times_seen"]} for r in rows]})
+        return _json(
+            {
+                "source": source,
+                "limit": limit,
+                "records": [
+                    {
+                        "id": r["id"],
+                        "source": r["source_id"],
+                        "run_id": r["run_id"],
+                        "record_ref": r["record_ref"],
+                        "reason": r["reason"],
+                        "excerpt": r["excerpt"],
+                        "recorded": _iso(r["recorded"]),
+                        "last_seen": _iso(r["last_seen"]),
+                        "times_seen": r["times_seen"],
+                    }
+                    for r in rows
+                ],
+            }
+        )
 
     # markings ---------------------------------------------------------------
 
@@ -286,13 +360,18 @@ class _Admin:
     async def openapi(self, _request: web.Request) -> web.Response:
         from feed.http.openapi import SCHEMAS  # noqa: PLC0415 - feed.http.openapi imports feed.http.api, as this module does
 
-        return _json({
-            "openapi": "3.1.0",
-            "info": {"title": "roadfeed admin API", "version": "1",
-                     "description": "Operators' routes; every one needs Authorization: Bearer <[server] admin_token>."},
-            "paths": openapi_paths(),
-            "components": {"schemas": {"Error": SCHEMAS["Error"]}, "securitySchemes": SECURITY_SCHEMES},
-        })
+        return _json(
+            {
+                "openapi": "3.1.0",
+                "info": {
+                    "title": "roadfeed admin API",
+                    "version": "1",
+                    "description": "Operators' routes; every one needs Authorization: Bearer <[server] admin_token>.",
+                },
+                "paths": openapi_paths(),
+                "components": {"schemas": {"Error": SCHEMAS["Error"]}, "securitySchemes": SECURITY_SCHEMES},
+            }
+        )
 
     async def delete_marking(self, request: web.Request) -> web.Response:
         raw = request.match_info["id"]
@@ -340,53 +419,109 @@ def openapi_paths() -> dict[str, Any]:
 
     Served at /api/v1/admin/openapi.json, apart from the public API's document."""
     error = {"content": {JSON_TYPE: {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    guarded = {"401": {"description": "missing or wrong token", **error},
-               "403": {"description": "admin API disabled: no [server] admin_token", **error}}
+    guarded = {
+        "401": {"description": "missing or wrong token", **error},
+        "403": {"description": "admin API disabled: no [server] admin_token", **error},
+    }
     security: list[dict[str, list[str]]] = [{"adminToken": []}]
 
-    def op(summary: str, operation_id: str, ok: str, *, parameters: list[dict[str, Any]] | None = None,
-           extra: dict[str, Any] | None = None, body: bool = False, status: str = "200") -> dict[str, Any]:
+    def op(
+        summary: str,
+        operation_id: str,
+        ok: str,
+        *,
+        parameters: list[dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
+        body: bool = False,
+        status: str = "200",
+    ) -> dict[str, Any]:
         operation: dict[str, Any] = {
-            "summary": summary, "operationId": operation_id, "security": security, "tags": ["admin"],
+            "summary": summary,
+            "operationId": operation_id,
+            "security": security,
+            "tags": ["admin"],
             "parameters": parameters or [],
-            "responses": {status: {"description": ok, "content": {JSON_TYPE: {"schema": {"type": "object"}}}},
-                          **guarded, **(extra or {})},
+            "responses": {
+                status: {"description": ok, "content": {JSON_TYPE: {"schema": {"type": "object"}}}},
+                **guarded,
+                **(extra or {}),
+            },
         }
         if body:
             operation["requestBody"] = {"required": True, "content": {JSON_TYPE: {"schema": MARKING_SCHEMA}}}
         return operation
 
     def path_id(description: str) -> dict[str, Any]:
-        return {"name": "id", "in": "path", "required": True, "description": description,
-                "schema": {"type": "string"}}
+        return {"name": "id", "in": "path", "required": True, "description": description, "schema": {"type": "string"}}
 
     bad = {"400": {"description": "a parameter or field cannot be used", **error}}
     missing = {"404": {"description": "no such item", **error}}
     return {
-        f"{ADMIN}/sources": {"get": op(
-            "Sources: configuration (secrets hidden), stored state, last runs, quarantine counts",
-            "adminListSources", "the sources")},
-        f"{ADMIN}/sources/{{id}}/run": {"post": op(
-            "Poll a source now through this process's collectors", "adminRunSource", "the run's report",
-            parameters=[path_id("a configured source id")],
-            extra={**missing, "409": {"description": "collectors are not running in this process, or another "
-                                                     "worker is polling the source", **error}})},
-        f"{ADMIN}/quarantine": {"get": op(
-            "Quarantined records, newest first", "adminListQuarantine", "the records",
-            parameters=[
-                {"name": "source", "in": "query", "required": False, "schema": {"type": "string"}},
-                {"name": "limit", "in": "query", "required": False,
-                 "schema": {"type": "integer", "minimum": 1, "maximum": QUARANTINE_LIMIT[1],
-                            "default": QUARANTINE_LIMIT[0]}},
-            ], extra=bad)},
+        f"{ADMIN}/sources": {
+            "get": op(
+                "Sources: configuration (secrets hidden), stored state, last runs, quarantine counts",
+                "adminListSources",
+                "the sources",
+            )
+        },
+        f"{ADMIN}/sources/{{id}}/run": {
+            "post": op(
+                "Poll a source now through this process's collectors",
+                "adminRunSource",
+                "the run's report",
+                parameters=[path_id("a configured source id")],
+                extra={
+                    **missing,
+                    "409": {
+                        "description": "collectors are not running in this process, or another "
+                        "worker is polling the source",
+                        **error,
+                    },
+                },
+            )
+        },
+        f"{ADMIN}/quarantine": {
+            "get": op(
+                "Quarantined records, newest first",
+                "adminListQuarantine",
+                "the records",
+                parameters=[
+                    {"name": "source", "in": "query", "required": False, "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": QUARANTINE_LIMIT[1],
+                            "default": QUARANTINE_LIMIT[0],
+                        },
+                    },
+                ],
+                extra=bad,
+            )
+        },
         f"{ADMIN}/markings": {
             "get": op("Manual markings, newest first", "adminListMarkings", "the markings"),
-            "post": op("Record a marking: a road closed or a counter faulty over a period", "adminAddMarking",
-                       "the marking", body=True, status="201", extra=bad),
+            "post": op(
+                "Record a marking: a road closed or a counter faulty over a period",
+                "adminAddMarking",
+                "the marking",
+                body=True,
+                status="201",
+                extra=bad,
+            ),
         },
-        f"{ADMIN}/markings/{{id}}": {"delete": op(
-            "Delete a marking", "adminDeleteMarking", "the deleted marking",
-            parameters=[path_id("a marking id")], extra=missing)},
+        f"{ADMIN}/markings/{{id}}": {
+            "delete": op(
+                "Delete a marking",
+                "adminDeleteMarking",
+                "the deleted marking",
+                parameters=[path_id("a marking id")],
+                extra=missing,
+            )
+        },
     }
 
 
@@ -405,5 +540,6 @@ MARKING_SCHEMA: dict[str, Any] = {
     "required": ["kind", "from"],
     "additionalProperties": False,
 }
-SECURITY_SCHEMES = {"adminToken": {"type": "http", "scheme": "bearer",
-                                   "description": "[server] admin_token of the configuration"}}
+SECURITY_SCHEMES = {
+    "adminToken": {"type": "http", "scheme": "bearer", "description": "[server] admin_token of the configuration"}
+}

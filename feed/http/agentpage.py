@@ -17,16 +17,22 @@ if TYPE_CHECKING:
 __all__ = ["agent_page_routes"]
 
 FILES = Path(__file__).with_name("agentpage")
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-       "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 TYPES = {"index.html": "text/html", "agents.js": "text/javascript", "agents.css": "text/css"}
 
 
 def agent_page_routes(app: web.Application, _ctx: AppContext) -> None:
     def serve(name: str) -> web.Response:
         body = (FILES / name).read_bytes()
-        return web.Response(body=body, content_type=TYPES[name], charset="utf-8",
-                            headers={"Cache-Control": "no-cache", "Content-Security-Policy": CSP})
+        return web.Response(
+            body=body,
+            content_type=TYPES[name],
+            charset="utf-8",
+            headers={"Cache-Control": "no-cache", "Content-Security-Policy": CSP},
+        )
 
     async def index(_request: web.Request) -> web.Response:
         return serve("index.html")

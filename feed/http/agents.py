@@ -40,8 +40,19 @@ from feed.store.transactions import writing
 if TYPE_CHECKING:
     from feed.http.context import AppContext
 
-__all__ = ["ROLES", "AgentError", "Principal", "agent_routes", "answering", "authorised", "hash_password",
-           "new_secret", "public", "secret_hash", "verify_password"]
+__all__ = [
+    "ROLES",
+    "AgentError",
+    "Principal",
+    "agent_routes",
+    "answering",
+    "authorised",
+    "hash_password",
+    "new_secret",
+    "public",
+    "secret_hash",
+    "verify_password",
+]
 
 ROLES = ("reader", "editor", "administrator")
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
@@ -142,8 +153,9 @@ async def _principal(conn: asyncpg.Connection, request: web.Request, admin_token
 
 def json_response(document: Any, status: int = 200, **headers: str) -> web.Response:
     body = json.dumps(document, ensure_ascii=False, default=str).encode()
-    return web.Response(status=status, body=body,
-                        headers={"Content-Type": "application/json", "Cache-Control": "no-store", **headers})
+    return web.Response(
+        status=status, body=body, headers={"Content-Type": "application/json", "Cache-Control": "no-store", **headers}
+    )
 
 
 AgentHandler = Callable[[web.Request, Principal], Awaitable[web.StreamResponse]]
@@ -156,16 +168,19 @@ async def _authenticate(ctx: AppContext, request: web.Request, role: str) -> Pri
         async with ctx.storage.pool.acquire() as conn:
             principal = await _principal(conn, request, ctx.config.server.admin_token)
     except (*DATABASE_DOWN, asyncpg.PostgresError):
-        raise Unavailable("database_unavailable", "the database cannot be reached; retry shortly",
-                          retry_after=10) from None
+        raise Unavailable(
+            "database_unavailable", "the database cannot be reached; retry shortly", retry_after=10
+        ) from None
     if principal is None:
-        raise Unauthorized("unauthorized", "log in (POST /api/v1/session) or send Authorization: Bearer <token>",
-                           realm="roadfeed")
+        raise Unauthorized(
+            "unauthorized", "log in (POST /api/v1/session) or send Authorization: Bearer <token>", realm="roadfeed"
+        )
     if principal.csrf is not None and request.method not in SAFE_METHODS:
         given = request.headers.get(CSRF_HEADER, "")
         if not hmac.compare_digest(given.encode(), principal.csrf.encode()):
-            raise Forbidden("csrf", f"a request made with a session needs its {CSRF_HEADER} header "
-                                    "(see GET /api/v1/session)")
+            raise Forbidden(
+                "csrf", f"a request made with a session needs its {CSRF_HEADER} header (see GET /api/v1/session)"
+            )
     if not principal.may(role):
         raise Forbidden("forbidden", f"this needs the role {role} or above; {principal.author} is {principal.role}")
     return principal
@@ -186,8 +201,13 @@ def authorised(ctx: AppContext, role: str, handler: AgentHandler) -> Handler:
     return handle
 
 
-DATABASE_DOWN = (OSError, asyncpg.InterfaceError, asyncpg.QueryCanceledError, asyncpg.CannotConnectNowError,
-                 asyncpg.ConnectionDoesNotExistError)
+DATABASE_DOWN = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.QueryCanceledError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+)
 
 
 async def answering(call: Callable[[], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
@@ -198,8 +218,11 @@ async def answering(call: Callable[[], Awaitable[web.StreamResponse]]) -> web.St
     except RequestError as exc:
         return refusal(exc, cors=False, compact=False)
     except DATABASE_DOWN:
-        return refusal(Unavailable("database_unavailable", "the database did not answer; retry shortly",
-                                   retry_after=10), cors=False, compact=False)
+        return refusal(
+            Unavailable("database_unavailable", "the database did not answer; retry shortly", retry_after=10),
+            cors=False,
+            compact=False,
+        )
 
 
 def public(handler: Handler) -> Handler:
@@ -235,16 +258,24 @@ def agent_routes(app: web.Application, ctx: AppContext) -> None:
             async with writing(ctx.storage.pool, ctx.config.database.statement_timeout_ms) as conn:
                 found = await _login(conn, username, password)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            raise Unavailable("database_unavailable", "the database cannot be reached; retry shortly",
-                              retry_after=10) from None
+            raise Unavailable(
+                "database_unavailable", "the database cannot be reached; retry shortly", retry_after=10
+            ) from None
         if found is None:
             raise Unauthorized("login_failed", "unknown username, wrong password or disabled account")
         agent, session, csrf = found
-        response = json_response({"username": agent.username, "display_name": agent.display_name,
-                                  "role": agent.role, "csrf_token": csrf})
-        response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="Strict", path="/",
-                            max_age=int(SESSION_LIFETIME.total_seconds()),
-                            secure=request.secure)
+        response = json_response(
+            {"username": agent.username, "display_name": agent.display_name, "role": agent.role, "csrf_token": csrf}
+        )
+        response.set_cookie(
+            SESSION_COOKIE,
+            session,
+            httponly=True,
+            samesite="Strict",
+            path="/",
+            max_age=int(SESSION_LIFETIME.total_seconds()),
+            secure=request.secure,
+        )
         return response
 
     async def whoami(_request: web.Request, who: Principal) -> web.Response:

@@ -16,27 +16,27 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.typedefs import Middleware
 
+from feed.config import Config
+from feed.errors import RequestError, Unavailable, printable
 from feed.http.admin import admin_routes
 from feed.http.agentpage import agent_page_routes
 from feed.http.agents import agent_routes
+from feed.http.api import api_routes
 from feed.http.authoring import authoring_routes
 from feed.http.campaigns import campaign_routes
-from feed.http.conditions import condition_routes
-from feed.http.api import api_routes
 from feed.http.changes import changes_routes
+from feed.http.conditions import condition_routes
 from feed.http.context import CONTEXT, AppContext, RouteSetup
-from feed.config import Config
-from feed.errors import RequestError, Unavailable, printable
 from feed.http.errors import json_error, refusal
 from feed.http.feeds import add_feed_routes
-from feed.publish.filters import check_request_text
-from feed.publish.publisher import FeedPublisher
-from feed.logs import ThrottledLog
 from feed.http.metrics import http_middleware, metrics_routes
-from feed.http.security import ADMIN_PREFIX, install_security
-from feed.store.storage import DATABASE_UNAVAILABLE, Storage
 from feed.http.openapi import openapi_routes
 from feed.http.page import web_routes
+from feed.http.security import ADMIN_PREFIX, install_security
+from feed.logs import ThrottledLog
+from feed.publish.filters import check_request_text
+from feed.publish.publisher import FeedPublisher
+from feed.store.storage import DATABASE_UNAVAILABLE, Storage
 
 __all__ = ["ROUTES", "build_app", "feed_routes", "health_routes"]
 
@@ -45,8 +45,6 @@ log = logging.getLogger("roadfeed.http")
 READY_DB_TIMEOUT = 2.0  # seconds /readyz waits for the database
 DATABASE_RETRY_AFTER = 5  # seconds a client is asked to wait while the database is away
 MAX_HEADER_LINE = 8190  # bytes of a request line or header field (the fast path hands longer heads here)
-
-
 
 
 def health_routes(app: web.Application, ctx: AppContext) -> None:
@@ -66,8 +64,7 @@ def health_routes(app: web.Application, ctx: AppContext) -> None:
         pending = ctx.publisher.pending_paths()
         if pending:
             problems.append("feeds")
-        document = {"status": "not_ready" if problems else "ready", "database": database,
-                    "feeds_pending": pending}
+        document = {"status": "not_ready" if problems else "ready", "database": database, "feeds_pending": pending}
         if problems:
             return json_error(503, document, {"Retry-After": str(DATABASE_RETRY_AFTER)})
         return web.json_response(document, headers={"Cache-Control": "no-store"})
@@ -85,8 +82,6 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-
-
 def database_unavailable_middleware(throttled: ThrottledLog) -> Middleware:
     """Any route that needs the database answers a JSON 503 with Retry-After while it
     is away (refused, frozen, restarting), and logs one line every few seconds, not a
@@ -98,12 +93,18 @@ def database_unavailable_middleware(throttled: ThrottledLog) -> Middleware:
             return await handler(request)
         except DATABASE_UNAVAILABLE as exc:
             reason = _reason(exc)
-            throttled.warning("database", f"database unavailable; answering 503 ({request.method} {request.path}: "
-                                          f"{reason})")
-            return _refusal(request, Unavailable("database_unavailable",
-                                                 f"the database is unavailable ({reason}); retry shortly",
-                                                 expected=f"a retry after {DATABASE_RETRY_AFTER} s",
-                                                 retry_after=DATABASE_RETRY_AFTER))
+            throttled.warning(
+                "database", f"database unavailable; answering 503 ({request.method} {request.path}: {reason})"
+            )
+            return _refusal(
+                request,
+                Unavailable(
+                    "database_unavailable",
+                    f"the database is unavailable ({reason}); retry shortly",
+                    expected=f"a retry after {DATABASE_RETRY_AFTER} s",
+                    retry_after=DATABASE_RETRY_AFTER,
+                ),
+            )
 
     return unavailable
 
@@ -148,9 +149,21 @@ def feed_routes(app: web.Application, ctx: AppContext) -> None:
     add_feed_routes(app.router, ctx.publisher, ctx.config.server.feed_max_age)
 
 
-ROUTES: list[RouteSetup] = [health_routes, metrics_routes, feed_routes, changes_routes, web_routes, admin_routes,
-                            agent_routes, authoring_routes, condition_routes, campaign_routes,
-                            agent_page_routes, api_routes, openapi_routes]
+ROUTES: list[RouteSetup] = [
+    health_routes,
+    metrics_routes,
+    feed_routes,
+    changes_routes,
+    web_routes,
+    admin_routes,
+    agent_routes,
+    authoring_routes,
+    condition_routes,
+    campaign_routes,
+    agent_page_routes,
+    api_routes,
+    openapi_routes,
+]
 
 
 def build_app(
@@ -167,14 +180,23 @@ def build_app(
     ctx = AppContext(config, storage, publisher or FeedPublisher(storage, config))
     # Bodies beyond max_request_bytes get 413; request lines and header fields beyond 8190 bytes get 400.
     throttled = ThrottledLog(log)
-    app = web.Application(client_max_size=config.server.max_request_bytes,
-                          handler_args={"max_line_size": MAX_HEADER_LINE, "max_field_size": MAX_HEADER_LINE,
-                                        "logger": RefusalLog(throttled)})
+    app = web.Application(
+        client_max_size=config.server.max_request_bytes,
+        handler_args={
+            "max_line_size": MAX_HEADER_LINE,
+            "max_field_size": MAX_HEADER_LINE,
+            "logger": RefusalLog(throttled),
+        },
+    )
     app[CONTEXT] = ctx
     app.middlewares.append(http_middleware)  # first: /metrics times every answer, refusals included
-    install_security(app, rate_limit_per_minute=config.server.rate_limit_per_minute,
-                     rate_limit_burst=config.server.rate_limit_burst, trusted_proxies=config.server.trusted_proxies,
-                     exempt=config.server.rate_limit_exempt)
+    install_security(
+        app,
+        rate_limit_per_minute=config.server.rate_limit_per_minute,
+        rate_limit_burst=config.server.rate_limit_burst,
+        trusted_proxies=config.server.trusted_proxies,
+        exempt=config.server.rate_limit_exempt,
+    )
     app.middlewares.append(storable_text_middleware)
     app.middlewares.append(database_unavailable_middleware(throttled))
 

@@ -12,21 +12,21 @@ from __future__ import annotations
 import re
 import secrets
 from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
 from typing import TYPE_CHECKING, Any, Literal
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from exporters import datex2_v2, datex2_v3, geojson, waze, wzdx
 from exporters.datex2_v3 import NothingToPublish
-from feed.roads import ROAD_PATTERN, ReferentialError, normalise_road, parse_referential
-from feed.store import markings, roads
 from feed.errors import BadParameter, Conflict, NotFound
 from feed.http.agents import Principal, authorised, json_response, public, read_json
 from feed.http.documents import API
 from feed.http.markings import marking_fields
 from feed.model import EventRecord, EventType, Geometry, Severity, StoredEvent, TimeSlot, public_event_id
+from feed.roads import ROAD_PATTERN, ReferentialError, normalise_road, parse_referential
+from feed.store import markings, roads
 from feed.store.transactions import reading, writing
 
 if TYPE_CHECKING:
@@ -141,8 +141,12 @@ def parse_input(body: dict[str, Any]) -> EventInput:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise BadParameter(where, str(first.get("input", ""))[:200], "see EventInput in /api/v1/openapi.json",
-                           f"{where}: {first['msg']}") from None
+        raise BadParameter(
+            where,
+            str(first.get("input", ""))[:200],
+            "see EventInput in /api/v1/openapi.json",
+            f"{where}: {first['msg']}",
+        ) from None
 
 
 async def event_record(conn: Any, entry: EventInput, external_id: str, now: datetime) -> EventRecord:
@@ -161,27 +165,52 @@ async def event_record(conn: Any, entry: EventInput, external_id: str, now: date
             else:
                 end = (entry.end_at.pr, entry.end_at.abscissa)
                 placed = Geometry.model_validate(await roads.section(conn, road, start, end))
-                refs = {"pr": [{"at": "from", "road": road, "pr": start[0], "abscissa": start[1]},
-                               {"at": "to", "road": road, "pr": end[0], "abscissa": end[1]}]}
+                refs = {
+                    "pr": [
+                        {"at": "from", "road": road, "pr": start[0], "abscissa": start[1]},
+                        {"at": "to", "road": road, "pr": end[0], "abscissa": end[1]},
+                    ]
+                }
         except roads.OffRoad as exc:
-            raise BadParameter("from", f"{road} PR {entry.start_at.pr}", "a PR + abscissa of the referential "
-                               "(see /api/v1/roads/{road}/pr)", str(exc)) from None
+            raise BadParameter(
+                "from",
+                f"{road} PR {entry.start_at.pr}",
+                "a PR + abscissa of the referential (see /api/v1/roads/{road}/pr)",
+                str(exc),
+            ) from None
         geometry = geometry or placed
     begins = entry.start or now
     planned = begins > now
     return EventRecord(
-        external_id=external_id, type=type_, subtype=subtype, status="planned" if planned else "active",
-        severity=entry.severity, planned_start=begins, planned_end=entry.end,
-        actual_start=None if planned else begins, road=road, direction=entry.direction,
-        lanes_affected=(entry.lanes or "").strip() or default_lanes, geometry=geometry,
+        external_id=external_id,
+        type=type_,
+        subtype=subtype,
+        status="planned" if planned else "active",
+        severity=entry.severity,
+        planned_start=begins,
+        planned_end=entry.end,
+        actual_start=None if planned else begins,
+        road=road,
+        direction=entry.direction,
+        lanes_affected=(entry.lanes or "").strip() or default_lanes,
+        geometry=geometry,
         descriptions={k: v.strip() for k, v in entry.description.items() if v.strip()},
-        detour=(entry.detour or "").strip() or None, location_refs=refs, schedule=entry.schedule)
+        detour=(entry.detour or "").strip() or None,
+        location_refs=refs,
+        schedule=entry.schedule,
+    )
 
 
 def _stored(record: EventRecord, version: int, now: datetime, first_seen: datetime | None = None) -> StoredEvent:
-    return StoredEvent(**record.model_dump(), id=public_event_id(markings.AGENTS_SOURCE, record.external_id),
-                       source_id=markings.AGENTS_SOURCE, version=version, first_seen=first_seen or now,
-                       last_seen=now, updated=now)
+    return StoredEvent(
+        **record.model_dump(),
+        id=public_event_id(markings.AGENTS_SOURCE, record.external_id),
+        source_id=markings.AGENTS_SOURCE,
+        version=version,
+        first_seen=first_seen or now,
+        last_seen=now,
+        updated=now,
+    )
 
 
 def consumers_report(event: StoredEvent, ctx: AppContext, now: datetime) -> dict[str, Any]:
@@ -192,20 +221,30 @@ def consumers_report(event: StoredEvent, ctx: AppContext, now: datetime) -> dict
         try:
             document = render([event], publication, now).decode()
             accepted = event.geometry is not None
-            out[name] = {"accepted": accepted, "reason": None if accepted else "DATEX II needs a place",
-                         "document": document}
+            out[name] = {
+                "accepted": accepted,
+                "reason": None if accepted else "DATEX II needs a place",
+                "document": document,
+            }
         except NothingToPublish as exc:
             out[name] = {"accepted": False, "reason": str(exc), "document": None}
     wzdx_reason = wzdx.check_wzdx_rules(event)
-    out["wzdx"] = {"accepted": wzdx_reason is None, "reason": wzdx_reason,
-                   "document": wzdx.render_work_zones([event], publication, now).decode() if wzdx_reason is None
-                   else None}
+    out["wzdx"] = {
+        "accepted": wzdx_reason is None,
+        "reason": wzdx_reason,
+        "document": wzdx.render_work_zones([event], publication, now).decode() if wzdx_reason is None else None,
+    }
     waze_reason = waze.check_waze_rules(event)
-    out["waze"] = {"accepted": waze_reason is None, "reason": waze_reason,
-                   "document": waze.render_cifs_json([event], publication, now).decode() if waze_reason is None
-                   else None}
-    out["geojson"] = {"accepted": True, "reason": None,
-                      "document": geojson.render_events([event], publication, now).decode()}
+    out["waze"] = {
+        "accepted": waze_reason is None,
+        "reason": waze_reason,
+        "document": waze.render_cifs_json([event], publication, now).decode() if waze_reason is None else None,
+    }
+    out["geojson"] = {
+        "accepted": True,
+        "reason": None,
+        "document": geojson.render_events([event], publication, now).decode(),
+    }
     return out
 
 
@@ -216,8 +255,12 @@ def _now() -> datetime:
 def _event_id(request: web.Request) -> str:
     event_id = request.match_info["id"]
     if not event_id.startswith(f"{markings.AGENTS_SOURCE}:") or _CONTROL.search(event_id) or len(event_id) > 300:
-        raise NotFound("id", event_id, "the id of an event agents published (agents:...)",
-                       f"{event_id} is not an agents' event: events of other sources are not edited here")
+        raise NotFound(
+            "id",
+            event_id,
+            "the id of an event agents published (agents:...)",
+            f"{event_id} is not an agents' event: events of other sources are not edited here",
+        )
     return event_id
 
 
@@ -237,8 +280,9 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
         await storage.ensure_source(markings.AGENTS_SOURCE, "agents", "")
         await storage.upsert_events(markings.AGENTS_SOURCE, [record], seen_at=now, author=who.author)
         event = await current(public_event_id(markings.AGENTS_SOURCE, record.external_id))
-        return json_response({"event": event.model_dump(mode="json"), "author": who.author}, 200,
-                             Location=f"{API}/events/{event.id}")
+        return json_response(
+            {"event": event.model_dump(mode="json"), "author": who.author}, 200, Location=f"{API}/events/{event.id}"
+        )
 
     async def preview(request: web.Request, _who: Principal) -> web.Response:
         entry = parse_input(await read_json(request, '{"kind": "works", "road": "RD613", "from": {"pr": 12}}'))
@@ -275,8 +319,9 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
         if old.status == "ended":
             raise Conflict("already_ended", f"{event_id} ended at {old.actual_end}")
         now = _now()
-        record = EventRecord.model_validate({**old.model_dump(include=set(EventRecord.model_fields)),
-                                             "status": "ended", "actual_end": now})
+        record = EventRecord.model_validate(
+            {**old.model_dump(include=set(EventRecord.model_fields)), "status": "ended", "actual_end": now}
+        )
         return await publish(record, who, now)
 
     # road referential ------------------------------------------------------
@@ -290,8 +335,20 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
     async def road_list(_request: web.Request) -> web.Response:
         async with reading(storage.pool, statement_timeout_ms) as conn:
             rows = await roads.road_list(conn)
-        return json_response({"roads": [{"road": r["road"], "name": r["name"], "length_m": round(r["length"], 1),
-                                         "pr_min": r["pr_min"], "pr_max": r["pr_max"]} for r in rows]})
+        return json_response(
+            {
+                "roads": [
+                    {
+                        "road": r["road"],
+                        "name": r["name"],
+                        "length_m": round(r["length"], 1),
+                        "pr_min": r["pr_min"],
+                        "pr_max": r["pr_max"],
+                    }
+                    for r in rows
+                ]
+            }
+        )
 
     async def road_prs(request: web.Request) -> web.Response:
         road = road_of(request)
@@ -319,11 +376,23 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
                 if "lon" in request.query or "lat" in request.query:
                     lon, lat = number(request, "lon", float, -180, 180), number(request, "lat", float, -90, 90)
                     pr, abscissa, offset, side = await roads.locate(conn, road, lon, lat)
-                    return json_response({"road": road, "pr": pr, "abscissa": round(abscissa, 1),
-                                          "offset_m": round(offset, 1), "side": side, "lon": lon, "lat": lat})
+                    return json_response(
+                        {
+                            "road": road,
+                            "pr": pr,
+                            "abscissa": round(abscissa, 1),
+                            "offset_m": round(offset, 1),
+                            "side": side,
+                            "lon": lon,
+                            "lat": lat,
+                        }
+                    )
                 pr = number(request, "pr", int, 0, MAX_PR)
-                abscissa = number(request, "abscissa", float, -MAX_ABSCISSA, MAX_ABSCISSA) \
-                    if "abscissa" in request.query else 0.0
+                abscissa = (
+                    number(request, "abscissa", float, -MAX_ABSCISSA, MAX_ABSCISSA)
+                    if "abscissa" in request.query
+                    else 0.0
+                )
                 side = side_of(request)
                 offset = number(request, "offset", float, 0, MAX_OFFSET) if "offset" in request.query else 0.0
                 if offset and side is None:
@@ -331,8 +400,17 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
                 lon, lat = await roads.point(conn, road, pr, abscissa, side, offset)
             except roads.OffRoad as exc:
                 raise NotFound("road", road, "a position on a road of the referential", str(exc)) from None
-        return json_response({"road": road, "pr": pr, "abscissa": abscissa, "side": side,
-                              "offset_m": offset if side else 0.0, "lon": lon, "lat": lat})
+        return json_response(
+            {
+                "road": road,
+                "pr": pr,
+                "abscissa": abscissa,
+                "side": side,
+                "offset_m": offset if side else 0.0,
+                "lon": lon,
+                "lat": lat,
+            }
+        )
 
     def side_of(request: web.Request) -> roads.Side | None:
         raw = request.query.get("side")
@@ -362,16 +440,25 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
                 line = await roads.section(conn, road, ends[0], ends[1])
             except roads.OffRoad as exc:
                 raise NotFound("road", road, "a section on a road of the referential", str(exc)) from None
-        return json_response({"type": "Feature", "geometry": line,
-                              "properties": {"road": road, "from": request.query["from"], "to": request.query["to"]}})
+        return json_response(
+            {
+                "type": "Feature",
+                "geometry": line,
+                "properties": {"road": road, "from": request.query["from"], "to": request.query["to"]},
+            }
+        )
 
     async def road_import(request: web.Request, _who: Principal) -> web.Response:
         data = await request.read()
         try:
             referential = parse_referential(data, "the uploaded referential")
         except ReferentialError as exc:
-            raise BadParameter("body", data[:200].decode("utf-8", "replace"), "a CSV (road, pr, lon, lat) or "
-                               "GeoJSON of PR points", str(exc)) from None
+            raise BadParameter(
+                "body",
+                data[:200].decode("utf-8", "replace"),
+                "a CSV (road, pr, lon, lat) or GeoJSON of PR points",
+                str(exc),
+            ) from None
         async with writing(storage.pool, statement_timeout_ms) as conn:
             count = await roads.store_referential(conn, referential)
         return json_response({"roads": count, "prs": sum(len(r.prs) for r in referential)}, 201)
@@ -386,8 +473,11 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
 
     async def delete_marking(request: web.Request, who: Principal) -> web.Response:
         raw = request.match_info["id"]
-        row = (await markings.delete_marking(storage, statement_timeout_ms, int(raw), who.author)
-               if DIGITS.match(raw) else None)
+        row = (
+            await markings.delete_marking(storage, statement_timeout_ms, int(raw), who.author)
+            if DIGITS.match(raw)
+            else None
+        )
         if row is None:
             raise NotFound("id", raw, "the id of a marking (see /api/v1/markings)", f"no marking {raw}")
         return json_response({"deleted": markings.marking_json(row)})
@@ -419,9 +509,11 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
 def authoring_paths() -> dict[str, Any]:
     """The routes above for the OpenAPI document."""
     error_ = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    guarded = {"400": {"description": "a field cannot be used", **error_},
-               "401": {"description": "not logged in, or an unknown token", **error_},
-               "403": {"description": "role too low, or a session request without its X-CSRF-Token", **error_}}
+    guarded = {
+        "400": {"description": "a field cannot be used", **error_},
+        "401": {"description": "not logged in, or an unknown token", **error_},
+        "403": {"description": "role too low, or a session request without its X-CSRF-Token", **error_},
+    }
     body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EventInput"}}}}
     ok = {"200": {"description": "the event as stored, with its new version", "content": {"application/json": {}}}}
     security: list[dict[str, list[str]]] = [{"agentSession": []}, {"agentToken": []}]
@@ -431,78 +523,166 @@ def authoring_paths() -> dict[str, Any]:
     def q(name: str, type_: str, required: bool = False, **rules: Any) -> dict[str, Any]:
         return {"name": name, "in": "query", "required": required, "schema": {"type": type_, **rules}}
 
-    json_ok = {"200": {"description": "ok", "content": {"application/json": {}}},
-               "400": {"description": "bad parameter", **error_}, "404": {"description": "unknown", **error_}}
+    json_ok = {
+        "200": {"description": "ok", "content": {"application/json": {}}},
+        "400": {"description": "bad parameter", **error_},
+        "404": {"description": "unknown", **error_},
+    }
     return {
         f"{API}/session": {
-            "post": {"summary": "Log in: sets the session cookie, returns the CSRF token", "operationId": "login",
-                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                         "type": "object", "required": ["username", "password"],
-                         "properties": {"username": {"type": "string"}, "password": {"type": "string"}}}}}},
-                     "responses": {"200": {"description": "logged in", "content": {"application/json": {}}},
-                                   "400": {"description": "the body is not a JSON object with both fields",
-                                           **error_},
-                                   "401": {"description": "refused", **error_}}},
-            "get": {"summary": "Who is logged in, and the session's CSRF token", "operationId": "whoami",
-                    "security": security, "responses": {**ok, **guarded}},
-            "delete": {"summary": "Log out", "operationId": "logout", "security": security,
-                       "responses": {**ok, **guarded}},
+            "post": {
+                "summary": "Log in: sets the session cookie, returns the CSRF token",
+                "operationId": "login",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["username", "password"],
+                                "properties": {"username": {"type": "string"}, "password": {"type": "string"}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {"description": "logged in", "content": {"application/json": {}}},
+                    "400": {"description": "the body is not a JSON object with both fields", **error_},
+                    "401": {"description": "refused", **error_},
+                },
+            },
+            "get": {
+                "summary": "Who is logged in, and the session's CSRF token",
+                "operationId": "whoami",
+                "security": security,
+                "responses": {**ok, **guarded},
+            },
+            "delete": {
+                "summary": "Log out",
+                "operationId": "logout",
+                "security": security,
+                "responses": {**ok, **guarded},
+            },
         },
-        f"{API}/events": {"post": {"summary": "Publish a new event (editor)", "operationId": "createEvent",
-                                   "security": security, "requestBody": body,
-                                   "responses": {"201": ok["200"], **guarded}}},
-        f"{API}/events/preview": {"post": {
-            "summary": "What each consumer (DATEX II v3, v2.3, WZDx, Waze, GeoJSON) would receive, and whether it "
-                       "accepts it; nothing is stored", "operationId": "previewEvent", "security": security,
-            "requestBody": body, "responses": {**ok, **guarded}}},
-        f"{API}/events/{{id}}": {"put": {"summary": "Publish a new version of an agents' event",
-                                         "operationId": "updateEvent", "security": security, "parameters": [pid],
-                                         "requestBody": body, "responses": {**ok, **guarded}}},
-        f"{API}/events/{{id}}/end": {"post": {"summary": "End an agents' event (stays listed as ended)",
-                                              "operationId": "endEvent", "security": security, "parameters": [pid],
-                                              "responses": {**ok, **guarded}}},
+        f"{API}/events": {
+            "post": {
+                "summary": "Publish a new event (editor)",
+                "operationId": "createEvent",
+                "security": security,
+                "requestBody": body,
+                "responses": {"201": ok["200"], **guarded},
+            }
+        },
+        f"{API}/events/preview": {
+            "post": {
+                "summary": "What each consumer (DATEX II v3, v2.3, WZDx, Waze, GeoJSON) would receive, and whether it "
+                "accepts it; nothing is stored",
+                "operationId": "previewEvent",
+                "security": security,
+                "requestBody": body,
+                "responses": {**ok, **guarded},
+            }
+        },
+        f"{API}/events/{{id}}": {
+            "put": {
+                "summary": "Publish a new version of an agents' event",
+                "operationId": "updateEvent",
+                "security": security,
+                "parameters": [pid],
+                "requestBody": body,
+                "responses": {**ok, **guarded},
+            }
+        },
+        f"{API}/events/{{id}}/end": {
+            "post": {
+                "summary": "End an agents' event (stays listed as ended)",
+                "operationId": "endEvent",
+                "security": security,
+                "parameters": [pid],
+                "responses": {**ok, **guarded},
+            }
+        },
         f"{API}/markings": {
-            "get": {"summary": "Markings (a counter faulty, a road closed) with their reason; ?site_id= for one site",
-                    "operationId": "listMarkings", "parameters": [q("site_id", "integer", minimum=0, maximum=2**31 - 1)],
-                    "responses": json_ok},
-            "post": {"summary": "Mark a counter faulty (its intervals leave the aggregates) or a road closed "
-                                "(an event in every feed); editor", "operationId": "addMarking",
-                     "security": security, "requestBody": {"required": True, "content": {"application/json": {
-                         "schema": {"type": "object"}}}},
-                     "responses": {"201": {"description": "the marking, applied"}, **guarded}},
+            "get": {
+                "summary": "Markings (a counter faulty, a road closed) with their reason; ?site_id= for one site",
+                "operationId": "listMarkings",
+                "parameters": [q("site_id", "integer", minimum=0, maximum=2**31 - 1)],
+                "responses": json_ok,
+            },
+            "post": {
+                "summary": "Mark a counter faulty (its intervals leave the aggregates) or a road closed "
+                "(an event in every feed); editor",
+                "operationId": "addMarking",
+                "security": security,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {"201": {"description": "the marking, applied"}, **guarded},
+            },
         },
-        f"{API}/markings/{{id}}": {"delete": {
-            "summary": "Remove a marking and undo its effect (intervals restored, closure ended)",
-            "operationId": "deleteMarking", "security": security, "parameters": [pid],
-            "responses": {**ok, **guarded}}},
+        f"{API}/markings/{{id}}": {
+            "delete": {
+                "summary": "Remove a marking and undo its effect (intervals restored, closure ended)",
+                "operationId": "deleteMarking",
+                "security": security,
+                "parameters": [pid],
+                "responses": {**ok, **guarded},
+            }
+        },
         f"{API}/roads": {
             "get": {"summary": "Roads of the referential", "operationId": "listRoads", "responses": json_ok},
-            "post": {"summary": "Import a referential (CSV road,pr,lon,lat[,name] or GeoJSON points; administrator)",
-                     "operationId": "importRoads", "security": security,
-                     "requestBody": {"required": True, "content": {"text/csv": {}, "application/geo+json": {}}},
-                     "responses": {"201": {"description": "imported"}, **guarded}},
+            "post": {
+                "summary": "Import a referential (CSV road,pr,lon,lat[,name] or GeoJSON points; administrator)",
+                "operationId": "importRoads",
+                "security": security,
+                "requestBody": {"required": True, "content": {"text/csv": {}, "application/geo+json": {}}},
+                "responses": {"201": {"description": "imported"}, **guarded},
+            },
         },
-        f"{API}/roads/site-check": {"get": {
-            "summary": "Counting sites whose PR + abscissa the referential cannot place, or places more than 100 m "
-                       "from their coordinates, with the reason", "operationId": "roadSiteCheck",
-            "responses": json_ok}},
-        f"{API}/roads/{{road}}/pr": {"get": {"summary": "A road's PR with their position along the road",
-                                             "operationId": "roadPrs", "parameters": [road], "responses": json_ok}},
-        f"{API}/roads/{{road}}/locate": {"get": {
-            "summary": "PR + abscissa (+ side and offset) -> point (pr, abscissa, side, offset), or point -> "
-                       "PR + abscissa, distance from the road (offset_m) and side (lon, lat). The side is left or "
-                       "right of the road's direction of increasing PR (null within 1 cm of the road); offset is "
-                       "metres from the road's line, and an offset above 0 needs a side. With lon or lat, both are "
-                       "needed and pr, side and offset are not read; otherwise pr is needed",
-            "operationId": "roadLocate",
-            "parameters": [road, q("pr", "integer", minimum=0, maximum=MAX_PR),
-                           q("abscissa", "number", minimum=-MAX_ABSCISSA, maximum=MAX_ABSCISSA),
-                           q("side", "string", enum=list(roads.SIDES)),
-                           q("offset", "number", minimum=0, maximum=MAX_OFFSET),
-                           q("lon", "number", minimum=-180, maximum=180), q("lat", "number", minimum=-90, maximum=90)],
-            "responses": json_ok}},
-        f"{API}/roads/{{road}}/section": {"get": {
-            "summary": "The line along the road from PR+abscissa to PR+abscissa", "operationId": "roadSection",
-            "parameters": [road, q("from", "string", True, pattern=PR_POSITION_PATTERN),
-                           q("to", "string", True, pattern=PR_POSITION_PATTERN)], "responses": json_ok}},
+        f"{API}/roads/site-check": {
+            "get": {
+                "summary": "Counting sites whose PR + abscissa the referential cannot place, or places more than 100 m "
+                "from their coordinates, with the reason",
+                "operationId": "roadSiteCheck",
+                "responses": json_ok,
+            }
+        },
+        f"{API}/roads/{{road}}/pr": {
+            "get": {
+                "summary": "A road's PR with their position along the road",
+                "operationId": "roadPrs",
+                "parameters": [road],
+                "responses": json_ok,
+            }
+        },
+        f"{API}/roads/{{road}}/locate": {
+            "get": {
+                "summary": "PR + abscissa (+ side and offset) -> point (pr, abscissa, side, offset), or point -> "
+                "PR + abscissa, distance from the road (offset_m) and side (lon, lat). The side is left or "
+                "right of the road's direction of increasing PR (null within 1 cm of the road); offset is "
+                "metres from the road's line, and an offset above 0 needs a side. With lon or lat, both are "
+                "needed and pr, side and offset are not read; otherwise pr is needed",
+                "operationId": "roadLocate",
+                "parameters": [
+                    road,
+                    q("pr", "integer", minimum=0, maximum=MAX_PR),
+                    q("abscissa", "number", minimum=-MAX_ABSCISSA, maximum=MAX_ABSCISSA),
+                    q("side", "string", enum=list(roads.SIDES)),
+                    q("offset", "number", minimum=0, maximum=MAX_OFFSET),
+                    q("lon", "number", minimum=-180, maximum=180),
+                    q("lat", "number", minimum=-90, maximum=90),
+                ],
+                "responses": json_ok,
+            }
+        },
+        f"{API}/roads/{{road}}/section": {
+            "get": {
+                "summary": "The line along the road from PR+abscissa to PR+abscissa",
+                "operationId": "roadSection",
+                "parameters": [
+                    road,
+                    q("from", "string", True, pattern=PR_POSITION_PATTERN),
+                    q("to", "string", True, pattern=PR_POSITION_PATTERN),
+                ],
+                "responses": json_ok,
+            }
+        },
     }

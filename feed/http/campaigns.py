@@ -37,21 +37,20 @@ from aiohttp import BodyPartReader, web
 from pydantic import ValidationError
 
 from collectors import comptage_parse
-from feed.roads import normalise_road
-from feed.store import roads
+from feed.collect.ingest import Plausibility, Sink
+from feed.errors import BadParameter, ParseError
 from feed.http.agents import Principal, authorised, json_response
 from feed.http.documents import API
-from feed.errors import BadParameter, ParseError
-from feed.collect.ingest import Plausibility, Sink
 from feed.model import ChannelRecord, MeasurementRecord, ParsedItem, Quarantined, SiteRecord, VehicleClass
+from feed.roads import normalise_road
+from feed.store import roads
 from feed.store.storage import RunStats
 from feed.store.transactions import reading
 
 if TYPE_CHECKING:
     from feed.http.context import AppContext
 
-__all__ = ["COLUMNS", "Campaign", "campaign_paths", "campaign_routes", "file_kind", "parse_campaign",
-           "parse_comptage"]
+__all__ = ["COLUMNS", "Campaign", "campaign_paths", "campaign_routes", "file_kind", "parse_campaign", "parse_comptage"]
 
 COLUMNS = ("site", "name", "road", "pr", "abscissa", "lon", "lat", "direction", "vehicle_class", "hour", "count")
 REQUIRED = {"site", "direction", "hour", "count"}
@@ -129,37 +128,49 @@ def parse_campaign(data: bytes, tz: ZoneInfo) -> Campaign:
                 raise ValueError(f"{channel_id} at {row.get('hour')} is given twice")
             if site_id not in out.sites:
                 out.sites[site_id] = SiteRecord(
-                    external_id=site_id, name=(row.get("name") or "").strip() or site_id,
+                    external_id=site_id,
+                    name=(row.get("name") or "").strip() or site_id,
                     road=normalise_road(row["road"].strip()) if (row.get("road") or "").strip() else None,
-                    pr=_number(row, "pr", int), abscissa=_number(row, "abscissa", int),
-                    lon=_number(row, "lon", float), lat=_number(row, "lat", float))
+                    pr=_number(row, "pr", int),
+                    abscissa=_number(row, "abscissa", int),
+                    lon=_number(row, "lon", float),
+                    lat=_number(row, "lat", float),
+                )
             if channel_id not in out.channels:
-                out.channels[channel_id] = ChannelRecord(site_external_id=site_id, external_id=channel_id,
-                                                         direction=direction, vehicle_class=vehicle_class,
-                                                         time_step=3600)
-            out.measurements.append(MeasurementRecord(channel_external_id=channel_id, start=start, length=3600,
-                                                      count=count))
+                out.channels[channel_id] = ChannelRecord(
+                    site_external_id=site_id,
+                    external_id=channel_id,
+                    direction=direction,
+                    vehicle_class=vehicle_class,
+                    time_step=3600,
+                )
+            out.measurements.append(
+                MeasurementRecord(channel_external_id=channel_id, start=start, length=3600, count=count)
+            )
             seen.add((channel_id, start))
         except (ValueError, ValidationError) as exc:
             reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-            out.errors.append(Quarantined(reason=reason, excerpt=";".join(v or "" for v in row.values())[:500],
-                                          record_ref=line))
+            out.errors.append(
+                Quarantined(reason=reason, excerpt=";".join(v or "" for v in row.values())[:500], record_ref=line)
+            )
     return out
 
 
 def file_kind(data: bytes) -> str:
-    """"campaign" (the simple CSV), or the Comptage des mobilités kind ("site",
+    """ "campaign" (the simple CSV), or the Comptage des mobilités kind ("site",
     "channel", "measure"), told from the header's column names (pure)."""
     header = data.split(b"\n", 1)[0].decode("utf-8-sig", "replace")
     separator = max((";", ",", "\t"), key=header.count)
     names = {n.strip().strip('"').strip().lower() for n in header.split(separator)}
-    if REQUIRED <= names:
+    if names >= REQUIRED:
         return "campaign"
     for kind in ("measure", "channel", "site"):
         if set(comptage_parse.REQUIRED_COLUMNS[kind]) <= names:
             return kind
-    raise ValueError(f"header {header[:200]!r} is neither a campaign CSV ({';'.join(COLUMNS)}) nor a "
-                     "Comptage des mobilités site, channel or measure file")
+    raise ValueError(
+        f"header {header[:200]!r} is neither a campaign CSV ({';'.join(COLUMNS)}) nor a "
+        "Comptage des mobilités site, channel or measure file"
+    )
 
 
 def parse_comptage(files: dict[str, bytes], tz: ZoneInfo) -> Campaign:
@@ -167,8 +178,10 @@ def parse_comptage(files: dict[str, bytes], tz: ZoneInfo) -> Campaign:
     measure); every bad line becomes an error naming its file kind, line and reason (pure)."""
     missing = {"site", "channel", "measure"} - set(files)
     if missing:
-        raise ValueError(f"a Comptage des mobilités campaign needs its site, channel and measure files in one "
-                         f"upload; missing: {', '.join(sorted(missing))}")
+        raise ValueError(
+            f"a Comptage des mobilités campaign needs its site, channel and measure files in one "
+            f"upload; missing: {', '.join(sorted(missing))}"
+        )
     out = Campaign()
     zone = str(tz)
 
@@ -184,25 +197,36 @@ def parse_comptage(files: dict[str, bytes], tz: ZoneInfo) -> Campaign:
     try:
         for site in add("site", comptage_parse.parse_sites(files["site"], source="site")):
             if site.external_id in out.sites:
-                out.errors.append(Quarantined(reason=f"site {site.external_id} is given twice",
-                                              record_ref=f"site {site.external_id}"))
+                out.errors.append(
+                    Quarantined(reason=f"site {site.external_id} is given twice", record_ref=f"site {site.external_id}")
+                )
             else:
                 out.sites[site.external_id] = site
-        for channel in add("channel", comptage_parse.parse_channels(files["channel"], source="channel",
-                                                                     local_timezone=zone)):
+        for channel in add(
+            "channel", comptage_parse.parse_channels(files["channel"], source="channel", local_timezone=zone)
+        ):
             if channel.external_id in out.channels:
-                out.errors.append(Quarantined(reason=f"channel {channel.external_id} is given twice",
-                                              record_ref=f"channel {channel.external_id}"))
+                out.errors.append(
+                    Quarantined(
+                        reason=f"channel {channel.external_id} is given twice",
+                        record_ref=f"channel {channel.external_id}",
+                    )
+                )
             else:
                 out.channels[channel.external_id] = channel
         steps = {c.external_id: c.time_step for c in out.channels.values()}
         seen: set[tuple[str, datetime]] = set()
-        measures = comptage_parse.parse_measures(files["measure"], source="measure", time_steps=steps,
-                                                 local_timezone=zone)
+        measures = comptage_parse.parse_measures(
+            files["measure"], source="measure", time_steps=steps, local_timezone=zone
+        )
         for m in add("measure", measures):
             if (m.channel_external_id, m.start) in seen:
-                out.errors.append(Quarantined(reason=f"{m.channel_external_id} at {m.start.isoformat()} is "
-                                                     "given twice", record_ref=f"measure {m.channel_external_id}"))
+                out.errors.append(
+                    Quarantined(
+                        reason=f"{m.channel_external_id} at {m.start.isoformat()} is given twice",
+                        record_ref=f"measure {m.channel_external_id}",
+                    )
+                )
             else:
                 seen.add((m.channel_external_id, m.start))
                 out.measurements.append(m)
@@ -221,8 +245,10 @@ async def _read_upload(request: web.Request, tz: ZoneInfo, limit: int) -> tuple[
         data = await request.read()
         kind = file_kind(data) if data.strip() else "campaign"
         if kind != "campaign":
-            raise ValueError(f"a Comptage des mobilités {kind} file alone: send the site, channel and measure "
-                             "files together as the parts of one multipart/form-data upload")
+            raise ValueError(
+                f"a Comptage des mobilités {kind} file alone: send the site, channel and measure "
+                "files together as the parts of one multipart/form-data upload"
+            )
         return parse_campaign(data, tz), len(data)
     files: dict[str, bytes] = {}
     size = 0
@@ -240,8 +266,10 @@ async def _read_upload(request: web.Request, tz: ZoneInfo, limit: int) -> tuple[
         data = b"".join(chunks)  # as sent: a part's Content-Encoding is not undone (no inflating past `limit`)
         kind = file_kind(data)
         if kind == "campaign" or kind in files:
-            raise ValueError(f"part {part.name!r}: a multipart upload takes one site, one channel and one "
-                             f"measure file of the Comptage des mobilités schema (this one is a {kind} file)")
+            raise ValueError(
+                f"part {part.name!r}: a multipart upload takes one site, one channel and one "
+                f"measure file of the Comptage des mobilités schema (this one is a {kind} file)"
+            )
         files[kind] = data
     return parse_comptage(files, tz), size
 
@@ -273,56 +301,99 @@ def campaign_routes(app: web.Application, ctx: AppContext) -> None:
         try:
             campaign, size = await _read_upload(request, tz, ctx.config.server.max_request_bytes)
         except ValueError as exc:
-            raise BadParameter("body", request.content_type, f"a campaign CSV ({';'.join(COLUMNS)}) or the "
-                               "site, channel and measure files of the Comptage des mobilités schema as "
-                               "multipart/form-data", str(exc)) from None
+            raise BadParameter(
+                "body",
+                request.content_type,
+                f"a campaign CSV ({';'.join(COLUMNS)}) or the "
+                "site, channel and measure files of the Comptage des mobilités schema as "
+                "multipart/form-data",
+                str(exc),
+            ) from None
         async with reading(ctx.storage.pool, ctx.config.database.statement_timeout_ms) as conn:
             await _place(conn, campaign)
         errors = [{"line": q.record_ref, "reason": q.reason, "excerpt": q.excerpt} for q in campaign.errors]
-        summary = {"campaign": name, "source": f"campaign-{name}", "sites": len(campaign.sites),
-                   "channels": len(campaign.channels), "counts": len(campaign.measurements),
-                   "errors": errors[:PREVIEW_ERRORS], "error_count": len(errors), "imported": False}
+        summary = {
+            "campaign": name,
+            "source": f"campaign-{name}",
+            "sites": len(campaign.sites),
+            "channels": len(campaign.channels),
+            "counts": len(campaign.measurements),
+            "errors": errors[:PREVIEW_ERRORS],
+            "error_count": len(errors),
+            "imported": False,
+        }
         if dry_run:
             return json_response(summary)
         source = f"campaign-{name}"
         storage = ctx.storage
         await storage.ensure_source(source, "campaign", f"uploaded by {who.author}")
         run_id = await storage.start_run(source)
-        sink = Sink(storage, source, run_id, Plausibility.from_publication(ctx.config.publication),
-                    lambda: datetime.now(UTC))
+        sink = Sink(
+            storage, source, run_id, Plausibility.from_publication(ctx.config.publication), lambda: datetime.now(UTC)
+        )
         await sink.store(campaign.items())
         result = await sink.finish(snapshot=False)
-        await storage.finish_run(run_id, RunStats(bytes=size, counts=result.counts,
-                                                  quarantined=result.quarantined, complete=True))
-        return json_response({**summary, "imported": True, "run_id": run_id, "new": result.counts.new,
-                              "updated": result.counts.updated, "quarantined": result.quarantined,
-                              "uploaded_by": who.author}, 201)
+        await storage.finish_run(
+            run_id, RunStats(bytes=size, counts=result.counts, quarantined=result.quarantined, complete=True)
+        )
+        return json_response(
+            {
+                **summary,
+                "imported": True,
+                "run_id": run_id,
+                "new": result.counts.new,
+                "updated": result.counts.updated,
+                "quarantined": result.quarantined,
+                "uploaded_by": who.author,
+            },
+            201,
+        )
 
     app.router.add_post(f"{API}/campaigns", authorised(ctx, "editor", upload))
 
 
 def campaign_paths() -> dict[str, Any]:
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    return {f"{API}/campaigns": {"post": {
-        "summary": "Upload a counting campaign: a CSV "
-                   "(site;name;road;pr;abscissa;lon;lat;direction;vehicle_class;hour;count), "
-                   "or the site, channel and measure CSVs of the national Comptage des mobilités "
-                   "schema as the parts of one multipart/form-data upload (each part's kind told from its "
-                   "header). dry_run=true previews the errors per line; otherwise imports it as the source "
-                   "campaign-<name>, bad lines quarantined (editor)",
-        "operationId": "uploadCampaign", "security": [{"agentSession": []}, {"agentToken": []}],
-        "parameters": [{"name": "name", "in": "query", "required": True,
-                        "schema": {"type": "string", "pattern": NAME.pattern}},
-                       {"name": "dry_run", "in": "query", "required": False, "schema": {"type": "boolean"}}],
-        "requestBody": {"required": True, "content": {
-            "text/csv": {"schema": {"type": "string"}},
-            "multipart/form-data": {"schema": {"type": "object", "description": "one part per file: the site, "
-                                               "channel and measure files, any part names",
-                                               "additionalProperties": {"type": "string", "format": "binary"}}}}},
-        "responses": {"200": {"description": "the preview", "content": {"application/json": {}}},
-                      "201": {"description": "imported, with the quarantine report",
-                              "content": {"application/json": {}}},
-                      "400": {"description": "the file cannot be read", **error},
-                      "401": {"description": "not logged in", **error},
-                      "403": {"description": "role too low or CSRF token missing", **error}},
-    }}}
+    return {
+        f"{API}/campaigns": {
+            "post": {
+                "summary": "Upload a counting campaign: a CSV "
+                "(site;name;road;pr;abscissa;lon;lat;direction;vehicle_class;hour;count), "
+                "or the site, channel and measure CSVs of the national Comptage des mobilités "
+                "schema as the parts of one multipart/form-data upload (each part's kind told from its "
+                "header). dry_run=true previews the errors per line; otherwise imports it as the source "
+                "campaign-<name>, bad lines quarantined (editor)",
+                "operationId": "uploadCampaign",
+                "security": [{"agentSession": []}, {"agentToken": []}],
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": NAME.pattern},
+                    },
+                    {"name": "dry_run", "in": "query", "required": False, "schema": {"type": "boolean"}},
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "text/csv": {"schema": {"type": "string"}},
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "description": "one part per file: the site, channel and measure files, any part names",
+                                "additionalProperties": {"type": "string", "format": "binary"},
+                            }
+                        },
+                    },
+                },
+                "responses": {
+                    "200": {"description": "the preview", "content": {"application/json": {}}},
+                    "201": {"description": "imported, with the quarantine report", "content": {"application/json": {}}},
+                    "400": {"description": "the file cannot be read", **error},
+                    "401": {"description": "not logged in", **error},
+                    "403": {"description": "role too low or CSRF token missing", **error},
+                },
+            }
+        }
+    }

@@ -55,10 +55,10 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
 from exporters import geojson
+from feed.errors import BadParameter, PublishError
 from feed.http.errors import json_error
 from feed.http.responses import CORS_HEADERS, PREFLIGHT_HEADERS
 from feed.publish.changes import CURSOR_EXPECTED, STREAM_BATCH, ChangeHub, decode_cursor, matches, page
-from feed.errors import BadParameter, PublishError
 from feed.publish.filters import EventFilter, parse_event_filter
 from feed.store.changes import Change, ChangeLog, encode_cursor, iso_ms
 
@@ -92,8 +92,10 @@ _LIMIT = re.compile(r"^[0-9]{1,9}$")
 
 CHANGE_HUB = web.AppKey("change_hub", ChangeHub)
 
-_PREFLIGHT = {**PREFLIGHT_HEADERS,
-              "Access-Control-Allow-Headers": PREFLIGHT_HEADERS["Access-Control-Allow-Headers"] + ", Last-Event-ID"}
+_PREFLIGHT = {
+    **PREFLIGHT_HEADERS,
+    "Access-Control-Allow-Headers": PREFLIGHT_HEADERS["Access-Control-Allow-Headers"] + ", Last-Event-ID",
+}
 
 
 def _one(query: MultiMapping[str], name: str, expected: str) -> str | None:
@@ -106,12 +108,19 @@ def _one(query: MultiMapping[str], name: str, expected: str) -> str | None:
 def _filter(query: MultiMapping[str]) -> EventFilter:
     parsed = parse_event_filter(query)
     if parsed.statuses is not None:
-        raise BadParameter("status", ",".join(query.getall("status")), "bbox and type only",
-                           "status cannot filter changes (an event would vanish when it ends); "
-                           "read the event's status in each change")
+        raise BadParameter(
+            "status",
+            ",".join(query.getall("status")),
+            "bbox and type only",
+            "status cannot filter changes (an event would vanish when it ends); read the event's status in each change",
+        )
     if parsed.geometry_types is not None:
-        raise BadParameter("geometry_type", ",".join(query.getall("geometry_type")), "bbox and type only",
-                           "geometry_type cannot filter changes; read the geometry of each change")
+        raise BadParameter(
+            "geometry_type",
+            ",".join(query.getall("geometry_type")),
+            "bbox and type only",
+            "geometry_type cannot filter changes; read the geometry of each change",
+        )
     return parsed
 
 
@@ -119,14 +128,19 @@ async def _check_not_ahead(log_: ChangeLog, since: int, parameter: str) -> None:
     """A cursor beyond every stored change is not ours (another database, a restored backup)."""
     if since and since > await log_.latest():
         text = encode_cursor(since)
-        raise BadParameter(parameter, text, CURSOR_EXPECTED,
-                           f"{parameter} {text!r} is ahead of this feed's latest change; start again without it")
+        raise BadParameter(
+            parameter,
+            text,
+            CURSOR_EXPECTED,
+            f"{parameter} {text!r} is ahead of this feed's latest change; start again without it",
+        )
 
 
 def _unavailable(exc: BaseException) -> web.Response:
     log.warning("cannot read event changes: %s", exc)
-    return json_error(503, {"error": "database_unavailable", "detail": f"{type(exc).__name__}: {exc}"},
-                      {"Retry-After": "5"})
+    return json_error(
+        503, {"error": "database_unavailable", "detail": f"{type(exc).__name__}: {exc}"}, {"Retry-After": "5"}
+    )
 
 
 _DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
@@ -153,13 +167,22 @@ async def changes_handler(request: web.Request, log_: ChangeLog) -> web.Response
         return json_error(400, exc.as_json())
     except _DATABASE_ERRORS as exc:
         return _unavailable(exc)
-    body = b"".join((
-        b'{"changes":[', b",".join(c.data for c in changes), b'],"next_cursor":',
-        geojson.dumps(encode_cursor(next_cursor)), b',"more":', b"true" if more else b"false",
-        b',"publication_time":', geojson.dumps(iso_ms(datetime.now(UTC))), b"}",
-    ))
-    headers = CIMultiDict({**CORS_HEADERS, "Cache-Control": "no-cache", "Content-Type": "application/json",
-                           "Vary": "Accept-Encoding"})
+    body = b"".join(
+        (
+            b'{"changes":[',
+            b",".join(c.data for c in changes),
+            b'],"next_cursor":',
+            geojson.dumps(encode_cursor(next_cursor)),
+            b',"more":',
+            b"true" if more else b"false",
+            b',"publication_time":',
+            geojson.dumps(iso_ms(datetime.now(UTC))),
+            b"}",
+        )
+    )
+    headers = CIMultiDict(
+        {**CORS_HEADERS, "Cache-Control": "no-cache", "Content-Type": "application/json", "Vary": "Accept-Encoding"}
+    )
     response = web.Response(body=body, headers=headers)
     if len(body) > 1024:
         response.enable_compression()  # gzip or deflate when the client accepts it
@@ -185,8 +208,9 @@ async def stream_handler(request: web.Request, hub: ChangeHub) -> web.StreamResp
         return _unavailable(exc)
 
     sub = hub.subscribe(request.transport)
-    response = web.StreamResponse(headers={**CORS_HEADERS, "Content-Type": EVENT_STREAM,
-                                           "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response = web.StreamResponse(
+        headers={**CORS_HEADERS, "Content-Type": EVENT_STREAM, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
     response.force_close()
 
     async def send(chunk: bytes) -> None:

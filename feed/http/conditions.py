@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from feed.errors import BadParameter
+from feed.http.agents import Principal, authorised, json_response, public, read_json
+from feed.http.authoring import Position
+from feed.http.documents import API
+from feed.model import EventRecord, Geometry, Severity
 from feed.roads import ROAD_PATTERN, normalise_road
 from feed.store import roads
-from feed.http.agents import Principal, authorised, json_response, public, read_json
-from feed.http.documents import API
-from feed.http.authoring import Position
-from feed.errors import BadParameter
-from feed.store.markings import AGENTS_SOURCE
-from feed.model import EventRecord, Geometry, Severity
 from feed.store.conditions import condition_events
+from feed.store.markings import AGENTS_SOURCE
 from feed.store.transactions import reading
 
 if TYPE_CHECKING:
@@ -69,27 +69,42 @@ class ConditionInput(BaseModel):
 
 
 def section_id(c: ConditionInput) -> str:
-    return (f"{PREFIX}{c.road}-{c.start_at.pr}+{c.start_at.abscissa:g}"
-            f"-{c.end_at.pr}+{c.end_at.abscissa:g}")
+    return f"{PREFIX}{c.road}-{c.start_at.pr}+{c.start_at.abscissa:g}-{c.end_at.pr}+{c.end_at.abscissa:g}"
 
 
-def condition_record(c: ConditionInput, line: dict[str, Any], now: datetime, previous: EventRecord | None
-                     ) -> EventRecord:
+def condition_record(
+    c: ConditionInput, line: dict[str, Any], now: datetime, previous: EventRecord | None
+) -> EventRecord:
     """The event that publishes a section's state (C1 ends the previous one)."""
     severity, french, english = LEVELS[c.level]
     impassable = c.level == "C4"
-    texts = {"fr": f"{c.road} : {c.level}, {french}" + (f". {c.comment}" if c.comment else ""),
-             "en": f"{c.road}: {c.level}, {english}"}
+    texts = {
+        "fr": f"{c.road} : {c.level}, {french}" + (f". {c.comment}" if c.comment else ""),
+        "en": f"{c.road}: {c.level}, {english}",
+    }
     started = previous.actual_start if previous is not None and previous.status != "ended" else now
     return EventRecord(
-        external_id=section_id(c), type="closure" if impassable else "weather",
-        subtype=None if impassable else c.surface, status="ended" if c.level == "C1" else "active",
-        severity=severity, planned_start=started, actual_start=started,
-        actual_end=now if c.level == "C1" else None, road=c.road, direction="both",
-        lanes_affected="all" if impassable else None, geometry=Geometry.model_validate(line), descriptions=texts,
-        location_refs={"winter_level": c.level,
-                       "pr": [{"at": "from", "road": c.road, "pr": c.start_at.pr, "abscissa": c.start_at.abscissa},
-                              {"at": "to", "road": c.road, "pr": c.end_at.pr, "abscissa": c.end_at.abscissa}]})
+        external_id=section_id(c),
+        type="closure" if impassable else "weather",
+        subtype=None if impassable else c.surface,
+        status="ended" if c.level == "C1" else "active",
+        severity=severity,
+        planned_start=started,
+        actual_start=started,
+        actual_end=now if c.level == "C1" else None,
+        road=c.road,
+        direction="both",
+        lanes_affected="all" if impassable else None,
+        geometry=Geometry.model_validate(line),
+        descriptions=texts,
+        location_refs={
+            "winter_level": c.level,
+            "pr": [
+                {"at": "from", "road": c.road, "pr": c.start_at.pr, "abscissa": c.start_at.abscissa},
+                {"at": "to", "road": c.road, "pr": c.end_at.pr, "abscissa": c.end_at.abscissa},
+            ],
+        },
+    )
 
 
 def condition_routes(app: web.Application, ctx: AppContext) -> None:
@@ -103,15 +118,24 @@ def condition_routes(app: web.Application, ctx: AppContext) -> None:
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise BadParameter(where, str(first.get("input", ""))[:200], "see ConditionInput in the OpenAPI "
-                               "document", f"{where}: {first['msg']}") from None
+            raise BadParameter(
+                where,
+                str(first.get("input", ""))[:200],
+                "see ConditionInput in the OpenAPI document",
+                f"{where}: {first['msg']}",
+            ) from None
         async with reading(storage.pool, statement_timeout_ms) as conn:
             try:
-                line = await roads.section(conn, entry.road, (entry.start_at.pr, entry.start_at.abscissa),
-                                           (entry.end_at.pr, entry.end_at.abscissa))
+                line = await roads.section(
+                    conn,
+                    entry.road,
+                    (entry.start_at.pr, entry.start_at.abscissa),
+                    (entry.end_at.pr, entry.end_at.abscissa),
+                )
             except roads.OffRoad as exc:
-                raise BadParameter("from", f"{entry.road} PR {entry.start_at.pr}", "a section of a road of the "
-                                   "referential", str(exc)) from None
+                raise BadParameter(
+                    "from", f"{entry.road} PR {entry.start_at.pr}", "a section of a road of the referential", str(exc)
+                ) from None
         versions = await storage.event_versions(f"{AGENTS_SOURCE}:{section_id(entry)}")
         previous = versions[-1] if versions else None
         if previous is None and entry.level == "C1":
@@ -121,15 +145,26 @@ def condition_routes(app: web.Application, ctx: AppContext) -> None:
         await storage.ensure_source(AGENTS_SOURCE, "agents", "")
         await storage.upsert_events(AGENTS_SOURCE, [record], seen_at=now, author=who.author)
         event = (await storage.event_versions(f"{AGENTS_SOURCE}:{record.external_id}"))[-1]
-        return json_response({"section": section_id(entry), "level": entry.level,
-                              "event": event.model_dump(mode="json")})
+        return json_response(
+            {"section": section_id(entry), "level": entry.level, "event": event.model_dump(mode="json")}
+        )
 
     async def network(_request: web.Request) -> web.Response:
         async with reading(storage.pool, statement_timeout_ms) as conn:
             rows = await condition_events(conn, AGENTS_SOURCE, PREFIX)
-        features = [{"type": "Feature", "id": r["id"], "geometry": r["geometry"],
-                     "properties": {"road": r["road"], "level": "C1" if r["status"] == "ended" else r["level"],
-                                    "updated": r["updated"].astimezone(UTC).isoformat()}} for r in rows]
+        features = [
+            {
+                "type": "Feature",
+                "id": r["id"],
+                "geometry": r["geometry"],
+                "properties": {
+                    "road": r["road"],
+                    "level": "C1" if r["status"] == "ended" else r["level"],
+                    "updated": r["updated"].astimezone(UTC).isoformat(),
+                },
+            }
+            for r in rows
+        ]
         return json_response({"type": "FeatureCollection", "features": features})
 
     app.router.add_post(f"{API}/road-conditions", authorised(ctx, "editor", set_condition))
@@ -138,16 +173,27 @@ def condition_routes(app: web.Application, ctx: AppContext) -> None:
 
 def condition_paths() -> dict[str, Any]:
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    return {f"{API}/road-conditions": {
-        "get": {"summary": "Every section's winter state (C1-C4) as GeoJSON: the coloured network",
+    return {
+        f"{API}/road-conditions": {
+            "get": {
+                "summary": "Every section's winter state (C1-C4) as GeoJSON: the coloured network",
                 "operationId": "roadConditions",
-                "responses": {"200": {"description": "FeatureCollection", "content": {"application/json": {}}}}},
-        "post": {"summary": "Set a section's state (road + PR from/to, C1 normal ... C4 impassable); editor",
-                 "operationId": "setRoadCondition", "security": [{"agentSession": []}, {"agentToken": []}],
-                 "requestBody": {"required": True, "content": {"application/json": {
-                     "schema": {"$ref": "#/components/schemas/ConditionInput"}}}},
-                 "responses": {"200": {"description": "the section's event", "content": {"application/json": {}}},
-                               "400": {"description": "a field cannot be used", **error},
-                               "401": {"description": "not logged in", **error},
-                               "403": {"description": "role too low or CSRF token missing", **error}}},
-    }}
+                "responses": {"200": {"description": "FeatureCollection", "content": {"application/json": {}}}},
+            },
+            "post": {
+                "summary": "Set a section's state (road + PR from/to, C1 normal ... C4 impassable); editor",
+                "operationId": "setRoadCondition",
+                "security": [{"agentSession": []}, {"agentToken": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ConditionInput"}}},
+                },
+                "responses": {
+                    "200": {"description": "the section's event", "content": {"application/json": {}}},
+                    "400": {"description": "a field cannot be used", **error},
+                    "401": {"description": "not logged in", **error},
+                    "403": {"description": "role too low or CSRF token missing", **error},
+                },
+            },
+        }
+    }

@@ -38,20 +38,20 @@ LIVE_CACHE = "no-cache"
 COUNT_FIELDS = ("period", "count", "coverage", "estimated_share", "speed", "invalid", "invalid_reasons")
 ANNUAL_METHOD = {
     "tmja": "TMJA (trafic moyen journalier annuel): the site's total, both directions, summed over the valid "
-            "days / the number of valid days, vehicles/day",
+    "days / the number of valid days, vehicles/day",
     "tmjo": "TMJO (jours ouvrés): the same over valid days Monday to Friday, public holidays left out",
     "heavy_share": "heavy vehicles / all vehicles over the valid days where heavy vehicles are counted",
     "mean_speed": "count-weighted mean speed over the valid days, km/h",
     "days_valid": "local days whose coverage, over every channel the site is expected to have that day, reaches "
-                  "the threshold",
+    "the threshold",
     "days_excluded": "the other days of the year already lived: below the threshold or without data",
     "mean_coverage": "mean daily coverage over the days with data",
 }
 # With every series and in the data dictionary: what validation does, each reason in English and French.
 VALIDATION_METHOD = {
     "validation": "every observed interval is tested against its channel's own history and its neighbours; "
-                  "a rejected interval keeps its raw value, is not present (so it lowers coverage and is left "
-                  "out of every sum) and is counted per reason in `invalid`",
+    "a rejected interval keeps its raw value, is not present (so it lowers coverage and is left "
+    "out of every sum) and is counted per reason in `invalid`",
     "invalid_reasons": validation.REASONS,
 }
 
@@ -77,19 +77,17 @@ def method_document(config: Config, **extra: Any) -> dict[str, Any]:
         "coverage_threshold": p.coverage_threshold,
         "aggregation_version": history.AGGREGATION_VERSION,
         "coverage": "intervals present / intervals expected",
-        "present": "an interval with a count whose quality is observed or estimated and that validation "
-                   "did not reject",
-
+        "present": "an interval with a count whose quality is observed or estimated and that validation did not reject",
         "expected": "the intervals each channel's time step implies for the period in the local calendar "
-                    "(a local day lasts 23 to 25 hours on DST changes)",
+        "(a local day lasts 23 to 25 hours on DST changes)",
         "estimated_share": "estimated intervals / present intervals (null when none is present)",
         "count": "vehicles counted in the intervals present; null when no interval is present",
         "speed": "mean of the intervals' mean speeds weighted by their counts, km/h, rounded to 0.1",
         "site_total": "a site's all-vehicle channels when it has some, otherwise light + heavy; "
-                      "all directions unless one is asked",
+        "all directions unless one is asked",
         "timezone": p.timezone,
         "v85": "not computed: only each interval's mean speed is stored, and a percentile of individual "
-               "vehicle speeds cannot be derived from means",
+        "vehicle speeds cannot be derived from means",
         **extra,
     }
 
@@ -108,14 +106,34 @@ def annual_method(config: Config) -> dict[str, str]:
 
 def site_json(site: Site, tz: ZoneInfo) -> dict[str, Any]:
     return {
-        "id": site.id, "external_id": site.external_id, "source": site.source, "name": site.name,
-        "road": site.road, "pr": site.pr, "abscissa": site.abscissa, "insee": site.insee, "commune": site.commune,
-        "lon": site.lon, "lat": site.lat, "directions": site.directions, "direction_names": site.direction_names,
+        "id": site.id,
+        "external_id": site.external_id,
+        "source": site.source,
+        "name": site.name,
+        "road": site.road,
+        "pr": site.pr,
+        "abscissa": site.abscissa,
+        "insee": site.insee,
+        "commune": site.commune,
+        "lon": site.lon,
+        "lat": site.lat,
+        "directions": site.directions,
+        "direction_names": site.direction_names,
         "vehicle_classes": site.vehicle_classes,
-        "channels": [{"id": c.id, "external_id": c.external_id, "direction": c.direction,
-                      "direction_name": c.direction_name, "lane": c.lane,
-                      "vehicle_class": c.vehicle_class, "time_step": c.time_step} for c in site.channels],
-        "first_data": iso(site.first_data, tz), "last_data": iso(site.last_data, tz),
+        "channels": [
+            {
+                "id": c.id,
+                "external_id": c.external_id,
+                "direction": c.direction,
+                "direction_name": c.direction_name,
+                "lane": c.lane,
+                "vehicle_class": c.vehicle_class,
+                "time_step": c.time_step,
+            }
+            for c in site.channels
+        ],
+        "first_data": iso(site.first_data, tz),
+        "last_data": iso(site.last_data, tz),
     }
 
 
@@ -173,12 +191,25 @@ def _csv_cell(value: Any) -> str:
 # columns with numbers as numbers.
 DIALECTS = ("standard", "fr")
 FR_HEADERS = {
-    "period": "période", "period_utc": "période_utc", "count": "comptage", "coverage": "couverture",
+    "period": "période",
+    "period_utc": "période_utc",
+    "count": "comptage",
+    "coverage": "couverture",
     "estimated_share": "part_estimée",
-    "speed": "vitesse_moyenne_kmh", "invalid": "intervalles_rejetés", "invalid_reasons": "motifs_de_rejet",
-    "site_id": "id_site", "external_id": "id_externe", "name": "nom", "road": "route", "tmja": "TMJA",
-    "tmjo": "TMJO", "heavy_share": "part_poids_lourds", "mean_speed": "vitesse_moyenne_kmh",
-    "days_valid": "jours_valides", "days_excluded": "jours_exclus", "mean_coverage": "couverture_moyenne",
+    "speed": "vitesse_moyenne_kmh",
+    "invalid": "intervalles_rejetés",
+    "invalid_reasons": "motifs_de_rejet",
+    "site_id": "id_site",
+    "external_id": "id_externe",
+    "name": "nom",
+    "road": "route",
+    "tmja": "TMJA",
+    "tmjo": "TMJO",
+    "heavy_share": "part_poids_lourds",
+    "mean_speed": "vitesse_moyenne_kmh",
+    "days_valid": "jours_valides",
+    "days_excluded": "jours_exclus",
+    "mean_coverage": "couverture_moyenne",
 }
 
 
@@ -223,8 +254,10 @@ def counts_csv(points: Sequence[history.Point], rows: Sequence[dict[str, Any]], 
     if step != "hour":
         return csv_bytes(COUNT_FIELDS, [[r[k] for k in COUNT_FIELDS] for r in rows], dialect)
     header = ("period", "period_utc", *COUNT_FIELDS[1:])
-    lines = [[r["period"], utc_text(p.period), *(r[k] for k in COUNT_FIELDS[1:])]  # type: ignore[arg-type]
-             for p, r in zip(points, rows, strict=True)]
+    lines = [
+        [r["period"], utc_text(p.period), *(r[k] for k in COUNT_FIELDS[1:])]  # type: ignore[arg-type]
+        for p, r in zip(points, rows, strict=True)
+    ]
     return csv_bytes(header, lines, dialect)
 
 

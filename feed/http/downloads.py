@@ -62,12 +62,21 @@ class Downloads:
     async def index(self, request: web.Request) -> web.StreamResponse:
         async with reading(self.pool, self.statement_timeout_ms) as conn:
             years = await history.data_years(conn, self.config.publication.timezone)
-        return respond_json(request, api_document(self.config, {
-            "years": [{"year": y, "files": {name: f"{API}/downloads/{y}/{name}" for name in downloads.file_names()}}
-                      for y in years],
-            "dictionary": f"{API}/downloads/{downloads.DICTIONARY}",
-            "publisher": self.config.publication.publisher,
-        }), cache_control=LIVE_CACHE)
+        return respond_json(
+            request,
+            api_document(
+                self.config,
+                {
+                    "years": [
+                        {"year": y, "files": {name: f"{API}/downloads/{y}/{name}" for name in downloads.file_names()}}
+                        for y in years
+                    ],
+                    "dictionary": f"{API}/downloads/{downloads.DICTIONARY}",
+                    "publisher": self.config.publication.publisher,
+                },
+            ),
+            cache_control=LIVE_CACHE,
+        )
 
     def _dictionary(self) -> dict[str, Any]:
         extra = {**VALIDATION_METHOD, **annual_method(self.config)}
@@ -98,15 +107,17 @@ class Downloads:
         finally:
             self.download_slots.release()
 
-    async def _download(self, request: web.Request, year: int, table: downloads.Table,
-                        fmt: downloads.Format) -> web.StreamResponse:
+    async def _download(
+        self, request: web.Request, year: int, table: downloads.Table, fmt: downloads.Format
+    ) -> web.StreamResponse:
         timezone = self.config.publication.timezone
         async with reading(self.pool, self.statement_timeout_ms, bulk_timezone=timezone) as conn:
             if year not in await history.data_years(conn, timezone):
                 raise NotFound("year", str(year), "a year listed by /api/v1/downloads", f"no data for {year}")
             data = await downloads.year_data(conn, year, timezone, table)
-            tag = downloads.etag_tag(data, table, fmt, self.config.database.retention_days,
-                                     datetime.now(self.tz).date())
+            tag = downloads.etag_tag(
+                data, table, fmt, self.config.database.retention_days, datetime.now(self.tz).date()
+            )
             coding = "identity"
             if fmt == "csv":
                 coding = negotiate_encoding(request.headers.get("Accept-Encoding"), ("gzip",))
@@ -135,8 +146,14 @@ class Downloads:
         await response.write_eof()
         return response
 
-    async def _stream(self, conn: asyncpg.Connection, data: downloads.YearData, table: downloads.Table,
-                      fmt: downloads.Format, response: web.StreamResponse) -> None:
+    async def _stream(
+        self,
+        conn: asyncpg.Connection,
+        data: downloads.YearData,
+        table: downloads.Table,
+        fmt: downloads.Format,
+        response: web.StreamResponse,
+    ) -> None:
         year = data.year
         if fmt == "csv":
             await downloads.stream_csv(conn, data, table, response.write)
@@ -144,7 +161,8 @@ class Downloads:
             metadata = {
                 "licence": self.config.publication.licence,
                 "licence_url": self.config.publication.licence_url,
-                "publisher": self.config.publication.publisher, "year": str(year),
+                "publisher": self.config.publication.publisher,
+                "year": str(year),
                 "aggregation_version": history.AGGREGATION_VERSION,
                 "format_version": downloads.FORMAT_VERSION,
                 "dictionary": f"{API}/downloads/{downloads.DICTIONARY}",

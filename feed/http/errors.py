@@ -55,21 +55,29 @@ def status_of(error: RequestError) -> int:
     raise LookupError(f"no HTTP status for {type(error).__name__}: add it to feed.http.errors.STATUS")
 
 
-def json_error(status: int, document: Mapping[str, Any], headers: Mapping[str, str] | None = None, *,
-               cors: bool = True, compact: bool = True) -> web.Response:
+def json_error(
+    status: int,
+    document: Mapping[str, Any],
+    headers: Mapping[str, str] | None = None,
+    *,
+    cors: bool = True,
+    compact: bool = True,
+) -> web.Response:
     """A JSON error response: `document` as the body, never cached, with CORS when `cors`,
     then `headers` (e.g. Retry-After)."""
     if compact:
         body = geojson.dumps(document)
     else:
         body = json.dumps(document, ensure_ascii=False, default=str).encode()
-    head = CIMultiDict({**(CORS_HEADERS if cors else {}), "Cache-Control": "no-store", "Content-Type": JSON,
-                        **(headers or {})})
+    head = CIMultiDict(
+        {**(CORS_HEADERS if cors else {}), "Cache-Control": "no-store", "Content-Type": JSON, **(headers or {})}
+    )
     return web.Response(status=status, body=body, headers=head)
 
 
-def refusal(error: RequestError, headers: Mapping[str, str] | None = None, *, cors: bool = True,
-            compact: bool = True) -> web.Response:
+def refusal(
+    error: RequestError, headers: Mapping[str, str] | None = None, *, cors: bool = True, compact: bool = True
+) -> web.Response:
     """The response to a refused request: its status, its document, `headers`, and those
     the error asks for (Retry-After, a Bearer challenge)."""
     headers = dict(headers or {})

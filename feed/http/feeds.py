@@ -15,10 +15,10 @@ from typing import Any
 
 from aiohttp import web
 
+from feed.errors import BadParameter
 from feed.http.errors import json_error
 from feed.http.responses import PREFLIGHT_HEADERS, serve
 from feed.publish.catalogue import EVENTS_GEOJSON, STATUS_PATH
-from feed.errors import BadParameter
 from feed.publish.filters import parse_event_filter
 from feed.publish.publisher import FeedPublisher, FeedState
 
@@ -32,8 +32,9 @@ def feed_cache_control(path: str, max_age: int) -> str:
 
 def _unavailable(path: str, state: FeedState) -> web.Response:
     if state.empty is not None:
-        return json_error(503, {"error": "nothing_to_publish", "path": path, "detail": state.empty},
-                          {"Retry-After": "60"})
+        return json_error(
+            503, {"error": "nothing_to_publish", "path": path, "detail": state.empty}, {"Retry-After": "60"}
+        )
     detail = "the first rendering of this feed is not finished yet"
     if state.error:
         detail = f"this feed could not be rendered: {state.error}"

@@ -59,7 +59,9 @@ def marking_fields(body: dict[str, Any], tz: ZoneInfo) -> MarkingFields:
     allowed = {"kind", "road", "site_id", "from", "to", "comment", "pr_from", "pr_to"}
     for key in body:
         if key not in allowed:
-            raise bad_parameter(key, body[key], f"only the fields {', '.join(sorted(allowed))}", f"unknown field {key!r}")
+            raise bad_parameter(
+                key, body[key], f"only the fields {', '.join(sorted(allowed))}", f"unknown field {key!r}"
+            )
     kind = body.get("kind")
     if kind not in MARKING_KINDS:
         raise bad_parameter("kind", kind, f"one of: {', '.join(MARKING_KINDS)}", f"unknown kind {kind!r}")
@@ -67,20 +69,32 @@ def marking_fields(body: dict[str, Any], tz: ZoneInfo) -> MarkingFields:
     if kind == "road_closed":
         road = body.get("road")
         if not isinstance(road, str) or not ROAD.match(road.strip()):
-            raise bad_parameter("road", road, "a road reference such as RD613 (letters, digits, space . _ / -; "
-                       "at most 64)", "road is missing or not a road reference")
+            raise bad_parameter(
+                "road",
+                road,
+                "a road reference such as RD613 (letters, digits, space . _ / -; at most 64)",
+                "road is missing or not a road reference",
+            )
         road = road.strip()
         if "site_id" in body:
             raise bad_parameter("site_id", body["site_id"], "no site_id with road_closed", "give road, not site_id")
     else:
         site_id = body.get("site_id")
         if isinstance(site_id, bool) or not isinstance(site_id, int) or not 0 < site_id < 2**31:
-            raise bad_parameter("site_id", site_id, "the id of a site (an integer, see /api/v1/sites)",
-                       "site_id is missing or not a site id")
+            raise bad_parameter(
+                "site_id",
+                site_id,
+                "the id of a site (an integer, see /api/v1/sites)",
+                "site_id is missing or not a site id",
+            )
     pr_from, pr_to = _pr(body, "pr_from"), _pr(body, "pr_to")
     if (pr_from is None) != (pr_to is None) or (pr_from is not None and kind != "road_closed"):
-        raise bad_parameter("pr_from", body.get("pr_from"), "pr_from and pr_to together, with road_closed",
-                   "give both pr_from and pr_to (or neither: the whole road)")
+        raise bad_parameter(
+            "pr_from",
+            body.get("pr_from"),
+            "pr_from and pr_to together, with road_closed",
+            "give both pr_from and pr_to (or neither: the whole road)",
+        )
     start = _instant(body, "from", tz, required=True)
     end = _instant(body, "to", tz, required=False)
     assert start is not None

@@ -21,8 +21,9 @@ def status_class(status: int) -> str:
 
 
 @web.middleware
-async def http_middleware(request: web.Request,
-                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+async def http_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     """Latency of every aiohttp request, by route template ("unmatched" for 404s, so paths stay bounded)."""
     t0 = time.perf_counter()
     gauge = REGISTRY.http_in_flight
@@ -38,8 +39,11 @@ async def http_middleware(request: web.Request,
     finally:
         gauge.values[()] -= 1
         info = request.match_info
-        route = info.route.resource.canonical if info.route.resource is not None and info.http_exception is None \
+        route = (
+            info.route.resource.canonical
+            if info.route.resource is not None and info.http_exception is None
             else "unmatched"
+        )
         REGISTRY.http.child(route, status_class(status), "app").observe(time.perf_counter() - t0)
 
 

@@ -120,17 +120,19 @@ def content_security_policy(tile_url: str | None) -> str:
         if parts.scheme in ("http", "https") and parts.netloc:
             host = parts.netloc if "{s}" not in tile_url else "*." + parts.netloc.split(".", 1)[-1]
             images += f" {parts.scheme}://{host}"
-    return "; ".join([
-        "default-src 'self'",
-        f"img-src {images}",
-        "style-src 'self'",
-        "script-src 'self'",
-        "connect-src 'self'",
-        "object-src 'none'",
-        "base-uri 'none'",
-        "form-action 'self'",
-        "frame-ancestors 'self'",
-    ])
+    return "; ".join(
+        [
+            "default-src 'self'",
+            f"img-src {images}",
+            "style-src 'self'",
+            "script-src 'self'",
+            "connect-src 'self'",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'self'",
+        ]
+    )
 
 
 def make_web_routes(
@@ -162,8 +164,12 @@ def make_web_routes(
             built = assets()
             if built is None:
                 log.warning("web page requested but not built in %s (run scripts/build-web)", directory)
-                return web.Response(status=503, text=NOT_BUILT, content_type="text/html",
-                                    headers={"Cache-Control": "no-store", "Retry-After": "60"})
+                return web.Response(
+                    status=503,
+                    text=NOT_BUILT,
+                    content_type="text/html",
+                    headers={"Cache-Control": "no-store", "Retry-After": "60"},
+                )
             asked = request.query.get("lang", "")
             lang = asked if asked in LANGUAGES else LANGUAGES[0]
             body = render_index(built.index, lang, page_config(ctx.config, lang, tile_url, tile_attribution))
@@ -183,8 +189,12 @@ def make_web_routes(
             return response
 
         async def outline_handler(request: web.Request) -> web.Response:
-            headers = {"Cache-Control": OUTLINE_CACHE, "ETag": outline_etag, "Vary": "Accept-Encoding",
-                       "X-Content-Type-Options": "nosniff"}
+            headers = {
+                "Cache-Control": OUTLINE_CACHE,
+                "ETag": outline_etag,
+                "Vary": "Accept-Encoding",
+                "X-Content-Type-Options": "nosniff",
+            }
             if outline_etag in request.headers.get("If-None-Match", ""):
                 return web.Response(status=304, headers=headers)
             coding = negotiate_encoding(request.headers.get("Accept-Encoding"), outline_variants)

@@ -142,8 +142,10 @@ def decode_cursor(query: MultiMapping[str], kind: str) -> Any:
 
 _MONTH = re.compile(r"^\d{4}-\d{2}$")
 YEAR_PATTERN = re.compile(r"^\d{4}$")
-INSTANT_EXPECTED = ("a date (2025-07-01), a month (2025-07), a year (2025) or an ISO 8601 date-time "
-                    "(2025-07-01T08:00, local time when it has no offset)")
+INSTANT_EXPECTED = (
+    "a date (2025-07-01), a month (2025-07), a year (2025) or an ISO 8601 date-time "
+    "(2025-07-01T08:00, local time when it has no offset)"
+)
 
 
 def parse_instant(name: str, raw: str, tz: ZoneInfo) -> datetime:
@@ -224,12 +226,17 @@ def counts_range(query: MultiMapping[str], step: Step, tz: ZoneInfo, now: dateti
     if end is None:
         end = shift(start, step, DEFAULT_PERIODS[step], tz)
     if end <= start:
-        raise bad("to", one(query, "to") or "", f"a time after from ({iso(start, tz)})",
-                  f"to ({iso(end, tz)}) must be after from ({iso(start, tz)}); to is exclusive")
+        raise bad(
+            "to",
+            one(query, "to") or "",
+            f"a time after from ({iso(start, tz)})",
+            f"to ({iso(end, tz)}) must be after from ({iso(start, tz)}); to is exclusive",
+        )
     n = count_periods(start, end, step, tz)
     if n > MAX_PERIODS[step]:
         raise bad(
-            "to", one(query, "to") or iso(end, tz),
+            "to",
+            one(query, "to") or iso(end, tz),
             f"at most {MAX_RANGE_TEXT[step]} after from with step={step} ({MAX_PERIODS[step]} {step}s)",
             f"from {iso(start, tz)} to {iso(end, tz)} is {n} {step}s (one row each); step={step} allows at most "
             f"{MAX_PERIODS[step]} rows ({MAX_RANGE_TEXT[step]}): narrow the range or use a longer step",

@@ -78,7 +78,7 @@ def etag_matches(if_none_match: str, tag: str) -> bool:
     if if_none_match.strip() == "*":
         return True
     return any(
-        opaque == tag or (opaque.startswith(tag + "-") and opaque[len(tag) + 1:] in _CODING_PREFERENCE)
+        opaque == tag or (opaque.startswith(tag + "-") and opaque[len(tag) + 1 :] in _CODING_PREFERENCE)
         for opaque in _ETAG.findall(if_none_match)
     )
 

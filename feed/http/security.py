@@ -77,8 +77,14 @@ class RateLimiter:
     """A token bucket per client address: `burst` requests at once, refilled at
     `per_minute` a minute. `per_minute == 0` disables it."""
 
-    def __init__(self, per_minute: int, burst: int, trusted_proxies: Iterable[str] = (),
-                 exempt: Iterable[str] = (), clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        per_minute: int,
+        burst: int,
+        trusted_proxies: Iterable[str] = (),
+        exempt: Iterable[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.rate = per_minute / 60.0
         self.burst = float(burst)
         self.enabled = per_minute > 0
@@ -171,8 +177,12 @@ def client_address(request: web.Request, limiter: RateLimiter) -> str:
 
 def too_many_requests(wait: float, path: str) -> web.Response:
     retry = max(1, math.ceil(wait))
-    error = TooManyRequests("rate_limited", "too many requests from this address; slow down and retry after the delay given",
-                            expected=f"a retry after {retry} s", retry_after=retry)
+    error = TooManyRequests(
+        "rate_limited",
+        "too many requests from this address; slow down and retry after the delay given",
+        expected=f"a retry after {retry} s",
+        retry_after=retry,
+    )
     headers: dict[str, str] = {}
     if path.startswith(PUBLIC_PREFIXES) and not path.startswith(ADMIN_PREFIX):  # as the answer it replaces
         headers["Access-Control-Allow-Origin"] = "*"
@@ -208,8 +218,14 @@ async def _add_headers(request: web.Request, response: web.StreamResponse) -> No
         headers.setdefault(name, value)
 
 
-def install_security(app: web.Application, *, rate_limit_per_minute: int, rate_limit_burst: int,
-                     trusted_proxies: Iterable[str], exempt: Iterable[str] = ()) -> RateLimiter:
+def install_security(
+    app: web.Application,
+    *,
+    rate_limit_per_minute: int,
+    rate_limit_burst: int,
+    trusted_proxies: Iterable[str],
+    exempt: Iterable[str] = (),
+) -> RateLimiter:
     """Adds the rate limit (a middleware, after those already there, e.g. /metrics' timing,
     so that refusals are counted there) and the security headers to `app`."""
     limiter = RateLimiter(rate_limit_per_minute, rate_limit_burst, trusted_proxies, exempt)

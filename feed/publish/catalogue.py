@@ -38,7 +38,9 @@ class FeedSpec:
     path: str
     kind: Kind
     content_type: str
-    render: Callable[[Sequence[Any], PublicationConfig, datetime], bytes] | None  # None: status.json, built by the publisher
+    render: (
+        Callable[[Sequence[Any], PublicationConfig, datetime], bytes] | None
+    )  # None: status.json, built by the publisher
 
 
 EVENTS_GEOJSON = "/feeds/events.geojson"

@@ -162,9 +162,15 @@ class ChangeHub:
         self._subs: set[_Subscription] = set()
         self._wake = asyncio.Event()
         # Reads even without NOTIFY every `safety_interval` seconds, and while not listening.
-        self._listener = ChangeListener(storage, self._on_change, application_name=LISTENER_APPLICATION_NAME,
-                                        interval=safety_interval, name="change stream", log=log,
-                                        on_quiet=self._wake.set)
+        self._listener = ChangeListener(
+            storage,
+            self._on_change,
+            application_name=LISTENER_APPLICATION_NAME,
+            interval=safety_interval,
+            name="change stream",
+            log=log,
+            on_quiet=self._wake.set,
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
 
@@ -178,8 +184,10 @@ class ChangeHub:
 
     def _start(self) -> None:
         if not self._tasks and not self._closing:
-            self._tasks = [asyncio.create_task(self._listener.run(), name="changes-listener"),
-                           asyncio.create_task(self._read_loop(), name="changes-reader")]
+            self._tasks = [
+                asyncio.create_task(self._listener.run(), name="changes-listener"),
+                asyncio.create_task(self._read_loop(), name="changes-reader"),
+            ]
 
     def subscribe(self, transport: asyncio.Transport | None = None) -> _Subscription:
         self._start()

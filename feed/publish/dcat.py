@@ -71,37 +71,64 @@ WAZE = Standard("Waze CIFS", "2.0", "https://developers.google.com/waze/data-fee
 OPENAPI = Standard("OpenAPI", "3.1", "https://spec.openapis.org/oas/v3.1.0", "other")
 
 DATASETS: tuple[Dataset, ...] = (
-    Dataset("events", "Road events: works, accidents, closures, conditions",
-            "Current and recently ended road events on the network, with stable ids and versions.",
-            "CONT", ("road-events-and-conditions", "road-work-information", "accidents-and-incidents",
-                     "road-closures-and-access-conditions"), (
-                Distribution("/feeds/datex2/v3/situations.xml", "DATEX II v3 situations", "application/xml",
-                             "XML", DATEX_V3),
-                Distribution("/feeds/datex2/v2/situations.xml", "DATEX II v2.3 situations", "application/xml",
-                             "XML", DATEX_V2),
-                Distribution("/feeds/events.geojson", "GeoJSON events", "application/geo+json", "GEOJSON", GEOJSON),
-                Distribution("/feeds/wzdx/v4.2/work-zones.geojson", "WZDx work zones", "application/geo+json",
-                             "GEOJSON", WZDX),
-                Distribution("/feeds/waze/cifs.xml", "Waze CIFS (XML)", "application/xml", "XML", WAZE),
-                Distribution("/feeds/waze/cifs.json", "Waze CIFS (JSON)", "application/json", "JSON", WAZE),
-            )),
-    Dataset("traffic", "Traffic counts: counting sites and latest measurements",
-            "Permanent counting sites and each channel's latest flow and speed.",
-            "CONT", ("real-time-traffic-data", "traffic-volume", "traffic-speed"), (
-                Distribution("/feeds/datex2/v3/measured-data.xml", "DATEX II v3 measured data", "application/xml",
-                             "XML", DATEX_V3),
-                Distribution("/feeds/datex2/v3/measurement-sites.xml", "DATEX II v3 measurement site table",
-                             "application/xml", "XML", DATEX_V3),
-                Distribution("/feeds/sites.geojson", "GeoJSON counting sites", "application/geo+json", "GEOJSON",
-                             GEOJSON),
-            )),
-    Dataset("history", "Traffic count history and yearly files",
-            "Hourly, daily, monthly and annual counts with coverage on every value, and yearly bulk files "
-            "(CSV, Parquet/GeoParquet) with a data dictionary.",
-            "DAILY", ("historic-travel-and-traffic-data-and-delays", "traffic-volume"), (
-                Distribution("/api/v1/openapi.json", "History API (OpenAPI)", "application/json", "JSON", OPENAPI),
-                Distribution("/api/v1/downloads", "Yearly files (index)", "application/json", "JSON", OPENAPI),
-            )),
+    Dataset(
+        "events",
+        "Road events: works, accidents, closures, conditions",
+        "Current and recently ended road events on the network, with stable ids and versions.",
+        "CONT",
+        (
+            "road-events-and-conditions",
+            "road-work-information",
+            "accidents-and-incidents",
+            "road-closures-and-access-conditions",
+        ),
+        (
+            Distribution(
+                "/feeds/datex2/v3/situations.xml", "DATEX II v3 situations", "application/xml", "XML", DATEX_V3
+            ),
+            Distribution(
+                "/feeds/datex2/v2/situations.xml", "DATEX II v2.3 situations", "application/xml", "XML", DATEX_V2
+            ),
+            Distribution("/feeds/events.geojson", "GeoJSON events", "application/geo+json", "GEOJSON", GEOJSON),
+            Distribution(
+                "/feeds/wzdx/v4.2/work-zones.geojson", "WZDx work zones", "application/geo+json", "GEOJSON", WZDX
+            ),
+            Distribution("/feeds/waze/cifs.xml", "Waze CIFS (XML)", "application/xml", "XML", WAZE),
+            Distribution("/feeds/waze/cifs.json", "Waze CIFS (JSON)", "application/json", "JSON", WAZE),
+        ),
+    ),
+    Dataset(
+        "traffic",
+        "Traffic counts: counting sites and latest measurements",
+        "Permanent counting sites and each channel's latest flow and speed.",
+        "CONT",
+        ("real-time-traffic-data", "traffic-volume", "traffic-speed"),
+        (
+            Distribution(
+                "/feeds/datex2/v3/measured-data.xml", "DATEX II v3 measured data", "application/xml", "XML", DATEX_V3
+            ),
+            Distribution(
+                "/feeds/datex2/v3/measurement-sites.xml",
+                "DATEX II v3 measurement site table",
+                "application/xml",
+                "XML",
+                DATEX_V3,
+            ),
+            Distribution("/feeds/sites.geojson", "GeoJSON counting sites", "application/geo+json", "GEOJSON", GEOJSON),
+        ),
+    ),
+    Dataset(
+        "history",
+        "Traffic count history and yearly files",
+        "Hourly, daily, monthly and annual counts with coverage on every value, and yearly bulk files "
+        "(CSV, Parquet/GeoParquet) with a data dictionary.",
+        "DAILY",
+        ("historic-travel-and-traffic-data-and-delays", "traffic-volume"),
+        (
+            Distribution("/api/v1/openapi.json", "History API (OpenAPI)", "application/json", "JSON", OPENAPI),
+            Distribution("/api/v1/downloads", "Yearly files (index)", "application/json", "JSON", OPENAPI),
+        ),
+    ),
 )
 
 
@@ -120,17 +147,25 @@ def _distribution(base: str, x: Distribution, licence: dict[str, Any]) -> dict[s
         "@type": "dcat:Distribution",
         "dct:title": _en(x.title),
         "dcat:accessURL": {"@id": f"{base}{x.path}"},
-        "dcat:mediaType": {"@id": f"https://www.iana.org/assignments/media-types/{x.media_type}",
-                           "@type": "dct:MediaType"},
+        "dcat:mediaType": {
+            "@id": f"https://www.iana.org/assignments/media-types/{x.media_type}",
+            "@type": "dct:MediaType",
+        },
         "dct:format": {"@id": f"{EU}file-type/{x.format}", "@type": "dct:MediaTypeOrExtent"},
         "dct:license": licence,
         # Under the licence, free of charge (mobilityDCAT-AP conditions for access and usage).
-        "dct:rights": {"@type": "dct:RightsStatement",
-                       "dct:type": {"@id": f"{MOBILITY}conditions-for-access-and-usage/licence-provided-free-of-charge"}},
+        "dct:rights": {
+            "@type": "dct:RightsStatement",
+            "dct:type": {"@id": f"{MOBILITY}conditions-for-access-and-usage/licence-provided-free-of-charge"},
+        },
         "mobilitydcatap:mobilityDataStandard": {"@id": f"{MOBILITY}mobility-data-standard/{x.standard.mobility}"},
         # The standard and its version: one node per distribution, so versions never mix.
-        "dct:conformsTo": {"@type": "dct:Standard", "dct:title": _en(f"{x.standard.name} {x.standard.version}"),
-                           "owl:versionInfo": x.standard.version, "foaf:page": {"@id": x.standard.url}},
+        "dct:conformsTo": {
+            "@type": "dct:Standard",
+            "dct:title": _en(f"{x.standard.name} {x.standard.version}"),
+            "owl:versionInfo": x.standard.version,
+            "foaf:page": {"@id": x.standard.url},
+        },
         "mobilitydcatap:applicationLayerProtocol": {"@id": f"{MOBILITY}application-layer-protocol/http-https"},
     }
 
@@ -141,40 +176,50 @@ def catalog_document(publication: PublicationConfig, base_url: str, created: dat
     base = base_url.rstrip("/")
     publisher = {"@id": f"{base}/#publisher", "@type": "foaf:Agent", "foaf:name": publication.publisher}
     licence = {"@id": publication.licence_url, "@type": "dct:LicenseDocument", "dct:title": publication.licence}
-    spatial = {"@type": "dct:Location",
-               "dcat:bbox": {"@value": _bbox_wkt(publication.bbox), "@type": "gsp:wktLiteral"}}
-    languages = [{"@id": f"{EU}language/{_iso639_2(lang)}", "@type": "dct:LinguisticSystem"}
-                 for lang in publication.languages]
-    datasets = [{
-        "@id": f"{base}{CATALOG_PATH}#{d.key}",
-        "@type": "dcat:Dataset",
-        "dct:title": _en(d.title),
-        "dct:description": _en(d.description),
-        "dct:publisher": publisher,
-        "dct:license": licence,
-        "dct:accrualPeriodicity": {"@id": f"{EU}frequency/{d.frequency}", "@type": "dct:Frequency"},
-        "dct:spatial": spatial,
-        "dct:language": languages,
-        "dct:conformsTo": {"@id": "http://www.opengis.net/def/crs/EPSG/0/4326",  # WGS 84 coordinates
-                           "@type": "dct:Standard"},
-        "mobilitydcatap:mobilityTheme": [{"@id": f"{MOBILITY}mobility-theme/{t}"} for t in d.themes],
-        "dcat:distribution": [_distribution(base, x, licence) for x in d.distributions],
-    } for d in DATASETS]
-    records = [{
-        "@id": f"{base}{CATALOG_PATH}#record-{d.key}",
-        "@type": "dcat:CatalogRecord",
-        "foaf:primaryTopic": {"@id": f"{base}{CATALOG_PATH}#{d.key}"},
-        "dct:created": {"@value": created.isoformat(), "@type": "xsd:dateTime"},
-        "dct:language": languages,
-        "dct:publisher": publisher,
-    } for d in DATASETS]
+    spatial = {"@type": "dct:Location", "dcat:bbox": {"@value": _bbox_wkt(publication.bbox), "@type": "gsp:wktLiteral"}}
+    languages = [
+        {"@id": f"{EU}language/{_iso639_2(lang)}", "@type": "dct:LinguisticSystem"} for lang in publication.languages
+    ]
+    datasets = [
+        {
+            "@id": f"{base}{CATALOG_PATH}#{d.key}",
+            "@type": "dcat:Dataset",
+            "dct:title": _en(d.title),
+            "dct:description": _en(d.description),
+            "dct:publisher": publisher,
+            "dct:license": licence,
+            "dct:accrualPeriodicity": {"@id": f"{EU}frequency/{d.frequency}", "@type": "dct:Frequency"},
+            "dct:spatial": spatial,
+            "dct:language": languages,
+            "dct:conformsTo": {
+                "@id": "http://www.opengis.net/def/crs/EPSG/0/4326",  # WGS 84 coordinates
+                "@type": "dct:Standard",
+            },
+            "mobilitydcatap:mobilityTheme": [{"@id": f"{MOBILITY}mobility-theme/{t}"} for t in d.themes],
+            "dcat:distribution": [_distribution(base, x, licence) for x in d.distributions],
+        }
+        for d in DATASETS
+    ]
+    records = [
+        {
+            "@id": f"{base}{CATALOG_PATH}#record-{d.key}",
+            "@type": "dcat:CatalogRecord",
+            "foaf:primaryTopic": {"@id": f"{base}{CATALOG_PATH}#{d.key}"},
+            "dct:created": {"@value": created.isoformat(), "@type": "xsd:dateTime"},
+            "dct:language": languages,
+            "dct:publisher": publisher,
+        }
+        for d in DATASETS
+    ]
     return {
         "@context": CONTEXT,
         "@id": f"{base}{CATALOG_PATH}",
         "@type": "dcat:Catalog",
         "dct:title": _en(f"{publication.publisher}: road traffic and road events"),
-        "dct:description": _en("Live road-event and traffic feeds (DATEX II, GeoJSON, WZDx, Waze CIFS) and the "
-                               "traffic count history of the road authority."),
+        "dct:description": _en(
+            "Live road-event and traffic feeds (DATEX II, GeoJSON, WZDx, Waze CIFS) and the "
+            "traffic count history of the road authority."
+        ),
         "dct:publisher": publisher,
         "foaf:homepage": {"@id": f"{base}/"},
         "dct:license": licence,
@@ -185,8 +230,17 @@ def catalog_document(publication: PublicationConfig, base_url: str, created: dat
     }
 
 
-_ISO639_2 = {"fr": "FRA", "en": "ENG", "de": "DEU", "es": "SPA", "it": "ITA", "nl": "NLD", "ca": "CAT",
-             "oc": "OCI", "pt": "POR"}
+_ISO639_2 = {
+    "fr": "FRA",
+    "en": "ENG",
+    "de": "DEU",
+    "es": "SPA",
+    "it": "ITA",
+    "nl": "NLD",
+    "ca": "CAT",
+    "oc": "OCI",
+    "pt": "POR",
+}
 
 
 def _iso639_2(code: str) -> str:

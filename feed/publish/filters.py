@@ -32,6 +32,7 @@ __all__ = [
     "unstorable",
 ]
 
+
 class EventFilter(NamedTuple):
     """A normalized `?bbox=&type=&status=&geometry_type=` query (None: no criterion)."""
 
@@ -114,5 +115,9 @@ def parse_event_filter(query: MultiMapping[str]) -> EventFilter:
             bbox = geojson.parse_bbox(raws[0])
         except ValueError as exc:
             raise BadParameter("bbox", raws[0], BBOX_EXPECTED, str(exc)) from None
-    return EventFilter(bbox, _parse_list(query, "type", EVENT_TYPES), _parse_list(query, "status", EVENT_STATUSES),
-                       _parse_list(query, "geometry_type", GEOMETRY_TYPES))
+    return EventFilter(
+        bbox,
+        _parse_list(query, "type", EVENT_TYPES),
+        _parse_list(query, "status", EVENT_STATUSES),
+        _parse_list(query, "geometry_type", GEOMETRY_TYPES),
+    )

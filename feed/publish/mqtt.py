@@ -39,12 +39,12 @@ import asyncpg
 import paho.mqtt.client as paho
 
 from exporters.geojson import site_feature
-from feed.store.changes import Change, ChangeLog
 from feed.config import MqttConfig
 from feed.deadlines import cancel_and_wait
 from feed.errors import PublishError
 from feed.model import StoredEvent, StoredSite
 from feed.store import push
+from feed.store.changes import Change, ChangeLog
 from feed.store.listener import ChangeListener
 from feed.store.storage import Storage
 
@@ -107,8 +107,9 @@ class Broker:
         self.host, self.port = url.hostname, url.port or 1883
         self.qos = config.qos
         self.timeout = config.ack_timeout
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2,
-                                  client_id=config.client_id or f"roadfeed-{uuid.uuid4().hex[:12]}")
+        self.client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id=config.client_id or f"roadfeed-{uuid.uuid4().hex[:12]}"
+        )
         self.client.max_inflight_messages_set(BATCH)
         if url.username:
             self.client.username_pw_set(url.username, url.password)
@@ -128,8 +129,10 @@ class Broker:
             for info in infos:
                 info.wait_for_publish(self.timeout)
                 if not info.is_published():
-                    raise PushError(f"the broker {self.host}:{self.port} did not acknowledge {info.mid} "
-                                    f"within {self.timeout:g} s (rc {info.rc})")
+                    raise PushError(
+                        f"the broker {self.host}:{self.port} did not acknowledge {info.mid} "
+                        f"within {self.timeout:g} s (rc {info.rc})"
+                    )
 
         await asyncio.to_thread(wait)
 
@@ -140,8 +143,9 @@ class Broker:
 class MqttPusher:
     """Publishes every event change and every site change, from one node of many at a time."""
 
-    def __init__(self, storage: Storage, config: MqttConfig, *, interval: float = 5.0,
-                 retry_interval: float = 2.0) -> None:
+    def __init__(
+        self, storage: Storage, config: MqttConfig, *, interval: float = 5.0, retry_interval: float = 2.0
+    ) -> None:
         self.storage = storage
         self.config = config
         self.prefix = config.prefix.rstrip("/")
@@ -182,8 +186,9 @@ class MqttPusher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the broker or the database away: try again, nothing acknowledged is lost
-                log.warning("MQTT push stopped (%s: %s); retrying in %.1f s", type(exc).__name__, exc,
-                            self.retry_interval)
+                log.warning(
+                    "MQTT push stopped (%s: %s); retrying in %.1f s", type(exc).__name__, exc, self.retry_interval
+                )
             self.leader = False
             if not self._stopping.is_set():
                 await asyncio.sleep(self.retry_interval)
@@ -197,8 +202,14 @@ class MqttPusher:
             try:
                 broker = Broker(self.config)
                 await broker.connect()
-                listener = ChangeListener(self.storage, self._on_change, application_name=LISTENER_APPLICATION_NAME,
-                                          interval=self.interval, name="MQTT push", log=log)
+                listener = ChangeListener(
+                    self.storage,
+                    self._on_change,
+                    application_name=LISTENER_APPLICATION_NAME,
+                    interval=self.interval,
+                    name="MQTT push",
+                    log=log,
+                )
                 listening = asyncio.create_task(listener.run(), name="mqtt-listener")
                 self.leader = True
                 log.info("publishing to MQTT %s:%s under %s/", broker.host, broker.port, self.prefix)
@@ -249,11 +260,13 @@ class MqttPusher:
         sites = await self.storage.sites()
         known = await push.site_fingerprints(conn)
         now = datetime.now(UTC)
-        changed = [(site.id, *m) for site in sites
-                   if known.get(site.id) != (m := site_message(self.prefix, site, now))[2]]
+        changed = [
+            (site.id, *m) for site in sites if known.get(site.id) != (m := site_message(self.prefix, site, now))[2]
+        ]
         for start in range(0, len(changed), BATCH):
-            batch = changed[start:start + BATCH]
+            batch = changed[start : start + BATCH]
             await broker.publish([(topic, payload) for _, topic, payload, _ in batch])
-            await push.record_site_fingerprints(conn, [site_id for site_id, _, _, _ in batch],
-                                                [f for _, _, _, f in batch])
+            await push.record_site_fingerprints(
+                conn, [site_id for site_id, _, _, _ in batch], [f for _, _, _, f in batch]
+            )
             self.published += len(batch)

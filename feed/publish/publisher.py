@@ -171,8 +171,11 @@ class FeedPublisher:
         self._states: dict[str, FeedState] = {spec.path: FeedState(spec) for spec in feeds}
         self._status = FeedState(FeedSpec(STATUS_PATH, "status", JSON, None))
         self._fingerprints: dict[DataKind, tuple[bytes, float]] = {}
-        self._splicers = {spec.path: Splicer(spec.path, spec.render, SPLICE_RULES[spec.render].time_key)
-                          for spec in feeds if spec.render in SPLICE_RULES}
+        self._splicers = {
+            spec.path: Splicer(spec.path, spec.render, SPLICE_RULES[spec.render].time_key)
+            for spec in feeds
+            if spec.render in SPLICE_RULES
+        }
         self._checks: dict[Kind, list[Callable[[], None]]] = {}
         self._reads: dict[DataKind, int] = {"events": 0, "sites": 0}  # data reads, rendered or not
         self._read_ms: dict[DataKind, dict[str, float]] = {}  # the last read's and fingerprint's durations
@@ -187,8 +190,14 @@ class FeedPublisher:
         self._observers: list[Callable[[str], None]] = []
         # Each (re)connection catches up with whatever was committed before it (a no-op
         # render-wise when nothing changed: the fingerprint is the same).
-        self.listener = ChangeListener(storage, self._on_change, application_name=LISTENER_APPLICATION_NAME,
-                                       interval=refresh_interval, name="feed change", log=log)
+        self.listener = ChangeListener(
+            storage,
+            self._on_change,
+            application_name=LISTENER_APPLICATION_NAME,
+            interval=refresh_interval,
+            name="feed change",
+            log=log,
+        )
         self.processes: Callable[[], dict[str, Any]] | None = None  # shown in status.json when set
 
     # --- lifecycle -------------------------------------------------------------
@@ -284,8 +293,9 @@ class FeedPublisher:
         snapshot = self._events
         if snapshot is None:
             return None
-        return await self._cached_filtered(snapshot.tag, query,
-                                           lambda: asyncio.to_thread(self._render_filtered, snapshot, query))
+        return await self._cached_filtered(
+            snapshot.tag, query, lambda: asyncio.to_thread(self._render_filtered, snapshot, query)
+        )
 
     async def _cached_filtered(
         self, tag: str, query: EventFilter, make: Callable[[], Awaitable[RenderedFeed | None]]
@@ -311,14 +321,21 @@ class FeedPublisher:
 
     def _render_filtered(self, snapshot: _EventsSnapshot, query: EventFilter) -> RenderedFeed:
         t0 = time.perf_counter()
-        events = geojson.filter_events(snapshot.events, query.bbox, query.types, query.statuses,
-                                       query.geometry_types)
+        events = geojson.filter_events(snapshot.events, query.bbox, query.types, query.statuses, query.geometry_types)
         body = geojson.render_events(events, self.publication, snapshot.published_at)
         generation_ms = (time.perf_counter() - t0) * 1000
         t1 = time.perf_counter()
         encoded = compress_variants(body, BROTLI_QUALITY_FILTERED)
-        return RenderedFeed(GEOJSON, body, encoded, body_tag(body), snapshot.published_at, snapshot.last_modified,
-                            generation_ms, (time.perf_counter() - t1) * 1000)
+        return RenderedFeed(
+            GEOJSON,
+            body,
+            encoded,
+            body_tag(body),
+            snapshot.published_at,
+            snapshot.last_modified,
+            generation_ms,
+            (time.perf_counter() - t1) * 1000,
+        )
 
     # --- rendering -------------------------------------------------------------
 
@@ -379,8 +396,10 @@ class FeedPublisher:
         loop = asyncio.get_running_loop()
         t1 = time.perf_counter()
         digest, keys, steady_keys = await asyncio.to_thread(keyed, data)
-        self._read_ms[kind] = {"read": round((t1 - t0) * 1000, 2),
-                               "fingerprint": round((time.perf_counter() - t1) * 1000, 2)}
+        self._read_ms[kind] = {
+            "read": round((t1 - t0) * 1000, 2),
+            "fingerprint": round((time.perf_counter() - t1) * 1000, 2),
+        }
         states = [s for s in self._states.values() if s.spec.kind == kind]
         previous = self._fingerprints.get(kind)
         if previous and previous[0] == digest and loop.time() - previous[1] < self.republish_after:
@@ -393,11 +412,13 @@ class FeedPublisher:
             spliced = splicer is not None and render is not None and not SPLICE_RULES[render].shows_poll_fields
             item_keys = steady_keys if spliced else keys
             async with gate:
-                outcome = await asyncio.to_thread(render_outcome, state.spec, data, self.publication, now,
-                                                  splicer, item_keys, state.left_out_keys)
+                outcome = await asyncio.to_thread(
+                    render_outcome, state.spec, data, self.publication, now, splicer, item_keys, state.left_out_keys
+                )
             if splicer is not None and outcome.body is not None and not outcome.spliced:
                 self._checks.setdefault(kind, []).append(
-                    partial(splicer.check, outcome.items, outcome.keys, self.publication, now, outcome.body))
+                    partial(splicer.check, outcome.items, outcome.keys, self.publication, now, outcome.body)
+                )
             return outcome
 
         outcomes = await asyncio.gather(*(render(s) for s in states))
@@ -414,8 +435,7 @@ class FeedPublisher:
             current = self._states[EVENTS_GEOJSON].current if EVENTS_GEOJSON in self._states else None
             if current is not None and (self._events is None or self._events.tag != current.tag):
                 rendered = next(o.items for s, o in zip(states, outcomes, strict=True) if s.spec.path == EVENTS_GEOJSON)
-                self._events = _EventsSnapshot(current.tag, list(rendered), current.published_at,
-                                               current.last_modified)
+                self._events = _EventsSnapshot(current.tag, list(rendered), current.published_at, current.last_modified)
                 self._filtered.clear()  # renderings still running finish for the requests awaiting them
         log.debug("rendered %s feeds in %.1f ms", kind, sum(o.generation_ms for o in outcomes))
         return True
@@ -457,8 +477,9 @@ class FeedPublisher:
         t0 = time.perf_counter()
         body = geojson.dumps(self.status_document(now))
         self._status.renders += 1
-        self._status.current = rendered(JSON, body, now, self._status.current, (time.perf_counter() - t0) * 1000,
-                                         BROTLI_QUALITY_FILTERED)
+        self._status.current = rendered(
+            JSON, body, now, self._status.current, (time.perf_counter() - t0) * 1000, BROTLI_QUALITY_FILTERED
+        )
         self._status_complete = self._status_complete or settled
         self._notify(STATUS_PATH)
         return ok
@@ -473,43 +494,49 @@ class FeedPublisher:
             row = stored.get(source_id, {})
             conf = configured.get(source_id)
             last_success, last_error_at = row.get("last_success"), row.get("last_error_at")
-            sources.append({
-                "id": source_id,
-                "kind": conf.kind if conf else row.get("kind"),
-                "configured": conf is not None,
-                "enabled": conf.enabled if conf else None,
-                "interval_seconds": conf.interval if conf else None,
-                "last_success": iso(last_success),
-                "lag_seconds": round((now - last_success).total_seconds()) if last_success else None,
-                "last_error": row.get("last_error"),
-                "last_error_at": iso(last_error_at),
-                "failing": last_error_at is not None and (last_success is None or last_error_at > last_success),
-            })
+            sources.append(
+                {
+                    "id": source_id,
+                    "kind": conf.kind if conf else row.get("kind"),
+                    "configured": conf is not None,
+                    "enabled": conf.enabled if conf else None,
+                    "interval_seconds": conf.interval if conf else None,
+                    "last_success": iso(last_success),
+                    "lag_seconds": round((now - last_success).total_seconds()) if last_success else None,
+                    "last_error": row.get("last_error"),
+                    "last_error_at": iso(last_error_at),
+                    "failing": last_error_at is not None and (last_success is None or last_error_at > last_success),
+                }
+            )
         feeds = []
         for path, state in self._states.items():
             cur = state.current
-            feeds.append({
-                "path": path,
-                "state": state.condition,
-                "content_type": state.spec.content_type,
-                "published_at": iso(cur.published_at) if cur else None,
-                "age_seconds": round((now - cur.published_at).total_seconds()) if cur else None,
-                "etag": cur.etag if cur else None,
-                "generation_ms": round(cur.generation_ms, 2) if cur else None,
-                "compression_ms": round(cur.compression_ms, 2) if cur else None,
-                "size": cur.size if cur else None,
-                "gzip_size": len(cur.encoded["gzip"]) if cur and "gzip" in cur.encoded else None,
-                "br_size": len(cur.encoded["br"]) if cur and "br" in cur.encoded else None,
-                "renders": state.renders,
-                "left_out": len(state.left_out),
-                "left_out_records": [{"id": left.record, "reason": left.reason}
-                                     for left in state.left_out[:MAX_LEFT_OUT_LISTED]],
-                "empty": state.empty,
-                "error": state.error,
-                "error_at": iso(state.error_at),
-            })
-        database_errors = {kind: {"error": err[0], "at": iso(err[1])}
-                           for kind, err in self._fetch_errors.items() if err is not None}
+            feeds.append(
+                {
+                    "path": path,
+                    "state": state.condition,
+                    "content_type": state.spec.content_type,
+                    "published_at": iso(cur.published_at) if cur else None,
+                    "age_seconds": round((now - cur.published_at).total_seconds()) if cur else None,
+                    "etag": cur.etag if cur else None,
+                    "generation_ms": round(cur.generation_ms, 2) if cur else None,
+                    "compression_ms": round(cur.compression_ms, 2) if cur else None,
+                    "size": cur.size if cur else None,
+                    "gzip_size": len(cur.encoded["gzip"]) if cur and "gzip" in cur.encoded else None,
+                    "br_size": len(cur.encoded["br"]) if cur and "br" in cur.encoded else None,
+                    "renders": state.renders,
+                    "left_out": len(state.left_out),
+                    "left_out_records": [
+                        {"id": left.record, "reason": left.reason} for left in state.left_out[:MAX_LEFT_OUT_LISTED]
+                    ],
+                    "empty": state.empty,
+                    "error": state.error,
+                    "error_at": iso(state.error_at),
+                }
+            )
+        database_errors = {
+            kind: {"error": err[0], "at": iso(err[1])} for kind, err in self._fetch_errors.items() if err is not None
+        }
         return {
             "generated_at": iso(now),
             "publisher": self.publication.publisher,

@@ -168,8 +168,9 @@ def _record_id(item: Any) -> str:
     return str(getattr(item, "id", "?"))
 
 
-def _unwritable(spec: FeedSpec, items: Sequence[Any], keys: Sequence[bytes], publication: PublicationConfig,
-                at: datetime) -> dict[bytes, LeftOut]:
+def _unwritable(
+    spec: FeedSpec, items: Sequence[Any], keys: Sequence[bytes], publication: PublicationConfig, at: datetime
+) -> dict[bytes, LeftOut]:
     """The records `spec` cannot render, each tried alone (after a whole rendering failed)."""
     assert spec.render is not None
     found: dict[bytes, LeftOut] = {}
@@ -232,8 +233,18 @@ def render_outcome(
         return Outcome(None, {}, 0.0, 0.0, None, f"{type(exc).__name__}: {exc}", left_out=left_out)
     t1 = time.perf_counter()
     encoded = compress_variants(body)
-    return Outcome(body, encoded, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000, None, None,
-                    spliced=spliced, items=items, keys=item_keys, left_out=left_out)
+    return Outcome(
+        body,
+        encoded,
+        (t1 - t0) * 1000,
+        (time.perf_counter() - t1) * 1000,
+        None,
+        None,
+        spliced=spliced,
+        items=items,
+        keys=item_keys,
+        left_out=left_out,
+    )
 
 
 # What every poll of a source moves without the event changing (see Storage.upsert_events).

@@ -75,8 +75,15 @@ def _common_prefix(a: bytes, b: bytes) -> int:
 class Splicer:
     """One feed's per-item parts, and whether splicing may be trusted for it."""
 
-    def __init__(self, path: str, render: Callable[..., bytes], time_key: Callable[[Any, datetime], Any],
-                 *, verify_every: int = 20, max_misses: float = 0.1) -> None:
+    def __init__(
+        self,
+        path: str,
+        render: Callable[..., bytes],
+        time_key: Callable[[Any, datetime], Any],
+        *,
+        verify_every: int = 20,
+        max_misses: float = 0.1,
+    ) -> None:
         self.path = path
         self.render = render
         self.time_key = time_key
@@ -87,8 +94,9 @@ class Splicer:
         self.disabled: str | None = None
         self.splices = 0
 
-    def _frame(self, items: Sequence[Any], publication: PublicationConfig, at: datetime
-               ) -> tuple[bytes, bytes, bytes] | None:
+    def _frame(
+        self, items: Sequence[Any], publication: PublicationConfig, at: datetime
+    ) -> tuple[bytes, bytes, bytes] | None:
         """(head, separator, tail) of the document at `at`, or None if it does not split."""
         empty = self.render([], publication, at)
         for item in items[:8]:
@@ -101,16 +109,25 @@ class Splicer:
         head, tail = empty[:cut], empty[cut:]
         if not (one.startswith(head) and one.endswith(tail)) or len(one) < len(empty):
             return None
-        part = one[cut:len(one) - len(tail)]
+        part = one[cut : len(one) - len(tail)]
         two = self.render([item, item], publication, at)
-        if not (two.startswith(head + part) and two.endswith(part + tail)
-                and len(two) >= len(head) + 2 * len(part) + len(tail)):
+        if not (
+            two.startswith(head + part)
+            and two.endswith(part + tail)
+            and len(two) >= len(head) + 2 * len(part) + len(tail)
+        ):
             return None
-        separator = two[cut + len(part):len(two) - len(tail) - len(part)]
+        separator = two[cut + len(part) : len(two) - len(tail) - len(part)]
         return head, separator, tail
 
-    def _assemble(self, items: Sequence[Any], keys: Sequence[bytes], publication: PublicationConfig, at: datetime,
-                  budget: int | None) -> bytes | None:
+    def _assemble(
+        self,
+        items: Sequence[Any],
+        keys: Sequence[bytes],
+        publication: PublicationConfig,
+        at: datetime,
+        budget: int | None,
+    ) -> bytes | None:
         """head + the items' parts + tail, rendering at most `budget` missing parts (None: no limit)."""
         frame = self._frame(items, publication, at)
         if frame is None:
@@ -130,15 +147,16 @@ class Splicer:
                 one = self.render([item], publication, at)
                 if not (one.startswith(head) and one.endswith(tail)) or len(one) < len(head) + len(tail):
                     return None
-                part = one[len(head):len(one) - len(tail)]
+                part = one[len(head) : len(one) - len(tail)]
             parts[k] = part
             if part:
                 out.append(part)
         self.parts = parts  # only the current items' parts are kept
         return head + separator.join(out) + tail
 
-    def splice(self, items: Sequence[Any], keys: Sequence[bytes], publication: PublicationConfig,
-               at: datetime) -> bytes | None:
+    def splice(
+        self, items: Sequence[Any], keys: Sequence[bytes], publication: PublicationConfig, at: datetime
+    ) -> bytes | None:
         """The document from cached parts, or None when a whole rendering is due (or cheaper)."""
         if self.disabled or not self.trusted or not items:
             return None
@@ -153,8 +171,9 @@ class Splicer:
             self.splices += 1
         return body
 
-    def check(self, items: Sequence[Any], keys: Sequence[bytes], publication: PublicationConfig, at: datetime,
-              whole: bytes) -> None:
+    def check(
+        self, items: Sequence[Any], keys: Sequence[bytes], publication: PublicationConfig, at: datetime, whole: bytes
+    ) -> None:
         """After a whole rendering: fill the parts, and trust splicing only if it gives the same bytes."""
         if self.disabled or not items:
             return

@@ -55,8 +55,9 @@ def _write_atomic(target: Path, data: bytes) -> bool:
     return True
 
 
-def write_feeds(feeds: Mapping[str, RenderedFeed], directory: str | Path,
-                *, exported_at: datetime | None = None) -> dict[str, Any]:
+def write_feeds(
+    feeds: Mapping[str, RenderedFeed], directory: str | Path, *, exported_at: datetime | None = None
+) -> dict[str, Any]:
     """Writes each feed at `directory` + its path (e.g. feeds/events.geojson), its
     `.gz`, then `index.json`; returns the index."""
     root = Path(directory)
@@ -69,17 +70,19 @@ def write_feeds(feeds: Mapping[str, RenderedFeed], directory: str | Path,
         zipped = feed.encoded.get("gzip") or gzip.compress(feed.body, compresslevel=GZIP_LEVEL, mtime=0)
         _write_atomic(root / relative, feed.body)
         _write_atomic(root / (relative + ".gz"), zipped)
-        entries.append({
-            "path": path,
-            "file": relative,
-            "content_type": feed.content_type,
-            "etag": feed.etag,
-            "last_modified": feed.last_modified_http,
-            "published_at": feed.published_at.isoformat(),
-            "bytes": len(feed.body),
-            "gzip_bytes": len(zipped),
-            "sha256": hashlib.sha256(feed.body).hexdigest(),
-        })
+        entries.append(
+            {
+                "path": path,
+                "file": relative,
+                "content_type": feed.content_type,
+                "etag": feed.etag,
+                "last_modified": feed.last_modified_http,
+                "published_at": feed.published_at.isoformat(),
+                "bytes": len(feed.body),
+                "gzip_bytes": len(zipped),
+                "sha256": hashlib.sha256(feed.body).hexdigest(),
+            }
+        )
     index = {"exported_at": (exported_at or datetime.now(UTC)).isoformat(), "feeds": entries}
     previous = _read_index(root)
     if previous is None or previous.get("feeds") != entries:
@@ -95,8 +98,9 @@ def _read_index(root: Path) -> dict[str, Any] | None:
         return None
 
 
-async def export_feeds(storage: Storage, config: Config, directory: str | Path,
-                       *, timeout: float = 120.0) -> dict[str, Any]:
+async def export_feeds(
+    storage: Storage, config: Config, directory: str | Path, *, timeout: float = 120.0
+) -> dict[str, Any]:
     """Renders every feed from the database once and writes them (see `write_feeds`).
 
     Feeds with nothing to publish (e.g. no sites yet) are left out of the index."""

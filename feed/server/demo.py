@@ -14,20 +14,18 @@ import aiohttp
 from aiohttp import web
 
 from collectors.fetch import Fetcher
-
-from feed.store import embedded
-from feed.config import Config, ServerConfig, SourceConfig
-from feed.store.cluster import free_port
-from feed.http.admin import attach_collector
 from feed.collect.ingest import SinkResult
-from feed.store.migrations import migrate
 from feed.collect.scheduler import Collector
-from feed.server.service import http_server, wait_for_signal
+from feed.config import Config, ServerConfig, SourceConfig
+from feed.http.admin import attach_collector
 from feed.roads import parse_referential
-from feed.store import roads
+from feed.server.service import http_server, wait_for_signal
 from feed.simulator.geography import referential_geojson
 from feed.simulator.server import build_simulator_app, simulator_clock
 from feed.simulator.sources import simulator_sources
+from feed.store import embedded, roads
+from feed.store.cluster import free_port
+from feed.store.migrations import migrate
 from feed.store.storage import Storage
 
 BACKFILL_DAYS = 7
@@ -44,8 +42,11 @@ class Progress:
         if now - self.last.get(source_id, 0.0) >= 2.0:
             self.last[source_id] = now
             c = result.counts
-            print(f"  {source_id}: {c.new + c.updated + c.unchanged:,} records stored so far "
-                  f"({c.new:,} new, {result.quarantined:,} quarantined)", flush=True)
+            print(
+                f"  {source_id}: {c.new + c.updated + c.unchanged:,} records stored so far "
+                f"({c.new:,} new, {result.quarantined:,} quarantined)",
+                flush=True,
+            )
 
 
 def demo_config(simulator_url: str, host: str, port: int, interval: int) -> Config:
@@ -58,13 +59,13 @@ def demo_config(simulator_url: str, host: str, port: int, interval: int) -> Conf
 
 
 async def _first_polls(collector: Collector, config: Config) -> None:
-    print(f"collecting: first poll of {len(config.sources)} sources (counters: the last {BACKFILL_DAYS} days)",
-          flush=True)
+    print(
+        f"collecting: first poll of {len(config.sources)} sources (counters: the last {BACKFILL_DAYS} days)", flush=True
+    )
     started = time.monotonic()
     await asyncio.gather(*(collector.poll(s) for s in config.sources if s.enabled))
     interval = min(s.interval for s in config.sources)
-    print(f"first polls done in {time.monotonic() - started:.1f} s; polling every {interval} s from now on",
-          flush=True)
+    print(f"first polls done in {time.monotonic() - started:.1f} s; polling every {interval} s from now on", flush=True)
 
 
 async def run_demo(host: str, port: int, seed: int, speed: float = 1.0, interval: int = 60) -> None:
@@ -92,10 +93,13 @@ async def run_demo(host: str, port: int, seed: int, speed: float = 1.0, interval
             print(f"simulated département (Opendatasoft API + DATEX II): {simulator_url}/")
             print(f"web page: {base}/")
             print(f"feeds:  {base}/feeds/events.geojson  {base}/feeds/datex2/v3/situations.xml")
-            print(f"        {base}/feeds/sites.geojson  {base}/feeds/waze/cifs.xml  "
-                  f"{base}/feeds/wzdx/v4.2/work-zones.geojson")
-            print(f"status: {base}/feeds/status.json   (Ctrl-C stops; `roadfeed db down` stops the database)",
-                  flush=True)
+            print(
+                f"        {base}/feeds/sites.geojson  {base}/feeds/waze/cifs.xml  "
+                f"{base}/feeds/wzdx/v4.2/work-zones.geojson"
+            )
+            print(
+                f"status: {base}/feeds/status.json   (Ctrl-C stops; `roadfeed db down` stops the database)", flush=True
+            )
             clock = simulator_clock(sim_app).now
             async with aiohttp.ClientSession() as session:
                 collector = Collector(config, storage, Fetcher(session), progress=progress, clock=clock)

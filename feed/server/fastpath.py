@@ -55,7 +55,7 @@ def _date_line() -> bytes:
 class _Prepared:
     """One feed version's responses, as bytes, for each content coding."""
 
-    __slots__ = ("codings", "feed", "last_modified", "matching", "not_modified", "ok", "bodies")
+    __slots__ = ("bodies", "codings", "feed", "last_modified", "matching", "not_modified", "ok")
 
     def __init__(self, feed: RenderedFeed, cache_control: str) -> None:
         self.feed = feed
@@ -68,12 +68,16 @@ class _Prepared:
         for coding in ("identity", *feed.encoded):
             body = feed.body if coding == "identity" else feed.encoded[coding]
             etag = feed.etag_for(coding)
-            common = (f"{_CORS_LINES}{_SECURITY_LINES}ETag: {etag}\r\nLast-Modified: {feed.last_modified_http}\r\n"
-                      f"Cache-Control: {cache_control}\r\nVary: Accept-Encoding\r\n")
+            common = (
+                f"{_CORS_LINES}{_SECURITY_LINES}ETag: {etag}\r\nLast-Modified: {feed.last_modified_http}\r\n"
+                f"Cache-Control: {cache_control}\r\nVary: Accept-Encoding\r\n"
+            )
             encoding = "" if coding == "identity" else f"Content-Encoding: {coding}\r\n"
             self.not_modified[coding] = f"HTTP/1.1 304 Not Modified\r\n{common}".encode()
-            self.ok[coding] = (f"HTTP/1.1 200 OK\r\n{common}Content-Type: {feed.content_type}\r\n{encoding}"
-                               f"Content-Length: {len(body)}\r\n").encode()
+            self.ok[coding] = (
+                f"HTTP/1.1 200 OK\r\n{common}Content-Type: {feed.content_type}\r\n{encoding}"
+                f"Content-Length: {len(body)}\r\n"
+            ).encode()
             self.bodies[coding] = body
             self.matching.update((etag.encode(), b"W/" + etag.encode()))
         self.matching.add(b"*")
@@ -107,8 +111,10 @@ class FeedFastPath:
     """Answers GET/HEAD of the whole feeds of `publisher`; `protocol_factory` wraps aiohttp's."""
 
     def __init__(self, publisher: FeedPublisher, max_age: int, *, keepalive_timeout: float = KEEPALIVE_TIMEOUT):
-        self.routes = {path.encode(): _FastRoute(publisher.state(path), feed_cache_control(path, max_age))
-                       for path in publisher.paths}
+        self.routes = {
+            path.encode(): _FastRoute(publisher.state(path), feed_cache_control(path, max_age))
+            for path in publisher.paths
+        }
         self.keepalive_timeout = keepalive_timeout
         self.connections: set[_FeedConnection] = set()
         self.handed_off = 0  # connections given to aiohttp (a gauge of what the fast path misses)
@@ -143,7 +149,7 @@ class FeedFastPath:
         inm = ims = accept = forwarded = None
         close = False
         if line_end >= 0:
-            for line in head[line_end + 2:].split(b"\r\n"):
+            for line in head[line_end + 2 :].split(b"\r\n"):
                 name, colon, value = line.partition(b":")
                 if not colon or not name or name[-1] in b" \t" or name[0] in b" \t" or b"\r" in line or b"\n" in line:
                     return _HANDOFF  # malformed, folded or bare-CR/LF: aiohttp refuses it properly
@@ -173,8 +179,9 @@ class FeedFastPath:
         if inm is not None:  # takes precedence over If-Modified-Since (RFC 9110 §13.2.2)
             not_modified = inm in prepared.matching or etag_matches(inm.decode("latin-1"), feed.tag)
         elif ims is not None:
-            not_modified = ims == prepared.last_modified or not modified_since(ims.decode("latin-1"),
-                                                                                feed.last_modified)
+            not_modified = ims == prepared.last_modified or not modified_since(
+                ims.decode("latin-1"), feed.last_modified
+            )
         else:
             not_modified = False
         limiter = self.limiter
@@ -199,8 +206,19 @@ class FeedFastPath:
 class _FeedConnection(asyncio.Protocol):
     """One client connection, on the fast path until a request needs aiohttp."""
 
-    __slots__ = ("buffer", "close_after", "fallback", "fast", "last_active", "loop", "paused", "peer", "sending",
-                 "timer", "transport")
+    __slots__ = (
+        "buffer",
+        "close_after",
+        "fallback",
+        "fast",
+        "last_active",
+        "loop",
+        "paused",
+        "peer",
+        "sending",
+        "timer",
+        "transport",
+    )
 
     def __init__(self, fast: FeedFastPath, fallback: Callable[[], asyncio.Protocol]) -> None:
         self.fast = fast
@@ -243,7 +261,7 @@ class _FeedConnection(asyncio.Protocol):
             if outcome == _HANDOFF:
                 self._hand_off(buffer)
                 return
-            buffer = buffer[end + 4:]
+            buffer = buffer[end + 4 :]
             if outcome == _CLOSE:
                 buffer = b""
                 if self.sending is None:
@@ -340,8 +358,16 @@ class FeedSite(web.BaseSite):
 
     __slots__ = ("_bound_port", "_fast", "_host", "_port", "_reuse_port")
 
-    def __init__(self, runner: web.BaseRunner, fast: FeedFastPath, host: str, port: int, *,
-                 reuse_port: bool = False, backlog: int = 1024) -> None:
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        fast: FeedFastPath,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        backlog: int = 1024,
+    ) -> None:
         super().__init__(runner, backlog=backlog)
         self._fast = fast
         self._host = host
@@ -364,8 +390,12 @@ class FeedSite(web.BaseSite):
         if self._fast.limiter is None and isinstance(self._runner, web.AppRunner):
             self._fast.limiter = self._runner.app.get(RATE_LIMITER)
         self._server = await asyncio.get_running_loop().create_server(
-            self._fast.protocol_factory(server), self._host, self._port, backlog=self._backlog,
-            reuse_address=True, reuse_port=self._reuse_port or None,
+            self._fast.protocol_factory(server),
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=True,
+            reuse_port=self._reuse_port or None,
         )
         sockets = self._server.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port

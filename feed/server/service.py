@@ -25,19 +25,19 @@ import aiohttp
 from aiohttp import web
 
 from collectors.fetch import Fetcher
-from feed.http.admin import attach_collector
-from feed.config import Config
-from feed.server.fastpath import FeedFastPath, FeedSite
-from feed.http.app import build_app
-from feed.http.context import CONTEXT
 from feed.collect.ingest import SinkResult
 from feed.collect.scheduler import STOP_TIMEOUT, Collector
+from feed.config import Config
 from feed.errors import StorageError
+from feed.http.admin import attach_collector
+from feed.http.app import build_app
+from feed.http.context import CONTEXT
 from feed.publish.mqtt import MqttPusher
+from feed.server.fastpath import FeedFastPath, FeedSite
+from feed.server.workers import check_address_free, serving, serving_processes
 from feed.store.migrations import is_migrated
 from feed.store.replica import primary_of
 from feed.store.storage import Storage
-from feed.server.workers import check_address_free, serving, serving_processes
 
 log = logging.getLogger("roadfeed.service")
 
@@ -69,8 +69,7 @@ async def http_server(
                 raise ValueError("several workers need the database URL")
             check_address_free(host, port)  # SO_REUSEPORT would share it silently
         publisher = app[CONTEXT].publisher
-        site = FeedSite(runner, FeedFastPath(publisher, config.server.feed_max_age), host, port,
-                        reuse_port=workers > 1)
+        site = FeedSite(runner, FeedFastPath(publisher, config.server.feed_max_age), host, port, reuse_port=workers > 1)
         await site.start()
         async with serving(publisher, config, database_url or "", host, site.port, workers):
             yield runner
@@ -123,13 +122,17 @@ async def run(config: Config, url: str, host: str, port: int, *, collect: bool, 
     processes = serving_processes(config.server.workers if workers is None else workers)
     # `serve` reads from the standby when there is one; `run` writes, so it reads the primary.
     read_url = config.database.read_url if not collect and config.database.read_url else url
-    storage = await Storage.open(read_url, max_size=config.database.pool_size,
-                                 primary_url=primary_of(config.database, read_url))
+    storage = await Storage.open(
+        read_url, max_size=config.database.pool_size, primary_url=primary_of(config.database, read_url)
+    )
     try:
         await check_schema(storage)
         async with http_server(config, storage, host, port, workers=processes, database_url=read_url) as runner:
-            print(f"roadfeed serving on http://{host}:{port}/ (feeds under /feeds/, status at /feeds/status.json)"
-                  + (f" with {processes} processes" if processes > 1 else ""), flush=True)
+            print(
+                f"roadfeed serving on http://{host}:{port}/ (feeds under /feeds/, status at /feeds/status.json)"
+                + (f" with {processes} processes" if processes > 1 else ""),
+                flush=True,
+            )
             if collect:
                 async with collectors(config, storage) as collector:
                     attach_collector(runner.app, collector)  # POST /api/v1/admin/sources/{id}/run polls through it

@@ -49,12 +49,12 @@ from aiohttp import web
 
 from feed.config import Config
 from feed.deadlines import cancel_and_wait
+from feed.errors import PublishError
 from feed.publish.catalogue import EVENTS_GEOJSON
 from feed.publish.filters import EventFilter
 from feed.publish.publisher import FeedPublisher
 from feed.publish.render import RenderedFeed
 from feed.server.fastpath import FeedFastPath, FeedSite
-from feed.errors import PublishError
 from feed.store.replica import primary_of
 from feed.store.storage import Storage
 
@@ -84,8 +84,9 @@ def check_address_free(host: str, port: int) -> None:
     server of the same user (an older roadfeed still running, say)."""
     if port == 0:
         return
-    for family, kind, proto, _name, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                                  flags=socket.AI_PASSIVE):
+    for family, kind, proto, _name, address in socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(address)
@@ -135,8 +136,9 @@ class _Follower:
 class Workers:
     """The leader's side: starts the followers, feeds them, answers their questions, restarts them."""
 
-    def __init__(self, publisher: FeedPublisher, config: Config, database_url: str, host: str, port: int,
-                 count: int) -> None:
+    def __init__(
+        self, publisher: FeedPublisher, config: Config, database_url: str, host: str, port: int, count: int
+    ) -> None:
         self.publisher = publisher
         self.config = config
         self.database_url = database_url
@@ -150,8 +152,11 @@ class Workers:
 
     def describe(self) -> dict[str, Any]:
         """For status.json: how many processes serve, and how many should."""
-        return {"configured": self.count, "serving": 1 + sum(f.serving for f in self._followers),
-                "restarts": sum(max(f.starts - 1, 0) for f in self._followers)}
+        return {
+            "configured": self.count,
+            "serving": 1 + sum(f.serving for f in self._followers),
+            "restarts": sum(max(f.starts - 1, 0) for f in self._followers),
+        }
 
     async def start(self) -> None:
         self.publisher.add_observer(self._changed)
@@ -218,8 +223,9 @@ class Workers:
             self.publisher.request("status")
             if loop.time() - started > 60:  # it had been running fine: no reason to wait long
                 delay = RESTART_DELAY[0]
-            log.warning("worker %d stopped (%s; exit status %s); restarting it in %.0f s",
-                        f.index, problem, code, delay)
+            log.warning(
+                "worker %d stopped (%s; exit status %s); restarting it in %.0f s", f.index, problem, code, delay
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_DELAY[1])
 
@@ -230,7 +236,8 @@ class Workers:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH")) if p)
             f.process = subprocess.Popen(  # noqa: ASYNC220 - returns once started; watched through its socket
                 [sys.executable, "-m", "feed.server.workers", "--fd", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), env=env,
+                pass_fds=(theirs.fileno(),),
+                env=env,
             )
         finally:
             theirs.close()
@@ -345,8 +352,11 @@ class _FollowerProcess:
 
     async def run(self) -> None:
         spec, config = self.spec, self.spec.config
-        storage = await Storage.open(spec.database_url, max_size=config.database.pool_size,
-                                     primary_url=primary_of(config.database, spec.database_url))
+        storage = await Storage.open(
+            spec.database_url,
+            max_size=config.database.pool_size,
+            primary_url=primary_of(config.database, spec.database_url),
+        )
         try:
             from feed.http.app import build_app  # noqa: PLC0415 - after the spec: keeps `-m feed.server.workers` light to start
 
@@ -393,13 +403,16 @@ async def _follower_main(fd: int) -> None:
     reader, writer = await asyncio.open_connection(sock=sock)
     kind, spec = await _receive(reader)
     assert kind == "init", kind
-    logging.basicConfig(level=logging.INFO,
-                        format=f"%(asctime)s %(levelname)s %(name)s[worker {spec.index}]: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s %(levelname)s %(name)s[worker {spec.index}]: %(message)s"
+    )
     await _FollowerProcess(reader, writer, spec).run()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m feed.server.workers", description="a roadfeed HTTP follower process")
+    parser = argparse.ArgumentParser(
+        prog="python -m feed.server.workers", description="a roadfeed HTTP follower process"
+    )
     parser.add_argument("--fd", type=int, required=True, help="the socket pair end shared with the leader")
     args = parser.parse_args(argv)
     # Ctrl-C reaches the whole process group: the leader stops us (SIGTERM) once its own shutdown allows it.
@@ -409,8 +422,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @asynccontextmanager
-async def serving(publisher: FeedPublisher, config: Config, database_url: str, host: str, port: int,
-                  count: int) -> AsyncIterator[Workers | None]:
+async def serving(
+    publisher: FeedPublisher, config: Config, database_url: str, host: str, port: int, count: int
+) -> AsyncIterator[Workers | None]:
     """The followers of a leader already listening on host:port (None when count is 1)."""
     if count <= 1:
         yield None

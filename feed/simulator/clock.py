@@ -25,8 +25,9 @@ class SimClock:
     (then only `advance` moves it: handy in tests). `monotonic` is the real clock.
     """
 
-    def __init__(self, start: datetime | None = None, speed: float = 1.0, *,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, start: datetime | None = None, speed: float = 1.0, *, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         if start is None:
             start = floor_hour(datetime.now(UTC))
         if start.tzinfo is None:

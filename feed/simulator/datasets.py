@@ -96,8 +96,9 @@ class _CountersDataset:
         last = _hour_index(now) - 1
         return first, last
 
-    def select(self, now: datetime, conditions: list[_Condition], order: list[tuple[str, bool]],
-               offset: int, limit: int | None) -> _Selection:
+    def select(
+        self, now: datetime, conditions: list[_Condition], order: list[tuple[str, bool]], offset: int, limit: int | None
+    ) -> _Selection:
         lo, hi = self.hour_range(now)
         generic = []
         for c in conditions:
@@ -121,9 +122,12 @@ class _CountersDataset:
         if order[0][0] != self.time_field:
             records = [r for idx in range(lo, hi + 1) for r in self._hour(idx, generic, [])]
             if len(records) > MAX_SORTED:
-                raise OdsError(400, "InvalidRESTParameterError",
-                               f"order_by must start with {self.time_field} on more than {MAX_SORTED} records "
-                               "(a limit of the simulator); narrow the query with where")
+                raise OdsError(
+                    400,
+                    "InvalidRESTParameterError",
+                    f"order_by must start with {self.time_field} on more than {MAX_SORTED} records "
+                    "(a limit of the simulator); narrow the query with where",
+                )
             _sort(records, order)
             total = len(records)
             end = None if limit is None else offset + limit
@@ -177,8 +181,9 @@ class _EventsDataset:
     def __init__(self, sim: Simulation, clock: SimClock) -> None:
         self.sim, self.clock = sim, clock
 
-    def select(self, now: datetime, conditions: list[_Condition], order: list[tuple[str, bool]],
-               offset: int, limit: int | None) -> _Selection:
+    def select(
+        self, now: datetime, conditions: list[_Condition], order: list[tuple[str, bool]], offset: int, limit: int | None
+    ) -> _Selection:
         records = [e.ods_record() for e in self.sim.events_at(now)]
         records = [r for r in records if _matches(r, conditions)]
         _sort(records, order or [("id", True)])

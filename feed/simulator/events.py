@@ -324,9 +324,13 @@ class _EventFactory:
     # -- places
 
     @staticmethod
-    def _place(d: _Draw, roads: Sequence[Road], length: tuple[float, float],
-               point_share: float = 0.0, from_km: Callable[[Road], float] = lambda r: 0.0,
-               ) -> tuple[Road, float, float | None]:
+    def _place(
+        d: _Draw,
+        roads: Sequence[Road],
+        length: tuple[float, float],
+        point_share: float = 0.0,
+        from_km: Callable[[Road], float] = lambda r: 0.0,
+    ) -> tuple[Road, float, float | None]:
         road = d.choice(roads)
         lo = from_km(road)
         span = d.uniform(*length)
@@ -358,36 +362,69 @@ class _EventFactory:
         announced = _local(day - timedelta(days=d.randint(1, 4)), 9 * 60 + d.randint(0, 420))
         where_fr = f"sur la {road.name} à {_nearest_commune(*road.point_at(km_a))}"
         where_en = f"on the {road.name} near {_nearest_commune(*road.point_at(km_a))}"
-        versions = [EventVersion(
-            announced, "planned", severity, start, end,
-            f"{work_fr} {where_fr} : {measure_fr}. Du {_when_fr(start)} au {_when_fr(end)}.",
-            f"{work_en} {where_en}: {measure_en}. From {_when_en(start)} to {_when_en(end)}.",
-        )]
+        versions = [
+            EventVersion(
+                announced,
+                "planned",
+                severity,
+                start,
+                end,
+                f"{work_fr} {where_fr} : {measure_fr}. Du {_when_fr(start)} au {_when_fr(end)}.",
+                f"{work_en} {where_en}: {measure_en}. From {_when_en(start)} to {_when_en(end)}.",
+            )
+        ]
         began = start + timedelta(minutes=d.randint(0, 20))
-        versions.append(EventVersion(
-            began, "active", severity, start, end,
-            f"Chantier en cours : {work_fr.lower()} {where_fr}, {measure_fr}. Fin prévue le {_when_fr(end)}.",
-            f"Works in progress: {work_en.lower()} {where_en}, {measure_en}. Expected end {_when_en(end)}.",
-        ))
+        versions.append(
+            EventVersion(
+                began,
+                "active",
+                severity,
+                start,
+                end,
+                f"Chantier en cours : {work_fr.lower()} {where_fr}, {measure_fr}. Fin prévue le {_when_fr(end)}.",
+                f"Works in progress: {work_en.lower()} {where_en}, {measure_en}. Expected end {_when_en(end)}.",
+            )
+        )
         if not single_day and d.chance(0.35):
             at = start + (end - start) * d.uniform(0.4, 0.8)
             end = end + timedelta(days=d.randint(1, 5))
             severity = "high" if severity == "medium" and d.chance(0.3) else severity
-            versions.append(EventVersion(
-                at, "active", severity, start, end,
-                f"Prolongation du chantier : {work_fr.lower()} {where_fr}, {measure_fr}. "
-                f"Fin prévue le {_when_fr(end)}.",
-                f"Works extended: {work_en.lower()} {where_en}, {measure_en}. Expected end {_when_en(end)}.",
-            ))
+            versions.append(
+                EventVersion(
+                    at,
+                    "active",
+                    severity,
+                    start,
+                    end,
+                    f"Prolongation du chantier : {work_fr.lower()} {where_fr}, {measure_fr}. "
+                    f"Fin prévue le {_when_fr(end)}.",
+                    f"Works extended: {work_en.lower()} {where_en}, {measure_en}. Expected end {_when_en(end)}.",
+                )
+            )
         finished = max(end + timedelta(minutes=d.randint(-30, 45)), versions[-1].at + timedelta(minutes=10))
-        versions.append(EventVersion(
-            finished, "ended", severity, start, finished,
-            f"Travaux terminés ({work_fr.lower()}), circulation rétablie.",
-            f"Works finished ({work_en.lower()}), traffic back to normal.",
-        ))
-        return EventPlan(ident, "T", road, km_a, km_b, "both", lanes,
-                         self._detour(d, road) if lanes == "Toutes voies" else None,
-                         tuple(versions), subtype)
+        versions.append(
+            EventVersion(
+                finished,
+                "ended",
+                severity,
+                start,
+                finished,
+                f"Travaux terminés ({work_fr.lower()}), circulation rétablie.",
+                f"Works finished ({work_en.lower()}), traffic back to normal.",
+            )
+        )
+        return EventPlan(
+            ident,
+            "T",
+            road,
+            km_a,
+            km_b,
+            "both",
+            lanes,
+            self._detour(d, road) if lanes == "Toutes voies" else None,
+            tuple(versions),
+            subtype,
+        )
 
     def _make_A(self, d: _Draw, ident: str, day: date) -> EventPlan | None:
         what_fr, what_en = d.choice(_ACCIDENTS)
@@ -400,27 +437,49 @@ class _EventFactory:
         if measure_fr == "route coupée" and sev1 == "medium":
             sev1 = "high"
         est1 = t0 + timedelta(minutes=d.choice((60, 90, 120)))
-        versions = [EventVersion(
-            published, "active", sev1, t0, est1,
-            f"{what_fr} sur la {road.name} : {measure_fr}.",
-            f"{what_en} on the {road.name}: {measure_en}.",
-        )]
+        versions = [
+            EventVersion(
+                published,
+                "active",
+                sev1,
+                t0,
+                est1,
+                f"{what_fr} sur la {road.name} : {measure_fr}.",
+                f"{what_en} on the {road.name}: {measure_en}.",
+            )
+        ]
         at2 = published + timedelta(minutes=d.randint(20, 45))
         sev2 = "medium" if sev1 == "high" and d.chance(0.5) else sev1
         est2 = max(est1, at2 + timedelta(minutes=d.randint(30, 90)))
-        step_fr, step_en = d.choice((("Intervention des secours en cours", "Emergency services on site"),
-                                     ("Dépannage en cours", "Vehicle recovery in progress")))
-        versions.append(EventVersion(
-            at2, "active", sev2, t0, est2,
-            f"{what_fr} sur la {road.name} : {measure_fr}. {step_fr}.",
-            f"{what_en} on the {road.name}: {measure_en}. {step_en}.",
-        ))
+        step_fr, step_en = d.choice(
+            (
+                ("Intervention des secours en cours", "Emergency services on site"),
+                ("Dépannage en cours", "Vehicle recovery in progress"),
+            )
+        )
+        versions.append(
+            EventVersion(
+                at2,
+                "active",
+                sev2,
+                t0,
+                est2,
+                f"{what_fr} sur la {road.name} : {measure_fr}. {step_fr}.",
+                f"{what_en} on the {road.name}: {measure_en}. {step_en}.",
+            )
+        )
         cleared = max(t0 + timedelta(minutes=d.randint(45, 240)), at2 + timedelta(minutes=10))
-        versions.append(EventVersion(
-            cleared, "ended", sev2, t0, cleared,
-            f"Accident dégagé sur la {road.name}, circulation rétablie.",
-            f"Accident cleared on the {road.name}, traffic back to normal.",
-        ))
+        versions.append(
+            EventVersion(
+                cleared,
+                "ended",
+                sev2,
+                t0,
+                cleared,
+                f"Accident dégagé sur la {road.name}, circulation rétablie.",
+                f"Accident cleared on the {road.name}, traffic back to normal.",
+            )
+        )
         direction = d.choice(("positive", "negative", "positive", "negative", "both"))
         return EventPlan(ident, "A", road, km_a, km_b, direction, lanes, None, tuple(versions))
 
@@ -435,12 +494,24 @@ class _EventFactory:
                 start, end = _local(day, 13 * 60), _local(day, 13 * 60 + 60 * d.randint(3, 5))
             announced = _local(day - timedelta(days=d.randint(2, 3)), 10 * 60 + d.randint(0, 360))
             versions = [
-                EventVersion(announced, "planned", "high", start, end,
-                             f"{what_fr} : route fermée du {_when_fr(start)} au {_when_fr(end)}.",
-                             f"{what_en}: road closed from {_when_en(start)} to {_when_en(end)}."),
-                EventVersion(start, "active", "high", start, end,
-                             f"{what_fr} : route fermée jusqu'au {_when_fr(end)}.",
-                             f"{what_en}: road closed until {_when_en(end)}."),
+                EventVersion(
+                    announced,
+                    "planned",
+                    "high",
+                    start,
+                    end,
+                    f"{what_fr} : route fermée du {_when_fr(start)} au {_when_fr(end)}.",
+                    f"{what_en}: road closed from {_when_en(start)} to {_when_en(end)}.",
+                ),
+                EventVersion(
+                    start,
+                    "active",
+                    "high",
+                    start,
+                    end,
+                    f"{what_fr} : route fermée jusqu'au {_when_fr(end)}.",
+                    f"{what_en}: road closed until {_when_en(end)}.",
+                ),
             ]
             reopened = end + timedelta(minutes=d.randint(-20, 30))
         else:
@@ -449,19 +520,44 @@ class _EventFactory:
             published = start + timedelta(minutes=d.randint(10, 30))
             end = start + timedelta(hours=d.randint(2, 8))
             severity = d.choice(("high", "highest"))
-            versions = [EventVersion(published, "active", severity, start, end,
-                                     f"{what_fr} : route fermée à la circulation.",
-                                     f"{what_en}: road closed to traffic.")]
+            versions = [
+                EventVersion(
+                    published,
+                    "active",
+                    severity,
+                    start,
+                    end,
+                    f"{what_fr} : route fermée à la circulation.",
+                    f"{what_en}: road closed to traffic.",
+                )
+            ]
             if d.chance(0.4):
                 at = published + (end - published) * d.uniform(0.3, 0.8)
                 end = end + timedelta(hours=d.randint(2, 24))
-                versions.append(EventVersion(at, "active", severity, start, end,
-                                             f"{what_fr} : fermeture prolongée jusqu'au {_when_fr(end)}.",
-                                             f"{what_en}: closure extended until {_when_en(end)}."))
+                versions.append(
+                    EventVersion(
+                        at,
+                        "active",
+                        severity,
+                        start,
+                        end,
+                        f"{what_fr} : fermeture prolongée jusqu'au {_when_fr(end)}.",
+                        f"{what_en}: closure extended until {_when_en(end)}.",
+                    )
+                )
             reopened = end + timedelta(minutes=d.randint(-60, 30))
         reopened = max(reopened, versions[-1].at + timedelta(minutes=10))
-        versions.append(EventVersion(reopened, "ended", versions[-1].severity, start, reopened,
-                                     "Route rouverte à la circulation.", "Road reopened to traffic."))
+        versions.append(
+            EventVersion(
+                reopened,
+                "ended",
+                versions[-1].severity,
+                start,
+                reopened,
+                "Route rouverte à la circulation.",
+                "Road reopened to traffic.",
+            )
+        )
         return EventPlan(ident, "F", road, km_a, km_b, "both", "Toutes voies", detour, tuple(versions))
 
     def _make_N(self, d: _Draw, ident: str, day: date) -> EventPlan | None:
@@ -470,20 +566,54 @@ class _EventFactory:
         start = _local(day, d.randint(0, 7 * 60))
         published = start + timedelta(minutes=d.randint(0, 30))
         end = start + timedelta(hours=d.randint(4, 36))
-        versions = [EventVersion(published, "active", d.choice(("low", "medium")), start, end,
-                                 "Risque de verglas, prudence.", "Risk of black ice, drive carefully.")]
+        versions = [
+            EventVersion(
+                published,
+                "active",
+                d.choice(("low", "medium")),
+                start,
+                end,
+                "Risque de verglas, prudence.",
+                "Risk of black ice, drive carefully.",
+            )
+        ]
         if d.chance(0.5):
             at = published + (end - published) * d.uniform(0.1, 0.4)
-            versions.append(EventVersion(at, "active", "high", start, end,
-                                         "Chaussée enneigée, équipements spéciaux obligatoires.",
-                                         "Snow on the road, winter equipment required."))
+            versions.append(
+                EventVersion(
+                    at,
+                    "active",
+                    "high",
+                    start,
+                    end,
+                    "Chaussée enneigée, équipements spéciaux obligatoires.",
+                    "Snow on the road, winter equipment required.",
+                )
+            )
             at = at + (end - at) * d.uniform(0.3, 0.7)
-            versions.append(EventVersion(at, "active", "medium", start, end,
-                                         "Salage en cours, chaussée humide.",
-                                         "Gritting in progress, wet road surface."))
+            versions.append(
+                EventVersion(
+                    at,
+                    "active",
+                    "medium",
+                    start,
+                    end,
+                    "Salage en cours, chaussée humide.",
+                    "Gritting in progress, wet road surface.",
+                )
+            )
         finished = max(end, versions[-1].at + timedelta(minutes=10))
-        versions.append(EventVersion(finished, "ended", versions[-1].severity, start, finished,
-                                     "Fin de l'épisode, conditions normales.", "Conditions back to normal."))
+        versions.append(
+            EventVersion(
+                finished,
+                "ended",
+                versions[-1].severity,
+                start,
+                finished,
+                "Fin de l'épisode, conditions normales.",
+                "Conditions back to normal.",
+            )
+        )
         return EventPlan(ident, "N", road, km_a, km_b, "both", None, None, tuple(versions))
 
     def _make_I(self, d: _Draw, ident: str, day: date) -> EventPlan | None:
@@ -494,10 +624,18 @@ class _EventFactory:
         end = start + timedelta(hours=d.randint(6, 72))
         closed = d.chance(0.5)
         texts = {
-            False: ("Chaussée submergée par endroits, prudence.", "Road partly flooded, drive carefully.",
-                    "medium", "Voie de droite inondée"),
-            True: ("Route coupée en raison de la montée des eaux.", "Road closed due to rising water.",
-                   "highest", "Toutes voies"),
+            False: (
+                "Chaussée submergée par endroits, prudence.",
+                "Road partly flooded, drive carefully.",
+                "medium",
+                "Voie de droite inondée",
+            ),
+            True: (
+                "Route coupée en raison de la montée des eaux.",
+                "Road closed due to rising water.",
+                "highest",
+                "Toutes voies",
+            ),
         }
         fr, en, severity, lanes = texts[closed]
         versions = [EventVersion(published, "active", severity, start, end, fr, en)]
@@ -507,7 +645,17 @@ class _EventFactory:
         fr2, en2, severity2, _ = texts[not closed]
         versions.append(EventVersion(at, "active", severity2, start, end, fr2, en2))
         finished = max(end + timedelta(minutes=d.randint(-60, 60)), at + timedelta(minutes=10))
-        versions.append(EventVersion(finished, "ended", severity2, start, finished,
-                                     "Décrue : route rouverte à la circulation.", "Water receded: road reopened."))
-        return EventPlan(ident, "I", road, km_a, km_b, "both", lanes,
-                         self._detour(d, road) if closed else None, tuple(versions))
+        versions.append(
+            EventVersion(
+                finished,
+                "ended",
+                severity2,
+                start,
+                finished,
+                "Décrue : route rouverte à la circulation.",
+                "Water receded: road reopened.",
+            )
+        )
+        return EventPlan(
+            ident, "I", road, km_a, km_b, "both", lanes, self._detour(d, road) if closed else None, tuple(versions)
+        )

@@ -35,8 +35,9 @@ SITES_PATH = "/national/datex2/v3/measurement-sites.xml"
 BBOX = (3.36, 50.75, 7.21, 53.55)  # the Netherlands: lon_min, lat_min, lon_max, lat_max
 GAP_RATE = 0.005  # sites that do not report in a given minute
 FAULT_RATE = 0.002  # lanes whose value is faulty in a given minute
-PUBLICATION = PublicationConfig(publisher="roadfeed national simulation", country="nl",
-                                national_identifier="NL-SIM", bbox=BBOX, bbox_margin_deg=0.1)
+PUBLICATION = PublicationConfig(
+    publisher="roadfeed national simulation", country="nl", national_identifier="NL-SIM", bbox=BBOX, bbox_margin_deg=0.1
+)
 
 
 def _unit(seed: int, *parts: Any) -> float:
@@ -66,13 +67,28 @@ class NationalNetwork:
             channels = []
             for lane in range(1, self.lanes(s) + 1):
                 channel_id += 1
-                channels.append(StoredChannel(id=channel_id, site_external_id=f"RWS{s:05d}",
-                                              external_id=f"RWS{s:05d}-{lane}", direction="north" if s % 2 else
-                                              "south", lane=lane, time_step=self.step))
-            out.append(StoredSite(
-                id=s + 1, source_id=SOURCE_ID, external_id=f"RWS{s:05d}", name=f"A{1 + s % 80} hmp {s % 997}",
-                road=f"A{1 + s % 80}", lon=round(lon0 + (lon1 - lon0) * _unit(self.seed, "lon", s), 6),
-                lat=round(lat0 + (lat1 - lat0) * _unit(self.seed, "lat", s), 6), channels=channels))
+                channels.append(
+                    StoredChannel(
+                        id=channel_id,
+                        site_external_id=f"RWS{s:05d}",
+                        external_id=f"RWS{s:05d}-{lane}",
+                        direction="north" if s % 2 else "south",
+                        lane=lane,
+                        time_step=self.step,
+                    )
+                )
+            out.append(
+                StoredSite(
+                    id=s + 1,
+                    source_id=SOURCE_ID,
+                    external_id=f"RWS{s:05d}",
+                    name=f"A{1 + s % 80} hmp {s % 997}",
+                    road=f"A{1 + s % 80}",
+                    lon=round(lon0 + (lon1 - lon0) * _unit(self.seed, "lon", s), 6),
+                    lat=round(lat0 + (lat1 - lat0) * _unit(self.seed, "lat", s), 6),
+                    channels=channels,
+                )
+            )
         return out
 
     def interval_end(self, now: datetime) -> datetime:
@@ -96,9 +112,17 @@ class NationalNetwork:
                 faulty = _unit(self.seed, "fault", c.id, minute) < FAULT_RATE
                 count = int((2 + 28 * u) * rush * self.step / 60)
                 speed = round(max(20.0, 118 - 25 * (rush - 1) - 20 * _unit(self.seed, "speed", c.id, minute)), 1)
-                channels.append(c.model_copy(update={
-                    "latest_start": start, "latest_length": self.step, "latest_count": None if faulty else count,
-                    "latest_speed": speed, "latest_quality": "invalid" if faulty else "observed"}))
+                channels.append(
+                    c.model_copy(
+                        update={
+                            "latest_start": start,
+                            "latest_length": self.step,
+                            "latest_count": None if faulty else count,
+                            "latest_speed": speed,
+                            "latest_quality": "invalid" if faulty else "observed",
+                        }
+                    )
+                )
             out.append(site.model_copy(update={"channels": channels}))
         return out
 
@@ -126,7 +150,8 @@ class _NationalState:
         async with self._lock:
             if self.latest is None or self.latest.end != end:
                 body = await asyncio.to_thread(
-                    lambda: render_measured_data(self.network.measured(self.sites, end), PUBLICATION, end))
+                    lambda: render_measured_data(self.network.measured(self.sites, end), PUBLICATION, end)
+                )
                 self.latest = _Rendered(end, body, '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"')
             return self.latest
 
@@ -136,8 +161,11 @@ NATIONAL_KEY = web.AppKey("national", _NationalState)
 
 async def _measured(request: web.Request) -> web.Response:
     doc = await request.app[NATIONAL_KEY].measured_document()
-    headers = {"ETag": doc.etag, "Last-Modified": doc.end.strftime("%a, %d %b %Y %H:%M:%S GMT"),
-               "Cache-Control": "no-cache"}
+    headers = {
+        "ETag": doc.etag,
+        "Last-Modified": doc.end.strftime("%a, %d %b %Y %H:%M:%S GMT"),
+        "Cache-Control": "no-cache",
+    }
     if request.headers.get("If-None-Match") == doc.etag:
         return web.Response(status=304, headers=headers)
     return web.Response(body=doc.body, content_type="application/xml", headers=headers)
@@ -155,5 +183,12 @@ def add_national_routes(app: web.Application, network: NationalNetwork, clock: A
 
 def national_sources(base_url: str, network: NationalNetwork) -> list[dict[str, Any]]:
     """`[[sources]]` entries that poll the national scenario every step."""
-    return [{"id": SOURCE_ID, "kind": "datex2", "url": base_url.rstrip("/") + MEASURED_PATH,
-             "interval": network.step, "options": {"snapshot": False}}]
+    return [
+        {
+            "id": SOURCE_ID,
+            "kind": "datex2",
+            "url": base_url.rstrip("/") + MEASURED_PATH,
+            "interval": network.step,
+            "options": {"snapshot": False},
+        }
+    ]

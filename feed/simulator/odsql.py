@@ -37,7 +37,8 @@ class _Condition:
     value: Any  # datetime, str, float, bool
 
 
-_TOKEN = re.compile(r"""\s*(?:
+_TOKEN = re.compile(
+    r"""\s*(?:
     (?P<date>date'(?P<dateval>[^']*)')
   | (?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
   | (?P<num>-?\d+(?:\.\d+)?)
@@ -45,7 +46,9 @@ _TOKEN = re.compile(r"""\s*(?:
   | (?P<lp>\()
   | (?P<rp>\))
   | (?P<word>`[^`]+`|[A-Za-z_][A-Za-z0-9_]*)
-)""", re.X)
+)""",
+    re.X,
+)
 
 
 _GEO_TYPES = ("geo_point_2d", "geo_shape")
@@ -74,7 +77,7 @@ def parse_where(text: str, fields: dict[str, str]) -> list[_Condition]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
-            raise _odsql_error(f"Syntax error at position {pos} in where clause: {text[pos:pos + 20]!r}")
+            raise _odsql_error(f"Syntax error at position {pos} in where clause: {text[pos : pos + 20]!r}")
         pos = m.end()
         if m.group("date") is not None:
             tokens.append(("value", _parse_date(m.group("dateval"))))
@@ -120,8 +123,13 @@ def parse_where(text: str, fields: dict[str, str]) -> list[_Condition]:
             expect_term = True
             i += 1
             continue
-        if (expect_term and kind == "field" and i + 2 < len(tokens)
-                and tokens[i + 1][0] == "op" and tokens[i + 2][0] == "value"):
+        if (
+            expect_term
+            and kind == "field"
+            and i + 2 < len(tokens)
+            and tokens[i + 1][0] == "op"
+            and tokens[i + 2][0] == "value"
+        ):
             name = value
             if name not in fields:
                 raise _odsql_error(f"Unknown field: {name}")

@@ -67,8 +67,7 @@ SIM_APP_KEY = web.AppKey("roadfeed_simulator", _SimState)
 
 def _json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-    return web.Response(text=text, status=status, content_type="application/json", charset="utf-8",
-                        headers=headers)
+    return web.Response(text=text, status=status, content_type="application/json", charset="utf-8", headers=headers)
 
 
 def _state(request: web.Request) -> _SimState:
@@ -81,8 +80,11 @@ def _check_key(request: web.Request, state: _SimState) -> None:
     header = request.headers.get("Authorization", "")
     given = header[7:].strip() if header[:7].lower() == "apikey " else request.query.get("apikey", "")
     if not (given and hmac.compare_digest(given.encode(), state.api_key.encode())):
-        raise OdsError(401, "InvalidAPIKeyError" if given else "AuthenticationRequired",
-                       "A valid API key is required (Authorization: Apikey <key>, or apikey=<key>).")
+        raise OdsError(
+            401,
+            "InvalidAPIKeyError" if given else "AuthenticationRequired",
+            "A valid API key is required (Authorization: Apikey <key>, or apikey=<key>).",
+        )
 
 
 def _int_param(request: web.Request, name: str, default: int) -> int:
@@ -92,8 +94,9 @@ def _int_param(request: web.Request, name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise OdsError(400, "InvalidRESTParameterError",
-                       f"Invalid value for {name} API parameter: {raw!r} is not an integer.") from None
+        raise OdsError(
+            400, "InvalidRESTParameterError", f"Invalid value for {name} API parameter: {raw!r} is not an integer."
+        ) from None
 
 
 def _timezone(request: web.Request) -> ZoneInfo | timezone:
@@ -134,8 +137,7 @@ def _query(request: web.Request, dataset: Any) -> _Query:
     conditions = parse_where(where, dataset.fields) if where.strip() else []
     order_text = request.query.get("order_by", "")
     order = parse_order_by(order_text, dataset.fields) if order_text.strip() else []
-    return _Query(conditions, order, parse_select(request.query.get("select", ""), dataset.fields),
-                  _timezone(request))
+    return _Query(conditions, order, parse_select(request.query.get("select", ""), dataset.fields), _timezone(request))
 
 
 def _ods_errors(handler: Callable[[web.Request], Any]) -> Callable[[web.Request], Any]:
@@ -156,18 +158,26 @@ async def _records(request: web.Request) -> web.StreamResponse:
     limit = _int_param(request, "limit", DEFAULT_LIMIT)
     offset = _int_param(request, "offset", 0)
     if not -1 <= limit <= MAX_LIMIT:
-        raise OdsError(400, "InvalidRESTParameterError",
-                       f"Invalid value for limit API parameter: {limit} was found but -1 <= limit <= {MAX_LIMIT} "
-                       "is expected.")
+        raise OdsError(
+            400,
+            "InvalidRESTParameterError",
+            f"Invalid value for limit API parameter: {limit} was found but -1 <= limit <= {MAX_LIMIT} is expected.",
+        )
     if limit == -1:
         limit = MAX_LIMIT
     if offset < 0:
-        raise OdsError(400, "InvalidRESTParameterError",
-                       f"Invalid value for offset API parameter: {offset} was found but offset >= 0 is expected.")
+        raise OdsError(
+            400,
+            "InvalidRESTParameterError",
+            f"Invalid value for offset API parameter: {offset} was found but offset >= 0 is expected.",
+        )
     if offset + limit > MAX_WINDOW:
-        raise OdsError(400, "InvalidRESTParameterError",
-                       f"Invalid value for sum of offset + limit API parameter: {offset + limit} was found but "
-                       f"<= {MAX_WINDOW} is expected.")
+        raise OdsError(
+            400,
+            "InvalidRESTParameterError",
+            f"Invalid value for sum of offset + limit API parameter: {offset + limit} was found but "
+            f"<= {MAX_WINDOW} is expected.",
+        )
     query = _query(request, dataset)
     selection = dataset.select(state.clock.now(), query.conditions, query.order, offset, limit)
     results = [query.render(r) for r in selection.records]
@@ -184,14 +194,16 @@ async def _exports_json(request: web.Request) -> web.StreamResponse:
     if limit < -1 or offset < 0:
         raise OdsError(400, "InvalidRESTParameterError", "limit must be >= -1 and offset >= 0.")
     query = _query(request, dataset)
-    selection = dataset.select(state.clock.now(), query.conditions, query.order, offset,
-                               None if limit == -1 else limit)
+    selection = dataset.select(state.clock.now(), query.conditions, query.order, offset, None if limit == -1 else limit)
     if offset:
         size = limit if limit >= 0 else max(selection.total - offset, 0)
         if offset + size > MAX_WINDOW:
-            raise OdsError(400, "InvalidRESTParameterError",
-                           f"Invalid value for sum of offset + limit API parameter: {offset + size} was found "
-                           f"but <= {MAX_WINDOW} is expected.")
+            raise OdsError(
+                400,
+                "InvalidRESTParameterError",
+                f"Invalid value for sum of offset + limit API parameter: {offset + size} was found "
+                f"but <= {MAX_WINDOW} is expected.",
+            )
     response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
     response.enable_chunked_encoding()
     response.enable_compression()  # gzip or deflate when the client accepts it
@@ -299,21 +311,23 @@ def _not_modified(request: web.Request, etag: str, changed: datetime) -> bool:
 async def _index(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     base = str(request.url.origin())
-    return _json_response({
-        "name": "roadfeed simulator: a simulated Hérault (invented data, real protocols)",
-        "seed": state.sim.seed,
-        "clock": state.clock.describe(),
-        "history_days": state.history_days,
-        "api_key_required": state.api_key is not None,
-        "sites": len(state.sim.sites),
-        "channels": len(state.sim.channels),
-        "datasets": [_describe_dataset(d, base) for d in state.datasets.values()],
-        "feeds": {
-            "datex2_v3_situations": f"{base}/datex2/v3/situations.xml",
-            "datex2_v2_situations": f"{base}/datex2/v2/situations.xml",
-        },
-        "sources": simulator_sources(base, datex2=True),
-    })
+    return _json_response(
+        {
+            "name": "roadfeed simulator: a simulated Hérault (invented data, real protocols)",
+            "seed": state.sim.seed,
+            "clock": state.clock.describe(),
+            "history_days": state.history_days,
+            "api_key_required": state.api_key is not None,
+            "sites": len(state.sim.sites),
+            "channels": len(state.sim.channels),
+            "datasets": [_describe_dataset(d, base) for d in state.datasets.values()],
+            "feeds": {
+                "datex2_v3_situations": f"{base}/datex2/v3/situations.xml",
+                "datex2_v2_situations": f"{base}/datex2/v2/situations.xml",
+            },
+            "sources": simulator_sources(base, datex2=True),
+        }
+    )
 
 
 def build_simulator_app(
@@ -389,10 +403,15 @@ async def run_simulator(
             bound = sockets[0].getsockname()[1]
         clock = simulator_clock(app)
         shown = f"[{host}]" if ":" in host else host
-        announce(f"roadfeed simulator on http://{shown}:{bound}/ (seed {seed}, speed x{speed:g}, "
-                 f"simulated now {_iso(clock.now(), UTC)}, {history_days:g} days of history)"
-                 + (f"; national scenario: {national.sites} sites every {national.step} s at {NATIONAL_MEASURED}"
-                    if national is not None else ""))
+        announce(
+            f"roadfeed simulator on http://{shown}:{bound}/ (seed {seed}, speed x{speed:g}, "
+            f"simulated now {_iso(clock.now(), UTC)}, {history_days:g} days of history)"
+            + (
+                f"; national scenario: {national.sites} sites every {national.step} s at {NATIONAL_MEASURED}"
+                if national is not None
+                else ""
+            )
+        )
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()

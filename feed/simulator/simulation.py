@@ -44,10 +44,12 @@ class Simulation:
         self.seed = int(seed)
         self.sites = SITES
         self.sites_by_id = {s.id: s for s in SITES}
-        self.channels: tuple[Channel, ...] = tuple(sorted(
-            (Channel(s, d, c) for s in SITES for d in s.directions for c in VEHICLE_CLASSES),
-            key=lambda ch: ch.id,
-        ))
+        self.channels: tuple[Channel, ...] = tuple(
+            sorted(
+                (Channel(s, d, c) for s in SITES for d in s.directions for c in VEHICLE_CLASSES),
+                key=lambda ch: ch.id,
+            )
+        )
         self._factory = _EventFactory(self.seed)
         self._plans_cache: dict[tuple[str, date], list[EventPlan]] = {}
         self._gappy = [s for s in SITES if s.gappy]
@@ -118,23 +120,25 @@ class Simulation:
             if n is None:
                 continue
             s = ch.site
-            out.append({
-                "id_canal": ch.id,
-                "id_site": s.id,
-                "nom_site": s.name,
-                "route": s.road.name,
-                "pr": s.pr,
-                "abscisse": s.abscissa,
-                "commune": s.commune,
-                "insee": s.insee,
-                "sens": ch.direction.code,
-                "libelle_sens": ch.direction.label,
-                "categorie": ch.vehicle_class,
-                "date_heure": ctx.start,
-                "debit": n,
-                "vitesse_moyenne": speed,
-                "geo_point_2d": {"lon": s.lon, "lat": s.lat},
-            })
+            out.append(
+                {
+                    "id_canal": ch.id,
+                    "id_site": s.id,
+                    "nom_site": s.name,
+                    "route": s.road.name,
+                    "pr": s.pr,
+                    "abscisse": s.abscissa,
+                    "commune": s.commune,
+                    "insee": s.insee,
+                    "sens": ch.direction.code,
+                    "libelle_sens": ch.direction.label,
+                    "categorie": ch.vehicle_class,
+                    "date_heure": ctx.start,
+                    "debit": n,
+                    "vitesse_moyenne": speed,
+                    "geo_point_2d": {"lon": s.lon, "lat": s.lat},
+                }
+            )
         return out
 
     # -- events

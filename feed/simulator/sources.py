@@ -12,8 +12,9 @@ __all__ = [
 ]
 
 
-def simulator_sources(base_url: str, *, interval: int = 60, datex2: bool = False,
-                      api_key: str | None = None) -> list[dict[str, Any]]:
+def simulator_sources(
+    base_url: str, *, interval: int = 60, datex2: bool = False, api_key: str | None = None
+) -> list[dict[str, Any]]:
     """`[[sources]]` entries that poll this simulator with our real collectors.
 
     Counters and events come through the Opendatasoft collector. With `datex2`, a
@@ -89,12 +90,14 @@ def simulator_sources(base_url: str, *, interval: int = 60, datex2: bool = False
         },
     ]
     if datex2:
-        sources.append({
-            "id": "sim-datex2",
-            "kind": "datex2",
-            "url": f"{base}/datex2/v3/situations.xml",
-            "interval": interval,
-            "enabled": False,
-            "options": {"snapshot": True},
-        })
+        sources.append(
+            {
+                "id": "sim-datex2",
+                "kind": "datex2",
+                "url": f"{base}/datex2/v3/situations.xml",
+                "interval": interval,
+                "enabled": False,
+                "options": {"snapshot": True},
+            }
+        )
     return sources

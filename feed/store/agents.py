@@ -14,8 +14,20 @@ from datetime import timedelta
 import asyncpg
 import psycopg
 
-__all__ = ["Agent", "agent_exists", "disable_agent", "end_session", "insert_agent", "insert_token", "list_agents",
-           "login_account", "open_session", "session_holder", "token_holder", "token_owner"]
+__all__ = [
+    "Agent",
+    "agent_exists",
+    "disable_agent",
+    "end_session",
+    "insert_agent",
+    "insert_token",
+    "list_agents",
+    "login_account",
+    "open_session",
+    "session_holder",
+    "token_holder",
+    "token_owner",
+]
 
 
 @dataclass(frozen=True)
@@ -41,8 +53,13 @@ async def login_account(conn: asyncpg.Connection, username: str) -> tuple[Agent,
 async def open_session(conn: asyncpg.Connection, id_hash: bytes, agent_id: int, csrf: str, lifetime: timedelta) -> None:
     """Stores a new session (and drops the expired ones)."""
     await conn.execute("DELETE FROM agent_sessions WHERE expires < now()")
-    await conn.execute("INSERT INTO agent_sessions (id_hash, agent_id, csrf, expires) VALUES ($1, $2, $3, now() + $4)",
-                       id_hash, agent_id, csrf, lifetime)
+    await conn.execute(
+        "INSERT INTO agent_sessions (id_hash, agent_id, csrf, expires) VALUES ($1, $2, $3, now() + $4)",
+        id_hash,
+        agent_id,
+        csrf,
+        lifetime,
+    )
 
 
 async def end_session(conn: asyncpg.Connection, id_hash: bytes) -> None:
@@ -53,14 +70,18 @@ async def token_holder(conn: asyncpg.Connection, token_hash: bytes) -> asyncpg.R
     """(id, username, role) of the enabled account holding this unrevoked token."""
     return await conn.fetchrow(
         """SELECT a.id, a.username, a.role FROM agent_tokens t JOIN agents a ON a.id = t.agent_id
-            WHERE t.token_hash = $1 AND t.revoked IS NULL AND NOT a.disabled""", token_hash)
+            WHERE t.token_hash = $1 AND t.revoked IS NULL AND NOT a.disabled""",
+        token_hash,
+    )
 
 
 async def session_holder(conn: asyncpg.Connection, id_hash: bytes) -> asyncpg.Record | None:
     """(id, username, role, csrf) of the enabled account of this unexpired session."""
     return await conn.fetchrow(
         """SELECT a.id, a.username, a.role, s.csrf FROM agent_sessions s JOIN agents a ON a.id = s.agent_id
-            WHERE s.id_hash = $1 AND s.expires > now() AND NOT a.disabled""", id_hash)
+            WHERE s.id_hash = $1 AND s.expires > now() AND NOT a.disabled""",
+        id_hash,
+    )
 
 
 # --------------------------------------------------------------------------- the CLI's operations (psycopg)
@@ -73,7 +94,8 @@ def agent_exists(conn: psycopg.Connection, username: str) -> bool:
 def insert_agent(conn: psycopg.Connection, username: str, display_name: str, role: str, password_hash: str) -> int:
     row = conn.execute(
         "INSERT INTO agents (username, display_name, role, password_hash) VALUES (%s, %s, %s, %s) RETURNING id",
-        (username, display_name, role, password_hash)).fetchone()
+        (username, display_name, role, password_hash),
+    ).fetchone()
     assert row is not None  # INSERT ... RETURNING gives the row
     return int(row[0])
 
@@ -99,5 +121,6 @@ def token_owner(conn: psycopg.Connection, username: str) -> tuple[int, bool] | N
 
 
 def insert_token(conn: psycopg.Connection, agent_id: int, token_hash: bytes, label: str) -> None:
-    conn.execute("INSERT INTO agent_tokens (agent_id, token_hash, label) VALUES (%s, %s, %s)",
-                 (agent_id, token_hash, label))
+    conn.execute(
+        "INSERT INTO agent_tokens (agent_id, token_hash, label) VALUES (%s, %s, %s)", (agent_id, token_hash, label)
+    )

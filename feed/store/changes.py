@@ -87,12 +87,24 @@ class Change:
 def _change(row: Mapping[str, Any]) -> Change:
     event = StoredEvent.model_validate(row["state"])
     previous = row["previous_geometry"]
-    document = {"cursor": encode_cursor(row["seq"]), "change": row["change"], "recorded": iso_ms(row["recorded"]),
-                "event": event_feature(event)}
+    document = {
+        "cursor": encode_cursor(row["seq"]),
+        "change": row["change"],
+        "recorded": iso_ms(row["recorded"]),
+        "event": event_feature(event),
+    }
     data = geojson.dumps(document)
     sse = f"id: {document['cursor']}\nevent: {row['change']}\ndata: ".encode() + data + b"\n\n"
-    return Change(row["seq"], row["change"], row["recorded"], event, row["previous_type"],
-                  Geometry.model_validate(previous) if previous else None, data, sse)
+    return Change(
+        row["seq"],
+        row["change"],
+        row["recorded"],
+        event,
+        row["previous_type"],
+        Geometry.model_validate(previous) if previous else None,
+        data,
+        sse,
+    )
 
 
 def _changes(rows: Sequence[Mapping[str, Any]]) -> list[Change]:
@@ -147,8 +159,11 @@ class ChangeLog:
         deadline = time.monotonic() + self.writer_wait
         while writers:
             if time.monotonic() > deadline:
-                log.warning("event writers %s still running after %.1f s; serving the changes before them",
-                            writers, self.writer_wait)
+                log.warning(
+                    "event writers %s still running after %.1f s; serving the changes before them",
+                    writers,
+                    self.writer_wait,
+                )
                 return False
             await asyncio.sleep(self.poll_interval)
             if not await self._fetchval(_STILL_WRITING, EVENT_WRITER_LOCK, writers):

@@ -144,8 +144,16 @@ class Cluster:
         self._chown(self.datadir)
         self.logfile.touch()
         self._chown(self.logfile)
-        args = ["-D", self.engine.inner_path(self.datadir), "-U", "postgres", "--auth=trust",
-                "-E", "UTF8", "--locale=C.UTF-8"]
+        args = [
+            "-D",
+            self.engine.inner_path(self.datadir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+        ]
         if not self.durable:
             args.append("--no-sync")
         self._run("initdb", *args)
@@ -166,8 +174,17 @@ class Cluster:
             f.write("\n".join(settings) + "\n")
 
     def start(self, timeout: float = 30) -> None:
-        self._run("pg_ctl", "-D", self.engine.inner_path(self.datadir), "-l",
-                  self.engine.inner_path(self.logfile), "-w", "-t", str(int(timeout)), "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            self.engine.inner_path(self.datadir),
+            "-l",
+            self.engine.inner_path(self.logfile),
+            "-w",
+            "-t",
+            str(int(timeout)),
+            "start",
+        )
 
     def stop(self) -> None:
         if not (self.datadir / "postmaster.pid").exists():

@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import re
 import json
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -86,8 +86,9 @@ _PLAIN_NUMBER_RE = re.compile(_PLAIN_NUMBER[1:-1].replace("$", r"\Z"))  # the sa
 
 def neutralised_sql(expr: str) -> str:
     """`expr` (text) with a leading apostrophe when a spreadsheet would read it as a formula."""
-    return (f"CASE WHEN ({expr}) ~ {_FORMULA_START} AND ({expr}) !~ {_PLAIN_NUMBER} "
-            f"THEN '''' || ({expr}) ELSE ({expr}) END")
+    return (
+        f"CASE WHEN ({expr}) ~ {_FORMULA_START} AND ({expr}) !~ {_PLAIN_NUMBER} THEN '''' || ({expr}) ELSE ({expr}) END"
+    )
 
 
 def neutralise(text: str) -> str:
@@ -115,9 +116,14 @@ class Column:
 
     def arrow_type(self, timezone: str) -> pa.DataType:
         return {
-            "int32": pa.int32(), "int64": pa.int64(), "float64": pa.float64(), "string": pa.string(),
-            "date": pa.date32(), "timestamp": pa.timestamp("ms", tz=timezone),
-            "timestamp_utc": pa.timestamp("ms", tz="UTC"), "geometry": pa.binary(),
+            "int32": pa.int32(),
+            "int64": pa.int64(),
+            "float64": pa.float64(),
+            "string": pa.string(),
+            "date": pa.date32(),
+            "timestamp": pa.timestamp("ms", tz=timezone),
+            "timestamp_utc": pa.timestamp("ms", tz="UTC"),
+            "geometry": pa.binary(),
         }[self.type]
 
 
@@ -149,21 +155,33 @@ def _ts_utc(expr: str) -> str:
 
 def _times(name: str, expr: str, meaning: str, utc_name: str | None = None) -> tuple[Column, Column]:
     """A time as two columns: local with its offset, then the same instant in UTC (one offset all year)."""
-    return (Column(name, _ts(expr), "timestamp", "ISO 8601 local time with offset", meaning),
-            Column(utc_name or f"{name}_utc", _ts_utc(expr), "timestamp_utc", "ISO 8601 UTC time (Z)",
-                   f"{name} in UTC"))
+    return (
+        Column(name, _ts(expr), "timestamp", "ISO 8601 local time with offset", meaning),
+        Column(utc_name or f"{name}_utc", _ts_utc(expr), "timestamp_utc", "ISO 8601 UTC time (Z)", f"{name} in UTC"),
+    )
 
 
 _SITE_KEY = tuple(
-    Column(name, sql, type_, None, meaning, text, keyed=True) for name, sql, type_, meaning, text in (
+    Column(name, sql, type_, None, meaning, text, keyed=True)
+    for name, sql, type_, meaning, text in (
         ("site_id", "c.site_id", "int32", "the site's id in this service (stable; /api/v1/sites/{id})", False),
         ("site_external_id", "s.external_id", "string", "the site's id at its source", True),
         ("road", "s.road", "string", "road the site is on, e.g. RD613", True),
         ("channel_id", "c.id", "int32", "the channel's id in this service (stable)", False),
-        ("direction", "c.direction", "string", "direction of travel: the source's code, usually a compass "
-         "point (see directions)", True),
-        ("direction_name", "c.direction_name", "string", "the direction's name at the source (e.g. vers Béziers); "
-         "empty when the source gives none", True),
+        (
+            "direction",
+            "c.direction",
+            "string",
+            "direction of travel: the source's code, usually a compass point (see directions)",
+            True,
+        ),
+        (
+            "direction_name",
+            "c.direction_name",
+            "string",
+            "the direction's name at the source (e.g. vers Béziers); empty when the source gives none",
+            True,
+        ),
         ("lane", "c.lane", "int32", "lane number when the channel counts one lane", False),
         ("vehicle_class", "c.vehicle_class", "string", "all, light or heavy vehicles", False),
     )
@@ -172,22 +190,51 @@ _SITE_KEY = tuple(
 
 def _measures(expected_sql: str) -> tuple[Column, ...]:
     return (
-        Column("count", "CASE WHEN r.intervals_present > 0 THEN r.count_sum END", "int64", "vehicles",
-               "vehicles counted in the intervals present; empty when no interval is present"),
-        Column("speed", "CASE WHEN r.speed_count > 0 "
-               "THEN round((r.speed_weighted_sum / r.speed_count)::numeric, 1) END", "float64", "km/h",
-               "mean speed weighted by the counts of the intervals that have a speed; empty when none has"),
-        _ratio("coverage", f"r.intervals_present::float8 / nullif({expected_sql}, 0)",
-               "intervals present / intervals expected: the quality of `count` (1 = complete)"),
-        _ratio("estimated_share", "CASE WHEN r.intervals_present > 0 "
-               "THEN r.intervals_estimated::float8 / r.intervals_present END",
-               "share of the present intervals that the source marked as estimated rather than observed"),
-        Column("intervals_present", "r.intervals_present", "int32", "intervals",
-               "intervals with a count whose quality is observed or estimated"),
-        Column("intervals_estimated", "r.intervals_estimated", "int32", "intervals",
-               "present intervals marked as estimated"),
-        Column("intervals_expected", expected_sql, "int32", "intervals",
-               "intervals the channel's time step implies for the period (local calendar, DST included)"),
+        Column(
+            "count",
+            "CASE WHEN r.intervals_present > 0 THEN r.count_sum END",
+            "int64",
+            "vehicles",
+            "vehicles counted in the intervals present; empty when no interval is present",
+        ),
+        Column(
+            "speed",
+            "CASE WHEN r.speed_count > 0 THEN round((r.speed_weighted_sum / r.speed_count)::numeric, 1) END",
+            "float64",
+            "km/h",
+            "mean speed weighted by the counts of the intervals that have a speed; empty when none has",
+        ),
+        _ratio(
+            "coverage",
+            f"r.intervals_present::float8 / nullif({expected_sql}, 0)",
+            "intervals present / intervals expected: the quality of `count` (1 = complete)",
+        ),
+        _ratio(
+            "estimated_share",
+            "CASE WHEN r.intervals_present > 0 THEN r.intervals_estimated::float8 / r.intervals_present END",
+            "share of the present intervals that the source marked as estimated rather than observed",
+        ),
+        Column(
+            "intervals_present",
+            "r.intervals_present",
+            "int32",
+            "intervals",
+            "intervals with a count whose quality is observed or estimated",
+        ),
+        Column(
+            "intervals_estimated",
+            "r.intervals_estimated",
+            "int32",
+            "intervals",
+            "present intervals marked as estimated",
+        ),
+        Column(
+            "intervals_expected",
+            expected_sql,
+            "int32",
+            "intervals",
+            "intervals the channel's time step implies for the period (local calendar, DST included)",
+        ),
     )
 
 
@@ -215,18 +262,32 @@ def _state_ts(key: str) -> str:
 
 
 EVENT_COLUMNS = (
-    Column("event_id", "v.event_id", "string", None, "the event's stable id (<source id>:<external id>), "
-           "the same in every live feed and in /api/v1/events/{id}", True),
+    Column(
+        "event_id",
+        "v.event_id",
+        "string",
+        None,
+        "the event's stable id (<source id>:<external id>), the same in every live feed and in /api/v1/events/{id}",
+        True,
+    ),
     Column("version", "v.version", "int32", None, "version number; one row per version"),
     Column("change", "v.change", "string", None, "what this version did: created, updated, ended or reopened"),
-    *_times("recorded", "v.recorded",
-            "when this service recorded the version (the quality of the row: how fresh the source was)"),
+    *_times(
+        "recorded",
+        "v.recorded",
+        "when this service recorded the version (the quality of the row: how fresh the source was)",
+    ),
     Column("source_id", _state("source_id"), "string", None, "the source that reported the event", True),
     Column("external_id", _state("external_id"), "string", None, "the event's id at its source", True),
-    Column("type", _state("type"), "string", None, "roadworks, accident, closure, lane_management, congestion, "
-           "obstruction, weather, environment, speed_management, rerouting, public_event or other"),
-    Column("subtype", _state("subtype"), "string", None, "the source's own type (e.g. a DATEX II record class)",
-           True),
+    Column(
+        "type",
+        _state("type"),
+        "string",
+        None,
+        "roadworks, accident, closure, lane_management, congestion, "
+        "obstruction, weather, environment, speed_management, rerouting, public_event or other",
+    ),
+    Column("subtype", _state("subtype"), "string", None, "the source's own type (e.g. a DATEX II record class)", True),
     Column("status", _state("status"), "string", None, "planned, active or ended"),
     Column("severity", _state("severity"), "string", None, "unknown, low, medium, high or highest"),
     *_times("planned_start", _state_ts("planned_start"), "planned start"),
@@ -236,18 +297,33 @@ EVENT_COLUMNS = (
     Column("road", _state("road"), "string", None, "road, e.g. RD613", True),
     Column("direction", _state("direction"), "string", None, "both, positive, negative or a named direction", True),
     Column("lanes_affected", _state("lanes_affected"), "string", None, "lanes affected as the source says", True),
-    Column("geometry", "(v.state->'geometry')::text", "geometry",
-           "CSV: GeoJSON; Parquet: WKB (GeoParquet 1.1); WGS 84 lon/lat",
-           "location: a Point or LineString",
-           parquet_sql="ST_AsBinary(ST_GeomFromGeoJSON(nullif(v.state->'geometry', 'null'::jsonb)))",
-           geometry_types=("Point", "LineString")),
-    Column("descriptions", "(v.state->'descriptions')::text", "string", "JSON object",
-           "descriptions by language code, e.g. {\"fr\": \"...\"}", True),
+    Column(
+        "geometry",
+        "(v.state->'geometry')::text",
+        "geometry",
+        "CSV: GeoJSON; Parquet: WKB (GeoParquet 1.1); WGS 84 lon/lat",
+        "location: a Point or LineString",
+        parquet_sql="ST_AsBinary(ST_GeomFromGeoJSON(nullif(v.state->'geometry', 'null'::jsonb)))",
+        geometry_types=("Point", "LineString"),
+    ),
+    Column(
+        "descriptions",
+        "(v.state->'descriptions')::text",
+        "string",
+        "JSON object",
+        'descriptions by language code, e.g. {"fr": "..."}',
+        True,
+    ),
     Column("detour", _state("detour"), "string", None, "detour advice", True),
-    Column("location_refs", "(v.state->'location_refs')::text", "string", "JSON object",
-           "other location references (PR + abscissa, Alert-C, ...)", True),
-    Column("source_version", _state("source_version"), "string", None, "the source's own version of the record",
-           True),
+    Column(
+        "location_refs",
+        "(v.state->'location_refs')::text",
+        "string",
+        "JSON object",
+        "other location references (PR + abscissa, Alert-C, ...)",
+        True,
+    ),
+    Column("source_version", _state("source_version"), "string", None, "the source's own version of the record", True),
     *_times("source_updated", _state_ts("source_updated"), "when the source says it last changed the event"),
     *_times("first_seen", _state_ts("first_seen"), "when this service first saw the event"),
 )
@@ -264,23 +340,46 @@ SITE_COLUMNS = (
     Column("commune", "s.metadata->>'commune'", "string", None, "commune name, when the source gives it", True),
     Column("lon", "ST_X(s.geom)", "float64", "degrees (WGS 84)", "longitude", csv_sql=decimal_text_sql("ST_X(s.geom)")),
     Column("lat", "ST_Y(s.geom)", "float64", "degrees (WGS 84)", "latitude", csv_sql=decimal_text_sql("ST_Y(s.geom)")),
-    Column("geometry", "ST_AsGeoJSON(s.geom)", "geometry",
-           "CSV: GeoJSON; Parquet: WKB (GeoParquet 1.1); WGS 84 lon/lat", "the site's location as a Point",
-           parquet_sql="ST_AsBinary(s.geom)", geometry_types=("Point",)),
+    Column(
+        "geometry",
+        "ST_AsGeoJSON(s.geom)",
+        "geometry",
+        "CSV: GeoJSON; Parquet: WKB (GeoParquet 1.1); WGS 84 lon/lat",
+        "the site's location as a Point",
+        parquet_sql="ST_AsBinary(s.geom)",
+        geometry_types=("Point",),
+    ),
     Column("channel_id", "c.id", "int32", None, "the channel's id (the key of hourly and daily rows)"),
     Column("channel_external_id", "c.external_id", "string", None, "the channel's id at its source", True),
-    Column("direction", "c.direction", "string", None, "direction of travel: the source's code, usually a compass "
-           "point (see directions)", True),
-    Column("direction_name", "c.direction_name", "string", None, "the direction's name at the source (e.g. vers "
-           "Béziers); empty when the source gives none", True),
+    Column(
+        "direction",
+        "c.direction",
+        "string",
+        None,
+        "direction of travel: the source's code, usually a compass point (see directions)",
+        True,
+    ),
+    Column(
+        "direction_name",
+        "c.direction_name",
+        "string",
+        None,
+        "the direction's name at the source (e.g. vers Béziers); empty when the source gives none",
+        True,
+    ),
     Column("lane", "c.lane", "int32", None, "lane number when the channel counts one lane"),
     Column("vehicle_class", "c.vehicle_class", "string", None, "all, light or heavy vehicles"),
     Column("mobility_type", "c.mobility_type", "string", None, "what is counted (car, bike, ...)", True),
     Column("time_step", "c.time_step", "int32", "s", "length of the channel's intervals"),
-    Column("days_with_data", "d.days", "int32", "days",
-           "number of local days of the year with at least one stored interval, however few: a count of days, "
-           "not a coverage (a day with one interval of 96 counts as one; the daily file's coverage says how "
-           "complete each day is)"),
+    Column(
+        "days_with_data",
+        "d.days",
+        "int32",
+        "days",
+        "number of local days of the year with at least one stored interval, however few: a count of days, "
+        "not a coverage (a day with one interval of 96 counts as one; the daily file's coverage says how "
+        "complete each day is)",
+    ),
 )
 
 
@@ -297,20 +396,33 @@ class Table:
 
 
 TABLES: dict[str, Table] = {
-    t.name: t for t in (
-        Table("hourly", "one channel during one hour with at least one stored interval", "site_id, channel_id, "
-              "period_start", HOURLY_COLUMNS,
-              "Hours without any stored interval have no row. Channels with intervals longer than an hour "
-              "have no hourly rows. Hourly channels' hours come from the raw intervals, so they are missing "
-              "for periods older than the raw data retention."),
-        Table("daily", "one channel during one local day with at least one stored interval",
-              "site_id, channel_id, day", DAILY_COLUMNS,
-              "Days without any stored interval have no row: their coverage is 0."),
-        Table("events", "one version of a road event in force at some point of the year "
-              "(every version of such an event, even those recorded in other years)",
-              "event_id, version", EVENT_COLUMNS,
-              "An event is in force from its actual (else planned) start, or when first seen, to its actual "
-              "end (its planned end while planned; open while active)."),
+    t.name: t
+    for t in (
+        Table(
+            "hourly",
+            "one channel during one hour with at least one stored interval",
+            "site_id, channel_id, period_start",
+            HOURLY_COLUMNS,
+            "Hours without any stored interval have no row. Channels with intervals longer than an hour "
+            "have no hourly rows. Hourly channels' hours come from the raw intervals, so they are missing "
+            "for periods older than the raw data retention.",
+        ),
+        Table(
+            "daily",
+            "one channel during one local day with at least one stored interval",
+            "site_id, channel_id, day",
+            DAILY_COLUMNS,
+            "Days without any stored interval have no row: their coverage is 0.",
+        ),
+        Table(
+            "events",
+            "one version of a road event in force at some point of the year "
+            "(every version of such an event, even those recorded in other years)",
+            "event_id, version",
+            EVENT_COLUMNS,
+            "An event is in force from its actual (else planned) start, or when first seen, to its actual "
+            "end (its planned end while planned; open while active).",
+        ),
         Table("sites", "one channel with data in the year, with its site", "site_id, channel_id", SITE_COLUMNS),
     )
 }
@@ -352,15 +464,19 @@ QUALITY = {
     "missing": "the source sent the interval without a count: not present (it lowers coverage)",
     "invalid": "the source marked the count invalid: not present (it lowers coverage)",
     "rejected": "an observed or estimated interval this service's validation rejected (see method.validation): "
-                "kept raw, not present, counted per reason in the counts API's `invalid`",
+    "kept raw, not present, counted per reason in the counts API's `invalid`",
 }
 
 # Counters' `direction`: the compass direction of travel (the national counting model's convention).
 COMPASS_DIRECTIONS = {
-    "N": {"en": "northbound", "fr": "vers le nord"}, "NE": {"en": "north-eastbound", "fr": "vers le nord-est"},
-    "E": {"en": "eastbound", "fr": "vers l'est"}, "SE": {"en": "south-eastbound", "fr": "vers le sud-est"},
-    "S": {"en": "southbound", "fr": "vers le sud"}, "SW": {"en": "south-westbound", "fr": "vers le sud-ouest"},
-    "W": {"en": "westbound", "fr": "vers l'ouest"}, "NW": {"en": "north-westbound", "fr": "vers le nord-ouest"},
+    "N": {"en": "northbound", "fr": "vers le nord"},
+    "NE": {"en": "north-eastbound", "fr": "vers le nord-est"},
+    "E": {"en": "eastbound", "fr": "vers l'est"},
+    "SE": {"en": "south-eastbound", "fr": "vers le sud-est"},
+    "S": {"en": "southbound", "fr": "vers le sud"},
+    "SW": {"en": "south-westbound", "fr": "vers le sud-ouest"},
+    "W": {"en": "westbound", "fr": "vers l'ouest"},
+    "NW": {"en": "north-westbound", "fr": "vers le nord-ouest"},
 }
 # Events' `direction`.
 EVENT_DIRECTIONS = {
@@ -374,14 +490,14 @@ FORMULAS = {
     "estimated_share": "intervals_estimated / intervals_present (empty when intervals_present = 0)",
     "speed": "sum(speed_i * count_i) / sum(count_i) over the intervals i with a speed, rounded to 0.1 km/h",
     "site_total(d)": "sum of count over the site's all-vehicle channels on day d (both directions), or over its "
-                     "light + heavy channels when it has no all-vehicle channel",
+    "light + heavy channels when it has no all-vehicle channel",
     "valid day": "a local day whose coverage, over every channel the site is expected to have that day, "
-                 ">= the coverage threshold",
+    ">= the coverage threshold",
     "TMJA": "sum of site_total(d) over the valid days d of the year / number of valid days (vehicles/day)",
     "TMJO": "sum of site_total(d) over the valid days d Monday to Friday that are not public holidays / number "
-            "of those days (vehicles/day)",
+    "of those days (vehicles/day)",
     "heavy_share": "sum of heavy counts / sum of all-vehicle counts, over the valid days where heavy vehicles "
-                   "are counted (ratio 0..1; x 100 for % PL)",
+    "are counted (ratio 0..1; x 100 for % PL)",
 }
 
 
@@ -398,29 +514,38 @@ def dictionary(publication: Any, method: dict[str, Any]) -> dict[str, Any]:
         "method": method,
         "formats": {
             "csv": "UTF-8, comma-separated, one header line, RFC 4180 quoting, LF line ends; an empty field is "
-                   "a missing value; decimal point '.'; times ISO 8601 in local time with their UTC offset, "
-                   "each followed by the same instant in UTC with a Z (period_utc, <name>_utc) for readers "
-                   "that want one offset all year. "
-                   "Text cells that a spreadsheet would run as a formula (starting with = + - @, tab or carriage "
-                   "return, and not a number) start with an apostrophe.",
+            "a missing value; decimal point '.'; times ISO 8601 in local time with their UTC offset, "
+            "each followed by the same instant in UTC with a Z (period_utc, <name>_utc) for readers "
+            "that want one offset all year. "
+            "Text cells that a spreadsheet would run as a formula (starting with = + - @, tab or carriage "
+            "return, and not a number) start with an apostrophe.",
             "parquet": f"Apache Parquet, {PARQUET_COMPRESSION} compression, typed columns (times as UTC instants "
-                       f"with the zone {publication.timezone!r}); same rows and values as the CSV, without "
-                       "apostrophes.",
+            f"with the zone {publication.timezone!r}); same rows and values as the CSV, without "
+            "apostrophes.",
         },
         "formulas": FORMULAS,
         "units": UNITS,
         "quality": QUALITY,
         "directions": {
-            "counts": {"meaning": "hourly, daily and sites files: the channel's compass direction of travel; a "
-                                  "source that names its directions otherwise gives its own code",
-                       "codes": COMPASS_DIRECTIONS},
-            "events": {"meaning": "events file: the direction the event affects, or a name the source gives",
-                       "codes": EVENT_DIRECTIONS},
+            "counts": {
+                "meaning": "hourly, daily and sites files: the channel's compass direction of travel; a "
+                "source that names its directions otherwise gives its own code",
+                "codes": COMPASS_DIRECTIONS,
+            },
+            "events": {
+                "meaning": "events file: the direction the event affects, or a name the source gives",
+                "codes": EVENT_DIRECTIONS,
+            },
         },
         "files": [
-            {"name": t.name, "files": t.file_names(), "row": t.row, "order": t.order, "notes": t.extra,
-             "columns": [{"field": c.name, "type": c.type, "unit": c.unit, "meaning": c.meaning}
-                         for c in t.columns]}
+            {
+                "name": t.name,
+                "files": t.file_names(),
+                "row": t.row,
+                "order": t.order,
+                "notes": t.extra,
+                "columns": [{"field": c.name, "type": c.type, "unit": c.unit, "meaning": c.meaning} for c in t.columns],
+            }
             for t in TABLES.values()
         ],
     }
@@ -568,6 +693,7 @@ def _hourly_batches(data: YearData, csv: bool) -> list[str]:
     select = _select(HOURLY_COLUMNS, csv)
     lo, hi = sql_literal(data.start), sql_literal(data.end)
     out = []
+
     def hours(c: asyncpg.Record) -> int:  # rows per day; channels coarser than an hour have none
         return 24 if c["time_step"] <= 3600 else 0
 
@@ -623,11 +749,14 @@ def _event_batches(data: YearData, csv: bool) -> list[str]:
         rows += versions
     if current:
         batches.append(current)
-    return [f"""
+    return [
+        f"""
 SELECT {select}
   FROM event_versions v
  WHERE v.event_id = ANY({sql_literal(batch)})
- ORDER BY v.event_id, v.version""" for batch in batches]
+ ORDER BY v.event_id, v.version"""
+        for batch in batches
+    ]
 
 
 def _site_batches(data: YearData, csv: bool) -> list[str]:
@@ -635,12 +764,14 @@ def _site_batches(data: YearData, csv: bool) -> list[str]:
         return []
     ids = [c["id"] for c in data.channels]
     days = [c["days"] for c in data.channels]
-    return [f"""
+    return [
+        f"""
 SELECT {_select(SITE_COLUMNS, csv)}
   FROM unnest({sql_literal(ids)}, {sql_literal(days)}) AS d(channel_id, days)
   JOIN channels c ON c.id = d.channel_id
   JOIN sites s ON s.id = c.site_id
- ORDER BY c.site_id, c.id"""]
+ ORDER BY c.site_id, c.id"""
+    ]
 
 
 _BATCHES = {"hourly": _hourly_batches, "daily": _daily_batches, "events": _event_batches, "sites": _site_batches}
@@ -707,8 +838,11 @@ class _Sink(io.RawIOBase):
 
 def geo_metadata(table: Table) -> dict[str, str]:
     """GeoParquet 1.1 file metadata for the table's geometry columns (none: empty)."""
-    columns = {c.name: {"encoding": "WKB", "geometry_types": list(c.geometry_types)}
-               for c in table.columns if c.type == "geometry"}
+    columns = {
+        c.name: {"encoding": "WKB", "geometry_types": list(c.geometry_types)}
+        for c in table.columns
+        if c.type == "geometry"
+    }
     if not columns:
         return {}
     # No "crs": GeoParquet's default, OGC:CRS84, is WGS 84 in lon/lat order.
@@ -716,8 +850,10 @@ def geo_metadata(table: Table) -> dict[str, str]:
 
 
 def arrow_schema(table: Table, timezone: str, metadata: dict[str, str] | None = None) -> pa.Schema:
-    return pa.schema([pa.field(c.name, c.arrow_type(timezone)) for c in table.columns],
-                     metadata={**(metadata or {}), **geo_metadata(table)})
+    return pa.schema(
+        [pa.field(c.name, c.arrow_type(timezone)) for c in table.columns],
+        metadata={**(metadata or {}), **geo_metadata(table)},
+    )
 
 
 def _csv_type(field: pa.Field) -> pa.DataType:
@@ -733,19 +869,25 @@ def _parse_batch(chunk: bytes, schema: pa.Schema) -> pa.Table:
         parse_options=pa_csv.ParseOptions(newlines_in_values=True),
         convert_options=pa_csv.ConvertOptions(
             column_types={f.name: _csv_type(f) for f in schema},
-            null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False,
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
         ),
     )
     for i, column in enumerate(schema):
         if pa.types.is_binary(column.type):
             hex_cells = parsed.column(i).to_pylist()
-            parsed = parsed.set_column(i, column.name, pa.array(
-                [None if h is None else bytes.fromhex(h.removeprefix("\\x")) for h in hex_cells], pa.binary()))
+            parsed = parsed.set_column(
+                i,
+                column.name,
+                pa.array([None if h is None else bytes.fromhex(h.removeprefix("\\x")) for h in hex_cells], pa.binary()),
+            )
     return parsed.cast(schema)
 
 
-async def stream_parquet(conn: asyncpg.Connection, data: YearData, table: Table, write: Write,
-                         metadata: dict[str, str]) -> int:
+async def stream_parquet(
+    conn: asyncpg.Connection, data: YearData, table: Table, write: Write, metadata: dict[str, str]
+) -> int:
     """Row groups of at least BATCH_ROWS rows (except the last), each sent once written.
 
     Parsing and writing run in one worker thread of this download, in order, so a

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import psycopg
 
-from feed.store.cluster import Cluster, ClusterError, Engine, host_engine, missing_binaries_message
 from feed.config import Config
 from feed.errors import StorageError
+from feed.store.cluster import Cluster, ClusterError, Engine, host_engine, missing_binaries_message
 
 HOME = Path("var/pg")
 DBNAME = "roadfeed"

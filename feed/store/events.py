@@ -46,7 +46,8 @@ async def upsert_events(
             for r in await conn.fetch(
                 """SELECT external_id, id, version, content_hash, status, first_seen FROM events
                     WHERE source_id = $1 AND external_id = ANY($2::text[])""",
-                source_id, list(latest),
+                source_id,
+                list(latest),
             )
         }
         unchanged: list[str] = []
@@ -61,15 +62,19 @@ async def upsert_events(
                 unchanged.append(old["id"])
                 counts.unchanged += 1
             else:
-                change = "reopened" if old["status"] == "ended" and rec.status != "ended" else (
-                    "ended" if rec.status == "ended" else "updated")
+                change = (
+                    "reopened"
+                    if old["status"] == "ended" and rec.status != "ended"
+                    else ("ended" if rec.status == "ended" else "updated")
+                )
                 writes.append((rec, old["id"], old["version"] + 1, change, old["first_seen"]))
                 counts.updated += 1
         if writes:
             await _write_versions(conn, source_id, writes, seen_at, run_id, author)
         if unchanged:
-            await conn.execute("UPDATE events SET last_seen = $2, last_run = $3 WHERE id = ANY($1::text[])",
-                               unchanged, seen_at, run_id)
+            await conn.execute(
+                "UPDATE events SET last_seen = $2, last_run = $3 WHERE id = ANY($1::text[])", unchanged, seen_at, run_id
+            )
         if complete_snapshot:
             counts.updated += await _end_missing(conn, source_id, list(latest), seen_at, run_id)
         if counts.new or counts.updated:
@@ -81,7 +86,10 @@ async def events_seen_by_run(pool: asyncpg.Pool, source_id: str, run_id: int, ex
     """Which of these events run `run_id` has already stored."""
     rows = await pool.fetch(
         "SELECT external_id FROM events WHERE source_id = $1 AND external_id = ANY($2::text[]) AND last_run = $3",
-        source_id, list(external_ids), run_id)
+        source_id,
+        list(external_ids),
+        run_id,
+    )
     return {r[0] for r in rows}
 
 
@@ -93,7 +101,8 @@ async def end_events_not_seen(pool: asyncpg.Pool, source_id: str, run_id: int, s
         gone = await conn.fetch(
             f"""SELECT {_EVENT_COLUMNS} FROM events
                  WHERE source_id = $1 AND status <> 'ended' AND last_run IS DISTINCT FROM $2""",
-            source_id, run_id,
+            source_id,
+            run_id,
         )
         ended = await _end(conn, source_id, gone, seen_at, run_id)
         if ended:
@@ -107,13 +116,15 @@ async def _end_missing(
     gone = await conn.fetch(
         f"""SELECT {_EVENT_COLUMNS} FROM events
              WHERE source_id = $1 AND status <> 'ended' AND NOT (external_id = ANY($2::text[]))""",
-        source_id, present,
+        source_id,
+        present,
     )
     return await _end(conn, source_id, gone, seen_at, run_id)
 
 
-async def _end(conn: asyncpg.Connection, source_id: str, gone: list[asyncpg.Record], seen_at: datetime,
-               run_id: int | None) -> int:
+async def _end(
+    conn: asyncpg.Connection, source_id: str, gone: list[asyncpg.Record], seen_at: datetime, run_id: int | None
+) -> int:
     writes = []
     for row in gone:
         old = _stored_event(row)
@@ -137,17 +148,49 @@ async def _write_versions(
     version_rows = []
     for rec, event_id, version, change, first_seen in writes:
         geometry = rec.geometry.model_dump_json() if rec.geometry else None
-        event_rows.append((
-            event_id, source_id, rec.external_id, version, rec.type, rec.subtype, rec.status, rec.severity,
-            rec.planned_start, rec.planned_end, rec.actual_start, rec.actual_end, rec.road, rec.direction,
-            rec.lanes_affected, geometry, rec.descriptions, rec.detour, rec.location_refs,
-            rec.source_version, rec.source_updated, _content_hash(rec), first_seen, seen_at, seen_at,
-            [slot.model_dump() for slot in rec.schedule], run_id,
-        ))
-        state = _as_stored(StoredEvent, dict(
-            dict(rec), id=event_id, source_id=source_id, version=version,
-            first_seen=first_seen, last_seen=seen_at, updated=seen_at,
-        )).model_dump(mode="json")
+        event_rows.append(
+            (
+                event_id,
+                source_id,
+                rec.external_id,
+                version,
+                rec.type,
+                rec.subtype,
+                rec.status,
+                rec.severity,
+                rec.planned_start,
+                rec.planned_end,
+                rec.actual_start,
+                rec.actual_end,
+                rec.road,
+                rec.direction,
+                rec.lanes_affected,
+                geometry,
+                rec.descriptions,
+                rec.detour,
+                rec.location_refs,
+                rec.source_version,
+                rec.source_updated,
+                _content_hash(rec),
+                first_seen,
+                seen_at,
+                seen_at,
+                [slot.model_dump() for slot in rec.schedule],
+                run_id,
+            )
+        )
+        state = _as_stored(
+            StoredEvent,
+            dict(
+                dict(rec),
+                id=event_id,
+                source_id=source_id,
+                version=version,
+                first_seen=first_seen,
+                last_seen=seen_at,
+                updated=seen_at,
+            ),
+        ).model_dump(mode="json")
         version_rows.append((event_id, version, change, seen_at, run_id, state, author))
     await conn.executemany(
         """INSERT INTO events (id, source_id, external_id, version, type, subtype, status, severity,
@@ -177,8 +220,9 @@ async def _write_versions(
     )
 
 
-async def events(pool: asyncpg.Pool, *, ended_since: datetime | None = None,
-                 source_id: str | None = None) -> list[StoredEvent]:
+async def events(
+    pool: asyncpg.Pool, *, ended_since: datetime | None = None, source_id: str | None = None
+) -> list[StoredEvent]:
     """Open events, plus those ended since `ended_since` (all ended ones when None), as the
     live feeds publish them: placed on the road referential when they have no PR (see
     _LOCATED_REFS)."""
@@ -188,7 +232,9 @@ async def events(pool: asyncpg.Pool, *, ended_since: datetime | None = None,
              WHERE ($1::timestamptz IS NULL OR status <> 'ended' OR updated >= $1)
                AND ($2::text IS NULL OR source_id = $2)
              ORDER BY id""",
-        ended_since, source_id, LOCATE_TOLERANCE_M,
+        ended_since,
+        source_id,
+        LOCATE_TOLERANCE_M,
     )
     return [_stored_event(r) for r in rows]
 
@@ -248,8 +294,9 @@ def _as_stored(model: type[_Stored], data: dict[str, Any]) -> _Stored:
     try:
         return model(**data)
     except ValidationError:
-        slots = [slot if isinstance(slot, TimeSlot) else TimeSlot.model_validate(slot)
-                 for slot in data.get("schedule") or []]
+        slots = [
+            slot if isinstance(slot, TimeSlot) else TimeSlot.model_validate(slot) for slot in data.get("schedule") or []
+        ]
         return model.model_construct(**{**data, "schedule": slots})
 
 

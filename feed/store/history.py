@@ -78,8 +78,11 @@ def odd_days(year: int, timezone: str) -> dict[date, int]:
 def day_seconds_sql(years: Sequence[int], timezone: str, column: str) -> str:
     """The length in seconds of the local day in `column` (a date of one of `years`), as SQL:
     86400 except on the DST days, listed as constants (cheaper than zone arithmetic per row)."""
-    odd = " ".join(f"WHEN '{day.isoformat()}'::date THEN {seconds}"
-                   for year in years for day, seconds in sorted(odd_days(year, timezone).items()))
+    odd = " ".join(
+        f"WHEN '{day.isoformat()}'::date THEN {seconds}"
+        for year in years
+        for day, seconds in sorted(odd_days(year, timezone).items())
+    )
     return f"(CASE {column} {odd} ELSE 86400 END)" if odd else "86400"
 
 
@@ -193,8 +196,13 @@ async def sites(
 ) -> list[Site]:
     """Sites in id order after `after`, with their channels."""
     rows = await conn.fetch(
-        _SITES, after, None if roads is None else [normalise_road(r) for r in roads], commune,
-        None if bbox is None else list(bbox), limit, None,
+        _SITES,
+        after,
+        None if roads is None else [normalise_road(r) for r in roads],
+        commune,
+        None if bbox is None else list(bbox),
+        limit,
+        None,
     )
     return await _build_sites(conn, rows, ZoneInfo(timezone))
 
@@ -216,13 +224,36 @@ async def _build_sites(conn: Conn, rows: Sequence[asyncpg.Record], tz: ZoneInfo)
         ids = [c["channel_id"] for c in chans if c["channel_id"] is not None]
         firsts = [first[i] for i in ids if i in first]
         lasts = [last[i] for i in ids if i in last]
-        result.append(Site(
-            r["id"], r["external_id"], r["source_id"], r["name"], r["road"], r["pr"], r["abscissa"], r["insee"],
-            r["commune"], r["lon"], r["lat"],
-            tuple(Channel(c["channel_id"], c["channel_external_id"], c["direction"], c["direction_name"], c["lane"],
-                          c["vehicle_class"], c["time_step"]) for c in chans if c["channel_id"] is not None),
-            min(firsts) if firsts else None, max(lasts) if lasts else None,
-        ))
+        result.append(
+            Site(
+                r["id"],
+                r["external_id"],
+                r["source_id"],
+                r["name"],
+                r["road"],
+                r["pr"],
+                r["abscissa"],
+                r["insee"],
+                r["commune"],
+                r["lon"],
+                r["lat"],
+                tuple(
+                    Channel(
+                        c["channel_id"],
+                        c["channel_external_id"],
+                        c["direction"],
+                        c["direction_name"],
+                        c["lane"],
+                        c["vehicle_class"],
+                        c["time_step"],
+                    )
+                    for c in chans
+                    if c["channel_id"] is not None
+                ),
+                min(firsts) if firsts else None,
+                max(lasts) if lasts else None,
+            )
+        )
     return result
 
 
@@ -247,10 +278,11 @@ async def _data_bounds(
     refined_last: dict[int, datetime] = {}
     ordered = sorted(days)
     for i in range(0, len(ordered), MAX_BOUND_DAYS):
-        chunk = ordered[i:i + MAX_BOUND_DAYS]
+        chunk = ordered[i : i + MAX_BOUND_DAYS]
         query = " UNION ALL ".join(
             _DAY_BOUNDS_BRANCH.replace("${lo}", f"${2 * k + 2}").replace("${hi}", f"${2 * k + 3}")
-            for k in range(len(chunk)))
+            for k in range(len(chunk))
+        )
         args: list[Any] = [sorted(first)]
         for day in chunk:
             args += list(_day_span(day, tz))
@@ -370,41 +402,62 @@ def expected_per_period(buckets: Sequence[date], step: Step, time_steps: Sequenc
         for day, seconds in odd_days(year, timezone).items():
             if first <= day < after:
                 expected[period_start(day, step)] += sum(
-                    expected_intervals(seconds, ts) - 86400 // ts for ts in time_steps)
+                    expected_intervals(seconds, ts) - 86400 // ts for ts in time_steps
+                )
     return [expected[b] for b in buckets]
 
 
 async def channel_series(
-    conn: Conn, channels: Sequence[Channel], start: datetime, end: datetime, step: Step, timezone: str,
+    conn: Conn,
+    channels: Sequence[Channel],
+    start: datetime,
+    end: datetime,
+    step: Step,
+    timezone: str,
     now: datetime | None = None,
 ) -> list[Point]:
     """The sum of `channels` from `start` (inclusive) to `end` (exclusive) at `step`. Periods
     that start after `now` are not yet lived: left out, never shown as missing data."""
     tz = ZoneInfo(timezone)
     lived_until = now if now is not None else datetime.now(UTC)
-    buckets = [b for b in periods(start, end, step, tz)
-               if (b if isinstance(b, datetime) else local_midnight(b, tz)) < lived_until]
+    buckets = [
+        b
+        for b in periods(start, end, step, tz)
+        if (b if isinstance(b, datetime) else local_midnight(b, tz)) < lived_until
+    ]
     if not buckets:
         return []
     if step == "hour":
         chans = [c for c in channels if c.time_step <= 3600]
-        rows = await conn.fetch(
-            _HOURLY, [c.id for c in chans if c.time_step < 3600], [c.id for c in chans if c.time_step == 3600],
-            buckets[0], buckets[-1] + timedelta(hours=1),
-        ) if chans else []
+        rows = (
+            await conn.fetch(
+                _HOURLY,
+                [c.id for c in chans if c.time_step < 3600],
+                [c.id for c in chans if c.time_step == 3600],
+                buckets[0],
+                buckets[-1] + timedelta(hours=1),
+            )
+            if chans
+            else []
+        )
         expected = [sum(3600 // c.time_step for c in chans)] * len(buckets)
     else:
         days: list[date] = buckets
-        rows = await conn.fetch(
-            _DAILY, [c.id for c in channels], days[0], next_period(days[-1], step), step
-        ) if channels else []
+        rows = (
+            await conn.fetch(_DAILY, [c.id for c in channels], days[0], next_period(days[-1], step), step)
+            if channels
+            else []
+        )
         expected = expected_per_period(days, step, [c.time_step for c in channels], timezone)
     found = {r["bucket"]: r for r in rows}
     invalid: dict[datetime | date, dict[str, int]] = {}
     judged = [c.id for c in channels if step != "hour" or c.time_step <= 3600]
     if judged:
-        found_invalid = await (conn.fetch(_INVALID_HOURLY, judged, start, end) if step == "hour" else
-                               conn.fetch(_INVALID_DAILY, judged, start, end, step, timezone))
+        found_invalid = await (
+            conn.fetch(_INVALID_HOURLY, judged, start, end)
+            if step == "hour"
+            else conn.fetch(_INVALID_DAILY, judged, start, end, step, timezone)
+        )
         for r in found_invalid:
             invalid.setdefault(r["bucket"], {})[r["flag"]] = r["n"]
     points = []
@@ -414,13 +467,18 @@ async def channel_series(
             points.append(Point(b, 0, 0.0, 0.0, None, 0, exp, invalid.get(b, {})))
             continue
         present = r["present"]
-        points.append(Point(
-            b, r["count"],
-            present / exp if exp else 0.0,
-            r["estimated"] / present if present else 0.0,
-            round(r["sws"] / r["sc"], 1) if r["sc"] else None,
-            present, exp, invalid.get(b, {}),
-        ))
+        points.append(
+            Point(
+                b,
+                r["count"],
+                present / exp if exp else 0.0,
+                r["estimated"] / present if present else 0.0,
+                round(r["sws"] / r["sc"], 1) if r["sc"] else None,
+                present,
+                exp,
+                invalid.get(b, {}),
+            )
+        )
     return points
 
 
@@ -521,8 +579,13 @@ def days_lived(year: int, today: date) -> int:
 
 
 async def annual_table(
-    conn: Conn, year: int, threshold: float, timezone: str = "Europe/Paris", *,
-    holidays: Calendar = "fr", today: date | None = None,
+    conn: Conn,
+    year: int,
+    threshold: float,
+    timezone: str = "Europe/Paris",
+    *,
+    holidays: Calendar = "fr",
+    today: date | None = None,
 ) -> list[AnnualRow]:
     """TMJA, TMJO, share of heavy vehicles per site; days under `threshold` coverage are left out."""
     query = _ANNUAL.replace("{day_seconds}", day_seconds_sql([year], timezone, "d.day"))
@@ -530,12 +593,16 @@ async def annual_table(
     lived = days_lived(year, today if today is not None else datetime.now(ZoneInfo(timezone)).date())
     return [
         AnnualRow(
-            r["site_id"], r["external_id"], r["name"], r["road"],
+            r["site_id"],
+            r["external_id"],
+            r["name"],
+            r["road"],
             None if r["tmja"] is None else round(r["tmja"], 1),
             None if r["tmjo"] is None else round(r["tmjo"], 1),
             None if r["heavy_share"] is None else round(r["heavy_share"], 4),
             None if r["mean_speed"] is None else round(r["mean_speed"], 1),
-            r["days_valid"], max(0, lived - r["days_valid"]),
+            r["days_valid"],
+            max(0, lived - r["days_valid"]),
             None if r["mean_coverage"] is None else round(r["mean_coverage"], 4),
         )
         for r in rows
@@ -600,10 +667,15 @@ async def events(
 ) -> list[EventHistory]:
     """Events in force at some point in [start, end), in id order after `after`, with every version."""
     rows = await conn.fetch(
-        _EVENTS, after, start, end, None if bbox is None else list(bbox),
+        _EVENTS,
+        after,
+        start,
+        end,
+        None if bbox is None else list(bbox),
         None if types is None else list(types),
         None if roads is None else [normalise_road(r) for r in roads],
-        None if statuses is None else list(statuses), limit,
+        None if statuses is None else list(statuses),
+        limit,
     )
     return await _with_versions(conn, rows)
 

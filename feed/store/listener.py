@@ -20,6 +20,7 @@ from feed.store.writes import CHANGES_CHANNEL
 
 __all__ = ["ChangeListener"]
 
+
 class ChangeListener:
     """One LISTEN connection on CHANGES_CHANNEL, reconnecting whenever it is lost.
 

@@ -87,8 +87,9 @@ SELECT m.channel_id, date_trunc('hour', m.start, 'UTC'), {_ROLLUP_VALUES},
 ON CONFLICT (channel_id, bucket) DO UPDATE SET {{update}}"""
 # Hours are UTC hours, named explicitly: the session's TimeZone (UTC in our pools,
 # but a pool configured elsewhere may differ) must not move a bucket.
-_HOURLY_BUCKETS = ("m.start >= date_trunc('hour', t.lo, 'UTC') "
-                   "AND m.start < date_trunc('hour', t.hi, 'UTC') + interval '1 hour'")
+_HOURLY_BUCKETS = (
+    "m.start >= date_trunc('hour', t.lo, 'UTC') AND m.start < date_trunc('hour', t.hi, 'UTC') + interval '1 hour'"
+)
 
 # At least one interval a day: a daily channel owes one even on a 23-hour day.
 _DAILY_EXPECTED = """greatest(1, extract(epoch FROM ((({day} + 1)::timestamp AT TIME ZONE $4)
@@ -186,7 +187,9 @@ async def ingest(pool: asyncpg.Pool, zone: Zone, rows: Sequence[MeasurementRow],
         overlap = await conn.fetchval(
             """SELECT EXISTS (SELECT 1 FROM measurements
                                WHERE channel_id = ANY($1::int[]) AND start BETWEEN $2 AND $3)""",
-            channels, lo, hi,
+            channels,
+            lo,
+            hi,
         )
         if not overlap and await _copy_new(conn, rows):
             revised = await _validate(conn, zone, channels, lo, hi)
@@ -196,7 +199,8 @@ async def ingest(pool: asyncpg.Pool, zone: Zone, rows: Sequence[MeasurementRow],
             counts, revised = await _upsert(conn, zone, rows, run_id, lo, hi)
         if revised:  # judgements changed around the batch: recompute those buckets from the raw rows
             await _refresh_rollups(
-                conn, zone, [r["channel_id"] for r in revised], [r["lo"] for r in revised], [r["hi"] for r in revised])
+                conn, zone, [r["channel_id"] for r in revised], [r["lo"] for r in revised], [r["hi"] for r in revised]
+            )
         if counts.new or counts.updated:
             await conn.execute("SELECT pg_notify($1, 'measurements')", CHANGES_CHANNEL)
         return counts
@@ -213,7 +217,11 @@ async def _copy_new(conn: asyncpg.Connection, rows: Sequence[MeasurementRow]) ->
 
 
 async def _upsert(
-    conn: asyncpg.Connection, zone: Zone, rows: Sequence[MeasurementRow], run_id: int | None, lo: datetime,
+    conn: asyncpg.Connection,
+    zone: Zone,
+    rows: Sequence[MeasurementRow],
+    run_id: int | None,
+    lo: datetime,
     hi: datetime,
 ) -> tuple[Counts, list[asyncpg.Record]]:
     await conn.execute(_STAGING)
@@ -247,32 +255,41 @@ async def _validate(
 ) -> list[asyncpg.Record]:
     """Judges the intervals of the batch's sites around [lo, hi] (feed/store/validation.py);
     returns, per channel, the range of intervals whose judgement changed."""
-    return list(await conn.fetch(
-        f"WITH v AS ({validation.VALIDATE}) "
-        "SELECT channel_id, min(start) AS lo, max(start) AS hi FROM v GROUP BY channel_id",
-        channels, lo, hi, zone.name))
+    return list(
+        await conn.fetch(
+            f"WITH v AS ({validation.VALIDATE}) "
+            "SELECT channel_id, min(start) AS lo, max(start) AS hi FROM v GROUP BY channel_id",
+            channels,
+            lo,
+            hi,
+            zone.name,
+        )
+    )
 
 
 async def _refresh_rollups(
-    conn: asyncpg.Connection, zone: Zone, channels: list[int], los: list[datetime], his: list[datetime],
-    *, all_new: bool = False,
+    conn: asyncpg.Connection,
+    zone: Zone,
+    channels: list[int],
+    los: list[datetime],
+    his: list[datetime],
+    *,
+    all_new: bool = False,
 ) -> None:
     """Brings the rollup buckets of these ranges up to date. `all_new`: every raw
     row in the ranges was just inserted, so its totals are added to the buckets."""
     finer, coarser = await conn.fetchrow(
-        "SELECT bool_or(time_step < 3600), bool_or(time_step >= 3600) FROM channels WHERE id = ANY($1::int[])",
-        channels)
+        "SELECT bool_or(time_step < 3600), bool_or(time_step >= 3600) FROM channels WHERE id = ANY($1::int[])", channels
+    )
     update = _ROLLUP_ADD if all_new else _ROLLUP_UPDATE
     if finer:
         rows = _BATCH_ROWS if all_new else _HOURLY_BUCKETS
         await conn.execute(_REFRESH_HOURLY.format(rows=rows, update=update), channels, los, his)
-    daily = _REFRESH_DAILY.format(rows=_BATCH_ROWS if all_new else _DAILY_BUCKETS, update=update,
-                                  channels="{channels}")
+    daily = _REFRESH_DAILY.format(rows=_BATCH_ROWS if all_new else _DAILY_BUCKETS, update=update, channels="{channels}")
     if finer and zone.whole_hours:
         await conn.execute(_REFRESH_DAILY_FROM_HOURLY, channels, los, his, zone.name)
         if coarser:
-            await conn.execute(daily.format(channels="AND c.time_step >= 3600"),
-                               channels, los, his, zone.name)
+            await conn.execute(daily.format(channels="AND c.time_step >= 3600"), channels, los, his, zone.name)
     else:
         await conn.execute(daily.format(channels=""), channels, los, his, zone.name)
 
@@ -304,7 +321,8 @@ async def drop_before(pool: asyncpg.Pool, cutoff: datetime, batch: int = 50_000)
                        SELECT ctid FROM measurements WHERE start < $1 LIMIT $2))
                    RETURNING 1)
                SELECT count(*) FROM gone""",
-            cutoff, batch,
+            cutoff,
+            batch,
         )
         removed += n
         if n < batch:

@@ -135,8 +135,7 @@ def migrate(url: str, sql_dir: Path = SQL_DIR) -> MigrationReport:
                         conn.execute(m.sql)
                     except psycopg.Error as err:
                         raise MigrationError(f"{m.name} failed: {err}") from err
-                    conn.execute("INSERT INTO schema_migrations (name, checksum) VALUES (%s, %s)",
-                                 (m.name, m.checksum))
+                    conn.execute("INSERT INTO schema_migrations (name, checksum) VALUES (%s, %s)", (m.name, m.checksum))
                 applied.append(m.name)
             conn.execute(
                 """INSERT INTO roadfeed_meta VALUES ('storage_mode', %s)

@@ -8,8 +8,16 @@ from collections.abc import Sequence
 
 import asyncpg
 
-__all__ = ["PUSH_LOCK", "events_cursor", "previous_roads", "record_events_cursor", "record_site_fingerprints",
-           "release_push_lock", "site_fingerprints", "try_push_lock"]
+__all__ = [
+    "PUSH_LOCK",
+    "events_cursor",
+    "previous_roads",
+    "record_events_cursor",
+    "record_site_fingerprints",
+    "release_push_lock",
+    "site_fingerprints",
+    "try_push_lock",
+]
 
 PUSH_LOCK = (0x52464D51, 1)  # pg_advisory_lock(classid, objid): "RFMQ", the publishing node
 
@@ -29,16 +37,23 @@ async def events_cursor(conn: asyncpg.Connection) -> int:
 
 
 async def record_events_cursor(conn: asyncpg.Connection, seq: int) -> None:
-    await conn.execute("""INSERT INTO push_cursors VALUES ('events', $1)
-                          ON CONFLICT (channel) DO UPDATE SET seq = EXCLUDED.seq""", seq)
+    await conn.execute(
+        """INSERT INTO push_cursors VALUES ('events', $1)
+                          ON CONFLICT (channel) DO UPDATE SET seq = EXCLUDED.seq""",
+        seq,
+    )
 
 
 async def previous_roads(conn: asyncpg.Connection, seqs: Sequence[int]) -> dict[int, str | None]:
     """For each change (by sequence number) of an event that had a previous version: that version's road."""
-    return dict(await conn.fetch(
-        """SELECT v.seq, p.state ->> 'road' FROM event_versions v
+    return dict(
+        await conn.fetch(
+            """SELECT v.seq, p.state ->> 'road' FROM event_versions v
              JOIN event_versions p ON p.event_id = v.event_id AND p.version = v.version - 1
-            WHERE v.seq = ANY($1::bigint[])""", list(seqs)))
+            WHERE v.seq = ANY($1::bigint[])""",
+            list(seqs),
+        )
+    )
 
 
 async def site_fingerprints(conn: asyncpg.Connection) -> dict[int, bytes]:
@@ -46,9 +61,12 @@ async def site_fingerprints(conn: asyncpg.Connection) -> dict[int, bytes]:
     return dict(await conn.fetch("SELECT site_id, fingerprint FROM push_sites"))
 
 
-async def record_site_fingerprints(conn: asyncpg.Connection, site_ids: Sequence[int],
-                                   fingerprints: Sequence[bytes]) -> None:
+async def record_site_fingerprints(
+    conn: asyncpg.Connection, site_ids: Sequence[int], fingerprints: Sequence[bytes]
+) -> None:
     await conn.execute(
         """INSERT INTO push_sites SELECT * FROM unnest($1::bigint[], $2::bytea[])
            ON CONFLICT (site_id) DO UPDATE SET fingerprint = EXCLUDED.fingerprint""",
-        list(site_ids), list(fingerprints))
+        list(site_ids),
+        list(fingerprints),
+    )

@@ -37,8 +37,9 @@ _REPLAYED = "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, true)
 class ReplayGate:
     """Delays notifications heard on the primary until the standby has replayed them."""
 
-    def __init__(self, primary: asyncpg.Pool, standby: asyncpg.Pool, *, poll: float = 0.01,
-                 timeout: float = 30.0) -> None:
+    def __init__(
+        self, primary: asyncpg.Pool, standby: asyncpg.Pool, *, poll: float = 0.01, timeout: float = 30.0
+    ) -> None:
         self.primary = primary
         self.standby = standby
         self.poll = poll  # seconds between two looks at the standby's replay position
@@ -77,8 +78,9 @@ class ReplayGate:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the readers re-read anyway; say why it was early
-                log.warning("could not confirm the standby replayed a change (%s: %s); reading anyway",
-                            type(exc).__name__, exc)
+                log.warning(
+                    "could not confirm the standby replayed a change (%s: %s); reading anyway", type(exc).__name__, exc
+                )
             self.last_wait = loop.time() - started
             seen: set[tuple[Notify, str]] = set()
             for callback, conn, pid, channel, payload in batch:

@@ -19,8 +19,20 @@ import asyncpg
 from feed.errors import InputError
 from feed.roads import ReferentialError, Road, normalise_road
 
-__all__ = ["SIDES", "SITE_TOLERANCE_M", "OffRoad", "Side", "check_sites", "locate", "point", "prs", "road_exists",
-           "road_list", "section", "store_referential"]
+__all__ = [
+    "SIDES",
+    "SITE_TOLERANCE_M",
+    "OffRoad",
+    "Side",
+    "check_sites",
+    "locate",
+    "point",
+    "prs",
+    "road_exists",
+    "road_list",
+    "section",
+    "store_referential",
+]
 
 Side = Literal["left", "right"]
 SIDES: tuple[Side, ...] = ("left", "right")
@@ -70,12 +82,15 @@ async def store_referential(conn: asyncpg.Connection, roads: list[Road]) -> int:
                 await conn.execute(_INSERT_PRS, r.road, prs, lons, lats)
                 continue
             await conn.execute(_INSERT_SHAPED_ROAD, r.road, r.name, [p[0] for p in r.shape], [p[1] for p in r.shape])
-            placed = sorted((row["pr"], row["measure"]) for row in
-                            await conn.fetch(_INSERT_SHAPED_PRS, r.road, prs, lons, lats))
+            placed = sorted(
+                (row["pr"], row["measure"]) for row in await conn.fetch(_INSERT_SHAPED_PRS, r.road, prs, lons, lats)
+            )
             for (a, ma), (b, mb) in pairwise(placed):
                 if mb <= ma:
-                    raise ReferentialError(f"road {r.road}: PR {b} is not after PR {a} along the road's shape "
-                                           "(is the shape drawn from the lowest PR?)")
+                    raise ReferentialError(
+                        f"road {r.road}: PR {b} is not after PR {a} along the road's shape "
+                        "(is the shape drawn from the lowest PR?)"
+                    )
     return len(roads)
 
 
@@ -95,21 +110,22 @@ def _cm(metres: float) -> float:
     return round(metres, 2) + 0.0
 
 
-async def point(conn: asyncpg.Connection, road: str, pr: int, abscissa: float, side: Side | None = None,
-                offset: float = 0.0) -> tuple[float, float]:
+async def point(
+    conn: asyncpg.Connection, road: str, pr: int, abscissa: float, side: Side | None = None, offset: float = 0.0
+) -> tuple[float, float]:
     """The point at PR + abscissa, moved `offset` metres to the `side` of the road
     (left or right of the direction of increasing PR)."""
     abscissa = _cm(abscissa)
     signed = 0.0 if side is None else _cm(offset if side == "right" else -offset)
-    row = await conn.fetchrow("SELECT ST_X(g) AS lon, ST_Y(g) AS lat FROM road_point($1, $2, $3, $4) g",
-                              road, pr, abscissa, signed)
+    row = await conn.fetchrow(
+        "SELECT ST_X(g) AS lon, ST_Y(g) AS lat FROM road_point($1, $2, $3, $4) g", road, pr, abscissa, signed
+    )
     if row is None or row["lon"] is None:
         raise OffRoad(await _why(conn, road, pr, abscissa))
     return row["lon"], row["lat"]
 
 
-async def locate(conn: asyncpg.Connection, road: str, lon: float, lat: float
-                 ) -> tuple[int, float, float, Side | None]:
+async def locate(conn: asyncpg.Connection, road: str, lon: float, lat: float) -> tuple[int, float, float, Side | None]:
     """(PR, abscissa, distance from the road, side) of a point, metres; the side is
     None within a centimetre of the road's line."""
     row = await conn.fetchrow("SELECT * FROM road_locate($1, ST_SetSRID(ST_MakePoint($2, $3), 4326))", road, lon, lat)
@@ -118,12 +134,14 @@ async def locate(conn: asyncpg.Connection, road: str, lon: float, lat: float
     return row["pr"], row["abscissa"], row["offset_m"], row["side"]
 
 
-async def section(conn: asyncpg.Connection, road: str, start: tuple[int, float], end: tuple[int, float]
-                  ) -> dict[str, Any]:
+async def section(
+    conn: asyncpg.Connection, road: str, start: tuple[int, float], end: tuple[int, float]
+) -> dict[str, Any]:
     """The GeoJSON LineString along the road from `start` to `end` (PR, abscissa)."""
     start, end = (start[0], _cm(start[1])), (end[0], _cm(end[1]))
-    geojson = await conn.fetchval("SELECT ST_AsGeoJSON(road_section($1, $2, $3, $4, $5), 7)",
-                                  road, start[0], start[1], end[0], end[1])
+    geojson = await conn.fetchval(
+        "SELECT ST_AsGeoJSON(road_section($1, $2, $3, $4, $5), 7)", road, start[0], start[1], end[0], end[1]
+    )
     if geojson is None:
         for pr, abscissa in (start, end):
             await point(conn, road, pr, abscissa)  # raises with the reason
@@ -132,8 +150,9 @@ async def section(conn: asyncpg.Connection, road: str, start: tuple[int, float],
 
 
 async def _why(conn: asyncpg.Connection, road: str, pr: int, abscissa: float) -> str:
-    known = await conn.fetchrow("SELECT min(pr) AS lo, max(pr) AS hi, bool_or(pr = $2) AS has FROM road_prs "
-                                "WHERE road = $1", road, pr)
+    known = await conn.fetchrow(
+        "SELECT min(pr) AS lo, max(pr) AS hi, bool_or(pr = $2) AS has FROM road_prs WHERE road = $1", road, pr
+    )
     if known is None or known["lo"] is None:
         return f"road {road} is not in the referential"
     if not known["has"]:
@@ -143,13 +162,18 @@ async def _why(conn: asyncpg.Connection, road: str, pr: int, abscissa: float) ->
 
 async def road_list(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     """Every road of the referential: road, name, length (metres), lowest and highest PR."""
-    return list(await conn.fetch("SELECT r.road, r.name, r.length, min(p.pr) AS pr_min, max(p.pr) AS pr_max "
-                                 "FROM roads r JOIN road_prs p USING (road) GROUP BY r.road ORDER BY r.road"))
+    return list(
+        await conn.fetch(
+            "SELECT r.road, r.name, r.length, min(p.pr) AS pr_min, max(p.pr) AS pr_max "
+            "FROM roads r JOIN road_prs p USING (road) GROUP BY r.road ORDER BY r.road"
+        )
+    )
 
 
 async def prs(conn: asyncpg.Connection, road: str) -> list[dict[str, Any]]:
-    rows = await conn.fetch("SELECT pr, ST_X(geom) AS lon, ST_Y(geom) AS lat, measure FROM road_prs "
-                            "WHERE road = $1 ORDER BY pr", road)
+    rows = await conn.fetch(
+        "SELECT pr, ST_X(geom) AS lon, ST_Y(geom) AS lat, measure FROM road_prs WHERE road = $1 ORDER BY pr", road
+    )
     return [{"pr": r["pr"], "lon": r["lon"], "lat": r["lat"], "measure_m": round(r["measure"], 1)} for r in rows]
 
 
@@ -178,8 +202,17 @@ async def check_sites(conn: asyncpg.Connection, tolerance_m: float = SITE_TOLERA
             reason = f"PR {r['pr']} + {r['abscissa'] or 0} m lies {r['distance_m']:.0f} m from the site's position"
         else:
             continue
-        out.append({"site_id": r["id"], "source": r["source_id"], "external_id": r["external_id"],
-                    "name": r["name"], "road": r["road"], "pr": r["pr"], "abscissa": r["abscissa"],
-                    "distance_m": None if r["distance_m"] is None else round(r["distance_m"], 1),
-                    "reason": reason})
+        out.append(
+            {
+                "site_id": r["id"],
+                "source": r["source_id"],
+                "external_id": r["external_id"],
+                "name": r["name"],
+                "road": r["road"],
+                "pr": r["pr"],
+                "abscissa": r["abscissa"],
+                "distance_m": None if r["distance_m"] is None else round(r["distance_m"], 1),
+                "reason": reason,
+            }
+        )
     return out

@@ -32,7 +32,11 @@ async def last_runs(conn: asyncpg.Connection, per_source: int) -> list[asyncpg.R
 
 async def quarantined(conn: asyncpg.Connection, source: str | None, limit: int) -> list[asyncpg.Record]:
     """The quarantined records (of one source, or all), last seen first."""
-    return list(await conn.fetch(
-        "SELECT id, source_id, run_id, record_ref, reason, excerpt, recorded, last_seen, times_seen"
-        " FROM quarantine WHERE ($1::text IS NULL OR source_id = $1) ORDER BY last_seen DESC, id DESC LIMIT $2",
-        source, limit))
+    return list(
+        await conn.fetch(
+            "SELECT id, source_id, run_id, record_ref, reason, excerpt, recorded, last_seen, times_seen"
+            " FROM quarantine WHERE ($1::text IS NULL OR source_id = $1) ORDER BY last_seen DESC, id DESC LIMIT $2",
+            source,
+            limit,
+        )
+    )

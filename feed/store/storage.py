@@ -87,17 +87,28 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = CONNECT_TIMEOUT,
-                      command_timeout: float | None = COMMAND_TIMEOUT, **kwargs: Any) -> asyncpg.Pool:
+async def create_pool(
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    command_timeout: float | None = COMMAND_TIMEOUT,
+    **kwargs: Any,
+) -> asyncpg.Pool:
     # Custom plans: generic ones cannot see the size of the arrays we pass and
     # turn the rollup refresh into full scans as the table grows.
     settings = {"timezone": "UTC", "plan_cache_mode": "force_custom_plan", **kwargs.pop("server_settings", {})}
     return await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection, server_settings=settings,
-        timeout=connect_timeout, command_timeout=command_timeout, **kwargs
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        server_settings=settings,
+        timeout=connect_timeout,
+        command_timeout=command_timeout,
+        **kwargs,
     )
-
-
 
 
 # Sites and channels: known rows are updated (when changed) and only unknown ones
@@ -131,16 +142,34 @@ class Storage:
         self.replay_gate = ReplayGate(listen_pool, pool) if listen_pool is not None else None
 
     @classmethod
-    async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = CONNECT_TIMEOUT,
-                   command_timeout: float | None = COMMAND_TIMEOUT, primary_url: str | None = None) -> Storage:
+    async def open(
+        cls,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        command_timeout: float | None = COMMAND_TIMEOUT,
+        primary_url: str | None = None,
+    ) -> Storage:
         """`url` is read; with `primary_url`, `url` is a standby of it (serving nodes)."""
-        pool = await create_pool(url, min_size=min_size, max_size=max_size, connect_timeout=connect_timeout,
-                                 command_timeout=command_timeout)
+        pool = await create_pool(
+            url, min_size=min_size, max_size=max_size, connect_timeout=connect_timeout, command_timeout=command_timeout
+        )
         try:
             tz = await pool.fetchval("SELECT value FROM roadfeed_meta WHERE key = 'timezone'")
             # The feeds' listener, the change stream's, and the replay gate's look at the WAL position.
-            listen_pool = (await create_pool(primary_url, min_size=1, max_size=3, connect_timeout=connect_timeout,
-                                             command_timeout=command_timeout) if primary_url else None)
+            listen_pool = (
+                await create_pool(
+                    primary_url,
+                    min_size=1,
+                    max_size=3,
+                    connect_timeout=connect_timeout,
+                    command_timeout=command_timeout,
+                )
+                if primary_url
+                else None
+            )
         except BaseException:
             await close_pool(pool, CLOSE_TIMEOUT)
             raise
@@ -172,7 +201,9 @@ class Storage:
             """INSERT INTO sources (id, kind, url) VALUES ($1, $2, $3)
                ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind, url = EXCLUDED.url
                WHERE (sources.kind, sources.url) IS DISTINCT FROM (EXCLUDED.kind, EXCLUDED.url)""",
-            source_id, kind, url,
+            source_id,
+            kind,
+            url,
         )
 
     async def source_state(self, source_id: str) -> SourceState:
@@ -187,7 +218,8 @@ class Storage:
     async def source_statuses(self) -> list[dict[str, Any]]:
         """Every stored source's kind, last success and last error (what /feeds/status.json shows)."""
         rows = await self.pool.fetch(
-            "SELECT id, kind, last_success, last_error, last_error_at FROM sources ORDER BY id")
+            "SELECT id, kind, last_success, last_error, last_error_at FROM sources ORDER BY id"
+        )
         return [dict(r) for r in rows]
 
     async def source_times(self, timeout: float) -> list[asyncpg.Record]:
@@ -196,10 +228,12 @@ class Storage:
         async with bounded_connection(self.pool, timeout) as conn:
             return await conn.fetch(
                 "SELECT id, extract(epoch FROM last_success)::float8 AS ok, "
-                "extract(epoch FROM last_error_at)::float8 AS err FROM sources ORDER BY id")
+                "extract(epoch FROM last_error_at)::float8 AS err FROM sources ORDER BY id"
+            )
 
-    async def claim_poll(self, source_id: str, owner: str, interval: float, lease: float, *,
-                         due_only: bool = True) -> bool:
+    async def claim_poll(
+        self, source_id: str, owner: str, interval: float, lease: float, *, due_only: bool = True
+    ) -> bool:
         """Takes the source for one poll: when it is due (unless `due_only` is off)
         and no other worker holds a live lease. The next due time moves one interval on."""
         claimed = await self.pool.fetchval(
@@ -210,7 +244,11 @@ class Storage:
                   AND (NOT $5 OR next_poll_at IS NULL OR next_poll_at <= now())
                   AND (lease_until IS NULL OR lease_until < now() OR lease_owner = $2)
                RETURNING true""",
-            source_id, owner, float(interval), float(lease), due_only,
+            source_id,
+            owner,
+            float(interval),
+            float(lease),
+            due_only,
         )
         return bool(claimed)
 
@@ -219,19 +257,25 @@ class Storage:
         has just claimed the source, so none of them can still be running."""
         closed = await self.pool.execute(
             """UPDATE source_runs SET finished = now(), error = 'interrupted: its worker stopped before the end'
-                WHERE source_id = $1 AND finished IS NULL""", source_id)
+                WHERE source_id = $1 AND finished IS NULL""",
+            source_id,
+        )
         return int(closed.split()[-1])
 
     async def renew_poll(self, source_id: str, owner: str, lease: float) -> bool:
         renewed = await self.pool.fetchval(
             """UPDATE sources SET lease_until = now() + make_interval(secs => $3)
                 WHERE id = $1 AND lease_owner = $2 RETURNING true""",
-            source_id, owner, float(lease))
+            source_id,
+            owner,
+            float(lease),
+        )
         return bool(renewed)
 
     async def release_poll(self, source_id: str, owner: str) -> None:
         await self.pool.execute(
-            "UPDATE sources SET lease_until = NULL WHERE id = $1 AND lease_owner = $2", source_id, owner)
+            "UPDATE sources SET lease_until = NULL WHERE id = $1 AND lease_owner = $2", source_id, owner
+        )
 
     async def start_run(self, source_id: str) -> int:
         return await self.pool.fetchval("INSERT INTO source_runs (source_id) VALUES ($1) RETURNING id", source_id)
@@ -252,8 +296,15 @@ class Storage:
                           records_new = $4, records_updated = $5, records_unchanged = $6,
                           records_quarantined = $7, complete = $8, error = $9
                     WHERE id = $1 RETURNING source_id""",
-                run_id, stats.http_status, stats.bytes, stats.counts.new, stats.counts.updated,
-                stats.counts.unchanged, stats.quarantined, stats.complete, stats.error,
+                run_id,
+                stats.http_status,
+                stats.bytes,
+                stats.counts.new,
+                stats.counts.updated,
+                stats.counts.unchanged,
+                stats.quarantined,
+                stats.complete,
+                stats.error,
             )
             if stats.error is None:
                 await conn.execute(
@@ -261,19 +312,24 @@ class Storage:
                               etag = coalesce($2, etag), last_modified = coalesce($3, last_modified),
                               watermark = coalesce($4, watermark)
                         WHERE id = $1""",
-                    source_id, etag, last_modified, watermark,
+                    source_id,
+                    etag,
+                    last_modified,
+                    watermark,
                 )
             else:
                 await conn.execute(
                     "UPDATE sources SET last_error = $2, last_error_at = now(), updated = now() WHERE id = $1",
-                    source_id, stats.error,
+                    source_id,
+                    stats.error,
                 )
             await conn.execute("SELECT pg_notify($1, 'sources')", CHANGES_CHANNEL)
 
     async def save_watermark(self, source_id: str, watermark: str | None) -> None:
         """Progress inside a run (page by page), so a crash resumes where it stopped."""
-        await self.pool.execute("UPDATE sources SET watermark = $2, updated = now() WHERE id = $1",
-                                source_id, watermark)
+        await self.pool.execute(
+            "UPDATE sources SET watermark = $2, updated = now() WHERE id = $1", source_id, watermark
+        )
 
     async def quarantine(self, source_id: str, run_id: int | None, items: Sequence[Quarantined]) -> None:
         """One row per (source, record, reason): seen again, it is counted, not repeated."""
@@ -318,11 +374,16 @@ class Storage:
                            IS DISTINCT FROM (i.name, i.road, i.pr, i.abscissa, i.insee, i.metadata)
                            OR NOT (s.geom IS NOT DISTINCT FROM i.geom))
                    RETURNING 1),
-               added AS ({_INSERT_NEW.format(
-                   table="sites", columns="source_id, external_id, name, road, pr, abscissa, insee, geom, metadata",
-                   values="$1, external_id, name, road, pr, abscissa, insee, geom, metadata")})
+               added AS ({
+                _INSERT_NEW.format(
+                    table="sites",
+                    columns="source_id, external_id, name, road, pr, abscissa, insee, geom, metadata",
+                    values="$1, external_id, name, road, pr, abscissa, insee, geom, metadata",
+                )
+            })
                SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM changed)""",
-            source_id, *map(list, zip(*rows, strict=True)),
+            source_id,
+            *map(list, zip(*rows, strict=True)),
         )
         if result[0] or result[1]:
             await self.pool.execute("SELECT pg_notify($1, 'sites')", CHANGES_CHANNEL)
@@ -338,8 +399,16 @@ class Storage:
         if missing:
             raise KeyError(f"source {source_id}: channels refer to unknown sites {missing[:5]}")
         rows = [
-            (site_ids[c.site_external_id], c.external_id, c.direction, c.direction_name, c.lane, c.vehicle_class,
-             c.mobility_type, c.time_step)
+            (
+                site_ids[c.site_external_id],
+                c.external_id,
+                c.direction,
+                c.direction_name,
+                c.lane,
+                c.vehicle_class,
+                c.mobility_type,
+                c.time_step,
+            )
             for c in chans
         ]
         result = await self.pool.fetchrow(
@@ -360,14 +429,18 @@ class Storage:
                           IS DISTINCT FROM (i.site_id, i.direction, i.direction_name, i.lane, i.vehicle_class,
                                             i.mobility_type, i.time_step)
                    RETURNING 1),
-               added AS ({_INSERT_NEW.format(
-                   table="channels",
-                   columns="source_id, site_id, external_id, direction, direction_name, lane, vehicle_class, "
-                           "mobility_type, time_step",
-                   values="$1, site_id, external_id, direction, direction_name, lane, vehicle_class, mobility_type, "
-                          "time_step")})
+               added AS ({
+                _INSERT_NEW.format(
+                    table="channels",
+                    columns="source_id, site_id, external_id, direction, direction_name, lane, vehicle_class, "
+                    "mobility_type, time_step",
+                    values="$1, site_id, external_id, direction, direction_name, lane, vehicle_class, mobility_type, "
+                    "time_step",
+                )
+            })
                SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM changed)""",
-            source_id, *map(list, zip(*rows, strict=True)),
+            source_id,
+            *map(list, zip(*rows, strict=True)),
         )
         if result[0] or result[1]:
             await self.pool.execute("SELECT pg_notify($1, 'sites')", CHANGES_CHANNEL)
@@ -376,7 +449,8 @@ class Storage:
     async def site_ids(self, source_id: str, external_ids: Iterable[str]) -> dict[str, int]:
         rows = await self.pool.fetch(
             "SELECT external_id, id FROM sites WHERE source_id = $1 AND external_id = ANY($2::text[])",
-            source_id, list(external_ids),
+            source_id,
+            list(external_ids),
         )
         return {r[0]: r[1] for r in rows}
 
@@ -387,7 +461,8 @@ class Storage:
         else:
             rows = await self.pool.fetch(
                 "SELECT external_id, id FROM channels WHERE source_id = $1 AND external_id = ANY($2::text[])",
-                source_id, list(external_ids),
+                source_id,
+                list(external_ids),
             )
         return {r[0]: r[1] for r in rows}
 
@@ -416,8 +491,15 @@ class Storage:
         complete_snapshot: bool = False,
         author: str | None = None,
     ) -> Counts:
-        return await events.upsert_events(self.pool, source_id, records, seen_at=seen_at, run_id=run_id,
-                                          complete_snapshot=complete_snapshot, author=author)
+        return await events.upsert_events(
+            self.pool,
+            source_id,
+            records,
+            seen_at=seen_at,
+            run_id=run_id,
+            complete_snapshot=complete_snapshot,
+            author=author,
+        )
 
     async def events_seen_by_run(self, source_id: str, run_id: int, external_ids: Sequence[str]) -> set[str]:
         return await events.events_seen_by_run(self.pool, source_id, run_id, external_ids)

@@ -30,8 +30,9 @@ QUERY_MARGIN = 2.0  # seconds past the statement timeout before the client gives
 DOWNLOAD_WORK_MEM = "64MB"  # per download: a batch is sorted in memory, not on disk
 
 _ROLE_SWITCH: dict[int, tuple[asyncpg.Pool, dict[str, bool]]] = {}  # id(pool) -> (pool, role -> may switch)
-_CAN_SWITCH = ("SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) "
-               "THEN pg_has_role($1, 'MEMBER') ELSE false END")
+_CAN_SWITCH = (
+    "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) THEN pg_has_role($1, 'MEMBER') ELSE false END"
+)
 
 
 async def can_switch_role(pool: asyncpg.Pool, conn: asyncpg.Connection, role: str) -> bool:
@@ -53,8 +54,9 @@ async def can_switch_role(pool: asyncpg.Pool, conn: asyncpg.Connection, role: st
 
 
 @asynccontextmanager
-async def reading(pool: asyncpg.Pool, statement_timeout_ms: int, *,
-                  bulk_timezone: str | None = None) -> AsyncIterator[asyncpg.Connection]:
+async def reading(
+    pool: asyncpg.Pool, statement_timeout_ms: int, *, bulk_timezone: str | None = None
+) -> AsyncIterator[asyncpg.Connection]:
     """A read-only REPEATABLE READ transaction bounded by the configured statement timeout
     (JIT off: these queries are short, and compiling them would cost more than running them).
     `bulk_timezone` (downloads): the publication's time zone for formatting times, and room
@@ -69,8 +71,7 @@ async def reading(pool: asyncpg.Pool, statement_timeout_ms: int, *,
     statement_timeout = int(statement_timeout_ms)
     settings = f"SET LOCAL statement_timeout = {statement_timeout}; SET LOCAL jit = off"
     if bulk_timezone is not None:
-        settings += (f"; SET LOCAL TimeZone = {sql_literal(bulk_timezone)}"
-                     f"; SET LOCAL work_mem = '{DOWNLOAD_WORK_MEM}'")
+        settings += f"; SET LOCAL TimeZone = {sql_literal(bulk_timezone)}; SET LOCAL work_mem = '{DOWNLOAD_WORK_MEM}'"
     async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
         try:
             # The read-only role on top of READ ONLY: even a statement that escaped both
@@ -78,13 +79,17 @@ async def reading(pool: asyncpg.Pool, statement_timeout_ms: int, *,
             if await can_switch_role(pool, conn, READER_ROLE):
                 settings += f"; SET LOCAL ROLE {READER_ROLE}"
             # BEGIN and the settings in one round trip (asyncpg's Transaction would take two).
-            await conn.execute(f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {settings}",
-                               timeout=ROUND_TRIP_TIMEOUT)
+            await conn.execute(
+                f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {settings}", timeout=ROUND_TRIP_TIMEOUT
+            )
         except BaseException:
             conn.terminate()
             raise
-        deadline = (contextlib.nullcontext() if bulk_timezone is not None
-                    else asyncio.timeout(statement_timeout / 1000 + QUERY_MARGIN))
+        deadline = (
+            contextlib.nullcontext()
+            if bulk_timezone is not None
+            else asyncio.timeout(statement_timeout / 1000 + QUERY_MARGIN)
+        )
         try:
             async with deadline:
                 yield conn

@@ -25,9 +25,9 @@ REASONS: dict[str, dict[str, str]] = {
     },
     "stuck_zero": {
         "en": "zero in daytime (08:00-19:00 local) for 3 intervals in a row on a channel whose daytime median "
-              "is at least 10 vehicles/h",
+        "is at least 10 vehicles/h",
         "fr": "zéro en journée (8 h-19 h) pendant 3 intervalles consécutifs sur un canal dont la médiane "
-              "de jour atteint au moins 10 véh./h",
+        "de jour atteint au moins 10 véh./h",
     },
     "silent_direction": {
         "en": "zero while the other direction of the same site and class carries at least 60 vehicles/h",
@@ -39,9 +39,9 @@ REASONS: dict[str, dict[str, str]] = {
     },
     "class_inconsistent": {
         "en": "light + heavy differs from all vehicles by more than 5 % (and 2 vehicles) at the same site, "
-              "direction and time",
+        "direction and time",
         "fr": "véhicules légers + poids lourds diffère de tous véhicules de plus de 5 % (et 2 véhicules) "
-              "au même site, sens et instant",
+        "au même site, sens et instant",
     },
 }
 

@@ -25,17 +25,18 @@ from hypothesis import strategies as st
 
 from collectors.fetch import SPOOL_IN_MEMORY, Fetcher, FetchPolicy
 from exporters.geojson import render_events
+from feed.collect.ingest import CHUNK, Plausibility, Sink
 from feed.collect.poll import poll_source
 from feed.config import PublicationConfig, SourceConfig
-from feed.collect.ingest import CHUNK, Plausibility, Sink
 from feed.model import EventRecord, Quarantined
 from feed.store.storage import Storage
 from tests.collectors.test_polling import Origin
 
 HERAULT = PublicationConfig()
 NOW = datetime(2026, 6, 21, 10, 0, tzinfo=UTC)
-SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                            HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 _ids = itertools.count()
 
 
@@ -59,37 +60,56 @@ async def fetcher():
 
 
 async def quarantine_rows(storage: Storage, source_id: str) -> list[dict[str, Any]]:
-    return [dict(r) for r in await storage.pool.fetch(
-        "SELECT record_ref, reason, times_seen FROM quarantine WHERE source_id = $1 ORDER BY id", source_id)]
+    return [
+        dict(r)
+        for r in await storage.pool.fetch(
+            "SELECT record_ref, reason, times_seen FROM quarantine WHERE source_id = $1 ORDER BY id", source_id
+        )
+    ]
 
 
 # --------------------------------------------------------------------------- DATEX II documents
 
-_HEAD = ('<?xml version="1.0" encoding="UTF-8"?>\n<mc:messageContainer '
-         'xmlns:mc="http://datex2.eu/schema/3/messageContainer" xmlns:com="http://datex2.eu/schema/3/common" '
-         'xmlns:sit="http://datex2.eu/schema/3/situation" xmlns:loc="http://datex2.eu/schema/3/locationReferencing" '
-         'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" modelBaseVersion="3">'
-         '<mc:payload xsi:type="sit:SituationPublication" lang="fr" modelBaseVersion="3">'
-         '<com:publicationTime>2026-06-21T10:00:00Z</com:publicationTime>')
+_HEAD = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<mc:messageContainer '
+    'xmlns:mc="http://datex2.eu/schema/3/messageContainer" xmlns:com="http://datex2.eu/schema/3/common" '
+    'xmlns:sit="http://datex2.eu/schema/3/situation" xmlns:loc="http://datex2.eu/schema/3/locationReferencing" '
+    'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" modelBaseVersion="3">'
+    '<mc:payload xsi:type="sit:SituationPublication" lang="fr" modelBaseVersion="3">'
+    "<com:publicationTime>2026-06-21T10:00:00Z</com:publicationTime>"
+)
 _TAIL = "</mc:payload></mc:messageContainer>"
 
 
-def situation(rid: str, *, start: str = "2026-06-20T08:00:00Z", updated: str = "2026-06-20T07:00:00Z",
-              desc: str = "Travaux", road: str = "RD613", lon: float = 3.5, lat: float = 43.6,
-              version: str = "1", located: bool = True) -> str:
+def situation(
+    rid: str,
+    *,
+    start: str = "2026-06-20T08:00:00Z",
+    updated: str = "2026-06-20T07:00:00Z",
+    desc: str = "Travaux",
+    road: str = "RD613",
+    lon: float = 3.5,
+    lat: float = 43.6,
+    version: str = "1",
+    located: bool = True,
+) -> str:
     loc = ""
     if located:
-        loc = ('<sit:locationReference xsi:type="loc:PointLocation"><loc:coordinatesForDisplay>'
-               f"<loc:latitude>{lat}</loc:latitude><loc:longitude>{lon}</loc:longitude></loc:coordinatesForDisplay>"
-               "<loc:supplementaryPositionalDescription><loc:roadInformation>"
-               f"<loc:roadNumber>{road}</loc:roadNumber></loc:roadInformation></loc:supplementaryPositionalDescription>"
-               "</sit:locationReference>")
-    return (f'<sit:situation id="S-{rid}"><sit:situationRecord xsi:type="sit:MaintenanceWorks" id="{rid}" '
-            f'version="{version}"><sit:situationRecordVersionTime>{updated}</sit:situationRecordVersionTime>'
-            "<sit:validity><com:validityStatus>active</com:validityStatus><com:validityTimeSpecification>"
-            f"<com:overallStartTime>{start}</com:overallStartTime></com:validityTimeSpecification></sit:validity>"
-            f'<sit:generalPublicComment><sit:comment><com:values><com:value lang="fr">{desc}</com:value></com:values>'
-            f"</sit:comment></sit:generalPublicComment>{loc}</sit:situationRecord></sit:situation>")
+        loc = (
+            '<sit:locationReference xsi:type="loc:PointLocation"><loc:coordinatesForDisplay>'
+            f"<loc:latitude>{lat}</loc:latitude><loc:longitude>{lon}</loc:longitude></loc:coordinatesForDisplay>"
+            "<loc:supplementaryPositionalDescription><loc:roadInformation>"
+            f"<loc:roadNumber>{road}</loc:roadNumber></loc:roadInformation></loc:supplementaryPositionalDescription>"
+            "</sit:locationReference>"
+        )
+    return (
+        f'<sit:situation id="S-{rid}"><sit:situationRecord xsi:type="sit:MaintenanceWorks" id="{rid}" '
+        f'version="{version}"><sit:situationRecordVersionTime>{updated}</sit:situationRecordVersionTime>'
+        "<sit:validity><com:validityStatus>active</com:validityStatus><com:validityTimeSpecification>"
+        f"<com:overallStartTime>{start}</com:overallStartTime></com:validityTimeSpecification></sit:validity>"
+        f'<sit:generalPublicComment><sit:comment><com:values><com:value lang="fr">{desc}</com:value></com:values>'
+        f"</sit:comment></sit:generalPublicComment>{loc}</sit:situationRecord></sit:situation>"
+    )
 
 
 def serve(origin: Origin, body: bytes, content_type: str = "application/xml") -> None:
@@ -110,8 +130,8 @@ DATEX_POISON = {
 }
 
 datex_members = st.lists(
-    st.one_of(st.just("good"), st.just("listed twice"), st.sampled_from(sorted(DATEX_POISON))),
-    min_size=1, max_size=12)
+    st.one_of(st.just("good"), st.just("listed twice"), st.sampled_from(sorted(DATEX_POISON))), min_size=1, max_size=12
+)
 
 
 @SETTINGS
@@ -146,7 +166,8 @@ async def test_poison_situations_are_quarantined_and_the_rest_stored_and_served(
 @SETTINGS
 @given(count=st.integers(min_value=1, max_value=8), cut=st.floats(min_value=0.0, max_value=1.0))
 async def test_a_truncated_document_stores_exactly_the_situations_completed_before_the_cut(
-        storage, origin, fetcher, count, cut):
+    storage, origin, fetcher, count, cut
+):
     source = SourceConfig(id=fresh_id("cut"), kind="datex2", url=origin.url())
     whole = (_HEAD + "".join(situation(f"R{i}") for i in range(count)) + _TAIL).encode()
     at = int(len(whole) * cut)
@@ -155,8 +176,12 @@ async def test_a_truncated_document_stores_exactly_the_situations_completed_befo
     body = whole[:at]
     serve(origin, body)
     report = await poll_source(source, storage, fetcher, HERAULT, now=NOW)
-    completed = {f"R{i}" for i in range(count) if body.find(f'id="S-R{i}"'.encode()) >= 0
-                 and body.find(b"</sit:situation>", body.find(f'id="S-R{i}"'.encode())) >= 0}
+    completed = {
+        f"R{i}"
+        for i in range(count)
+        if body.find(f'id="S-R{i}"'.encode()) >= 0
+        and body.find(b"</sit:situation>", body.find(f'id="S-R{i}"'.encode())) >= 0
+    }
     stored = await storage.events(source_id=source.id)
     assert {e.external_id for e in stored} == completed
     assert all(e.geometry is not None for e in stored)
@@ -168,11 +193,11 @@ _MEASURED_HEAD = (
     '<?xml version="1.0" encoding="UTF-8"?>\n<d2:payload xmlns:d2="http://datex2.eu/schema/3/d2Payload" '
     'xmlns:com="http://datex2.eu/schema/3/common" xmlns:roa="http://datex2.eu/schema/3/roadTrafficData" '
     'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:type="roa:MeasuredDataPublication" lang="fr" '
-    'modelBaseVersion="3"><com:publicationTime>2026-06-21T10:00:00Z</com:publicationTime>')
+    'modelBaseVersion="3"><com:publicationTime>2026-06-21T10:00:00Z</com:publicationTime>'
+)
 
 
-def site_measurements(site: str, *, end: str = "2026-06-21T09:00:00Z", flow: str = "600",
-                      speed: str = "72.5") -> str:
+def site_measurements(site: str, *, end: str = "2026-06-21T09:00:00Z", flow: str = "600", speed: str = "72.5") -> str:
     quantities = "".join(
         f'<roa:physicalQuantity index="{index}"><roa:physicalQuantity xsi:type="roa:SinglePhysicalQuantity">'
         f'<roa:basicData xsi:type="roa:{kind}"><roa:measurementOrCalculationTime><roa:timeMeaning>endTime'
@@ -180,11 +205,15 @@ def site_measurements(site: str, *, end: str = "2026-06-21T09:00:00Z", flow: str
         "</roa:basicData></roa:physicalQuantity></roa:physicalQuantity>"
         for index, kind, value in (
             (1, "TrafficFlow", f"<roa:vehicleFlow><com:vehicleFlowRate>{flow}</com:vehicleFlowRate></roa:vehicleFlow>"),
-            (2, "TrafficSpeed", f"<roa:averageVehicleSpeed><com:speed>{speed}</com:speed></roa:averageVehicleSpeed>")))
-    return (f'<roa:siteMeasurements><roa:measurementSiteReference targetClass="roa:MeasurementSite" id="{site}" '
-            f'version="1"/><roa:measurementTimeDefault><roa:timeMeaning>endTime</roa:timeMeaning><roa:timeValue>'
-            f"{end}</roa:timeValue><roa:period>60</roa:period></roa:measurementTimeDefault>{quantities}"
-            "</roa:siteMeasurements>")
+            (2, "TrafficSpeed", f"<roa:averageVehicleSpeed><com:speed>{speed}</com:speed></roa:averageVehicleSpeed>"),
+        )
+    )
+    return (
+        f'<roa:siteMeasurements><roa:measurementSiteReference targetClass="roa:MeasurementSite" id="{site}" '
+        f'version="1"/><roa:measurementTimeDefault><roa:timeMeaning>endTime</roa:timeMeaning><roa:timeValue>'
+        f"{end}</roa:timeValue><roa:period>60</roa:period></roa:measurementTimeDefault>{quantities}"
+        "</roa:siteMeasurements>"
+    )
 
 
 MEASURED_POISON = {
@@ -198,18 +227,21 @@ MEASURED_POISON = {
 
 
 @SETTINGS
-@given(members=st.lists(st.one_of(st.just("good"), st.sampled_from(sorted(MEASURED_POISON))), min_size=1,
-                        max_size=12))
+@given(members=st.lists(st.one_of(st.just("good"), st.sampled_from(sorted(MEASURED_POISON))), min_size=1, max_size=12))
 async def test_poison_measured_data_is_quarantined_and_the_rest_stored(storage, origin, fetcher, members):
     source = SourceConfig(id=fresh_id("md"), kind="datex2", url=origin.url())
-    blocks = [site_measurements(f"S{i}") if kind == "good" else MEASURED_POISON[kind](f"S{i}")
-              for i, kind in enumerate(members)]
+    blocks = [
+        site_measurements(f"S{i}") if kind == "good" else MEASURED_POISON[kind](f"S{i}")
+        for i, kind in enumerate(members)
+    ]
     serve(origin, (_MEASURED_HEAD + "".join(blocks) + "</d2:payload>").encode())
     report = await poll_source(source, storage, fetcher, HERAULT, now=NOW)
     assert report.stats.error is None, report.line()
     rows = await storage.pool.fetch(
         """SELECT c.external_id, m.count, m.speed FROM measurements m JOIN channels c ON c.id = m.channel_id
-            WHERE c.source_id = $1""", source.id)
+            WHERE c.source_id = $1""",
+        source.id,
+    )
     good = {f"S{i}" for i, kind in enumerate(members) if kind == "good"}
     assert {r["external_id"] for r in rows} == {f"{site}:{index}" for site in good for index in (1, 2)}
     assert all(r["count"] == 10 or r["speed"] == 72.5 for r in rows)
@@ -221,15 +253,18 @@ async def test_an_event_listed_again_in_a_later_batch_keeps_its_first_listing(st
     source_id = fresh_id("twice")
     await storage.ensure_source(source_id, "datex2", "http://127.0.0.1/")
     run = await storage.start_run(source_id)
-    events = [EventRecord(external_id=f"E{i}", type="roadworks", road="RD613", descriptions={"fr": "premier"})
-              for i in range(5)]
+    events = [
+        EventRecord(external_id=f"E{i}", type="roadworks", road="RD613", descriptions={"fr": "premier"})
+        for i in range(5)
+    ]
     again = events[1].model_copy(update={"descriptions": {"fr": "second"}})
     sink = Sink(storage, source_id, run, Plausibility.from_publication(HERAULT), lambda: NOW)
     await sink.consume(iter([*events, again]), chunk_size=2)
     result = await sink.finish(snapshot=True)
     stored = await storage.events(source_id=source_id)
     assert [(e.external_id, e.version, e.descriptions["fr"]) for e in stored] == [
-        (f"E{i}", 1, "premier") for i in range(5)]
+        (f"E{i}", 1, "premier") for i in range(5)
+    ]
     assert result.quarantined == 1 and result.counts.new == 5
     (row,) = await quarantine_rows(storage, source_id)
     assert row["record_ref"] == "E1" and "more than once" in row["reason"]
@@ -237,9 +272,17 @@ async def test_an_event_listed_again_in_a_later_batch_keeps_its_first_listing(st
 
 # --------------------------------------------------------------------------- Opendatasoft portal
 
-MAPPING = {"site_id": "id_site", "time": "date_heure", "count": "debit", "direction": "sens",
-           "vehicle_class": "categorie", "site_name": "nom_site", "geo_point": "geo_point_2d",
-           "interval_seconds": 3600, "vehicle_class_map": {"VL": "light", "PL": "heavy"}}
+MAPPING = {
+    "site_id": "id_site",
+    "time": "date_heure",
+    "count": "debit",
+    "direction": "sens",
+    "vehicle_class": "categorie",
+    "site_name": "nom_site",
+    "geo_point": "geo_point_2d",
+    "interval_seconds": 3600,
+    "vehicle_class_map": {"VL": "light", "PL": "heavy"},
+}
 _WHERE = re.compile(r"date_heure (>=|>) date'([^']+)'")
 
 
@@ -264,16 +307,26 @@ def portal(records: list[dict[str, Any]]):
             rows += [r for r in records if when(r) is None]
         rows.sort(key=lambda r: (when(r) or datetime.max.replace(tzinfo=UTC), str(r.get("id_site"))))
         offset, limit = int(request.query.get("offset", 0)), int(request.query.get("limit", 10))
-        return web.Response(text=json.dumps({"total_count": len(rows), "results": rows[offset:offset + limit]}),
-                            content_type="application/json")
+        return web.Response(
+            text=json.dumps({"total_count": len(rows), "results": rows[offset : offset + limit]}),
+            content_type="application/json",
+        )
 
     return respond
 
 
-def counter(site: str, hour: datetime, sens: Any = "N", categorie: Any = "VL", debit: Any = 100,
-            name: Any = "Site") -> dict[str, Any]:
-    return {"id_site": site, "date_heure": hour.isoformat(), "debit": debit, "sens": sens, "categorie": categorie,
-            "nom_site": name, "geo_point_2d": {"lon": 3.5, "lat": 43.6}}
+def counter(
+    site: str, hour: datetime, sens: Any = "N", categorie: Any = "VL", debit: Any = 100, name: Any = "Site"
+) -> dict[str, Any]:
+    return {
+        "id_site": site,
+        "date_heure": hour.isoformat(),
+        "debit": debit,
+        "sens": sens,
+        "categorie": categorie,
+        "nom_site": name,
+        "geo_point_2d": {"lon": 3.5, "lat": 43.6},
+    }
 
 
 # Records refused for good, whatever the time: quarantined, and the cursor may pass them.
@@ -299,13 +352,20 @@ member = st.one_of(
 CHANNELS = [("N", "VL"), ("S", "VL"), ("N", "PL"), ("S", "PL")]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(members=st.lists(member, min_size=1, max_size=260), sites=st.integers(1, 3))
 async def test_counters_watermark_passes_only_settled_records_and_stores_every_good_one_once(
-        storage, origin, fetcher, members, sites):
-    source = SourceConfig(id=fresh_id("ods"), kind="opendatasoft", url=origin.url("/"), interval=60, options={
-        "dataset": "comptages", "dataset_type": "counters", "mapping": MAPPING})
+    storage, origin, fetcher, members, sites
+):
+    source = SourceConfig(
+        id=fresh_id("ods"),
+        kind="opendatasoft",
+        url=origin.url("/"),
+        interval=60,
+        options={"dataset": "comptages", "dataset_type": "counters", "mapping": MAPPING},
+    )
     records, good, future, poison = [], {}, {}, 0
     for i, (kind, hours, channel) in enumerate(members):
         sens, cat = CHANNELS[channel]
@@ -332,7 +392,9 @@ async def test_counters_watermark_passes_only_settled_records_and_stores_every_g
     async def stored() -> dict[tuple[str, datetime], int]:
         rows = await storage.pool.fetch(
             """SELECT c.external_id, m.start, m.count FROM measurements m JOIN channels c ON c.id = m.channel_id
-                WHERE c.source_id = $1""", source.id)
+                WHERE c.source_id = $1""",
+            source.id,
+        )
         return {(r["external_id"], r["start"]): r["count"] for r in rows}
 
     for polls in range(6):  # polls at the same time until nothing moves
@@ -342,8 +404,10 @@ async def test_counters_watermark_passes_only_settled_records_and_stores_every_g
         if before is not None and (await storage.source_state(source.id)).watermark == before.watermark:
             break
     assert await stored() == good  # every good record, once, with its value; nothing from the future
-    channels = {r["external_id"] for r in await storage.pool.fetch(
-        "SELECT external_id FROM channels WHERE source_id = $1", source.id)}
+    channels = {
+        r["external_id"]
+        for r in await storage.pool.fetch("SELECT external_id FROM channels WHERE source_id = $1", source.id)
+    }
     assert channels == {k[0] for k in good} | ({k[0] for k in future} & channels)
     assert not any(":-" in c for c in channels)  # no wrong-typed value became a channel
     rows = await quarantine_rows(storage, source.id)
@@ -359,16 +423,33 @@ async def test_counters_watermark_passes_only_settled_records_and_stores_every_g
     assert await stored() == {**good, **future}
 
 
-EVENT_MAPPING = {"id": "id_evenement", "type": "type", "type_map": {"Travaux": "roadworks"}, "road": "route",
-                 "description": "description", "start": "date_debut", "end": "date_fin", "updated": "date_maj",
-                 "geometry": "geo_shape", "geo_point": "geo_point_2d"}
+EVENT_MAPPING = {
+    "id": "id_evenement",
+    "type": "type",
+    "type_map": {"Travaux": "roadworks"},
+    "road": "route",
+    "description": "description",
+    "start": "date_debut",
+    "end": "date_fin",
+    "updated": "date_maj",
+    "geometry": "geo_shape",
+    "geo_point": "geo_point_2d",
+}
 
 
 def ods_event(eid: str, **fields: Any) -> dict[str, Any]:
-    return {"id_evenement": eid, "type": "Travaux", "route": "RD613", "description": "Réfection de chaussée",
-            "date_debut": "2026-06-15T07:30:00+02:00", "date_fin": "2026-07-03T17:00:00+02:00",
-            "date_maj": "2026-06-21T08:12:00+02:00", "geo_shape": None,
-            "geo_point_2d": {"lon": 3.78, "lat": 43.55}, **fields}
+    return {
+        "id_evenement": eid,
+        "type": "Travaux",
+        "route": "RD613",
+        "description": "Réfection de chaussée",
+        "date_debut": "2026-06-15T07:30:00+02:00",
+        "date_fin": "2026-07-03T17:00:00+02:00",
+        "date_maj": "2026-06-21T08:12:00+02:00",
+        "geo_shape": None,
+        "geo_point_2d": {"lon": 3.78, "lat": 43.55},
+        **fields,
+    }
 
 
 ODS_EVENT_POISON = {
@@ -385,13 +466,17 @@ ODS_EVENT_POISON = {
 
 
 @SETTINGS
-@given(members=st.lists(st.one_of(st.just("good"), st.sampled_from(sorted(ODS_EVENT_POISON))), min_size=1,
-                        max_size=12))
+@given(members=st.lists(st.one_of(st.just("good"), st.sampled_from(sorted(ODS_EVENT_POISON))), min_size=1, max_size=12))
 async def test_wrong_types_in_an_event_dataset_are_quarantined_not_coerced(storage, origin, fetcher, members):
-    source = SourceConfig(id=fresh_id("odsev"), kind="opendatasoft", url=origin.url("/"), options={
-        "dataset": "evenements", "dataset_type": "events", "mapping": EVENT_MAPPING})
-    records = [ods_event(f"E{i}") if kind == "good" else ODS_EVENT_POISON[kind](f"E{i}")
-               for i, kind in enumerate(members)]
+    source = SourceConfig(
+        id=fresh_id("odsev"),
+        kind="opendatasoft",
+        url=origin.url("/"),
+        options={"dataset": "evenements", "dataset_type": "events", "mapping": EVENT_MAPPING},
+    )
+    records = [
+        ods_event(f"E{i}") if kind == "good" else ODS_EVENT_POISON[kind](f"E{i}") for i, kind in enumerate(members)
+    ]
     origin.respond = lambda _r: web.Response(text=json.dumps(records), content_type="application/json")
     report = await poll_source(source, storage, fetcher, HERAULT, now=NOW)
     assert report.stats.error is None, report.line()
@@ -403,10 +488,13 @@ async def test_wrong_types_in_an_event_dataset_are_quarantined_not_coerced(stora
 
 async def test_quarantine_retention_drops_records_not_seen_again(storage):
     source_id = fresh_id("ret")
-    await storage.quarantine(source_id, None, [Quarantined(reason="bad", excerpt=f"r{i}", record_ref=f"r{i}")
-                                               for i in range(3)])
-    await storage.pool.execute("UPDATE quarantine SET last_seen = now() - interval '100 days' "
-                               "WHERE source_id = $1 AND record_ref <> 'r2'", source_id)
+    await storage.quarantine(
+        source_id, None, [Quarantined(reason="bad", excerpt=f"r{i}", record_ref=f"r{i}") for i in range(3)]
+    )
+    await storage.pool.execute(
+        "UPDATE quarantine SET last_seen = now() - interval '100 days' WHERE source_id = $1 AND record_ref <> 'r2'",
+        source_id,
+    )
     await storage.quarantine(source_id, None, [Quarantined(reason="bad", excerpt="r1", record_ref="r1")])
     assert await storage.drop_quarantine_before(datetime.now(UTC) - timedelta(days=90)) == 1
     rows = await quarantine_rows(storage, source_id)
@@ -415,19 +503,26 @@ async def test_quarantine_retention_drops_records_not_seen_again(storage):
 
 # --------------------------------------------------------------------------- refused anyway
 
+
 @SETTINGS
 @given(members=st.lists(st.booleans(), min_size=1, max_size=40))
 async def test_a_batch_the_database_refuses_is_split_until_the_refused_records_are_isolated(
-        storage, origin, fetcher, members):
+    storage, origin, fetcher, members
+):
     # A rule the model does not know, as a real database may have: the refused records
     # pass every check of ours and only the database says no.
     await storage.pool.execute("""DO $$ BEGIN
         ALTER TABLE measurements ADD CONSTRAINT test_refuses_4242 CHECK (count IS DISTINCT FROM 4242);
         EXCEPTION WHEN duplicate_object THEN NULL; END $$""")
-    source = SourceConfig(id=fresh_id("ref"), kind="opendatasoft", url=origin.url("/"), options={
-        "dataset": "comptages", "dataset_type": "counters", "mapping": MAPPING})
-    records = [counter("S1", NOW - timedelta(hours=i), debit=4242 if refused else i)
-               for i, refused in enumerate(members)]
+    source = SourceConfig(
+        id=fresh_id("ref"),
+        kind="opendatasoft",
+        url=origin.url("/"),
+        options={"dataset": "comptages", "dataset_type": "counters", "mapping": MAPPING},
+    )
+    records = [
+        counter("S1", NOW - timedelta(hours=i), debit=4242 if refused else i) for i, refused in enumerate(members)
+    ]
     origin.respond = portal(records)
     report = await poll_source(source, storage, fetcher, HERAULT, now=NOW)
     assert report.stats.error is None, report.line()
@@ -438,6 +533,7 @@ async def test_a_batch_the_database_refuses_is_split_until_the_refused_records_a
 
 
 # --------------------------------------------------------------------------- transports
+
 
 class RawServer:
     """A TCP server that answers every connection with `answer` as raw bytes."""
@@ -465,7 +561,7 @@ class RawServer:
             await reader.readuntil(b"\r\n\r\n")
             if trickle:
                 for i in range(len(answer)):
-                    writer.write(answer[i:i + 1])
+                    writer.write(answer[i : i + 1])
                     await writer.drain()
                     await asyncio.sleep(0.05)
             else:
@@ -487,17 +583,14 @@ def http(body: bytes, *headers: str, status: str = "200 OK") -> bytes:
 
 
 TRANSPORT_FAULTS = {
-    "content-length shorter than the body": (http(DOC + b"GARBAGE" * 50, f"Content-Length: {len(DOC) - 40}"),
-                                             {}),
+    "content-length shorter than the body": (http(DOC + b"GARBAGE" * 50, f"Content-Length: {len(DOC) - 40}"), {}),
     "content-length longer than the body": (http(DOC, f"Content-Length: {len(DOC) + 1000}"), {}),
     "garbage status line": (b"HTTX/9 what\r\n\r\n" + DOC, {}),
     "bad chunked encoding": (http(b"zz\r\n" + DOC, "Transfer-Encoding: chunked"), {}),
-    "corrupt gzip": (http(b"\x1f\x8b\x08\x00garbage" * 100, "Content-Encoding: gzip",
-                          "Content-Length: 1100"), {}),
+    "corrupt gzip": (http(b"\x1f\x8b\x08\x00garbage" * 100, "Content-Encoding: gzip", "Content-Length: 1100"), {}),
     "header line too long": (http(DOC, "X-Long: " + "a" * 70_000, f"Content-Length: {len(DOC)}"), {}),
     "body larger than the limit": (http(DOC * 10, "Connection: close"), {"max_bytes": len(DOC) * 3}),
-    "declared larger than the limit": (http(DOC * 10, f"Content-Length: {len(DOC) * 10}"),
-                                       {"max_bytes": len(DOC) * 3}),
+    "declared larger than the limit": (http(DOC * 10, f"Content-Length: {len(DOC) * 10}"), {"max_bytes": len(DOC) * 3}),
     "a DTD": (http(b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "b">]>' + DOC[38:]), {}),
 }
 
@@ -525,8 +618,9 @@ HANGS = {
     "no answer at all": dict(answer=b"", then_hang=True),
     "headers, then nothing": dict(answer=http(b"<?xml", "Content-Length: 100000"), then_hang=True),
     "a trickle": dict(answer=http(DOC, f"Content-Length: {len(DOC)}"), trickle=True),
-    "503, come back in an hour": dict(answer=http(b"busy", "Retry-After: 3600", "Content-Length: 4",
-                                                  status="503 Service Unavailable")),
+    "503, come back in an hour": dict(
+        answer=http(b"busy", "Retry-After: 3600", "Content-Length: 4", status="503 Service Unavailable")
+    ),
 }
 
 
@@ -554,25 +648,42 @@ async def test_a_first_backfill_has_its_own_deadline_later_polls_the_interval_s(
         return web.json_response(body)
 
     origin.respond = slow
-    source = SourceConfig(id=fresh_id("bf"), kind="opendatasoft", url=origin.url("/"), poll_timeout=0.5, options={
-        "dataset": "comptages", "dataset_type": "counters", "mapping": MAPPING, "backfill_days": 7})
+    source = SourceConfig(
+        id=fresh_id("bf"),
+        kind="opendatasoft",
+        url=origin.url("/"),
+        poll_timeout=0.5,
+        options={"dataset": "comptages", "dataset_type": "counters", "mapping": MAPPING, "backfill_days": 7},
+    )
     first = await poll_source(source, storage, fetcher, HERAULT, now=NOW)
     assert first.stats.error is None and first.stats.counts.new == len(records), first.line()
     assert "/exports/json" in origin.requests[0].path
     later = await poll_source(source, storage, fetcher, HERAULT, now=NOW)
     assert "0.5 s" in (later.stats.error or ""), later.line()  # cut by poll_timeout
-    short = SourceConfig(id=fresh_id("bf"), kind="opendatasoft", url=origin.url("/"), poll_timeout=0.5, options={
-        "dataset": "comptages", "dataset_type": "counters", "mapping": MAPPING, "backfill_days": 7,
-        "backfill_timeout": 0.5})
+    short = SourceConfig(
+        id=fresh_id("bf"),
+        kind="opendatasoft",
+        url=origin.url("/"),
+        poll_timeout=0.5,
+        options={
+            "dataset": "comptages",
+            "dataset_type": "counters",
+            "mapping": MAPPING,
+            "backfill_days": 7,
+            "backfill_timeout": 0.5,
+        },
+    )
     capped = await poll_source(short, storage, fetcher, HERAULT, now=NOW)
     assert "0.5 s" in (capped.stats.error or "") and capped.stats.counts.new == 0, capped.line()
 
 
 # --------------------------------------------------------------------------- memory
 
+
 def _ods_page(n: int) -> bytes:
-    records = [counter(f"S{i // 4 % 50}", NOW - timedelta(hours=1 + i // 200), *CHANNELS[i % 4], debit=i)
-               for i in range(n)]
+    records = [
+        counter(f"S{i // 4 % 50}", NOW - timedelta(hours=1 + i // 200), *CHANNELS[i % 4], debit=i) for i in range(n)
+    ]
     return json.dumps({"total_count": n, "results": records}).encode()
 
 
@@ -582,12 +693,17 @@ async def test_memory_is_bounded_by_the_batch_not_by_the_document(storage, origi
     The figures for a million situations and a 200 MB page are bench/collect.py's."""
     peaks = {}
     for n in (CHUNK, 4 * CHUNK):
-        source = SourceConfig(id=fresh_id("mem"), kind="opendatasoft", url=origin.url("/"), options={
-            "dataset": "comptages", "dataset_type": "counters", "mapping": MAPPING})
+        source = SourceConfig(
+            id=fresh_id("mem"),
+            kind="opendatasoft",
+            url=origin.url("/"),
+            options={"dataset": "comptages", "dataset_type": "counters", "mapping": MAPPING},
+        )
         body = _ods_page(n)
         origin.respond = lambda r, body=body: web.Response(
             body=body if "where" not in r.query else b'{"total_count": 0, "results": []}',
-            content_type="application/json")
+            content_type="application/json",
+        )
         tracemalloc.start()
         try:
             report = await poll_source(source, storage, fetcher, HERAULT, now=NOW)

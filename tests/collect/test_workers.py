@@ -10,8 +10,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from collectors.fetch import Fetcher, FetchPolicy
-from feed.config import Config, PublicationConfig, SourceConfig
 from feed.collect.scheduler import Collector
+from feed.config import Config, PublicationConfig, SourceConfig
 from feed.store.storage import Storage
 
 
@@ -29,15 +29,21 @@ async def test_two_workers_poll_each_source_once_per_interval(storage: Storage, 
         await asyncio.sleep(0.3)  # a poll that takes a while, so overlaps would show
         busy.discard(name)
         hits.append((name, start, asyncio.get_running_loop().time()))
-        return web.Response(body=b'<d2LogicalModel xmlns="http://datex2.eu/schema/2/2_0" modelBaseVersion="2"/>',
-                            content_type="text/xml")
+        return web.Response(
+            body=b'<d2LogicalModel xmlns="http://datex2.eu/schema/2/2_0" modelBaseVersion="2"/>',
+            content_type="text/xml",
+        )
 
     app = web.Application()
     app.router.add_get("/{name}", feed)
     origin = TestServer(app, host="127.0.0.1")
     await origin.start_server()
-    config = Config(publication=PublicationConfig(), sources=[
-        SourceConfig(id=f"s{i}", kind="datex2", url=str(origin.make_url(f"/s{i}")), interval=1) for i in range(2)])
+    config = Config(
+        publication=PublicationConfig(),
+        sources=[
+            SourceConfig(id=f"s{i}", kind="datex2", url=str(origin.make_url(f"/s{i}")), interval=1) for i in range(2)
+        ],
+    )
     second = await Storage.open(db_url)  # the other worker: its own connections, the same database
     async with aiohttp.ClientSession() as session:
         fetcher = Fetcher(session, FetchPolicy(timeout=5, retries=0))
@@ -58,7 +64,8 @@ async def test_two_workers_poll_each_source_once_per_interval(storage: Storage, 
     # interval on, in PostgreSQL), so a source is not polled twice as often with two workers.
     assert overlaps == []
     runs = await storage.pool.fetch(  # finished or not: a poll cut by the shutdown may still be closing
-        "SELECT source_id, finished IS NOT NULL AND error IS NULL AS ok FROM source_runs ORDER BY started")
+        "SELECT source_id, finished IS NOT NULL AND error IS NULL AS ok FROM source_runs ORDER BY started"
+    )
     for name in ("s0", "s1"):
         polled = [r for r in runs if r["source_id"] == name]
         assert 2 <= len(polled) <= elapsed / 1 + 1, (name, len(polled), elapsed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ from feed.errors import ParseError
 from feed.model import ChannelRecord, MeasurementRecord, Quarantined, SiteRecord
 
 DATA = Path(__file__).parent.parent / "data" / "comptage"
-UTC = timezone.utc
+UTC = UTC
 ST_ETIENNE_COLUMNS = {"code_pme": "channel_id", "horodate": "start_datetime", "debit": "count"}
 
 
@@ -100,7 +100,11 @@ def test_official_measure_example():
     assert len(items) == 9 and all(isinstance(m, MeasurementRecord) for m in items)
     first = items[0]
     assert (first.channel_external_id, first.start, first.length, first.count, first.quality) == (
-        "C-C-01-Baix", datetime(2021, 9, 7, 13, 15, tzinfo=UTC), 900, 20, "observed",
+        "C-C-01-Baix",
+        datetime(2021, 9, 7, 13, 15, tzinfo=UTC),
+        900,
+        20,
+        "observed",
     )
     # "C-C-01-Baix,C01-Baix,2021-09-07T13:45:00Z,2021-09-07T14:00:00Z," : no counting
     empty = items[6]
@@ -148,12 +152,20 @@ def test_st_etienne_hourly_flows_map_onto_measures():
     assert first.start == datetime(2020, 2, 4, 18, 0, tzinfo=UTC)  # Paris winter time, UTC+1
     assert (first.length, first.count, first.quality) == (3600, 2041, "observed")  # 2041.0 is whole
     assert Counter(m.channel_external_id for m in measures) == {
-        "MYL42.E1": 264, "MYL42.E2": 253, "MYL42.Q2": 259, "MYR69.31": 264,
-        "MYL42.51": 240, "MYL42.52": 240, "MYL42.Q1": 240, "MYR69.32": 240,
+        "MYL42.E1": 264,
+        "MYL42.E2": 253,
+        "MYL42.Q2": 259,
+        "MYR69.31": 264,
+        "MYL42.51": 240,
+        "MYL42.52": 240,
+        "MYL42.Q1": 240,
+        "MYR69.32": 240,
     }
     last = measures[-1]  # MYL42.E2;2020-02-14 12:00:00;2596.0
     assert (last.channel_external_id, last.start, last.count) == (
-        "MYL42.E2", datetime(2020, 2, 14, 11, 0, tzinfo=UTC), 2596,
+        "MYL42.E2",
+        datetime(2020, 2, 14, 11, 0, tzinfo=UTC),
+        2596,
     )
 
 
@@ -211,7 +223,9 @@ def test_declared_windows_1252():
 
 
 def test_bytes_neither_utf8_nor_cp1252_quarantine_the_row():
-    data = read("measure.exemple-valide.csv").replace(b"C-C-02-Baix,C02-Baix,2021-09-07T13:15", b"C-C-02\x81Baix,C02-Baix,2021-09-07T13:15")
+    data = read("measure.exemple-valide.csv").replace(
+        b"C-C-02-Baix,C02-Baix,2021-09-07T13:15", b"C-C-02\x81Baix,C02-Baix,2021-09-07T13:15"
+    )
     good, bad = split(list(parse_measures(data, source="x")))
     assert len(good) == 8
     assert [(q.reason, q.record_ref) for q in bad] == [("bytes are neither UTF-8 nor Windows-1252", "line 3")]
@@ -301,11 +315,11 @@ def test_header_problems():
 
 def test_naive_datetimes_are_paris_local_time_unless_refused():
     data = (
-        "channel_id,start_datetime,end_datetime,count\n"
-        "C1,2022-07-01 08:00:00,2022-07-01 09:00:00,5\n"
-        "C1,2022-10-30 02:30:00,2022-10-30 03:30:00,5\n"  # the repeated hour
-        "C1,2022-03-27 02:30:00,2022-03-27 03:30:00,5\n"  # the skipped hour
-    ).encode()
+        b"channel_id,start_datetime,end_datetime,count\n"
+        b"C1,2022-07-01 08:00:00,2022-07-01 09:00:00,5\n"
+        b"C1,2022-10-30 02:30:00,2022-10-30 03:30:00,5\n"  # the repeated hour
+        b"C1,2022-03-27 02:30:00,2022-03-27 03:30:00,5\n"  # the skipped hour
+    )
     summer, ambiguous, missing = parse_measures(data, source="x")
     assert summer.start == datetime(2022, 7, 1, 6, 0, tzinfo=UTC) and summer.length == 3600
     assert isinstance(ambiguous, Quarantined) and "ambiguous" in ambiguous.reason
@@ -317,13 +331,13 @@ def test_naive_datetimes_are_paris_local_time_unless_refused():
 
 def test_length_from_time_step_when_end_is_empty():
     data = (
-        "channel_id,start_datetime,end_datetime,count\n"
-        "H,2022-03-27T01:00:00+01:00,,10\n"
-        "D,2022-03-27T00:00:00+01:00,,10\n"  # a local day with 23 hours
-        "D,2022-03-28T00:00:00+02:00,,10\n"
-        "U,2022-03-27T00:00:00Z,,10\n"  # a UTC-day series keeps 24 hours
-        "X,2022-03-27T00:00:00Z,,10\n"
-    ).encode()
+        b"channel_id,start_datetime,end_datetime,count\n"
+        b"H,2022-03-27T01:00:00+01:00,,10\n"
+        b"D,2022-03-27T00:00:00+01:00,,10\n"  # a local day with 23 hours
+        b"D,2022-03-28T00:00:00+02:00,,10\n"
+        b"U,2022-03-27T00:00:00Z,,10\n"  # a UTC-day series keeps 24 hours
+        b"X,2022-03-27T00:00:00Z,,10\n"
+    )
     steps = {"H": 900, "D": 86400, "U": 86400}
     h, d1, d2, u, x = parse_measures(data, source="x", time_steps=steps)
     assert h.length == 900
@@ -334,14 +348,14 @@ def test_length_from_time_step_when_end_is_empty():
 
 def test_channel_time_step_and_vehicle_classes():
     data = (
-        "channel_id,site_id,mobility_type,started_at,time_step\n"
-        "A,S,CAR,2020-01-01T00:00:00Z,3600\n"
-        "B,S,TRUCK,2020-01-01T00:00:00Z,900.0\n"
-        'C,S,"CAR,TRUCK",2020-01-01T00:00:00Z,300\n'
-        "D,S,BIKE,2020-01-01T00:00:00Z,\n"
-        "E,S,HGV,2020-01-01T00:00:00Z,7\n"
-        "F,S,,,3600\n"
-    ).encode()
+        b"channel_id,site_id,mobility_type,started_at,time_step\n"
+        b"A,S,CAR,2020-01-01T00:00:00Z,3600\n"
+        b"B,S,TRUCK,2020-01-01T00:00:00Z,900.0\n"
+        b'C,S,"CAR,TRUCK",2020-01-01T00:00:00Z,300\n'
+        b"D,S,BIKE,2020-01-01T00:00:00Z,\n"
+        b"E,S,HGV,2020-01-01T00:00:00Z,7\n"
+        b"F,S,,,3600\n"
+    )
     a, b, c, d, e, f = parse_channels(data, source="x")
     assert (a.vehicle_class, a.mobility_type, a.time_step) == ("light", "car", 3600)
     assert (b.vehicle_class, b.mobility_type, b.time_step) == ("heavy", "truck", 900)

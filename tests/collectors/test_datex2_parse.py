@@ -246,12 +246,8 @@ def test_bison_fute_speeds_become_counts_per_minute_with_derived_sites_and_chann
     items = parse(BISON_SPEEDS, stats)
     assert [type(i) for i in items] == [SiteRecord, ChannelRecord, MeasurementRecord] * 2
     site, channel, measurement = items[:3]
-    assert site.external_id == "MUM76.h1" and site.metadata == {
-        "derived_from": "MeasuredDataPublication"
-    }
-    assert channel == ChannelRecord(
-        site_external_id="MUM76.h1", external_id="MUM76.h1:0", time_step=60
-    )
+    assert site.external_id == "MUM76.h1" and site.metadata == {"derived_from": "MeasuredDataPublication"}
+    assert channel == ChannelRecord(site_external_id="MUM76.h1", external_id="MUM76.h1:0", time_step=60)
     assert measurement.channel_external_id == "MUM76.h1:0"
     assert measurement.start == datetime(2026, 7, 25, 8, 30, tzinfo=CEST)
     assert measurement.length == 60
@@ -327,9 +323,7 @@ def test_ndw_status_follows_the_clock():
     ended = events_by_id(parse(NDW_SITUATIONS, now=after))["RWS01_M1168188_SPEED_MANAGEMENT_D2_WWA"]
     assert ended.status == "ended"
     assert ended.actual_end == datetime(2026, 7, 25, 4, 0, tzinfo=UTC) and ended.planned_end is None
-    planned = events_by_id(parse(NDW_SITUATIONS, now=before))[
-        "RWS01_M1168188_SPEED_MANAGEMENT_D2_WWA"
-    ]
+    planned = events_by_id(parse(NDW_SITUATIONS, now=before))["RWS01_M1168188_SPEED_MANAGEMENT_D2_WWA"]
     assert planned.status == "planned" and planned.actual_start is None
     assert planned.planned_start == datetime(2026, 7, 24, 20, 13, 31, tzinfo=UTC)
 
@@ -346,9 +340,7 @@ def test_ndw_srti_vehicle_obstruction_point():
     assert event.descriptions == {"nl": "Botsabsorber"}
     assert event.direction == "positive"
     assert event.location_refs["alert_c"][0]["primary"] == {"location": 9564, "offset": 706}
-    assert event.source_updated == datetime(
-        2026, 7, 24, 20, 5, 0, 43328, tzinfo=UTC
-    )  # ns truncated
+    assert event.source_updated == datetime(2026, 7, 24, 20, 5, 0, 43328, tzinfo=UTC)  # ns truncated
 
 
 # --------------------------------------------------------------------------- Finland: Fintraffic
@@ -458,9 +450,7 @@ def test_synthetic_minimal_container_is_empty():
 
 
 def test_unknown_record_type_kept_as_other_with_its_xsi_type():
-    doc = read(BISON_EVENTS).replace(
-        b'xsi:type="VehicleObstruction"', b'xsi:type="FrenchSpecialRecord"'
-    )
+    doc = read(BISON_EVENTS).replace(b'xsi:type="VehicleObstruction"', b'xsi:type="FrenchSpecialRecord"')
     [event] = parse(doc)
     assert (event.type, event.subtype, event.external_id) == (
         "other",
@@ -514,9 +504,7 @@ def test_status_rules(validity_status, start, end, status, actual_start):
      ("none", "low"), ("unknown", "unknown")],
 )  # fmt: skip
 def test_severity_mapping(datex, ours):
-    record = v3_record().replace(
-        "<sit:severity>high</sit:severity>", f"<sit:severity>{datex}</sit:severity>"
-    )
+    record = v3_record().replace("<sit:severity>high</sit:severity>", f"<sit:severity>{datex}</sit:severity>")
     [event] = parse(v3_situations(record))
     assert event.severity == ours
 
@@ -657,10 +645,7 @@ def test_own_v23_export_line_survives(extension):
         "coordinates": [[3.87, 43.61], [3.90, 43.63]],
     }
     assert event.descriptions == {"fr": "Accident, voie de droite neutralisée"}
-    assert [
-        (r["at"], r["departement"], r["pr"], r["abscissa"], r["side"])
-        for r in event.location_refs["pr"]
-    ] == [
+    assert [(r["at"], r["departement"], r["pr"], r["abscissa"], r["side"]) for r in event.location_refs["pr"]] == [
         ("from", "34", 12, 120, "D"),
         ("to", "34", 13, 300, "D"),
     ]
@@ -746,9 +731,7 @@ def test_v3_site_table_and_measured_data_in_one_container():
         None,
     )
     interval_start = datetime(2026, 7, 25, 0, 0, tzinfo=UTC)  # endTime 00:05 minus 300 s
-    assert flow == MeasurementRecord(
-        channel_external_id="34-RD613-PR12:1", start=interval_start, length=300, count=8
-    )
+    assert flow == MeasurementRecord(channel_external_id="34-RD613-PR12:1", start=interval_start, length=300, count=8)
     assert speed == MeasurementRecord(
         channel_external_id="34-RD613-PR12:2", start=interval_start, length=300, speed=71.5
     )
@@ -804,9 +787,7 @@ def test_gml_in_an_unknown_crs_is_kept_native_not_guessed():
 
 
 def test_bad_record_is_quarantined_and_its_siblings_are_yielded():
-    bad_point = POINT_RD613.replace(
-        "<loc:latitude>43.6107</loc:latitude>", "<loc:latitude>123.4</loc:latitude>"
-    )
+    bad_point = POINT_RD613.replace("<loc:latitude>43.6107</loc:latitude>", "<loc:latitude>123.4</loc:latitude>")
     naive = v3_record("R4").replace("2026-07-20T06:00:00Z", "2026-07-20T06:00:00")
     doc = v3_situations(
         v3_record("R1"),
@@ -1000,9 +981,7 @@ SAMPLES = sorted(p.name for p in DATA.glob("*.xml") if p.stat().st_size < 100_00
 def test_arbitrary_bytes_raise_only_parse_error(data):
     try:
         for item in parse_datex2(data, source_id="fuzz", now=NOW):
-            assert isinstance(
-                item, SiteRecord | ChannelRecord | MeasurementRecord | EventRecord | Quarantined
-            )
+            assert isinstance(item, SiteRecord | ChannelRecord | MeasurementRecord | EventRecord | Quarantined)
     except ParseError as error:
         assert error.source_id == "fuzz" and error.reason
 
@@ -1015,8 +994,6 @@ def test_damaged_real_samples_raise_only_parse_error(name, where, junk):
     damaged = data[:cut] + junk + data[cut + len(junk) :]
     try:
         for item in parse_datex2(damaged, source_id="fuzz", now=NOW):
-            assert isinstance(
-                item, SiteRecord | ChannelRecord | MeasurementRecord | EventRecord | Quarantined
-            )
+            assert isinstance(item, SiteRecord | ChannelRecord | MeasurementRecord | EventRecord | Quarantined)
     except ParseError as error:
         assert error.source_id == "fuzz"

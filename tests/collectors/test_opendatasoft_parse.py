@@ -6,7 +6,7 @@ import io
 import json
 import re
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -34,7 +34,7 @@ from feed.model import ChannelRecord, EventRecord, MeasurementRecord, Quarantine
 DATA = Path(__file__).parent.parent / "data" / "opendatasoft"
 PARIS = DATA / "comptages-routiers-permanents_records-v2.1_2026-06-21T00.json"
 HERAULT = DATA / "herault-inforoute-evenements_records-v2.1_GENERATED.json"
-UTC = timezone.utc
+UTC = UTC
 PARIS_HOUR = datetime(2026, 6, 21, 0, 0, tzinfo=timezone(timedelta(hours=2)))
 
 # Paris "comptages routiers permanents": iu_ac = arc id, libelle = name, t_1h = hour
@@ -124,7 +124,9 @@ def test_paris_records_page(paris_mapping):
     by_channel = {m.channel_external_id: m for m in page.measurements}
     # 1764 Corentin_Cariou: q null, k 29.57056, etat_barre Ouvert
     assert (by_channel["1764"].count, by_channel["1764"].occupancy, by_channel["1764"].quality) == (
-        None, 29.57056, "missing",
+        None,
+        29.57056,
+        "missing",
     )
     # 6602: etat_barre Invalide, q and k null
     assert (by_channel["6602"].count, by_channel["6602"].quality) == (None, "invalid")
@@ -143,22 +145,47 @@ def test_paris_export_streams_in_small_chunks(paris_mapping):
     items = parse_export_json(chunks, paris_mapping, source="paris", chunk_size=37)
     got = list(items)
     assert Counter(type(i).__name__ for i in got) == {"SiteRecord": 100, "ChannelRecord": 100, "MeasurementRecord": 100}
-    assert sorted(got, key=lambda i: (type(i).__name__, repr(i))) == sorted(expected, key=lambda i: (type(i).__name__, repr(i)))
-    assert isinstance(got[0], SiteRecord) and isinstance(got[1], ChannelRecord) and isinstance(got[2], MeasurementRecord)
+    assert sorted(got, key=lambda i: (type(i).__name__, repr(i))) == sorted(
+        expected, key=lambda i: (type(i).__name__, repr(i))
+    )
+    assert (
+        isinstance(got[0], SiteRecord) and isinstance(got[1], ChannelRecord) and isinstance(got[2], MeasurementRecord)
+    )
     assert (items.record_count, items.watermark, items.at_watermark) == (100, PARIS_HOUR, 100)
     assert list(parse_export_json(io.BytesIO(raw), paris_mapping, chunk_size=1000)) == got
 
 
 def test_channel_ids_from_direction_and_vehicle_class():
     mapping = CounterMapping(
-        site_id="station", time="debut", count="nb", direction="sens", vehicle_class="classe",
-        vehicle_class_map={"TV": "all"}, speed="vitesse", geo_point=None, interval_seconds=900,
+        site_id="station",
+        time="debut",
+        count="nb",
+        direction="sens",
+        vehicle_class="classe",
+        vehicle_class_map={"TV": "all"},
+        speed="vitesse",
+        geo_point=None,
+        interval_seconds=900,
     )
     body = {
         "total_count": 4,
         "results": [
-            {"station": "MMT34.H1", "debut": "2026-06-21T08:00:00+02:00", "nb": 120, "sens": "1", "classe": "PL", "vitesse": 81.5},
-            {"station": "MMT34.H1", "debut": "2026-06-21T08:00:00+02:00", "nb": 980.4, "sens": "1", "classe": "VL", "vitesse": 88},
+            {
+                "station": "MMT34.H1",
+                "debut": "2026-06-21T08:00:00+02:00",
+                "nb": 120,
+                "sens": "1",
+                "classe": "PL",
+                "vitesse": 81.5,
+            },
+            {
+                "station": "MMT34.H1",
+                "debut": "2026-06-21T08:00:00+02:00",
+                "nb": 980.4,
+                "sens": "1",
+                "classe": "VL",
+                "vitesse": 88,
+            },
             {"station": "MMT34.H1", "debut": "2026-06-21T08:00:00+02:00", "nb": 1100, "sens": "1", "classe": "TV"},
             {"station": "MMT34.H1", "debut": "2026-06-21T08:15:00+02:00", "nb": -4, "sens": "1", "classe": "TV"},
         ],
@@ -175,7 +202,10 @@ def test_channel_ids_from_direction_and_vehicle_class():
     assert (pl.count, pl.speed, pl.quality) == (120, 81.5, "observed")
     assert (vl.count, vl.quality) == (980, "estimated")
     (bad,) = page.quarantined
-    assert bad.reason == "negative count -4 in field 'nb'" and bad.record_ref == "station=MMT34.H1 debut=2026-06-21T08:15:00+02:00"
+    assert (
+        bad.reason == "negative count -4 in field 'nb'"
+        and bad.record_ref == "station=MMT34.H1 debut=2026-06-21T08:15:00+02:00"
+    )
     # the refused record still moved the watermark: it was read
     assert page.watermark == datetime(2026, 6, 21, 6, 15, tzinfo=UTC) and page.at_watermark == 1
 
@@ -237,21 +267,31 @@ def test_event_status_from_times_without_a_status_field(herault_mapping):
     assert {e.status for e in without_now} == {"active"}
 
 
-@given(pr=st.integers(0, 9999), abscissa=st.integers(0, 99999), end=st.none() | st.integers(0, 9999),
-       bad=st.sampled_from(["abc", "12+", "+5", "12+3a", "-3", "1.5"]))
+@given(
+    pr=st.integers(0, 9999),
+    abscissa=st.integers(0, 99999),
+    end=st.none() | st.integers(0, 9999),
+    bad=st.sampled_from(["abc", "12+", "+5", "12+3a", "-3", "1.5"]),
+)
 @settings(max_examples=60, deadline=None)
 def test_pr_references_of_events_or_a_clear_quarantine(pr, abscissa, end, bad):
     """PR + abscissa fields become the location references DATEX II v2.3 is written
     from; a malformed one quarantines its record only, naming the field."""
     mapping = EventMapping(id="id", road="route", pr_from="pr_debut", pr_to="pr_fin", insee="insee")
-    good = {"id": "ok", "route": "RD613", "pr_debut": f"{pr}+{abscissa}", "insee": "34172",
-            "pr_fin": None if end is None else str(end)}
+    good = {
+        "id": "ok",
+        "route": "RD613",
+        "pr_debut": f"{pr}+{abscissa}",
+        "insee": "34172",
+        "pr_fin": None if end is None else str(end),
+    }
     broken = {"id": "bad", "route": "RD613", "pr_debut": bad}
     body = json.dumps({"total_count": 2, "results": [good, broken]}).encode()
     page = parse_records_page(body, mapping)
     [event] = page.events
-    expected = [{"at": "point" if end is None else "from", "road": "RD613", "pr": pr, "abscissa": abscissa,
-                 "departement": "34"}]
+    expected = [
+        {"at": "point" if end is None else "from", "road": "RD613", "pr": pr, "abscissa": abscissa, "departement": "34"}
+    ]
     if end is not None:
         expected.append({"at": "to", "road": "RD613", "pr": end, "abscissa": 0, "departement": "34"})
     assert event.location_refs == {"pr": expected, "insee": "34172"}
@@ -293,7 +333,7 @@ def test_bad_json_and_wrong_shapes(paris_mapping):
     with pytest.raises(ParseError, match="not valid JSON") as err:
         parse_records_page(b'{"total_count": 1, "results": [{"iu_ac": "1"', paris_mapping, source="paris")
     assert err.value.source == "paris"
-    with pytest.raises(ParseError, match="no \"results\" list"):
+    with pytest.raises(ParseError, match='no "results" list'):
         parse_records_page(PARIS.read_bytes(), paris_mapping)  # an export body, not a page
     with pytest.raises(ParseError, match=r"error: the ODSQL query was refused: \[ODSQLError\] Unknown field: q"):
         parse_records_page(b'{"error_code": "ODSQLError", "message": "Unknown field: q"}', paris_mapping)
@@ -354,7 +394,13 @@ def test_export_yields_records_before_the_break(paris_mapping):
     with pytest.raises(ParseError, match="record 5"):
         for item in items:
             got.append(item)
-    assert [m.channel_external_id for m in got if isinstance(m, MeasurementRecord)] == ["5381", "1764", "6602", "6933", "1831"]
+    assert [m.channel_external_id for m in got if isinstance(m, MeasurementRecord)] == [
+        "5381",
+        "1764",
+        "6602",
+        "6933",
+        "1831",
+    ]
     assert list(parse_export_json(b" [ ] ", paris_mapping)) == []
     odd = list(parse_export_json(iter([b"[1", b"2345", b", null]"]), paris_mapping))
     assert [q.excerpt for q in odd] == ["12345", "null"]  # a number cut across chunks is read whole
@@ -378,10 +424,11 @@ def test_ods_error_messages():
     assert parse_ods_error(404, b'{"error_code": "NotFound", "message": "Unknown dataset: inforoute-34"}') == (
         "HTTP 404 Not Found: dataset or resource not found: [NotFound] Unknown dataset: inforoute-34"
     )
-    assert parse_ods_error(400, b'{"error_code": "InvalidRESTParameterError", "message": "Invalid value for limit '
-                                b'API parameter: 101 was found but -1 <= limit <= 100 is expected."}').startswith(
-        "HTTP 400 Bad Request: [InvalidRESTParameterError] Invalid value for limit"
-    )
+    assert parse_ods_error(
+        400,
+        b'{"error_code": "InvalidRESTParameterError", "message": "Invalid value for limit '
+        b'API parameter: 101 was found but -1 <= limit <= 100 is expected."}',
+    ).startswith("HTTP 400 Bad Request: [InvalidRESTParameterError] Invalid value for limit")
     assert "check the API key" in parse_ods_error(401, b'{"error_code": "Unauthorized", "message": "no"}')
     html = b"<html><head><title>502 Bad Gateway</title></head><body>" + b"nginx " * 100 + b"</body></html>"
     message = parse_ods_error(502, html)
@@ -401,8 +448,11 @@ def params(url: str) -> dict[str, str]:
 
 def test_records_url():
     url = records_url(
-        "https://opendata.paris.fr", "comptages-routiers-permanents",
-        time_field="t_1h", watermark=PARIS_HOUR, order_by_id="iu_ac",
+        "https://opendata.paris.fr",
+        "comptages-routiers-permanents",
+        time_field="t_1h",
+        watermark=PARIS_HOUR,
+        order_by_id="iu_ac",
     )
     assert url.startswith(
         "https://opendata.paris.fr/api/explore/v2.1/catalog/datasets/comptages-routiers-permanents/records?"
@@ -413,8 +463,14 @@ def test_records_url():
         "limit": "100",
     }
     url = records_url(
-        "https://data.herault.fr/api/explore/v2.1/", "inforoute", time_field="year",
-        watermark=PARIS_HOUR, seen_at_watermark=300, limit=50, api_key="k3y", extra_where='route = "RD613"',
+        "https://data.herault.fr/api/explore/v2.1/",
+        "inforoute",
+        time_field="year",
+        watermark=PARIS_HOUR,
+        seen_at_watermark=300,
+        limit=50,
+        api_key="k3y",
+        extra_where='route = "RD613"',
     )
     assert url.startswith("https://data.herault.fr/api/explore/v2.1/catalog/datasets/inforoute/records?")
     assert params(url) == {
@@ -424,7 +480,10 @@ def test_records_url():
         "offset": "300",
         "apikey": "k3y",
     }
-    assert params(records_url("https://x.fr", "d", time_field="t", watermark=None)) == {"order_by": "t asc", "limit": "100"}
+    assert params(records_url("https://x.fr", "d", time_field="t", watermark=None)) == {
+        "order_by": "t asc",
+        "limit": "100",
+    }
 
     with pytest.raises(ValueError, match="limit"):
         records_url("https://x.fr", "d", time_field="t", watermark=None, limit=101)
@@ -437,8 +496,12 @@ def test_records_url():
 
 
 def test_exports_url():
-    url = exports_url("https://opendata.paris.fr", "comptages-routiers-permanents", time_field="t_1h", watermark=PARIS_HOUR)
-    assert url.startswith("https://opendata.paris.fr/api/explore/v2.1/catalog/datasets/comptages-routiers-permanents/exports/json?")
+    url = exports_url(
+        "https://opendata.paris.fr", "comptages-routiers-permanents", time_field="t_1h", watermark=PARIS_HOUR
+    )
+    assert url.startswith(
+        "https://opendata.paris.fr/api/explore/v2.1/catalog/datasets/comptages-routiers-permanents/exports/json?"
+    )
     assert params(url) == {"where": "t_1h > date'2026-06-20T22:00:00Z'", "order_by": "t_1h asc"}
     assert exports_url("https://x.fr", "d") == "https://x.fr/api/explore/v2.1/catalog/datasets/d/exports/json"
 
@@ -460,7 +523,15 @@ class FakePortal:
         if "where" in p:
             op, lit = re.fullmatch(rf"{self.time_field} (>=?) date'(.+)'", p["where"]).groups()
             bound = datetime.fromisoformat(lit)
-            rows = [r for r in rows if (datetime.fromisoformat(r[self.time_field]) >= bound if op == ">=" else datetime.fromisoformat(r[self.time_field]) > bound)]
+            rows = [
+                r
+                for r in rows
+                if (
+                    datetime.fromisoformat(r[self.time_field]) >= bound
+                    if op == ">="
+                    else datetime.fromisoformat(r[self.time_field]) > bound
+                )
+            ]
         return json.dumps({"total_count": len(rows), "results": rows[offset : offset + limit]}).encode()
 
 
@@ -471,8 +542,15 @@ def test_watermark_paging_reads_every_record_once(paris_mapping):
     portal = FakePortal(hour0 + hour1, "t_1h", "iu_ac")
     watermark, seen, read = None, 0, []
     for _ in range(20):
-        url = records_url("https://opendata.paris.fr", "comptages-routiers-permanents", time_field="t_1h",
-                          watermark=watermark, seen_at_watermark=seen, order_by_id="iu_ac", limit=30)
+        url = records_url(
+            "https://opendata.paris.fr",
+            "comptages-routiers-permanents",
+            time_field="t_1h",
+            watermark=watermark,
+            seen_at_watermark=seen,
+            order_by_id="iu_ac",
+            limit=30,
+        )
         page = parse_records_page(portal.get(url), paris_mapping)
         read += [(m.channel_external_id, m.start) for m in page.measurements]
         watermark, seen = page.cursor_after(watermark, seen)
@@ -508,7 +586,11 @@ def test_random_bytes_give_parse_error_or_a_page(data):
 
 
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True)
+    | st.text(max_size=20)
     | st.sampled_from(["2026-06-21T00:00:00+02:00", "2026-03-29T02:30:00", "5381", "-1", "1e999"]),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
@@ -516,8 +598,18 @@ _json = st.recursive(
 _record = st.fixed_dictionaries(
     {},
     optional={
-        "iu_ac": _json, "t_1h": _json, "q": _json, "k": _json, "geo_point_2d": _json, "libelle": _json,
-        "id": _json, "type": _json, "debut": _json, "fin": _json, "geo_shape": _json, "maj": _json,
+        "iu_ac": _json,
+        "t_1h": _json,
+        "q": _json,
+        "k": _json,
+        "geo_point_2d": _json,
+        "libelle": _json,
+        "id": _json,
+        "type": _json,
+        "debut": _json,
+        "fin": _json,
+        "geo_shape": _json,
+        "maj": _json,
     },
 )
 

@@ -62,6 +62,7 @@ def conditional(body: bytes, etag: str = '"v1"', content_type: str = "applicatio
         if request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers={"ETag": etag})
         return web.Response(body=body, content_type=content_type, headers={"ETag": etag})
+
     return respond
 
 
@@ -84,8 +85,10 @@ def datex(origin: Origin, source_id: str = "dx", **options) -> SourceConfig:
 
 
 async def runs(storage: Storage, source_id: str) -> list[dict]:
-    return [dict(r) for r in await storage.pool.fetch(
-        "SELECT * FROM source_runs WHERE source_id = $1 ORDER BY id", source_id)]
+    return [
+        dict(r)
+        for r in await storage.pool.fetch("SELECT * FROM source_runs WHERE source_id = $1 ORDER BY id", source_id)
+    ]
 
 
 async def quarantine(storage: Storage) -> list[dict]:
@@ -93,6 +96,7 @@ async def quarantine(storage: Storage) -> list[dict]:
 
 
 # --- DATEX II on the real samples ----------------------------------------------
+
 
 async def test_ndw_v3_situations_then_304(storage, origin, fetcher):
     origin.respond = conditional(NDW.read_bytes())
@@ -107,8 +111,9 @@ async def test_ndw_v3_situations_then_304(storage, origin, fetcher):
     assert [r["records_new"] for r in await runs(storage, "dx")] == [11, 0]
     # A 304 is no snapshot: nothing was ended.
     assert all(e.status != "ended" or e.actual_end for e in await storage.events())
-    assert len([e for e in await storage.events() if e.status == "ended"]) == \
-        len([e for e in events if e.status == "ended"])
+    assert len([e for e in await storage.events() if e.status == "ended"]) == len(
+        [e for e in events if e.status == "ended"]
+    )
 
 
 @pytest.mark.parametrize("sample,expected", [(BISON_EVENTS, 1), (NPRA_V3, 3), (FINTRAFFIC, 1)])
@@ -121,8 +126,7 @@ async def test_more_real_situation_feeds(storage, origin, fetcher, sample, expec
 
 async def test_bison_fute_speeds_become_measurements(storage, origin, fetcher):
     origin.respond = conditional(BISON_SPEEDS.read_bytes())
-    report = await poll_source(datex(origin, "tipi"), storage, fetcher, EUROPE,
-                               now=datetime(2030, 1, 1, tzinfo=UTC))
+    report = await poll_source(datex(origin, "tipi"), storage, fetcher, EUROPE, now=datetime(2030, 1, 1, tzinfo=UTC))
     assert report.stats.error is None
     rows = await storage.pool.fetch("SELECT count, speed FROM measurements ORDER BY count")
     assert [(r["count"], r["speed"]) for r in rows] == [(17, 112.0), (24, 85.0)]
@@ -131,12 +135,20 @@ async def test_bison_fute_speeds_become_measurements(storage, origin, fetcher):
 
 # --- comptage des mobilités and Opendatasoft ------------------------------------
 
+
 async def test_comptage_mobilites_csv_files(storage, origin, fetcher):
-    files = {"/site.csv": "site.exemple-valide.csv", "/channel.csv": "channel.exemple-valide.csv",
-             "/measure.csv": "measure.exemple-valide.csv"}
+    files = {
+        "/site.csv": "site.exemple-valide.csv",
+        "/channel.csv": "channel.exemple-valide.csv",
+        "/measure.csv": "measure.exemple-valide.csv",
+    }
     origin.respond = lambda r: web.Response(body=(COMPTAGE / files[r.path]).read_bytes(), content_type="text/csv")
-    source = SourceConfig(id="baix", kind="comptage-mobilites", url=origin.url("/measure.csv"),
-                          options={"sites_url": origin.url("/site.csv"), "channels_url": origin.url("/channel.csv")})
+    source = SourceConfig(
+        id="baix",
+        kind="comptage-mobilites",
+        url=origin.url("/measure.csv"),
+        options={"sites_url": origin.url("/site.csv"), "channels_url": origin.url("/channel.csv")},
+    )
     report = await poll_source(source, storage, fetcher, EUROPE, now=datetime(2030, 1, 1, tzinfo=UTC))
     assert report.stats.error is None
     assert await storage.pool.fetchval("SELECT external_id FROM sites") == "C01-Baix"
@@ -155,20 +167,37 @@ async def test_opendatasoft_counters_page_by_watermark(storage, origin, fetcher)
         assert request.path.endswith("/catalog/datasets/comptages-routiers-permanents/records")
         where = request.query.get("where", "")
         offset = int(request.query.get("offset", 0))
-        page = [] if "t_1h >" in where and "t_1h >=" not in where else records[offset:offset + 100]
+        page = [] if "t_1h >" in where and "t_1h >=" not in where else records[offset : offset + 100]
         return web.json_response({"total_count": len(records), "results": page})
 
     origin.respond = respond
-    source = SourceConfig(id="paris", kind="opendatasoft", url=origin.url("/"), options={
-        "dataset": "comptages-routiers-permanents", "dataset_type": "counters",
-        "mapping": {"site_id": "iu_ac", "time": "t_1h", "count": "q", "occupancy": "k", "site_name": "libelle",
-                    "quality": "etat_barre", "quality_map": {"Invalide": "invalid"}}})
+    source = SourceConfig(
+        id="paris",
+        kind="opendatasoft",
+        url=origin.url("/"),
+        options={
+            "dataset": "comptages-routiers-permanents",
+            "dataset_type": "counters",
+            "mapping": {
+                "site_id": "iu_ac",
+                "time": "t_1h",
+                "count": "q",
+                "occupancy": "k",
+                "site_name": "libelle",
+                "quality": "etat_barre",
+                "quality_map": {"Invalide": "invalid"},
+            },
+        },
+    )
     report = await poll_source(source, storage, fetcher, EUROPE)
     assert report.stats.error is None
     assert await storage.pool.fetchval("SELECT count(*) FROM measurements") == 100
-    assert await storage.pool.fetchval(
-        "SELECT count FROM measurements m JOIN channels c ON c.id = m.channel_id WHERE c.external_id = '5381'"
-    ) == 4859
+    assert (
+        await storage.pool.fetchval(
+            "SELECT count FROM measurements m JOIN channels c ON c.id = m.channel_id WHERE c.external_id = '5381'"
+        )
+        == 4859
+    )
     state = await storage.source_state("paris")
     assert json.loads(state.watermark) == {"time": "2026-06-21T00:00:00+02:00", "seen": 100}
     again = await poll_source(source, storage, fetcher, EUROPE)
@@ -177,11 +206,20 @@ async def test_opendatasoft_counters_page_by_watermark(storage, origin, fetcher)
 
 
 async def test_opendatasoft_rate_limit_is_reported(storage, origin, fetcher):
-    body = {"error_code": "TooManyRequests", "message": "Too many requests", "reset_time": "2030-01-01T00:00:00Z",
-            "call_limit": 5000, "limit_time_unit": "day"}
+    body = {
+        "error_code": "TooManyRequests",
+        "message": "Too many requests",
+        "reset_time": "2030-01-01T00:00:00Z",
+        "call_limit": 5000,
+        "limit_time_unit": "day",
+    }
     origin.respond = lambda r: web.json_response(body, status=429, headers={"Retry-After": "0"})
-    source = SourceConfig(id="ods", kind="opendatasoft", url=origin.url("/"), options={
-        "dataset": "x", "dataset_type": "counters", "mapping": {"site_id": "a", "time": "b", "count": "c"}})
+    source = SourceConfig(
+        id="ods",
+        kind="opendatasoft",
+        url=origin.url("/"),
+        options={"dataset": "x", "dataset_type": "counters", "mapping": {"site_id": "a", "time": "b", "count": "c"}},
+    )
     report = await poll_source(source, storage, fetcher, EUROPE)
     assert report.stats.http_status == 429 and "5000" in report.stats.error
     assert len(origin.requests) == FAST.retries + 1
@@ -190,14 +228,29 @@ async def test_opendatasoft_rate_limit_is_reported(storage, origin, fetcher):
 
 # --- event lifecycle ------------------------------------------------------------
 
+
 def situation_v2(ids: list[str]) -> bytes:
     """A minimal real-shaped DATEX II v2 snapshot listing the given situation ids."""
     now = datetime(2026, 11, 28, 8, tzinfo=UTC)
-    events = [StoredEvent(
-        id=f"herault:{i}", source_id="herault", external_id=i, version=1, type="roadworks",
-        status="active", severity="medium", actual_start=now - timedelta(hours=1), road="RD613",
-        geometry=Geometry(type="Point", coordinates=[3.7, 43.5]), descriptions={"fr": f"Travaux {i}"},
-        first_seen=now, last_seen=now, updated=now) for i in ids]
+    events = [
+        StoredEvent(
+            id=f"herault:{i}",
+            source_id="herault",
+            external_id=i,
+            version=1,
+            type="roadworks",
+            status="active",
+            severity="medium",
+            actual_start=now - timedelta(hours=1),
+            road="RD613",
+            geometry=Geometry(type="Point", coordinates=[3.7, 43.5]),
+            descriptions={"fr": f"Travaux {i}"},
+            first_seen=now,
+            last_seen=now,
+            updated=now,
+        )
+        for i in ids
+    ]
     return render_situations(events, HERAULT, now)
 
 
@@ -205,8 +258,7 @@ async def test_lifecycle_end_reopen_and_failed_polls_end_nothing(storage, origin
     source = datex(origin, "life")
     origin.respond = conditional(situation_v2(["A", "B"]), '"1"')
     await poll_source(source, storage, fetcher, HERAULT)
-    assert {e.external_id: e.status for e in await storage.events()} == {"herault:A": "active",
-                                                                         "herault:B": "active"}
+    assert {e.external_id: e.status for e in await storage.events()} == {"herault:A": "active", "herault:B": "active"}
     # A failed poll (500s) ends nothing.
     origin.respond = lambda r: web.Response(status=500, text="boom")
     failed = await poll_source(source, storage, fetcher, HERAULT)
@@ -232,6 +284,7 @@ async def test_lifecycle_end_reopen_and_failed_polls_end_nothing(storage, origin
 
 # --- bad input ------------------------------------------------------------------
 
+
 async def test_malformed_xml_keeps_the_process_and_records_the_error(storage, origin, fetcher):
     origin.respond = lambda r: web.Response(body=b"<d2LogicalModel><payloadPublication", content_type="text/xml")
     report = await poll_source(datex(origin), storage, fetcher, EUROPE)
@@ -239,11 +292,14 @@ async def test_malformed_xml_keeps_the_process_and_records_the_error(storage, or
     assert (await runs(storage, "dx"))[0]["error"] == report.stats.error
 
 
-@pytest.mark.parametrize("doctype", [
-    '<!DOCTYPE d2LogicalModel [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>',
-    '<!DOCTYPE d2LogicalModel [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
-    '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;"><!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;">]>',
-])
+@pytest.mark.parametrize(
+    "doctype",
+    [
+        '<!DOCTYPE d2LogicalModel [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>',
+        '<!DOCTYPE d2LogicalModel [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
+        '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;"><!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;">]>',
+    ],
+)
 async def test_xxe_and_entity_bombs_are_refused(storage, origin, fetcher, doctype):
     doc = BISON_EVENTS.read_bytes().replace(b"<d2LogicalModel", doctype.encode() + b"\n<d2LogicalModel", 1)
     origin.respond = lambda r: web.Response(body=doc, content_type="text/xml")
@@ -255,8 +311,7 @@ async def test_xxe_and_entity_bombs_are_refused(storage, origin, fetcher, doctyp
 
 async def test_gzip_bomb_and_oversized_bodies_are_cut_off(storage, origin, fetcher):
     bomb = gzip.compress(b"<" + b"a" * 50_000_000)  # 50 MB once inflated, about 50 kB on the wire
-    origin.respond = lambda r: web.Response(body=bomb, headers={"Content-Encoding": "gzip",
-                                                                "Content-Type": "text/xml"})
+    origin.respond = lambda r: web.Response(body=bomb, headers={"Content-Encoding": "gzip", "Content-Type": "text/xml"})
     report = await poll_source(datex(origin), storage, fetcher, EUROPE)
     assert "exceeds the limit" in report.stats.error
     origin.respond = lambda r: web.Response(body=b"x" * (FAST.max_bytes + 1), content_type="text/xml")
@@ -271,6 +326,7 @@ async def test_closed_mid_body_is_retried_then_reported(storage, origin, fetcher
         await resp.write(b"<d2LogicalModel>")
         request.transport.close()
         return resp
+
     origin.respond = respond
     report = await poll_source(datex(origin), storage, fetcher, EUROPE)
     assert report.stats.error and len(origin.requests) == FAST.retries + 1
@@ -280,18 +336,24 @@ async def test_impossible_records_are_quarantined_and_good_ones_stored(storage, 
     now = datetime(2026, 11, 28, 8, tzinfo=UTC)
     header = "channel_id,counter_id,start_datetime,end_datetime,count\n"
     rows = [
-        "C-C-01-Baix,C01,2021-09-07T13:15:00Z,2021-09-07T13:30:00Z,20",     # good
-        "C-C-01-Baix,C01,2021-09-07T13:30:00Z,2021-09-07T13:45:00Z,-4",     # negative count
-        "C-C-01-Baix,C01,2031-09-07T13:30:00Z,2031-09-07T13:45:00Z,3",      # far in the future
-        "C-C-01-Baix,C01,pas une date,2021-09-07T14:00:00Z,3",              # not a time
-        "C-C-01-Baix,C01,2021-09-07T14:00:00Z,2021-09-07T14:15:00Z,7",      # good
+        "C-C-01-Baix,C01,2021-09-07T13:15:00Z,2021-09-07T13:30:00Z,20",  # good
+        "C-C-01-Baix,C01,2021-09-07T13:30:00Z,2021-09-07T13:45:00Z,-4",  # negative count
+        "C-C-01-Baix,C01,2031-09-07T13:30:00Z,2031-09-07T13:45:00Z,3",  # far in the future
+        "C-C-01-Baix,C01,pas une date,2021-09-07T14:00:00Z,3",  # not a time
+        "C-C-01-Baix,C01,2021-09-07T14:00:00Z,2021-09-07T14:15:00Z,7",  # good
     ]
-    files = {"/site.csv": (COMPTAGE / "site.exemple-valide.csv").read_bytes(),
-             "/channel.csv": (COMPTAGE / "channel.exemple-valide.csv").read_bytes(),
-             "/measure.csv": (header + "\n".join(rows) + "\n").encode("latin-1")}
+    files = {
+        "/site.csv": (COMPTAGE / "site.exemple-valide.csv").read_bytes(),
+        "/channel.csv": (COMPTAGE / "channel.exemple-valide.csv").read_bytes(),
+        "/measure.csv": (header + "\n".join(rows) + "\n").encode("latin-1"),
+    }
     origin.respond = lambda r: web.Response(body=files[r.path], content_type="text/csv")
-    source = SourceConfig(id="baix", kind="comptage-mobilites", url=origin.url("/measure.csv"),
-                          options={"sites_url": origin.url("/site.csv"), "channels_url": origin.url("/channel.csv")})
+    source = SourceConfig(
+        id="baix",
+        kind="comptage-mobilites",
+        url=origin.url("/measure.csv"),
+        options={"sites_url": origin.url("/site.csv"), "channels_url": origin.url("/channel.csv")},
+    )
     report = await poll_source(source, storage, fetcher, EUROPE, now=now)
     assert report.stats.error is None
     assert sorted(r["count"] for r in await storage.pool.fetch("SELECT count FROM measurements")) == [7, 20]
@@ -322,10 +384,13 @@ async def test_one_hanging_source_does_not_delay_another(storage, origin, fetche
         return web.Response(body=situation_v2(["A"]), content_type="text/xml")
 
     origin.respond = respond
-    config = Config(publication=HERAULT, sources=[
-        SourceConfig(id="slow", kind="datex2", url=origin.url("/hang"), interval=1),
-        SourceConfig(id="quick", kind="datex2", url=origin.url("/ok"), interval=1),
-    ])
+    config = Config(
+        publication=HERAULT,
+        sources=[
+            SourceConfig(id="slow", kind="datex2", url=origin.url("/hang"), interval=1),
+            SourceConfig(id="quick", kind="datex2", url=origin.url("/ok"), interval=1),
+        ],
+    )
     collector = Collector(config, storage, fetcher)
     collector.start()
     try:
@@ -346,11 +411,14 @@ async def test_one_hanging_source_does_not_delay_another(storage, origin, fetche
         hang.set()
 
 
-@pytest.mark.parametrize("sample,events,sites", [
-    (DATA / "datex2" / "nl-ndw-srti-situation-messagecontainer.xml", 1, 0),
-    (DATA / "datex2" / "no-npra-measurementsitetable-weather-v2.xml", 0, 1),
-    (DATA / "datex2" / "no-npra-measureddata-weather-v2.xml", 0, 0),
-])
+@pytest.mark.parametrize(
+    "sample,events,sites",
+    [
+        (DATA / "datex2" / "nl-ndw-srti-situation-messagecontainer.xml", 1, 0),
+        (DATA / "datex2" / "no-npra-measurementsitetable-weather-v2.xml", 0, 1),
+        (DATA / "datex2" / "no-npra-measureddata-weather-v2.xml", 0, 0),
+    ],
+)
 async def test_other_real_publications(storage, origin, fetcher, sample, events, sites):
     origin.respond = conditional(sample.read_bytes())
     report = await poll_source(datex(origin), storage, fetcher, EUROPE)
@@ -370,9 +438,15 @@ async def test_lying_encoding_is_refused_with_the_reason(storage, origin, fetche
 
 
 async def test_malformed_json_from_opendatasoft_is_reported(storage, origin, fetcher):
-    origin.respond = lambda r: web.Response(body=b'{"total_count": 3, "results": [{"a": ', content_type="application/json")
-    source = SourceConfig(id="ods", kind="opendatasoft", url=origin.url("/"), options={
-        "dataset": "x", "dataset_type": "counters", "mapping": {"site_id": "a", "time": "b", "count": "c"}})
+    origin.respond = lambda r: web.Response(
+        body=b'{"total_count": 3, "results": [{"a": ', content_type="application/json"
+    )
+    source = SourceConfig(
+        id="ods",
+        kind="opendatasoft",
+        url=origin.url("/"),
+        options={"dataset": "x", "dataset_type": "counters", "mapping": {"site_id": "a", "time": "b", "count": "c"}},
+    )
     report = await poll_source(source, storage, fetcher, EUROPE)
     assert report.stats.error and "not valid JSON" in report.stats.error
     assert (await storage.source_state("ods")).watermark is None
@@ -382,12 +456,19 @@ async def test_malformed_csv_rows_and_impossible_speeds_are_quarantined(storage,
     records = [
         {"iu_ac": "1", "t_1h": "2026-06-21T00:00:00+02:00", "q": 100, "v": 88.0},
         {"iu_ac": "2", "t_1h": "2026-06-21T00:00:00+02:00", "q": 100, "v": 420.0},  # 420 km/h
-        {"iu_ac": "3", "t_1h": "2026-06-21T00:00:00+02:00", "q": -5, "v": 50.0},    # negative count
+        {"iu_ac": "3", "t_1h": "2026-06-21T00:00:00+02:00", "q": -5, "v": 50.0},  # negative count
     ]
     origin.respond = lambda r: web.json_response({"total_count": 3, "results": records})
-    source = SourceConfig(id="ods", kind="opendatasoft", url=origin.url("/"), options={
-        "dataset": "x", "dataset_type": "counters",
-        "mapping": {"site_id": "iu_ac", "time": "t_1h", "count": "q", "speed": "v", "geo_point": None}})
+    source = SourceConfig(
+        id="ods",
+        kind="opendatasoft",
+        url=origin.url("/"),
+        options={
+            "dataset": "x",
+            "dataset_type": "counters",
+            "mapping": {"site_id": "iu_ac", "time": "t_1h", "count": "q", "speed": "v", "geo_point": None},
+        },
+    )
     report = await poll_source(source, storage, fetcher, EUROPE)
     assert report.stats.error is None and report.stats.quarantined == 2
     assert await storage.pool.fetchval("SELECT count(*) FROM measurements") == 1
@@ -396,16 +477,26 @@ async def test_malformed_csv_rows_and_impossible_speeds_are_quarantined(storage,
 
     header = "channel_id,counter_id,start_datetime,end_datetime,count\n"
     body = header + 'C-C-01-Baix,C01,2021-09-07T13:15:00Z,2021-09-07T13:30:00Z,20\n"unterminated,quote\nx,y\n'
-    files = {"/site.csv": (COMPTAGE / "site.exemple-valide.csv").read_bytes(),
-             "/channel.csv": (COMPTAGE / "channel.exemple-valide.csv").read_bytes(), "/measure.csv": body.encode()}
+    files = {
+        "/site.csv": (COMPTAGE / "site.exemple-valide.csv").read_bytes(),
+        "/channel.csv": (COMPTAGE / "channel.exemple-valide.csv").read_bytes(),
+        "/measure.csv": body.encode(),
+    }
     origin.respond = lambda r: web.Response(body=files[r.path], content_type="text/csv")
-    csv_source = SourceConfig(id="baix", kind="comptage-mobilites", url=origin.url("/measure.csv"),
-                              options={"sites_url": origin.url("/site.csv"),
-                                       "channels_url": origin.url("/channel.csv")})
+    csv_source = SourceConfig(
+        id="baix",
+        kind="comptage-mobilites",
+        url=origin.url("/measure.csv"),
+        options={"sites_url": origin.url("/site.csv"), "channels_url": origin.url("/channel.csv")},
+    )
     report = await poll_source(csv_source, storage, fetcher, EUROPE, now=datetime(2030, 1, 1, tzinfo=UTC))
     assert report.stats.error is None and report.stats.quarantined >= 1
-    assert await storage.pool.fetchval(
-        "SELECT count(*) FROM measurements m JOIN channels c ON c.id = m.channel_id WHERE c.source_id = 'baix'") == 1
+    assert (
+        await storage.pool.fetchval(
+            "SELECT count(*) FROM measurements m JOIN channels c ON c.id = m.channel_id WHERE c.source_id = 'baix'"
+        )
+        == 1
+    )
 
 
 def test_retry_delay_backs_off_with_jitter_and_obeys_the_server():

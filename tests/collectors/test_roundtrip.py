@@ -25,23 +25,44 @@ NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 
 def edge_cases() -> list[StoredEvent]:
     def ev(ext: str, **kw) -> StoredEvent:
-        base = dict(external_id=ext, id=f"cd34:{ext}", source_id="cd34", version=3, type="roadworks",
-                    subtype="MaintenanceWorks", status="active", severity="medium", road="RD613",
-                    actual_start=NOW - timedelta(days=2), planned_end=NOW + timedelta(days=5),
-                    geometry=Geometry(type="LineString", coordinates=[[3.69, 43.51], [3.695, 43.515], [3.70, 43.52]]),
-                    descriptions={"fr": "Réfection de chaussée", "en": "Resurfacing"},
-                    first_seen=NOW - timedelta(days=3), last_seen=NOW, updated=NOW - timedelta(hours=1))
+        base = dict(
+            external_id=ext,
+            id=f"cd34:{ext}",
+            source_id="cd34",
+            version=3,
+            type="roadworks",
+            subtype="MaintenanceWorks",
+            status="active",
+            severity="medium",
+            road="RD613",
+            actual_start=NOW - timedelta(days=2),
+            planned_end=NOW + timedelta(days=5),
+            geometry=Geometry(type="LineString", coordinates=[[3.69, 43.51], [3.695, 43.515], [3.70, 43.52]]),
+            descriptions={"fr": "Réfection de chaussée", "en": "Resurfacing"},
+            first_seen=NOW - timedelta(days=3),
+            last_seen=NOW,
+            updated=NOW - timedelta(hours=1),
+        )
         return StoredEvent(**{**base, **kw})
 
     return [
         ev("open-ended", planned_end=None),
-        ev("point", geometry=Geometry(type="Point", coordinates=[3.1234567, 43.7654321]), type="accident",
-           subtype="Accident", severity="high"),
+        ev(
+            "point",
+            geometry=Geometry(type="Point", coordinates=[3.1234567, 43.7654321]),
+            type="accident",
+            subtype="Accident",
+            severity="high",
+        ),
         ev("planned", status="planned", actual_start=None, planned_start=NOW + timedelta(days=1)),
         ev("ended", status="ended", actual_end=NOW - timedelta(hours=2), planned_end=None, version=7),
         ev("closure", type="closure", subtype="RoadOrCarriagewayOrLaneManagement", severity="highest"),
-        ev("snow", type="weather", subtype="WeatherRelatedRoadConditions", descriptions={"fr": "Neige", "en": "Snow",
-                                                                                         "oc": "Nèu"}),
+        ev(
+            "snow",
+            type="weather",
+            subtype="WeatherRelatedRoadConditions",
+            descriptions={"fr": "Neige", "en": "Snow", "oc": "Nèu"},
+        ),
     ]
 
 
@@ -98,14 +119,34 @@ def test_our_situation_feeds_read_back_as_the_same_events(moments, version):
 
 def test_our_measured_data_reads_back_with_its_counts_and_hourly_periods():
     hour = datetime(2026, 11, 28, 7, tzinfo=UTC)
-    sites = [StoredSite(id=n, source_id="cd34", external_id=f"S{n}", name=f"site {n}", road="RD613",
-                        lon=3.6 + n / 100, lat=43.5, channels=[
-                            StoredChannel(id=n * 10 + k, site_external_id=f"S{n}", external_id=f"S{n}-{k}",
-                                          direction="N", vehicle_class="light", time_step=3600,
-                                          latest_start=hour, latest_length=3600, latest_count=100 * n + k,
-                                          latest_speed=70.0, latest_quality="observed")
-                            for k in range(2)])
-             for n in range(1, 4)]
+    sites = [
+        StoredSite(
+            id=n,
+            source_id="cd34",
+            external_id=f"S{n}",
+            name=f"site {n}",
+            road="RD613",
+            lon=3.6 + n / 100,
+            lat=43.5,
+            channels=[
+                StoredChannel(
+                    id=n * 10 + k,
+                    site_external_id=f"S{n}",
+                    external_id=f"S{n}-{k}",
+                    direction="N",
+                    vehicle_class="light",
+                    time_step=3600,
+                    latest_start=hour,
+                    latest_length=3600,
+                    latest_count=100 * n + k,
+                    latest_speed=70.0,
+                    latest_quality="observed",
+                )
+                for k in range(2)
+            ],
+        )
+        for n in range(1, 4)
+    ]
     body = datex2_v3.render_measured_data(sites, PUB, hour + timedelta(hours=1))
     items = list(parse_datex2(body, source_id="roundtrip", now=hour + timedelta(hours=1)))
     counts = sorted(m.count for m in items if isinstance(m, MeasurementRecord) and m.count is not None)
@@ -133,8 +174,18 @@ def test_opendatasoft_events_reach_datex2_v23_with_their_road_number():
         body = json.dumps([_render(e.ods_record(), UTC) for e in sim.events_at(now)]).encode()
         records = [r for r in parse_export_json(body, mapping, now=now) if isinstance(r, EventRecord)]
         assert records
-        events = [StoredEvent(**r.model_dump(), id=f"ods:{r.external_id}", source_id="ods", version=1,
-                              first_seen=now, last_seen=now, updated=now) for r in records]
+        events = [
+            StoredEvent(
+                **r.model_dump(),
+                id=f"ods:{r.external_id}",
+                source_id="ods",
+                version=1,
+                first_seen=now,
+                last_seen=now,
+                updated=now,
+            )
+            for r in records
+        ]
         xml = datex2_v2.render_situations(events, PUB, now)
         root = etree.fromstring(xml)
         schema.assertValid(root)
@@ -146,6 +197,7 @@ def test_opendatasoft_events_reach_datex2_v23_with_their_road_number():
             again = back[e.id]
             assert again.road == e.road
             assert [(p["road"], p["pr"], p["abscissa"]) for p in again.location_refs["pr"]] == [
-                (p["road"], p["pr"], p["abscissa"]) for p in e.location_refs["pr"]]
+                (p["road"], p["pr"], p["abscissa"]) for p in e.location_refs["pr"]
+            ]
             checked += 1
     assert checked > 30

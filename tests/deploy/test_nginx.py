@@ -18,18 +18,20 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
-from feed.store.cluster import free_port
 from feed.config import Config, ServerConfig, SourceConfig
-from feed.publish.catalogue import EVENTS_GEOJSON
 from feed.http.app import build_app
 from feed.model import EventRecord, Geometry
+from feed.publish.catalogue import EVENTS_GEOJSON
+from feed.store.cluster import free_port
 from feed.store.storage import Storage
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 DEPLOYED = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
 MAX_AGE = 1  # seconds a feed may be cached before nginx revalidates it
-CONFIG = Config(server=ServerConfig(feed_max_age=MAX_AGE),
-                sources=[SourceConfig(id="cd34", kind="datex2", url="http://127.0.0.1:9/cd34")])
+CONFIG = Config(
+    server=ServerConfig(feed_max_age=MAX_AGE),
+    sources=[SourceConfig(id="cd34", kind="datex2", url="http://127.0.0.1:9/cd34")],
+)
 WAIT = 30.0  # a bound for loaded machines, not a speed check
 
 
@@ -45,7 +47,8 @@ def nginx_config(upstream_ports: list[int], port: int, home: Path) -> str:
     assert n == 1
     temp = "".join(f"    {d}_temp_path {home / d};\n" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     return f"pid {home / 'nginx.pid'};\nerror_log {home / 'error.log'};\nuser root;\n" + text.replace(
-        "http {\n", "http {\n" + temp, 1)
+        "http {\n", "http {\n" + temp, 1
+    )
 
 
 @pytest.fixture
@@ -65,8 +68,11 @@ def nginx_home() -> Iterator[Path]:
 async def start_nginx(home: Path, upstream_ports: list[int]) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     (home / "nginx.conf").write_text(nginx_config(upstream_ports, port, home))
-    proc = subprocess.Popen([NGINX, "-p", str(home), "-c", str(home / "nginx.conf"), "-g", "daemon off;"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [NGINX, "-p", str(home), "-c", str(home / "nginx.conf"), "-g", "daemon off;"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     async with asyncio.timeout(WAIT):
         while True:
             assert proc.poll() is None, (home / "error.log").read_text() if (home / "error.log").exists() else ""
@@ -110,9 +116,16 @@ async def node(storage: Storage) -> AsyncIterator[Node]:
 
 def event(ext: str) -> EventRecord:
     now = datetime.now(UTC)
-    return EventRecord(external_id=ext, type="roadworks", status="active", severity="medium", road="RD613",
-                       planned_start=now - timedelta(days=1), planned_end=now + timedelta(days=2),
-                       geometry=Geometry(type="Point", coordinates=[3.7, 43.5]))
+    return EventRecord(
+        external_id=ext,
+        type="roadworks",
+        status="active",
+        severity="medium",
+        road="RD613",
+        planned_start=now - timedelta(days=1),
+        planned_end=now + timedelta(days=2),
+        geometry=Geometry(type="Point", coordinates=[3.7, 43.5]),
+    )
 
 
 async def get(session: aiohttp.ClientSession, url: str, **headers: str) -> tuple[int, CIMultiDict[str], bytes]:
@@ -121,8 +134,9 @@ async def get(session: aiohttp.ClientSession, url: str, **headers: str) -> tuple
 
 
 @pytest.mark.timeout(120)
-async def test_cache_tier_revalidates_answers_304s_and_outlives_a_node_restart(node: Node, storage: Storage,
-                                                                            nginx_home: Path):
+async def test_cache_tier_revalidates_answers_304s_and_outlives_a_node_restart(
+    node: Node, storage: Storage, nginx_home: Path
+):
     proc, port = await start_nginx(nginx_home, [node.port])
     url = f"http://127.0.0.1:{port}{EVENTS_GEOJSON}"
     try:
@@ -144,8 +158,7 @@ async def test_cache_tier_revalidates_answers_304s_and_outlives_a_node_restart(n
             # Once max-age has passed, nginx revalidates with our ETag: roadfeed answers 304.
             await asyncio.sleep(MAX_AGE + 1.1)  # nginx counts whole seconds
             status, headers, again = await get(session, url)
-            assert (status, again) == (200, body) and headers["X-Cache-Status"] in ("REVALIDATED", "STALE",
-                                                                                    "UPDATING")
+            assert (status, again) == (200, body) and headers["X-Cache-Status"] in ("REVALIDATED", "STALE", "UPDATING")
             # The node goes away: the cached feed is still served.
             await node.stop()
             await asyncio.sleep(MAX_AGE + 1.1)  # nginx counts whole seconds

@@ -7,12 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from exporters_support import CIFS_XSD, DATEX2_V2_XSD, DATEX2_V36_PAYLOAD_XSD, DATEX2_V36_XSD, RTTI_XSD, WZDX
 from jsonschema import Draft7Validator
 from lxml import etree
 from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
-
-from exporters_support import CIFS_XSD, DATEX2_V2_XSD, DATEX2_V36_PAYLOAD_XSD, DATEX2_V36_XSD, RTTI_XSD, WZDX
 
 
 def _xsd(path: Path) -> etree.XMLSchema:

@@ -8,7 +8,7 @@ The schemas themselves are loaded once per session by tests/exporters/conftest.p
 from __future__ import annotations
 
 import typing
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -96,6 +96,5 @@ def cd34_event(ext: str, type_: EventType = "roadworks", **kw: typing.Any) -> St
 id_chars = st.characters(blacklist_categories=("Cc", "Cs"))  # ids carry no control characters
 # What a stored record can hold: anything but NUL and lone surrogates (feed/model.py refuses them).
 storable_chars = st.characters(exclude_categories=("Cs",), exclude_characters="\x00")
-times = st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(timezone.utc))
+times = st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC))
 positions = st.tuples(st.floats(-180, 180), st.floats(-90, 90)).map(list)
-

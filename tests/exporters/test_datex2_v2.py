@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
 import pytest
 import xmlschema
+from exporters_support import DATEX2_V2_XSD, id_chars, positions, storable_chars, times, valid_datex
+from exporters_support import one as _one
+from exporters_support import text as _text
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
@@ -15,14 +18,11 @@ from lxml import etree
 from exporters.datex2_v2 import render_situations
 from feed.config import PublicationConfig
 from feed.model import DATEX_RECORD_TYPES, DEFAULT_DATEX_RECORD, Geometry, StoredEvent
-from exporters_support import DATEX2_V2_XSD, id_chars, positions, storable_chars, times, valid_datex
-from exporters_support import one as _one
-from exporters_support import text as _text
 
 NS = {"d": "http://datex2.eu/schema/2/2_0", "xsi": "http://www.w3.org/2001/XMLSchema-instance"}
 XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 
-NOW = datetime(2026, 7, 24, 8, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 7, 24, 8, 0, tzinfo=UTC)
 PUBLICATION = PublicationConfig()
 EVENT_TYPES = list(DEFAULT_DATEX_RECORD)
 

@@ -3,12 +3,15 @@ road traffic data) and saying what the domain objects say."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
 import pytest
 import xmlschema
+from exporters_support import DATEX2_V36_XSD, id_chars, positions, storable_chars, times, valid_datex
+from exporters_support import one as _one
+from exporters_support import text as _text
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
@@ -29,9 +32,6 @@ from feed.model import (
     StoredEvent,
     StoredSite,
 )
-from exporters_support import DATEX2_V36_XSD, id_chars, positions, storable_chars, times, valid_datex
-from exporters_support import one as _one
-from exporters_support import text as _text
 
 NS = {
     "mc": "http://datex2.eu/schema/3/messageContainer",
@@ -45,7 +45,7 @@ NS = {
 }
 XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 
-NOW = datetime(2026, 7, 24, 8, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 7, 24, 8, 0, tzinfo=UTC)
 PUBLICATION = PublicationConfig()
 EVENT_TYPES = list(DEFAULT_DATEX_RECORD)  # every EventType
 

@@ -9,13 +9,13 @@ from functools import partial
 
 import jsonschema
 import pytest
+from exporters_support import LINE, POINT, T0, WZDX, cd34_event
 from hypothesis import given
 from hypothesis import strategies as st
 
 from exporters.geojson import filter_events, parse_bbox, render_events, render_sites
 from feed.config import PublicationConfig
 from feed.model import EventType, Geometry, StoredChannel, StoredEvent, StoredSite
-from exporters_support import LINE, POINT, T0, WZDX, cd34_event
 
 POINT_SCHEMA = json.loads((WZDX / "geojson" / "Point.json").read_text(encoding="utf-8"))
 LINESTRING_SCHEMA = json.loads((WZDX / "geojson" / "LineString.json").read_text(encoding="utf-8"))

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from exporters_support import valid_datex, valid_xml
 from jsonschema import Draft7Validator
 from lxml import etree
 
@@ -17,7 +18,6 @@ from exporters import datex2_v2, datex2_v3, geojson, waze, wzdx
 from feed.config import PublicationConfig
 from feed.model import EventRecord, StoredChannel, StoredEvent, StoredSite
 from feed.simulator.simulation import Simulation
-from exporters_support import valid_datex, valid_xml
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 PUB = PublicationConfig()
@@ -34,8 +34,15 @@ REAL_SAMPLES = [
 
 
 def stored(rec: EventRecord, source_id: str, seen: datetime) -> StoredEvent:
-    return StoredEvent(**rec.model_dump(), id=f"{source_id}:{rec.external_id}", source_id=source_id, version=1,
-                       first_seen=seen, last_seen=seen, updated=seen)
+    return StoredEvent(
+        **rec.model_dump(),
+        id=f"{source_id}:{rec.external_id}",
+        source_id=source_id,
+        version=1,
+        first_seen=seen,
+        last_seen=seen,
+        updated=seen,
+    )
 
 
 def simulated_events() -> list[StoredEvent]:
@@ -69,19 +76,53 @@ def simulated_sites() -> list[StoredSite]:
         for k, ch in enumerate(c for c in sim.channels if c.site.id == site.id):
             count = sim.count(site.id, ch.direction.code, ch.vehicle_class, hour)
             known = count is not None
-            channels.append(StoredChannel(
-                id=n * 10 + k, site_external_id=site.id, external_id=ch.id, direction=ch.direction.code,
-                vehicle_class="heavy" if ch.vehicle_class == "PL" else "light", time_step=3600,
-                latest_start=hour if known else None, latest_length=3600 if known else None, latest_count=count,
-                latest_speed=sim.mean_speed(site.id, ch.direction.code, ch.vehicle_class, hour) if known else None,
-                latest_quality="observed" if known else None))
-        sites.append(StoredSite(id=n, source_id="sim", external_id=site.id, name=site.name, road=site.road.name,
-                                pr=site.pr, abscissa=site.abscissa, lon=site.lon, lat=site.lat, insee=site.insee,
-                                channels=channels))
+            channels.append(
+                StoredChannel(
+                    id=n * 10 + k,
+                    site_external_id=site.id,
+                    external_id=ch.id,
+                    direction=ch.direction.code,
+                    vehicle_class="heavy" if ch.vehicle_class == "PL" else "light",
+                    time_step=3600,
+                    latest_start=hour if known else None,
+                    latest_length=3600 if known else None,
+                    latest_count=count,
+                    latest_speed=sim.mean_speed(site.id, ch.direction.code, ch.vehicle_class, hour) if known else None,
+                    latest_quality="observed" if known else None,
+                )
+            )
+        sites.append(
+            StoredSite(
+                id=n,
+                source_id="sim",
+                external_id=site.id,
+                name=site.name,
+                road=site.road.name,
+                pr=site.pr,
+                abscissa=site.abscissa,
+                lon=site.lon,
+                lat=site.lat,
+                insee=site.insee,
+                channels=channels,
+            )
+        )
     # A site that never sent anything.
-    sites[0] = sites[0].model_copy(update={"channels": [c.model_copy(update={
-        "latest_start": None, "latest_length": None, "latest_count": None, "latest_speed": None,
-        "latest_quality": None}) for c in sites[0].channels]})
+    sites[0] = sites[0].model_copy(
+        update={
+            "channels": [
+                c.model_copy(
+                    update={
+                        "latest_start": None,
+                        "latest_length": None,
+                        "latest_count": None,
+                        "latest_speed": None,
+                        "latest_quality": None,
+                    }
+                )
+                for c in sites[0].channels
+            ]
+        }
+    )
     return sites
 
 
@@ -126,9 +167,13 @@ def test_geojson_events(events):
     assert feed["type"] == "FeatureCollection" and len(feed["features"]) == len(events)
     for f in feed["features"]:
         g = f["geometry"]
-        assert g is None or (g["type"] in ("Point", "LineString") and all(
-            -180 <= p[0] <= 180 and -90 <= p[1] <= 90 for p in ([g["coordinates"]] if g["type"] == "Point"
-                                                               else g["coordinates"])))
+        assert g is None or (
+            g["type"] in ("Point", "LineString")
+            and all(
+                -180 <= p[0] <= 180 and -90 <= p[1] <= 90
+                for p in ([g["coordinates"]] if g["type"] == "Point" else g["coordinates"])
+            )
+        )
 
 
 def test_sites_in_every_format(rtti_xsd: etree.XMLSchema, datex2_v36_payload_xsd: etree.XMLSchema):

@@ -10,6 +10,7 @@ from functools import partial
 
 import pytest
 import xmlschema
+from exporters_support import CIFS_XSD, T0, cd34_event
 from lxml import etree
 
 from exporters.geojson import render_events
@@ -25,7 +26,6 @@ from exporters.waze import (
 from exporters.wzdx import render_work_zones
 from feed.config import PublicationConfig
 from feed.model import EventType, Geometry, StoredEvent
-from exporters_support import CIFS_XSD, T0, cd34_event
 
 DIALOG_SAMPLE = CIFS_XSD.parent / "samples" / "fr-dialog-cifs-incidents-expected-result.xml"
 XMLSCHEMA = xmlschema.XMLSchema(str(CIFS_XSD))

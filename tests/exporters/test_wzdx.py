@@ -7,13 +7,13 @@ import typing
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from exporters_support import LINE, POINT, T0, WZDX, cd34_event, schema_errors
 from jsonschema import Draft7Validator
 
 from exporters.geojson import render_events
 from exporters.wzdx import OPEN_END_HORIZON, check_wzdx_rules, lane_closure, render_work_zones, wzdx_direction
 from feed.config import PublicationConfig
 from feed.model import EventType, StoredEvent
-from exporters_support import LINE, POINT, T0, WZDX, cd34_event, schema_errors
 
 EXAMPLES = sorted((WZDX / "examples" / "WorkZoneFeed").glob("*.geojson"))
 

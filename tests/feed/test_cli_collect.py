@@ -15,8 +15,8 @@ SPEEDS = Path(__file__).resolve().parents[1] / "data" / "datex2" / "fr-bisonfute
 
 async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "feed.cli", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable, "-m", "feed.cli", *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode, out.decode(), err.decode()
 
@@ -42,7 +42,7 @@ bbox = [-5.0, 41.0, 10.0, 51.5]
 [[sources]]
 id = "tipi-speeds"
 kind = "datex2"
-url = "{server.make_url('/speeds.xml')}"
+url = "{server.make_url("/speeds.xml")}"
 """)
         env = {**os.environ, "ROADFEED_DATABASE_URL": db_url}
         code, out, err = await run_cli("collect", "--config", str(config), "--source", "tipi-speeds", "--once", env=env)

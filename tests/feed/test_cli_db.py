@@ -75,8 +75,11 @@ def traversable_checkout():
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to an ordinary user needs root")
 def test_db_lifecycle_as_an_ordinary_user(traversable_checkout):
-    probe = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
-                            "-c", "import feed.cli"], capture_output=True, text=True)
+    probe = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c", "import feed.cli"],
+        capture_output=True,
+        text=True,
+    )
     assert probe.returncode == 0, f"an ordinary user cannot run roadfeed from here: {probe.stderr.strip()[-300:]}"
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)

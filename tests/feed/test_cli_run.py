@@ -14,18 +14,29 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from exporters.datex2_v3 import render_situations
-from feed.store.cluster import free_port
 from feed.config import PublicationConfig
 from feed.model import Geometry, StoredEvent
+from feed.store.cluster import free_port
 
 
 def snapshot() -> bytes:
     now = datetime.now(UTC)
-    event = StoredEvent(id="cd34:RD986-1", source_id="cd34", external_id="RD986-1", version=1, type="roadworks",
-                        status="active", severity="medium", actual_start=now - timedelta(hours=2), road="RD986",
-                        geometry=Geometry(type="LineString", coordinates=[[3.8, 43.7], [3.81, 43.71]]),
-                        descriptions={"fr": "Travaux à Saint-Martin-de-Londres"},
-                        first_seen=now, last_seen=now, updated=now)
+    event = StoredEvent(
+        id="cd34:RD986-1",
+        source_id="cd34",
+        external_id="RD986-1",
+        version=1,
+        type="roadworks",
+        status="active",
+        severity="medium",
+        actual_start=now - timedelta(hours=2),
+        road="RD986",
+        geometry=Geometry(type="LineString", coordinates=[[3.8, 43.7], [3.81, 43.71]]),
+        descriptions={"fr": "Travaux à Saint-Martin-de-Londres"},
+        first_seen=now,
+        last_seen=now,
+        updated=now,
+    )
     return render_situations([event], PublicationConfig(), now)
 
 
@@ -48,13 +59,20 @@ port = {port}
 [[sources]]
 id = "inforoute"
 kind = "datex2"
-url = "{origin.make_url('/situations.xml')}"
+url = "{origin.make_url("/situations.xml")}"
 interval = 30
 """)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "feed.cli", "run", "--config", str(config),
+        sys.executable,
+        "-m",
+        "feed.cli",
+        "run",
+        "--config",
+        str(config),
         env={**os.environ, "ROADFEED_DATABASE_URL": db_url},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     try:
         features = []
         async with aiohttp.ClientSession() as session:
@@ -82,13 +100,29 @@ def big_snapshot(n: int, variant: int) -> bytes:
     events = []
     for i in range(n):
         lon, lat = 2.7 + (i * 0.618) % 1.4, 43.3 + (i * 0.414) % 0.6
-        geometry = (Geometry(type="LineString", coordinates=[[lon, lat], [lon + 0.001, lat + 0.001]]) if i % 2
-                    else Geometry(type="Point", coordinates=[lon, lat]))
-        events.append(StoredEvent(
-            id=f"cd34:E{i}", source_id="cd34", external_id=f"E{i}", version=variant, type="roadworks",
-            status="active", severity="medium", actual_start=now - timedelta(hours=2), road=f"RD{i % 900}",
-            geometry=geometry, descriptions={"fr": f"Travaux n° {i}, version {variant}"},
-            first_seen=now, last_seen=now, updated=now))
+        geometry = (
+            Geometry(type="LineString", coordinates=[[lon, lat], [lon + 0.001, lat + 0.001]])
+            if i % 2
+            else Geometry(type="Point", coordinates=[lon, lat])
+        )
+        events.append(
+            StoredEvent(
+                id=f"cd34:E{i}",
+                source_id="cd34",
+                external_id=f"E{i}",
+                version=variant,
+                type="roadworks",
+                status="active",
+                severity="medium",
+                actual_start=now - timedelta(hours=2),
+                road=f"RD{i % 900}",
+                geometry=geometry,
+                descriptions={"fr": f"Travaux n° {i}, version {variant}"},
+                first_seen=now,
+                last_seen=now,
+                updated=now,
+            )
+        )
     return render_situations(events, PublicationConfig(), now)
 
 
@@ -120,13 +154,20 @@ workers = 1
 [[sources]]
 id = "big"
 kind = "datex2"
-url = "{origin.make_url('/situations.xml')}"
+url = "{origin.make_url("/situations.xml")}"
 interval = 1
 """)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "feed.cli", "run", "--config", str(config),
+        sys.executable,
+        "-m",
+        "feed.cli",
+        "run",
+        "--config",
+        str(config),
         env={**os.environ, "ROADFEED_DATABASE_URL": db_url},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     output = asyncio.create_task(proc.stdout.read())
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=1)
     try:

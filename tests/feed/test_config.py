@@ -27,17 +27,22 @@ def test_environment_overrides_the_database_url(monkeypatch):
     assert load_config(EXAMPLE).database.url == "postgresql://elsewhere/db"
 
 
-@pytest.mark.parametrize("toml,expected", [
-    ("[server]\nport = 'eighty'\n", "server.port = 'eighty': Input should be a valid integer"),
-    ("[server]\nport = 70000\n", "server.port = 70000: Input should be less than or equal to 65535"),
-    ("[[sources]]\nid = 'a'\nkind = 'ftp'\nurl = 'x'\n", "sources.0.kind = 'ftp': Input should be"),
-    ("[[sources]]\nid = 'Bad Id'\nkind = 'datex2'\nurl = 'x'\n", "sources.0.id = 'Bad Id': String should match"),
-    ("[publication]\ncountry = 'france'\n", "publication.country = 'france'"),
-    ("[publication]\nholidays = 'de'\n", "publication.holidays = 'de': Input should be 'fr' or 'none'"),
-    ("[databse]\nurl = 'x'\n", "databse = a table: Extra inputs are not permitted"),
-    ("[[sources]]\nid = 'a'\nkind = 'datex2'\nurl = 'x'\n[[sources]]\nid = 'a'\nkind = 'datex2'\nurl = 'y'\n",
-     "source id 'a' is used twice"),
-])
+@pytest.mark.parametrize(
+    "toml,expected",
+    [
+        ("[server]\nport = 'eighty'\n", "server.port = 'eighty': Input should be a valid integer"),
+        ("[server]\nport = 70000\n", "server.port = 70000: Input should be less than or equal to 65535"),
+        ("[[sources]]\nid = 'a'\nkind = 'ftp'\nurl = 'x'\n", "sources.0.kind = 'ftp': Input should be"),
+        ("[[sources]]\nid = 'Bad Id'\nkind = 'datex2'\nurl = 'x'\n", "sources.0.id = 'Bad Id': String should match"),
+        ("[publication]\ncountry = 'france'\n", "publication.country = 'france'"),
+        ("[publication]\nholidays = 'de'\n", "publication.holidays = 'de': Input should be 'fr' or 'none'"),
+        ("[databse]\nurl = 'x'\n", "databse = a table: Extra inputs are not permitted"),
+        (
+            "[[sources]]\nid = 'a'\nkind = 'datex2'\nurl = 'x'\n[[sources]]\nid = 'a'\nkind = 'datex2'\nurl = 'y'\n",
+            "source id 'a' is used twice",
+        ),
+    ],
+)
 def test_invalid_files_name_key_value_and_expectation(tmp_path, toml, expected):
     path = tmp_path / "bad.toml"
     path.write_text(toml)

@@ -17,26 +17,38 @@ from aiohttp.test_utils import TestServer
 
 from collectors.fetch import Fetcher
 from exporters.datex2_v3 import render_situations
-from feed.store.cluster import free_port
+from feed.collect.scheduler import Collector
 from feed.config import Config, PublicationConfig, ServerConfig, SourceConfig
 from feed.http.context import CONTEXT
 from feed.logs import JsonFormatter
 from feed.metrics import CONTENT_TYPE, Counter, Histogram, expose
 from feed.model import Geometry, StoredEvent
-from feed.collect.scheduler import Collector
 from feed.server.service import http_server
+from feed.store.cluster import free_port
 
 WAIT = 20.0
-SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
 def situations() -> bytes:
     now = datetime.now(UTC)
-    event = StoredEvent(id="cd34:RD986-1", source_id="cd34", external_id="RD986-1", version=1, type="roadworks",
-                        status="active", severity="medium", actual_start=now - timedelta(hours=2), road="RD986",
-                        geometry=Geometry(type="LineString", coordinates=[[3.8, 43.7], [3.81, 43.71]]),
-                        descriptions={"fr": "Travaux"}, first_seen=now, last_seen=now, updated=now)
+    event = StoredEvent(
+        id="cd34:RD986-1",
+        source_id="cd34",
+        external_id="RD986-1",
+        version=1,
+        type="roadworks",
+        status="active",
+        severity="medium",
+        actual_start=now - timedelta(hours=2),
+        road="RD986",
+        geometry=Geometry(type="LineString", coordinates=[[3.8, 43.7], [3.81, 43.71]]),
+        descriptions={"fr": "Travaux"},
+        first_seen=now,
+        last_seen=now,
+        updated=now,
+    )
     return render_situations([event], PublicationConfig(), now)
 
 
@@ -84,7 +96,6 @@ def test_exposition_format_of_counters_and_histograms():
     ]
 
 
-
 class _NoFeeds:
     """A publisher with no feed (what `expose` reads of one)."""
 
@@ -112,6 +123,7 @@ def test_exposition_shows_what_the_scrape_read_and_says_when_it_could_not():
     away, _ = parse(expose(_NoFeeds(), _Pool(), None))
     assert value(away, "roadfeed_database_up") == 0
     assert not any(name.startswith("roadfeed_source_") for name, _ in away)
+
 
 async def test_metrics_count_polls_requests_feeds_and_the_pool(storage):
     body = situations()
@@ -220,11 +232,25 @@ async def test_collect_logs_its_poll_report_as_json(db_url, tmp_path):
     await origin.start_server()
     try:
         config = tmp_path / "roadfeed.toml"
-        config.write_text(f'[[sources]]\nid = "inforoute"\nkind = "datex2"\nurl = "{origin.make_url("/situations.xml")}"\n')
+        config.write_text(
+            f'[[sources]]\nid = "inforoute"\nkind = "datex2"\nurl = "{origin.make_url("/situations.xml")}"\n'
+        )
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "feed.cli", "collect", "--config", str(config), "--source", "inforoute", "--once",
-            "--log-format", "json", env={**os.environ, "ROADFEED_DATABASE_URL": db_url},
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "feed.cli",
+            "collect",
+            "--config",
+            str(config),
+            "--source",
+            "inforoute",
+            "--once",
+            "--log-format",
+            "json",
+            env={**os.environ, "ROADFEED_DATABASE_URL": db_url},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await asyncio.wait_for(proc.communicate(), 60)
     finally:
         await origin.close()

@@ -15,14 +15,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from collectors.fetch import Fetcher
-from feed.roads import parse_referential
-from feed.store import roads
-from feed.http.admin import attach_collector
+from feed.collect.scheduler import Collector
 from feed.config import Config, PublicationConfig, ServerConfig, SourceConfig
+from feed.http.admin import attach_collector
 from feed.http.app import build_app
 from feed.model import ChannelRecord, Quarantined, SiteRecord
-from feed.collect.scheduler import Collector
+from feed.roads import parse_referential
 from feed.simulator.geography import referential_geojson
+from feed.store import roads
 from feed.store.storage import RunStats, Storage
 
 TOKEN = "s3cret-token"
@@ -37,8 +37,13 @@ def config(source_url: str = "http://127.0.0.1:9/speeds.xml", token: str | None 
         publication=PublicationConfig(bbox=(-5.0, 41.0, 10.0, 51.5)),
         sources=[
             SourceConfig(id="tipi-speeds", kind="datex2", url=source_url, interval=60),
-            SourceConfig(id="ods", kind="opendatasoft", url="http://127.0.0.1:9/ods", interval=300,
-                         options={"dataset": "comptages", "api_key": "do-not-show", "dataset_type": "counters"}),
+            SourceConfig(
+                id="ods",
+                kind="opendatasoft",
+                url="http://127.0.0.1:9/ods",
+                interval=300,
+                options={"dataset": "comptages", "api_key": "do-not-show", "dataset_type": "counters"},
+            ),
         ],
     )
 
@@ -47,14 +52,21 @@ async def seed(storage: Storage) -> int:
     async with storage.pool.acquire() as conn:  # a closure is placed on the referential's road
         await roads.store_referential(conn, parse_referential(referential_geojson(), "simulator"))
     await storage.ensure_source("ods", "opendatasoft", "http://127.0.0.1:9/ods")
-    await storage.upsert_sites("ods", [SiteRecord(external_id="S1", name="RD613 Montbazin", road="RD613",
-                                                  lon=3.69, lat=43.51)])
-    await storage.upsert_channels("ods", [ChannelRecord(site_external_id="S1", external_id="S1-N", direction="N",
-                                                        time_step=3600)])
+    await storage.upsert_sites(
+        "ods", [SiteRecord(external_id="S1", name="RD613 Montbazin", road="RD613", lon=3.69, lat=43.51)]
+    )
+    await storage.upsert_channels(
+        "ods", [ChannelRecord(site_external_id="S1", external_id="S1-N", direction="N", time_step=3600)]
+    )
     run = await storage.start_run("ods")
-    await storage.quarantine("ods", run, [Quarantined(reason="count is negative", excerpt='{"count": -3}',
-                                                      record_ref="row 7"),
-                                          Quarantined(reason="no site", excerpt="{}", record_ref="row 9")])
+    await storage.quarantine(
+        "ods",
+        run,
+        [
+            Quarantined(reason="count is negative", excerpt='{"count": -3}', record_ref="row 7"),
+            Quarantined(reason="no site", excerpt="{}", record_ref="row 9"),
+        ],
+    )
     await storage.finish_run(run, RunStats(http_status=200, complete=True, quarantined=2))
     return (await storage.site_ids("ods", ["S1"]))["S1"]
 
@@ -99,16 +111,26 @@ async def assert_error(resp: aiohttp.ClientResponse, status: int, parameter: str
     return body
 
 
-ROUTES = [("GET", "/api/v1/admin/sources"), ("POST", "/api/v1/admin/sources/ods/run"),
-          ("GET", "/api/v1/admin/quarantine"), ("GET", "/api/v1/admin/markings"),
-          ("POST", "/api/v1/admin/markings"), ("DELETE", "/api/v1/admin/markings/1")]
+ROUTES = [
+    ("GET", "/api/v1/admin/sources"),
+    ("POST", "/api/v1/admin/sources/ods/run"),
+    ("GET", "/api/v1/admin/quarantine"),
+    ("GET", "/api/v1/admin/markings"),
+    ("POST", "/api/v1/admin/markings"),
+    ("DELETE", "/api/v1/admin/markings/1"),
+]
 
 
 async def test_every_route_needs_the_token(shared: tuple[TestClient, Storage]):
     client, _ = shared
     for method, path in ROUTES:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
-                        {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": "Bearer"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": f"Basic {TOKEN}"},
+            {"Authorization": f"Bearer {TOKEN}x"},
+            {"Authorization": "Bearer"},
+        ):
             async with client.request(method, path, headers=headers) as resp:
                 body = await assert_error(resp, 401)
                 assert resp.headers["WWW-Authenticate"].startswith("Bearer")
@@ -207,8 +229,13 @@ async def test_run_polls_now_through_the_apps_collector(storage: Storage):
 
 async def test_markings_are_recorded_listed_and_deleted(client: TestClient, storage: Storage):
     site_id = await storage.pool.fetchval("SELECT id FROM sites")
-    closed = {"kind": "road_closed", "road": "RD613", "from": "2025-07-01", "to": "2025-07-03T18:00",
-              "comment": "works, road closed both ways"}
+    closed = {
+        "kind": "road_closed",
+        "road": "RD613",
+        "from": "2025-07-01",
+        "to": "2025-07-03T18:00",
+        "comment": "works, road closed both ways",
+    }
     async with client.post("/api/v1/admin/markings", json=closed, headers=AUTH) as resp:
         first = await resp.json()
         assert resp.status == 201, first
@@ -235,28 +262,32 @@ async def test_markings_are_recorded_listed_and_deleted(client: TestClient, stor
     assert await storage.pool.fetchval("SELECT array_agg(id) FROM markings") == [second["id"]]
 
 
-@pytest.mark.parametrize("body,parameter", [
-    ({"kind": "closed", "road": "RD613", "from": "2025-07-01"}, "kind"),
-    ({"road": "RD613", "from": "2025-07-01"}, "kind"),
-    ({"kind": "road_closed", "from": "2025-07-01"}, "road"),
-    ({"kind": "road_closed", "road": "RD613'; DROP TABLE sites;--", "from": "2025-07-01"}, "road"),
-    ({"kind": "road_closed", "road": "RD613"}, "from"),
-    ({"kind": "road_closed", "road": "RD613", "from": "yesterday"}, "from"),
-    ({"kind": "road_closed", "road": "RD613", "from": 20250701}, "from"),
-    ({"kind": "road_closed", "road": "RD613", "from": "2025-07-02", "to": "2025-07-01"}, "to"),
-    ({"kind": "road_closed", "road": "RD613", "from": "2025-07-01", "comment": "x" * 2001}, "comment"),
-    ({"kind": "road_closed", "road": "RD613", "from": "2025-07-01", "site_id": 1}, "site_id"),
-    ({"kind": "road_closed", "road": "RD613", "from": "2025-07-01", "extra": 1}, "extra"),
-    ({"kind": "counter_faulty", "site_id": "1", "from": "2025-07-01"}, "site_id"),
-    ({"kind": "counter_faulty", "site_id": True, "from": "2025-07-01"}, "site_id"),
-    ({"kind": "counter_faulty", "site_id": 999999, "from": "2025-07-01"}, "site_id"),
-    ({"kind": "road_closed", "road": "RD9999", "from": "2025-07-01"}, "road"),  # not in the referential
-    ({"kind": "road_closed", "road": "RD613", "pr_from": 3, "from": "2025-07-01"}, "pr_from"),
-    ({"kind": "road_closed", "road": "RD613", "pr_from": 3, "pr_to": 500, "from": "2025-07-01"}, "road"),
-    (["not", "an", "object"], "body"),
-])
-async def test_invalid_markings_are_refused_in_the_api_error_shape(shared: tuple[TestClient, Storage],
-                                                                  body: Any, parameter: str):
+@pytest.mark.parametrize(
+    "body,parameter",
+    [
+        ({"kind": "closed", "road": "RD613", "from": "2025-07-01"}, "kind"),
+        ({"road": "RD613", "from": "2025-07-01"}, "kind"),
+        ({"kind": "road_closed", "from": "2025-07-01"}, "road"),
+        ({"kind": "road_closed", "road": "RD613'; DROP TABLE sites;--", "from": "2025-07-01"}, "road"),
+        ({"kind": "road_closed", "road": "RD613"}, "from"),
+        ({"kind": "road_closed", "road": "RD613", "from": "yesterday"}, "from"),
+        ({"kind": "road_closed", "road": "RD613", "from": 20250701}, "from"),
+        ({"kind": "road_closed", "road": "RD613", "from": "2025-07-02", "to": "2025-07-01"}, "to"),
+        ({"kind": "road_closed", "road": "RD613", "from": "2025-07-01", "comment": "x" * 2001}, "comment"),
+        ({"kind": "road_closed", "road": "RD613", "from": "2025-07-01", "site_id": 1}, "site_id"),
+        ({"kind": "road_closed", "road": "RD613", "from": "2025-07-01", "extra": 1}, "extra"),
+        ({"kind": "counter_faulty", "site_id": "1", "from": "2025-07-01"}, "site_id"),
+        ({"kind": "counter_faulty", "site_id": True, "from": "2025-07-01"}, "site_id"),
+        ({"kind": "counter_faulty", "site_id": 999999, "from": "2025-07-01"}, "site_id"),
+        ({"kind": "road_closed", "road": "RD9999", "from": "2025-07-01"}, "road"),  # not in the referential
+        ({"kind": "road_closed", "road": "RD613", "pr_from": 3, "from": "2025-07-01"}, "pr_from"),
+        ({"kind": "road_closed", "road": "RD613", "pr_from": 3, "pr_to": 500, "from": "2025-07-01"}, "road"),
+        (["not", "an", "object"], "body"),
+    ],
+)
+async def test_invalid_markings_are_refused_in_the_api_error_shape(
+    shared: tuple[TestClient, Storage], body: Any, parameter: str
+):
     client, storage = shared
     async with client.post("/api/v1/admin/markings", json=body, headers=AUTH) as resp:
         await assert_error(resp, 400, parameter)
@@ -270,8 +301,9 @@ async def test_a_body_that_is_not_json_is_refused(shared: tuple[TestClient, Stor
         await assert_error(resp, 400, "body")
 
 
-async def test_markings_are_written_by_the_writer_and_readable_not_writable_by_the_reader(client: TestClient,
-                                                                                         storage: Storage):
+async def test_markings_are_written_by_the_writer_and_readable_not_writable_by_the_reader(
+    client: TestClient, storage: Storage
+):
     async with storage.pool.acquire() as conn, conn.transaction():
         await conn.execute("SET LOCAL ROLE roadfeed_writer")
         await conn.execute("INSERT INTO markings (kind, road, valid_from) VALUES ('road_closed', 'RD1', now())")
@@ -288,7 +320,8 @@ async def test_the_admin_api_has_its_own_openapi_document(shared: tuple[TestClie
     async with client.get("/api/v1/admin/openapi.json", headers=AUTH) as resp:
         document = await resp.json()
     assert document["openapi"].startswith("3.1")
-    assert set(document["paths"]) == {f"/api/v1/admin{p}" for p in (
-        "/sources", "/sources/{id}/run", "/quarantine", "/markings", "/markings/{id}")}
+    assert set(document["paths"]) == {
+        f"/api/v1/admin{p}" for p in ("/sources", "/sources/{id}/run", "/quarantine", "/markings", "/markings/{id}")
+    }
     async with client.get("/api/v1/openapi.json") as resp:  # the public document leaves them out
         assert not any(p.startswith("/api/v1/admin") for p in (await resp.json())["paths"])

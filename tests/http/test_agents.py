@@ -13,21 +13,27 @@ import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from feed.http import agents
+from agents_support import load_simulated_roads
 from feed.cli import main
 from feed.config import Config, PublicationConfig, ServerConfig
+from feed.http import agents
 from feed.http.app import build_app
 from feed.store.storage import Storage
-from agents_support import load_simulated_roads
 
 ADMIN = "ops-admin-token"
 PASSWORD = "correct horse battery"
-EVENT = {"kind": "works", "road": "RD613", "from": {"pr": 12}, "to": {"pr": 13, "abscissa": 200},
-         "description": {"fr": "Réfection de chaussée", "en": "Resurfacing"}}
+EVENT = {
+    "kind": "works",
+    "road": "RD613",
+    "from": {"pr": 12},
+    "to": {"pr": 13, "abscissa": 200},
+    "description": {"fr": "Réfection de chaussée", "en": "Resurfacing"},
+}
 
 
-def users(db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *argv: str,
-          stdin: str = "") -> tuple[int, str, str]:
+def users(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *argv: str, stdin: str = ""
+) -> tuple[int, str, str]:
     monkeypatch.setenv("ROADFEED_DATABASE_URL", db_url)
     monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
     code = main(["users", *argv])
@@ -36,12 +42,14 @@ def users(db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFi
 
 
 @pytest.fixture
-async def app(storage: Storage, db_url: str, monkeypatch: pytest.MonkeyPatch,
-              capsys: pytest.CaptureFixture[str]) -> AsyncIterator[tuple[TestClient, dict[str, str]]]:
+async def app(
+    storage: Storage, db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> AsyncIterator[tuple[TestClient, dict[str, str]]]:
     await load_simulated_roads(storage)
     for name, role in (("rita", "reader"), ("eddie", "editor"), ("ada", "administrator")):
-        code, _, err = users(db_url, monkeypatch, capsys, "add", name, "--role", role, "--password-stdin",
-                             stdin=PASSWORD + "\n")
+        code, _, err = users(
+            db_url, monkeypatch, capsys, "add", name, "--role", role, "--password-stdin", stdin=PASSWORD + "\n"
+        )
         assert code == 0, err
     tokens = {}
     for name in ("rita", "eddie"):
@@ -66,16 +74,33 @@ async def login(client: TestClient, username: str, password: str = PASSWORD) -> 
 
 
 def test_the_users_command(db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    assert users(db_url, monkeypatch, capsys, "add", "eve", "--role", "editor", "--display-name", "Ève M.",
-                 "--password-stdin", stdin=PASSWORD + "\n")[0] == 0
-    code, _, err = users(db_url, monkeypatch, capsys, "add", "eve", "--role", "editor", "--password-stdin",
-                         stdin=PASSWORD + "\n")
+    assert (
+        users(
+            db_url,
+            monkeypatch,
+            capsys,
+            "add",
+            "eve",
+            "--role",
+            "editor",
+            "--display-name",
+            "Ève M.",
+            "--password-stdin",
+            stdin=PASSWORD + "\n",
+        )[0]
+        == 0
+    )
+    code, _, err = users(
+        db_url, monkeypatch, capsys, "add", "eve", "--role", "editor", "--password-stdin", stdin=PASSWORD + "\n"
+    )
     assert code == 2 and "already exists" in err
-    code, _, err = users(db_url, monkeypatch, capsys, "add", "bob", "--role", "editor", "--password-stdin",
-                         stdin="short\n")
+    code, _, err = users(
+        db_url, monkeypatch, capsys, "add", "bob", "--role", "editor", "--password-stdin", stdin="short\n"
+    )
     assert code == 2 and "at least 10 characters" in err
-    code, _, err = users(db_url, monkeypatch, capsys, "add", "Bad Name", "--role", "editor", "--password-stdin",
-                         stdin=PASSWORD + "\n")
+    code, _, err = users(
+        db_url, monkeypatch, capsys, "add", "Bad Name", "--role", "editor", "--password-stdin", stdin=PASSWORD + "\n"
+    )
     assert code == 2 and "username" in err
     code, out, _ = users(db_url, monkeypatch, capsys, "list")
     assert code == 0 and "eve" in out and "editor" in out and "active" in out and "Ève M." in out
@@ -140,8 +165,11 @@ async def test_sessions_need_their_csrf_token_for_writes(app: tuple[TestClient, 
 
 
 async def test_a_disabled_account_cannot_log_in_and_its_session_and_tokens_stop(
-        app: tuple[TestClient, dict[str, str]], db_url: str, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    app: tuple[TestClient, dict[str, str]],
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     client, tokens = app
     status, session = await login(client, "eddie")
     assert status == 200
@@ -162,10 +190,14 @@ async def test_routes_that_need_the_database_answer_503_without_it(db_url: str) 
     await client.start_server()
     try:
         store.pool.terminate()  # the database is gone for this application
-        for method, path, body in [("GET", "/api/v1/roads", None), ("GET", "/api/v1/roads/RD613/pr", None),
-                                   ("GET", "/api/v1/road-conditions", None), ("GET", "/api/v1/markings", None),
-                                   ("POST", "/api/v1/events", EVENT), ("POST", "/api/v1/session",
-                                                                      {"username": "a", "password": "b"})]:
+        for method, path, body in [
+            ("GET", "/api/v1/roads", None),
+            ("GET", "/api/v1/roads/RD613/pr", None),
+            ("GET", "/api/v1/road-conditions", None),
+            ("GET", "/api/v1/markings", None),
+            ("POST", "/api/v1/events", EVENT),
+            ("POST", "/api/v1/session", {"username": "a", "password": "b"}),
+        ]:
             async with client.request(method, path, json=body, headers=bearer(ADMIN)) as resp:
                 assert resp.status == 503, (method, path, await resp.text())
                 assert resp.headers["Retry-After"] == "10"

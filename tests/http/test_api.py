@@ -24,23 +24,40 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from multidict import MultiDict
 
-from feed.http import api, documents, params
-from feed.store import history
 from feed.config import Config, DatabaseConfig, SourceConfig
-from feed.publish.publisher import FeedPublisher
+from feed.http import api, documents, params
 from feed.http.app import build_app
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
+from feed.publish.publisher import FeedPublisher
+from feed.store import history
 from feed.store.storage import RunStats, Storage
 from long_mode import examples, seconds
 
 PARIS = ZoneInfo("Europe/Paris")
-CONFIG = Config(sources=[
-    SourceConfig(id="cnt", kind="comptage-mobilites", url="http://127.0.0.1:9/cnt", interval=300),
-    SourceConfig(id="cd34", kind="datex2", url="http://127.0.0.1:9/cd34", interval=60),
-    SourceConfig(id="idle", kind="datex2", url="http://127.0.0.1:9/idle", interval=120),
-])
-SITE_FIELDS = {"id", "external_id", "source", "name", "road", "pr", "abscissa", "insee", "lon", "lat", "directions",
-               "vehicle_classes", "channels", "first_data", "last_data"}
+CONFIG = Config(
+    sources=[
+        SourceConfig(id="cnt", kind="comptage-mobilites", url="http://127.0.0.1:9/cnt", interval=300),
+        SourceConfig(id="cd34", kind="datex2", url="http://127.0.0.1:9/cd34", interval=60),
+        SourceConfig(id="idle", kind="datex2", url="http://127.0.0.1:9/idle", interval=120),
+    ]
+)
+SITE_FIELDS = {
+    "id",
+    "external_id",
+    "source",
+    "name",
+    "road",
+    "pr",
+    "abscissa",
+    "insee",
+    "lon",
+    "lat",
+    "directions",
+    "vehicle_classes",
+    "channels",
+    "first_data",
+    "last_data",
+}
 CHANNEL_FIELDS = {"id", "external_id", "direction", "vehicle_class", "time_step"}
 POINT_FIELDS = ["period", "count", "coverage", "estimated_share", "speed", "invalid", "invalid_reasons"]
 JULY1 = datetime(2025, 7, 1, tzinfo=PARIS)
@@ -96,9 +113,15 @@ def s2_rows(ids: dict[str, int]) -> list[Row]:
 
 def event(ext: str, **changes: Any) -> EventRecord:
     fields: dict[str, Any] = dict(
-        external_id=ext, type="roadworks", status="active", severity="medium",
-        actual_start=datetime(2025, 7, 2, 8, tzinfo=PARIS), road="RD613", direction="both",
-        geometry=Geometry(type="Point", coordinates=[3.69, 43.51]), descriptions={"fr": "Travaux"},
+        external_id=ext,
+        type="roadworks",
+        status="active",
+        severity="medium",
+        actual_start=datetime(2025, 7, 2, 8, tzinfo=PARIS),
+        road="RD613",
+        direction="both",
+        geometry=Geometry(type="Point", coordinates=[3.69, 43.51]),
+        descriptions={"fr": "Travaux"},
     )
     return EventRecord(**{**fields, **changes})
 
@@ -114,44 +137,112 @@ async def seed(storage: Storage) -> Seeded:
     for s in CONFIG.sources[:2]:
         await storage.ensure_source(s.id, s.kind, s.url)
     sites = [
-        SiteRecord(external_id="S1", name="RD613 Montbazin", road="RD613", insee="34165", lon=3.69, lat=43.51,
-                   metadata={"commune": "Montbazin"}),
-        SiteRecord(external_id="S2", name="RD986 Saint-Gély", road="RD 986", insee="34255", lon=3.80, lat=43.69,
-                   metadata={"commune": "Saint-Gély-du-Fesc"}),
-        *[SiteRecord(external_id=f"X{i}", name=f"site {i}", road=f"RD{i}", lon=3.0 + i / 100, lat=43.3)
-          for i in range(3, 12)],
+        SiteRecord(
+            external_id="S1",
+            name="RD613 Montbazin",
+            road="RD613",
+            insee="34165",
+            lon=3.69,
+            lat=43.51,
+            metadata={"commune": "Montbazin"},
+        ),
+        SiteRecord(
+            external_id="S2",
+            name="RD986 Saint-Gély",
+            road="RD 986",
+            insee="34255",
+            lon=3.80,
+            lat=43.69,
+            metadata={"commune": "Saint-Gély-du-Fesc"},
+        ),
+        *[
+            SiteRecord(external_id=f"X{i}", name=f"site {i}", road=f"RD{i}", lon=3.0 + i / 100, lat=43.3)
+            for i in range(3, 12)
+        ],
     ]
     await storage.upsert_sites("cnt", sites)
-    await storage.upsert_channels("cnt", [
-        *[ChannelRecord(site_external_id="S1", external_id=f"S1-{d}-{c}", direction=d, vehicle_class=c,
-                        direction_name={"N": "vers Montpellier", "S": "vers Sète"}[d], time_step=3600)
-          for d in ("N", "S") for c in ("light", "heavy")],
-        *[ChannelRecord(site_external_id="S2", external_id=f"S2-{d}", direction=d, time_step=900)
-          for d in ("N", "S")],
-    ])
+    await storage.upsert_channels(
+        "cnt",
+        [
+            *[
+                ChannelRecord(
+                    site_external_id="S1",
+                    external_id=f"S1-{d}-{c}",
+                    direction=d,
+                    vehicle_class=c,
+                    direction_name={"N": "vers Montpellier", "S": "vers Sète"}[d],
+                    time_step=3600,
+                )
+                for d in ("N", "S")
+                for c in ("light", "heavy")
+            ],
+            *[
+                ChannelRecord(site_external_id="S2", external_id=f"S2-{d}", direction=d, time_step=900)
+                for d in ("N", "S")
+            ],
+        ],
+    )
     ids = await storage.channel_ids("cnt")
     rows = s1_rows(ids) + s2_rows(ids)
     await storage.ingest_measurements(rows)
     site_ids = await storage.site_ids("cnt", [s.external_id for s in sites])
 
     t0 = datetime(2025, 7, 2, 8, tzinfo=PARIS)
-    await storage.upsert_events("cd34", [
-        event("works"),
-        event("crash", type="accident", road="RD2", severity="high",
-              geometry=Geometry(type="Point", coordinates=[3.9, 43.6]), actual_start=t0 + timedelta(hours=2)),
-        event("a/b", type="closure", status="planned", actual_start=None,
-              planned_start=datetime(2025, 9, 1, tzinfo=PARIS), planned_end=datetime(2025, 9, 5, tzinfo=PARIS)),
-    ], seen_at=t0)
-    await storage.upsert_events("cd34", [event("works", severity="high", lanes_affected="1")],
-                                seen_at=t0 + timedelta(hours=5))
-    await storage.upsert_events("cd34", [event("works", status="ended", severity="high", lanes_affected="1",
-                                               actual_end=datetime(2025, 7, 4, 18, tzinfo=PARIS))],
-                                seen_at=datetime(2025, 7, 4, 18, tzinfo=PARIS))
+    await storage.upsert_events(
+        "cd34",
+        [
+            event("works"),
+            event(
+                "crash",
+                type="accident",
+                road="RD2",
+                severity="high",
+                geometry=Geometry(type="Point", coordinates=[3.9, 43.6]),
+                actual_start=t0 + timedelta(hours=2),
+            ),
+            event(
+                "a/b",
+                type="closure",
+                status="planned",
+                actual_start=None,
+                planned_start=datetime(2025, 9, 1, tzinfo=PARIS),
+                planned_end=datetime(2025, 9, 5, tzinfo=PARIS),
+            ),
+        ],
+        seen_at=t0,
+    )
+    await storage.upsert_events(
+        "cd34", [event("works", severity="high", lanes_affected="1")], seen_at=t0 + timedelta(hours=5)
+    )
+    await storage.upsert_events(
+        "cd34",
+        [
+            event(
+                "works",
+                status="ended",
+                severity="high",
+                lanes_affected="1",
+                actual_end=datetime(2025, 7, 4, 18, tzinfo=PARIS),
+            )
+        ],
+        seen_at=datetime(2025, 7, 4, 18, tzinfo=PARIS),
+    )
     for i in range(8):
-        await storage.upsert_events("cd34", [event(f"old{i}", type="weather", road=None, geometry=None,
-                                                   status="ended", actual_start=datetime(2024, 1, 1 + i, tzinfo=PARIS),
-                                                   actual_end=datetime(2024, 1, 1 + i, 12, tzinfo=PARIS))],
-                                    seen_at=datetime(2024, 1, 1 + i, tzinfo=PARIS))
+        await storage.upsert_events(
+            "cd34",
+            [
+                event(
+                    f"old{i}",
+                    type="weather",
+                    road=None,
+                    geometry=None,
+                    status="ended",
+                    actual_start=datetime(2024, 1, 1 + i, tzinfo=PARIS),
+                    actual_end=datetime(2024, 1, 1 + i, 12, tzinfo=PARIS),
+                )
+            ],
+            seen_at=datetime(2024, 1, 1 + i, tzinfo=PARIS),
+        )
 
     run = await storage.start_run("cnt")
     await storage.finish_run(run, RunStats(http_status=200, bytes=1234, complete=True))
@@ -217,11 +308,18 @@ def expected_intervals(start: datetime, end: datetime, time_step: int) -> int:
     return max(1, seconds // time_step)
 
 
-def recompute(rows: list[Row], steps: dict[int, int], start: datetime, end: datetime, step: str,
-              rejected: dict[tuple[int, datetime], str] | None = None) -> list[dict]:
+def recompute(
+    rows: list[Row],
+    steps: dict[int, int],
+    start: datetime,
+    end: datetime,
+    step: str,
+    rejected: dict[tuple[int, datetime], str] | None = None,
+) -> list[dict]:
     """The series from raw rows alone (and the intervals validation rejected, with their
     reasons): what the API must return."""
     rejected = rejected or {}
+
     def bucket_of(t: datetime) -> datetime:
         local = t.astimezone(PARIS)
         if step == "hour":
@@ -234,9 +332,11 @@ def recompute(rows: list[Row], steps: dict[int, int], start: datetime, end: date
         if step == "hour":
             return b + timedelta(hours=1)
         d = b.astimezone(PARIS).date()
-        d = {"day": d + timedelta(days=1),
-             "month": date(d.year + d.month // 12, d.month % 12 + 1, 1),
-             "year": date(d.year + 1, 1, 1)}[step]
+        d = {
+            "day": d + timedelta(days=1),
+            "month": date(d.year + d.month // 12, d.month % 12 + 1, 1),
+            "year": date(d.year + 1, 1, 1),
+        }[step]
         return datetime(d.year, d.month, d.day, tzinfo=PARIS)
 
     agg: dict[datetime, list[float]] = defaultdict(lambda: [0, 0, 0, 0.0, 0])
@@ -262,15 +362,17 @@ def recompute(rows: list[Row], steps: dict[int, int], start: datetime, end: date
         n = next_of(b)
         expected = sum(expected_intervals(b, n, ts) for ts in steps.values() if step != "hour" or ts <= 3600)
         count, present, estimated, sws, sc = agg.get(b, [0, 0, 0, 0.0, 0])
-        out.append({
-            "period": b.astimezone(PARIS).isoformat() if step == "hour" else b.date().isoformat(),
-            "count": count if present else None,
-            "coverage": present / expected if expected else 0.0,
-            "estimated_share": estimated / present if present else None,
-            "speed": sws / sc if sc else None,  # exact: the API rounds its own sum to 0.1
-            "invalid": len(reasons.get(b, [])),
-            "invalid_reasons": ",".join(sorted(set(reasons.get(b, [])))),
-        })
+        out.append(
+            {
+                "period": b.astimezone(PARIS).isoformat() if step == "hour" else b.date().isoformat(),
+                "count": count if present else None,
+                "coverage": present / expected if expected else 0.0,
+                "estimated_share": estimated / present if present else None,
+                "speed": sws / sc if sc else None,  # exact: the API rounds its own sum to 0.1
+                "invalid": len(reasons.get(b, [])),
+                "invalid_reasons": ",".join(sorted(set(reasons.get(b, [])))),
+            }
+        )
         b = n
     return out
 
@@ -301,11 +403,11 @@ async def test_sites_carry_the_contract_fields_licence_and_method(env: Env):
     assert_document(doc)
     assert doc["next_cursor"] is None and len(doc["sites"]) == 11
     s1 = next(s for s in doc["sites"] if s["external_id"] == "S1")
-    assert SITE_FIELDS <= set(s1)
+    assert set(s1) >= SITE_FIELDS
     assert s1["source"] == "cnt" and s1["road"] == "RD613" and s1["insee"] == "34165"
     assert (s1["lon"], s1["lat"]) == (3.69, 43.51)
     assert s1["directions"] == ["N", "S"] and s1["vehicle_classes"] == ["light", "heavy"]
-    assert len(s1["channels"]) == 4 and all(CHANNEL_FIELDS <= set(c) for c in s1["channels"])
+    assert len(s1["channels"]) == 4 and all(set(c) >= CHANNEL_FIELDS for c in s1["channels"])
     assert s1["first_data"] == "2025-07-01T00:00:00+02:00"
     assert s1["last_data"] == "2025-07-11T00:00:00+02:00"  # end of the last hourly interval
     s2 = next(s for s in doc["sites"] if s["external_id"] == "S2")
@@ -314,16 +416,19 @@ async def test_sites_carry_the_contract_fields_licence_and_method(env: Env):
     assert empty["channels"] == [] and empty["first_data"] is None and empty["last_data"] is None
 
 
-@pytest.mark.parametrize(("query", "expected"), [
-    ("road=RD613", ["S1"]),
-    ("road=rd986", ["S2"]),  # "RD 986": spaces and case do not matter
-    ("road=RD613,RD 986", ["S1", "S2"]),
-    ("commune=34165", ["S1"]),
-    ("commune=saint-gély-du-fesc", ["S2"]),
-    ("bbox=3.6,43.4,3.75,43.6", ["S1"]),
-    ("bbox=3.6,43.4,3.9,43.7&road=RD986", ["S2"]),
-    ("road=A9", []),
-])
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("road=RD613", ["S1"]),
+        ("road=rd986", ["S2"]),  # "RD 986": spaces and case do not matter
+        ("road=RD613,RD 986", ["S1", "S2"]),
+        ("commune=34165", ["S1"]),
+        ("commune=saint-gély-du-fesc", ["S2"]),
+        ("bbox=3.6,43.4,3.75,43.6", ["S1"]),
+        ("bbox=3.6,43.4,3.9,43.7&road=RD986", ["S2"]),
+        ("road=A9", []),
+    ],
+)
 async def test_sites_filters(env: Env, query: str, expected: list[str]):
     doc = await get_json(env.client, f"/api/v1/sites?{query}")
     assert [s["external_id"] for s in doc["sites"]] == expected
@@ -347,7 +452,7 @@ async def test_site_by_id_and_404s(env: Env):
     sid = env.seeded.site_ids["S2"]
     doc = await get_json(env.client, f"/api/v1/sites/{sid}")
     assert_document(doc)
-    assert SITE_FIELDS <= set(doc) and doc["external_id"] == "S2"
+    assert set(doc) >= SITE_FIELDS and doc["external_id"] == "S2"
     for bad in ("999999", "S2", "99999999999999"):
         missing = await get_json(env.client, f"/api/v1/sites/{bad}", 404)
         assert missing["error"] == "not_found" and missing["parameter"] == "id" and missing["value"] == bad
@@ -358,8 +463,9 @@ async def test_site_by_id_and_404s(env: Env):
 
 
 def _steps(env: Env, prefix: str) -> dict[int, int]:
-    return {cid: (3600 if name.startswith("S1") else 900) for name, cid in env.seeded.ids.items()
-            if name.startswith(prefix)}
+    return {
+        cid: (3600 if name.startswith("S1") else 900) for name, cid in env.seeded.ids.items() if name.startswith(prefix)
+    }
 
 
 async def test_daily_counts_equal_the_raw_rows_and_show_gaps(env: Env):
@@ -375,28 +481,40 @@ async def test_daily_counts_equal_the_raw_rows_and_show_gaps(env: Env):
     assert by_day["2025-07-05"]["coverage"] == 0.5
     assert by_day["2025-07-06"]["estimated_share"] == pytest.approx(2 / 24)
     assert by_day["2025-07-07"]["coverage"] == pytest.approx(95 / 96)
-    assert by_day["2025-07-11"] == {"period": "2025-07-11", "count": None, "coverage": 0.0,
-                                    "estimated_share": None, "speed": None, "invalid": 0, "invalid_reasons": ""}
+    assert by_day["2025-07-11"] == {
+        "period": "2025-07-11",
+        "count": None,
+        "coverage": 0.0,
+        "estimated_share": None,
+        "speed": None,
+        "invalid": 0,
+        "invalid_reasons": "",
+    }
 
 
 async def test_hour_month_and_year_steps_equal_the_raw_rows(env: Env):
     sid = env.seeded.site_ids["S2"]
     steps = _steps(env, "S2")
-    for step, a, b in (("hour", "2025-07-02T08:00", "2025-07-02T14:00"), ("month", "2025-06", "2025-09"),
-                       ("year", "2025", "2026")):
+    for step, a, b in (
+        ("hour", "2025-07-02T08:00", "2025-07-02T14:00"),
+        ("month", "2025-06", "2025-09"),
+        ("year", "2025", "2026"),
+    ):
         doc = await get_json(env.client, f"/api/v1/sites/{sid}/counts?from={a}&to={b}&step={step}")
         start = params.parse_instant("from", a, PARIS)
         end = params.parse_instant("to", b, PARIS)
         assert_points(doc["points"], recompute(env.seeded.rows, steps, start, end, step))
-    hours = (await get_json(env.client, f"/api/v1/sites/{sid}/counts?from=2025-07-02T09:00&to=2025-07-02T13:00"
-                                        "&step=hour"))["points"]
+    hours = (
+        await get_json(env.client, f"/api/v1/sites/{sid}/counts?from=2025-07-02T09:00&to=2025-07-02T13:00&step=hour")
+    )["points"]
     assert [p["coverage"] for p in hours] == [1.0, 0.5, 0.5, 1.0]  # the south channel is silent 10:00-12:00
 
 
 async def test_direction_and_vehicle_class_choose_channels(env: Env):
     sid = env.seeded.site_ids["S1"]
-    doc = await get_json(env.client, f"/api/v1/sites/{sid}/counts?from=2025-07-01&to=2025-07-02"
-                                     "&direction=N&vehicle_class=heavy")
+    doc = await get_json(
+        env.client, f"/api/v1/sites/{sid}/counts?from=2025-07-01&to=2025-07-02&direction=N&vehicle_class=heavy"
+    )
     assert doc["direction"] == "N" and doc["vehicle_class"] == "heavy"
     assert doc["points"][0]["count"] == sum(10 + h % 7 for h in range(24))
     total = await get_json(env.client, f"/api/v1/sites/{sid}/counts?from=2025-07-01&to=2025-07-02")
@@ -414,8 +532,11 @@ async def test_direction_and_vehicle_class_choose_channels(env: Env):
 
 async def test_json_csv_and_parquet_hold_the_same_numbers(env: Env):
     sid = env.seeded.site_ids["S1"]
-    for step, a, b in (("hour", "2025-07-05T06:00", "2025-07-05T18:00"), ("day", "2025-06-28", "2025-07-12"),
-                       ("month", "2025-07", "2025-08")):
+    for step, a, b in (
+        ("hour", "2025-07-05T06:00", "2025-07-05T18:00"),
+        ("day", "2025-06-28", "2025-07-12"),
+        ("month", "2025-07", "2025-08"),
+    ):
         base = f"/api/v1/sites/{sid}/counts?from={a}&to={b}&step={step}"
         points = (await get_json(env.client, base))["points"]
 
@@ -431,7 +552,8 @@ async def test_json_csv_and_parquet_hold_the_same_numbers(env: Env):
         assert [r["period"] for r in rows] == [p["period"] for p in points]
         if step == "hour":
             assert [datetime.fromisoformat(r["period_utc"]) for r in rows] == [
-                datetime.fromisoformat(r["period"]) for r in rows]
+                datetime.fromisoformat(r["period"]) for r in rows
+            ]
         for r, p in zip(rows, points, strict=True):
             assert (int(r["count"]) if r["count"] else None) == p["count"]
             assert float(r["coverage"]) == p["coverage"]
@@ -470,19 +592,22 @@ async def test_hourly_csv_has_a_utc_column_that_parses_across_dst_changes(env: E
     assert rows[0][:2] == ["période", "période_utc"] and [r[1] for r in rows[1:]] == list(frame["period_utc"])
 
 
-@pytest.mark.parametrize(("query", "parameter"), [
-    ("from=2025-01-01&to=2025-06-01&step=hour", "to"),  # > 93 days of hours
-    ("from=2020-01-01&to=2025-01-01&step=day", "to"),  # > 3 years of days
-    ("from=1980-01&to=2025-01&step=month", "to"),  # > 30 years of months
-    ("from=2025-07-02&to=2025-07-01", "to"),
-    ("from=2025-07-01&to=2025-07-01", "to"),
-    ("from=yesterday", "from"),
-    ("from=2025-13-01", "from"),
-    ("to=0999-01-01", "to"),
-    ("step=week", "step"),
-    ("format=xlsx", "format"),
-    ("step=day&step=hour", "step"),
-])
+@pytest.mark.parametrize(
+    ("query", "parameter"),
+    [
+        ("from=2025-01-01&to=2025-06-01&step=hour", "to"),  # > 93 days of hours
+        ("from=2020-01-01&to=2025-01-01&step=day", "to"),  # > 3 years of days
+        ("from=1980-01&to=2025-01&step=month", "to"),  # > 30 years of months
+        ("from=2025-07-02&to=2025-07-01", "to"),
+        ("from=2025-07-01&to=2025-07-01", "to"),
+        ("from=yesterday", "from"),
+        ("from=2025-13-01", "from"),
+        ("to=0999-01-01", "to"),
+        ("step=week", "step"),
+        ("format=xlsx", "format"),
+        ("step=day&step=hour", "step"),
+    ],
+)
 async def test_counts_refusals_name_the_parameter(env: Env, query: str, parameter: str):
     sid = env.seeded.site_ids["S1"]
     doc = await get_json(env.client, f"/api/v1/sites/{sid}/counts?{query}", 400)
@@ -494,8 +619,7 @@ async def test_range_limit_is_per_step_and_says_so(env: Env):
     sid = env.seeded.site_ids["S1"]
     ok = await get_json(env.client, f"/api/v1/sites/{sid}/counts?from=2025-04-01&to=2025-07-03&step=hour")
     assert len(ok["points"]) == 93 * 24 - 0  # exactly the limit (no DST change in between)
-    doc = await get_json(env.client, f"/api/v1/sites/{sid}/counts?from=2025-04-01&to=2025-07-03T01:00&step=hour",
-                         400)
+    doc = await get_json(env.client, f"/api/v1/sites/{sid}/counts?from=2025-04-01&to=2025-07-03T01:00&step=hour", 400)
     assert "2232" in doc["detail"] and "93 days" in doc["expected"]
     assert doc["value"] == "2025-07-03T01:00"
 
@@ -544,13 +668,27 @@ async def test_random_series_equal_a_recomputation_from_raw_rows(env: Env, data,
     n = next(_example)
     ext = f"H{n}"
     await storage.upsert_sites("cnt", [SiteRecord(external_id=ext, name=ext)])
-    await storage.upsert_channels("cnt", [
-        ChannelRecord(site_external_id=ext, external_id=f"{ext}-{i}", direction=f"D{i}", time_step=ts)
-        for i, ts in enumerate(steps)])
+    await storage.upsert_channels(
+        "cnt",
+        [
+            ChannelRecord(site_external_id=ext, external_id=f"{ext}-{i}", direction=f"D{i}", time_step=ts)
+            for i, ts in enumerate(steps)
+        ],
+    )
     ids = await storage.channel_ids("cnt", [f"{ext}-{i}" for i in range(len(steps))])
     start = datetime(2025, 3, 29, tzinfo=PARIS)
-    rows = [(ids[f"{ext}-{i}"], (start + timedelta(seconds=k * steps[i])).astimezone(UTC), steps[i], count, speed,
-             None, quality) for i, k, count, speed, quality in intervals]
+    rows = [
+        (
+            ids[f"{ext}-{i}"],
+            (start + timedelta(seconds=k * steps[i])).astimezone(UTC),
+            steps[i],
+            count,
+            speed,
+            None,
+            quality,
+        )
+        for i, k, count, speed, quality in intervals
+    ]
     # Intervals follow real time, so the 23-hour day shifts the later ones; keep those inside the 3 days.
     end = datetime(2025, 4, 1, tzinfo=PARIS)
     rows = [r for r in rows if r[1] < end]
@@ -561,15 +699,28 @@ async def test_random_series_equal_a_recomputation_from_raw_rows(env: Env, data,
     sid = (await storage.site_ids("cnt", [ext]))[ext]
     channel_steps = {ids[f"{ext}-{i}"]: ts for i, ts in enumerate(steps)}
     # Intervals the plausibility tests rejected (e.g. a direction silent while another flows) are not present.
-    rejected = {(r["channel_id"], r["start"]): r["flag"] for r in await storage.pool.fetch(
-        "SELECT channel_id, start, flag FROM measurements "
-        "WHERE channel_id = ANY($1::int[]) AND validation = 'invalid'",
-        list(channel_steps))}
-    for step, a, b in (("hour", "2025-03-29T20:00", "2025-03-31T04:00"), ("day", "2025-03-28", "2025-04-02"),
-                       ("month", "2025-03", "2025-05")):
+    rejected = {
+        (r["channel_id"], r["start"]): r["flag"]
+        for r in await storage.pool.fetch(
+            "SELECT channel_id, start, flag FROM measurements "
+            "WHERE channel_id = ANY($1::int[]) AND validation = 'invalid'",
+            list(channel_steps),
+        )
+    }
+    for step, a, b in (
+        ("hour", "2025-03-29T20:00", "2025-03-31T04:00"),
+        ("day", "2025-03-28", "2025-04-02"),
+        ("month", "2025-03", "2025-05"),
+    ):
         doc = await get_json(env.client, f"/api/v1/sites/{sid}/counts?from={a}&to={b}&step={step}")
-        want = recompute(rows, channel_steps, params.parse_instant("from", a, PARIS),
-                         params.parse_instant("to", b, PARIS), step, rejected)
+        want = recompute(
+            rows,
+            channel_steps,
+            params.parse_instant("from", a, PARIS),
+            params.parse_instant("to", b, PARIS),
+            step,
+            rejected,
+        )
         assert_points(doc["points"], want)
 
 
@@ -580,7 +731,9 @@ async def test_directions_are_shown_with_the_names_their_source_gives(env: Env):
     site = await get_json(env.client, f"/api/v1/sites/{s1}")
     assert site["direction_names"] == {"N": "vers Montpellier", "S": "vers Sète"}
     assert {(c["direction"], c["direction_name"]) for c in site["channels"]} == {
-        ("N", "vers Montpellier"), ("S", "vers Sète")}
+        ("N", "vers Montpellier"),
+        ("S", "vers Sète"),
+    }
     for direction, name in (("S", "vers Sète"), ("all", None)):
         path = f"/api/v1/sites/{s1}/counts?from=2025-07-01&to=2025-07-02&direction={direction}"
         doc = await get_json(env.client, path)
@@ -597,15 +750,31 @@ async def test_annual_table_applies_the_threshold_and_its_override(env: Env):
     assert_document(doc)
     assert doc["year"] == 2025 and doc["threshold"] == 0.95
     rows = {r["external_id"]: r for r in doc["rows"]}
-    assert set(rows["S1"]) == {"site_id", "external_id", "name", "road", "tmja", "tmjo", "heavy_share",
-                               "mean_speed", "days_valid", "days_excluded", "mean_coverage"}
+    assert set(rows["S1"]) == {
+        "site_id",
+        "external_id",
+        "name",
+        "road",
+        "tmja",
+        "tmjo",
+        "heavy_share",
+        "mean_speed",
+        "days_valid",
+        "days_excluded",
+        "mean_coverage",
+    }
     s1 = rows["S1"]
     # July 1-10 except July 5 (half a day) and July 7 (one interval missing: 95/96 >= 0.95 still counts).
     assert s1["days_valid"] == 9 and s1["days_excluded"] == 365 - 9
     valid_days = [d for d in range(1, 11) if d != 5]
-    daily = [sum(r[3] or 0 for r in env.seeded.rows
-                 if r[0] in _steps(env, "S1") and r[1].astimezone(PARIS).day == d
-                 and r[6] in ("observed", "estimated")) for d in valid_days]
+    daily = [
+        sum(
+            r[3] or 0
+            for r in env.seeded.rows
+            if r[0] in _steps(env, "S1") and r[1].astimezone(PARIS).day == d and r[6] in ("observed", "estimated")
+        )
+        for d in valid_days
+    ]
     assert s1["tmja"] == pytest.approx(sum(daily) / len(daily), abs=0.05)
     working = [c for d, c in zip(valid_days, daily, strict=True) if date(2025, 7, d).isoweekday() <= 5]
     assert s1["tmjo"] == pytest.approx(sum(working) / len(working), abs=0.05)
@@ -628,15 +797,31 @@ async def test_annual_formats_and_refusals(env: Env):
     response = await env.client.get("/api/v1/annual?year=2025&format=parquet")
     table = pq.read_table(io.BytesIO(await response.read()))
     assert table.to_pylist() == doc["rows"]
-    for query, parameter in (("", "year"), ("year=abc", "year"), ("year=2025&threshold=1.5", "threshold"),
-                             ("year=2025&threshold=nan", "threshold"), ("year=2025&format=xml", "format")):
+    for query, parameter in (
+        ("", "year"),
+        ("year=abc", "year"),
+        ("year=2025&threshold=1.5", "threshold"),
+        ("year=2025&threshold=nan", "threshold"),
+        ("year=2025&format=xml", "format"),
+    ):
         assert_bad(await get_json(env.client, f"/api/v1/annual?{query}", 400), parameter)
 
 
-@pytest.mark.parametrize(("q", "expected"), [
-    ("rd613", {"S1"}), ("  SAINT-GELY ", {"S2"}), ("gély", {"S2"}), ("RD 986", {"S2"}), ("x1", {"X10", "X11"}),
-    ("site 1", {"X10", "X11"}), ("montbazin rd613 s1", {"S1"}), ("montbazin s1", set()), ("none", set()), ("", None),
-])
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        ("rd613", {"S1"}),
+        ("  SAINT-GELY ", {"S2"}),
+        ("gély", {"S2"}),
+        ("RD 986", {"S2"}),
+        ("x1", {"X10", "X11"}),
+        ("site 1", {"X10", "X11"}),
+        ("montbazin rd613 s1", {"S1"}),
+        ("montbazin s1", set()),
+        ("none", set()),
+        ("", None),
+    ],
+)
 async def test_annual_filter_q_gives_the_same_rows_in_every_format(env: Env, q: str, expected: set[str] | None):
     """q is the page's table filter: accents and case ignored over `name road external_id`; JSON, CSV (both
     dialects) and Parquet hold exactly the rows the unfiltered table has that match, in its order."""
@@ -669,8 +854,7 @@ async def test_events_come_with_every_version(env: Env):
     assert set(events) == {"cd34:works", "cd34:crash"}  # the closure is planned for September
     works = events["cd34:works"]
     assert works["status"] == "ended" and works["version"] == 3
-    assert [(v["version"], v["change"]) for v in works["versions"]] == [(1, "created"), (2, "updated"),
-                                                                         (3, "ended")]
+    assert [(v["version"], v["change"]) for v in works["versions"]] == [(1, "created"), (2, "updated"), (3, "ended")]
     assert works["versions"][0]["severity"] == "medium" and works["versions"][1]["severity"] == "high"
     assert all(v["recorded"].endswith("Z") and v["id"] == "cd34:works" for v in works["versions"])
 
@@ -681,15 +865,18 @@ async def test_events_come_with_every_version(env: Env):
     assert missing["error"] == "not_found" and missing["value"] == "cd34:nope"
 
 
-@pytest.mark.parametrize(("query", "expected"), [
-    ("from=2025-07-05", ["cd34:a/b", "cd34:crash"]),  # works ended on July 4
-    ("to=2024-06-01", [f"cd34:old{i}" for i in range(8)]),
-    ("type=accident,closure", ["cd34:a/b", "cd34:crash"]),
-    ("status=ended&from=2025-01-01", ["cd34:works"]),
-    ("road=rd2", ["cd34:crash"]),
-    ("bbox=3.8,43.5,4.0,43.7", ["cd34:crash"]),
-    ("from=2025-09-02&to=2025-09-03&status=planned", ["cd34:a/b"]),
-])
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("from=2025-07-05", ["cd34:a/b", "cd34:crash"]),  # works ended on July 4
+        ("to=2024-06-01", [f"cd34:old{i}" for i in range(8)]),
+        ("type=accident,closure", ["cd34:a/b", "cd34:crash"]),
+        ("status=ended&from=2025-01-01", ["cd34:works"]),
+        ("road=rd2", ["cd34:crash"]),
+        ("bbox=3.8,43.5,4.0,43.7", ["cd34:crash"]),
+        ("from=2025-09-02&to=2025-09-03&status=planned", ["cd34:a/b"]),
+    ],
+)
 async def test_events_filters(env: Env, query: str, expected: list[str]):
     doc = await get_json(env.client, f"/api/v1/events?{query}")
     assert [e["id"] for e in doc["events"]] == expected
@@ -707,19 +894,22 @@ async def test_events_pagination_walks_every_event_exactly_once(env: Env):
     assert len(seen) == 11 and seen == sorted(set(seen))
 
 
-@pytest.mark.parametrize(("path", "parameter"), [
-    ("/api/v1/events?type=fire", "type"),
-    ("/api/v1/events?status=open", "status"),
-    ("/api/v1/events?limit=0", "limit"),
-    ("/api/v1/events?limit=501", "limit"),
-    ("/api/v1/events?limit=ten", "limit"),
-    ("/api/v1/events?bbox=3,44,2,43", "bbox"),
-    ("/api/v1/events?from=2025-07-02&to=2025-07-01", "to"),
-    ("/api/v1/events?cursor=%%%", "cursor"),
-    ("/api/v1/sites?limit=1001", "limit"),
-    ("/api/v1/sites?cursor=bm90LWpzb24", "cursor"),
-    ("/api/v1/sites?bbox=1,2,3", "bbox"),
-])
+@pytest.mark.parametrize(
+    ("path", "parameter"),
+    [
+        ("/api/v1/events?type=fire", "type"),
+        ("/api/v1/events?status=open", "status"),
+        ("/api/v1/events?limit=0", "limit"),
+        ("/api/v1/events?limit=501", "limit"),
+        ("/api/v1/events?limit=ten", "limit"),
+        ("/api/v1/events?bbox=3,44,2,43", "bbox"),
+        ("/api/v1/events?from=2025-07-02&to=2025-07-01", "to"),
+        ("/api/v1/events?cursor=%%%", "cursor"),
+        ("/api/v1/sites?limit=1001", "limit"),
+        ("/api/v1/sites?cursor=bm90LWpzb24", "cursor"),
+        ("/api/v1/sites?bbox=1,2,3", "bbox"),
+    ],
+)
 async def test_list_refusals(env: Env, path: str, parameter: str):
     assert_bad(await get_json(env.client, path, 400), parameter)
 
@@ -768,6 +958,7 @@ async def test_statement_timeout_bounds_every_api_query(env: Env, monkeypatch: p
     client = app_client(env.storage, config)
     await client.start_server()
     try:
+
         async def slow_sites(conn, *args, **kwargs):
             assert await conn.fetchval("SHOW statement_timeout") == "150ms"
             await conn.execute("SELECT pg_sleep(2)")
@@ -792,8 +983,9 @@ def test_cursor_round_trip_and_period_arithmetic():
     spring = datetime(2025, 3, 30, tzinfo=PARIS)
     assert params.shift(spring, "day", 1, PARIS) == datetime(2025, 3, 31, tzinfo=PARIS)
     assert params.count_periods(spring, params.shift(spring, "hour", 24, PARIS), "hour", PARIS) == 24
-    assert params.ceil_to(datetime(2025, 3, 30, 12, 30, tzinfo=PARIS), "day", PARIS) == datetime(2025, 3, 31,
-                                                                                              tzinfo=PARIS)
+    assert params.ceil_to(datetime(2025, 3, 30, 12, 30, tzinfo=PARIS), "day", PARIS) == datetime(
+        2025, 3, 31, tzinfo=PARIS
+    )
     assert params.floor_to(datetime(2025, 7, 17, 9, tzinfo=PARIS), "month", PARIS) == JULY1
 
 
@@ -810,8 +1002,15 @@ async def test_french_csv_opens_in_columns_with_decimal_commas_and_says_what_it_
     body = await response.read()
     assert body.startswith("\ufeff".encode())
     rows = list(csv.reader(io.StringIO(body.decode("utf-8-sig")), delimiter=";"))
-    assert rows[0] == ["période", "comptage", "couverture", "part_estimée", "vitesse_moyenne_kmh",
-                       "intervalles_rejetés", "motifs_de_rejet"]
+    assert rows[0] == [
+        "période",
+        "comptage",
+        "couverture",
+        "part_estimée",
+        "vitesse_moyenne_kmh",
+        "intervalles_rejetés",
+        "motifs_de_rejet",
+    ]
     assert len(rows) == len(doc["points"]) + 1
     for row, p in zip(rows[1:], doc["points"], strict=True):
         assert row[0] == p["period"] and (int(row[1]) if row[1] else None) == p["count"]
@@ -834,8 +1033,13 @@ async def test_french_csv_opens_in_columns_with_decimal_commas_and_says_what_it_
 async def test_series_and_dictionary_explain_rejections_and_the_annual_figures(env: Env):
     sid = env.seeded.site_ids["S1"]
     method = (await get_json(env.client, f"/api/v1/sites/{sid}/counts?from=2025-07-01&to=2025-07-02"))["method"]
-    assert set(method["invalid_reasons"]) == {"spike", "stuck_zero", "silent_direction", "flat_line",
-                                              "class_inconsistent"}
+    assert set(method["invalid_reasons"]) == {
+        "spike",
+        "stuck_zero",
+        "silent_direction",
+        "flat_line",
+        "class_inconsistent",
+    }
     assert all(text["fr"] and text["en"] for text in method["invalid_reasons"].values())
     dictionary = (await get_json(env.client, "/api/v1/downloads/dictionary.json"))["method"]
     assert "public holidays" in dictionary["tmjo"] and "'fr' calendar" in dictionary["tmjo"]

@@ -14,20 +14,40 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from feed.config import Config
-from feed.publish.publisher import FeedPublisher
 from feed.http.app import build_app
-from feed.model import ChannelRecord, SiteRecord
 from feed.http.openapi import openapi_document
+from feed.model import ChannelRecord, SiteRecord
+from feed.publish.publisher import FeedPublisher
 from feed.store.storage import Storage
 
 CONFIG = Config()
 DOC = openapi_document(CONFIG)
 HOSTILE = st.one_of(
     st.text(max_size=40),
-    st.sampled_from(["'; DROP TABLE sites;--", "1 OR 1=1", "-1", "0", "99999999999999999999", "NaN", "inf",
-                     "2025-13-45", "2025-02-30T25:61", "1,2,3", "-200,-100,200,100", "../../etc/passwd", "%00",
-                     "=cmd|' /C calc'!A0", "{}", "[]", "null", "\u202e", "a" * 300]),
-    st.integers(-10**12, 10**12).map(str),
+    st.sampled_from(
+        [
+            "'; DROP TABLE sites;--",
+            "1 OR 1=1",
+            "-1",
+            "0",
+            "99999999999999999999",
+            "NaN",
+            "inf",
+            "2025-13-45",
+            "2025-02-30T25:61",
+            "1,2,3",
+            "-200,-100,200,100",
+            "../../etc/passwd",
+            "%00",
+            "=cmd|' /C calc'!A0",
+            "{}",
+            "[]",
+            "null",
+            "\u202e",
+            "a" * 300,
+        ]
+    ),
+    st.integers(-(10**12), 10**12).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(str),
 )
 
@@ -43,10 +63,12 @@ class NoFeeds(FeedPublisher):
 @pytest.fixture
 async def client(storage: Storage) -> AsyncIterator[TestClient]:
     await storage.ensure_source("cnt", "comptage-mobilites", "http://127.0.0.1:9/cnt")
-    await storage.upsert_sites("cnt", [SiteRecord(external_id="S1", name="Montbazin", road="RD613", lon=3.69,
-                                                   lat=43.51)])
-    await storage.upsert_channels("cnt", [ChannelRecord(site_external_id="S1", external_id="C1", direction="N",
-                                                        time_step=3600)])
+    await storage.upsert_sites(
+        "cnt", [SiteRecord(external_id="S1", name="Montbazin", road="RD613", lon=3.69, lat=43.51)]
+    )
+    await storage.upsert_channels(
+        "cnt", [ChannelRecord(site_external_id="S1", external_id="C1", direction="N", time_step=3600)]
+    )
     app = build_app(CONFIG, storage, publisher=NoFeeds(storage, CONFIG))
     async with TestClient(TestServer(app, host="127.0.0.1")) as c:
         yield c
@@ -60,8 +82,13 @@ def routes() -> list[tuple[str, list[str], list[str]]]:
             continue
         params = item.get("get", {}).get("parameters", []) + item.get("parameters", [])
         resolved = [p if "$ref" not in p else _ref(p["$ref"]) for p in params]
-        out.append((path, [p["name"] for p in resolved if p["in"] == "path"],
-                    [p["name"] for p in resolved if p["in"] == "query"]))
+        out.append(
+            (
+                path,
+                [p["name"] for p in resolved if p["in"] == "path"],
+                [p["name"] for p in resolved if p["in"] == "query"],
+            )
+        )
     return out
 
 

@@ -18,9 +18,9 @@ from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agents_support import ADMIN, agents_app
 from feed.http.campaigns import file_kind, parse_campaign, parse_comptage
 from feed.store.storage import Storage
-from agents_support import ADMIN, agents_app
 
 PARIS = ZoneInfo("Europe/Paris")
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -75,8 +75,9 @@ async def test_preview_then_import_with_a_bad_line(client: TestClient, storage: 
         report = await resp.json()
         assert resp.status == 201, report
     assert report["new"] == 3 * 48 and report["quarantined"] == 1 and report["source"] == "campaign-rd32-mars"
-    quarantine = await storage.pool.fetch("SELECT record_ref, reason FROM quarantine WHERE source_id = $1",
-                                          "campaign-rd32-mars")
+    quarantine = await storage.pool.fetch(
+        "SELECT record_ref, reason FROM quarantine WHERE source_id = $1", "campaign-rd32-mars"
+    )
     assert [q["record_ref"] for q in quarantine] == ["line 12"]
     async with client.get("/api/v1/sites?limit=10") as resp:
         sites = {s["external_id"]: s for s in (await resp.json())["sites"]}
@@ -94,8 +95,10 @@ async def test_preview_then_import_with_a_bad_line(client: TestClient, storage: 
 
 
 async def test_a_site_off_the_referential_is_reported_with_its_lines(client: TestClient, storage: Storage) -> None:
-    body = (HEADER + "Z9;ailleurs;RD32;700;0;;;N;all;2025-03-03 00:00;5\n"
-            "Z9;ailleurs;RD32;700;0;;;N;all;2025-03-03 01:00;6\n").encode()
+    body = (
+        HEADER + "Z9;ailleurs;RD32;700;0;;;N;all;2025-03-03 00:00;5\n"
+        "Z9;ailleurs;RD32;700;0;;;N;all;2025-03-03 01:00;6\n"
+    ).encode()
     async with client.post("/api/v1/campaigns?name=off-road", data=body, headers=AUTH) as resp:
         report = await resp.json()
     assert report["errors"][0]["line"] == "site Z9" and "has no PR 700" in report["errors"][0]["reason"]
@@ -103,9 +106,21 @@ async def test_a_site_off_the_referential_is_reported_with_its_lines(client: Tes
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 10**6), bad=st.lists(st.sampled_from([
-    "K1;;;;;;;N;all;2025-13-01 00:00;1\n", "K1;;;;;;;N;all;2025-03-03 00:00;x\n", ";;;;;;;N;all;2025-03-03 00:00;1\n",
-    "K1;;;;;;;;all;2025-03-03 00:00;1\n", "K1;;;;;;;N;all;2025-03-03 00:00;\n"]), max_size=6))
+@given(
+    seed=st.integers(0, 10**6),
+    bad=st.lists(
+        st.sampled_from(
+            [
+                "K1;;;;;;;N;all;2025-13-01 00:00;1\n",
+                "K1;;;;;;;N;all;2025-03-03 00:00;x\n",
+                ";;;;;;;N;all;2025-03-03 00:00;1\n",
+                "K1;;;;;;;;all;2025-03-03 00:00;1\n",
+                "K1;;;;;;;N;all;2025-03-03 00:00;\n",
+            ]
+        ),
+        max_size=6,
+    ),
+)
 def test_generated_files_lose_and_duplicate_nothing(seed: int, bad: list[str]) -> None:
     lines = good_lines(6)
     rng = random.Random(seed)
@@ -117,7 +132,8 @@ def test_generated_files_lose_and_duplicate_nothing(seed: int, bad: list[str]) -
     keys = [(m.channel_external_id, m.start) for m in campaign.measurements]
     assert len(set(keys)) == len(keys)
     assert sorted(m.count for m in campaign.measurements if m.count is not None) == sorted(
-        int(line.rsplit(";", 1)[1]) for line in good_lines(6))
+        int(line.rsplit(";", 1)[1]) for line in good_lines(6)
+    )
 
 
 COMPTAGE = Path(__file__).parents[1] / "data" / "comptage"
@@ -152,10 +168,21 @@ def test_comptage_sample_files_become_a_campaign() -> None:
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 10**6), bad=st.lists(st.sampled_from([
-    "353226361,X,2022-13-01T00:00:00+01:00,,1\n", "353226361,X,2022-02-01T00:00:00+01:00,,-4\n",
-    ",X,2022-02-01T00:00:00+01:00,,1\n", "353226361,X,2022-02-01T00:00:00+01:00,2022-01-01T00:00:00+01:00,1\n",
-    "353226361,X,2022-02-01T00:00:00+01:00\n"]), max_size=6))
+@given(
+    seed=st.integers(0, 10**6),
+    bad=st.lists(
+        st.sampled_from(
+            [
+                "353226361,X,2022-13-01T00:00:00+01:00,,1\n",
+                "353226361,X,2022-02-01T00:00:00+01:00,,-4\n",
+                ",X,2022-02-01T00:00:00+01:00,,1\n",
+                "353226361,X,2022-02-01T00:00:00+01:00,2022-01-01T00:00:00+01:00,1\n",
+                "353226361,X,2022-02-01T00:00:00+01:00\n",
+            ]
+        ),
+        max_size=6,
+    ),
+)
 def test_comptage_bad_lines_are_named_and_good_ones_all_kept(seed: int, bad: list[str]) -> None:
     files = comptage_files("exemple-valide-eco-compteur")
     header, *rows = files["measure"].decode().splitlines(keepends=True)
@@ -182,8 +209,10 @@ async def test_comptage_upload_preview_then_import(client: TestClient, storage: 
         report = await resp.json()
         assert resp.status == 201, report
     assert report["source"] == "campaign-baix" and report["quarantined"] == 6  # the 6 counts of unknown channels
-    stored = await storage.pool.fetchval("SELECT count(*) FROM measurements m JOIN channels c ON c.id = m.channel_id"
-                                         " JOIN sites s ON s.id = c.site_id WHERE s.external_id = 'C01-Baix'")
+    stored = await storage.pool.fetchval(
+        "SELECT count(*) FROM measurements m JOIN channels c ON c.id = m.channel_id"
+        " JOIN sites s ON s.id = c.site_id WHERE s.external_id = 'C01-Baix'"
+    )
     assert stored == 3
     async with client.post("/api/v1/campaigns?name=baix", data=files["measure"], headers=AUTH) as resp:
         refused = await resp.json()
@@ -205,17 +234,32 @@ async def test_comptage_upload_joins_the_map_and_the_annual_table(client: TestCl
     assert annual == set(sites)
 
 
-@pytest.mark.parametrize(("headers", "body", "status"), [
-    ({"Content-Type": "multipart/form-data"}, b"--x\r\n\r\nsite_id\r\n--x--\r\n", 400),  # no boundary
-    ({"Content-Type": "multipart/form-data; boundary=x"}, b"garbage", 400),
-    ({"Content-Type": "multipart/form-data; boundary=x"}, b"--x\r\nContent-Type: text/csv\r\n\r\nsite_id\r\n--x", 400),
-    ({"Content-Type": "multipart/mixed; boundary=x"},
-     b"--x\r\nContent-Type: multipart/mixed; boundary=y\r\n\r\n--y\r\n\r\na\r\n--y--\r\n--x--\r\n", 400),
-    ({"Content-Type": "multipart/form-data; boundary=x"},
-     b"--x\r\nContent-Disposition: form-data; name=a\r\n\r\n" + b"site_id,site_name,xlong,ylat\n" * 80_000
-     + b"\r\n--x--\r\n", 413),  # beyond the server's request size, though multipart
-])
-async def test_hostile_multipart_bodies_are_refused_not_failed(client: TestClient, headers: dict[str, str],
-                                                               body: bytes, status: int) -> None:
+@pytest.mark.parametrize(
+    ("headers", "body", "status"),
+    [
+        ({"Content-Type": "multipart/form-data"}, b"--x\r\n\r\nsite_id\r\n--x--\r\n", 400),  # no boundary
+        ({"Content-Type": "multipart/form-data; boundary=x"}, b"garbage", 400),
+        (
+            {"Content-Type": "multipart/form-data; boundary=x"},
+            b"--x\r\nContent-Type: text/csv\r\n\r\nsite_id\r\n--x",
+            400,
+        ),
+        (
+            {"Content-Type": "multipart/mixed; boundary=x"},
+            b"--x\r\nContent-Type: multipart/mixed; boundary=y\r\n\r\n--y\r\n\r\na\r\n--y--\r\n--x--\r\n",
+            400,
+        ),
+        (
+            {"Content-Type": "multipart/form-data; boundary=x"},
+            b"--x\r\nContent-Disposition: form-data; name=a\r\n\r\n"
+            + b"site_id,site_name,xlong,ylat\n" * 80_000
+            + b"\r\n--x--\r\n",
+            413,
+        ),  # beyond the server's request size, though multipart
+    ],
+)
+async def test_hostile_multipart_bodies_are_refused_not_failed(
+    client: TestClient, headers: dict[str, str], body: bytes, status: int
+) -> None:
     async with client.post("/api/v1/campaigns?name=hostile", data=body, headers={**AUTH, **headers}) as resp:
         assert resp.status == status, await resp.text()

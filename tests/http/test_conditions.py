@@ -11,8 +11,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from lxml import etree
 
+from agents_support import ADMIN, DATEX_V2, DATEX_V3, agents_app, until_in_feed, xml_valid
 from feed.store.storage import Storage
-from agents_support import ADMIN, agents_app, DATEX_V2, DATEX_V3, until_in_feed, xml_valid
 
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 SECTION = {"road": "RD986", "from": {"pr": 20}, "to": {"pr": 28, "abscissa": 500}}
@@ -25,8 +25,7 @@ async def client(storage: Storage) -> AsyncIterator[TestClient]:
 
 
 async def set_level(client: TestClient, level: str, **extra: Any) -> dict[str, Any]:
-    async with client.post("/api/v1/road-conditions", json={**SECTION, "level": level, **extra},
-                           headers=AUTH) as resp:
+    async with client.post("/api/v1/road-conditions", json={**SECTION, "level": level, **extra}, headers=AUTH) as resp:
         body = await resp.json()
         assert resp.status == 200, body
         return body
@@ -56,15 +55,21 @@ async def test_a_section_goes_through_the_scale(client: TestClient) -> None:
     async with client.get(f"/api/v1/events/{event_id}") as resp:
         versions = (await resp.json())["versions"]
     assert [(v["change"], v["author"], v["location_refs"]["winter_level"]) for v in versions] == [
-        ("created", "admin-token", "C3"), ("updated", "admin-token", "C4"), ("ended", "admin-token", "C1")]
+        ("created", "admin-token", "C3"),
+        ("updated", "admin-token", "C4"),
+        ("ended", "admin-token", "C1"),
+    ]
 
 
-@pytest.mark.parametrize(("body", "parameter"), [
-    ({**SECTION, "level": "C5"}, "level"),
-    ({**SECTION, "level": "C2", "surface": "lava"}, "surface"),
-    ({**SECTION, "to": {"pr": 999}, "level": "C2"}, "from"),
-    ({"road": "RD986", "from": {"pr": 20}, "level": "C2"}, "to"),
-])
+@pytest.mark.parametrize(
+    ("body", "parameter"),
+    [
+        ({**SECTION, "level": "C5"}, "level"),
+        ({**SECTION, "level": "C2", "surface": "lava"}, "surface"),
+        ({**SECTION, "to": {"pr": 999}, "level": "C2"}, "from"),
+        ({"road": "RD986", "from": {"pr": 20}, "level": "C2"}, "to"),
+    ],
+)
 async def test_bad_states_are_refused(client: TestClient, body: dict[str, Any], parameter: str) -> None:
     async with client.post("/api/v1/road-conditions", json=body, headers=AUTH) as resp:
         error = await resp.json()

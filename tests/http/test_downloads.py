@@ -26,12 +26,12 @@ import pytest
 import shapely.geometry
 from aiohttp.test_utils import TestClient, TestServer
 
-from feed.http import api
-from feed.store import downloads
 from feed.config import Config, SourceConfig
-from feed.publish.publisher import FeedPublisher
+from feed.http import api
 from feed.http.app import build_app
 from feed.model import ChannelRecord, EventRecord, Geometry, Quality, SiteRecord
+from feed.publish.publisher import FeedPublisher
+from feed.store import downloads
 from feed.store.storage import Storage
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -58,19 +58,34 @@ class Env:
 
 async def seed(storage: Storage) -> tuple[list[tuple], dict[str, int]]:
     await storage.ensure_source("cnt", "comptage-mobilites", "http://127.0.0.1:9/cnt")
-    await storage.upsert_sites("cnt", [
-        SiteRecord(external_id="S1", name="RD613 Montbazin", road="RD613", insee="34165", lon=3.69, lat=43.51),
-        SiteRecord(external_id="=HYPERLINK(\"http://x\")", name="@SUM(A1)", road="-12", lon=3.7, lat=43.6),
-        SiteRecord(external_id="S3", name='Quote "and", comma', road="+RD 5", lon=3.8, lat=43.6),
-    ])
-    await storage.upsert_channels("cnt", [
-        ChannelRecord(site_external_id="S1", external_id="S1-N", direction="N", direction_name="vers Béziers",
-                      vehicle_class="light", time_step=3600),
-        ChannelRecord(site_external_id="S1", external_id="S1-S", direction="S", vehicle_class="heavy", time_step=3600),
-        ChannelRecord(site_external_id='=HYPERLINK("http://x")', external_id="E-1", direction="=1+1",
-                      time_step=900),
-        ChannelRecord(site_external_id="S3", external_id="S3-1", direction="-", time_step=3600),
-    ])
+    await storage.upsert_sites(
+        "cnt",
+        [
+            SiteRecord(external_id="S1", name="RD613 Montbazin", road="RD613", insee="34165", lon=3.69, lat=43.51),
+            SiteRecord(external_id='=HYPERLINK("http://x")', name="@SUM(A1)", road="-12", lon=3.7, lat=43.6),
+            SiteRecord(external_id="S3", name='Quote "and", comma', road="+RD 5", lon=3.8, lat=43.6),
+        ],
+    )
+    await storage.upsert_channels(
+        "cnt",
+        [
+            ChannelRecord(
+                site_external_id="S1",
+                external_id="S1-N",
+                direction="N",
+                direction_name="vers Béziers",
+                vehicle_class="light",
+                time_step=3600,
+            ),
+            ChannelRecord(
+                site_external_id="S1", external_id="S1-S", direction="S", vehicle_class="heavy", time_step=3600
+            ),
+            ChannelRecord(
+                site_external_id='=HYPERLINK("http://x")', external_id="E-1", direction="=1+1", time_step=900
+            ),
+            ChannelRecord(site_external_id="S3", external_id="S3-1", direction="-", time_step=3600),
+        ],
+    )
     ids = await storage.channel_ids("cnt")
     rows = []
     for name, step in (("S1-N", 3600), ("S1-S", 3600), ("E-1", 900), ("S3-1", 3600)):
@@ -82,14 +97,26 @@ async def seed(storage: Storage) -> tuple[list[tuple], dict[str, int]]:
             rows.append((ids[name], start, step, 10 + k % 13, 60.0 + k % 5, None, quality))
     await storage.ingest_measurements(rows)
     t0 = datetime(2025, 1, 2, 9, tzinfo=PARIS)
-    base = dict(type="roadworks", road="RD613", geometry=Geometry(type="Point", coordinates=[3.69, 43.51]),
-                actual_start=t0, descriptions={"fr": "=danger, \"travaux\"\nsur 2 lignes"})
+    base = dict(
+        type="roadworks",
+        road="RD613",
+        geometry=Geometry(type="Point", coordinates=[3.69, 43.51]),
+        actual_start=t0,
+        descriptions={"fr": '=danger, "travaux"\nsur 2 lignes'},
+    )
     line = Geometry(type="LineString", coordinates=[[3.69, 43.51], [3.7, 43.52]])
-    await storage.upsert_events("cnt", [EventRecord(external_id="w1", **base),
-                                        EventRecord(external_id="w2", **{**base, "type": "accident", "geometry": line}),
-                                        EventRecord(external_id="w3", **{**base, "geometry": None})], seen_at=t0)
-    await storage.upsert_events("cnt", [EventRecord(external_id="w1", severity="high", **base)],
-                                seen_at=t0 + timedelta(hours=1))
+    await storage.upsert_events(
+        "cnt",
+        [
+            EventRecord(external_id="w1", **base),
+            EventRecord(external_id="w2", **{**base, "type": "accident", "geometry": line}),
+            EventRecord(external_id="w3", **{**base, "geometry": None}),
+        ],
+        seen_at=t0,
+    )
+    await storage.upsert_events(
+        "cnt", [EventRecord(external_id="w1", severity="high", **base)], seen_at=t0 + timedelta(hours=1)
+    )
     return rows, ids
 
 
@@ -124,8 +151,15 @@ async def test_index_lists_years_files_dictionary_and_licence(env: Env):
     doc = json.loads((await fetch(env.client, "/api/v1/downloads"))[1])
     assert [y["year"] for y in doc["years"]] == [2024, 2025]
     files = doc["years"][1]["files"]
-    for name in ("hourly.csv", "hourly.parquet", "daily.csv", "daily.parquet", "events.csv", "events.parquet",
-                 "dictionary.json"):
+    for name in (
+        "hourly.csv",
+        "hourly.parquet",
+        "daily.csv",
+        "daily.parquet",
+        "events.csv",
+        "events.parquet",
+        "dictionary.json",
+    ):
         assert files[name] == f"/api/v1/downloads/2025/{name}"
     assert doc["dictionary"] == "/api/v1/downloads/dictionary.json"
     assert doc["licence"]["name"] == CONFIG.publication.licence and doc["method"]["coverage"]
@@ -157,10 +191,15 @@ async def test_dictionary_gives_formulas_units_quality_and_direction_labels(env:
     assert "/ number of valid days" in doc["formulas"]["TMJA"] and "holidays" in doc["formulas"]["TMJO"]
     compass = doc["directions"]["counts"]["codes"]
     events = doc["directions"]["events"]["codes"]
-    assert all(label["en"] and label["fr"].startswith(("vers", "les", "sens"))
-               for label in [*compass.values(), *events.values()])
-    assert set(compass) == {"N", "NE", "E", "SE", "S", "SW", "W", "NW"} and set(events) == {"both", "positive",
-                                                                                           "negative"}
+    assert all(
+        label["en"] and label["fr"].startswith(("vers", "les", "sens"))
+        for label in [*compass.values(), *events.values()]
+    )
+    assert set(compass) == {"N", "NE", "E", "SE", "S", "SW", "W", "NW"} and set(events) == {
+        "both",
+        "positive",
+        "negative",
+    }
     stored = {r["direction"] for r in read_csv((await fetch(env.client, "/api/v1/downloads/2025/sites.csv"))[1])}
     assert {"N", "S"} <= stored  # the compass codes the files hold have their labels
     sites = next(f for f in doc["files"] if f["name"] == "sites")
@@ -173,8 +212,9 @@ async def test_every_time_is_followed_by_the_same_instant_in_utc(env: Env, name:
     """Local times change offset with DST; each is followed by its UTC twin (Z), which pandas reads as UTC
     instants without utc=True, in the CSV and as UTC timestamps in Parquet."""
     table = downloads.TABLES[name]
-    pairs = [(a.name, b.name) for a, b in pairwise(table.columns)
-             if a.type == "timestamp" and b.type == "timestamp_utc"]
+    pairs = [
+        (a.name, b.name) for a, b in pairwise(table.columns) if a.type == "timestamp" and b.type == "timestamp_utc"
+    ]
     assert len(pairs) == sum(c.type == "timestamp" for c in table.columns) > 0
     body = (await fetch(env.client, f"/api/v1/downloads/2025/{name}.csv"))[1]
     rows = read_csv(body)
@@ -229,7 +269,8 @@ async def test_daily_csv_equals_the_raw_rows_with_coverage_on_every_value(env: E
         assert float(r["coverage"]) == present / expected
         assert r["estimated_share"] != ""
     assert [(int(r["site_id"]), int(r["channel_id"]), r["day"]) for r in rows] == sorted(
-        (int(r["site_id"]), int(r["channel_id"]), r["day"]) for r in rows)
+        (int(r["site_id"]), int(r["channel_id"]), r["day"]) for r in rows
+    )
     s1_south = [r for r in rows if r["channel_id"] == str(env.ids["S1-S"])]
     assert {r["coverage"] for r in s1_south} == {str(21 / 24)}
 
@@ -264,7 +305,7 @@ async def test_csv_cells_never_run_as_formulas(env: Env):
     for name in ("hourly.csv", "daily.csv", "sites.csv"):
         rows = read_csv((await fetch(env.client, f"/api/v1/downloads/2025/{name}"))[1])
         evil = [r for r in rows if "HYPERLINK" in r["site_external_id"]]
-        assert evil and all(r["site_external_id"] == "'=HYPERLINK(\"http://x\")" for r in evil)
+        assert evil and all(r["site_external_id"] == '\'=HYPERLINK("http://x")' for r in evil)
         assert all(r["direction"] == "'=1+1" for r in evil)
         assert {r["road"] for r in evil} == {"-12"}  # a number stays a number
         plus = [r for r in rows if r["site_external_id"] == "S3"]
@@ -280,8 +321,11 @@ async def test_csv_cells_never_run_as_formulas(env: Env):
 async def test_events_files_hold_one_row_per_version(env: Env):
     rows = read_csv((await fetch(env.client, "/api/v1/downloads/2025/events.csv"))[1])
     assert [(r["event_id"], r["version"], r["change"]) for r in rows] == [
-        ("cnt:w1", "1", "created"), ("cnt:w1", "2", "updated"), ("cnt:w2", "1", "created"),
-        ("cnt:w3", "1", "created")]
+        ("cnt:w1", "1", "created"),
+        ("cnt:w1", "2", "updated"),
+        ("cnt:w2", "1", "created"),
+        ("cnt:w3", "1", "created"),
+    ]
     assert rows[1]["severity"] == "high" and rows[0]["severity"] == "unknown"
     assert rows[0]["actual_start"] == "2025-01-02T09:00:00+01:00"
     assert json.loads(rows[0]["geometry"]) == {"type": "Point", "coordinates": [3.69, 43.51]}
@@ -325,15 +369,22 @@ async def test_etag_gives_304_until_the_years_data_change(env: Env):
     hour = datetime(2025, 1, 2, 10, tzinfo=PARIS).astimezone(UTC)
     await env.storage.ingest_measurements([(cid, hour, 3600, 99, 60.0, None, "observed")])  # 999: a spike
     for name, path in paths.items():
-        response, body = await fetch(env.client, path, {"If-None-Match": tags[name]},
-                                     status=304 if name == "events.csv" else 200)
+        response, body = await fetch(
+            env.client, path, {"If-None-Match": tags[name]}, status=304 if name == "events.csv" else 200
+        )
         if name == "hourly.csv":
             assert any(r["count"] == "99" for r in read_csv(body))
     assert (await fetch(env.client, "/api/v1/downloads/2024/hourly.csv"))[0].headers["ETag"] == other
 
-    await env.storage.upsert_events("cnt", [EventRecord(external_id="w2", type="accident", status="ended",
-                                                        actual_start=datetime(2025, 1, 2, 9, tzinfo=PARIS))],
-                                    seen_at=datetime(2025, 1, 3, tzinfo=PARIS))
+    await env.storage.upsert_events(
+        "cnt",
+        [
+            EventRecord(
+                external_id="w2", type="accident", status="ended", actual_start=datetime(2025, 1, 2, 9, tzinfo=PARIS)
+            )
+        ],
+        seen_at=datetime(2025, 1, 3, tzinfo=PARIS),
+    )
     await fetch(env.client, paths["events.csv"], {"If-None-Match": tags["events.csv"]}, status=200)
 
 
@@ -344,12 +395,15 @@ async def test_gzip_is_offered_for_csv(env: Env):
     assert await response.read() == plain  # the client decompresses
 
 
-@pytest.mark.parametrize(("path", "parameter"), [
-    ("/api/v1/downloads/1999/hourly.csv", "year"),
-    ("/api/v1/downloads/20x5/hourly.csv", "year"),
-    ("/api/v1/downloads/2025/hourly.xlsx", "name"),
-    ("/api/v1/downloads/2025/monthly.csv", "name"),
-])
+@pytest.mark.parametrize(
+    ("path", "parameter"),
+    [
+        ("/api/v1/downloads/1999/hourly.csv", "year"),
+        ("/api/v1/downloads/20x5/hourly.csv", "year"),
+        ("/api/v1/downloads/2025/hourly.xlsx", "name"),
+        ("/api/v1/downloads/2025/monthly.csv", "name"),
+    ],
+)
 async def test_unknown_years_and_files_are_404(env: Env, path: str, parameter: str):
     doc = json.loads((await fetch(env.client, path, status=404))[1])
     assert doc["error"] == "not_found" and doc["parameter"] == parameter
@@ -367,8 +421,9 @@ async def test_parquet_locations_are_geoparquet_read_back_as_geometry(env: Env, 
     assert isinstance(frame, geopandas.GeoDataFrame) and frame.geometry.name == "geometry"
     assert frame.crs is not None and frame.crs.equals("OGC:CRS84")
     got = list(frame.geometry)
-    want = [None if r["geometry"] in ("", "null") else shapely.geometry.shape(json.loads(r["geometry"]))
-            for r in csv_rows]
+    want = [
+        None if r["geometry"] in ("", "null") else shapely.geometry.shape(json.loads(r["geometry"])) for r in csv_rows
+    ]
     assert [g is None for g in got] == [w is None for w in want], (got, want)
     assert all(g.equals(w) for g, w in zip(got, want, strict=True) if w is not None)
     assert {g.geom_type for g in got if g is not None} == kinds

@@ -21,11 +21,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from lxml import etree
 
 from feed.config import Config, SourceConfig
-from feed.publish.catalogue import EVENTS_GEOJSON, FEEDS, STATUS_PATH
-from feed.publish.publisher import LISTENER_APPLICATION_NAME
 from feed.http.app import build_app
 from feed.http.context import CONTEXT
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
+from feed.publish.catalogue import EVENTS_GEOJSON, FEEDS, STATUS_PATH
+from feed.publish.publisher import LISTENER_APPLICATION_NAME
 from feed.store.storage import RunStats, Storage
 
 ALL_PATHS = [spec.path for spec in FEEDS] + [STATUS_PATH]
@@ -46,10 +46,18 @@ BEZIERS = Geometry(type="LineString", coordinates=[[3.210, 43.340], [3.220, 43.3
 def event(ext: str, **changes: Any) -> EventRecord:
     now = datetime.now(UTC)
     fields: dict[str, Any] = dict(
-        external_id=ext, type="roadworks", subtype="MaintenanceWorks", status="active", severity="medium",
-        planned_start=now - timedelta(days=1), planned_end=now + timedelta(days=3),
+        external_id=ext,
+        type="roadworks",
+        subtype="MaintenanceWorks",
+        status="active",
+        severity="medium",
+        planned_start=now - timedelta(days=1),
+        planned_end=now + timedelta(days=3),
         actual_start=now - timedelta(days=1),
-        road="RD613", direction="both", lanes_affected="all", geometry=MONTPELLIER,
+        road="RD613",
+        direction="both",
+        lanes_affected="all",
+        geometry=MONTPELLIER,
         descriptions={"fr": "Travaux de chaussée", "en": "Road works"},
     )
     return EventRecord(**{**fields, **changes})
@@ -59,27 +67,46 @@ async def seed(storage: Storage) -> None:
     now = datetime.now(UTC)
     await storage.ensure_source("cd34", "datex2", "http://127.0.0.1:9/cd34")
     await storage.ensure_source("cnt", "comptage-mobilites", "http://127.0.0.1:9/cnt")
-    await storage.upsert_events("cd34", [
-        event("works"),
-        event("crash", type="accident", subtype="Accident", severity="high", geometry=SETE, road="RD2"),
-        event("closed", type="closure", subtype=None, status="planned", geometry=BEZIERS, road="RD909",
-              planned_start=now + timedelta(hours=2), actual_start=None),
-    ], seen_at=now - timedelta(minutes=5))
+    await storage.upsert_events(
+        "cd34",
+        [
+            event("works"),
+            event("crash", type="accident", subtype="Accident", severity="high", geometry=SETE, road="RD2"),
+            event(
+                "closed",
+                type="closure",
+                subtype=None,
+                status="planned",
+                geometry=BEZIERS,
+                road="RD909",
+                planned_start=now + timedelta(hours=2),
+                actual_start=None,
+            ),
+        ],
+        seen_at=now - timedelta(minutes=5),
+    )
     # Ended an hour ago: still published. Ended two days ago: gone from live feeds.
-    await storage.upsert_events("cd34", [event("recent", status="ended", actual_end=now - timedelta(hours=1))],
-                                seen_at=now - timedelta(hours=1))
-    await storage.upsert_events("cd34", [event("old", status="ended", actual_end=now - timedelta(days=2))],
-                                seen_at=now - timedelta(days=2))
-    await storage.upsert_sites("cnt", [SiteRecord(external_id="S1", name="RD613 Montbazin", road="RD613",
-                                                  lon=3.69, lat=43.51)])
-    await storage.upsert_channels("cnt", [
-        ChannelRecord(site_external_id="S1", external_id="S1-N", direction="N", time_step=900),
-        ChannelRecord(site_external_id="S1", external_id="S1-S", direction="S", time_step=900),
-    ])
+    await storage.upsert_events(
+        "cd34", [event("recent", status="ended", actual_end=now - timedelta(hours=1))], seen_at=now - timedelta(hours=1)
+    )
+    await storage.upsert_events(
+        "cd34", [event("old", status="ended", actual_end=now - timedelta(days=2))], seen_at=now - timedelta(days=2)
+    )
+    await storage.upsert_sites(
+        "cnt", [SiteRecord(external_id="S1", name="RD613 Montbazin", road="RD613", lon=3.69, lat=43.51)]
+    )
+    await storage.upsert_channels(
+        "cnt",
+        [
+            ChannelRecord(site_external_id="S1", external_id="S1-N", direction="N", time_step=900),
+            ChannelRecord(site_external_id="S1", external_id="S1-S", direction="S", time_step=900),
+        ],
+    )
     ids = await storage.channel_ids("cnt")
     start = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
-    await storage.ingest_measurements([(ids["S1-N"], start, 900, 42, 71.5, None, "observed"),
-                                       (ids["S1-S"], start, 900, 37, None, None, "observed")])
+    await storage.ingest_measurements(
+        [(ids["S1-N"], start, 900, 42, 71.5, None, "observed"), (ids["S1-S"], start, 900, 37, None, None, "observed")]
+    )
     run = await storage.start_run("cd34")
     await storage.finish_run(run, RunStats(http_status=200, complete=True))
     run = await storage.start_run("cnt")
@@ -229,16 +256,21 @@ async def test_compressed_variants_decode_to_the_identity_body(shared: TestClien
                 assert len(raw) < len(body)
                 # Its own strong ETag, and a 304 when revalidated with it.
                 assert resp.headers["ETag"] == plain.headers["ETag"][:-1] + f'-{want}"'
-                again, empty = await fetch(shared, path, **{"Accept-Encoding": accept,
-                                                            "If-None-Match": resp.headers["ETag"]})
+                again, empty = await fetch(
+                    shared, path, **{"Accept-Encoding": accept, "If-None-Match": resp.headers["ETag"]}
+                )
                 assert (again.status, empty) == (304, b"")
 
 
 async def test_cors_preflight_and_headers(shared: TestClient):
-    async with shared.options(EVENTS_GEOJSON, headers={
-        "Origin": "https://maps.example.org", "Access-Control-Request-Method": "GET",
-        "Access-Control-Request-Headers": "if-none-match",
-    }) as resp:
+    async with shared.options(
+        EVENTS_GEOJSON,
+        headers={
+            "Origin": "https://maps.example.org",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "if-none-match",
+        },
+    ) as resp:
         assert resp.status == 204
         assert resp.headers["Access-Control-Allow-Origin"] == "*"
         assert "GET" in resp.headers["Access-Control-Allow-Methods"]
@@ -268,8 +300,7 @@ async def test_event_filters(shared: TestClient):
     assert await filtered("type=accident,closure") == {"cd34:crash", "cd34:closed"}
     assert await filtered("type=accident&type=closure") == {"cd34:crash", "cd34:closed"}
     assert await filtered("status=planned") == {"cd34:closed"}
-    assert await filtered("status=ended,active&type=roadworks&bbox=3.8,43.5,4.0,43.7") == {"cd34:works",
-                                                                                         "cd34:recent"}
+    assert await filtered("status=ended,active&type=roadworks&bbox=3.8,43.5,4.0,43.7") == {"cd34:works", "cd34:recent"}
     assert await filtered("bbox=0,0,1,1") == set()
     assert await filtered("_=1700000000") == ids(await fetch_json(shared, EVENTS_GEOJSON))  # cache busters ignored
 
@@ -280,25 +311,29 @@ async def test_event_filters(shared: TestClient):
     whole, _ = await fetch(shared, EVENTS_GEOJSON)
     assert one.headers["ETag"] != whole.headers["ETag"]
     assert one.headers["Last-Modified"] == whole.headers["Last-Modified"]
-    r, b = await fetch(shared, f"{EVENTS_GEOJSON}?type=closure,accident&bbox=3,43,4,44",
-                       **{"If-None-Match": one.headers["ETag"]})
+    r, b = await fetch(
+        shared, f"{EVENTS_GEOJSON}?type=closure,accident&bbox=3,43,4,44", **{"If-None-Match": one.headers["ETag"]}
+    )
     assert (r.status, b) == (304, b"")
     r, raw = await fetch(shared, f"{EVENTS_GEOJSON}?type=accident", **{"Accept-Encoding": "br, gzip"})
     assert ids(json.loads(decoded(r, raw))) == {"cd34:crash"}
 
 
-@pytest.mark.parametrize(("query", "parameter", "value", "says"), [
-    ("bbox=3,43,4", "bbox", "3,43,4", "4 comma-separated numbers"),
-    ("bbox=3,43,east,44", "bbox", "3,43,east,44", "not a number"),
-    ("bbox=4,43,3,44", "bbox", "4,43,3,44", "greater than"),
-    ("bbox=3,43,4,95", "bbox", "3,43,4,95", "latitude"),
-    ("bbox=", "bbox", "", "empty"),
-    ("bbox=3,43,4,44&bbox=1,1,2,2", "bbox", "3,43,4,44&1,1,2,2", "once"),
-    ("type=roadworks,meteor", "type", "roadworks,meteor", "meteor"),
-    ("type=", "type", "", "empty"),
-    ("status=active,,ended", "status", "active,,ended", "empty"),
-    ("status=closed", "status", "closed", "closed"),
-])
+@pytest.mark.parametrize(
+    ("query", "parameter", "value", "says"),
+    [
+        ("bbox=3,43,4", "bbox", "3,43,4", "4 comma-separated numbers"),
+        ("bbox=3,43,east,44", "bbox", "3,43,east,44", "not a number"),
+        ("bbox=4,43,3,44", "bbox", "4,43,3,44", "greater than"),
+        ("bbox=3,43,4,95", "bbox", "3,43,4,95", "latitude"),
+        ("bbox=", "bbox", "", "empty"),
+        ("bbox=3,43,4,44&bbox=1,1,2,2", "bbox", "3,43,4,44&1,1,2,2", "once"),
+        ("type=roadworks,meteor", "type", "roadworks,meteor", "meteor"),
+        ("type=", "type", "", "empty"),
+        ("status=active,,ended", "status", "active,,ended", "empty"),
+        ("status=closed", "status", "closed", "closed"),
+    ],
+)
 async def test_bad_filters_get_a_clear_400(shared: TestClient, query: str, parameter: str, value: str, says: str):
     resp, body = await fetch(shared, f"{EVENTS_GEOJSON}?{query}")
     assert resp.status == 400
@@ -357,8 +392,9 @@ async def test_stored_changes_publish_new_versions(client: TestClient, storage: 
     reader = asyncio.create_task(read_in_order())
     try:
         for k in range(1, changes + 1):
-            await storage.upsert_events("cd34", [event(f"new-works-{k}", geometry=BEZIERS, road="RD909")],
-                                        seen_at=datetime.now(UTC))
+            await storage.upsert_events(
+                "cd34", [event(f"new-works-{k}", geometry=BEZIERS, road="RD909")], seen_at=datetime.now(UTC)
+            )
 
             async def shown(k: int = k) -> bool:
                 return change_number((await fetch(client, EVENTS_GEOJSON))[1]) >= k
@@ -425,8 +461,9 @@ async def test_listener_reconnects_and_catches_up(client: TestClient, storage: S
     before, _ = await fetch(client, EVENTS_GEOJSON)
     assert await storage.pool.fetchval("SELECT pg_terminate_backend($1)", old_pid)
     # Stored while the listener may be away: the reconnection's catch-up must publish it.
-    await storage.upsert_events("cd34", [event("while-away", type="accident", subtype="Accident", geometry=SETE)],
-                                seen_at=datetime.now(UTC))
+    await storage.upsert_events(
+        "cd34", [event("while-away", type="accident", subtype="Accident", geometry=SETE)], seen_at=datetime.now(UTC)
+    )
 
     async def published() -> bool:
         return "cd34:while-away" in ids(await fetch_json(client, EVENTS_GEOJSON))

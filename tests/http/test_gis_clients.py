@@ -25,8 +25,9 @@ from feed.http.app import build_app
 from feed.model import EventRecord, Geometry, SiteRecord
 from feed.store.storage import Storage
 
-pytestmark = pytest.mark.skipif(shutil.which("ogrinfo") is None,
-                                reason="needs GDAL's ogrinfo/ogr2ogr (apt-get install gdal-bin)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("ogrinfo") is None, reason="needs GDAL's ogrinfo/ogr2ogr (apt-get install gdal-bin)"
+)
 
 CONFIG = Config(sources=[SourceConfig(id="cd34", kind="datex2", url="http://127.0.0.1:9/cd34")])
 LINE = Geometry(type="LineString", coordinates=[[3.870, 43.610], [3.880, 43.615], [3.890, 43.620]])
@@ -37,23 +38,33 @@ LAYERS = {"events_lines": "Line String", "events_points": "Point", "sites": "Poi
 
 def event(ext: str, geometry: Geometry | None) -> EventRecord:
     now = datetime.now(UTC)
-    return EventRecord(external_id=ext, type="roadworks", status="active", severity="medium",
-                       actual_start=now - timedelta(hours=1), road="RD613", geometry=geometry,
-                       descriptions={"fr": "Travaux", "en": "Works"})
+    return EventRecord(
+        external_id=ext,
+        type="roadworks",
+        status="active",
+        severity="medium",
+        actual_start=now - timedelta(hours=1),
+        road="RD613",
+        geometry=geometry,
+        descriptions={"fr": "Travaux", "en": "Works"},
+    )
 
 
 async def seed(storage: Storage) -> None:
     await storage.ensure_source("cd34", "datex2", "http://127.0.0.1:9/cd34")
-    await storage.upsert_events("cd34", [event("l1", LINE), event("l2", LINE), event("p1", POINT),
-                                         event("none", None)], seen_at=datetime.now(UTC))
-    await storage.upsert_sites("cd34", [SiteRecord(external_id="S1", name="Montbazin", road="RD613",
-                                                   lon=3.69, lat=43.51)])
+    await storage.upsert_events(
+        "cd34",
+        [event("l1", LINE), event("l2", LINE), event("p1", POINT), event("none", None)],
+        seen_at=datetime.now(UTC),
+    )
+    await storage.upsert_sites(
+        "cd34", [SiteRecord(external_id="S1", name="Montbazin", road="RD613", lon=3.69, lat=43.51)]
+    )
 
 
 async def run(*argv: str) -> tuple[int, str, str]:
     """A GDAL command without blocking the loop that serves its HTTP requests."""
-    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
@@ -96,7 +107,7 @@ async def test_ogrinfo_lists_every_postgis_layer_with_its_true_type(seeded):
     assert layers.get("events") not in ("Point", "Line String"), out
     for name in LAYERS:
         code, out, err = await run("ogrinfo", "-ro", "-so", f"PG:{url}", name)
-        assert code == 0 and "EPSG\",4326" in out.replace(" ", "") or 'ID["EPSG",4326]' in out, (name, out, err)
+        assert (code == 0 and 'EPSG",4326' in out.replace(" ", "")) or 'ID["EPSG",4326]' in out, (name, out, err)
 
 
 async def test_ogr2ogr_exports_the_postgis_layers_to_geopackage_without_warning(seeded, tmp_path: Path):
@@ -129,13 +140,15 @@ async def test_ogrinfo_reads_each_geojson_feed_and_shapefile_export_uses_the_typ
         code, out, err = await run("ogrinfo", "-ro", "-so", "-al", f"GeoJSON:{base}{path}")
         assert code == 0 and "Feature Count:" in out, (path, out, err)
     # The whole events feed mixes points and lines: a Shapefile cannot take it.
-    code, out, err = await run("ogr2ogr", "-f", "ESRI Shapefile", str(tmp_path / "mixed.shp"),
-                               f"GeoJSON:{base}/feeds/events.geojson")
+    code, out, err = await run(
+        "ogr2ogr", "-f", "ESRI Shapefile", str(tmp_path / "mixed.shp"), f"GeoJSON:{base}/feeds/events.geojson"
+    )
     assert code != 0 and "geometry" in err.lower(), (out, err)
     for kind, expected in (("LineString", 2), ("Point", 1)):
         target = tmp_path / f"events_{kind}.shp"
-        code, out, err = await run("ogr2ogr", "-f", "ESRI Shapefile", str(target),
-                                   f"GeoJSON:{base}/feeds/events.geojson?geometry_type={kind}")
+        code, out, err = await run(
+            "ogr2ogr", "-f", "ESRI Shapefile", str(target), f"GeoJSON:{base}/feeds/events.geojson?geometry_type={kind}"
+        )
         # Shapefile's own limits (10-character names, no date-time) still warn; geometry never.
         assert code == 0 and "geometry" not in err.lower() and "error" not in err.lower(), (kind, out, err)
         code, out, err = await run("ogrinfo", "-ro", "-so", "-al", str(target))
@@ -145,10 +158,10 @@ async def test_ogrinfo_reads_each_geojson_feed_and_shapefile_export_uses_the_typ
 
 GEOMETRIES = st.one_of(
     st.none(),
-    st.builds(lambda x, y: Geometry(type="Point", coordinates=[x, y]),
-              st.floats(3.0, 4.0), st.floats(43.0, 44.0)),
+    st.builds(lambda x, y: Geometry(type="Point", coordinates=[x, y]), st.floats(3.0, 4.0), st.floats(43.0, 44.0)),
     st.lists(st.tuples(st.floats(3.0, 4.0), st.floats(43.0, 44.0)), min_size=2, max_size=4).map(
-        lambda ps: Geometry(type="LineString", coordinates=[list(p) for p in ps])),
+        lambda ps: Geometry(type="LineString", coordinates=[list(p) for p in ps])
+    ),
 )
 
 
@@ -163,19 +176,29 @@ async def test_typed_views_and_typed_downloads_partition_the_events(storage: Sto
     stored = await storage.events(source_id="gen")
     conn = await asyncpg.connect(db_url)
     try:
-        lines = {r["external_id"] for r in await conn.fetch(
-            "SELECT external_id FROM events_lines WHERE source_id = 'gen'")}
-        points = {r["external_id"] for r in await conn.fetch(
-            "SELECT external_id FROM events_points WHERE source_id = 'gen'")}
-        registered = {(r["f_table_name"], r["type"], r["srid"]) for r in await conn.fetch(
-            "SELECT f_table_name, type, srid FROM geometry_columns WHERE f_table_name IN "
-            "('events', 'events_lines', 'events_points', 'sites')")}
+        lines = {
+            r["external_id"] for r in await conn.fetch("SELECT external_id FROM events_lines WHERE source_id = 'gen'")
+        }
+        points = {
+            r["external_id"] for r in await conn.fetch("SELECT external_id FROM events_points WHERE source_id = 'gen'")
+        }
+        registered = {
+            (r["f_table_name"], r["type"], r["srid"])
+            for r in await conn.fetch(
+                "SELECT f_table_name, type, srid FROM geometry_columns WHERE f_table_name IN "
+                "('events', 'events_lines', 'events_points', 'sites')"
+            )
+        }
         await conn.execute("DELETE FROM event_versions WHERE event_id LIKE 'gen:%'")
         await conn.execute("DELETE FROM events WHERE source_id = 'gen'")
     finally:
         await conn.close()
-    assert registered == {("events", "GEOMETRY", 4326), ("events_lines", "LINESTRING", 4326),
-                          ("events_points", "POINT", 4326), ("sites", "POINT", 4326)}
+    assert registered == {
+        ("events", "GEOMETRY", 4326),
+        ("events_lines", "LINESTRING", 4326),
+        ("events_points", "POINT", 4326),
+        ("sites", "POINT", 4326),
+    }
     want_lines = {r.external_id for r in records if r.geometry is not None and r.geometry.type == "LineString"}
     want_points = {r.external_id for r in records if r.geometry is not None and r.geometry.type == "Point"}
     assert lines == want_lines and points == want_points

@@ -25,13 +25,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feed.store import downloads
-from feed.http.admin import MAX_DEPTH, openapi_paths
 from feed.config import Config, ServerConfig, SourceConfig
+from feed.http.admin import MAX_DEPTH, openapi_paths
 from feed.http.app import build_app
 from feed.http.context import CONTEXT
-from feed.model import ChannelRecord, SiteRecord
 from feed.http.openapi import openapi_document
+from feed.model import ChannelRecord, SiteRecord
+from feed.store import downloads
 from feed.store.storage import Storage
 
 TOKEN = "t0ken"
@@ -45,10 +45,12 @@ def config(**server: Any) -> Config:
 
 async def _seed(storage: Storage) -> None:
     await storage.ensure_source("cnt", "comptage-mobilites", "http://127.0.0.1:9/cnt")
-    await storage.upsert_sites("cnt", [SiteRecord(external_id="S1", name="Montbazin", road="RD613", lon=3.69,
-                                                  lat=43.51)])
-    await storage.upsert_channels("cnt", [ChannelRecord(site_external_id="S1", external_id="C1", direction="N",
-                                                        time_step=3600)])
+    await storage.upsert_sites(
+        "cnt", [SiteRecord(external_id="S1", name="Montbazin", road="RD613", lon=3.69, lat=43.51)]
+    )
+    await storage.upsert_channels(
+        "cnt", [ChannelRecord(site_external_id="S1", external_id="C1", direction="N", time_step=3600)]
+    )
 
 
 async def _started(storage: Storage, cfg: Config) -> TestClient:
@@ -108,17 +110,22 @@ def _url(path: str, name: str, where: str, value: str) -> str:
 
 def test_every_parameter_is_covered():
     names = {(path, name) for _, path, name, _ in PARAMETERS}
-    for expected in [("/api/v1/sites", "road"), ("/api/v1/sites", "commune"), ("/api/v1/events", "road"),
-                     ("/api/v1/events/{id}", "id"), ("/api/v1/admin/quarantine", "source")]:
+    for expected in [
+        ("/api/v1/sites", "road"),
+        ("/api/v1/sites", "commune"),
+        ("/api/v1/events", "road"),
+        ("/api/v1/events/{id}", "id"),
+        ("/api/v1/admin/quarantine", "source"),
+    ]:
         assert expected in names, sorted(names)
 
 
-@pytest.mark.parametrize(("method", "path", "name", "where"), PARAMETERS,
-                         ids=[f"{m} {p}:{n}" for m, p, n, _ in PARAMETERS])
+@pytest.mark.parametrize(
+    ("method", "path", "name", "where"), PARAMETERS, ids=[f"{m} {p}:{n}" for m, p, n, _ in PARAMETERS]
+)
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(value=WITH_NUL)
-async def test_text_the_database_cannot_hold_is_a_400_naming_the_parameter(shared, method, path, name, where,
-                                                                           value):
+async def test_text_the_database_cannot_hold_is_a_400_naming_the_parameter(shared, method, path, name, where, value):
     if where == "path":  # with braces, slashes or line ends a segment matches no route at all (aiohttp's 404)
         value = value.translate({ord(c): None for c in "{}/\n"})
     headers = AUTH if "/admin/" in path else {}
@@ -130,8 +137,9 @@ async def test_text_the_database_cannot_hold_is_a_400_naming_the_parameter(share
         assert "NUL" in error["detail"], error
 
 
-@pytest.mark.parametrize("path", ["/api/v1/sites", "/api/v1/events", "/feeds/events.geojson",
-                                  "/api/v1/admin/quarantine"])
+@pytest.mark.parametrize(
+    "path", ["/api/v1/sites", "/api/v1/events", "/feeds/events.geojson", "/api/v1/admin/quarantine"]
+)
 async def test_a_parameter_name_with_nul_is_refused_too(shared, path):
     async with shared.get(f"{path}?ro%00ad=x", headers=AUTH) as resp:
         error = await resp.json()
@@ -139,8 +147,9 @@ async def test_a_parameter_name_with_nul_is_refused_too(shared, path):
 
 
 MARKING = {"kind": "road_closed", "road": "RD613", "from": "2025-07-01", "to": "2025-07-02", "comment": "ok"}
-UNSTORABLE = st.one_of(WITH_NUL, st.tuples(_SAFE, st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), _SAFE)
-                       .map("".join))
+UNSTORABLE = st.one_of(
+    WITH_NUL, st.tuples(_SAFE, st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), _SAFE).map("".join)
+)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -154,8 +163,9 @@ async def test_admin_body_text_the_database_cannot_hold_is_a_400_naming_the_fiel
         body[field] = value
         expected = field
     raw = json.dumps(body)  # ensure_ascii: lone surrogates travel as \\udXXX escapes, as a client sends them
-    async with shared.post("/api/v1/admin/markings", data=raw, headers={**AUTH, "Content-Type": "application/json"}) \
-            as resp:
+    async with shared.post(
+        "/api/v1/admin/markings", data=raw, headers={**AUTH, "Content-Type": "application/json"}
+    ) as resp:
         answer = await resp.read()
         assert resp.status == 400, (field, value, resp.status, answer[:300])
         error = json.loads(answer)
@@ -169,8 +179,9 @@ async def test_admin_bodies_nested_too_deep_are_a_400(shared, depth, opener):
     closer = "]" if opener == "[" else "}"
     nested = opener * depth + "1" + closer * depth
     raw = '{"kind": "road_closed", "road": "RD613", "from": "2025-07-01", "x": ' + nested + "}"
-    async with shared.post("/api/v1/admin/markings", data=raw.encode(),
-                           headers={**AUTH, "Content-Type": "application/json"}) as resp:
+    async with shared.post(
+        "/api/v1/admin/markings", data=raw.encode(), headers={**AUTH, "Content-Type": "application/json"}
+    ) as resp:
         body = await resp.read()
         if len(raw) > config().server.max_request_bytes:
             assert resp.status == 413, (depth, resp.status, body[:200])
@@ -183,8 +194,13 @@ async def test_brackets_inside_strings_do_not_count_as_nesting(shared):
     async with shared.get("/api/v1/sites") as resp:
         site_id = (await resp.json())["sites"][0]["id"]
     # a marking that needs no road referential: the seeded counter, faulty for a day
-    body = {"kind": "counter_faulty", "site_id": site_id, "from": "2025-07-01", "to": "2025-07-02",
-            "comment": "[" * 500 + "{" * 500}
+    body = {
+        "kind": "counter_faulty",
+        "site_id": site_id,
+        "from": "2025-07-01",
+        "to": "2025-07-02",
+        "comment": "[" * 500 + "{" * 500,
+    }
     async with shared.post("/api/v1/admin/markings", json=body, headers=AUTH) as resp:
         assert resp.status == 201, await resp.text()
         marking = await resp.json()
@@ -252,13 +268,16 @@ async def test_rate_limit_refusals_keep_each_routes_cors_and_probes_have_their_o
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=st.one_of(
-    st.tuples(st.sampled_from(["", " ", "  ", "\u00a0", "\u3000"]), st.sampled_from(list(downloads.FORMULA_STARTS)),
-              _SAFE).map("".join),
-    _SAFE,
-    st.from_regex(r"\A[+-]?[0-9]{1,6}(\.[0-9]{0,3})?([eE][+-]?[0-9]{1,2})?\Z"),
-    st.from_regex(r"\A[+-]?[0-9]{1,6}(\.[0-9]{0,3})?\Z").map(lambda number: number + "\n"),
-))
+@given(
+    text=st.one_of(
+        st.tuples(
+            st.sampled_from(["", " ", "  ", "\u00a0", "\u3000"]), st.sampled_from(list(downloads.FORMULA_STARTS)), _SAFE
+        ).map("".join),
+        _SAFE,
+        st.from_regex(r"\A[+-]?[0-9]{1,6}(\.[0-9]{0,3})?([eE][+-]?[0-9]{1,2})?\Z"),
+        st.from_regex(r"\A[+-]?[0-9]{1,6}(\.[0-9]{0,3})?\Z").map(lambda number: number + "\n"),
+    )
+)
 async def test_csv_cells_are_neutralised_alike_in_python_and_sql(storage: Storage, text):
     neutral = downloads.neutralise(text)
     in_sql = await storage.pool.fetchval(f"SELECT {downloads.neutralised_sql('$1::text')}", text)
@@ -285,8 +304,10 @@ def _cursor(document: Any) -> str:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(kind=st.sampled_from(["sites", "events"]),
-       after=st.one_of(st.integers(-(2**80), 2**80), st.text(max_size=30), UNSTORABLE))
+@given(
+    kind=st.sampled_from(["sites", "events"]),
+    after=st.one_of(st.integers(-(2**80), 2**80), st.text(max_size=30), UNSTORABLE),
+)
 async def test_forged_cursors_are_a_400_or_a_page_never_a_server_error(shared, kind, after):
     """A cursor is ours to decode: whatever a client forges inside (huge numbers, text
     the database cannot hold), the answer is a page or a 400 naming the cursor."""

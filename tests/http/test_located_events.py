@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 from agents_support import DATEX_V2, load_simulated_roads, until_in_feed, xml_valid
 from collectors.datex2_parse import parse_datex2
 from exporters.datex2_v2 import render_situations
-from feed.roads import parse_referential
-from feed.store import roads
 from feed.config import Config, PublicationConfig, ServerConfig
 from feed.http.app import build_app
 from feed.model import EventRecord, Geometry
+from feed.roads import parse_referential
 from feed.simulator.geography import referential_geojson
+from feed.store import roads
 from feed.store.storage import Storage
 
 NS = {"d": "http://datex2.eu/schema/2/2_0"}
@@ -31,9 +31,19 @@ REFERENTIAL = parse_referential(referential_geojson(), "simulator")
 
 def event(ext: str, road: str, geometry: Geometry, **changes: Any) -> EventRecord:
     now = datetime.now(UTC)
-    return EventRecord(external_id=ext, type="roadworks", subtype="MaintenanceWorks", status="active",
-                       severity="medium", actual_start=now - timedelta(hours=1), road=road, direction="both",
-                       geometry=geometry, descriptions={"fr": "Travaux"}, **changes)
+    return EventRecord(
+        external_id=ext,
+        type="roadworks",
+        subtype="MaintenanceWorks",
+        status="active",
+        severity="medium",
+        actual_start=now - timedelta(hours=1),
+        road=road,
+        direction="both",
+        geometry=geometry,
+        descriptions={"fr": "Travaux"},
+        **changes,
+    )
 
 
 def located(doc: Any, event_id: str) -> list[tuple[str, str, float]]:
@@ -41,9 +51,13 @@ def located(doc: Any, event_id: str) -> list[tuple[str, str, float]]:
     out = []
     for distance in doc.xpath(f"//d:situation[@id='{event_id}']//d:fromReferent/..", namespaces=NS):
         holder = distance.getparent()
-        out.append((holder.findtext("d:linearElement/d:roadNumber", namespaces=NS),
-                    distance.findtext("d:fromReferent/d:referentIdentifier", namespaces=NS),
-                    float(distance.findtext("d:distanceAlong", namespaces=NS))))
+        out.append(
+            (
+                holder.findtext("d:linearElement/d:roadNumber", namespaces=NS),
+                distance.findtext("d:fromReferent/d:referentIdentifier", namespaces=NS),
+                float(distance.findtext("d:distanceAlong", namespaces=NS)),
+            )
+        )
     return out
 
 
@@ -57,14 +71,22 @@ async def test_events_placed_by_geometry_carry_road_and_pr_in_the_v2_feed(storag
         expected_from = await roads.locate(conn, "RD986", *line["coordinates"][0])
         expected_to = await roads.locate(conn, "RD986", *line["coordinates"][-1])
     await storage.ensure_source("cd34", "datex2", "http://127.0.0.1:9/cd34")
-    await storage.upsert_events("cd34", [
-        event("point", "RD 613", Geometry(type="Point", coordinates=list(point))),
-        event("line", "RD986", Geometry.model_validate(line)),
-        event("unknown-road", "RD9999", Geometry(type="Point", coordinates=list(point))),
-        event("too-far", "RD613", Geometry(type="Point", coordinates=list(far)), location_refs={"insee": "34172"}),
-        event("with-pr", "RD613", Geometry(type="Point", coordinates=list(point)),
-              location_refs={"pr": [{"at": "point", "road": "RD613", "pr": 7, "abscissa": 5}]}),
-    ], seen_at=datetime.now(UTC))
+    await storage.upsert_events(
+        "cd34",
+        [
+            event("point", "RD 613", Geometry(type="Point", coordinates=list(point))),
+            event("line", "RD986", Geometry.model_validate(line)),
+            event("unknown-road", "RD9999", Geometry(type="Point", coordinates=list(point))),
+            event("too-far", "RD613", Geometry(type="Point", coordinates=list(far)), location_refs={"insee": "34172"}),
+            event(
+                "with-pr",
+                "RD613",
+                Geometry(type="Point", coordinates=list(point)),
+                location_refs={"pr": [{"at": "point", "road": "RD613", "pr": 7, "abscissa": 5}]},
+            ),
+        ],
+        seen_at=datetime.now(UTC),
+    )
 
     config = Config(server=ServerConfig(rate_limit_per_minute=0), publication=PUBLICATION)
     client = TestClient(TestServer(build_app(config, storage), host="127.0.0.1"))
@@ -96,7 +118,9 @@ async def test_events_placed_by_geometry_carry_road_and_pr_in_the_v2_feed(storag
     read_back = {e.external_id: e for e in parse_datex2(body, source_id="again") if isinstance(e, EventRecord)}
     assert read_back["cd34:point"].road == "RD 613" and read_back["cd34:line"].road == "RD986"
     assert [(r["at"], r["road"], r["referent"]) for r in read_back["cd34:line"].location_refs["pr"]] == [
-        ("from", "RD986", from_referent), ("to", "RD986", to_referent)]
+        ("from", "RD986", from_referent),
+        ("to", "RD986", to_referent),
+    ]
 
 
 @st.composite
@@ -112,15 +136,22 @@ def _positions(draw: st.DrawFn) -> tuple[str, int, float]:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(positions=st.lists(_positions(), min_size=1, max_size=4))
 async def test_positions_along_a_road_round_trip_through_the_v2_feed(
-        storage: Storage, positions: list[tuple[str, int, float]]) -> None:
+    storage: Storage, positions: list[tuple[str, int, float]]
+) -> None:
     async with storage.pool.acquire() as conn:
         if not await roads.road_exists(conn, "RD613"):
             await roads.store_referential(conn, REFERENTIAL)
         placed = [(road, await roads.point(conn, road, pr, abscissa)) for road, pr, abscissa in positions]
         expected = [await roads.locate(conn, road, *lonlat) for road, lonlat in placed]
     await storage.ensure_source("gen", "datex2", "http://127.0.0.1:9/gen")
-    await storage.upsert_events("gen", [event(f"e{n}", road, Geometry(type="Point", coordinates=list(lonlat)))
-                                        for n, (road, lonlat) in enumerate(placed)], seen_at=datetime.now(UTC))
+    await storage.upsert_events(
+        "gen",
+        [
+            event(f"e{n}", road, Geometry(type="Point", coordinates=list(lonlat)))
+            for n, (road, lonlat) in enumerate(placed)
+        ],
+        seen_at=datetime.now(UTC),
+    )
     drawn = {f"e{n}" for n in range(len(placed))}  # earlier examples' events stay in the database
     events = [e for e in await storage.events(source_id="gen") if e.external_id in drawn]
     body = render_situations(events, PUBLICATION, datetime.now(UTC))

@@ -16,18 +16,22 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from feed.http import api, documents
 from feed.config import Config, SourceConfig
-from feed.publish.publisher import FeedPublisher
+from feed.http import api, documents
 from feed.http.app import build_app
-from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
 from feed.http.openapi import openapi_document, openapi_routes
 from feed.http.openapi import paths as history_paths
+from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
+from feed.publish.publisher import FeedPublisher
 from feed.store.storage import RunStats, Storage
 
 PARIS = ZoneInfo("Europe/Paris")
-CONFIG = Config(sources=[SourceConfig(id="cnt", kind="comptage-mobilites", url="http://127.0.0.1:9/cnt"),
-                         SourceConfig(id="never", kind="datex2", url="http://127.0.0.1:9/never")])
+CONFIG = Config(
+    sources=[
+        SourceConfig(id="cnt", kind="comptage-mobilites", url="http://127.0.0.1:9/cnt"),
+        SourceConfig(id="never", kind="datex2", url="http://127.0.0.1:9/never"),
+    ]
+)
 DOC = openapi_document(CONFIG)
 BASE = "urn:roadfeed:openapi"
 REGISTRY = Registry().with_resource(BASE, Resource.from_contents(DOC, default_specification=DRAFT202012))
@@ -56,7 +60,7 @@ async def test_every_api_route_of_the_real_application_is_documented(storage: St
     app = build_app(CONFIG, storage)  # every RouteSetup of feed.http.app.ROUTES, as served
     registered = api_paths(app)
     assert f"{documents.API}/sites/{{id}}/counts" in registered and f"{documents.API}/events/{{id}}" in registered
-    assert registered == set(DOC["paths"]), (registered ^ set(DOC["paths"]))
+    assert registered == set(DOC["paths"]), registered ^ set(DOC["paths"])
     for path, item in DOC["paths"].items():
         for method, operation in item.items():
             declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
@@ -75,24 +79,59 @@ def test_the_document_is_openapi_31_with_valid_schemas():
 
 async def seed(storage: Storage) -> dict[str, int]:
     await storage.ensure_source("cnt", "comptage-mobilites", "http://127.0.0.1:9/cnt")
-    await storage.upsert_sites("cnt", [SiteRecord(external_id="S1", name="Montbazin", road="RD613", insee="34165",
-                                                  lon=3.69, lat=43.51, metadata={"commune": "Montbazin"}),
-                                       SiteRecord(external_id="S2", name="nowhere")])
-    await storage.upsert_channels("cnt", [ChannelRecord(site_external_id="S1", external_id=f"S1-{d}", direction=d,
-                                                        vehicle_class="all", time_step=900) for d in ("N", "S")])
+    await storage.upsert_sites(
+        "cnt",
+        [
+            SiteRecord(
+                external_id="S1",
+                name="Montbazin",
+                road="RD613",
+                insee="34165",
+                lon=3.69,
+                lat=43.51,
+                metadata={"commune": "Montbazin"},
+            ),
+            SiteRecord(external_id="S2", name="nowhere"),
+        ],
+    )
+    await storage.upsert_channels(
+        "cnt",
+        [
+            ChannelRecord(site_external_id="S1", external_id=f"S1-{d}", direction=d, vehicle_class="all", time_step=900)
+            for d in ("N", "S")
+        ],
+    )
     ids = await storage.channel_ids("cnt")
     start = datetime(2025, 7, 1, tzinfo=PARIS)
-    await storage.ingest_measurements([
-        (cid, (start + timedelta(minutes=15 * q)).astimezone(UTC), 900, 20 + q % 5, 80.0 if q % 3 else None, None,
-         "estimated" if q % 7 == 0 else "observed")
-        for cid in ids.values() for q in range(96 * 3) if q % 11])
+    await storage.ingest_measurements(
+        [
+            (
+                cid,
+                (start + timedelta(minutes=15 * q)).astimezone(UTC),
+                900,
+                20 + q % 5,
+                80.0 if q % 3 else None,
+                None,
+                "estimated" if q % 7 == 0 else "observed",
+            )
+            for cid in ids.values()
+            for q in range(96 * 3)
+            if q % 11
+        ]
+    )
     t0 = datetime(2025, 7, 1, 8, tzinfo=PARIS)
-    works = EventRecord(external_id="w1", type="roadworks", road="RD613", actual_start=t0,
-                        geometry=Geometry(type="LineString", coordinates=[[3.69, 43.51], [3.70, 43.52]]),
-                        descriptions={"fr": "Travaux", "en": "Works"})
+    works = EventRecord(
+        external_id="w1",
+        type="roadworks",
+        road="RD613",
+        actual_start=t0,
+        geometry=Geometry(type="LineString", coordinates=[[3.69, 43.51], [3.70, 43.52]]),
+        descriptions={"fr": "Travaux", "en": "Works"},
+    )
     await storage.upsert_events("cnt", [works], seen_at=t0)
-    await storage.upsert_events("cnt", [works.model_copy(update={"status": "ended", "actual_end": t0})],
-                                seen_at=t0 + timedelta(hours=3))
+    await storage.upsert_events(
+        "cnt", [works.model_copy(update={"status": "ended", "actual_end": t0})], seen_at=t0 + timedelta(hours=3)
+    )
     run = await storage.start_run("cnt")
     await storage.finish_run(run, RunStats(http_status=200, bytes=10, complete=True))
     return await storage.site_ids("cnt", ["S1", "S2"])
@@ -136,8 +175,7 @@ REQUESTS = [  # (template, query or concrete path suffix, status)
     ("/api/v1/sites/{id}", "{S2}", 200),
     ("/api/v1/sites/{id}", "12345", 404),
     ("/api/v1/sites/{id}/counts", "{S1}/counts?from=2025-07-01&to=2025-07-05", 200),
-    ("/api/v1/sites/{id}/counts", "{S1}/counts?from=2025-07-01T06:00&to=2025-07-01T12:00&step=hour&direction=N",
-     200),
+    ("/api/v1/sites/{id}/counts", "{S1}/counts?from=2025-07-01T06:00&to=2025-07-01T12:00&step=hour&direction=N", 200),
     ("/api/v1/sites/{id}/counts", "{S1}/counts?from=2025&to=2026&step=month&vehicle_class=all", 200),
     ("/api/v1/sites/{id}/counts", "{S2}/counts?from=2025&step=year", 200),
     ("/api/v1/sites/{id}/counts", "{S1}/counts?step=hour&from=2025-01-01&to=2025-12-01", 400),
@@ -184,9 +222,11 @@ async def test_real_responses_validate_against_the_documented_schemas(client):
 
 async def test_csv_and_parquet_answers_are_documented(client):
     c, sites = client
-    for template, path in (("/api/v1/sites/{id}/counts", f"/api/v1/sites/{sites['S1']}/counts?from=2025-07-01"),
-                           ("/api/v1/annual", "/api/v1/annual?year=2025"),
-                           ("/api/v1/downloads/{year}/{name}", "/api/v1/downloads/2025/daily")):
+    for template, path in (
+        ("/api/v1/sites/{id}/counts", f"/api/v1/sites/{sites['S1']}/counts?from=2025-07-01"),
+        ("/api/v1/annual", "/api/v1/annual?year=2025"),
+        ("/api/v1/downloads/{year}/{name}", "/api/v1/downloads/2025/daily"),
+    ):
         for fmt, media in (("csv", "text/csv"), ("parquet", "application/vnd.apache.parquet")):
             url = f"{path}.{fmt}" if path.endswith("daily") else f"{path}&format={fmt}"
             response = await c.get(url)
@@ -200,16 +240,20 @@ async def test_the_served_document_is_this_document(client):
     assert response.status == 200 and json.loads(await response.read()) == DOC
 
 
-@pytest.mark.parametrize(("template", "parameter", "value"), [
-    ("/api/v1/annual", "year", 0),
-    ("/api/v1/events", "status", ""),
-    ("/api/v1/events", "type", "nope"),
-    ("/api/v1/sites", "bbox", "1,2,3"),
-    ("/api/v1/sites/{id}/counts", "from", ".exe"),
-    ("/api/v1/sites/{id}/counts", "to", "2025-02-30"),
-])
+@pytest.mark.parametrize(
+    ("template", "parameter", "value"),
+    [
+        ("/api/v1/annual", "year", 0),
+        ("/api/v1/events", "status", ""),
+        ("/api/v1/events", "type", "nope"),
+        ("/api/v1/sites", "bbox", "1,2,3"),
+        ("/api/v1/sites/{id}/counts", "from", ".exe"),
+        ("/api/v1/sites/{id}/counts", "to", "2025-02-30"),
+    ],
+)
 def test_values_the_server_refuses_are_refused_by_the_document(template, parameter, value):
     """The four cases schemathesis found (and kin): the document's schema rejects them too."""
     [param] = [p for p in DOC["paths"][template]["get"]["parameters"] if p["name"] == parameter]
     assert not Draft202012Validator(param["schema"], format_checker=Draft202012Validator.FORMAT_CHECKER).is_valid(
-        value), (parameter, value)
+        value
+    ), (parameter, value)

@@ -19,20 +19,22 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from feed.http.api import _guarded
 from feed.config import Config, DatabaseConfig, ServerConfig, SourceConfig
-from feed.publish.catalogue import EVENTS_GEOJSON
-from feed.server.fastpath import FeedFastPath, FeedSite
+from feed.http.api import _guarded
 from feed.http.app import build_app
 from feed.http.context import CONTEXT
-from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
 from feed.http.security import FEED_SECURITY_HEADERS, RATE_LIMITER, RateLimiter
+from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
+from feed.publish.catalogue import EVENTS_GEOJSON
+from feed.server.fastpath import FeedFastPath, FeedSite
 from feed.store.storage import Storage
 from feed.store.transactions import reading
 
 WAIT = 15.0
-SOURCES = [SourceConfig(id="cd34", kind="datex2", url="http://127.0.0.1:9/cd34", interval=60),
-           SourceConfig(id="cnt", kind="comptage-mobilites", url="http://127.0.0.1:9/cnt", interval=300)]
+SOURCES = [
+    SourceConfig(id="cd34", kind="datex2", url="http://127.0.0.1:9/cd34", interval=60),
+    SourceConfig(id="cnt", kind="comptage-mobilites", url="http://127.0.0.1:9/cnt", interval=300),
+]
 
 
 def config(**server: Any) -> Config:
@@ -43,17 +45,33 @@ async def seed(storage: Storage) -> None:
     now = datetime.now(UTC)
     await storage.ensure_source("cd34", "datex2", "http://127.0.0.1:9/cd34")
     await storage.ensure_source("cnt", "comptage-mobilites", "http://127.0.0.1:9/cnt")
-    await storage.upsert_events("cd34", [EventRecord(
-        external_id="works", type="roadworks", subtype="MaintenanceWorks", status="active", severity="medium",
-        planned_start=now - timedelta(days=1), planned_end=now + timedelta(days=3),
-        actual_start=now - timedelta(days=1),
-        road="RD613", direction="both", lanes_affected="all",
-        geometry=Geometry(type="LineString", coordinates=[[3.870, 43.610], [3.880, 43.615]]),
-        descriptions={"fr": "Travaux", "en": "Works"})], seen_at=now - timedelta(minutes=5))
-    await storage.upsert_sites("cnt", [SiteRecord(external_id="S1", name="RD613 Montbazin", road="RD613",
-                                                  lon=3.69, lat=43.51)])
-    await storage.upsert_channels("cnt", [ChannelRecord(site_external_id="S1", external_id="S1-N", direction="N",
-                                                        time_step=3600)])
+    await storage.upsert_events(
+        "cd34",
+        [
+            EventRecord(
+                external_id="works",
+                type="roadworks",
+                subtype="MaintenanceWorks",
+                status="active",
+                severity="medium",
+                planned_start=now - timedelta(days=1),
+                planned_end=now + timedelta(days=3),
+                actual_start=now - timedelta(days=1),
+                road="RD613",
+                direction="both",
+                lanes_affected="all",
+                geometry=Geometry(type="LineString", coordinates=[[3.870, 43.610], [3.880, 43.615]]),
+                descriptions={"fr": "Travaux", "en": "Works"},
+            )
+        ],
+        seen_at=now - timedelta(minutes=5),
+    )
+    await storage.upsert_sites(
+        "cnt", [SiteRecord(external_id="S1", name="RD613 Montbazin", road="RD613", lon=3.69, lat=43.51)]
+    )
+    await storage.upsert_channels(
+        "cnt", [ChannelRecord(site_external_id="S1", external_id="S1-N", direction="N", time_step=3600)]
+    )
     ids = await storage.channel_ids("cnt")
     start = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
     await storage.ingest_measurements([(ids["S1-N"], start, 3600, 42, 71.5, None, "observed")])
@@ -122,7 +140,8 @@ async def test_the_web_page_keeps_its_own_policy(shared):
         h = resp.headers
         assert h["Content-Type"].startswith("text/html")
         assert "default-src" in h["Content-Security-Policy"] and h["Content-Security-Policy"] != (
-            "default-src 'none'; frame-ancestors 'none'")
+            "default-src 'none'; frame-ancestors 'none'"
+        )
         assert h["Referrer-Policy"] == "same-origin"  # the page's own
         assert h["X-Frame-Options"] == "DENY" and h["X-Content-Type-Options"] == "nosniff"
         assert h["Cross-Origin-Resource-Policy"] == "same-origin"
@@ -226,8 +245,13 @@ async def test_rate_limit_answers_429_with_retry_after(storage: Storage):
             assert 1 <= int(resp.headers["Retry-After"]) <= 60
             assert resp.headers["X-Content-Type-Options"] == "nosniff"
             body = await resp.json()
-            assert body["error"] == "rate_limited" and set(body) == {"error", "parameter", "value", "expected",
-                                                                     "detail"}
+            assert body["error"] == "rate_limited" and set(body) == {
+                "error",
+                "parameter",
+                "value",
+                "expected",
+                "detail",
+            }
         async with client.get("/feeds/events.geojson") as resp:  # feeds share the budget
             assert resp.status == 429
 
@@ -255,8 +279,11 @@ def test_loopback_is_not_limited_by_default():
 async def test_oversized_bodies_and_headers_are_refused(storage: Storage):
     cfg = config(rate_limit_per_minute=0, max_request_bytes=1024, admin_token="t0ken")
     async with running(storage, cfg) as client:
-        async with client.post("/api/v1/admin/markings", data=b"{" + b" " * 4096 + b"}",
-                               headers={"Authorization": "Bearer t0ken", "Content-Type": "application/json"}) as r:
+        async with client.post(
+            "/api/v1/admin/markings",
+            data=b"{" + b" " * 4096 + b"}",
+            headers={"Authorization": "Bearer t0ken", "Content-Type": "application/json"},
+        ) as r:
             assert r.status == 413
         async with client.get("/api/v1/sites", headers={"X-Padding": "x" * 9000}) as r:
             assert r.status in (400, 431)
@@ -315,8 +342,14 @@ async def test_statement_timeout_cuts_a_slow_api_query(storage: Storage):
 # --------------------------------------------------------------------------- SQL injection
 
 
-PAYLOADS = ["RD613'; DROP TABLE sites;--", "1 OR 1=1", "'); DELETE FROM events;--", "1; UPDATE sources SET url=''",
-            "\\'; TRUNCATE markings; --", "$$; DROP TABLE events; $$"]
+PAYLOADS = [
+    "RD613'; DROP TABLE sites;--",
+    "1 OR 1=1",
+    "'); DELETE FROM events;--",
+    "1; UPDATE sources SET url=''",
+    "\\'; TRUNCATE markings; --",
+    "$$; DROP TABLE events; $$",
+]
 
 
 def cursor_of(value: Any) -> str:
@@ -338,21 +371,38 @@ async def test_injection_attempts_on_every_public_parameter_change_nothing(share
     for p in PAYLOADS:
         q = quote(p, safe="")
         urls += [
-            f"/api/v1/sites?road={q}", f"/api/v1/sites?commune={q}", f"/api/v1/sites?bbox={q}",
-            f"/api/v1/sites?limit={q}", f"/api/v1/sites?cursor={q}",
-            f"/api/v1/sites/{q}", f"/api/v1/sites/{q}/counts",
-            f"/api/v1/sites/1/counts?direction={q}", f"/api/v1/sites/1/counts?vehicle_class={q}",
-            f"/api/v1/sites/1/counts?step={q}", f"/api/v1/sites/1/counts?format={q}",
-            f"/api/v1/sites/1/counts?from={q}", f"/api/v1/sites/1/counts?to={q}",
-            f"/api/v1/annual?year={q}", f"/api/v1/annual?year=2025&threshold={q}",
-            f"/api/v1/events?road={q}", f"/api/v1/events?type={q}", f"/api/v1/events?status={q}",
-            f"/api/v1/events?bbox={q}", f"/api/v1/events?from={q}", f"/api/v1/events?cursor={q}",
-            f"/api/v1/events/{q}", f"/api/v1/events?cursor={cursor_of(['events', p])}",
+            f"/api/v1/sites?road={q}",
+            f"/api/v1/sites?commune={q}",
+            f"/api/v1/sites?bbox={q}",
+            f"/api/v1/sites?limit={q}",
+            f"/api/v1/sites?cursor={q}",
+            f"/api/v1/sites/{q}",
+            f"/api/v1/sites/{q}/counts",
+            f"/api/v1/sites/1/counts?direction={q}",
+            f"/api/v1/sites/1/counts?vehicle_class={q}",
+            f"/api/v1/sites/1/counts?step={q}",
+            f"/api/v1/sites/1/counts?format={q}",
+            f"/api/v1/sites/1/counts?from={q}",
+            f"/api/v1/sites/1/counts?to={q}",
+            f"/api/v1/annual?year={q}",
+            f"/api/v1/annual?year=2025&threshold={q}",
+            f"/api/v1/events?road={q}",
+            f"/api/v1/events?type={q}",
+            f"/api/v1/events?status={q}",
+            f"/api/v1/events?bbox={q}",
+            f"/api/v1/events?from={q}",
+            f"/api/v1/events?cursor={q}",
+            f"/api/v1/events/{q}",
+            f"/api/v1/events?cursor={cursor_of(['events', p])}",
             f"/api/v1/sites?cursor={cursor_of(['sites', p])}",
-            f"/api/v1/downloads/{q}/counts_daily.csv", f"/api/v1/downloads/2025/{q}",
-            f"/feeds/events.geojson?bbox={q}", f"/feeds/events.geojson?type={q}",
-            f"/feeds/events.geojson?status={q}", f"/feeds/events/changes?since={q}",
-            f"/?lang={q}", f"/api/v1/admin/quarantine?source={q}",
+            f"/api/v1/downloads/{q}/counts_daily.csv",
+            f"/api/v1/downloads/2025/{q}",
+            f"/feeds/events.geojson?bbox={q}",
+            f"/feeds/events.geojson?type={q}",
+            f"/feeds/events.geojson?status={q}",
+            f"/feeds/events/changes?since={q}",
+            f"/?lang={q}",
+            f"/api/v1/admin/quarantine?source={q}",
         ]
     for url in urls:
         async with client.get(url) as resp:

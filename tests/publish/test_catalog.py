@@ -17,10 +17,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from pyshacl import validate
 from rdflib.namespace import DCAT, DCTERMS, FOAF, RDF, SKOS
 
-from feed.publish.dcat import CATALOG_PATH, DATASETS, MEDIA_TYPE
 from feed.config import Config, PublicationConfig
-from feed.publish.publisher import FeedPublisher
 from feed.http.app import build_app
+from feed.publish.dcat import CATALOG_PATH, DATASETS, MEDIA_TYPE
+from feed.publish.publisher import FeedPublisher
 from feed.store.storage import Storage
 
 CONFIG = Config(publication=PublicationConfig(publisher="Département de test", languages=["fr", "en"]))
@@ -30,9 +30,12 @@ DCAT_DATA = Path(__file__).resolve().parents[1] / "data" / "dcat"
 SHAPES = rdflib.Graph()
 for name in ("mobilitydcat-ap-shacl.ttl", "mobilitydcat-ap-shacl-ranges.ttl"):
     SHAPES.parse(DCAT_DATA / name)
-VOCABULARY_FILES = {MOBILITY.mobilityTheme: "mobility-theme", MOBILITY.mobilityDataStandard: "mobility-data-standard",
-                    MOBILITY.applicationLayerProtocol: "application-layer-protocol",
-                    DCTERMS.type: "conditions-for-access-and-usage"}
+VOCABULARY_FILES = {
+    MOBILITY.mobilityTheme: "mobility-theme",
+    MOBILITY.mobilityDataStandard: "mobility-data-standard",
+    MOBILITY.applicationLayerProtocol: "application-layer-protocol",
+    DCTERMS.type: "conditions-for-access-and-usage",
+}
 VOCABULARY = rdflib.Graph()
 for name in VOCABULARY_FILES.values():
     VOCABULARY.parse(DCAT_DATA / f"{name}.ttl")
@@ -50,8 +53,9 @@ class NoFeeds(FeedPublisher):
 
 @pytest.fixture
 async def client(storage: Storage) -> AsyncIterator[TestClient]:
-    async with TestClient(TestServer(build_app(CONFIG, storage, publisher=NoFeeds(storage, CONFIG)),
-                                     host="127.0.0.1")) as c:
+    async with TestClient(
+        TestServer(build_app(CONFIG, storage, publisher=NoFeeds(storage, CONFIG)), host="127.0.0.1")
+    ) as c:
         yield c
 
 
@@ -75,8 +79,15 @@ async def test_the_catalogue_is_dcat_json_ld_with_every_required_property(client
     paths = served_paths(client.app)
     for dataset in datasets:
         assert (dataset, RDF.type, DCAT.Dataset) in graph
-        for prop in (DCTERMS.title, DCTERMS.description, DCTERMS.publisher, DCTERMS.license,
-                     DCTERMS.accrualPeriodicity, DCTERMS.spatial, MOBILITY.mobilityTheme):
+        for prop in (
+            DCTERMS.title,
+            DCTERMS.description,
+            DCTERMS.publisher,
+            DCTERMS.license,
+            DCTERMS.accrualPeriodicity,
+            DCTERMS.spatial,
+            MOBILITY.mobilityTheme,
+        ):
             assert graph.value(dataset, prop) is not None, (dataset, prop)
         publisher = graph.value(dataset, DCTERMS.publisher)
         assert str(graph.value(publisher, FOAF.name)) == "Département de test"
@@ -84,13 +95,17 @@ async def test_the_catalogue_is_dcat_json_ld_with_every_required_property(client
         assert str(graph.value(dataset, DCTERMS.accrualPeriodicity)).startswith(f"{EU}frequency/")
         bbox = graph.value(graph.value(dataset, DCTERMS.spatial), DCAT.bbox)
         assert str(bbox).startswith("POLYGON((2.53 43.2,")
-        assert {str(x) for x in graph.objects(dataset, DCTERMS.language)} == {f"{EU}language/FRA",
-                                                                               f"{EU}language/ENG"}
+        assert {str(x) for x in graph.objects(dataset, DCTERMS.language)} == {f"{EU}language/FRA", f"{EU}language/ENG"}
         distributions = list(graph.objects(dataset, DCAT.distribution))
         assert distributions
         for d in distributions:
-            for prop in (DCAT.accessURL, DCAT.mediaType, DCTERMS.format, DCTERMS.conformsTo,
-                         MOBILITY.mobilityDataStandard):
+            for prop in (
+                DCAT.accessURL,
+                DCAT.mediaType,
+                DCTERMS.format,
+                DCTERMS.conformsTo,
+                MOBILITY.mobilityDataStandard,
+            ):
                 assert graph.value(d, prop) is not None, (d, prop)
             assert graph.value(graph.value(d, DCTERMS.conformsTo), DCTERMS.title) is not None
             url = str(graph.value(d, DCAT.accessURL))
@@ -132,10 +147,13 @@ async def test_the_catalogue_is_documented_in_the_openapi_document(client: TestC
 
 async def test_the_catalogue_urls_start_with_the_configured_public_url(storage: Storage):
     config = Config(publication=PublicationConfig(public_url="https://trafic.example.fr/"))
-    async with TestClient(TestServer(build_app(config, storage, publisher=NoFeeds(storage, config)),
-                                     host="127.0.0.1")) as c:
+    async with TestClient(
+        TestServer(build_app(config, storage, publisher=NoFeeds(storage, config)), host="127.0.0.1")
+    ) as c:
         graph = rdflib.Graph().parse(data=await (await c.get(CATALOG_PATH)).read(), format="json-ld")
     urls = {str(o) for o in graph.objects(None, DCAT.accessURL)}
-    assert urls and all(u.startswith("https://trafic.example.fr/feeds/") or
-                        u.startswith("https://trafic.example.fr/api/v1/") for u in urls), urls
+    assert urls and all(
+        u.startswith("https://trafic.example.fr/feeds/") or u.startswith("https://trafic.example.fr/api/v1/")
+        for u in urls
+    ), urls
     assert str(next(graph.subjects(RDF.type, DCAT.Catalog))) == "https://trafic.example.fr" + CATALOG_PATH

@@ -20,6 +20,8 @@ from httpx_sse import aconnect_sse
 from sseclient import SSEClient
 
 from exporters.geojson import event_feature
+from feed.config import Config, SourceConfig
+from feed.http.app import build_app, health_routes
 from feed.http.changes import (
     CHANGE_HUB,
     CHANGES_PATH,
@@ -30,10 +32,8 @@ from feed.http.changes import (
     iter_sse,
     make_changes_routes,
 )
-from feed.config import Config, SourceConfig
-from feed.publish.changes import LISTENER_APPLICATION_NAME
-from feed.http.app import build_app, health_routes
 from feed.model import EventRecord, Geometry
+from feed.publish.changes import LISTENER_APPLICATION_NAME
 from feed.store.storage import Storage
 
 NOW = datetime.now(UTC).replace(microsecond=0)  # fixed: equal records must hash equal
@@ -48,9 +48,17 @@ SETE_BBOX = "3.6,43.35,3.75,43.45"
 
 def event(ext: str, **changes: Any) -> EventRecord:
     fields: dict[str, Any] = dict(
-        external_id=ext, type="roadworks", subtype="MaintenanceWorks", status="active", severity="medium",
-        planned_start=NOW - timedelta(days=1), planned_end=NOW + timedelta(days=3),
-        road="RD613", direction="both", geometry=MONTPELLIER, descriptions={"fr": "Travaux", "en": "Road works"},
+        external_id=ext,
+        type="roadworks",
+        subtype="MaintenanceWorks",
+        status="active",
+        severity="medium",
+        planned_start=NOW - timedelta(days=1),
+        planned_end=NOW + timedelta(days=3),
+        road="RD613",
+        direction="both",
+        geometry=MONTPELLIER,
+        descriptions={"fr": "Travaux", "en": "Road works"},
     )
     return EventRecord(**{**fields, **changes})
 
@@ -181,12 +189,17 @@ async def test_changes_say_what_changed_and_continue_exactly(client: TestClient,
     assert isinstance(start, str) and first["publication_time"].endswith("Z")
 
     await store(storage, event("works"), event("crash", type="accident", geometry=SETE), complete_snapshot=True)
-    await store(storage, event("works", severity="high"), event("crash", type="accident", geometry=SETE,
-                                                                  status="ended"))
+    await store(
+        storage, event("works", severity="high"), event("crash", type="accident", geometry=SETE, status="ended")
+    )
     await store(storage, event("works", severity="high"), complete_snapshot=True)  # nothing new: no change
     page = await changes(client, since=start)
-    assert summary(page) == [("cd34:works", "created", 1), ("cd34:crash", "created", 1),
-                             ("cd34:works", "updated", 2), ("cd34:crash", "ended", 2)]
+    assert summary(page) == [
+        ("cd34:works", "created", 1),
+        ("cd34:crash", "created", 1),
+        ("cd34:works", "updated", 2),
+        ("cd34:crash", "ended", 2),
+    ]
     assert page["more"] is False
     cursors = [c["cursor"] for c in page["changes"]]
     assert len(set(cursors)) == 4 and page["next_cursor"] == cursors[-1]
@@ -201,8 +214,9 @@ async def test_changes_say_what_changed_and_continue_exactly(client: TestClient,
     caught_up = await changes(client, since=page["next_cursor"])
     assert (caught_up["changes"], caught_up["next_cursor"], caught_up["more"]) == ([], page["next_cursor"], False)
 
-    await store(storage, event("works", severity="high"), event("crash", type="accident", geometry=SETE),
-                complete_snapshot=True)
+    await store(
+        storage, event("works", severity="high"), event("crash", type="accident", geometry=SETE), complete_snapshot=True
+    )
     await store(storage, event("crash", type="accident", geometry=SETE), complete_snapshot=True)
     later = await changes(client, since=page["next_cursor"])
     assert summary(later) == [("cd34:crash", "reopened", 3), ("cd34:works", "ended", 3)]
@@ -232,18 +246,23 @@ async def test_paging_with_limit_walks_every_change_once(client: TestClient, sto
     assert pages == 4
     assert walked == everything["changes"]
     assert {(c["event"]["id"], c["event"]["properties"]["version"]) for c in walked} == {
-        (f"cd34:e{j}", v) for j in range(5) for v in range(1, 6)}
+        (f"cd34:e{j}", v) for j in range(5) for v in range(1, 6)
+    }
 
 
 async def test_filters_keep_changes_in_or_leaving_the_area(client: TestClient, storage: Storage):
-    await store(storage, event("town"), event("port", type="accident", geometry=SETE),
-                event("mover", geometry=SETE), event("nowhere", geometry=None))
+    await store(
+        storage,
+        event("town"),
+        event("port", type="accident", geometry=SETE),
+        event("mover", geometry=SETE),
+        event("nowhere", geometry=None),
+    )
     await store(storage, event("town", severity="high"), event("mover", geometry=MONTPELLIER))
     await store(storage, event("mover", geometry=MONTPELLIER, severity="low"))
     page = await changes(client, bbox=SETE_BBOX)
     # "mover" left the box in version 2: the client hears it, and nothing after.
-    assert summary(page) == [("cd34:port", "created", 1), ("cd34:mover", "created", 1),
-                             ("cd34:mover", "updated", 2)]
+    assert summary(page) == [("cd34:port", "created", 1), ("cd34:mover", "created", 1), ("cd34:mover", "updated", 2)]
     assert summary(await changes(client, type="accident")) == [("cd34:port", "created", 1)]
     assert summary(await changes(client, type="accident,roadworks", bbox=SETE_BBOX)) == summary(page)
 
@@ -285,8 +304,9 @@ async def test_bad_parameters_get_a_400_in_the_feeds_error_shape(client: TestCli
         assert resp.status == 400 and (await resp.json())["parameter"] == "Last-Event-ID"
     assert (await changes(client, limit="5000", since="0"))["next_cursor"] == latest
     for path in (CHANGES_PATH, STREAM_PATH):
-        async with client.options(path, headers={"Origin": "https://app.example",
-                                                 "Access-Control-Request-Method": "GET"}) as resp:
+        async with client.options(
+            path, headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
+        ) as resp:
             assert resp.status == 204 and "Last-Event-ID" in resp.headers["Access-Control-Allow-Headers"]
 
 
@@ -305,7 +325,9 @@ async def test_a_change_committed_after_a_later_one_is_not_skipped(client: TestC
             await writer.execute("SELECT pg_advisory_xact_lock(2, hashtext('cd34'))")
             await writer.execute(
                 """INSERT INTO event_versions (event_id, version, change, recorded, state)
-                   VALUES ('cd34:slow', 2, 'updated', now(), $1)""", {**state, "version": 2})
+                   VALUES ('cd34:slow', 2, 'updated', now(), $1)""",
+                {**state, "version": 2},
+            )
             await store(storage, event(f"quick-{outcome}"), source="other")
             reader = asyncio.create_task(changes(client, since=cursor))
             await asyncio.sleep(0.3)
@@ -330,7 +352,10 @@ async def test_stream_pushes_changes_in_order(quick: TestClient, storage: Storag
         await store(storage, event("a", status="ended"))
         got = await s.events(3)
         assert [(m.event, m.json()["event"]["id"], m.json()["event"]["properties"]["version"]) for m in got] == [
-            ("created", "cd34:a", 1), ("created", "cd34:b", 1), ("ended", "cd34:a", 2)]
+            ("created", "cd34:a", 1),
+            ("created", "cd34:b", 1),
+            ("ended", "cd34:a", 2),
+        ]
         page = await changes(quick)
         assert [m.json() for m in got] == page["changes"]  # the same documents as the delta feed
         assert [m.last_event_id for m in got] == [c["cursor"] for c in page["changes"]]
@@ -342,8 +367,12 @@ async def test_stream_pushes_changes_in_order(quick: TestClient, storage: Storag
         async with asyncio.timeout(WAIT):
             while not quick.app[CHANGE_HUB].listening:
                 await asyncio.sleep(0.05)
-        assert await storage.pool.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", LISTENER_APPLICATION_NAME) == 1
+        assert (
+            await storage.pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", LISTENER_APPLICATION_NAME
+            )
+            == 1
+        )
 
 
 async def test_reconnecting_with_last_event_id_loses_nothing(quick: TestClient, storage: Storage):
@@ -359,7 +388,10 @@ async def test_reconnecting_with_last_event_id_loses_nothing(quick: TestClient, 
     async with stream(quick, last_event_id=last_id) as s:
         missed = await s.events(3)
         assert [(m.event, *ids_of([m])) for m in missed] == [
-            ("updated", "cd34:a"), ("created", "cd34:c"), ("ended", "cd34:b")]
+            ("updated", "cd34:a"),
+            ("created", "cd34:c"),
+            ("ended", "cd34:b"),
+        ]
         await store(storage, event("d"))
         assert [(m.event, *ids_of([m])) for m in await s.events(1)] == [("created", "cd34:d")]
         received = first + missed
@@ -377,11 +409,16 @@ async def test_stream_bbox_filter(quick: TestClient, storage: Storage):
     async with stream(quick, bbox=SETE_BBOX) as s:
         await store(storage, event("town"), event("port", geometry=SETE), event("mover", geometry=SETE))
         await store(storage, event("town", severity="high"), event("mover", geometry=MONTPELLIER))
-        await store(storage, event("mover", geometry=MONTPELLIER, severity="low"), event("port", status="ended",
-                                                                                          geometry=SETE))
+        await store(
+            storage, event("mover", geometry=MONTPELLIER, severity="low"), event("port", status="ended", geometry=SETE)
+        )
         got = await s.events(4)
         assert [(m.event, *ids_of([m])) for m in got] == [
-            ("created", "cd34:port"), ("created", "cd34:mover"), ("updated", "cd34:mover"), ("ended", "cd34:port")]
+            ("created", "cd34:port"),
+            ("created", "cd34:mover"),
+            ("updated", "cd34:mover"),
+            ("ended", "cd34:port"),
+        ]
         await store(storage, event("town", severity="low"))  # outside: not sent, but the resume point moves
         latest = (await changes(quick))["next_cursor"]
         async with asyncio.timeout(WAIT):
@@ -403,15 +440,14 @@ async def test_a_client_too_far_behind_is_dropped_and_resumes(storage: Storage):
 
 
 async def test_closing_the_application_closes_open_streams(storage: Storage):
-    async with running(storage) as client:
-        async with stream(client) as a, stream(client, bbox=SETE_BBOX) as b:
-            await store(storage, event("a", geometry=SETE))
-            await a.events(1)
-            await b.events(1)
-            await asyncio.wait_for(client.server.close(), WAIT)  # would hang for a minute otherwise
-            for s in (a, b):
-                assert await s.ended() == []
-                assert any("shutting down" in c for c in s.comments)
+    async with running(storage) as client, stream(client) as a, stream(client, bbox=SETE_BBOX) as b:
+        await store(storage, event("a", geometry=SETE))
+        await a.events(1)
+        await b.events(1)
+        await asyncio.wait_for(client.server.close(), WAIT)  # would hang for a minute otherwise
+        for s in (a, b):
+            assert await s.ended() == []
+            assert any("shutting down" in c for c in s.comments)
 
 
 # ---------------------------------------------------------------- third-party SSE clients
@@ -429,8 +465,7 @@ async def _stored_in_and_out_of_the_box(storage: Storage) -> None:
     await store(storage, event("town", severity="high"))
 
 
-async def test_every_block_with_an_id_has_data_and_heartbeats_are_comment_lines(quick: TestClient,
-                                                                                storage: Storage):
+async def test_every_block_with_an_id_has_data_and_heartbeats_are_comment_lines(quick: TestClient, storage: Storage):
     async with quick.get(STREAM_PATH, params={"bbox": SETE_BBOX}) as resp:
         raw = await resp.content.readuntil(b"\n\n")  # the opening position event
         await _stored_in_and_out_of_the_box(storage)
@@ -446,15 +481,17 @@ async def test_every_block_with_an_id_has_data_and_heartbeats_are_comment_lines(
         assert fields, f"a block of comments alone ends with a blank line: {block}"
         if "id" in fields:
             assert "data" in fields and "event" in fields, block
-        json.loads("\n".join(line[len("data: "):] for line in block if line.startswith("data: ")))
+        json.loads("\n".join(line[len("data: ") :] for line in block if line.startswith("data: ")))
     assert b": heartbeat\n\n" not in raw
 
 
 async def test_httpx_sse_sees_only_events_with_json_data(quick: TestClient, storage: Storage):
     url = f"http://127.0.0.1:{quick.port}{STREAM_PATH}"
     seen = []
-    async with httpx.AsyncClient(timeout=WAIT) as http, aconnect_sse(http, "GET", url,
-                                                                      params={"bbox": SETE_BBOX}) as source:
+    async with (
+        httpx.AsyncClient(timeout=WAIT) as http,
+        aconnect_sse(http, "GET", url, params={"bbox": SETE_BBOX}) as source,
+    ):
         messages = source.aiter_sse()
         seen.append(await anext(messages))  # the opening position
         await _stored_in_and_out_of_the_box(storage)

@@ -23,11 +23,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feed.config import Config, SourceConfig
-from feed.publish.catalogue import EVENTS_GEOJSON, FEEDS, STATUS_PATH
-from feed.http.app import build_app
 from feed import model
+from feed.config import Config, SourceConfig
+from feed.http.app import build_app
 from feed.model import ChannelRecord, EventRecord, EventStatus, EventType, Geometry, Severity, SiteRecord, StoredEvent
+from feed.publish.catalogue import EVENTS_GEOJSON, FEEDS, STATUS_PATH
 from feed.store.storage import Storage
 from feed.store.writes import CHANGES_CHANNEL
 
@@ -35,8 +35,12 @@ WAIT = 15.0
 LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)  # the last instant Python (and so asyncpg) can carry
 BOUND_LATEST = model.LATEST - timedelta(seconds=1)  # the ingest bounds (feed.model)
 BOUND_EARLIEST = model.EARLIEST
-CONFIG = Config(sources=[SourceConfig(id="gen", kind="datex2", url="http://127.0.0.1:9/gen", interval=60),
-                         SourceConfig(id="cnt", kind="comptage-mobilites", url="http://127.0.0.1:9/cnt", interval=60)])
+CONFIG = Config(
+    sources=[
+        SourceConfig(id="gen", kind="datex2", url="http://127.0.0.1:9/gen", interval=60),
+        SourceConfig(id="cnt", kind="comptage-mobilites", url="http://127.0.0.1:9/cnt", interval=60),
+    ]
+)
 EVENT_FEEDS = [spec for spec in FEEDS if spec.kind == "events"]
 SITE_FEEDS = [spec for spec in FEEDS if spec.kind == "sites"]
 WORKS = Geometry(type="LineString", coordinates=[[3.87, 43.61], [3.88, 43.615]])
@@ -91,15 +95,23 @@ def _left_out(status: dict[str, Any]) -> dict[str, dict[str, str]]:
 
 def _works(external_id: str, **changes: Any) -> EventRecord:
     now = datetime.now(UTC)
-    fields: dict[str, Any] = dict(external_id=external_id, type="roadworks", status="active", severity="medium",
-                                  planned_start=now - timedelta(days=1), planned_end=now + timedelta(days=2),
-                                  road="RD613", direction="both", lanes_affected="all", geometry=WORKS,
-                                  descriptions={"fr": "Travaux"})
+    fields: dict[str, Any] = dict(
+        external_id=external_id,
+        type="roadworks",
+        status="active",
+        severity="medium",
+        planned_start=now - timedelta(days=1),
+        planned_end=now + timedelta(days=2),
+        road="RD613",
+        direction="both",
+        lanes_affected="all",
+        geometry=WORKS,
+        descriptions={"fr": "Travaux"},
+    )
     return EventRecord(**{**fields, **changes})
 
 
-async def test_a_far_future_event_is_left_out_of_the_feeds_that_cannot_write_it(client: TestClient,
-                                                                              storage: Storage):
+async def test_a_far_future_event_is_left_out_of_the_feeds_that_cannot_write_it(client: TestClient, storage: Storage):
     """The reported case: an event starting at 9999-12-31T23:59:59Z with no end. Ingest
     refuses such a date now (feed.model); a row stored before that, or by another
     writer, is what the renderers meet, so the row is written with SQL."""
@@ -107,7 +119,9 @@ async def test_a_far_future_event_is_left_out_of_the_feeds_that_cannot_write_it(
     await storage.pool.execute(
         """UPDATE events SET planned_start = $1, planned_end = NULL, status = 'planned',
                              version = version + 1, updated = now()
-            WHERE id = 'gen:far'""", LATEST)
+            WHERE id = 'gen:far'""",
+        LATEST,
+    )
     await storage.pool.execute("SELECT pg_notify($1, 'events')", CHANGES_CHANNEL)
 
     async def settled() -> dict[str, Any] | None:
@@ -140,8 +154,7 @@ async def test_a_row_beyond_the_bounds_is_ended_by_a_snapshot_like_any_other(sto
     await storage.ensure_source("gen", "datex2", "http://127.0.0.1:9/gen")
     fine = _works("fine")
     await storage.upsert_events("gen", [fine, _works("far")], seen_at=datetime.now(UTC))
-    await storage.pool.execute("UPDATE events SET planned_start = $1, planned_end = NULL WHERE id = 'gen:far'",
-                               LATEST)
+    await storage.pool.execute("UPDATE events SET planned_start = $1, planned_end = NULL WHERE id = 'gen:far'", LATEST)
     counts = await storage.upsert_events("gen", [fine], seen_at=datetime.now(UTC), complete_snapshot=True)
     assert counts.updated == 1
     ended = {e.id: e for e in await storage.events()}["gen:far"]
@@ -153,17 +166,28 @@ async def _has(client: TestClient, path: str, needle: bytes) -> bool:
 
 
 async def test_a_site_with_a_far_future_interval_is_left_out_not_the_feed(client: TestClient, storage: Storage):
-    await storage.upsert_sites("cnt", [SiteRecord(external_id="OK", name="Montbazin", lon=3.69, lat=43.51),
-                                       SiteRecord(external_id="FAR", name="Far away", lon=180.0, lat=-90.0,
-                                                  pr=2**31 - 1, abscissa=2**31 - 1)])
-    await storage.upsert_channels("cnt", [
-        ChannelRecord(site_external_id="OK", external_id="OK-N", direction="N", time_step=3600),
-        ChannelRecord(site_external_id="FAR", external_id="FAR-N", direction="N", time_step=3600)])
+    await storage.upsert_sites(
+        "cnt",
+        [
+            SiteRecord(external_id="OK", name="Montbazin", lon=3.69, lat=43.51),
+            SiteRecord(external_id="FAR", name="Far away", lon=180.0, lat=-90.0, pr=2**31 - 1, abscissa=2**31 - 1),
+        ],
+    )
+    await storage.upsert_channels(
+        "cnt",
+        [
+            ChannelRecord(site_external_id="OK", external_id="OK-N", direction="N", time_step=3600),
+            ChannelRecord(site_external_id="FAR", external_id="FAR-N", direction="N", time_step=3600),
+        ],
+    )
     ids = await storage.channel_ids("cnt")
     hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
-    await storage.ingest_measurements([(ids["OK-N"], hour, 3600, 42, 70.0, None, "observed"),
-                                       (ids["FAR-N"], LATEST.replace(minute=0, second=0), 3600, 2**31 - 1, 300.0,
-                                        None, "observed")])
+    await storage.ingest_measurements(
+        [
+            (ids["OK-N"], hour, 3600, 42, 70.0, None, "observed"),
+            (ids["FAR-N"], LATEST.replace(minute=0, second=0), 3600, 2**31 - 1, 300.0, None, "observed"),
+        ]
+    )
     sites = {s.external_id: s.id for s in await storage.sites()}
 
     async def settled() -> dict[str, Any] | None:
@@ -186,13 +210,19 @@ async def test_a_site_with_a_far_future_interval_is_left_out_not_the_feed(client
 TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=60)
 INSTANT = st.one_of(  # every instant the ingest bounds accept, their edges first
     st.none(),
-    st.sampled_from([BOUND_LATEST, BOUND_EARLIEST, BOUND_LATEST - timedelta(hours=1),
-                     BOUND_EARLIEST + timedelta(hours=1)]),
-    st.datetimes(min_value=BOUND_EARLIEST.replace(tzinfo=None), max_value=BOUND_LATEST.replace(tzinfo=None),
-                 timezones=st.just(UTC)),
+    st.sampled_from(
+        [BOUND_LATEST, BOUND_EARLIEST, BOUND_LATEST - timedelta(hours=1), BOUND_EARLIEST + timedelta(hours=1)]
+    ),
+    st.datetimes(
+        min_value=BOUND_EARLIEST.replace(tzinfo=None),
+        max_value=BOUND_LATEST.replace(tzinfo=None),
+        timezones=st.just(UTC),
+    ),
 )
-POSITION = st.tuples(st.sampled_from([-180.0, 180.0, 0.0, 3.8]) | st.floats(-180, 180),
-                     st.sampled_from([-90.0, 90.0, 0.0, 43.6]) | st.floats(-90, 90)).map(list)
+POSITION = st.tuples(
+    st.sampled_from([-180.0, 180.0, 0.0, 3.8]) | st.floats(-180, 180),
+    st.sampled_from([-90.0, 90.0, 0.0, 43.6]) | st.floats(-90, 90),
+).map(list)
 GEOMETRY = st.one_of(
     st.none(),
     POSITION.map(lambda p: Geometry(type="Point", coordinates=p)),
@@ -204,19 +234,29 @@ _numbers = itertools.count()
 @st.composite
 def events(draw: st.DrawFn) -> EventRecord:
     return EventRecord(
-        external_id=f"e{next(_numbers)}", type=draw(st.sampled_from(get_args(EventType))),
-        subtype=draw(st.none() | TEXT), status=draw(st.sampled_from(get_args(EventStatus))),
+        external_id=f"e{next(_numbers)}",
+        type=draw(st.sampled_from(get_args(EventType))),
+        subtype=draw(st.none() | TEXT),
+        status=draw(st.sampled_from(get_args(EventStatus))),
         severity=draw(st.sampled_from(get_args(Severity))),
-        planned_start=draw(INSTANT), planned_end=draw(INSTANT), actual_start=draw(INSTANT),
-        actual_end=draw(INSTANT), road=draw(st.none() | TEXT), direction=draw(st.none() | TEXT),
-        lanes_affected=draw(st.none() | TEXT), geometry=draw(GEOMETRY),
+        planned_start=draw(INSTANT),
+        planned_end=draw(INSTANT),
+        actual_start=draw(INSTANT),
+        actual_end=draw(INSTANT),
+        road=draw(st.none() | TEXT),
+        direction=draw(st.none() | TEXT),
+        lanes_affected=draw(st.none() | TEXT),
+        geometry=draw(GEOMETRY),
         descriptions=draw(st.dictionaries(st.sampled_from(["fr", "en", "oc", "de", "x-y"]), TEXT, max_size=3)),
-        detour=draw(st.none() | TEXT), source_version=draw(st.none() | TEXT), source_updated=draw(INSTANT),
+        detour=draw(st.none() | TEXT),
+        source_version=draw(st.none() | TEXT),
+        source_updated=draw(INSTANT),
     )
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                 HealthCheck.too_slow])
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(batch=st.lists(events(), min_size=1, max_size=6))
 async def test_every_renderer_leaves_out_only_what_it_cannot_write(client: TestClient, storage: Storage, batch):
     """Invariants, after each generated batch is stored: every feed answers 200 and
@@ -265,8 +305,9 @@ def test_generated_events_reach_the_limits():
     """A row beyond the ingest bounds (the SQL-written one above) is one a renderer
     cannot write: the reason the renderers must isolate records."""
     fields = {**dict(_works("x")), "planned_start": LATEST, "planned_end": None}
-    far = StoredEvent.model_construct(**fields, id="gen:x", source_id="gen", version=1, first_seen=LATEST,
-                                      last_seen=LATEST, updated=LATEST)
+    far = StoredEvent.model_construct(
+        **fields, id="gen:x", source_id="gen", version=1, first_seen=LATEST, last_seen=LATEST, updated=LATEST
+    )
     failing = []
     for spec in EVENT_FEEDS:
         assert spec.render is not None

@@ -11,10 +11,10 @@ import pytest
 
 from exporters import wzdx
 from feed.config import PublicationConfig
+from feed.model import Geometry, StoredEvent
 from feed.publish.catalogue import FEEDS
 from feed.publish.render import keyed
 from feed.publish.splice import SPLICE_RULES, Splicer
-from feed.model import Geometry, StoredEvent
 
 PUBLICATION = PublicationConfig()
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
@@ -22,15 +22,28 @@ T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 
 def stored(i: int, **changes: Any) -> StoredEvent:
     fields: dict[str, Any] = dict(
-        id=f"cd34:e{i}", source_id="cd34", external_id=f"e{i}", version=1,
-        type=("roadworks", "accident", "closure")[i % 3], status=("active", "planned")[i % 2], severity="medium",
-        planned_start=T0 + timedelta(hours=i - 20), planned_end=T0 + timedelta(hours=i + 1),
-        road="RD613", direction="both",
+        id=f"cd34:e{i}",
+        source_id="cd34",
+        external_id=f"e{i}",
+        version=1,
+        type=("roadworks", "accident", "closure")[i % 3],
+        status=("active", "planned")[i % 2],
+        severity="medium",
+        planned_start=T0 + timedelta(hours=i - 20),
+        planned_end=T0 + timedelta(hours=i + 1),
+        road="RD613",
+        direction="both",
         geometry=Geometry(type="LineString", coordinates=[[3.8 + i / 1000, 43.6], [3.81 + i / 1000, 43.61]]),
         descriptions={"fr": f"Travaux {i}", "en": f"Works {i}"},
-        location_refs={"pr": [{"at": "from", "road": "RD613", "pr": i, "departement": "34", "abscissa": 10},
-                              {"at": "to", "road": "RD613", "pr": i + 1, "departement": "34", "abscissa": 0}]},
-        first_seen=T0 - timedelta(days=1), last_seen=T0, updated=T0 - timedelta(hours=1),
+        location_refs={
+            "pr": [
+                {"at": "from", "road": "RD613", "pr": i, "departement": "34", "abscissa": 10},
+                {"at": "to", "road": "RD613", "pr": i + 1, "departement": "34", "abscissa": 0},
+            ]
+        },
+        first_seen=T0 - timedelta(days=1),
+        last_seen=T0,
+        updated=T0 - timedelta(hours=1),
     )
     fields.update(changes)
     return StoredEvent(**fields)
@@ -92,8 +105,11 @@ def test_a_renderer_that_does_not_splice_is_rendered_whole():
 def test_a_part_that_depends_on_time_undeclared_is_caught():
     def render(events: Sequence[StoredEvent], _publication: PublicationConfig, at: datetime) -> bytes:
         # each part shows its age: time-dependent, but declared as timeless below
-        return b"<list>" + b"".join(f"<e id='{e.id}' age='{(at - e.updated).seconds}'/>".encode()
-                                    for e in events) + b"</list>"
+        return (
+            b"<list>"
+            + b"".join(f"<e id='{e.id}' age='{(at - e.updated).seconds}'/>".encode() for e in events)
+            + b"</list>"
+        )
 
     splicer = Splicer("/test", render, lambda _e, _t: None, verify_every=2)
     warm(splicer, EVENTS, T0)

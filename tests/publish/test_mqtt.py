@@ -4,8 +4,8 @@ paho-mqtt subscriber, with two publishing nodes on one database."""
 from __future__ import annotations
 
 import asyncio
-import os
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -18,10 +18,10 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
-from feed.store.cluster import free_port
 from feed.config import MqttConfig
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
 from feed.publish.mqtt import MqttPusher, event_topic
+from feed.store.cluster import free_port
 from feed.store.storage import Storage
 
 WAIT = 30.0  # a bound for loaded machines, not a speed check
@@ -99,9 +99,16 @@ async def nodes(storage: Storage, broker: str, db_url: str) -> AsyncIterator[lis
 def event(ext: str, **changes: Any) -> EventRecord:
     now = datetime.now(UTC)
     fields: dict[str, Any] = dict(
-        external_id=ext, type="roadworks", status="active", severity="medium", road="RD613",
-        planned_start=now - timedelta(days=1), planned_end=now + timedelta(days=3), geometry=LINE,
-        descriptions={"fr": "Travaux"})
+        external_id=ext,
+        type="roadworks",
+        status="active",
+        severity="medium",
+        road="RD613",
+        planned_start=now - timedelta(days=1),
+        planned_end=now + timedelta(days=3),
+        geometry=LINE,
+        descriptions={"fr": "Travaux"},
+    )
     return EventRecord(**{**fields, **changes})
 
 
@@ -112,21 +119,27 @@ async def until(check, what: str) -> None:
 
 
 def event_changes(messages: list[tuple[str, bytes, bool]]) -> list[tuple[str, int]]:
-    return [(doc["event"]["id"], doc["event"]["properties"]["version"])
-            for topic, payload, _ in messages if topic.startswith(f"{PREFIX}/events/") and payload
-            for doc in [json.loads(payload)]]
+    return [
+        (doc["event"]["id"], doc["event"]["properties"]["version"])
+        for topic, payload, _ in messages
+        if topic.startswith(f"{PREFIX}/events/") and payload
+        for doc in [json.loads(payload)]
+    ]
 
 
 @pytest.mark.timeout(120)
-async def test_every_change_reaches_subscribers_once_whichever_node_publishes(storage: Storage, broker: str,
-                                                                             nodes: list[MqttPusher]):
+async def test_every_change_reaches_subscribers_once_whichever_node_publishes(
+    storage: Storage, broker: str, nodes: list[MqttPusher]
+):
     rng = random.Random(15)
     await storage.ensure_source("cd34", "datex2", "http://127.0.0.1:9/cd34")
     await storage.ensure_source("cnt", "comptage-mobilites", "http://127.0.0.1:9/cnt")
-    await storage.upsert_sites("cnt", [SiteRecord(external_id=f"S{i}", name=f"S{i}", lon=3.6, lat=43.5)
-                                       for i in range(3)])
-    await storage.upsert_channels("cnt", [ChannelRecord(site_external_id=f"S{i}", external_id=f"S{i}-N",
-                                                        time_step=60) for i in range(3)])
+    await storage.upsert_sites(
+        "cnt", [SiteRecord(external_id=f"S{i}", name=f"S{i}", lon=3.6, lat=43.5) for i in range(3)]
+    )
+    await storage.upsert_channels(
+        "cnt", [ChannelRecord(site_external_id=f"S{i}", external_id=f"S{i}-N", time_step=60) for i in range(3)]
+    )
     channels = await storage.channel_ids("cnt")
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
     live = Subscriber(broker, f"{PREFIX}/#")
@@ -137,30 +150,48 @@ async def test_every_change_reaches_subscribers_once_whichever_node_publishes(st
         first = next(p for p in nodes if p.leader)
         for step in range(40):
             ext = f"e{rng.randrange(8)}"
-            change = rng.choice([{}, {"severity": "high"}, {"road": "RD2"}, {"road": None},
-                                 {"type": "accident"}, {"status": "ended", "actual_end": datetime.now(UTC)}])
+            change = rng.choice(
+                [
+                    {},
+                    {"severity": "high"},
+                    {"road": "RD2"},
+                    {"road": None},
+                    {"type": "accident"},
+                    {"status": "ended", "actual_end": datetime.now(UTC)},
+                ]
+            )
             await storage.upsert_events("cd34", [event(ext, **change)], seen_at=datetime.now(UTC))
             site = rng.randrange(3)
-            await storage.ingest_measurements([(channels[f"S{site}-N"], start + timedelta(minutes=step), 60,
-                                                step, 70.0, None, "observed")])
+            await storage.ingest_measurements(
+                [(channels[f"S{site}-N"], start + timedelta(minutes=step), 60, step, 70.0, None, "observed")]
+            )
             if step == 20:  # the publishing node goes away: the other one takes over
                 await first.stop()
-        want = [(r["event_id"], r["version"]) for r in
-                await storage.pool.fetch("SELECT event_id, version FROM event_versions ORDER BY seq")]
+        want = [
+            (r["event_id"], r["version"])
+            for r in await storage.pool.fetch("SELECT event_id, version FROM event_versions ORDER BY seq")
+        ]
         await until(lambda: len(event_changes(live.messages)) >= len(want), "changes missing")
         await asyncio.sleep(0.5)  # a duplicate would arrive now
         assert event_changes(live.messages) == want  # every change, once, in order
         assert first.published > 0 and any(p.leader for p in nodes if p is not first)
 
         # Sites: the last message of each site carries its latest stored value.
-        latest = {r["site_id"]: r["count"] for r in await storage.pool.fetch(
-            """SELECT DISTINCT ON (c.site_id) c.site_id, m.count FROM measurements m
-                 JOIN channels c ON c.id = m.channel_id ORDER BY c.site_id, m.start DESC""")}
+        latest = {
+            r["site_id"]: r["count"]
+            for r in await storage.pool.fetch(
+                """SELECT DISTINCT ON (c.site_id) c.site_id, m.count FROM measurements m
+                 JOIN channels c ON c.id = m.channel_id ORDER BY c.site_id, m.start DESC"""
+            )
+        }
 
         def sites_current() -> bool:
             last = {t: p for t, p, _ in live.messages if t.startswith(f"{PREFIX}/sites/")}
-            return all(f"{PREFIX}/sites/{sid}" in last and json.loads(last[f"{PREFIX}/sites/{sid}"])
-                       ["properties"]["channels"][0]["latest"]["count"] == count for sid, count in latest.items())
+            return all(
+                f"{PREFIX}/sites/{sid}" in last
+                and json.loads(last[f"{PREFIX}/sites/{sid}"])["properties"]["channels"][0]["latest"]["count"] == count
+                for sid, count in latest.items()
+            )
 
         await until(sites_current, "site states missing")
     finally:
@@ -174,17 +205,24 @@ async def test_every_change_reaches_subscribers_once_whichever_node_publishes(st
         want_topics = {event_topic(PREFIX, e.type, e.road, e.id): (e.id, e.version) for e in events}
         await until(lambda: len(event_changes(late.messages)) >= len(want_topics), "retained events missing")
         await asyncio.sleep(0.3)
-        got = {t: pair for (t, p, r) in late.messages if t.startswith(f"{PREFIX}/events/") and p
-               for pair in event_changes([(t, p, r)])}
+        got = {
+            t: pair
+            for (t, p, r) in late.messages
+            if t.startswith(f"{PREFIX}/events/") and p
+            for pair in event_changes([(t, p, r)])
+        }
         assert got == want_topics
         assert all(r for _, _, r in late.messages)
         assert {t for t, _, _ in late.messages if t.startswith(f"{PREFIX}/sites/")} == {
-            f"{PREFIX}/sites/{sid}" for sid in latest}
+            f"{PREFIX}/sites/{sid}" for sid in latest
+        }
     finally:
         late.close()
 
 
 def test_topics_escape_what_mqtt_reserves():
-    assert event_topic(PREFIX, "roadworks", "RD 613/A", "cd34:a+b#c") == \
-        "roadfeed/v1/events/roadworks/RD 613%2FA/cd34:a%2Bb%23c"
+    assert (
+        event_topic(PREFIX, "roadworks", "RD 613/A", "cd34:a+b#c")
+        == "roadfeed/v1/events/roadworks/RD 613%2FA/cd34:a%2Bb%23c"
+    )
     assert event_topic(PREFIX, "accident", None, "x") == "roadfeed/v1/events/accident/_/x"

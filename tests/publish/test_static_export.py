@@ -9,18 +9,24 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from feed.config import Config
+from feed.model import EventRecord, Geometry
 from feed.publish.catalogue import FEEDS, STATUS_PATH
 from feed.publish.publisher import FeedPublisher
-from feed.model import EventRecord, Geometry
 from feed.publish.static_export import INDEX, export_feeds, write_feeds
 
 
 def event(ext: str, hours_ago: float = 2) -> EventRecord:
     now = datetime.now(UTC)
-    return EventRecord(external_id=ext, type="roadworks", status="active", severity="medium",
-                       actual_start=now - timedelta(hours=hours_ago), road="RD986",
-                       geometry=Geometry(type="LineString", coordinates=[[3.8, 43.7], [3.81, 43.71]]),
-                       descriptions={"fr": "Travaux"})
+    return EventRecord(
+        external_id=ext,
+        type="roadworks",
+        status="active",
+        severity="medium",
+        actual_start=now - timedelta(hours=hours_ago),
+        road="RD986",
+        geometry=Geometry(type="LineString", coordinates=[[3.8, 43.7], [3.81, 43.71]]),
+        descriptions={"fr": "Travaux"},
+    )
 
 
 async def test_export_writes_every_feed_its_gzip_and_an_index(storage, tmp_path):

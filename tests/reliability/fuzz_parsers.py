@@ -54,8 +54,11 @@ def fuzz_opendatasoft(data: bytes) -> None:
     except ParseError:
         pass
     try:
-        _check(opendatasoft_parse.parse_export_json((data[i:i + 97] for i in range(0, len(data), 97)),
-                                                    COUNTERS, source="fuzz", now=NOW))
+        _check(
+            opendatasoft_parse.parse_export_json(
+                (data[i : i + 97] for i in range(0, len(data), 97)), COUNTERS, source="fuzz", now=NOW
+            )
+        )
     except ParseError:
         pass
 

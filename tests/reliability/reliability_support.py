@@ -30,8 +30,9 @@ class Simulator:
     def __init__(self, history_days: float = 1.0) -> None:
         self.history = timedelta(days=history_days)
         self.clock = SimClock(T, speed=0)
-        self.server = TestServer(build_simulator_app(SEED, history_days=history_days, clock=self.clock),
-                                 host="127.0.0.1")
+        self.server = TestServer(
+            build_simulator_app(SEED, history_days=history_days, clock=self.clock), host="127.0.0.1"
+        )
 
     async def __aenter__(self) -> Simulator:
         await self.server.start_server()
@@ -116,8 +117,10 @@ class FaultyProxy:
         if self.fault == "http500":
             return web.Response(status=500, text="upstream exploded")
         if self.fault == "garbage":
-            return web.Response(body=b'{"total_count": 12, "results": [{"id_site": \x00\xff garbage <xml',
-                                content_type="application/json")
+            return web.Response(
+                body=b'{"total_count": 12, "results": [{"id_site": \x00\xff garbage <xml',
+                content_type="application/json",
+            )
         # "cut": announce the whole body, send half of it, close the connection.
         status, body, headers = await self._forward(request)
         response = web.StreamResponse(status=status, headers={**headers, "Content-Length": str(len(body))})
@@ -138,7 +141,8 @@ async def stored_counts(pool: asyncpg.Pool) -> Counter:
     rows = await pool.fetch(
         """SELECT s.external_id, m.start, c.vehicle_class, sum(m.count)::bigint AS n
              FROM measurements m JOIN channels c ON c.id = m.channel_id JOIN sites s ON s.id = c.site_id
-            WHERE m.count IS NOT NULL GROUP BY 1, 2, 3""")
+            WHERE m.count IS NOT NULL GROUP BY 1, 2, 3"""
+    )
     return Counter({(r[0], r[1], r[2]): r[3] for r in rows})
 
 
@@ -158,7 +162,7 @@ async def assert_equals_truth(pool: asyncpg.Pool, sim: Simulator) -> None:
     """Nothing lost, nothing duplicated, nothing wrong, rollups exact."""
     truth = sim.truth()
     stored = await stored_counts(pool)
-    assert stored == truth, (len(stored), len(truth), list((set(stored.items()) ^ set(truth.items())))[:5])
+    assert stored == truth, (len(stored), len(truth), list(set(stored.items()) ^ set(truth.items()))[:5])
     rows = await pool.fetchval("SELECT count(*) FROM measurements WHERE count IS NOT NULL")
     assert rows == sim.truth_rows()
     await assert_rollups_exact(pool)
@@ -176,8 +180,12 @@ SELECT m.channel_id, (m.start AT TIME ZONE (SELECT value FROM roadfeed_meta WHER
 
 async def assert_rollups_exact(pool: asyncpg.Pool) -> None:
     want = [tuple(r) for r in await pool.fetch(RECOMPUTE_DAILY)]
-    got = [tuple(r) for r in await pool.fetch(
-        "SELECT channel_id, day, count_sum, intervals_present, speed_weighted_sum FROM rollup_daily ORDER BY 1, 2")]
+    got = [
+        tuple(r)
+        for r in await pool.fetch(
+            "SELECT channel_id, day, count_sum, intervals_present, speed_weighted_sum FROM rollup_daily ORDER BY 1, 2"
+        )
+    ]
     assert len(got) == len(want)
     for g, w in zip(got, want, strict=True):
         assert g[:4] == w[:4] and abs(g[4] - w[4]) < 1e-6 * max(1.0, abs(w[4])), (g, w)

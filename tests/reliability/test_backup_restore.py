@@ -11,12 +11,12 @@ from pathlib import Path
 
 import aiohttp
 import psycopg
-from reliability_support import T, Simulator, assert_equals_truth, counter_source
 
 from collectors.fetch import Fetcher, FetchPolicy
 from feed.collect.poll import poll_source
 from feed.config import PublicationConfig, SourceConfig
 from feed.store.storage import Storage
+from reliability_support import Simulator, T, assert_equals_truth, counter_source
 
 HERAULT = PublicationConfig()
 
@@ -29,12 +29,11 @@ def run(server, program: str, *args: str) -> None:
 
 def table_digests(url: str) -> dict[str, tuple[int, str]]:
     with psycopg.connect(url) as conn:
-        tables = [r[0] for r in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")]
+        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")]
         out = {}
         for t in tables:
             out[t] = conn.execute(
-                f'SELECT count(*), coalesce(md5(string_agg(x::text, E\'\\n\' ORDER BY x::text)), \'\') FROM "{t}" x'
+                f"SELECT count(*), coalesce(md5(string_agg(x::text, E'\\n' ORDER BY x::text)), '') FROM \"{t}\" x"
             ).fetchone()
         return out
 
@@ -87,10 +86,13 @@ async def test_dump_and_restore_into_a_fresh_database(server, db_url):
             last_run = await storage.pool.fetchval("SELECT max(id) FROM source_runs")
             assert last_run == await psycopg_max_run(db_url) + 1
             if server.engine.timescaledb:
-                assert await storage.pool.fetchval(
-                    "SELECT count(*) FROM timescaledb_information.hypertables "
-                    "WHERE hypertable_name = 'measurements'"
-                ) == 1
+                assert (
+                    await storage.pool.fetchval(
+                        "SELECT count(*) FROM timescaledb_information.hypertables "
+                        "WHERE hypertable_name = 'measurements'"
+                    )
+                    == 1
+                )
             await assert_equals_truth(storage.pool, sim)
         finally:
             await storage.close()

@@ -29,23 +29,34 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 
-from feed.store.cluster import Cluster
 from feed.config import Config, ServerConfig, SourceConfig
 from feed.http.app import build_app
 from feed.http.context import CONTEXT
-from feed.store.migrations import migrate
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
+from feed.store.cluster import Cluster
+from feed.store.migrations import migrate
 from feed.store.storage import Storage
 
 ANSWER_WITHIN = 5.0  # seconds: the bound the API must keep while the database is away
 FEEDS = ["/feeds/events.geojson", "/feeds/datex2/v3/situations.xml", "/feeds/waze/cifs.xml", "/feeds/sites.geojson"]
 OPERATIONS = ["/healthz", "/metrics", "/feeds/status.json"]  # answer 200 whatever the database does
 TOKEN = "t0ken"
-API = ["/api/v1/sites", "/api/v1/sites/1", "/api/v1/sites/1/counts", "/api/v1/events", "/api/v1/events/cd34:works",
-       "/api/v1/sources", "/api/v1/annual?year=2025", "/api/v1/downloads", "/feeds/events/changes"]
+API = [
+    "/api/v1/sites",
+    "/api/v1/sites/1",
+    "/api/v1/sites/1/counts",
+    "/api/v1/events",
+    "/api/v1/events/cd34:works",
+    "/api/v1/sources",
+    "/api/v1/annual?year=2025",
+    "/api/v1/downloads",
+    "/feeds/events/changes",
+]
 ADMIN = ["/api/v1/admin/sources", "/api/v1/admin/quarantine", "/api/v1/admin/markings"]
-SOURCES = [SourceConfig(id="cd34", kind="datex2", url="http://127.0.0.1:9/cd34", interval=60),
-           SourceConfig(id="cnt", kind="comptage-mobilites", url="http://127.0.0.1:9/cnt", interval=300)]
+SOURCES = [
+    SourceConfig(id="cd34", kind="datex2", url="http://127.0.0.1:9/cd34", interval=60),
+    SourceConfig(id="cnt", kind="comptage-mobilites", url="http://127.0.0.1:9/cnt", interval=300),
+]
 
 
 @pytest.fixture
@@ -93,14 +104,29 @@ async def _seed(storage: Storage) -> None:
     now = datetime.now(UTC)
     await storage.ensure_source("cd34", "datex2", "http://127.0.0.1:9/cd34")
     await storage.ensure_source("cnt", "comptage-mobilites", "http://127.0.0.1:9/cnt")
-    await storage.upsert_events("cd34", [EventRecord(
-        external_id="works", type="roadworks", status="active", severity="medium",
-        planned_start=now - timedelta(days=1), planned_end=now + timedelta(days=3), road="RD613",
-        geometry=Geometry(type="Point", coordinates=[3.87, 43.61]), descriptions={"fr": "Travaux"})], seen_at=now)
-    await storage.upsert_sites("cnt", [SiteRecord(external_id="S1", name="Montbazin", road="RD613", lon=3.69,
-                                                  lat=43.51)])
-    await storage.upsert_channels("cnt", [ChannelRecord(site_external_id="S1", external_id="S1-N", direction="N",
-                                                        time_step=3600)])
+    await storage.upsert_events(
+        "cd34",
+        [
+            EventRecord(
+                external_id="works",
+                type="roadworks",
+                status="active",
+                severity="medium",
+                planned_start=now - timedelta(days=1),
+                planned_end=now + timedelta(days=3),
+                road="RD613",
+                geometry=Geometry(type="Point", coordinates=[3.87, 43.61]),
+                descriptions={"fr": "Travaux"},
+            )
+        ],
+        seen_at=now,
+    )
+    await storage.upsert_sites(
+        "cnt", [SiteRecord(external_id="S1", name="Montbazin", road="RD613", lon=3.69, lat=43.51)]
+    )
+    await storage.upsert_channels(
+        "cnt", [ChannelRecord(site_external_id="S1", external_id="S1-N", direction="N", time_step=3600)]
+    )
     ids = await storage.channel_ids("cnt")
     hour = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
     await storage.ingest_measurements([(ids["S1-N"], hour, 3600, 42, 71.5, None, "observed")])

@@ -9,21 +9,21 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+
+from collectors.fetch import Fetcher, FetchPolicy
+from feed.collect.poll import poll_source
+from feed.collect.scheduler import Collector
+from feed.config import Config, PublicationConfig, SourceConfig
+from feed.simulator.simulation import Simulation
+from feed.store.storage import Storage
 from reliability_support import (
-    T,
     FaultyProxy,
     Simulator,
+    T,
     assert_equals_truth,
     assert_subset_of_truth,
     counter_source,
 )
-
-from collectors.fetch import Fetcher, FetchPolicy
-from feed.collect.poll import poll_source
-from feed.config import Config, PublicationConfig, SourceConfig
-from feed.collect.scheduler import Collector
-from feed.simulator.simulation import Simulation
-from feed.store.storage import Storage
 
 FAST = FetchPolicy(timeout=1.0, retries=1, backoff_base=0.01, backoff_max=0.05)
 HERAULT = PublicationConfig()
@@ -48,8 +48,11 @@ async def fetcher() -> AsyncIterator[Fetcher]:
 
 
 async def last_run(storage: Storage, source_id: str) -> dict:
-    return dict(await storage.pool.fetchrow(
-        "SELECT * FROM source_runs WHERE source_id = $1 ORDER BY id DESC LIMIT 1", source_id))
+    return dict(
+        await storage.pool.fetchrow(
+            "SELECT * FROM source_runs WHERE source_id = $1 ORDER BY id DESC LIMIT 1", source_id
+        )
+    )
 
 
 async def catch_up(source: SourceConfig, storage: Storage, fetcher: Fetcher, polls: int = 5) -> None:
@@ -80,8 +83,9 @@ async def test_counters_source_fault_between_pages_then_catch_up(storage, sim, p
 
 @pytest.mark.parametrize("fault", FaultyProxy.FAULTS)
 async def test_datex2_snapshot_fault_ends_nothing(storage, sim, proxy, fetcher, fault):
-    source = SourceConfig(id="sim-datex2", kind="datex2", url=proxy.url + "/datex2/v3/situations.xml",
-                          options={"snapshot": True})
+    source = SourceConfig(
+        id="sim-datex2", kind="datex2", url=proxy.url + "/datex2/v3/situations.xml", options={"snapshot": True}
+    )
     expected = {f"{source.id}:sim:{e.id}" for e in Simulation(34).events_at(T)}
     assert len(expected) >= 3
     first = await poll_source(source, storage, fetcher, HERAULT, now=T)

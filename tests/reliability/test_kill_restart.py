@@ -14,9 +14,9 @@ from typing import Any
 
 import asyncpg
 import pytest
-from reliability_support import Simulator, assert_equals_truth
 
 from feed.store.cluster import free_port
+from reliability_support import Simulator, assert_equals_truth
 
 # A restarted worker resumes once the dead one's lease lapses (renewed while it
 # polled); a short lease keeps the test short. The wait for the catch-up only
@@ -48,9 +48,9 @@ port = {port}
 workers = 1
 
 [[sources]]
-id = "{source['id']}"
+id = "{source["id"]}"
 kind = "opendatasoft"
-url = "{source['url']}"
+url = "{source["url"]}"
 interval = 2
 
 [sources.options]
@@ -63,10 +63,17 @@ interval = 2
 
 async def start_run(config, db_url: str, log) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "feed.cli", "run", "--config", str(config),
+        sys.executable,
+        "-m",
+        "feed.cli",
+        "run",
+        "--config",
+        str(config),
         env={**os.environ, "ROADFEED_DATABASE_URL": db_url, "ROADFEED_POLL_LEASE_SECONDS": str(LEASE_SECONDS)},
-        stdout=log, stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True)
+        stdout=log,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 @pytest.mark.timeout(360)  # the waits below add up to more than the default limit
@@ -115,13 +122,20 @@ async def test_sigkill_mid_ingest_then_resume(db_url, tmp_path):
             assert await pool.fetchval("SELECT count(*) FROM measurements") == truth_rows
             # Resumed after the watermark: at most the page in flight at the kill is read again.
             again = await pool.fetchval(
-                "SELECT coalesce(sum(records_unchanged), 0) FROM source_runs WHERE started > $1", killed_at)
+                "SELECT coalesce(sum(records_unchanged), 0) FROM source_runs WHERE started > $1", killed_at
+            )
             assert again <= 200, again
-            assert await pool.fetchval("SELECT count(*) FROM source_runs WHERE started > $1 AND error IS NOT NULL",
-                                       killed_at) == 0
+            assert (
+                await pool.fetchval(
+                    "SELECT count(*) FROM source_runs WHERE started > $1 AND error IS NOT NULL", killed_at
+                )
+                == 0
+            )
             await assert_equals_truth(pool, sim)
-            print(f"killed at {at_kill}/{truth_rows} rows; caught up {resumed_after:.1f} s after the restart"
-                  f"; {again} records read twice")
+            print(
+                f"killed at {at_kill}/{truth_rows} rows; caught up {resumed_after:.1f} s after the restart"
+                f"; {again} records read twice"
+            )
         finally:
             for p in procs:
                 if p.returncode is None:

@@ -24,8 +24,20 @@ def load_bench():
 def test_short_load_while_ingesting(load_bench, db_url, server):
     if server.engine.root is not None:
         pytest.skip("the load bench runs on the host engine's database (the service is engine-agnostic here)")
-    line = load_bench.main(["--database-url", db_url, "--clients", "50", "--duration", "4",
-                            "--history-days", "2", "--max-rss-growth-mb", "40"])
+    line = load_bench.main(
+        [
+            "--database-url",
+            db_url,
+            "--clients",
+            "50",
+            "--duration",
+            "4",
+            "--history-days",
+            "2",
+            "--max-rss-growth-mb",
+            "40",
+        ]
+    )
     results, targets = line["results"], line["targets"]
     assert results["requests"] > 1000 and results["not_modified_304"] > 0
     assert targets["errors"]["value"] == 0

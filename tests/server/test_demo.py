@@ -28,6 +28,7 @@ async def wait_for_line(stream: asyncio.StreamReader, needle: str, seen: list[st
             seen.append(line)
             if needle in line:
                 return
+
     await asyncio.wait_for(read(), timeout)
 
 
@@ -54,8 +55,21 @@ async def test_demo_fills_the_database_and_keeps_moving():
         port = free_port()
         env = {k: v for k, v in os.environ.items() if k != "ROADFEED_DATABASE_URL"}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "feed.cli", "demo", "--port", str(port), "--speed", "3600", "--interval", "2",
-            cwd=home, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            sys.executable,
+            "-m",
+            "feed.cli",
+            "demo",
+            "--port",
+            str(port),
+            "--speed",
+            "3600",
+            "--interval",
+            "2",
+            cwd=home,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         seen: list[str] = []
         try:
             await wait_for_line(proc.stdout, "first polls done", seen, timeout=150)
@@ -79,7 +93,8 @@ async def test_demo_fills_the_database_and_keeps_moving():
                     await asyncio.wait_for(proc.wait(), 120)
                 except TimeoutError:
                     proc.kill()
-            down = await asyncio.create_subprocess_exec(sys.executable, "-m", "feed.cli", "db", "down", cwd=home,
-                                                        env=env, stdout=asyncio.subprocess.PIPE)
+            down = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "feed.cli", "db", "down", cwd=home, env=env, stdout=asyncio.subprocess.PIPE
+            )
             await down.communicate()
         assert proc.returncode == 0, "".join(seen[-20:])

@@ -16,12 +16,12 @@ import pytest
 from aiohttp import web
 
 from feed.config import Config, SourceConfig
-from feed.publish.catalogue import EVENTS_GEOJSON, FEEDS, STATUS_PATH, FeedSpec
-from feed.publish.publisher import FeedState
-from feed.server.fastpath import FeedFastPath, FeedSite
 from feed.http.app import build_app
 from feed.http.context import CONTEXT
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
+from feed.publish.catalogue import EVENTS_GEOJSON, FEEDS, STATUS_PATH, FeedSpec
+from feed.publish.publisher import FeedState
+from feed.server.fastpath import FeedFastPath, FeedSite
 from feed.store.storage import Storage
 
 CONFIG = Config(sources=[SourceConfig(id="cd34", kind="datex2", url="http://127.0.0.1:9/cd34", interval=60)])
@@ -32,19 +32,44 @@ async def seed(storage: Storage) -> None:
     now = datetime.now(UTC)
     await storage.ensure_source("cd34", "datex2", "http://127.0.0.1:9/cd34")
     await storage.ensure_source("cnt", "comptage-mobilites", "http://127.0.0.1:9/cnt")
-    await storage.upsert_events("cd34", [
-        EventRecord(external_id=f"e{i}", type=("roadworks", "accident")[i % 2], status="active", severity="medium",
-                    planned_start=now - timedelta(days=1), planned_end=now + timedelta(days=2), road="RD613",
-                    geometry=Geometry(type="LineString", coordinates=[[3.8 + i / 100, 43.6], [3.81 + i / 100, 43.61]]),
-                    descriptions={"fr": f"Travaux {i}", "en": f"Works {i}"})
-        for i in range(5)], seen_at=now)
-    await storage.upsert_sites("cnt", [SiteRecord(external_id="S1", name="RD613 Montbazin", road="RD613",
-                                                  lon=3.69, lat=43.51)])
-    await storage.upsert_channels("cnt", [ChannelRecord(site_external_id="S1", external_id="S1-N", direction="N",
-                                                        time_step=3600)])
+    await storage.upsert_events(
+        "cd34",
+        [
+            EventRecord(
+                external_id=f"e{i}",
+                type=("roadworks", "accident")[i % 2],
+                status="active",
+                severity="medium",
+                planned_start=now - timedelta(days=1),
+                planned_end=now + timedelta(days=2),
+                road="RD613",
+                geometry=Geometry(type="LineString", coordinates=[[3.8 + i / 100, 43.6], [3.81 + i / 100, 43.61]]),
+                descriptions={"fr": f"Travaux {i}", "en": f"Works {i}"},
+            )
+            for i in range(5)
+        ],
+        seen_at=now,
+    )
+    await storage.upsert_sites(
+        "cnt", [SiteRecord(external_id="S1", name="RD613 Montbazin", road="RD613", lon=3.69, lat=43.51)]
+    )
+    await storage.upsert_channels(
+        "cnt", [ChannelRecord(site_external_id="S1", external_id="S1-N", direction="N", time_step=3600)]
+    )
     ids = await storage.channel_ids("cnt")
-    await storage.ingest_measurements([(ids["S1-N"], now.replace(minute=0, second=0, microsecond=0)
-                                        - timedelta(hours=1), 3600, 420, 71.5, None, "observed")])
+    await storage.ingest_measurements(
+        [
+            (
+                ids["S1-N"],
+                now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1),
+                3600,
+                420,
+                71.5,
+                None,
+                "observed",
+            )
+        ]
+    )
 
 
 @dataclass
@@ -122,8 +147,8 @@ def get(path: str, *headers: str, method: str = "GET", version: str = "HTTP/1.1"
 
 async def both(sites: Sites, raw: bytes, head: bool = False) -> tuple[Response, Response]:
     for _ in range(3):  # status.json may be re-rendered between the two requests
-        fast, = await exchange(sites.fast, raw, head=head)
-        plain, = await exchange(sites.plain, raw, head=head)
+        (fast,) = await exchange(sites.fast, raw, head=head)
+        (plain,) = await exchange(sites.plain, raw, head=head)
         if fast.headers.get("etag", "").split("-")[0] == plain.headers.get("etag", "").split("-")[0]:
             break
     return fast, plain
@@ -151,7 +176,7 @@ async def test_fast_path_answers_like_aiohttp(sites: Sites, path: str):
         [f'If-None-Match: "nope", {etag}'],
         ["If-None-Match: *"],
         ['If-None-Match: "something-else"'],
-        [f"If-None-Match: {etag[:-1]}-gzip\"", "Accept-Encoding: br"],
+        [f'If-None-Match: {etag[:-1]}-gzip"', "Accept-Encoding: br"],
         [f"If-Modified-Since: {last_modified}"],
         [f"If-Modified-Since: {earlier}"],
         ["If-Modified-Since: not a date"],
@@ -202,8 +227,12 @@ async def test_malformed_requests_get_aiohttp_answers(sites: Sites):
 
 
 async def test_pipelined_requests_on_and_off_the_fast_path(sites: Sites):
-    raw = (get(EVENTS_GEOJSON) + get(EVENTS_GEOJSON, "Accept-Encoding: gzip") + get("/healthz")
-           + get("/feeds/sites.geojson"))
+    raw = (
+        get(EVENTS_GEOJSON)
+        + get(EVENTS_GEOJSON, "Accept-Encoding: gzip")
+        + get("/healthz")
+        + get("/feeds/sites.geojson")
+    )
     answers = await exchange(sites.fast, raw, count=4)
     assert [a.status for a in answers] == [200, 200, 200, 200]
     assert answers[0].headers["content-type"] == "application/geo+json" and b'"features"' in answers[0].body

@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from feed.store.cluster import free_port
 from feed.model import EventRecord, Geometry
+from feed.store.cluster import free_port
 from feed.store.storage import Storage
 
 WAIT = 30.0
@@ -24,10 +24,17 @@ SITUATIONS = "/feeds/datex2/v3/situations.xml"
 
 def event(ext: str, kind: str = "roadworks") -> EventRecord:
     now = datetime.now(UTC)
-    return EventRecord(external_id=ext, type=kind, status="active", severity="medium",
-                       planned_start=now - timedelta(days=1), planned_end=now + timedelta(days=2), road="RD613",
-                       geometry=Geometry(type="LineString", coordinates=[[3.8, 43.6], [3.81, 43.61]]),
-                       descriptions={"fr": f"Travaux {ext}"})
+    return EventRecord(
+        external_id=ext,
+        type=kind,
+        status="active",
+        severity="medium",
+        planned_start=now - timedelta(days=1),
+        planned_end=now + timedelta(days=2),
+        road="RD613",
+        geometry=Geometry(type="LineString", coordinates=[[3.8, 43.6], [3.81, 43.61]]),
+        descriptions={"fr": f"Travaux {ext}"},
+    )
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = WAIT) -> Any:
@@ -56,8 +63,12 @@ class Connection:
         return cls(*await asyncio.open_connection("127.0.0.1", port))
 
     async def get(self, path: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
-        lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Accept-Encoding: identity",
-                 *(f"{k.replace('_', '-')}: {v}" for k, v in headers.items())]
+        lines = [
+            f"GET {path} HTTP/1.1",
+            "Host: 127.0.0.1",
+            "Accept-Encoding: identity",
+            *(f"{k.replace('_', '-')}: {v}" for k, v in headers.items()),
+        ]
         self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), WAIT)
         status_line, *fields = head[:-4].decode("latin-1").split("\r\n")
@@ -114,25 +125,34 @@ def established_on(port: int, pids: list[int]) -> dict[int, int]:
 
 async def test_processes_serve_the_same_versions(storage: Storage, db_url: str, tmp_path: Path):
     await storage.ensure_source("cd34", "datex2", "http://127.0.0.1:9/cd34")
-    await storage.upsert_events("cd34", [event(f"e{i}", ("roadworks", "accident")[i % 2]) for i in range(6)],
-                                seen_at=datetime.now(UTC))
+    await storage.upsert_events(
+        "cd34", [event(f"e{i}", ("roadworks", "accident")[i % 2]) for i in range(6)], seen_at=datetime.now(UTC)
+    )
     port = free_port()
     config = tmp_path / "roadfeed.toml"
     config.write_text(f"[server]\nport = {port}\nworkers = 2\n")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "feed.cli", "serve", "--config", str(config),
+        sys.executable,
+        "-m",
+        "feed.cli",
+        "serve",
+        "--config",
+        str(config),
         env={**os.environ, "ROADFEED_DATABASE_URL": db_url},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     connections: list[Connection] = []
     followers: list[int] = []
     try:
+
         async def serving() -> dict[str, Any] | None:
             status, _, body = await fresh_get(port, "/feeds/status.json")
             doc = json.loads(body) if status == 200 else {}
             return doc if doc.get("processes", {}).get("serving") == 2 else None
 
         await eventually(serving)
-        follower, = children(proc.pid)
+        (follower,) = children(proc.pid)
         followers.append(follower)
 
         # Many clients at once: the kernel spreads them over both processes.
@@ -177,7 +197,7 @@ async def test_processes_serve_the_same_versions(storage: Storage, db_url: str, 
             return bool(doc) and doc["processes"]["restarts"] >= 1
 
         await eventually(restarted)
-        replacement, = children(proc.pid)
+        (replacement,) = children(proc.pid)
         followers.append(replacement)
         assert replacement != follower
         status, headers, _ = await fresh_get(port, SITUATIONS)

@@ -14,9 +14,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from collectors.fetch import Fetcher
-from feed.store.cluster import free_port
-from feed.config import Config, SourceConfig
 from feed.collect.scheduler import Collector
+from feed.config import Config, SourceConfig
+from feed.store.cluster import free_port
 from tests.feed.test_metrics import situations
 
 SLOW = 2.0  # seconds the source takes to answer
@@ -54,18 +54,26 @@ workers = 1
 [[sources]]
 id = "slow"
 kind = "datex2"
-url = "{origin.make_url('/situations.xml')}"
+url = "{origin.make_url("/situations.xml")}"
 interval = 2
 """)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "feed.cli", "run", "--config", str(config),
+        sys.executable,
+        "-m",
+        "feed.cli",
+        "run",
+        "--config",
+        str(config),
         env={**os.environ, "ROADFEED_DATABASE_URL": db_url},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     output = asyncio.create_task(proc.stdout.read())  # drained all along: the pipe never fills
     locker = await asyncpg.connect(db_url)
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:
+
             async def healthy() -> bool:
                 try:
                     async with session.get(f"{base}/healthz") as r:

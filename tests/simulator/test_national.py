@@ -49,25 +49,41 @@ async def test_national_minutes_are_collected_whole(storage: Storage):
                 stored += values
                 assert await storage.pool.fetchval("SELECT count(*) FROM measurements") == stored
                 # The minute's rows are those of the reporting sites, and only those.
-                got_sites = {r[0] for r in await storage.pool.fetch(
-                    """SELECT DISTINCT s.external_id FROM measurements m JOIN channels c ON c.id = m.channel_id
-                         JOIN sites s ON s.id = c.site_id WHERE m.start = $1""", end - timedelta(seconds=60))}
+                got_sites = {
+                    r[0]
+                    for r in await storage.pool.fetch(
+                        """SELECT DISTINCT s.external_id FROM measurements m JOIN channels c ON c.id = m.channel_id
+                         JOIN sites s ON s.id = c.site_id WHERE m.start = $1""",
+                        end - timedelta(seconds=60),
+                    )
+                }
                 assert got_sites == {f"national:{s}" for s in reporting}
-                now = (await storage.pool.fetchval("SELECT last_value FROM sites_id_seq"),
-                       await storage.pool.fetchval("SELECT last_value FROM channels_id_seq"))
+                now = (
+                    await storage.pool.fetchval("SELECT last_value FROM sites_id_seq"),
+                    await storage.pool.fetchval("SELECT last_value FROM channels_id_seq"),
+                )
                 # Sites first seen now (a gap last minute) take ids; known ones take none.
-                assert now == (await storage.pool.fetchval("SELECT count(*) FROM sites"),
-                               await storage.pool.fetchval("SELECT count(*) FROM channels"))
+                assert now == (
+                    await storage.pool.fetchval("SELECT count(*) FROM sites"),
+                    await storage.pool.fetchval("SELECT count(*) FROM channels"),
+                )
                 # The same minute asked again: the same document, so 304.
                 async with session.get(server.make_url(MEASURED_PATH)) as first:
                     etag = first.headers["ETag"]
                 async with session.get(server.make_url(MEASURED_PATH), headers={"If-None-Match": etag}) as again:
                     assert again.status == 304
                 clock.advance(timedelta(seconds=NETWORK.step))
-        faults = sum(1 for m in range(4) for s in NETWORK.measured(NETWORK.site_list(), NETWORK.interval_end(
-            START + timedelta(minutes=m))) for c in s.channels if c.latest_quality == "invalid")
-        gaps = sum(NETWORK.sites - len(expected_values(NETWORK.interval_end(START + timedelta(minutes=m)))[1])
-                   for m in range(4))
+        faults = sum(
+            1
+            for m in range(4)
+            for s in NETWORK.measured(NETWORK.site_list(), NETWORK.interval_end(START + timedelta(minutes=m)))
+            for c in s.channels
+            if c.latest_quality == "invalid"
+        )
+        gaps = sum(
+            NETWORK.sites - len(expected_values(NETWORK.interval_end(START + timedelta(minutes=m)))[1])
+            for m in range(4)
+        )
         assert faults and gaps  # the scenario's faults and gaps were exercised
     finally:
         await server.close()

@@ -51,7 +51,9 @@ def site_day(sim: Simulation, site_id: str, day: date, vehicle_class: str | None
     classes = [vehicle_class] if vehicle_class else ["VL", "PL"]
     return sum(
         sim.count(site_id, d.code, c, start + timedelta(hours=h)) or 0
-        for h in range(24) for d in site.directions for c in classes
+        for h in range(24)
+        for d in site.directions
+        for c in classes
     )
 
 
@@ -185,10 +187,7 @@ def test_events_change_and_end_over_time() -> None:
     assert any(before[i].current.status != "ended" and after[i].current.status == "ended" for i in kept)
     assert after.keys() - before.keys()  # new ones
     assert before.keys() - after.keys()  # ended more than 48 h ago: gone
-    extended = [
-        e for e in after.values()
-        if len({v.end for v in e.plan.versions if v.status != "ended"}) > 1
-    ]
+    extended = [e for e in after.values() if len({v.end for v in e.plan.versions if v.status != "ended"}) > 1]
     assert extended  # an extended end, a re-estimated clearance
     plans = SIM.event_plans(MONDAY)  # the month around
     assert sum(len({v.severity for v in p.versions}) > 1 for p in plans) >= 3
@@ -248,15 +247,26 @@ COUNTERS = simulator_sources("http://unused")[0]["options"]
 EVENTS = simulator_sources("http://unused")[1]["options"]
 
 
-async def page_counters(client: TestClient, cursor: tuple[datetime | None, int], pages: int | None,
-                        out: list[MeasurementRecord], extra_where: str | None = None,
-                        ) -> tuple[datetime | None, int]:
+async def page_counters(
+    client: TestClient,
+    cursor: tuple[datetime | None, int],
+    pages: int | None,
+    out: list[MeasurementRecord],
+    extra_where: str | None = None,
+) -> tuple[datetime | None, int]:
     """Read counter pages the way the collector does, from `cursor`; the new cursor."""
     mapping = mapping_from_options(COUNTERS)
     watermark, seen = cursor
     while pages is None or pages > 0:
-        url = records_url(base_url(client), COUNTERS_DATASET, time_field="date_heure", watermark=watermark,
-                          seen_at_watermark=seen, order_by_id=COUNTERS["order_by_id"], extra_where=extra_where)
+        url = records_url(
+            base_url(client),
+            COUNTERS_DATASET,
+            time_field="date_heure",
+            watermark=watermark,
+            seen_at_watermark=seen,
+            order_by_id=COUNTERS["order_by_id"],
+            extra_where=extra_where,
+        )
         status, body = await get(client, url)
         assert status == 200, body
         page = parse_records_page(body, mapping)
@@ -294,15 +304,22 @@ async def test_watermark_paging_reads_every_record_exactly_once(served: tuple[Te
     clock.advance(timedelta(hours=1))
     await page_counters(client, cursor, None, more)
     assert {(m.channel_external_id, m.start) for m in more} == set(
-        truth(MONDAY + timedelta(hours=5), MONDAY + timedelta(hours=6)))
+        truth(MONDAY + timedelta(hours=5), MONDAY + timedelta(hours=6))
+    )
 
 
 async def test_channels_carry_the_direction_names_the_dataset_gives(served: tuple[TestClient, SimClock]) -> None:
     """The simulator's `libelle_sens` ("vers Sète") reaches every channel as its direction_name, for each code."""
     client, clock = served
     clock.advance(timedelta(hours=1))
-    url = records_url(base_url(client), COUNTERS_DATASET, time_field="date_heure", watermark=None,
-                      seen_at_watermark=0, order_by_id=COUNTERS["order_by_id"])
+    url = records_url(
+        base_url(client),
+        COUNTERS_DATASET,
+        time_field="date_heure",
+        watermark=None,
+        seen_at_watermark=0,
+        order_by_id=COUNTERS["order_by_id"],
+    )
     status, body = await get(client, url)
     assert status == 200, body
     page = parse_records_page(body, mapping_from_options(COUNTERS))
@@ -322,18 +339,31 @@ async def test_where_and_order_by(served: tuple[TestClient, SimClock]) -> None:
     assert {(m.channel_external_id, m.start): m.count for m in heavy} == expected
 
     where = "date_heure >= date'2026-06-22T05:00:00Z' AND date_heure < date'2026-06-22T07:00:00+00:00'"
-    response = await client.get(RECORDS, params={"where": where, "order_by": "date_heure desc, id_canal desc",
-                                                  "limit": "5", "timezone": "Europe/Paris"})
+    response = await client.get(
+        RECORDS,
+        params={"where": where, "order_by": "date_heure desc, id_canal desc", "limit": "5", "timezone": "Europe/Paris"},
+    )
     body = await response.json()
     assert body["total_count"] == len(truth(MONDAY + timedelta(hours=1), MONDAY + timedelta(hours=3)))
     first = body["results"][0]
     assert first["date_heure"] == "2026-06-22T08:00:00+02:00"
     assert [r["id_canal"] for r in body["results"]] == sorted((r["id_canal"] for r in body["results"]), reverse=True)
-    assert set(first) >= {"id_site", "nom_site", "route", "sens", "categorie", "date_heure", "debit",
-                          "vitesse_moyenne", "geo_point_2d", "insee"}
+    assert set(first) >= {
+        "id_site",
+        "nom_site",
+        "route",
+        "sens",
+        "categorie",
+        "date_heure",
+        "debit",
+        "vitesse_moyenne",
+        "geo_point_2d",
+        "insee",
+    }
 
-    response = await client.get(RECORDS, params={"where": "debit > 1000", "order_by": "debit desc", "limit": "3",
-                                                  "select": "id_canal, debit"})
+    response = await client.get(
+        RECORDS, params={"where": "debit > 1000", "order_by": "debit desc", "limit": "3", "select": "id_canal, debit"}
+    )
     body = await response.json()
     assert all(set(r) == {"id_canal", "debit"} for r in body["results"])
     counts = [r["debit"] for r in body["results"]]
@@ -355,8 +385,9 @@ async def test_where_and_order_by(served: tuple[TestClient, SimClock]) -> None:
         ({"group_by": "route"}, 400, "ODSQL"),
     ],
 )
-async def test_ods_errors_parse_with_our_parser(served: tuple[TestClient, SimClock], params: dict[str, str],
-                                                status: int, says: str) -> None:
+async def test_ods_errors_parse_with_our_parser(
+    served: tuple[TestClient, SimClock], params: dict[str, str], status: int, says: str
+) -> None:
     client, _ = served
     response = await client.get(RECORDS, params=params)
     assert response.status == status
@@ -374,8 +405,9 @@ async def test_unknown_dataset_and_api_key() -> None:
         assert (await client.get(RECORDS, headers={"Authorization": "Apikey s3cret"})).status == 200
         assert (await client.get(RECORDS, params={"apikey": "s3cret"})).status == 200
         assert (await client.get("/datex2/v3/situations.xml")).status == 200  # public feeds need no key
-        response = await client.get("/api/explore/v2.1/catalog/datasets/nope/records",
-                                    headers={"Authorization": "Apikey s3cret"})
+        response = await client.get(
+            "/api/explore/v2.1/catalog/datasets/nope/records", headers={"Authorization": "Apikey s3cret"}
+        )
         assert response.status == 404
         assert "not found" in parse_ods_error(404, await response.read())
         index = await (await client.get("/")).json()  # the index needs no key
@@ -427,8 +459,15 @@ async def test_events_dataset_through_our_parser(served: tuple[TestClient, SimCl
     seen: list[str] = []
     watermark, at = None, 0
     while True:
-        page_url = records_url(base_url(client), EVENTS_DATASET, time_field="mise_a_jour", watermark=watermark,
-                               seen_at_watermark=at, order_by_id="id", limit=7)
+        page_url = records_url(
+            base_url(client),
+            EVENTS_DATASET,
+            time_field="mise_a_jour",
+            watermark=watermark,
+            seen_at_watermark=at,
+            order_by_id="id",
+            limit=7,
+        )
         status, body = await get(client, page_url)
         page = parse_records_page(body, mapping, now=clock.now())
         seen += [e.external_id for e in page.events]

@@ -34,11 +34,14 @@ async def test_storage_close_terminates_a_connection_never_given_back(db_url: st
     admin = await asyncpg.connect(db_url)
     try:
         for _ in range(200):
-            if not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'held-forever'"):
+            if not await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'held-forever'"
+            ):
                 break
             await asyncio.sleep(0.05)
-        assert await admin.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'held-forever'") == 0
+        assert (
+            await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'held-forever'") == 0
+        )
     finally:
         await admin.close()
         holder.cancel()

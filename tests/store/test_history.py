@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from feed.store.history import annual_table, site_series
 from feed.model import ChannelRecord, SiteRecord
+from feed.store.history import annual_table, site_series
 from feed.store.storage import Storage
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -17,9 +17,14 @@ JAN1 = datetime(2025, 1, 1, tzinfo=PARIS)
 async def setup_site(storage: Storage, classes=("light", "heavy")) -> dict[str, int]:
     await storage.ensure_source("cd34", "opendatasoft", "http://127.0.0.1/cd34")
     await storage.upsert_sites("cd34", [SiteRecord(external_id="S1", name="Montbazin", road="RD613")])
-    await storage.upsert_channels("cd34", [
-        ChannelRecord(site_external_id="S1", external_id=f"{d}-{c}", direction=d, vehicle_class=c, time_step=3600)
-        for d in ("N", "S") for c in classes])
+    await storage.upsert_channels(
+        "cd34",
+        [
+            ChannelRecord(site_external_id="S1", external_id=f"{d}-{c}", direction=d, vehicle_class=c, time_step=3600)
+            for d in ("N", "S")
+            for c in classes
+        ],
+    )
     return await storage.channel_ids("cd34")
 
 
@@ -31,8 +36,10 @@ def wobble(name: str, base: int):
 
 
 def hours(channel: int, start: datetime, n: int, count) -> list[tuple]:
-    return [(channel, (start + timedelta(hours=h)).astimezone(UTC), 3600, count(h), 70.0, None, "observed")
-            for h in range(n)]
+    return [
+        (channel, (start + timedelta(hours=h)).astimezone(UTC), 3600, count(h), 70.0, None, "observed")
+        for h in range(n)
+    ]
 
 
 async def test_daily_series_matches_raw_and_shows_gaps(storage: Storage):
@@ -50,8 +57,9 @@ async def test_daily_series_matches_raw_and_shows_gaps(storage: Storage):
         assert p.count == raw
     cov = {p.period.day: p.coverage for p in series}
     assert cov[1] == 1.0 and cov[5] == 0.5 and cov[11] == 0.0 and cov[12] == 0.0
-    north_heavy = await site_series(storage.pool, 1, JAN1, JAN1 + timedelta(days=1), "day", "Europe/Paris",
-                                    direction="N", vehicle_class="heavy")
+    north_heavy = await site_series(
+        storage.pool, 1, JAN1, JAN1 + timedelta(days=1), "day", "Europe/Paris", direction="N", vehicle_class="heavy"
+    )
     assert north_heavy[0].count == sum(10 + h % 3 for h in range(24))
 
 

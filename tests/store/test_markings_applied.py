@@ -17,14 +17,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feed.http.agents import create_token
+from agents_support import load_simulated_roads, until_in_feed
 from feed.config import Config, PublicationConfig, ServerConfig
+from feed.http.agents import create_token
 from feed.http.app import build_app
 from feed.http.context import CONTEXT
 from feed.model import ChannelRecord, SiteRecord
 from feed.store.storage import Storage
-from agents_support import until_in_feed
-from agents_support import load_simulated_roads
 
 PARIS = ZoneInfo("Europe/Paris")
 DAY0 = datetime(2025, 7, 1, tzinfo=PARIS)
@@ -42,10 +41,17 @@ def count_of(start: datetime) -> int:
 async def env(storage: Storage, db_url: str) -> AsyncIterator[tuple[TestClient, dict[str, str], int, list[Any]]]:
     await load_simulated_roads(storage)
     await storage.ensure_source("cnt", "opendatasoft", "http://127.0.0.1:9/cnt")
-    await storage.upsert_sites("cnt", [SiteRecord(external_id="S1", name="RD613 Montbazin", road="RD613",
-                                                  pr=12, abscissa=250, lon=3.69, lat=43.51)])
-    await storage.upsert_channels("cnt", [ChannelRecord(site_external_id="S1", external_id=c, direction=c[-1],
-                                                        time_step=step) for c, step in STEPS.items()])
+    await storage.upsert_sites(
+        "cnt",
+        [SiteRecord(external_id="S1", name="RD613 Montbazin", road="RD613", pr=12, abscissa=250, lon=3.69, lat=43.51)],
+    )
+    await storage.upsert_channels(
+        "cnt",
+        [
+            ChannelRecord(site_external_id="S1", external_id=c, direction=c[-1], time_step=step)
+            for c, step in STEPS.items()
+        ],
+    )
     ids = await storage.channel_ids("cnt")
     rows = []
     for name, step in STEPS.items():
@@ -100,14 +106,20 @@ _quarters = st.integers(0, DAYS * 96 - 1).map(lambda q: DAY0 + timedelta(minutes
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(period=st.tuples(_quarters, st.integers(1, 2 * 96)).map(lambda p: (p[0], p[0] + timedelta(minutes=15 * p[1]))))
 async def test_a_faulty_counter_leaves_the_aggregates_and_comes_back(
-        env: tuple[TestClient, dict[str, str], int, list[Any]], period: tuple[datetime, datetime]) -> None:
+    env: tuple[TestClient, dict[str, str], int, list[Any]], period: tuple[datetime, datetime]
+) -> None:
     client, auth, site_id, rows = env
     before = await daily(client, site_id)
     assert before == expected_daily(rows, DAY0, DAY0)  # the seed, as stored
     table = await annual(client)
     start, end = period
-    body = {"kind": "counter_faulty", "site_id": site_id, "from": start.isoformat(), "to": end.isoformat(),
-            "comment": "boucle arrachée"}
+    body = {
+        "kind": "counter_faulty",
+        "site_id": site_id,
+        "from": start.isoformat(),
+        "to": end.isoformat(),
+        "comment": "boucle arrachée",
+    }
     async with client.post("/api/v1/markings", json=body, headers=auth) as resp:
         marking = await resp.json()
         assert resp.status == 201, marking
@@ -139,15 +151,26 @@ async def test_the_annual_table_changes_with_a_faulty_day(env: tuple[TestClient,
 async def test_a_closed_road_is_a_closure_in_every_feed(env: tuple[TestClient, dict[str, str], int, list[Any]]):
     client, auth, _, _ = env
     now = datetime.now(PARIS).replace(microsecond=0)
-    body = {"kind": "road_closed", "road": "RD613", "pr_from": 12, "pr_to": 14,
-            "from": (now - timedelta(hours=1)).isoformat(), "to": (now + timedelta(days=1)).isoformat(),
-            "comment": "Éboulement"}
+    body = {
+        "kind": "road_closed",
+        "road": "RD613",
+        "pr_from": 12,
+        "pr_to": 14,
+        "from": (now - timedelta(hours=1)).isoformat(),
+        "to": (now + timedelta(days=1)).isoformat(),
+        "comment": "Éboulement",
+    }
     async with client.post("/api/v1/markings", json=body, headers=auth) as resp:
         marking = await resp.json()
         assert resp.status == 201, marking
     event_id = marking["event_id"]
-    for path in ("/feeds/datex2/v3/situations.xml", "/feeds/datex2/v2/situations.xml", "/feeds/events.geojson",
-                 "/feeds/wzdx/v4.2/work-zones.geojson", "/feeds/waze/cifs.xml"):
+    for path in (
+        "/feeds/datex2/v3/situations.xml",
+        "/feeds/datex2/v2/situations.xml",
+        "/feeds/events.geojson",
+        "/feeds/wzdx/v4.2/work-zones.geojson",
+        "/feeds/waze/cifs.xml",
+    ):
         assert "Éboulement".encode() in await until_in_feed(client, path, event_id)
     async with client.delete(f"/api/v1/markings/{marking['id']}", headers=auth) as resp:
         assert resp.status == 200

@@ -59,9 +59,7 @@ def test_engine_detection_matches_the_server(server):
     with psycopg.connect(url) as conn:
         info = detect_engine(conn)
         mode = conn.execute("SELECT value FROM roadfeed_meta WHERE key = 'storage_mode'").fetchone()[0]
-        hypertable = conn.execute(
-            "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"
-        ).fetchone()[0]
+        hypertable = conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'").fetchone()[0]
         sizes = dict(table_sizes(conn))
     assert info.postgis_version
     if server.engine.timescaledb:

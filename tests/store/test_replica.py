@@ -27,23 +27,27 @@ import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from feed.http.changes import CHANGES_PATH, STREAM_PATH, iter_sse
-from feed.store.cluster import Cluster, Engine
 from feed.config import Config, SourceConfig, load_config, parse_config
 from feed.errors import ConfigError
+from feed.http.app import build_app
+from feed.http.changes import CHANGES_PATH, STREAM_PATH, iter_sse
+from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
 from feed.publish.catalogue import EVENTS_GEOJSON
 from feed.publish.publisher import LISTENER_APPLICATION_NAME
-from feed.http.app import build_app
+from feed.store.cluster import Cluster, Engine
 from feed.store.migrations import migrate
-from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
 from feed.store.replica import primary_of
 from feed.store.storage import Storage
 
 WAIT = 30.0  # a bound for loaded machines, not a speed check
 APPLY_DELAY_MS = 400
 MONTPELLIER = Geometry(type="LineString", coordinates=[[3.870, 43.610], [3.880, 43.615], [3.890, 43.620]])
-CONFIG = Config(sources=[SourceConfig(id="cd34", kind="datex2", url="http://127.0.0.1:9/cd34"),
-                         SourceConfig(id="cnt", kind="comptage-mobilites", url="http://127.0.0.1:9/cnt")])
+CONFIG = Config(
+    sources=[
+        SourceConfig(id="cd34", kind="datex2", url="http://127.0.0.1:9/cd34"),
+        SourceConfig(id="cnt", kind="comptage-mobilites", url="http://127.0.0.1:9/cnt"),
+    ]
+)
 
 
 @dataclass
@@ -76,14 +80,34 @@ def primary_and_standby(engine: Engine) -> Iterator[Replicated]:
         ids = engine.postgres_ids()
         if ids:
             os.chown(base, *ids)
-        done = subprocess.run(engine.command(
-            "pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
-            "-D", engine.inner_path(standby.datadir), "-R", "-X", "stream", "-c", "fast", "--no-sync"),
-            capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            engine.command(
+                "pg_basebackup",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(primary.port),
+                "-U",
+                "postgres",
+                "-D",
+                engine.inner_path(standby.datadir),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         with (standby.datadir / "postgresql.auto.conf").open("a") as f:
-            f.write(f"port = {standby.port}\nunix_socket_directories = '{engine.inner_path(standby.datadir)}'\n"
-                    f"hot_standby = on\nrecovery_min_apply_delay = '{APPLY_DELAY_MS}ms'\n")
+            f.write(
+                f"port = {standby.port}\nunix_socket_directories = '{engine.inner_path(standby.datadir)}'\n"
+                f"hot_standby = on\nrecovery_min_apply_delay = '{APPLY_DELAY_MS}ms'\n"
+            )
         standby.logfile.touch()
         if ids:
             os.chown(standby.logfile, *ids)
@@ -100,9 +124,18 @@ def primary_and_standby(engine: Engine) -> Iterator[Replicated]:
 def event(ext: str, **changes: Any) -> EventRecord:
     now = datetime.now(UTC)
     fields: dict[str, Any] = dict(
-        external_id=ext, type="roadworks", subtype="MaintenanceWorks", status="active", severity="medium",
-        planned_start=now - timedelta(days=1), planned_end=now + timedelta(days=3), road="RD613",
-        direction="both", geometry=MONTPELLIER, descriptions={"fr": "Travaux", "en": "Road works"})
+        external_id=ext,
+        type="roadworks",
+        subtype="MaintenanceWorks",
+        status="active",
+        severity="medium",
+        planned_start=now - timedelta(days=1),
+        planned_end=now + timedelta(days=3),
+        road="RD613",
+        direction="both",
+        geometry=MONTPELLIER,
+        descriptions={"fr": "Travaux", "en": "Road works"},
+    )
     return EventRecord(**{**fields, **changes})
 
 
@@ -118,8 +151,10 @@ async def eventually(check: Callable[[], Awaitable[Any]], what: str) -> Any:
 async def nodes(replicated: Replicated) -> AsyncIterator[tuple[Storage, Storage, TestClient]]:
     """The writer on the primary, and a serving node reading the standby."""
     writer = await Storage.open(replicated.primary_url)
-    await writer.pool.execute("TRUNCATE event_versions, events, measurements, rollup_hourly, rollup_daily, "
-                              "channels, sites, source_runs, sources CASCADE")
+    await writer.pool.execute(
+        "TRUNCATE event_versions, events, measurements, rollup_hourly, rollup_daily, "
+        "channels, sites, source_runs, sources CASCADE"
+    )
     for source in CONFIG.sources:
         await writer.ensure_source(source.id, source.kind, source.url)
     reader = await Storage.open(replicated.standby_url, primary_url=replicated.primary_url)
@@ -164,13 +199,21 @@ async def test_standby_node_publishes_every_change_written_on_the_primary(nodes)
     try:
         for step in range(12):
             ext = f"e{rng.randrange(5)}"
-            changes = rng.choice([{}, {"severity": "high"}, {"severity": "low"}, {"status": "ended",
-                                  "actual_end": datetime.now(UTC)}, {"road": "RD2"}])
+            changes = rng.choice(
+                [
+                    {},
+                    {"severity": "high"},
+                    {"severity": "low"},
+                    {"status": "ended", "actual_end": datetime.now(UTC)},
+                    {"road": "RD2"},
+                ]
+            )
             known[ext] = changes
             await writer.upsert_events("cd34", [event(ext, **changes)], seen_at=datetime.now(UTC))
             count = 100 + step
-            await writer.ingest_measurements([(channel, start + timedelta(minutes=step), 60, count, 80.0, None,
-                                               "observed")])
+            await writer.ingest_measurements(
+                [(channel, start + timedelta(minutes=step), 60, count, 80.0, None, "observed")]
+            )
             want = {r["id"]: r["version"] for r in await writer.pool.fetch("SELECT id, version FROM events")}
 
             async def feed_caught_up(want: dict[str, int] = want) -> bool:
@@ -188,8 +231,10 @@ async def test_standby_node_publishes_every_change_written_on_the_primary(nodes)
             api = {e["id"]: e["version"] for e in (await get_json(client, "/api/v1/events"))["events"]}
             assert api and api.items() <= want.items()  # the history API reads the same replayed state
         # The delta feed and the stream carry every version, once, in order.
-        all_versions = [(r["event_id"], r["version"]) for r in
-                        await writer.pool.fetch("SELECT event_id, version FROM event_versions ORDER BY seq")]
+        all_versions = [
+            (r["event_id"], r["version"])
+            for r in await writer.pool.fetch("SELECT event_id, version FROM event_versions ORDER BY seq")
+        ]
         page = await get_json(client, CHANGES_PATH, since="0", limit="1000")
         assert [(c["event"]["id"], c["event"]["properties"]["version"]) for c in page["changes"]] == all_versions
         async with asyncio.timeout(WAIT):
@@ -201,8 +246,12 @@ async def test_standby_node_publishes_every_change_written_on_the_primary(nodes)
     finally:
         resp.close()
     # The node listens on the primary: the standby never carries NOTIFY.
-    assert await writer.pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                                      LISTENER_APPLICATION_NAME) == 1
+    assert (
+        await writer.pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", LISTENER_APPLICATION_NAME
+        )
+        == 1
+    )
     assert reader.replay_gate is not None and reader.replay_gate.delivered > 0
 
 
@@ -218,7 +267,6 @@ def test_read_url_names_a_standby_of_the_configured_primary():
     assert primary_of(parse_config({}).database, "postgresql://p/roadfeed") is None
     with pytest.raises(ConfigError, match=r"read_url .* needs url"):
         parse_config({"database": {"read_url": "postgresql://s/roadfeed"}})
-
 
 
 def test_the_environment_can_name_the_primary_of_a_configured_standby(tmp_path, monkeypatch):

@@ -13,14 +13,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from feed.roads import ReferentialError, Road, parse_referential
-from feed.store import roads
+from agents_support import load_simulated_roads
 from feed.config import Config, PublicationConfig, ServerConfig
 from feed.http.app import build_app
-from feed.simulator.geography import SITES, referential_geojson
 from feed.model import SiteRecord
+from feed.roads import ReferentialError, Road, parse_referential
+from feed.simulator.geography import SITES, referential_geojson
+from feed.store import roads
 from feed.store.storage import Storage
-from agents_support import load_simulated_roads
 
 ADMIN = "admin-secret-token"
 
@@ -35,18 +35,24 @@ def geodesic_m(a: tuple[float, float], b: tuple[float, float]) -> float:
 # ---------------------------------------------------------------- parsing (pure)
 
 
-@pytest.mark.parametrize(("data", "reason"), [
-    (b"road,pr,lon,lat\nRD1,0,3.0,43.0\nRD1,0,3.1,43.0\n", "line 3: RD1 PR 0 is given twice"),
-    (b"road,pr,lon,lat\nRD1,zero,3.0,43.0\n", "line 2: pr must be an integer"),
-    (b"road,pr,lon\nRD1,0,3.0\n", "missing columns lat"),
-    (b"road,pr,lon,lat\nRD1,0,3.0,43.0\n", "road RD1 has a single PR"),
-    (b"road,pr,lon,lat\nRD1,0,3.0,43.0\nRD1,1,3.0,43.0\n", "PR 0 and PR 1 are at the same place"),
-    (b"road,pr,lon,lat\n<script>,0,3.0,43.0\n", "is not a road reference"),
-    (b"road,pr,lon,lat\nRD1,0,300,43.0\n", "out of range"),
-    (b'{"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": {"type": "Polygon"}, '
-     b'"properties": {}}]}', "feature 0: a Point geometry is expected"),
-    (b"\xff\xfe", "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"road,pr,lon,lat\nRD1,0,3.0,43.0\nRD1,0,3.1,43.0\n", "line 3: RD1 PR 0 is given twice"),
+        (b"road,pr,lon,lat\nRD1,zero,3.0,43.0\n", "line 2: pr must be an integer"),
+        (b"road,pr,lon\nRD1,0,3.0\n", "missing columns lat"),
+        (b"road,pr,lon,lat\nRD1,0,3.0,43.0\n", "road RD1 has a single PR"),
+        (b"road,pr,lon,lat\nRD1,0,3.0,43.0\nRD1,1,3.0,43.0\n", "PR 0 and PR 1 are at the same place"),
+        (b"road,pr,lon,lat\n<script>,0,3.0,43.0\n", "is not a road reference"),
+        (b"road,pr,lon,lat\nRD1,0,300,43.0\n", "out of range"),
+        (
+            b'{"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": {"type": "Polygon"}, '
+            b'"properties": {}}]}',
+            "feature 0: a Point geometry is expected",
+        ),
+        (b"\xff\xfe", "not UTF-8"),
+    ],
+)
 def test_bad_files_are_refused_naming_the_record_and_reason(data: bytes, reason: str) -> None:
     with pytest.raises(ReferentialError, match=reason) as caught:
         parse_referential(data, "pr.csv")
@@ -54,8 +60,9 @@ def test_bad_files_are_refused_naming_the_record_and_reason(data: bytes, reason:
 
 
 def test_csv_with_semicolons_and_french_decimals() -> None:
-    parsed = parse_referential("road;pr;lon;lat;name\nRD 613;0;3,80;43,50;Route de Sète\n"
-                                     "rd613;1;3,81;43,50;\n".encode(), "pr.csv")
+    parsed = parse_referential(
+        "road;pr;lon;lat;name\nRD 613;0;3,80;43,50;Route de Sète\nrd613;1;3,81;43,50;\n".encode(), "pr.csv"
+    )
     assert len(parsed) == 1 and parsed[0].road == "RD613" and parsed[0].name == "Route de Sète"
     assert parsed[0].prs == {0: (3.80, 43.50), 1: (3.81, 43.50)}
 
@@ -65,8 +72,12 @@ def test_csv_with_semicolons_and_french_decimals() -> None:
 
 async def ground_m(conn: Any, a: tuple[float, float], b: tuple[float, float]) -> float:
     """Metres on the ellipsoid (PostGIS geography), the reference of PR distances."""
-    return await conn.fetchval("SELECT ST_Distance(ST_SetSRID(ST_MakePoint($1, $2), 4326)::geography, "
-                               "ST_SetSRID(ST_MakePoint($3, $4), 4326)::geography)", *a, *b)
+    return await conn.fetchval(
+        "SELECT ST_Distance(ST_SetSRID(ST_MakePoint($1, $2), 4326)::geography, "
+        "ST_SetSRID(ST_MakePoint($3, $4), 4326)::geography)",
+        *a,
+        *b,
+    )
 
 
 async def test_known_distances_on_a_straight_road(storage: Storage) -> None:
@@ -143,8 +154,7 @@ REFERENTIAL = parse_referential(referential_geojson(), "simulator")
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(positions=st.lists(_positions(REFERENTIAL), min_size=1, max_size=5))
 @example(positions=[("RD64", 10, 898.0, "right", 3.0)])  # outside a bend
-async def test_pr_and_abscissa_round_trip_within_a_metre(storage: Storage,
-                                                         positions: list[Position]) -> None:
+async def test_pr_and_abscissa_round_trip_within_a_metre(storage: Storage, positions: list[Position]) -> None:
     async with storage.pool.acquire() as conn:
         if not await roads.road_exists(conn, "RD613"):
             await roads.store_referential(conn, REFERENTIAL)
@@ -165,17 +175,36 @@ async def test_pr_and_abscissa_round_trip_within_a_metre(storage: Storage,
                 assert found_abscissa == pytest.approx(abscissa, abs=1.0 + offset)
             else:  # a point on a PR may be named after the PR or as the end of the section before it
                 assert abs(found_pr - pr) == 1 and min(abs(found_abscissa), abs(abscissa)) < 1.0
-                assert geodesic_m(await roads.point(conn, road, found_pr, found_abscissa),
-                                  await roads.point(conn, road, pr, abscissa)) < 1.0
+                assert (
+                    geodesic_m(
+                        await roads.point(conn, road, found_pr, found_abscissa),
+                        await roads.point(conn, road, pr, abscissa),
+                    )
+                    < 1.0
+                )
 
 
 async def test_a_shape_drawn_backwards_is_refused(storage: Storage) -> None:
-    document = {"type": "FeatureCollection", "features": [
-        {"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[3.6, 43.5], [3.5, 43.5]]},
-         "properties": {"road": "RD2"}},
-        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [3.5, 43.5]}, "properties": {"road": "RD2", "pr": 0}},
-        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [3.6, 43.5]}, "properties": {"road": "RD2", "pr": 1}},
-    ]}
+    document = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "geometry": {"type": "LineString", "coordinates": [[3.6, 43.5], [3.5, 43.5]]},
+                "properties": {"road": "RD2"},
+            },
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [3.5, 43.5]},
+                "properties": {"road": "RD2", "pr": 0},
+            },
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [3.6, 43.5]},
+                "properties": {"road": "RD2", "pr": 1},
+            },
+        ],
+    }
     async with storage.pool.acquire() as conn:
         with pytest.raises(ReferentialError, match="PR 1 is not after PR 0"):
             await roads.store_referential(conn, parse_referential(json.dumps(document).encode(), "x"))
@@ -186,15 +215,16 @@ async def test_a_shape_drawn_backwards_is_refused(storage: Storage) -> None:
 
 
 async def test_routes_read_the_referential_and_only_an_administrator_imports(storage: Storage) -> None:
-    config = Config(server=ServerConfig(admin_token=ADMIN, rate_limit_per_minute=0),
-                    publication=PublicationConfig())
+    config = Config(server=ServerConfig(admin_token=ADMIN, rate_limit_per_minute=0), publication=PublicationConfig())
     client = TestClient(TestServer(build_app(config, storage), host="127.0.0.1"))
     await client.start_server()
     try:
         body = referential_geojson()
         async with client.post("/api/v1/roads", data=body) as resp:
             assert resp.status == 401
-        async with client.post("/api/v1/roads", data=b"road,pr\n", headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
+        async with client.post(
+            "/api/v1/roads", data=b"road,pr\n", headers={"Authorization": f"Bearer {ADMIN}"}
+        ) as resp:
             assert resp.status == 400 and "missing columns" in (await resp.json())["detail"]
         async with client.post("/api/v1/roads", data=body, headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
             assert resp.status == 201 and (await resp.json())["roads"] == len(REFERENTIAL)
@@ -231,11 +261,17 @@ async def test_routes_read_the_referential_and_only_an_administrator_imports(sto
         await client.close()
 
 
-@pytest.mark.parametrize("path", ["/api/v1/roads/%00/pr", "/api/v1/roads/RD613/locate?pr=2147483648",
-                                  "/api/v1/roads/RD613/locate?pr=1&abscissa=nan",
-                                  "/api/v1/roads/RD613/locate?pr=1&side=right&offset=-inf",
-                                  "/api/v1/roads/RD613/locate?lon=inf&lat=43",
-                                  "/api/v1/roads/RD613/section?from=99999999999&to=1"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/roads/%00/pr",
+        "/api/v1/roads/RD613/locate?pr=2147483648",
+        "/api/v1/roads/RD613/locate?pr=1&abscissa=nan",
+        "/api/v1/roads/RD613/locate?pr=1&side=right&offset=-inf",
+        "/api/v1/roads/RD613/locate?lon=inf&lat=43",
+        "/api/v1/roads/RD613/section?from=99999999999&to=1",
+    ],
+)
 async def test_hostile_positions_are_refused_not_failed(storage: Storage, path: str) -> None:
     config = Config(server=ServerConfig(rate_limit_per_minute=0), publication=PublicationConfig())
     client = TestClient(TestServer(build_app(config, storage), host="127.0.0.1"))
@@ -250,11 +286,22 @@ async def test_hostile_positions_are_refused_not_failed(storage: Storage, path: 
 async def test_sites_pr_and_abscissa_are_checked_against_the_referential(storage: Storage) -> None:
     await load_simulated_roads(storage)
     await storage.ensure_source("sim", "opendatasoft", "http://127.0.0.1:9/sim")
-    records = [SiteRecord(external_id=s.id, name=s.name, road=s.road.name, pr=s.pr, abscissa=s.abscissa,
-                          lon=s.road.point_at(s.road.project(s.lon, s.lat))[0],
-                          lat=s.road.point_at(s.road.project(s.lon, s.lat))[1]) for s in SITES]
-    records += [SiteRecord(external_id="moved", road="RD613", pr=12, abscissa=0, lon=3.60, lat=43.60),
-                SiteRecord(external_id="nowhere", road="RD613", pr=600, abscissa=0, lon=3.60, lat=43.60)]
+    records = [
+        SiteRecord(
+            external_id=s.id,
+            name=s.name,
+            road=s.road.name,
+            pr=s.pr,
+            abscissa=s.abscissa,
+            lon=s.road.point_at(s.road.project(s.lon, s.lat))[0],
+            lat=s.road.point_at(s.road.project(s.lon, s.lat))[1],
+        )
+        for s in SITES
+    ]
+    records += [
+        SiteRecord(external_id="moved", road="RD613", pr=12, abscissa=0, lon=3.60, lat=43.60),
+        SiteRecord(external_id="nowhere", road="RD613", pr=600, abscissa=0, lon=3.60, lat=43.60),
+    ]
     await storage.upsert_sites("sim", records)
     config = Config(server=ServerConfig(rate_limit_per_minute=0), publication=PublicationConfig())
     client = TestClient(TestServer(build_app(config, storage), host="127.0.0.1"))

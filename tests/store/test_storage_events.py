@@ -15,9 +15,16 @@ NOW = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
 
 def works(ext: str, **changes) -> EventRecord:
     base = dict(
-        external_id=ext, type="roadworks", subtype="MaintenanceWorks", status="active", severity="medium",
-        planned_start=NOW - timedelta(days=1), planned_end=NOW + timedelta(days=3), road="RD613",
-        direction="both", geometry=Geometry(type="LineString", coordinates=[[3.69, 43.51], [3.70, 43.52]]),
+        external_id=ext,
+        type="roadworks",
+        subtype="MaintenanceWorks",
+        status="active",
+        severity="medium",
+        planned_start=NOW - timedelta(days=1),
+        planned_end=NOW + timedelta(days=3),
+        road="RD613",
+        direction="both",
+        geometry=Geometry(type="LineString", coordinates=[[3.69, 43.51], [3.70, 43.52]]),
         descriptions={"fr": "Travaux de chaussée", "en": "Road works"},
     )
     return EventRecord(**{**base, **changes})
@@ -44,8 +51,11 @@ async def test_new_changed_and_unchanged_events(inforoute: Storage):
     history = await s.event_versions("inforoute:B")
     assert [(v.version, v.severity) for v in history] == [(1, "medium"), (2, "high")]
     changes = await s.pool.fetch("SELECT event_id, version, change FROM event_versions ORDER BY seq")
-    assert [tuple(r) for r in changes] == [("inforoute:A", 1, "created"), ("inforoute:B", 1, "created"),
-                                           ("inforoute:B", 2, "updated")]
+    assert [tuple(r) for r in changes] == [
+        ("inforoute:A", 1, "created"),
+        ("inforoute:B", 1, "created"),
+        ("inforoute:B", 2, "updated"),
+    ]
 
 
 async def test_complete_snapshot_ends_missing_events_and_a_return_reopens(inforoute: Storage):
@@ -62,8 +72,10 @@ async def test_complete_snapshot_ends_missing_events_and_a_return_reopens(inforo
     await s.upsert_events("inforoute", [works("A"), works("B")], seen_at=back, complete_snapshot=True)
     b = next(e for e in await s.events() if e.external_id == "B")
     assert (b.status, b.version, b.actual_end) == ("active", 3, None)
-    assert await s.pool.fetchval("SELECT change FROM event_versions WHERE event_id = 'inforoute:B' AND version = 3") \
+    assert (
+        await s.pool.fetchval("SELECT change FROM event_versions WHERE event_id = 'inforoute:B' AND version = 3")
         == "reopened"
+    )
 
 
 async def test_partial_snapshot_ends_nothing(inforoute: Storage):
@@ -84,8 +96,10 @@ async def test_live_listing_keeps_recently_ended_events_only(inforoute: Storage)
 
 async def test_every_past_state_can_be_rebuilt(inforoute: Storage):
     s = inforoute
-    states = [works("A", severity=sev, descriptions={"fr": f"état {i}"})
-              for i, sev in enumerate(["low", "medium", "high", "highest"])]
+    states = [
+        works("A", severity=sev, descriptions={"fr": f"état {i}"})
+        for i, sev in enumerate(["low", "medium", "high", "highest"])
+    ]
     for i, st in enumerate(states):
         await s.upsert_events("inforoute", [st], seen_at=NOW + timedelta(minutes=i))
     rebuilt = await s.event_versions("inforoute:A")
@@ -97,9 +111,12 @@ async def test_read_only_role_cannot_write(server, db_url):
     conn = await asyncpg.connect(reader_url)
     try:
         assert await conn.fetchval("SELECT count(*) FROM events") == 0
-        for sql in ("INSERT INTO sources (id, kind, url) VALUES ('x', 'datex2', 'u')",
-                    "DELETE FROM measurements", "UPDATE events SET version = 2",
-                    "CREATE TABLE sneaky (x int)"):
+        for sql in (
+            "INSERT INTO sources (id, kind, url) VALUES ('x', 'datex2', 'u')",
+            "DELETE FROM measurements",
+            "UPDATE events SET version = 2",
+            "CREATE TABLE sneaky (x int)",
+        ):
             with pytest.raises((asyncpg.InsufficientPrivilegeError, asyncpg.ReadOnlySQLTransactionError)):
                 await conn.execute(sql)
         # Even asking for a writable transaction does not help: privileges are missing.

@@ -18,19 +18,25 @@ T0 = datetime(2026, 3, 28, 20, 0, tzinfo=UTC)  # the night France moves to summe
 
 async def make_channels(storage: Storage, steps: tuple[int, ...] = (900, 3600)) -> list[int]:
     await storage.ensure_source("cnt", "comptage-mobilites", "http://127.0.0.1/cnt")
-    await storage.upsert_sites("cnt", [SiteRecord(external_id="S1", name="RD613 Montbazin", road="RD613",
-                                                   lon=3.69, lat=43.51)])
-    await storage.upsert_channels("cnt", [
-        ChannelRecord(site_external_id="S1", external_id=f"C{i}", direction="N", time_step=step)
-        for i, step in enumerate(steps)
-    ])
+    await storage.upsert_sites(
+        "cnt", [SiteRecord(external_id="S1", name="RD613 Montbazin", road="RD613", lon=3.69, lat=43.51)]
+    )
+    await storage.upsert_channels(
+        "cnt",
+        [
+            ChannelRecord(site_external_id="S1", external_id=f"C{i}", direction="N", time_step=step)
+            for i, step in enumerate(steps)
+        ],
+    )
     ids = await storage.channel_ids("cnt")
     return [ids[f"C{i}"] for i in range(len(steps))]
 
 
 def series(channel: int, step: int, n: int, start: datetime = T0, base: int = 10) -> list[tuple]:
-    return [(channel, start + timedelta(seconds=step * i), step, base + i % 7, 80.0 + i % 5, None, "observed")
-            for i in range(n)]
+    return [
+        (channel, start + timedelta(seconds=step * i), step, base + i % 7, 80.0 + i % 5, None, "observed")
+        for i in range(n)
+    ]
 
 
 RECOMPUTE_HOURLY = """
@@ -55,18 +61,30 @@ SELECT m.channel_id, (m.start AT TIME ZONE 'Europe/Paris')::date AS day,
 async def assert_rollups_exact(pool: asyncpg.Pool) -> None:
     sub_hourly = {r[0] for r in await pool.fetch("SELECT id FROM channels WHERE time_step < 3600")}
     want_h = [tuple(r) for r in await pool.fetch(RECOMPUTE_HOURLY) if r[0] in sub_hourly]
-    got_h = [tuple(r) for r in await pool.fetch(
-        "SELECT channel_id, bucket, count_sum, intervals_present, speed_weighted_sum "
-        "FROM rollup_hourly ORDER BY 1, 2")]
+    got_h = [
+        tuple(r)
+        for r in await pool.fetch(
+            "SELECT channel_id, bucket, count_sum, intervals_present, speed_weighted_sum "
+            "FROM rollup_hourly ORDER BY 1, 2"
+        )
+    ]
     assert got_h == want_h
     hourly_or_finer = {r[0] for r in await pool.fetch("SELECT id FROM channels WHERE time_step <= 3600")}
     want_all = [tuple(r) for r in await pool.fetch(RECOMPUTE_HOURLY) if r[0] in hourly_or_finer]
-    got_all = [tuple(r) for r in await pool.fetch(
-        "SELECT channel_id, bucket, count_sum, intervals_present, speed_weighted_sum FROM hourly ORDER BY 1, 2")]
+    got_all = [
+        tuple(r)
+        for r in await pool.fetch(
+            "SELECT channel_id, bucket, count_sum, intervals_present, speed_weighted_sum FROM hourly ORDER BY 1, 2"
+        )
+    ]
     assert got_all == want_all
     want_d = [tuple(r) for r in await pool.fetch(RECOMPUTE_DAILY)]
-    got_d = [tuple(r) for r in await pool.fetch(
-        "SELECT channel_id, day, count_sum, intervals_present, speed_weighted_sum FROM rollup_daily ORDER BY 1, 2")]
+    got_d = [
+        tuple(r)
+        for r in await pool.fetch(
+            "SELECT channel_id, day, count_sum, intervals_present, speed_weighted_sum FROM rollup_daily ORDER BY 1, 2"
+        )
+    ]
     assert got_d == want_d
 
 
@@ -122,7 +140,8 @@ async def test_coverage_counts_expected_intervals_of_a_dst_day(storage: Storage)
     await storage.ingest_measurements(series(c60, 3600, 20, start=day_start))
     row = await storage.pool.fetchrow(
         "SELECT intervals_present, intervals_expected FROM rollup_daily WHERE channel_id = $1 AND day = '2026-03-29'",
-        c60)
+        c60,
+    )
     assert (row["intervals_present"], row["intervals_expected"]) == (20, 23)
 
 
@@ -139,10 +158,18 @@ async def test_missing_and_invalid_intervals_do_not_count_as_present(storage: St
 
 batches = st.lists(
     st.lists(
-        st.tuples(st.integers(0, 1), st.integers(0, 400), st.integers(0, 500) | st.none(),
-                  st.sampled_from(["observed", "estimated", "missing", "invalid"])),
-        min_size=1, max_size=60),
-    min_size=1, max_size=5)
+        st.tuples(
+            st.integers(0, 1),
+            st.integers(0, 400),
+            st.integers(0, 500) | st.none(),
+            st.sampled_from(["observed", "estimated", "missing", "invalid"]),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    min_size=1,
+    max_size=5,
+)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -153,8 +180,10 @@ async def test_rollups_equal_recomputation_across_late_and_out_of_order_batches(
         channels = await make_channels(storage)
         steps = (900, 3600)
         for batch in batches:
-            rows = [(channels[c], T0 + timedelta(seconds=steps[c] * k), steps[c], n, 70.0 if n else None, None, q)
-                    for c, k, n, q in batch]
+            rows = [
+                (channels[c], T0 + timedelta(seconds=steps[c] * k), steps[c], n, 70.0 if n else None, None, q)
+                for c, k, n, q in batch
+            ]
             await storage.ingest_measurements(rows)
         await assert_rollups_exact(storage.pool)
     finally:
@@ -189,9 +218,10 @@ async def test_hour_buckets_do_not_depend_on_the_sessions_time_zone(server, sess
         await storage.ingest_measurements(rows[1::2])  # late rows, into buckets already rolled up
         site = await history.site(storage.pool, 1, "Europe/Paris")
         assert site is not None
-        points = await history.channel_series(storage.pool, site.channels, T0 + timedelta(hours=2),
-                                              T0 + timedelta(hours=10), "hour", "Europe/Paris")
-        assert [p.count for p in points] == [sum(r[3] for r in rows[12 * h:12 * (h + 1)]) for h in range(8)]
+        points = await history.channel_series(
+            storage.pool, site.channels, T0 + timedelta(hours=2), T0 + timedelta(hours=10), "hour", "Europe/Paris"
+        )
+        assert [p.count for p in points] == [sum(r[3] for r in rows[12 * h : 12 * (h + 1)]) for h in range(8)]
         assert all(p.coverage == 1.0 for p in points)
         buckets = [r[0] for r in await pool.fetch("SELECT bucket FROM rollup_hourly ORDER BY bucket")]
         assert buckets == [T0 + timedelta(hours=2 + h) for h in range(8)]

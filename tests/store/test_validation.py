@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from feed.store import history
 from feed.holidays import easter, public_holidays
 from feed.model import ChannelRecord, SiteRecord
 from feed.simulator.simulation import Simulation
+from feed.store import history
 from feed.store.storage import Storage
 from feed.store.validation import REASONS
 from long_mode import examples, seconds
@@ -47,10 +47,20 @@ async def simulated_site(
     await storage.ensure_source("sim", "opendatasoft", "http://127.0.0.1:9/sim")
     await storage.upsert_sites("sim", [SiteRecord(external_id=site.id, name=site.name, road="RD613")])
     classes = ("light", "heavy", "all") if with_all else ("light", "heavy")
-    await storage.upsert_channels("sim", [
-        ChannelRecord(site_external_id=site.id, external_id=f"{site.id}:{d.code}:{c}", direction=d.code,
-                      vehicle_class=c, time_step=3600)
-        for d in site.directions for c in classes])
+    await storage.upsert_channels(
+        "sim",
+        [
+            ChannelRecord(
+                site_external_id=site.id,
+                external_id=f"{site.id}:{d.code}:{c}",
+                direction=d.code,
+                vehicle_class=c,
+                time_step=3600,
+            )
+            for d in site.directions
+            for c in classes
+        ],
+    )
     ids = {k.split(":", 1)[1]: v for k, v in (await storage.channel_ids("sim")).items() if k.startswith(site.id)}
     rows: list[Row] = []
     for t in local_hours(first, days):
@@ -68,10 +78,14 @@ async def simulated_site(
 
 
 async def flags(storage: Storage, channels: list[int]) -> dict[tuple[int, datetime], str]:
-    return {(r["channel_id"], r["start"]): r["flag"] for r in await storage.pool.fetch(
-        "SELECT channel_id, start, flag FROM measurements "
-        "WHERE channel_id = ANY($1::int[]) AND validation = 'invalid'",
-        channels)}
+    return {
+        (r["channel_id"], r["start"]): r["flag"]
+        for r in await storage.pool.fetch(
+            "SELECT channel_id, start, flag FROM measurements "
+            "WHERE channel_id = ANY($1::int[]) AND validation = 'invalid'",
+            channels,
+        )
+    }
 
 
 FAULTS = ["spike", "stuck_zero", "silent_direction", "flat_line", "class_inconsistent", "dead_channel"]
@@ -79,8 +93,14 @@ FAULTS = ["spike", "stuck_zero", "silent_direction", "flat_line", "class_inconsi
 
 @pytest.mark.timeout(seconds(90))
 @settings(max_examples=examples(8), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(kind=st.sampled_from(FAULTS), day=st.integers(7, DAYS - 2), hour=st.integers(9, 13),
-       direction=st.integers(0, 1), vclass=st.sampled_from(["light", "heavy"]), batches=st.integers(1, 2))
+@given(
+    kind=st.sampled_from(FAULTS),
+    day=st.integers(7, DAYS - 2),
+    hour=st.integers(9, 13),
+    direction=st.integers(0, 1),
+    vclass=st.sampled_from(["light", "heavy"]),
+    batches=st.integers(1, 2),
+)
 @example(kind="spike", day=8, hour=10, direction=0, vclass="heavy", batches=1)
 @example(kind="stuck_zero", day=9, hour=9, direction=1, vclass="light", batches=2)
 @example(kind="stuck_zero", day=7, hour=9, direction=1, vclass="light", batches=1)  # Whit Monday: quiet at 6
@@ -137,25 +157,36 @@ async def test_each_injected_fault_is_flagged_with_its_reason_and_left_out(
         if kind == "dead_channel":  # nothing at all from one channel that day
             rows = [r for r in rows if not (r[0] == target and r[1].astimezone(PARIS).date() == fault_day)]
         cut = len(rows) // 2
-        for part in ([rows] if batches == 1 else [rows[cut:], rows[:cut]]):  # late data arrives after
+        for part in [rows] if batches == 1 else [rows[cut:], rows[:cut]]:  # late data arrives after
             await storage.ingest_measurements(part)
 
         got = await flags(storage, list(ids.values()))
         assert set(want) <= set(got) <= set(want) | set(may), (kind, sorted(got.items())[:5], sorted(want)[:5])
         for key, reason in got.items():
             assert reason in want.get(key, may.get(key, set())) and reason in REASONS
-        raw = {(r[0], r[1]): r[2] for r in await storage.pool.fetch(
-            "SELECT channel_id, start, count FROM measurements WHERE channel_id = ANY($1::int[])", list(ids.values()))}
+        raw = {
+            (r[0], r[1]): r[2]
+            for r in await storage.pool.fetch(
+                "SELECT channel_id, start, count FROM measurements WHERE channel_id = ANY($1::int[])",
+                list(ids.values()),
+            )
+        }
         for key, value in changed.items():
             assert raw[key] == value  # the raw value is kept
 
         # The day's figures leave the flagged intervals out: count and coverage from valid rows only.
         start = datetime(fault_day.year, fault_day.month, fault_day.day, tzinfo=PARIS)
         series = await history.site_series(storage.pool, sid, start, start + timedelta(days=1), "day", "Europe/Paris")
-        total_ids = {v for k, v in ids.items() if k.endswith(":all")} if with_all else \
-            {v for k, v in ids.items() if not k.endswith(":all")}
-        valid = [r for r in rows if r[0] in total_ids and r[1].astimezone(PARIS).date() == fault_day
-                 and (r[0], r[1]) not in got]
+        total_ids = (
+            {v for k, v in ids.items() if k.endswith(":all")}
+            if with_all
+            else {v for k, v in ids.items() if not k.endswith(":all")}
+        )
+        valid = [
+            r
+            for r in rows
+            if r[0] in total_ids and r[1].astimezone(PARIS).date() == fault_day and (r[0], r[1]) not in got
+        ]
         assert series[0].count == sum(r[3] for r in valid)
         assert series[0].coverage == pytest.approx(len(valid) / (24 * len(total_ids)))
         table = {r.site_id: r for r in await history.annual_table(storage.pool, 2025, 0.95)}
@@ -186,7 +217,7 @@ async def annual_of(storage: Storage, sim: Simulation, site_id: str) -> history.
     rows.sort(key=lambda r: r[1])
     month = 24 * 31 * 4
     for i in range(0, len(rows), month):  # a month per ingest, as a backfill would
-        await storage.ingest_measurements(rows[i:i + month])
+        await storage.ingest_measurements(rows[i : i + month])
     return {r.site_id: r for r in await history.annual_table(storage.pool, 2025, 0.95, today=date(2026, 1, 5))}[sid]
 
 
@@ -226,8 +257,9 @@ async def test_tmjo_leaves_out_public_holidays_and_future_days_are_not_missing(s
     December has 25 days still to come, not excluded."""
     sid, _, rows = await simulated_site(storage, SIM, NORMAL, date(2026, 5, 1), 31)
     await storage.ingest_measurements(rows)
-    (row,) = [r for r in await history.annual_table(storage.pool, 2026, 0.95, today=date(2026, 12, 7))
-              if r.site_id == sid]
+    (row,) = [
+        r for r in await history.annual_table(storage.pool, 2026, 0.95, today=date(2026, 12, 7)) if r.site_id == sid
+    ]
     daily: dict[date, int] = {}
     for r in rows:
         d = r[1].astimezone(PARIS).date()
@@ -237,8 +269,11 @@ async def test_tmjo_leaves_out_public_holidays_and_future_days_are_not_missing(s
     with_holidays = [v for d, v in daily.items() if d.isoweekday() <= 5]
     assert row.tmjo == pytest.approx(sum(working) / len(working), abs=0.05)
     assert row.tmjo > sum(with_holidays) / len(with_holidays)
-    (none,) = [r for r in await history.annual_table(storage.pool, 2026, 0.95, holidays="none",
-                                                     today=date(2026, 12, 7)) if r.site_id == sid]
+    (none,) = [
+        r
+        for r in await history.annual_table(storage.pool, 2026, 0.95, holidays="none", today=date(2026, 12, 7))
+        if r.site_id == sid
+    ]
     assert none.tmjo == pytest.approx(sum(with_holidays) / len(with_holidays), abs=0.05)
     assert row.days_valid == 31 and row.days_excluded == (date(2026, 12, 7) - date(2026, 1, 1)).days - 31
 
@@ -271,7 +306,6 @@ async def test_a_channel_is_expected_from_its_validity_or_its_first_data(storage
     await storage.ingest_measurements([r for r in rows if r[0] not in heavy or r[1] >= start_heavy])
     (row,) = [r for r in await history.annual_table(storage.pool, 2025, 0.95) if r.site_id == sid]
     assert row.days_valid == 14
-    await storage.pool.execute("UPDATE channels SET valid_from = '2025-03-03' WHERE id = ANY($1::int[])",
-                               sorted(heavy))
+    await storage.pool.execute("UPDATE channels SET valid_from = '2025-03-03' WHERE id = ANY($1::int[])", sorted(heavy))
     (row,) = [r for r in await history.annual_table(storage.pool, 2025, 0.95) if r.site_id == sid]
     assert row.days_valid == 7

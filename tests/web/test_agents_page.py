@@ -23,19 +23,23 @@ import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from feed.http import agents
+from agents_support import CIFS, DATEX_V3, WZDX, load_simulated_roads, xml_valid
 from feed.config import Config, PublicationConfig, ServerConfig
+from feed.http import agents
 from feed.http.app import build_app
 from feed.http.context import CONTEXT
 from feed.model import ChannelRecord, SiteRecord
 from feed.store.storage import Storage
-from agents_support import CIFS, DATEX_V3, WZDX, load_simulated_roads, xml_valid
 from test_page import ARTIFACTS, assets_built, browser, in_browser, one_engine, open_page, until  # noqa: F401
 
 PARIS = ZoneInfo("Europe/Paris")
 PASSWORD = "lunettes de soleil 34"
-FEEDS = ("/feeds/datex2/v3/situations.xml", "/feeds/wzdx/v4.2/work-zones.geojson", "/feeds/waze/cifs.xml",
-         "/feeds/events.geojson")
+FEEDS = (
+    "/feeds/datex2/v3/situations.xml",
+    "/feeds/wzdx/v4.2/work-zones.geojson",
+    "/feeds/waze/cifs.xml",
+    "/feeds/events.geojson",
+)
 pytestmark = [one_engine, pytest.mark.timeout(240)]
 
 
@@ -44,19 +48,24 @@ async def site(storage: Storage, db_url: str) -> AsyncIterator[tuple[str, int, T
     assets_built()
     await load_simulated_roads(storage)
     await storage.ensure_source("cd34", "opendatasoft", "http://127.0.0.1:9/cd34")
-    await storage.upsert_sites("cd34", [SiteRecord(external_id="MTB", name="Montbazin", road="RD613", pr=12,
-                                                   abscissa=250, lon=3.69, lat=43.51)])
-    await storage.upsert_channels("cd34", [ChannelRecord(site_external_id="MTB", external_id="MTB-N",
-                                                         direction="N", time_step=3600)])
+    await storage.upsert_sites(
+        "cd34",
+        [SiteRecord(external_id="MTB", name="Montbazin", road="RD613", pr=12, abscissa=250, lon=3.69, lat=43.51)],
+    )
+    await storage.upsert_channels(
+        "cd34", [ChannelRecord(site_external_id="MTB", external_id="MTB-N", direction="N", time_step=3600)]
+    )
     channel = (await storage.channel_ids("cd34"))["MTB-N"]
     start = datetime(2025, 7, 1, tzinfo=PARIS)
-    await storage.ingest_measurements([(channel, start + timedelta(hours=h), 3600, 300 + h % 24, None, None,
-                                        "observed") for h in range(24 * 10)])
+    await storage.ingest_measurements(
+        [(channel, start + timedelta(hours=h), 3600, 300 + h % 24, None, None, "observed") for h in range(24 * 10)]
+    )
     site_id = (await storage.site_ids("cd34", ["MTB"]))["MTB"]
     with psycopg.connect(db_url) as conn:
         agents.add_agent(conn, "claire", "editor", PASSWORD, "Claire, service des routes")
-    config = Config(server=ServerConfig(rate_limit_per_minute=0),
-                    publication=PublicationConfig(bbox=(-5.0, 41.0, 10.0, 51.5)))
+    config = Config(
+        server=ServerConfig(rate_limit_per_minute=0), publication=PublicationConfig(bbox=(-5.0, 41.0, 10.0, 51.5))
+    )
     app = build_app(config, storage)
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
@@ -78,8 +87,9 @@ def fill(driver: Any, values: dict[str, str]) -> None:
     for element_id, value in values.items():
         field = driver.find_element(By.ID, element_id)
         if field.tag_name == "select":
-            driver.execute_script("arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('change'));",
-                                  field, value)
+            driver.execute_script(
+                "arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('change'));", field, value
+            )
         elif field.get_attribute("type") == "datetime-local" or field.get_attribute("type") == "date":
             driver.execute_script("arguments[0].value = arguments[1];", field, value)
         else:
@@ -103,22 +113,37 @@ def open_agents(driver: Any, url: str) -> None:
 
 def log_in_and_enter(driver: Any, url: str) -> dict[str, Any]:
     open_agents(driver, url)
-    fill(driver, {"ev-kind": "alternating_traffic", "ev-road": "RD613", "ev-pr-from": "12", "ev-abs-from": "150",
-                  "ev-pr-to": "13", "ev-abs-to": "400", "ev-lanes": "1 voie sur 2",
-                  "ev-fr": "Circulation alternée par feux, réfection de chaussée",
-                  "ev-en": "Alternating one-way traffic, resurfacing"})
+    fill(
+        driver,
+        {
+            "ev-kind": "alternating_traffic",
+            "ev-road": "RD613",
+            "ev-pr-from": "12",
+            "ev-abs-from": "150",
+            "ev-pr-to": "13",
+            "ev-abs-to": "400",
+            "ev-lanes": "1 voie sur 2",
+            "ev-fr": "Circulation alternée par feux, réfection de chaussée",
+            "ev-en": "Alternating one-way traffic, resurfacing",
+        },
+    )
     click(driver, "#ev-nights")
     click(driver, "#ev-preview")
     until(driver, "document.querySelectorAll('#consumers tbody tr').length === 5", "the consumers' preview")
     until(driver, "document.querySelectorAll('#preview-map polyline').length === 1", "the line drawn")
     preview = driver.execute_script(
         "return [...document.querySelectorAll('#consumers tbody tr')].map(r => [r.dataset.consumer, "
-        "r.cells[1].textContent, r.cells[2].textContent]);")
+        "r.cells[1].textContent, r.cells[2].textContent]);"
+    )
     shot(driver, "agents-preview.png")
     click(driver, "#ev-publish")
     event_id = until(driver, "document.querySelector('#published tbody tr')?.dataset.id", "the publication")
-    return {"preview": preview, "event_id": event_id, "published_at": time.monotonic(),
-            "who": driver.find_element("id", "who").text}
+    return {
+        "preview": preview,
+        "event_id": event_id,
+        "published_at": time.monotonic(),
+        "who": driver.find_element("id", "who").text,
+    }
 
 
 def end_and_versions(driver: Any) -> list[list[str]]:
@@ -128,7 +153,8 @@ def end_and_versions(driver: Any) -> list[list[str]]:
     until(driver, "document.querySelectorAll('#versions tbody tr').length === 2", "the versions")
     shot(driver, "agents-versions.png")
     return driver.execute_script(
-        "return [...document.querySelectorAll('#versions tbody tr')].map(r => [...r.cells].map(c => c.textContent));")
+        "return [...document.querySelectorAll('#versions tbody tr')].map(r => [...r.cells].map(c => c.textContent));"
+    )
 
 
 def annual_days(driver: Any, url: str, site_id: int) -> str:
@@ -137,17 +163,22 @@ def annual_days(driver: Any, url: str, site_id: int) -> str:
     driver.execute_cdp_cmd("Network.setCacheDisabled", {"cacheDisabled": True})
     open_page(driver, f"{url}/")
     cell = f"#annual-table tr[data-site-id='{site_id}'] td[data-key='days_valid']"
-    until(driver, f"document.querySelector(\"{cell}\")", "the annual table")
-    return driver.execute_script(f"return document.querySelector(\"{cell}\").dataset.value;")
+    until(driver, f'document.querySelector("{cell}")', "the annual table")
+    return driver.execute_script(f'return document.querySelector("{cell}").dataset.value;')
 
 
 def mark_faulty(driver: Any, url: str, site_id: int) -> str:
     open_agents(driver, url)
-    fill(driver, {"mk-site": str(site_id), "mk-from": "2025-07-03", "mk-to": "2025-07-05",
-                  "mk-comment": "boucle arrachée"})
+    fill(
+        driver,
+        {"mk-site": str(site_id), "mk-from": "2025-07-03", "mk-to": "2025-07-05", "mk-comment": "boucle arrachée"},
+    )
     click(driver, "#mk-submit")
-    return until(driver, "!document.getElementById('marking-message').hidden && "
-                         "document.getElementById('marking-message').textContent", "the marking")
+    return until(
+        driver,
+        "!document.getElementById('marking-message').hidden && document.getElementById('marking-message').textContent",
+        "the marking",
+    )
 
 
 def conditions_and_campaign(driver: Any, url: str, campaign_file: Path) -> dict[str, Any]:
@@ -160,10 +191,15 @@ def conditions_and_campaign(driver: Any, url: str, campaign_file: Path) -> dict[
     until(driver, "document.querySelectorAll('#campaign-errors tbody tr').length === 1", "the preview's errors")
     errors = driver.execute_script(
         "return [...document.querySelectorAll('#campaign-errors tbody tr')].map(r => r.cells[0].textContent + ' — ' "
-        "+ r.cells[1].textContent);")
+        "+ r.cells[1].textContent);"
+    )
     click(driver, "#cp-import")
-    report = until(driver, "document.getElementById('campaign-message').textContent.startsWith('Importé') && "
-                           "document.getElementById('campaign-message').textContent", "the import")
+    report = until(
+        driver,
+        "document.getElementById('campaign-message').textContent.startsWith('Importé') && "
+        "document.getElementById('campaign-message').textContent",
+        "the import",
+    )
     shot(driver, "agents-campaign.png")
     return {"errors": errors, "report": report}
 
@@ -172,16 +208,25 @@ def comptage_campaign(driver: Any, url: str, files: list[Path]) -> dict[str, Any
     open_agents(driver, url)
     fill(driver, {"cp-name": "baix-2021", "cp-file": "\n".join(str(f) for f in files)})
     click(driver, "#cp-check")
-    preview = until(driver, "document.getElementById('campaign-message').textContent.includes('comptages valides')"
-                            " && document.getElementById('campaign-message').textContent", "the preview")
+    preview = until(
+        driver,
+        "document.getElementById('campaign-message').textContent.includes('comptages valides')"
+        " && document.getElementById('campaign-message').textContent",
+        "the preview",
+    )
     click(driver, "#cp-import")
-    report = until(driver, "document.getElementById('campaign-message').textContent.startsWith('Importé') && "
-                           "document.getElementById('campaign-message').textContent", "the import")
+    report = until(
+        driver,
+        "document.getElementById('campaign-message').textContent.startsWith('Importé') && "
+        "document.getElementById('campaign-message').textContent",
+        "the import",
+    )
     return {"preview": preview, "report": report}
 
 
 async def test_a_comptage_des_mobilites_campaign_is_uploaded_as_its_three_files(
-        browser: Any, site: tuple[str, int, TestClient]) -> None:
+    browser: Any, site: tuple[str, int, TestClient]
+) -> None:
     url, _site_id, client = site
     samples = Path(__file__).parents[1] / "data" / "comptage"
     files = [samples / f"{kind}.exemple-valide.csv" for kind in ("measure", "site", "channel")]
@@ -197,8 +242,12 @@ async def test_the_agents_workflow_in_french(browser: Any, site: tuple[str, int,
     entered = await in_browser(log_in_and_enter, browser, url)
     assert entered["who"] == "Connecté : claire (editor)"
     assert {c: (ok, reason) for c, ok, reason in entered["preview"]} == {
-        "datex2_v3": ("oui", ""), "datex2_v2": ("oui", ""), "wzdx": ("oui", ""), "waze": ("oui", ""),
-        "geojson": ("oui", "")}
+        "datex2_v3": ("oui", ""),
+        "datex2_v2": ("oui", ""),
+        "wzdx": ("oui", ""),
+        "waze": ("oui", ""),
+        "geojson": ("oui", ""),
+    }
     event_id = entered["event_id"]
     bodies = {}
     for path in FEEDS:

@@ -18,8 +18,8 @@ import asyncio
 import csv
 import io
 import json
-import re
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -36,12 +36,12 @@ import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
 
+from agents_support import ADMIN, agents_app
 from feed.config import Config, SourceConfig
 from feed.http.app import build_app
+from feed.http.page import ASSETS_DIR, OUTLINE_PATH, WebAssets, content_security_policy, make_web_routes
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
 from feed.store.storage import Storage
-from feed.http.page import ASSETS_DIR, OUTLINE_PATH, WebAssets, content_security_policy, make_web_routes
-from agents_support import ADMIN, agents_app
 
 try:
     from selenium import webdriver
@@ -61,10 +61,12 @@ INSTALL_HINT = "sudo apt-get install chromium chromium-driver (and pip install s
 BUILD_HINT = "build the page with scripts/build-web (make test does it)"
 WAIT = 20.0  # seconds for the page to react, generous for loaded machines
 
-CONFIG = Config(sources=[
-    SourceConfig(id="cd34", kind="opendatasoft", url="http://127.0.0.1:9/cd34", interval=300),
-    SourceConfig(id="inforoute", kind="datex2", url="http://127.0.0.1:9/inforoute", interval=60),
-])
+CONFIG = Config(
+    sources=[
+        SourceConfig(id="cd34", kind="opendatasoft", url="http://127.0.0.1:9/cd34", interval=300),
+        SourceConfig(id="inforoute", kind="datex2", url="http://127.0.0.1:9/inforoute", interval=60),
+    ]
+)
 
 # The browser tests run on one engine: the page does not depend on it.
 one_engine = pytest.mark.parametrize("server", ["pg15-postgis"], indirect=True)
@@ -83,8 +85,13 @@ SUMMER_DAYS = 61  # June and July 2025
 GAP_DAY = datetime(2025, 7, 14, tzinfo=PARIS)  # Montbazin loses 08:00-20:00: coverage 50 %
 
 
-def hourly(channel: int, start: datetime, hours: int, count: Callable[[datetime], int],
-           keep: Callable[[datetime], bool] = lambda _t: True) -> list[tuple]:
+def hourly(
+    channel: int,
+    start: datetime,
+    hours: int,
+    count: Callable[[datetime], int],
+    keep: Callable[[datetime], bool] = lambda _t: True,
+) -> list[tuple]:
     rows = []
     for h in range(hours):
         t = (start + timedelta(hours=h)).astimezone(UTC)
@@ -95,11 +102,13 @@ def hourly(channel: int, start: datetime, hours: int, count: Callable[[datetime]
 
 def traffic(base: int) -> Callable[[datetime], int]:
     """A daily profile: quiet at night, peaks at 8 and 18 h, lighter at weekends."""
+
     def count(t: datetime) -> int:
         local = t.astimezone(PARIS)
         shape = [1, 1, 1, 1, 2, 4, 7, 10, 12, 9, 8, 8, 8, 8, 8, 9, 11, 12, 11, 8, 6, 4, 3, 2][local.hour]
         weekend = 0.7 if local.weekday() >= 5 else 1.0
         return int(base * shape * weekend / 10) + local.day % 3 + local.hour % 2  # never a frozen counter
+
     return count
 
 
@@ -110,9 +119,17 @@ def line(*points: tuple[float, float]) -> Geometry:
 def event(ext: str, **changes: Any) -> EventRecord:
     now = datetime.now(UTC)
     fields: dict[str, Any] = dict(
-        external_id=ext, type="roadworks", subtype="MaintenanceWorks", status="active", severity="medium",
-        planned_start=now - timedelta(days=1), planned_end=now + timedelta(days=3),
-        actual_start=now - timedelta(days=1), road="RD613", direction="both", lanes_affected="all",
+        external_id=ext,
+        type="roadworks",
+        subtype="MaintenanceWorks",
+        status="active",
+        severity="medium",
+        planned_start=now - timedelta(days=1),
+        planned_end=now + timedelta(days=3),
+        actual_start=now - timedelta(days=1),
+        road="RD613",
+        direction="both",
+        lanes_affected="all",
         geometry=line((3.66, 43.50), (3.68, 43.505), (3.70, 43.51)),
         descriptions={"fr": "Travaux de chaussée", "en": "Road works"},
     )
@@ -129,22 +146,59 @@ async def seed(storage: Storage) -> Seeded:
     now = datetime.now(UTC)
     await storage.ensure_source("cd34", "opendatasoft", "http://127.0.0.1:9/cd34")
     await storage.ensure_source("inforoute", "datex2", "http://127.0.0.1:9/inforoute")
-    await storage.upsert_sites("cd34", [
-        SiteRecord(external_id="MTB", name="Montbazin", road="RD613", pr=12, abscissa=350, insee="34165",
-                   lon=3.69, lat=43.51),
-        SiteRecord(external_id="SML", name="Saint-Martin-de-Londres", road="RD986", pr=30, abscissa=0,
-                   insee="34274", lon=3.73, lat=43.79),
-        SiteRecord(external_id="BEZ", name="Béziers Nord", road="RD909", insee="34032", lon=3.25, lat=43.38),
-    ])
-    await storage.upsert_channels("cd34", [
-        *(ChannelRecord(site_external_id="MTB", external_id=f"MTB-{d}-{c}", direction=d, vehicle_class=c,
-                        direction_name={"N": "vers Montpellier", "S": "vers Sète"}[d], time_step=3600)
-          for d in ("N", "S") for c in ("light", "heavy")),
-        *(ChannelRecord(site_external_id="SML", external_id=f"SML-{d}-{c}", direction=d, vehicle_class=c,
-                        time_step=3600) for d in ("E", "O") for c in ("light", "heavy")),
-        ChannelRecord(site_external_id="BEZ", external_id="BEZ-N-all", direction="N", vehicle_class="all",
-                      time_step=3600),
-    ])
+    await storage.upsert_sites(
+        "cd34",
+        [
+            SiteRecord(
+                external_id="MTB",
+                name="Montbazin",
+                road="RD613",
+                pr=12,
+                abscissa=350,
+                insee="34165",
+                lon=3.69,
+                lat=43.51,
+            ),
+            SiteRecord(
+                external_id="SML",
+                name="Saint-Martin-de-Londres",
+                road="RD986",
+                pr=30,
+                abscissa=0,
+                insee="34274",
+                lon=3.73,
+                lat=43.79,
+            ),
+            SiteRecord(external_id="BEZ", name="Béziers Nord", road="RD909", insee="34032", lon=3.25, lat=43.38),
+        ],
+    )
+    await storage.upsert_channels(
+        "cd34",
+        [
+            *(
+                ChannelRecord(
+                    site_external_id="MTB",
+                    external_id=f"MTB-{d}-{c}",
+                    direction=d,
+                    vehicle_class=c,
+                    direction_name={"N": "vers Montpellier", "S": "vers Sète"}[d],
+                    time_step=3600,
+                )
+                for d in ("N", "S")
+                for c in ("light", "heavy")
+            ),
+            *(
+                ChannelRecord(
+                    site_external_id="SML", external_id=f"SML-{d}-{c}", direction=d, vehicle_class=c, time_step=3600
+                )
+                for d in ("E", "O")
+                for c in ("light", "heavy")
+            ),
+            ChannelRecord(
+                site_external_id="BEZ", external_id="BEZ-N-all", direction="N", vehicle_class="all", time_step=3600
+            ),
+        ],
+    )
     channels = await storage.channel_ids("cd34")
     rows: list[tuple] = []
     gap_from = GAP_DAY.replace(hour=8).astimezone(UTC)
@@ -164,14 +218,34 @@ async def seed(storage: Storage) -> Seeded:
 
     events = [
         event("works"),
-        event("crash", type="accident", subtype="Accident", severity="high", road="RD986",
-              geometry=Geometry(type="Point", coordinates=[3.74, 43.78]),
-              descriptions={"fr": "Accident, une voie neutralisée", "en": "Accident, one lane closed"}),
-        event("closed", type="closure", subtype=None, status="planned", road="RD909",
-              geometry=line((3.24, 43.37), (3.26, 43.39)), planned_start=now + timedelta(hours=2),
-              actual_start=None, descriptions={"fr": "Route barrée la nuit", "en": "Road closed at night"}),
-        event("nowhere", type="weather", subtype=None, geometry=None, road="RD32",
-              descriptions={"fr": "Verglas", "en": "Ice"}),
+        event(
+            "crash",
+            type="accident",
+            subtype="Accident",
+            severity="high",
+            road="RD986",
+            geometry=Geometry(type="Point", coordinates=[3.74, 43.78]),
+            descriptions={"fr": "Accident, une voie neutralisée", "en": "Accident, one lane closed"},
+        ),
+        event(
+            "closed",
+            type="closure",
+            subtype=None,
+            status="planned",
+            road="RD909",
+            geometry=line((3.24, 43.37), (3.26, 43.39)),
+            planned_start=now + timedelta(hours=2),
+            actual_start=None,
+            descriptions={"fr": "Route barrée la nuit", "en": "Road closed at night"},
+        ),
+        event(
+            "nowhere",
+            type="weather",
+            subtype=None,
+            geometry=None,
+            road="RD32",
+            descriptions={"fr": "Verglas", "en": "Ice"},
+        ),
     ]
     await storage.upsert_events("inforoute", events, seen_at=now - timedelta(minutes=5))
     ids = await storage.site_ids("cd34", ["MTB", "SML", "BEZ"])
@@ -256,10 +330,20 @@ def browser() -> Iterator[Any]:
     profile = tempfile.mkdtemp(prefix="roadfeed-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1400,1600",
-                     "--lang=fr-FR"):
+    for argument in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--window-size=1400,1600",
+        "--lang=fr-FR",
+    ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
@@ -284,10 +368,12 @@ def until(driver: Any, script: str, what: str, timeout: float = WAIT) -> Any:
     """Waits until `script` (a JS expression) is truthy; returns its value."""
     try:
         return WebDriverWait(driver, timeout, poll_frequency=0.1).until(
-            lambda d: d.execute_script(f"return ({script});"))
+            lambda d: d.execute_script(f"return ({script});")
+        )
     except TimeoutException:
-        raise AssertionError(f"timed out waiting for {what}: {script}\nbrowser log: {driver.get_log('browser')}") \
-            from None
+        raise AssertionError(
+            f"timed out waiting for {what}: {script}\nbrowser log: {driver.get_log('browser')}"
+        ) from None
 
 
 def console_errors(driver: Any) -> list[str]:
@@ -305,12 +391,16 @@ def count(driver: Any, selector: str) -> int:
 
 def text(driver: Any, selector: str) -> str:
     return driver.execute_script(
-        "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;", selector)
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;", selector
+    )
 
 
 def wait_chart(driver: Any, points: int | None = None) -> None:
-    until(driver, "!document.getElementById('chart-figure').hidden && document.querySelector('#chart canvas')",
-          "the chart")
+    until(
+        driver,
+        "!document.getElementById('chart-figure').hidden && document.querySelector('#chart canvas')",
+        "the chart",
+    )
     if points is not None:
         until(driver, f"document.getElementById('chart').dataset.points === '{points}'", f"{points} points")
     until(driver, "!document.getElementById('counts').hasAttribute('aria-busy')", "the counts to load")
@@ -352,8 +442,11 @@ async def test_the_map_draws_the_outline_sites_and_events_without_console_errors
             "annual_rows": count(browser, "#annual-table tbody tr"),
             "status": text(browser, "#map-status"),
             "legend": text(browser, "#legend"),
-            "alerts": [text(browser, s) for s in ("#map-message", "#annual-message")
-                       if browser.execute_script(f"return !document.querySelector('{s}').hidden;")],
+            "alerts": [
+                text(browser, s)
+                for s in ("#map-message", "#annual-message")
+                if browser.execute_script(f"return !document.querySelector('{s}').hidden;")
+            ],
             "errors": console_errors(browser),
         }
 
@@ -381,10 +474,12 @@ async def test_a_c3_section_set_through_the_api_appears_on_the_map_in_its_colour
             "lines": {level: count(browser, f"#map path.condition-line.level-{level}") for level in ("C1", "C3")},
             "strokes": browser.execute_script(
                 "return [...document.querySelectorAll('#map path.condition-line')]"
-                ".map((p) => getComputedStyle(p).stroke);"),
+                ".map((p) => getComputedStyle(p).stroke);"
+            ),
             "swatch": browser.execute_script(
                 "const s = document.querySelector('#legend .swatch-condition.level-C3');"
-                "return s ? getComputedStyle(s).backgroundColor : null;"),
+                "return s ? getComputedStyle(s).backgroundColor : null;"
+            ),
             "legend": text(browser, "#legend .legend-conditions"),
             "errors": console_errors(browser),
         }
@@ -393,12 +488,14 @@ async def test_a_c3_section_set_through_the_api_appears_on_the_map_in_its_colour
         base = str(client.make_url("")).rstrip("/")
         before = await in_browser(network, base)
         section = {"road": "RD986", "from": {"pr": 20}, "to": {"pr": 28, "abscissa": 500}}
-        async with client.post("/api/v1/road-conditions", json={**section, "level": "C3"},
-                               headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
+        async with client.post(
+            "/api/v1/road-conditions", json={**section, "level": "C3"}, headers={"Authorization": f"Bearer {ADMIN}"}
+        ) as resp:
             assert resp.status == 200, await resp.text()
         after = await in_browser(network, base)
-        async with client.post("/api/v1/road-conditions", json={**section, "level": "C1"},
-                               headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
+        async with client.post(
+            "/api/v1/road-conditions", json={**section, "level": "C1"}, headers={"Authorization": f"Bearer {ADMIN}"}
+        ) as resp:
             assert resp.status == 200, await resp.text()
         back = await in_browser(network, base)
     assert before["lines"] == {"C1": 0, "C3": 0} and "C3 conditions difficiles (0)" in before["legend"]
@@ -456,7 +553,8 @@ async def test_clicking_a_site_draws_its_chart_and_the_downloads_return_its_rows
             "to": browser.find_element(By.ID, "f-to").get_attribute("value"),
             "low": browser.execute_script("return document.getElementById('chart').dataset.low;"),
             "low_rows": browser.execute_script(
-                "return [...document.querySelectorAll('#counts-table tr.low-coverage')].map(r => r.dataset.period);"),
+                "return [...document.querySelectorAll('#counts-table tr.low-coverage')].map(r => r.dataset.period);"
+            ),
             "summary": text(browser, "#counts-summary"),
             "canvas": count(browser, "#chart canvas"),
             "url": browser.current_url,
@@ -477,9 +575,12 @@ async def test_clicking_a_site_draws_its_chart_and_the_downloads_return_its_rows
         Select(browser.find_element(By.ID, "f-direction")).select_by_value("N")
         Select(browser.find_element(By.ID, "f-class")).select_by_value("heavy")
         browser.find_element(By.ID, "f-submit").click()
-        until(browser, "window.roadfeedPage.counts.doc && window.roadfeedPage.counts.doc.points.length === 7 "
-                       "&& document.getElementById('download-csv').href.includes('vehicle_class=heavy')",
-              "the narrowed chart")
+        until(
+            browser,
+            "window.roadfeedPage.counts.doc && window.roadfeedPage.counts.doc.points.length === 7 "
+            "&& document.getElementById('download-csv').href.includes('vehicle_class=heavy')",
+            "the narrowed chart",
+        )
         wait_chart(browser, 7)
         ARTIFACTS.mkdir(exist_ok=True)
         browser.execute_script("document.getElementById('counts-details').open = true;")
@@ -492,7 +593,8 @@ async def test_clicking_a_site_draws_its_chart_and_the_downloads_return_its_rows
             "points": browser.execute_script("return window.roadfeedPage.counts.doc.points;"),
             "table_rows": count(browser, "#counts-table tbody tr"),
             "directions": browser.execute_script(
-                "return [...document.querySelectorAll('#f-direction option')].map(o => [o.value, o.textContent]);"),
+                "return [...document.querySelectorAll('#f-direction option')].map(o => [o.value, o.textContent]);"
+            ),
             "errors": console_errors(browser),
         }
 
@@ -546,8 +648,10 @@ async def test_the_annual_table_sorts_filters_exports_and_opens_a_site(browser: 
     def sort_and_filter() -> dict[str, Any]:
         open_page(browser, site.url("/?year=2025"))
         until(browser, "document.querySelectorAll('#annual-table tbody tr').length === 3", "three rows")
-        column = "return [...document.querySelectorAll('#annual-table tbody td[data-key=\"tmja\"]')]" \
-                 ".map(c => Number(c.dataset.value));"
+        column = (
+            "return [...document.querySelectorAll('#annual-table tbody td[data-key=\"tmja\"]')]"
+            ".map(c => Number(c.dataset.value));"
+        )
         names = "return [...document.querySelectorAll('#annual-table tbody tr')].map(r => r.dataset.siteId);"
         header = "#annual-table th[data-key='tmja']"
         browser.find_element(By.CSS_SELECTOR, f"{header} button").click()
@@ -560,18 +664,29 @@ async def test_the_annual_table_sorts_filters_exports_and_opens_a_site(browser: 
         filter_box = browser.find_element(By.ID, "annual-filter")
         filter_box.send_keys("rd613")
         filtered = browser.execute_script(names)
-        filtered_links = [browser.find_element(By.ID, i).get_attribute("href")
-                          for i in ("annual-csv", "annual-csv-fr", "annual-parquet")]
+        filtered_links = [
+            browser.find_element(By.ID, i).get_attribute("href")
+            for i in ("annual-csv", "annual-csv-fr", "annual-parquet")
+        ]
         filter_box.send_keys(Keys.CONTROL, "a")
         filter_box.send_keys(Keys.BACKSPACE)
         until(browser, "document.querySelectorAll('#annual-table tbody tr').length === 3", "the filter cleared")
         csv_href = browser.find_element(By.ID, "annual-csv").get_attribute("href")
         rows = browser.execute_script("return window.roadfeedPage.annual.doc.rows;")
         caption = text(browser, "#annual-caption")
-        return dict(descending=descending, ascending=ascending, sort_down=sort_down, sort_up=sort_up,
-                    by_tmja=by_tmja, filtered=filtered, filtered_links=filtered_links, csv=csv_href, rows=rows,
-                    caption=caption,
-                    errors=console_errors(browser))
+        return dict(
+            descending=descending,
+            ascending=ascending,
+            sort_down=sort_down,
+            sort_up=sort_up,
+            by_tmja=by_tmja,
+            filtered=filtered,
+            filtered_links=filtered_links,
+            csv=csv_href,
+            rows=rows,
+            caption=caption,
+            errors=console_errors(browser),
+        )
 
     page = await in_browser(sort_and_filter)
     assert page["errors"] == []
@@ -609,10 +724,12 @@ async def test_the_annual_table_sorts_filters_exports_and_opens_a_site(browser: 
         out = []
         box = browser.find_element(By.ID, "annual-filter")
         for value in filters:
-            browser.execute_script("const e = arguments[0]; e.value = arguments[1];"
-                                   "e.dispatchEvent(new Event('input'));", box, value)
+            browser.execute_script(
+                "const e = arguments[0]; e.value = arguments[1];e.dispatchEvent(new Event('input'));", box, value
+            )
             ids = browser.execute_script(
-                "return [...document.querySelectorAll('#annual-table tbody tr')].map(r => r.dataset.siteId);")
+                "return [...document.querySelectorAll('#annual-table tbody tr')].map(r => r.dataset.siteId);"
+            )
             out.append((ids, browser.find_element(By.ID, "annual-csv").get_attribute("href")))
         return out
 
@@ -648,8 +765,7 @@ async def test_keyboard_alone_reaches_a_site_and_its_chart(browser: Any, site: S
         heading = text(browser, "#counts-site")
         select = browser.find_element(By.ID, "site-select")
         select.send_keys("RD986")  # typing selects the option, as a person would
-        until(browser, "document.getElementById('counts-site').innerText.includes('Saint-Martin')",
-              "the chosen site")
+        until(browser, "document.getElementById('counts-site').innerText.includes('Saint-Martin')", "the chosen site")
         wait_chart(browser)
         return dict(reached=reached, focused=focused, heading=heading, errors=console_errors(browser))
 
@@ -677,8 +793,15 @@ async def test_english_texts_and_event_popups(browser: Any, site: Site):
         popups = "[...document.querySelectorAll('.leaflet-popup-content')]"
         until(browser, f"{popups}.some(p => p.innerText.includes('RD986'))", "the accident popup")
         popup_fr = browser.execute_script(f"return {popups}.map(p => p.innerText).join('|');")
-        return dict(title=title, lang=lang, popup_en=popup_en, popup_fr=popup_fr,
-                    title_fr=text(browser, "h1"), url=browser.current_url, errors=console_errors(browser))
+        return dict(
+            title=title,
+            lang=lang,
+            popup_en=popup_en,
+            popup_fr=popup_fr,
+            title_fr=text(browser, "h1"),
+            url=browser.current_url,
+            errors=console_errors(browser),
+        )
 
     page = await in_browser(english)
     assert page["errors"] == []
@@ -705,8 +828,15 @@ async def test_errors_and_empty_periods_are_explained(browser: Any, site: Site):
         until(browser, "!document.getElementById('counts-message').hidden", "the empty-data message")
         empty = text(browser, "#counts-message")
         downloads_hidden = browser.execute_script("return document.getElementById('downloads').hidden;")
-        return dict(error=error, role=error_role, chart_hidden=chart_hidden, logged=logged, empty=empty,
-                    downloads_hidden=downloads_hidden, errors=console_errors(browser))
+        return dict(
+            error=error,
+            role=error_role,
+            chart_hidden=chart_hidden,
+            logged=logged,
+            empty=empty,
+            downloads_hidden=downloads_hidden,
+            errors=console_errors(browser),
+        )
 
     page = await in_browser(messages)
     assert page["role"] == "alert" and page["chart_hidden"]
@@ -718,8 +848,11 @@ async def test_errors_and_empty_periods_are_explained(browser: Any, site: Site):
 
 
 # Words of the API's English texts that no French sentence of the page uses.
-ENGLISH_WORDS = re.compile(r"\b(the|of|and|is|are|when|with|expected|intervals?|days?|vehicles?|not|one|"
-                           r"before|after|within|from|than|must|site.s|which)\b", re.IGNORECASE)
+ENGLISH_WORDS = re.compile(
+    r"\b(the|of|and|is|are|when|with|expected|intervals?|days?|vehicles?|not|one|"
+    r"before|after|within|from|than|must|site.s|which)\b",
+    re.IGNORECASE,
+)
 
 
 def english_words(texts: list[str]) -> list[str]:
@@ -733,8 +866,10 @@ async def test_french_mode_shows_no_english_in_errors_nor_in_the_method(browser:
     """In French, an API refusal is explained in French (the API's English `expected` and `detail`
     are not shown) and the method section reads in French, with each rejection reason's French text."""
     ids = site.seeded.sites
-    cases = [f"/?site={ids['MTB']}&from=2025-07-31&to=2025-07-01&step=day",
-             f"/?site={ids['MTB']}&from=2025-01-01&to=2025-06-01&step=hour"]
+    cases = [
+        f"/?site={ids['MTB']}&from=2025-07-31&to=2025-07-01&step=day",
+        f"/?site={ids['MTB']}&from=2025-01-01&to=2025-06-01&step=hour",
+    ]
 
     def read() -> dict[str, Any]:
         errors = []
@@ -747,7 +882,8 @@ async def test_french_mode_shows_no_english_in_errors_nor_in_the_method(browser:
         browser.execute_script("document.querySelectorAll('#counts-method details').forEach(d => d.open = true);")
         method = browser.execute_script(
             "return [...document.querySelectorAll('#counts-method p, #counts-method dt, #counts-method dd,"
-            " #counts-method summary')].map(e => e.innerText);")
+            " #counts-method summary')].map(e => e.innerText);"
+        )
         return dict(errors=errors, method=method, lang=browser.execute_script("return document.documentElement.lang;"))
 
     page = await in_browser(read)
@@ -823,8 +959,9 @@ def test_a_configured_tile_server_is_the_only_other_origin_allowed():
 
 
 def test_french_and_english_texts_have_the_same_keys_and_placeholders():
-    texts = {lang: json.loads((REPO / "web" / "i18n" / f"{lang}.json").read_text(encoding="utf-8"))
-             for lang in ("fr", "en")}
+    texts = {
+        lang: json.loads((REPO / "web" / "i18n" / f"{lang}.json").read_text(encoding="utf-8")) for lang in ("fr", "en")
+    }
     assert texts["fr"].keys() == texts["en"].keys()
     for key, french in texts["fr"].items():
         assert set(re.findall(r"\{(\w+)\}", french)) == set(re.findall(r"\{(\w+)\}", texts["en"][key])), key
