@@ -4,8 +4,10 @@ the French Tipi / Bison Futé chain.
 Pure: domain objects in, UTF-8 XML bytes out. The situation record is written by
 exporters/datex2_record.py for both versions (record classes, their required
 values, validity, comments and PR handling), so both feeds say the same thing;
-this module holds what only v2.3 has: its header and its locations. Locations follow the French style of the Tipi feeds: a TPEG point
-or TPEG linear location with coordinates and the road as link name, plus a
+this module holds what only v2.3 has: its header and its locations.
+
+Locations follow the French style of the Tipi feeds: a TPEG point or TPEG linear
+location with coordinates and the road as link name, plus a
 `pointAlongLinearElement` (road, PR referent, distance in metres) when the event
 has a PR + abscissa. v2.3 has no line-string geometry: a LineString is written as
 a TPEG segment between its first and last positions (the full line is in v3).

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import re
 from types import ModuleType
 
 import pytest
@@ -63,7 +64,7 @@ def test_every_request_error_has_a_status() -> None:
 
 
 def test_the_root_request_error_has_no_status() -> None:
-    with pytest.raises(LookupError, match="add it to feed.http.errors.STATUS"):
+    with pytest.raises(LookupError, match=re.escape("add it to feed.http.errors.STATUS")):
         status_of(RequestError("refused", "a refusal of no kind"))
 
 

@@ -65,10 +65,7 @@ def json_error(
 ) -> web.Response:
     """A JSON error response: `document` as the body, never cached, with CORS when `cors`,
     then `headers` (e.g. Retry-After)."""
-    if compact:
-        body = geojson.dumps(document)
-    else:
-        body = json.dumps(document, ensure_ascii=False, default=str).encode()
+    body = geojson.dumps(document) if compact else json.dumps(document, ensure_ascii=False, default=str).encode()
     head = CIMultiDict(
         {**(CORS_HEADERS if cors else {}), "Cache-Control": "no-store", "Content-Type": JSON, **(headers or {})}
     )

@@ -79,9 +79,6 @@ def add_feed_routes(router: web.UrlDispatcher, publisher: FeedPublisher, max_age
         return handle
 
     for path in publisher.paths:
-        if path == EVENTS_GEOJSON:
-            handler = events_handler()
-        else:
-            handler = feed_handler(path, feed_cache_control(path, max_age))
+        handler = events_handler() if path == EVENTS_GEOJSON else feed_handler(path, feed_cache_control(path, max_age))
         router.add_get(path, handler)
         router.add_route("OPTIONS", path, preflight)

@@ -61,12 +61,11 @@ def matches(change: Change, query: EventFilter) -> bool:
     """The event matches `query` before or after the change."""
     if query.types is not None and not (change.event.type in query.types or change.previous_type in query.types):
         return False
-    if query.bbox is not None and not (
-        intersects(change.event.geometry, query.bbox)
+    return (
+        query.bbox is None
+        or intersects(change.event.geometry, query.bbox)
         or (change.previous_geometry is not None and intersects(change.previous_geometry, query.bbox))
-    ):
-        return False
-    return True
+    )
 
 
 async def page(change_log: ChangeLog, since: int, limit: int, query: EventFilter) -> tuple[list[Change], int, bool]:
@@ -243,7 +242,7 @@ class ChangeHub:
                         break
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the database may be away: try again, clients keep their place
+            except Exception as exc:  # noqa: BLE001 - the database may be away: try again, clients keep their place
                 log.warning("reading changes for the stream failed (%s); retrying in %.1f s", exc, self.retry_interval)
                 await asyncio.sleep(self.retry_interval)
                 self._wake.set()

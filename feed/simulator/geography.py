@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from importlib import resources
+from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -50,7 +51,7 @@ def _polygons() -> list[list[list[tuple[float, float]]]]:
 
 def _ring_contains(ring: Sequence[tuple[float, float]], lon: float, lat: float) -> bool:
     inside = False
-    for (x1, y1), (x2, y2) in zip(ring, ring[1:]):
+    for (x1, y1), (x2, y2) in pairwise(ring):
         if (y1 > lat) != (y2 > lat) and lon < x1 + (lat - y1) * (x2 - x1) / (y2 - y1):
             inside = not inside
     return inside
@@ -95,7 +96,7 @@ class Road:
     @cached_property
     def cumulative(self) -> tuple[float, ...]:
         acc = [0.0]
-        for a, b in zip(self.points, self.points[1:]):
+        for a, b in pairwise(self.points):
             acc.append(acc[-1] + _km(a, b))
         return tuple(acc)
 
@@ -114,14 +115,14 @@ class Road:
     def between(self, km_a: float, km_b: float) -> list[tuple[float, float]]:
         """The polyline from km_a to km_b (km_a < km_b), with the vertices in between."""
         pts = [self.point_at(km_a)]
-        pts += [p for p, c in zip(self.points, self.cumulative) if km_a < c < km_b]
+        pts += [p for p, c in zip(self.points, self.cumulative, strict=True) if km_a < c < km_b]
         pts.append(self.point_at(km_b))
         return pts
 
     def project(self, lon: float, lat: float) -> float:
         """The km along the road of the point nearest to (lon, lat)."""
         best, best_km = math.inf, 0.0
-        for i, (a, b) in enumerate(zip(self.points, self.points[1:])):
+        for i in range(len(self.points) - 1):
             seg = self.cumulative[i + 1] - self.cumulative[i]
             steps = max(1, int(seg * 20))
             for s in range(steps + 1):
@@ -142,7 +143,7 @@ class Road:
     def pr_at(self, km: float) -> tuple[int, int]:
         """(PR, abscissa in metres) at km."""
         whole = math.floor(km)
-        return self.pr0 + whole, int(round((km - whole) * 1000)) % 1000
+        return self.pr0 + whole, round((km - whole) * 1000) % 1000
 
 
 # Roads: real departmental roads of Hérault, drawn through the towns they serve.

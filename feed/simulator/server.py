@@ -255,7 +255,7 @@ async def _catalog(request: web.Request) -> web.StreamResponse:
 
 def _renderers() -> dict[str, Callable[..., bytes]]:
     # Imported when first needed: the ODS side works even if an exporter is broken.
-    from exporters import datex2_v2, datex2_v3
+    from exporters import datex2_v2, datex2_v3  # noqa: PLC0415 - see above
 
     return {"v2": datex2_v2.render_situations, "v3": datex2_v3.render_situations}
 

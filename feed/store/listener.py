@@ -66,7 +66,7 @@ class ChangeListener:
         while True:
             lost = asyncio.Event()
 
-            def on_lost(_conn: Any) -> None:
+            def on_lost(_conn: Any, lost: asyncio.Event = lost) -> None:
                 lost.set()
 
             on_notify = self.storage.listener(self._notify)  # on a standby: once replayed
@@ -99,7 +99,7 @@ class ChangeListener:
                                 await conn.remove_listener(CHANGES_CHANNEL, on_notify)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the listener must outlive any connection problem
+            except Exception as exc:  # noqa: BLE001 - the listener must outlive any connection problem
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self.last_error_at = datetime.now(UTC)
                 self.log.warning("%s listener lost (%s); reconnecting in %.1f s", self.name, exc, backoff)

@@ -93,7 +93,7 @@ def test_every_type_and_class_is_valid(datex2_v2_xsd: etree.XMLSchema) -> None:
 def test_document_header(datex2_v2_xsd: etree.XMLSchema) -> None:
     doc = valid_datex(datex2_v2_xsd, render_situations([make_event()], PUBLICATION, NOW))
 
-    assert doc.tag == "{%s}d2LogicalModel" % NS["d"]
+    assert doc.tag == f"{{{NS['d']}}}d2LogicalModel"
     assert doc.get("modelBaseVersion") == "2"
     assert text(doc, "d:exchange/d:supplierIdentification/d:country") == "fr"
     assert text(doc, "d:exchange/d:supplierIdentification/d:nationalIdentifier") == "FR-HERAULT"

@@ -239,7 +239,7 @@ def test_publication_header_and_exchange_information(datex2_v36_xsd: etree.XMLSc
     publication = PublicationConfig(country="FR", national_identifier="FR-HERAULT-34", languages=["fr", "en", "oc"])
     doc = valid_datex(datex2_v36_xsd, render_situations([make_event()], publication, NOW))
 
-    assert doc.tag == "{%s}messageContainer" % NS["mc"]
+    assert doc.tag == f"{{{NS['mc']}}}messageContainer"
     payload = one(doc, "mc:payload")
     assert payload.get(XSI_TYPE) == "sit:SituationPublication"
     assert payload.get("lang") == "fr"
@@ -456,7 +456,7 @@ def test_site_table_is_valid_against_3_6_and_the_rtti_profile(
     data = render_measurement_sites(mixed_sites(), PUBLICATION, NOW)
     valid_datex(datex2_v36_xsd, data)
     doc = valid_datex(rtti_xsd, data)
-    assert doc.tag == "{%s}payload" % NS["d2"]
+    assert doc.tag == f"{{{NS['d2']}}}payload"
     assert doc.get(XSI_TYPE) == "roa:MeasurementSiteTablePublication"
 
     contained = valid_datex(datex2_v36_xsd, render_measurement_sites(mixed_sites(), PUBLICATION, NOW, container=True))

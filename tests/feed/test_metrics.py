@@ -10,6 +10,7 @@ import re
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import ClassVar
 
 import aiohttp
 from aiohttp import web
@@ -99,7 +100,7 @@ def test_exposition_format_of_counters_and_histograms():
 class _NoFeeds:
     """A publisher with no feed (what `expose` reads of one)."""
 
-    paths: list[str] = []
+    paths: ClassVar[list[str]] = []
     processes = None
 
 

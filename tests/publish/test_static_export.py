@@ -12,6 +12,7 @@ from feed.config import Config
 from feed.model import EventRecord, Geometry
 from feed.publish.catalogue import FEEDS, STATUS_PATH
 from feed.publish.publisher import FeedPublisher
+from feed.publish.render import RenderedFeed
 from feed.publish.static_export import INDEX, export_feeds, write_feeds
 
 
@@ -60,8 +61,6 @@ async def test_export_writes_every_feed_its_gzip_and_an_index(storage, tmp_path)
 
 
 def test_unchanged_files_are_not_rewritten(tmp_path):
-    from feed.publish.render import RenderedFeed
-
     now = datetime(2026, 6, 22, tzinfo=UTC)
 
     def rendered(body: bytes) -> RenderedFeed:

@@ -13,6 +13,7 @@ A crash is written to ./crash-<sha1>; rerun the target on that file to reproduce
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sys
 import tempfile
@@ -42,33 +43,25 @@ def _check(items) -> None:
 
 
 def fuzz_datex2(data: bytes) -> None:
-    try:
+    with contextlib.suppress(ParseError):
         _check(datex2_parse.parse_datex2(io.BytesIO(data), source_id="fuzz", now=NOW))
-    except ParseError:
-        pass
 
 
 def fuzz_opendatasoft(data: bytes) -> None:
-    try:
+    with contextlib.suppress(ParseError):
         opendatasoft_parse.parse_records_page(data, COUNTERS, source="fuzz", now=NOW)
-    except ParseError:
-        pass
-    try:
+    with contextlib.suppress(ParseError):
         _check(
             opendatasoft_parse.parse_export_json(
                 (data[i : i + 97] for i in range(0, len(data), 97)), COUNTERS, source="fuzz", now=NOW
             )
         )
-    except ParseError:
-        pass
 
 
 def fuzz_comptage(data: bytes) -> None:
     for parse in (comptage_parse.parse_sites, comptage_parse.parse_channels, comptage_parse.parse_measures):
-        try:
+        with contextlib.suppress(ParseError):
             _check(parse(data, source="fuzz"))
-        except ParseError:
-            pass
 
 
 TARGETS = {

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from feed.simulator.sources import simulator_sources
 from feed.store.cluster import free_port
 from reliability_support import Simulator, assert_equals_truth
 
@@ -37,8 +38,6 @@ def _toml_value(value: Any) -> str:
 
 
 def config_text(sim_url: str, port: int) -> str:
-    from feed.simulator.sources import simulator_sources
-
     source = simulator_sources(sim_url, interval=2)[0]
     options = "\n".join(f"{k} = {json.dumps(v)}" for k, v in source["options"].items() if k != "mapping")
     mapping = "\n".join(f"{k} = {_toml_value(v)}" for k, v in source["options"]["mapping"].items())

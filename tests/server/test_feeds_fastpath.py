@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
+from typing import ClassVar
 
 import pytest
 from aiohttp import web
@@ -21,6 +22,7 @@ from feed.http.context import CONTEXT
 from feed.model import ChannelRecord, EventRecord, Geometry, SiteRecord
 from feed.publish.catalogue import EVENTS_GEOJSON, FEEDS, STATUS_PATH, FeedSpec
 from feed.publish.publisher import FeedState
+from feed.server import fastpath
 from feed.server.fastpath import FeedFastPath, FeedSite
 from feed.store.storage import Storage
 
@@ -270,7 +272,7 @@ async def test_connection_close_and_keepalive_timeout(server, storage: Storage):
 
 def test_feeds_not_rendered_yet_are_left_to_aiohttp():
     class Unrendered:
-        paths = [EVENTS_GEOJSON]
+        paths: ClassVar[list[str]] = [EVENTS_GEOJSON]
 
         def state(self, path: str) -> FeedState:
             return FeedState(FeedSpec(path, "events", "application/geo+json", None))
@@ -283,9 +285,7 @@ def test_feeds_not_rendered_yet_are_left_to_aiohttp():
 
 
 async def test_big_bodies_go_out_in_chunks(sites: Sites, monkeypatch: pytest.MonkeyPatch):
-    import feed.server.fastpath
-
-    monkeypatch.setattr(feed.server.fastpath, "BODY_CHUNK", 333)  # every feed here is "big"
+    monkeypatch.setattr(fastpath, "BODY_CHUNK", 333)  # every feed here is "big"
     path = "/feeds/datex2/v3/situations.xml"
     (whole,) = await exchange(sites.plain, get(path))
     assert len(whole.body) > 3 * 333
