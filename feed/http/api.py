@@ -44,10 +44,10 @@ from feed.http.responses import PREFLIGHT_HEADERS
 from feed.publish import dcat
 from feed.publish.dcat import catalog_document
 from feed.publish.filters import EVENT_STATUSES, EVENT_TYPES
-from feed.store import downloads, history
-from feed.store.downloads import MEDIA_TYPES
+from feed.store import history, yearly_files
 from feed.store.history import STEPS, Site, Step
 from feed.store.transactions import reading
+from feed.store.yearly_files import MEDIA_TYPES
 
 if TYPE_CHECKING:
     from feed.http.context import AppContext
@@ -471,7 +471,7 @@ def api_routes(app: web.Application, ctx: AppContext) -> None:
         (f"{API}/events/{{id:[\\s\\S]+}}", api.event),  # any character: a bad id is a 400 or 404, never a 405
         (f"{API}/sources", api.sources),
         (f"{API}/downloads", files.index),
-        (f"{API}/downloads/{downloads.DICTIONARY}", files.dictionary),
+        (f"{API}/downloads/{yearly_files.DICTIONARY}", files.dictionary),
         (f"{API}/downloads/{{year}}/{{name}}", files.download),
         (dcat.CATALOG_PATH, api.catalog),
     ]

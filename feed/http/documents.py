@@ -23,9 +23,9 @@ from multidict import CIMultiDict
 from feed.config import Config
 from feed.http.responses import CORS_HEADERS, etag_matches, negotiate_encoding
 from feed.publish.render import body_tag
-from feed.store import downloads, history, validation
-from feed.store.downloads import neutralise
+from feed.store import history, validation, yearly_files
 from feed.store.history import Site, Step
+from feed.store.yearly_files import neutralise
 
 API = "/api/v1"
 
@@ -263,7 +263,7 @@ def counts_csv(points: Sequence[history.Point], rows: Sequence[dict[str, Any]], 
 
 def parquet_bytes(table: pa.Table) -> bytes:
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression=downloads.PARQUET_COMPRESSION)
+    pq.write_table(table, sink, compression=yearly_files.PARQUET_COMPRESSION)
     return sink.getvalue()
 
 

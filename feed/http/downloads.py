@@ -31,9 +31,9 @@ from feed.http.documents import (
     respond_json,
 )
 from feed.http.responses import CORS_HEADERS, etag_matches, negotiate_encoding
-from feed.store import downloads, history
-from feed.store.downloads import MEDIA_TYPES
+from feed.store import downloads, history, yearly_files
 from feed.store.transactions import reading
+from feed.store.yearly_files import MEDIA_TYPES
 
 if TYPE_CHECKING:
     from feed.http.context import AppContext
@@ -68,10 +68,13 @@ class Downloads:
                 self.config,
                 {
                     "years": [
-                        {"year": y, "files": {name: f"{API}/downloads/{y}/{name}" for name in downloads.file_names()}}
+                        {
+                            "year": y,
+                            "files": {name: f"{API}/downloads/{y}/{name}" for name in yearly_files.file_names()},
+                        }
                         for y in years
                     ],
-                    "dictionary": f"{API}/downloads/{downloads.DICTIONARY}",
+                    "dictionary": f"{API}/downloads/{yearly_files.DICTIONARY}",
                     "publisher": self.config.publication.publisher,
                 },
             ),
@@ -80,7 +83,7 @@ class Downloads:
 
     def _dictionary(self) -> dict[str, Any]:
         extra = {**VALIDATION_METHOD, **annual_method(self.config)}
-        dictionary = downloads.dictionary(self.config.publication, method_document(self.config, **extra))
+        dictionary = yearly_files.dictionary(self.config.publication, method_document(self.config, **extra))
         return api_document(self.config, dictionary, **extra)
 
     async def dictionary(self, request: web.Request) -> web.StreamResponse:
@@ -92,11 +95,11 @@ class Downloads:
         if not params.YEAR_PATTERN.match(raw_year):
             raise NotFound("year", raw_year, expected_year, f"no year {raw_year!r}")
         year = int(raw_year)
-        if name == downloads.DICTIONARY:
+        if name == yearly_files.DICTIONARY:
             return await self.dictionary(request)
-        parsed = downloads.parse_file_name(name)
+        parsed = yearly_files.parse_file_name(name)
         if parsed is None:
-            raise NotFound("name", name, f"one of: {', '.join(downloads.file_names())}", f"no file {name!r}")
+            raise NotFound("name", name, f"one of: {', '.join(yearly_files.file_names())}", f"no file {name!r}")
         table, fmt = parsed
         try:
             await asyncio.wait_for(self.download_slots.acquire(), DOWNLOAD_WAIT)
@@ -108,7 +111,7 @@ class Downloads:
             self.download_slots.release()
 
     async def _download(
-        self, request: web.Request, year: int, table: downloads.Table, fmt: downloads.Format
+        self, request: web.Request, year: int, table: yearly_files.Table, fmt: yearly_files.Format
     ) -> web.StreamResponse:
         timezone = self.config.publication.timezone
         async with reading(self.pool, self.statement_timeout_ms, bulk_timezone=timezone) as conn:
@@ -150,8 +153,8 @@ class Downloads:
         self,
         conn: asyncpg.Connection,
         data: downloads.YearData,
-        table: downloads.Table,
-        fmt: downloads.Format,
+        table: yearly_files.Table,
+        fmt: yearly_files.Format,
         response: web.StreamResponse,
     ) -> None:
         year = data.year
@@ -164,7 +167,7 @@ class Downloads:
                 "publisher": self.config.publication.publisher,
                 "year": str(year),
                 "aggregation_version": history.AGGREGATION_VERSION,
-                "format_version": downloads.FORMAT_VERSION,
-                "dictionary": f"{API}/downloads/{downloads.DICTIONARY}",
+                "format_version": yearly_files.FORMAT_VERSION,
+                "dictionary": f"{API}/downloads/{yearly_files.DICTIONARY}",
             }
             await downloads.stream_parquet(conn, data, table, response.write, metadata)

@@ -28,7 +28,7 @@ from feed.http.params import (
 from feed.http.responses import PREFLIGHT_HEADERS
 from feed.publish import dcat
 from feed.publish.filters import BBOX_EXPECTED, EVENT_STATUSES, EVENT_TYPES
-from feed.store import downloads
+from feed.store import yearly_files
 from feed.store.history import STEPS
 
 REF = "#/components/schemas/"
@@ -328,7 +328,7 @@ SCHEMAS.update(
                     "items": _object(
                         {
                             "year": {"type": "integer"},
-                            "files": _object({name: {"type": "string"} for name in downloads.file_names()}),
+                            "files": _object({name: {"type": "string"} for name in yearly_files.file_names()}),
                         }
                     ),
                 },
@@ -673,7 +673,7 @@ def paths() -> dict[str, Any]:
                 "responses": {"200": _json("Downloads", "years and files"), **NOT_MODIFIED, **ERRORS},
             }
         },
-        f"{API}/downloads/{downloads.DICTIONARY}": {
+        f"{API}/downloads/{yearly_files.DICTIONARY}": {
             "get": {
                 "summary": "Data dictionary: field, type, unit and meaning of every column of every file",
                 "operationId": "getDictionary",
@@ -688,7 +688,7 @@ def paths() -> dict[str, Any]:
                 "operationId": "getDownload",
                 "parameters": [
                     _param("year", "path", "a year listed by /api/v1/downloads", {"type": "integer"}, required=True),
-                    _param("name", "path", "the file", {"enum": downloads.file_names()}, required=True),
+                    _param("name", "path", "the file", {"enum": yearly_files.file_names()}, required=True),
                 ],
                 "responses": {
                     "200": {

@@ -17,8 +17,8 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
-from feed.store.downloads import sql_literal
 from feed.store.storage import ACQUIRE_TIMEOUT, DATABASE_UNAVAILABLE, ROUND_TRIP_TIMEOUT
+from feed.store.yearly_files import sql_literal
 
 __all__ = ["QUERY_MARGIN", "READER_ROLE", "WRITER_ROLE", "can_switch_role", "reading", "writing"]
 

@@ -31,7 +31,7 @@ from feed.http import api
 from feed.http.app import build_app
 from feed.model import ChannelRecord, EventRecord, Geometry, Quality, SiteRecord
 from feed.publish.publisher import FeedPublisher
-from feed.store import downloads
+from feed.store import downloads, yearly_files
 from feed.store.storage import Storage
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -211,7 +211,7 @@ async def test_dictionary_gives_formulas_units_quality_and_direction_labels(env:
 async def test_every_time_is_followed_by_the_same_instant_in_utc(env: Env, name: str):
     """Local times change offset with DST; each is followed by its UTC twin (Z), which pandas reads as UTC
     instants without utc=True, in the CSV and as UTC timestamps in Parquet."""
-    table = downloads.TABLES[name]
+    table = yearly_files.TABLES[name]
     pairs = [
         (a.name, b.name) for a, b in pairwise(table.columns) if a.type == "timestamp" and b.type == "timestamp_utc"
     ]
@@ -314,8 +314,8 @@ async def test_csv_cells_never_run_as_formulas(env: Env):
     assert {r["name"] for r in sites} >= {"'@SUM(A1)", 'Quote "and", comma'}
     events = read_csv((await fetch(env.client, "/api/v1/downloads/2025/events.csv"))[1])
     assert all(json.loads(r["descriptions"])["fr"].startswith("=danger") for r in events)  # JSON text: no formula
-    assert downloads.neutralise("=1+1") == "'=1+1" and downloads.neutralise("-3.5e2") == "-3.5e2"
-    assert downloads.neutralise("@x") == "'@x" and downloads.neutralise("\tx") == "'\tx"
+    assert yearly_files.neutralise("=1+1") == "'=1+1" and yearly_files.neutralise("-3.5e2") == "-3.5e2"
+    assert yearly_files.neutralise("@x") == "'@x" and yearly_files.neutralise("\tx") == "'\tx"
 
 
 async def test_events_files_hold_one_row_per_version(env: Env):
@@ -437,7 +437,7 @@ async def test_parquet_locations_are_geoparquet_read_back_as_geometry(env: Env, 
 async def test_csv_decimal_columns_are_typed_as_decimals_by_readers_that_guess(env: Env, name: str, tmp_path):
     """Whole ratios are written 1.0 / 0.0, so DuckDB and pandas type every float column as a float."""
     body = (await fetch(env.client, f"/api/v1/downloads/2025/{name}"))[1]
-    table = downloads.TABLES[name.removesuffix(".csv")]
+    table = yearly_files.TABLES[name.removesuffix(".csv")]
     floats = [c.name for c in table.columns if c.type == "float64"]
     assert floats
     frame = pandas.read_csv(io.BytesIO(body))

@@ -31,7 +31,7 @@ from feed.http.app import build_app
 from feed.http.context import CONTEXT
 from feed.http.openapi import openapi_document
 from feed.model import ChannelRecord, SiteRecord
-from feed.store import downloads
+from feed.store import yearly_files
 from feed.store.storage import Storage
 
 TOKEN = "t0ken"
@@ -271,7 +271,9 @@ async def test_rate_limit_refusals_keep_each_routes_cors_and_probes_have_their_o
 @given(
     text=st.one_of(
         st.tuples(
-            st.sampled_from(["", " ", "  ", "\u00a0", "\u3000"]), st.sampled_from(list(downloads.FORMULA_STARTS)), _SAFE
+            st.sampled_from(["", " ", "  ", "\u00a0", "\u3000"]),
+            st.sampled_from(list(yearly_files.FORMULA_STARTS)),
+            _SAFE,
         ).map("".join),
         _SAFE,
         st.from_regex(r"\A[+-]?[0-9]{1,6}(\.[0-9]{0,3})?([eE][+-]?[0-9]{1,2})?\Z"),
@@ -279,21 +281,21 @@ async def test_rate_limit_refusals_keep_each_routes_cors_and_probes_have_their_o
     )
 )
 async def test_csv_cells_are_neutralised_alike_in_python_and_sql(storage: Storage, text):
-    neutral = downloads.neutralise(text)
-    in_sql = await storage.pool.fetchval(f"SELECT {downloads.neutralised_sql('$1::text')}", text)
+    neutral = yearly_files.neutralise(text)
+    in_sql = await storage.pool.fetchval(f"SELECT {yearly_files.neutralised_sql('$1::text')}", text)
     assert neutral == in_sql, (text, neutral, in_sql)
     stripped = text.lstrip(" \u00a0\u3000")
-    formula = bool(stripped) and stripped[0] in downloads.FORMULA_STARTS
-    number = downloads.neutralise(text) == text and formula
+    formula = bool(stripped) and stripped[0] in yearly_files.FORMULA_STARTS
+    number = yearly_files.neutralise(text) == text and formula
     assert neutral.startswith("'") or not formula or number, text
     if formula and not neutral.startswith("'"):
         float(text)  # only plain numbers keep a leading sign
 
 
 def test_full_width_formulas_are_neutralised():
-    assert downloads.neutralise("＝1+1") == "'＝1+1"  # noqa: RUF001 - full-width signs on purpose
-    assert downloads.neutralise("＋cmd") == "'＋cmd" and downloads.neutralise(" =1") == "' =1"  # noqa: RUF001
-    assert downloads.neutralise("-3.5e2") == "-3.5e2" and downloads.neutralise("Montbazin") == "Montbazin"
+    assert yearly_files.neutralise("＝1+1") == "'＝1+1"  # noqa: RUF001 - full-width signs on purpose
+    assert yearly_files.neutralise("＋cmd") == "'＋cmd" and yearly_files.neutralise(" =1") == "' =1"  # noqa: RUF001
+    assert yearly_files.neutralise("-3.5e2") == "-3.5e2" and yearly_files.neutralise("Montbazin") == "Montbazin"
 
 
 # --------------------------------------------------------------------------- cursors
