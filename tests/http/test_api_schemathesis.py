@@ -25,7 +25,7 @@ from feed.http.app import build_app
 from feed.http.authoring import authoring_routes
 from feed.http.campaigns import campaign_routes
 from feed.http.conditions import condition_routes
-from feed.http.openapi import openapi_document
+from feed.http.openapi import openapi_document, openapi_routes
 from feed.model import ChannelRecord, SiteRecord
 from feed.publish.publisher import FeedPublisher
 from feed.store.storage import Storage
@@ -96,7 +96,7 @@ async def test_schemathesis_with_every_check_finds_nothing(storage: Storage, tmp
         CONFIG,
         storage,
         publisher=NoFeeds(storage, CONFIG),
-        routes=[api.api_routes, agent_routes, authoring_routes, condition_routes, campaign_routes],
+        routes=[api.api_routes, openapi_routes, agent_routes, authoring_routes, condition_routes, campaign_routes],
     )
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         proc = await asyncio.create_subprocess_exec(
