@@ -1,4 +1,4 @@
-"""The one LISTEN loop: how the publisher and the change stream hear of changes.
+"""The one LISTEN loop: how the publisher, the change stream and the MQTT pusher hear of changes.
 
 `ChangeListener` is one reconnecting LISTEN on `roadfeed_changes`
 (writes.CHANGES_CHANNEL), shared by feed.publish.publisher and feed.publish.changes.
