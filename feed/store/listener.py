@@ -1,7 +1,8 @@
 """The one LISTEN loop: how the publisher, the change stream and the MQTT pusher hear of changes.
 
 `ChangeListener` is one reconnecting LISTEN on `roadfeed_changes`
-(writes.CHANGES_CHANNEL), shared by feed.publish.publisher and feed.publish.changes.
+(writes.CHANGES_CHANNEL), shared by feed.publish.publisher, feed.publish.changes and
+feed.publish.mqtt.
 """
 
 from __future__ import annotations
