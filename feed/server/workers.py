@@ -385,7 +385,9 @@ class _FollowerProcess:
                 if message[0] == "states":
                     for copy in message[1]:
                         mirror.apply_state(copy)
-                    if site is None:  # listen only once the leader's feeds are here
+                    # Listen only once every feed is here, rendered (or known empty): a process
+                    # that listened earlier answered 503 for feeds the others already served.
+                    if site is None and not mirror.pending_paths():
                         fast = FeedFastPath(mirror, self.spec.config.server.feed_max_age)
                         site = FeedSite(runner, fast, self.spec.host, self.spec.port, reuse_port=True)
                         await site.start()

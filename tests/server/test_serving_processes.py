@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from feed.model import EventRecord, Geometry
+from feed.publish.catalogue import FEEDS
 from feed.store.cluster import free_port
 from feed.store.storage import Storage
 
@@ -210,3 +211,52 @@ async def test_processes_serve_the_same_versions(storage: Storage, db_url: str, 
         out, _ = await asyncio.wait_for(proc.communicate(), WAIT)
     assert proc.returncode == 0, out.decode()[-3000:]
     assert not [pid for pid in followers if Path(f"/proc/{pid}").exists()]  # stopped with the leader
+
+
+async def test_a_follower_listens_only_once_every_feed_is_rendered(storage: Storage, db_url: str, tmp_path: Path):
+    # Enough events that the first rendering takes a while: a follower that listened
+    # before its feeds arrived answered 503 not_ready while /readyz and status.json
+    # (answered by the leader) said ready.
+    await storage.ensure_source("cd34", "datex2", "http://127.0.0.1:9/cd34")
+    await storage.upsert_events("cd34", [event(f"e{i}") for i in range(1500)], seen_at=datetime.now(UTC))
+    port = free_port()
+    config = tmp_path / "roadfeed.toml"
+    config.write_text(f"[server]\nport = {port}\nworkers = 2\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "feed.cli",
+        "serve",
+        "--config",
+        str(config),
+        env={**os.environ, "ROADFEED_DATABASE_URL": db_url},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+
+        async def serving() -> bool:
+            status, _, body = await fresh_get(port, "/feeds/status.json")
+            return status == 200 and json.loads(body).get("processes", {}).get("serving") == 2
+
+        await eventually(serving, timeout=120)
+        (follower,) = children(proc.pid)
+        for spec in FEEDS:
+            connections = [await Connection.open(port) for _ in range(12)]
+            try:
+                answers = [await c.get(spec.path) for c in connections]
+                counts = established_on(port, [proc.pid, follower])
+            finally:
+                for c in connections:
+                    c.close()
+            assert all(counts.values()), counts  # both processes answered some of them
+            # Every process gives the same answer (the feed, or for a feed with nothing to
+            # publish, no sites here, the same 503 it would give alone), never not_ready.
+            statuses = [status for status, _, _ in answers]
+            assert len(set(statuses)) == 1, (spec.path, statuses)
+            assert not [body for _, _, body in answers if b"not_ready" in body], spec.path
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.wait_for(proc.communicate(), WAIT)
+    assert proc.returncode == 0, out.decode()[-3000:]
