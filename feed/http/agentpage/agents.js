@@ -1,6 +1,6 @@
-// The agents' page: log in, enter an event (with the preview of what each consumer
-// receives), publish, end, see versions; set road conditions; mark a counter
-// faulty; upload a counting campaign. Everything goes through /api/v1/.
+// The agents' page: log in, enter an event by road and PR or by drawing its line on the
+// map (with the preview of what each consumer receives), publish, end, see versions;
+// set road conditions; mark a counter faulty; upload a counting campaign. Everything goes through /api/v1/.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -56,28 +56,52 @@ function eventBody() {
   };
   if ($('ev-fr').value.trim()) body.description.fr = $('ev-fr').value.trim();
   if ($('ev-en').value.trim()) body.description.en = $('ev-en').value.trim();
+  const line = drawnLine();
+  if (line) { // a drawn line places the event: the PR fields are not sent with it
+    body.geometry = line;
+    return body;
+  }
   if (number('ev-pr-from') !== null) body.from = { pr: number('ev-pr-from'), abscissa: number('ev-abs-from') || 0 };
   if (number('ev-pr-to') !== null) body.to = { pr: number('ev-pr-to'), abscissa: number('ev-abs-to') || 0 };
   return body;
 }
 
-/** Lines in lon/lat drawn into an SVG, scaled to the box of what is drawn. */
-function draw(svg, shapes) {
-  svg.replaceChildren();
-  const points = shapes.flatMap((s) => s.coordinates);
-  if (points.length === 0) return;
+/** The map's projection for points in lon/lat: their box fills the 400 × 200 viewBox
+ * (10 units of margin), one scale for both axes, longitudes shrunk by the cosine of the
+ * box's middle latitude so shapes keep their proportions. `toLonLat` is its inverse. */
+function projection(points) {
   const xs = points.map((p) => p[0]);
   const ys = points.map((p) => p[1]);
   const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
-  const scale = Math.min(380 / Math.max(x1 - x0, 1e-6), 180 / Math.max(y1 - y0, 1e-6));
+  const k = Math.cos(((y0 + y1) / 2) * Math.PI / 180);
+  const scale = Math.min(380 / Math.max((x1 - x0) * k, 1e-6), 180 / Math.max(y1 - y0, 1e-6));
+  return {
+    toSvg: (p) => [10 + (p[0] - x0) * k * scale, 190 - (p[1] - y0) * scale],
+    toLonLat: (x, y) => [x0 + (x - 10) / (k * scale), y0 + (190 - y) / scale],
+  };
+}
+
+/** Lines in lon/lat drawn into an SVG, scaled to the box of what is drawn (or with the
+ * projection given). */
+function draw(svg, shapes, project = null) {
+  svg.replaceChildren();
+  const points = shapes.flatMap((s) => s.coordinates);
+  if (points.length === 0) return;
+  const { toSvg } = project || projection(points);
   for (const shape of shapes) {
     const path = document.createElementNS('http://www.w3.org/2000/svg', 'polyline');
-    path.setAttribute('points', shape.coordinates
-      .map((p) => `${10 + (p[0] - x0) * scale},${190 - (p[1] - y0) * scale}`).join(' '));
+    path.setAttribute('points', shape.coordinates.map((p) => toSvg(p).join(',')).join(' '));
     path.setAttribute('fill', 'none');
     path.setAttribute('stroke', shape.colour);
-    path.setAttribute('stroke-width', '5');
+    path.setAttribute('stroke-width', shape.width || '5');
     path.dataset.level = shape.level || '';
+    if (shape.className) path.setAttribute('class', shape.className);
+    if (shape.road) { // named when hovered
+      path.dataset.road = shape.road;
+      const title = document.createElementNS('http://www.w3.org/2000/svg', 'title');
+      title.textContent = shape.road;
+      path.appendChild(title);
+    }
     svg.appendChild(path);
   }
 }
@@ -85,6 +109,86 @@ function draw(svg, shapes) {
 function geometryLines(geometry) {
   if (!geometry) return [];
   return geometry.type === 'Point' ? [geometry.coordinates, geometry.coordinates] : geometry.coordinates;
+}
+
+// Drawing the event's line on the map of the referential's roads: each click on the map
+// (or each lon/lat typed in, for the keyboard) adds a point. With two points or more the
+// event is sent with this line as its `geometry` instead of the PR range.
+const drawing = { roads: [], project: null, points: [] };
+
+async function loadRoads() {
+  const list = await call('GET', '/api/v1/roads');
+  drawing.roads = await Promise.all(list.roads.map(async (r) => {
+    const range = `from=${r.pr_min}&to=${r.pr_max}`;
+    const section = await call('GET', `/api/v1/roads/${encodeURIComponent(r.road)}/section?${range}`);
+    return { road: r.road, coordinates: section.geometry.coordinates };
+  }));
+  const all = drawing.roads.flatMap((r) => r.coordinates);
+  drawing.project = all.length ? projection(all) : null;
+  showDrawing();
+  $('draw-map').dataset.ready = 'true';
+}
+
+function drawnLine() {
+  return drawing.points.length >= 2 ? { type: 'LineString', coordinates: drawing.points.map((p) => [...p]) } : null;
+}
+
+function showDrawing() {
+  const svg = $('draw-map');
+  if (!drawing.project) {
+    svg.replaceChildren();
+    say('draw-status', 'Aucune route dans le référentiel : tracé impossible.', 'error');
+    return;
+  }
+  draw(svg, [
+    ...drawing.roads.map((r) => ({ coordinates: r.coordinates, colour: '#7f8c8d', width: '3', className: 'road', road: r.road })),
+    ...(drawing.points.length ? [{ coordinates: drawing.points, colour: '#d35400', width: '4', className: 'drawn' }] : []),
+  ], drawing.project);
+  for (const p of drawing.points) {
+    const [x, y] = drawing.project.toSvg(p);
+    const dot = document.createElementNS('http://www.w3.org/2000/svg', 'circle');
+    dot.setAttribute('cx', x);
+    dot.setAttribute('cy', y);
+    dot.setAttribute('r', '4');
+    dot.setAttribute('fill', '#d35400');
+    dot.setAttribute('class', 'vertex');
+    svg.appendChild(dot);
+  }
+  const n = drawing.points.length;
+  say('draw-status', n === 0 ? 'Aucun point tracé : l\'événement est placé par la route et les PR.'
+    : n === 1 ? '1 point tracé : ajoutez-en au moins un autre pour tracer une ligne.'
+      : `Ligne tracée de ${n} points : elle remplace les PR saisis.`);
+  $('dr-undo').disabled = n === 0;
+  $('dr-clear').disabled = n === 0;
+}
+
+function addPoint(lon, lat) {
+  const round = (v) => Math.round(v * 1e7) / 1e7; // about 1 cm
+  drawing.points.push([round(lon), round(lat)]);
+  showDrawing();
+}
+
+function clickMap(event) {
+  if (!drawing.project) return;
+  const svg = $('draw-map');
+  const at = svg.createSVGPoint();
+  at.x = event.clientX;
+  at.y = event.clientY;
+  const inBox = at.matrixTransform(svg.getScreenCTM().inverse()); // screen pixels -> viewBox units
+  addPoint(...drawing.project.toLonLat(inBox.x, inBox.y));
+}
+
+function typePoint() {
+  const lon = Number($('dr-lon').value);
+  const lat = Number($('dr-lat').value);
+  if ($('dr-lon').value === '' || $('dr-lat').value === '' || !(Math.abs(lon) <= 180 && Math.abs(lat) <= 90)) {
+    say('draw-status', 'Saisissez une longitude (−180 à 180) et une latitude (−90 à 90) en degrés décimaux.', 'error');
+    return;
+  }
+  addPoint(lon, lat);
+  $('dr-lon').value = '';
+  $('dr-lat').value = '';
+  $('dr-lon').focus();
 }
 
 async function preview() {
@@ -254,7 +358,7 @@ async function login(event) {
     $('login-section').hidden = true;
     $('workspace').hidden = false;
     say('login-message', '');
-    await Promise.all([loadSites(), drawNetwork()]);
+    await Promise.all([loadSites(), drawNetwork(), loadRoads()]);
     document.body.dataset.ready = 'true';
   } catch (err) {
     say('login-message', err.message, 'error');
@@ -265,6 +369,13 @@ document.addEventListener('DOMContentLoaded', () => {
   $('login-form').addEventListener('submit', login);
   $('ev-preview').addEventListener('click', preview);
   $('ev-publish').addEventListener('click', publish);
+  $('draw-map').addEventListener('click', clickMap);
+  $('dr-add').addEventListener('click', typePoint);
+  for (const id of ['dr-lon', 'dr-lat']) {
+    $(id).addEventListener('keydown', (e) => { if (e.key === 'Enter') { e.preventDefault(); typePoint(); } });
+  }
+  $('dr-undo').addEventListener('click', () => { drawing.points.pop(); showDrawing(); });
+  $('dr-clear').addEventListener('click', () => { drawing.points = []; showDrawing(); });
   $('conditions-form').addEventListener('submit', setCondition);
   $('marking-form').addEventListener('submit', mark);
   $('campaign-form').addEventListener('submit', (e) => { e.preventDefault(); campaign(true); });
