@@ -4,13 +4,16 @@ range with night slots, sees what each consumer receives, publishes, finds it in
 DATEX II v3, WZDx, Waze CIFS (with its `schedule`) and GeoJSON, each valid, ends it
 and sees its versions with the author; sets a road section's winter state; marks a
 counter faulty and sees the public page's annual table change; uploads a campaign
-file with one bad line and sees it reported. Screenshots go to test-artifacts/
-(the README shows copies kept in docs/)."""
+file with one bad line and sees it reported. Another editor draws an event's line
+on the map of the referential's roads, click by click, and publishes it; a closure
+drawn too short for Waze is refused in the preview. Screenshots go to
+test-artifacts/ (the README shows copies kept in docs/)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -284,3 +287,158 @@ async def test_the_agents_workflow_in_french(browser: Any, site: tuple[str, int,
     assert campaign["errors"] == ["line 8 — count 'beaucoup' is not a whole number"]
     assert "6 comptages, 1 en quarantaine" in campaign["report"]
     Path(f.name).unlink()
+
+
+# Drawing on the map -------------------------------------------------------------
+
+VIEWBOX = (400.0, 200.0)
+
+
+async def road_lines(client: TestClient) -> list[list[list[float]]]:
+    """Every road of the referential as the API gives it: the lines the page draws."""
+    async with client.get("/api/v1/roads") as resp:
+        listed = (await resp.json())["roads"]
+    lines = []
+    for r in listed:
+        async with client.get(f"/api/v1/roads/{r['road']}/section?from={r['pr_min']}&to={r['pr_max']}") as resp:
+            lines.append((await resp.json())["geometry"]["coordinates"])
+    return lines
+
+
+def lon_lat_at(lines: list[list[list[float]]], x: float, y: float) -> tuple[float, float]:
+    """The lon/lat at viewBox point (x, y) of a 400 x 200 map fitted to the roads' box with a
+    10-unit margin, one scale for both axes, longitudes shrunk by cos(middle latitude)."""
+    xs = [p[0] for line in lines for p in line]
+    ys = [p[1] for line in lines for p in line]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    k = math.cos(math.radians((y0 + y1) / 2))
+    scale = min(380 / ((x1 - x0) * k), 180 / (y1 - y0))
+    return x0 + (x - 10) / (k * scale), y0 + (190 - y) / scale
+
+
+def draw_and_publish(driver: Any, url: str, clicks: list[tuple[float, float]]) -> dict[str, Any]:
+    """Clicks the map at viewBox points `clicks` (plus one undone and one cleared point),
+    previews and publishes; returns the screen points clicked, in viewBox units."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder  # noqa: PLC0415
+
+    open_agents(driver, url)
+    until(driver, "document.getElementById('draw-map').dataset.ready === 'true'", "the roads' map")
+    roads = driver.execute_script("return document.querySelectorAll('#draw-map polyline.road').length;")
+    fill(driver, {"ev-kind": "works", "ev-road": "RD613", "ev-fr": "Tracé à la main"})
+    rect = driver.execute_script(
+        "const svg = document.getElementById('draw-map'); svg.scrollIntoView({block: 'center'});"
+        "const r = svg.getBoundingClientRect(); return [r.left, r.top, r.width, r.height];"
+    )
+    left, top, width, height = rect
+    fit = min(width / VIEWBOX[0], height / VIEWBOX[1])  # preserveAspectRatio xMidYMid meet
+    pad_x, pad_y = (width - VIEWBOX[0] * fit) / 2, (height - VIEWBOX[1] * fit) / 2
+
+    def click_at(x: float, y: float) -> tuple[float, float]:
+        screen_x, screen_y = round(left + pad_x + x * fit), round(top + pad_y + y * fit)
+        actions = ActionBuilder(driver)
+        actions.pointer_action.move_to_location(screen_x, screen_y).click()
+        actions.perform()
+        return (screen_x - left - pad_x) / fit, (screen_y - top - pad_y) / fit
+
+    def drawn() -> int:
+        return driver.execute_script("return document.querySelectorAll('#draw-map circle.vertex').length;")
+
+    click_at(50, 50)
+    until(driver, "document.querySelectorAll('#draw-map circle.vertex').length === 1", "a first point")
+    click(driver, "#dr-clear")
+    until(driver, "document.querySelectorAll('#draw-map circle.vertex').length === 0", "the line cleared")
+    clicked = []
+    for n, (x, y) in enumerate(clicks, 1):
+        clicked.append(click_at(x, y))
+        until(driver, f"document.querySelectorAll('#draw-map circle.vertex').length === {n}", f"point {n}")
+    click_at(390, 190)
+    until(driver, f"document.querySelectorAll('#draw-map circle.vertex').length === {len(clicks) + 1}", "a point")
+    click(driver, "#dr-undo")
+    until(driver, f"document.querySelectorAll('#draw-map circle.vertex').length === {len(clicks)}", "the undo")
+    status = driver.find_element("id", "draw-status").text
+    click(driver, "#ev-preview")
+    until(driver, "document.querySelectorAll('#consumers tbody tr').length === 5", "the consumers' preview")
+    until(driver, "document.querySelectorAll('#preview-map polyline').length === 1", "the preview's line")
+    preview = driver.execute_script(
+        "return [...document.querySelectorAll('#consumers tbody tr')].map(r => [r.dataset.consumer, "
+        "r.cells[1].textContent, r.cells[2].textContent]);"
+    )
+    shot(driver, "agents-drawn.png")
+    click(driver, "#ev-publish")
+    event_id = until(driver, "document.querySelector('#published tbody tr')?.dataset.id", "the publication")
+    return {
+        "roads": roads,
+        "clicked": clicked,
+        "drawn": drawn(),
+        "status": status,
+        "preview": preview,
+        "event_id": event_id,
+        "published_at": time.monotonic(),
+    }
+
+
+def type_short_closure(driver: Any, url: str, points: list[tuple[float, float]]) -> list[list[str]]:
+    """A closure drawn with the keyboard only: each point typed in, then the preview."""
+    from selenium.webdriver.common.keys import Keys  # noqa: PLC0415
+
+    open_agents(driver, url)
+    fill(driver, {"ev-kind": "closure", "ev-road": "RD613"})
+    for n, (lon, lat) in enumerate(points, 1):
+        fill(driver, {"dr-lon": str(lon), "dr-lat": str(lat)})
+        driver.find_element("id", "dr-lat").send_keys(Keys.ENTER)
+        until(driver, f"document.querySelectorAll('#draw-map circle.vertex').length === {n}", f"point {n}")
+    click(driver, "#ev-preview")
+    until(driver, "document.querySelectorAll('#consumers tbody tr').length === 5", "the consumers' preview")
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#consumers tbody tr')].map(r => [r.dataset.consumer, "
+        "r.cells[1].textContent, r.cells[2].textContent]);"
+    )
+
+
+async def test_an_event_line_drawn_on_the_map(browser: Any, site: tuple[str, int, TestClient]) -> None:
+    url, _site_id, client = site
+    lines = await road_lines(client)
+    assert len(lines) >= 2
+    done = await in_browser(draw_and_publish, browser, url, [(150.0, 80.0), (200.0, 100.0), (260.0, 120.0)])
+    assert done["roads"] == len(lines)
+    assert done["drawn"] == 3
+    assert done["status"] == "Ligne tracée de 3 points : elle remplace les PR saisis."
+    assert {c: (ok, reason) for c, ok, reason in done["preview"]} == {
+        "datex2_v3": ("oui", ""),
+        "datex2_v2": ("oui", ""),
+        "wzdx": ("oui", ""),
+        "waze": ("oui", ""),
+        "geojson": ("oui", ""),
+    }
+    expected = [lon_lat_at(lines, x, y) for x, y in done["clicked"]]
+
+    event_id = done["event_id"]
+    async with client.get(f"/api/v1/events/{event_id}") as resp:
+        stored = (await resp.json())["versions"][-1]
+    assert stored["geometry"]["type"] == "LineString"
+    positions = stored["geometry"]["coordinates"]
+    assert len(positions) == 3
+    for (lon, lat), (want_lon, want_lat) in zip(positions, expected, strict=True):
+        assert abs(lon - want_lon) < 1e-6 and abs(lat - want_lat) < 1e-6, (positions, expected)
+    assert stored["road"] == "RD613"
+
+    bodies = {}
+    for path in ("/feeds/events.geojson", "/feeds/datex2/v3/situations.xml"):
+        while event_id.encode() not in (body := await (await client.get(path)).read()):
+            assert time.monotonic() - done["published_at"] < 10, f"{event_id} not in {path}"
+            await asyncio.sleep(0.05)
+        bodies[path] = body
+    feature = next(f for f in json.loads(bodies["/feeds/events.geojson"])["features"] if f["id"] == event_id)
+    published = feature["geometry"]["coordinates"]  # 6 decimals in the feed
+    assert len(published) == 3
+    assert all(math.dist(a, b) < 1e-6 for a, b in zip(published, positions, strict=True)), published
+    xml_valid(DATEX_V3, bodies["/feeds/datex2/v3/situations.xml"])
+
+
+async def test_a_closure_drawn_too_short_is_refused_by_waze(browser: Any, site: tuple[str, int, TestClient]) -> None:
+    url, _site_id, _client = site
+    # two points 0.0002° of latitude apart: about 22 m, Waze wants a closure of 35 m at least
+    preview = await in_browser(type_short_closure, browser, url, [(3.69, 43.51), (3.69, 43.5102)])
+    verdicts = {c: (ok, reason) for c, ok, reason in preview}
+    assert verdicts["waze"] == ("non", "road closure is 22 m long; Waze needs at least 35 m")
+    assert all(ok == "oui" for c, (ok, _reason) in verdicts.items() if c != "waze"), verdicts
