@@ -1,6 +1,7 @@
 // The agents' page: log in, enter an event by road and PR or by drawing its line on the
 // map (with the preview of what each consumer receives), publish, end, see versions;
-// set road conditions; mark a counter faulty; upload a counting campaign. Everything goes through /api/v1/.
+// set road conditions; mark a counter faulty; upload a counting campaign. Everything
+// goes through /api/v1/.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -116,13 +117,17 @@ function geometryLines(geometry) {
 // event is sent with this line as its `geometry` instead of the PR range.
 const drawing = { roads: [], project: null, points: [] };
 
-async function loadRoads() {
-  const list = await call('GET', '/api/v1/roads');
-  drawing.roads = await Promise.all(list.roads.map(async (r) => {
-    const range = `from=${r.pr_min}&to=${r.pr_max}`;
-    const section = await call('GET', `/api/v1/roads/${encodeURIComponent(r.road)}/section?${range}`);
-    return { road: r.road, coordinates: section.geometry.coordinates };
-  }));
+async function loadRoads() { // a road the map cannot show leaves the rest of the page working
+  try {
+    const list = await call('GET', '/api/v1/roads');
+    drawing.roads = (await Promise.all(list.roads.map(async (r) => {
+      const range = `from=${r.pr_min}&to=${r.pr_max}`;
+      try {
+        const section = await call('GET', `/api/v1/roads/${encodeURIComponent(r.road)}/section?${range}`);
+        return { road: r.road, coordinates: section.geometry.coordinates };
+      } catch (err) { return null; }
+    }))).filter((r) => r !== null);
+  } catch (err) { drawing.roads = []; }
   const all = drawing.roads.flatMap((r) => r.coordinates);
   drawing.project = all.length ? projection(all) : null;
   showDrawing();
