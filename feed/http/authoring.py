@@ -332,6 +332,11 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
             raise NotFound("road", raw, "a road of the referential (see /api/v1/roads)", f"no road {raw!r}")
         return normalise_road(raw)
 
+    async def road_network(_request: web.Request) -> web.Response:
+        async with reading(storage.pool, statement_timeout_ms) as conn:
+            features = await roads.network(conn)
+        return json_response({"type": "FeatureCollection", "features": features})
+
     async def road_list(_request: web.Request) -> web.Response:
         async with reading(storage.pool, statement_timeout_ms) as conn:
             rows = await roads.road_list(conn)
@@ -500,6 +505,7 @@ def authoring_routes(app: web.Application, ctx: AppContext) -> None:
     r.add_post(f"{API}/events/{{id}}/end", authorised(ctx, "editor", end))
     r.add_get(f"{API}/roads", public(road_list))
     r.add_get(f"{API}/roads/site-check", public(site_check))
+    r.add_get(f"{API}/roads/network", public(road_network))
     r.add_post(f"{API}/roads", authorised(ctx, "administrator", road_import))
     r.add_get(f"{API}/roads/{{road}}/pr", public(road_prs))
     r.add_get(f"{API}/roads/{{road}}/locate", public(road_locate))
@@ -636,6 +642,14 @@ def authoring_paths() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {"text/csv": {}, "application/geo+json": {}}},
                 "responses": {"201": {"description": "imported"}, **guarded},
             },
+        },
+        f"{API}/roads/network": {
+            "get": {
+                "summary": "Every road of the referential with its line, as a GeoJSON FeatureCollection (WGS 84): "
+                "what a map of the network draws in one request",
+                "operationId": "roadNetwork",
+                "responses": json_ok,
+            }
         },
         f"{API}/roads/site-check": {
             "get": {

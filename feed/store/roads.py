@@ -170,6 +170,21 @@ async def road_list(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     )
 
 
+async def network(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    """Every road of the referential with its line, as GeoJSON features (WGS 84, 7 decimals)."""
+    rows = await conn.fetch(
+        "SELECT road, name, length, ST_AsGeoJSON(ST_Transform(line, 4326), 7) AS line FROM roads ORDER BY road"
+    )
+    return [
+        {
+            "type": "Feature",
+            "geometry": json.loads(r["line"]),
+            "properties": {"road": r["road"], "name": r["name"], "length_m": round(r["length"], 1)},
+        }
+        for r in rows
+    ]
+
+
 async def prs(conn: asyncpg.Connection, road: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         "SELECT pr, ST_X(geom) AS lon, ST_Y(geom) AS lat, measure FROM road_prs WHERE road = $1 ORDER BY pr", road

@@ -4,6 +4,7 @@ named refusals of bad files, and the /api/v1/roads routes."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from typing import Any
@@ -214,6 +215,18 @@ async def test_a_shape_drawn_backwards_is_refused(storage: Storage) -> None:
 # ---------------------------------------------------------------- HTTP
 
 
+def metres_off(line: list[list[float]], point: list[float]) -> float:
+    """Distance from `point` to the polyline `line` (lon/lat), in metres, on a local plane."""
+    k = math.cos(math.radians(point[1])) * 111_320.0  # metres per degree of longitude here
+    px, py = point[0] * k, point[1] * 110_540.0
+    best = math.inf
+    for (x1, y1), (x2, y2) in itertools.pairwise((x * k, y * 110_540.0) for x, y in line):
+        dx, dy = x2 - x1, y2 - y1
+        t = 0.0 if dx == dy == 0 else max(0.0, min(1.0, ((px - x1) * dx + (py - y1) * dy) / (dx * dx + dy * dy)))
+        best = min(best, math.hypot(px - (x1 + t * dx), py - (y1 + t * dy)))
+    return best
+
+
 async def test_routes_read_the_referential_and_only_an_administrator_imports(storage: Storage) -> None:
     config = Config(server=ServerConfig(admin_token=ADMIN, rate_limit_per_minute=0), publication=PublicationConfig())
     client = TestClient(TestServer(build_app(config, storage), host="127.0.0.1"))
@@ -231,6 +244,20 @@ async def test_routes_read_the_referential_and_only_an_administrator_imports(sto
         async with client.get("/api/v1/roads") as resp:
             listed = {r["road"]: r for r in (await resp.json())["roads"]}
         assert listed["RD613"]["pr_min"] == 0 and listed["RD613"]["pr_max"] == 86
+        # The whole network in one request: every listed road with its whole line, on
+        # which the section from its first PR to its last lies (what a map draws).
+        async with client.get("/api/v1/roads/network") as resp:
+            network = await resp.json()
+        assert network["type"] == "FeatureCollection"
+        lines = {f["properties"]["road"]: f["geometry"] for f in network["features"]}
+        assert lines.keys() == listed.keys()
+        for road, line in lines.items():
+            r = listed[road]
+            async with client.get(f"/api/v1/roads/{road}/section?from={r['pr_min']}&to={r['pr_max']}") as resp:
+                section = (await resp.json())["geometry"]["coordinates"]
+            assert line["type"] == "LineString"
+            for end in (section[0], section[-1]):
+                assert metres_off(line["coordinates"], end) < 1.0, (road, end)
         async with client.get("/api/v1/roads/rd 613/pr") as resp:
             prs = (await resp.json())["prs"]
         assert [p["pr"] for p in prs][:3] == [0, 1, 2]

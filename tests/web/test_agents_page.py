@@ -296,13 +296,8 @@ VIEWBOX = (400.0, 200.0)
 
 async def road_lines(client: TestClient) -> list[list[list[float]]]:
     """Every road of the referential as the API gives it: the lines the page draws."""
-    async with client.get("/api/v1/roads") as resp:
-        listed = (await resp.json())["roads"]
-    lines = []
-    for r in listed:
-        async with client.get(f"/api/v1/roads/{r['road']}/section?from={r['pr_min']}&to={r['pr_max']}") as resp:
-            lines.append((await resp.json())["geometry"]["coordinates"])
-    return lines
+    async with client.get("/api/v1/roads/network") as resp:
+        return [f["geometry"]["coordinates"] for f in (await resp.json())["features"]]
 
 
 def lon_lat_at(lines: list[list[list[float]]], x: float, y: float) -> tuple[float, float]:

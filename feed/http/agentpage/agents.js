@@ -117,16 +117,10 @@ function geometryLines(geometry) {
 // event is sent with this line as its `geometry` instead of the PR range.
 const drawing = { roads: [], project: null, points: [] };
 
-async function loadRoads() { // a road the map cannot show leaves the rest of the page working
+async function loadRoads() { // a network the map cannot load leaves the rest of the page working
   try {
-    const list = await call('GET', '/api/v1/roads');
-    drawing.roads = (await Promise.all(list.roads.map(async (r) => {
-      const range = `from=${r.pr_min}&to=${r.pr_max}`;
-      try {
-        const section = await call('GET', `/api/v1/roads/${encodeURIComponent(r.road)}/section?${range}`);
-        return { road: r.road, coordinates: section.geometry.coordinates };
-      } catch (err) { return null; }
-    }))).filter((r) => r !== null);
+    const network = await call('GET', '/api/v1/roads/network'); // every road's line, in one request
+    drawing.roads = network.features.map((f) => ({ road: f.properties.road, coordinates: f.geometry.coordinates }));
   } catch (err) { drawing.roads = []; }
   const all = drawing.roads.flatMap((r) => r.coordinates);
   drawing.project = all.length ? projection(all) : null;
