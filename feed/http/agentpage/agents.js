@@ -1,6 +1,6 @@
 // The agents' page: log in, enter an event by road and PR or by drawing its line on the
 // map (with the preview of what each consumer receives), publish, end, see versions;
-// set road conditions; mark a counter faulty; upload a counting campaign. Everything
+// set road conditions, typed by road and PR or chosen on the map; mark a counter faulty; upload a counting campaign. Everything
 // goes through /api/v1/.
 'use strict';
 
@@ -125,7 +125,32 @@ async function loadRoads() { // a network the map cannot load leaves the rest of
   const all = drawing.roads.flatMap((r) => r.coordinates);
   drawing.project = all.length ? projection(all) : null;
   showDrawing();
+  showNetwork();
   $('draw-map').dataset.ready = 'true';
+}
+
+/** The referential's roads in grey under what a map shows on them (both maps share them). */
+function roadShapes() {
+  return drawing.roads.map((r) => ({ coordinates: r.coordinates, colour: '#7f8c8d', width: '3', className: 'road', road: r.road }));
+}
+
+/** Where a click falls on an SVG map, in viewBox units. */
+function clickedAt(svg, event) {
+  const at = svg.createSVGPoint();
+  at.x = event.clientX;
+  at.y = event.clientY;
+  const inBox = at.matrixTransform(svg.getScreenCTM().inverse()); // screen pixels -> viewBox units
+  return [inBox.x, inBox.y];
+}
+
+function dot(svg, [x, y], colour, className) {
+  const circle = document.createElementNS('http://www.w3.org/2000/svg', 'circle');
+  circle.setAttribute('cx', x);
+  circle.setAttribute('cy', y);
+  circle.setAttribute('r', '4');
+  circle.setAttribute('fill', colour);
+  circle.setAttribute('class', className);
+  svg.appendChild(circle);
 }
 
 function drawnLine() {
@@ -140,19 +165,10 @@ function showDrawing() {
     return;
   }
   draw(svg, [
-    ...drawing.roads.map((r) => ({ coordinates: r.coordinates, colour: '#7f8c8d', width: '3', className: 'road', road: r.road })),
+    ...roadShapes(),
     ...(drawing.points.length ? [{ coordinates: drawing.points, colour: '#d35400', width: '4', className: 'drawn' }] : []),
   ], drawing.project);
-  for (const p of drawing.points) {
-    const [x, y] = drawing.project.toSvg(p);
-    const dot = document.createElementNS('http://www.w3.org/2000/svg', 'circle');
-    dot.setAttribute('cx', x);
-    dot.setAttribute('cy', y);
-    dot.setAttribute('r', '4');
-    dot.setAttribute('fill', '#d35400');
-    dot.setAttribute('class', 'vertex');
-    svg.appendChild(dot);
-  }
+  for (const p of drawing.points) dot(svg, drawing.project.toSvg(p), '#d35400', 'vertex');
   const n = drawing.points.length;
   say('draw-status', n === 0 ? 'Aucun point tracé : l\'événement est placé par la route et les PR.'
     : n === 1 ? '1 point tracé : ajoutez-en au moins un autre pour tracer une ligne.'
@@ -169,12 +185,7 @@ function addPoint(lon, lat) {
 
 function clickMap(event) {
   if (!drawing.project) return;
-  const svg = $('draw-map');
-  const at = svg.createSVGPoint();
-  at.x = event.clientX;
-  at.y = event.clientY;
-  const inBox = at.matrixTransform(svg.getScreenCTM().inverse()); // screen pixels -> viewBox units
-  addPoint(...drawing.project.toLonLat(inBox.x, inBox.y));
+  addPoint(...drawing.project.toLonLat(...clickedAt($('draw-map'), event)));
 }
 
 function typePoint() {
@@ -268,19 +279,110 @@ async function publish() {
 
 const LEVEL_COLOURS = { C1: '#2e8b57', C2: '#f1c40f', C3: '#e67e22', C4: '#c0392b' };
 
+// The network coloured by state is also where a section is chosen: on the drawing map's
+// roads and projection, a first click picks the nearest road and the section's start, a
+// second its end; both are located on that road (PR + abscissa) and fill the form.
+const picking = { conditions: [], road: null, ends: [], section: null, queue: Promise.resolve() };
+
 async function drawNetwork() {
   const network = await call('GET', '/api/v1/road-conditions');
-  draw($('network'), network.features.map((f) => ({
-    coordinates: geometryLines(f.geometry), colour: LEVEL_COLOURS[f.properties.level] || '#888', level: f.properties.level,
-  })));
+  picking.conditions = network.features.map((f) => ({
+    coordinates: geometryLines(f.geometry), colour: LEVEL_COLOURS[f.properties.level] || '#888',
+    level: f.properties.level, className: 'condition',
+  }));
+  showNetwork();
+}
+
+function showNetwork() {
+  const svg = $('network');
+  if (!drawing.project) { // no referential to draw on: the sections alone, scaled to their box
+    draw(svg, picking.conditions);
+    return;
+  }
+  draw(svg, [
+    ...roadShapes(), ...picking.conditions,
+    ...(picking.section ? [{ coordinates: picking.section, colour: '#2c3e50', width: '2', className: 'chosen' }] : []),
+  ], drawing.project);
+  for (const end of picking.ends) dot(svg, drawing.project.toSvg(end.at), '#2c3e50', 'end');
+  $('co-clear').disabled = picking.ends.length === 0;
+}
+
+/** The distance from (x, y) to a polyline, in the map's plane. */
+function distanceToLine(x, y, points) {
+  let best = Infinity;
+  for (let i = 0; i < points.length; i += 1) {
+    const [ax, ay] = points[i];
+    const [bx, by] = points[Math.min(i + 1, points.length - 1)];
+    const dx = bx - ax;
+    const dy = by - ay;
+    const t = dx || dy ? Math.max(0, Math.min(1, ((x - ax) * dx + (y - ay) * dy) / (dx * dx + dy * dy))) : 0;
+    best = Math.min(best, Math.hypot(x - (ax + t * dx), y - (ay + t * dy)));
+  }
+  return best;
+}
+
+function nearestRoad(x, y) {
+  let nearest = null;
+  let best = Infinity;
+  for (const r of drawing.roads) {
+    const d = distanceToLine(x, y, r.coordinates.map(drawing.project.toSvg));
+    if (d < best) [nearest, best] = [r.road, d];
+  }
+  return nearest;
+}
+
+const position = (end) => `${end.pr}+${end.abscissa}`;
+
+async function pickEnd(x, y) {
+  if (picking.ends.length === 2) clearPick(); // a third click starts another section
+  if (picking.ends.length === 0) picking.road = nearestRoad(x, y);
+  const road = picking.road;
+  const [lon, lat] = drawing.project.toLonLat(x, y);
+  try {
+    const found = await call('GET', `/api/v1/roads/${encodeURIComponent(road)}/locate?lon=${lon}&lat=${lat}`);
+    const end = { at: [lon, lat], pr: found.pr, abscissa: found.abscissa };
+    picking.ends.push(end);
+    const which = picking.ends.length === 1 ? 'from' : 'to';
+    $('co-road').value = road;
+    $(`co-pr-${which}`).value = end.pr;
+    $(`co-abs-${which}`).value = end.abscissa;
+    if (picking.ends.length === 1) {
+      say('pick-status', `Début : ${road} PR ${end.pr} + ${end.abscissa} m. Cliquez sur la même route pour la fin du tronçon.`);
+    } else {
+      const [start, stop] = picking.ends;
+      const query = `from=${encodeURIComponent(position(start))}&to=${encodeURIComponent(position(stop))}`;
+      const section = await call('GET', `/api/v1/roads/${encodeURIComponent(road)}/section?${query}`);
+      picking.section = geometryLines(section.geometry);
+      say('pick-status', `Tronçon choisi : ${road} du PR ${start.pr} + ${start.abscissa} m au PR ${stop.pr} + ${stop.abscissa} m.`);
+    }
+  } catch (err) { say('pick-status', `${road} : ${err.message}`, 'error'); }
+  showNetwork();
+  $('network').dataset.picked = String(picking.ends.length);
+}
+
+function pickOnMap(event) {
+  if (!drawing.project) return;
+  const [x, y] = clickedAt($('network'), event);
+  picking.queue = picking.queue.then(() => pickEnd(x, y)); // clicks are located in the order they were made
+}
+
+function clearPick() {
+  picking.road = null;
+  picking.ends = [];
+  picking.section = null;
+  for (const id of ['co-road', 'co-pr-from', 'co-pr-to']) $(id).value = '';
+  for (const id of ['co-abs-from', 'co-abs-to']) $(id).value = '0';
+  say('pick-status', '');
+  $('network').dataset.picked = '0';
+  showNetwork();
 }
 
 async function setCondition(event) {
   event.preventDefault();
+  const end = (which) => ({ pr: Number($(`co-pr-${which}`).value), abscissa: Number($(`co-abs-${which}`).value) || 0 });
   try {
     await call('POST', '/api/v1/road-conditions', {
-      road: $('co-road').value.trim(), from: { pr: Number($('co-pr-from').value) },
-      to: { pr: Number($('co-pr-to').value) }, level: $('co-level').value,
+      road: $('co-road').value.trim(), from: end('from'), to: end('to'), level: $('co-level').value,
     });
     say('conditions-message', `État publié : ${$('co-road').value} ${$('co-level').value}`);
     await drawNetwork();
@@ -376,6 +478,8 @@ document.addEventListener('DOMContentLoaded', () => {
   $('dr-undo').addEventListener('click', () => { drawing.points.pop(); showDrawing(); });
   $('dr-clear').addEventListener('click', () => { drawing.points = []; showDrawing(); });
   $('conditions-form').addEventListener('submit', setCondition);
+  $('network').addEventListener('click', pickOnMap);
+  $('co-clear').addEventListener('click', () => { picking.queue = picking.queue.then(clearPick); });
   $('marking-form').addEventListener('submit', mark);
   $('campaign-form').addEventListener('submit', (e) => { e.preventDefault(); campaign(true); });
   $('cp-import').addEventListener('click', () => campaign(false));
