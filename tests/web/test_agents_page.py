@@ -6,12 +6,14 @@ and sees its versions with the author; sets a road section's winter state; marks
 counter faulty and sees the public page's annual table change; uploads a campaign
 file with one bad line and sees it reported. Another editor draws an event's line
 on the map of the referential's roads, click by click, and publishes it; a closure
-drawn too short for Waze is refused in the preview. Screenshots go to
+drawn too short for Waze is refused in the preview. A road section's winter state is
+chosen by two clicks on the coloured network's map. Screenshots go to
 test-artifacts/ (the README shows copies kept in docs/)."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import tempfile
@@ -187,8 +189,8 @@ def mark_faulty(driver: Any, url: str, site_id: int) -> str:
 def conditions_and_campaign(driver: Any, url: str, campaign_file: Path) -> dict[str, Any]:
     open_agents(driver, url)
     fill(driver, {"co-road": "RD986", "co-pr-from": "20", "co-pr-to": "28", "co-level": "C3"})
-    click(driver, "#conditions-form button")
-    until(driver, "document.querySelector('#network polyline')?.dataset.level === 'C3'", "the coloured network")
+    click(driver, "#conditions-form button[type=submit]")
+    until(driver, "document.querySelector('#network polyline.condition')?.dataset.level === 'C3'", "the network")
     fill(driver, {"cp-name": "rd32-mars", "cp-file": str(campaign_file)})
     click(driver, "#cp-check")
     until(driver, "document.querySelectorAll('#campaign-errors tbody tr').length === 1", "the preview's errors")
@@ -300,28 +302,35 @@ async def road_lines(client: TestClient) -> list[list[list[float]]]:
         return [f["geometry"]["coordinates"] for f in (await resp.json())["features"]]
 
 
-def lon_lat_at(lines: list[list[list[float]]], x: float, y: float) -> tuple[float, float]:
-    """The lon/lat at viewBox point (x, y) of a 400 x 200 map fitted to the roads' box with a
-    10-unit margin, one scale for both axes, longitudes shrunk by cos(middle latitude)."""
+def fitted(lines: list[list[list[float]]]) -> tuple[float, float, float, float]:
+    """x0, y0, k, scale of a 400 x 200 map fitted to the roads' box with a 10-unit margin, one
+    scale for both axes, longitudes shrunk by cos(middle latitude)."""
     xs = [p[0] for line in lines for p in line]
     ys = [p[1] for line in lines for p in line]
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
     k = math.cos(math.radians((y0 + y1) / 2))
-    scale = min(380 / ((x1 - x0) * k), 180 / (y1 - y0))
+    return x0, y0, k, min(380 / ((x1 - x0) * k), 180 / (y1 - y0))
+
+
+def lon_lat_at(lines: list[list[list[float]]], x: float, y: float) -> tuple[float, float]:
+    """The lon/lat at viewBox point (x, y) of the map of `lines`."""
+    x0, y0, k, scale = fitted(lines)
     return x0 + (x - 10) / (k * scale), y0 + (190 - y) / scale
 
 
-def draw_and_publish(driver: Any, url: str, clicks: list[tuple[float, float]]) -> dict[str, Any]:
-    """Clicks the map at viewBox points `clicks` (plus one undone and one cleared point),
-    previews and publishes; returns the screen points clicked, in viewBox units."""
+def svg_at(lines: list[list[list[float]]], lon: float, lat: float) -> tuple[float, float]:
+    """The viewBox point of (lon, lat) on the map of `lines`."""
+    x0, y0, k, scale = fitted(lines)
+    return 10 + (lon - x0) * k * scale, 190 - (lat - y0) * scale
+
+
+def map_clicker(driver: Any, svg_id: str) -> Any:
+    """A function clicking the SVG map `svg_id` at a viewBox point, through the screen position
+    its on-screen size gives; it returns the point the clicked pixel stands for."""
     from selenium.webdriver.common.actions.action_builder import ActionBuilder  # noqa: PLC0415
 
-    open_agents(driver, url)
-    until(driver, "document.getElementById('draw-map').dataset.ready === 'true'", "the roads' map")
-    roads = driver.execute_script("return document.querySelectorAll('#draw-map polyline.road').length;")
-    fill(driver, {"ev-kind": "works", "ev-road": "RD613", "ev-fr": "Tracé à la main"})
     rect = driver.execute_script(
-        "const svg = document.getElementById('draw-map'); svg.scrollIntoView({block: 'center'});"
+        f"const svg = document.getElementById('{svg_id}'); svg.scrollIntoView({{block: 'center'}});"
         "const r = svg.getBoundingClientRect(); return [r.left, r.top, r.width, r.height];"
     )
     left, top, width, height = rect
@@ -334,6 +343,18 @@ def draw_and_publish(driver: Any, url: str, clicks: list[tuple[float, float]]) -
         actions.pointer_action.move_to_location(screen_x, screen_y).click()
         actions.perform()
         return (screen_x - left - pad_x) / fit, (screen_y - top - pad_y) / fit
+
+    return click_at
+
+
+def draw_and_publish(driver: Any, url: str, clicks: list[tuple[float, float]]) -> dict[str, Any]:
+    """Clicks the map at viewBox points `clicks` (plus one undone and one cleared point),
+    previews and publishes; returns the screen points clicked, in viewBox units."""
+    open_agents(driver, url)
+    until(driver, "document.getElementById('draw-map').dataset.ready === 'true'", "the roads' map")
+    roads = driver.execute_script("return document.querySelectorAll('#draw-map polyline.road').length;")
+    fill(driver, {"ev-kind": "works", "ev-road": "RD613", "ev-fr": "Tracé à la main"})
+    click_at = map_clicker(driver, "draw-map")
 
     def drawn() -> int:
         return driver.execute_script("return document.querySelectorAll('#draw-map circle.vertex').length;")
@@ -437,3 +458,102 @@ async def test_a_closure_drawn_too_short_is_refused_by_waze(browser: Any, site: 
     verdicts = {c: (ok, reason) for c, ok, reason in preview}
     assert verdicts["waze"] == ("non", "road closure is 22 m long; Waze needs at least 35 m")
     assert all(ok == "oui" for c, (ok, _reason) in verdicts.items() if c != "waze"), verdicts
+
+
+# Choosing a road section's winter state on the map ------------------------------
+
+
+def distance_to_line(point: tuple[float, float], line: list[tuple[float, float]]) -> float:
+    best = math.inf
+    for (ax, ay), (bx, by) in itertools.pairwise(line):
+        dx, dy = bx - ax, by - ay
+        t = max(0.0, min(1.0, ((point[0] - ax) * dx + (point[1] - ay) * dy) / (dx * dx + dy * dy or 1)))
+        best = min(best, math.dist(point, (ax + t * dx, ay + t * dy)))
+    return best
+
+
+def clear_section(lines: dict[str, list[list[float]]]) -> tuple[str, list[tuple[float, float]]]:
+    """A road and two viewBox points on it, a third and two thirds along its positions, the
+    farthest from every other road, so that a click a pixel off still falls nearest to it."""
+    every = list(lines.values())
+    on_map = {road: [svg_at(every, lon, lat) for lon, lat in line] for road, line in lines.items()}
+    best: tuple[float, str, list[tuple[float, float]]] = (-1.0, "", [])
+    for road, line in on_map.items():
+        points = [line[len(line) // 3], line[2 * len(line) // 3]]
+        if math.dist(*points) < 20:
+            continue
+        clearance = min(
+            (distance_to_line(p, other) for p in points for name, other in on_map.items() if name != road),
+            default=math.inf,
+        )
+        if clearance > best[0]:
+            best = (clearance, road, points)
+    assert best[0] > 5, best
+    return best[1], best[2]
+
+
+def pick_section_and_publish(driver: Any, url: str, clicks: list[tuple[float, float]]) -> dict[str, Any]:
+    """Clicks the conditions' map once (then Effacer), then at the two viewBox points
+    `clicks`, sets C3 and publishes; returns the points clicked, in viewBox units."""
+    open_agents(driver, url)
+    until(driver, "document.getElementById('draw-map').dataset.ready === 'true'", "the roads' map")
+    click_at = map_clicker(driver, "network")
+    click_at(*clicks[0])
+    until(driver, "document.getElementById('network').dataset.picked === '1'", "a first end")
+    click(driver, "#co-clear")
+    until(driver, "document.getElementById('network').dataset.picked === '0'", "the section cleared")
+    cleared = driver.execute_script(
+        "return ['co-road', 'co-pr-from', 'co-abs-from', 'co-pr-to', 'co-abs-to'].map(i => "
+        "document.getElementById(i).value).concat(document.querySelectorAll('#network circle.end').length);"
+    )
+    clicked = []
+    for n, (x, y) in enumerate(clicks, 1):
+        clicked.append(click_at(x, y))
+        until(driver, f"document.getElementById('network').dataset.picked === '{n}'", f"end {n}")
+    until(driver, "document.querySelector('#network polyline.chosen')", "the chosen section")
+    form = driver.execute_script(
+        "return ['co-road', 'co-pr-from', 'co-abs-from', 'co-pr-to', 'co-abs-to'].map(i => "
+        "document.getElementById(i).value);"
+    )
+    status = driver.find_element("id", "pick-status").text
+    fill(driver, {"co-level": "C3"})
+    click(driver, "#conditions-form button[type=submit]")
+    stroke = until(
+        driver,
+        "document.querySelector('#network polyline.condition[data-level=C3]')?.getAttribute('stroke')",
+        "the section coloured",
+    )
+    shot(driver, "agents-conditions-map.png")
+    return {"cleared": cleared, "clicked": clicked, "form": form, "status": status, "stroke": stroke}
+
+
+async def test_a_road_section_chosen_on_the_map(browser: Any, site: tuple[str, int, TestClient]) -> None:
+    url, _site_id, client = site
+    async with client.get("/api/v1/roads/network") as resp:
+        lines = {f["properties"]["road"]: f["geometry"]["coordinates"] for f in (await resp.json())["features"]}
+    road, points = clear_section(lines)
+    done = await in_browser(pick_section_and_publish, browser, url, points)
+    assert done["cleared"] == ["", "", "0", "", "0", 0]
+    assert done["stroke"] == "#e67e22"  # C3 difficile
+
+    expected = []
+    for x, y in done["clicked"]:
+        lon, lat = lon_lat_at(list(lines.values()), x, y)
+        async with client.get(f"/api/v1/roads/{road}/locate", params={"lon": str(lon), "lat": str(lat)}) as resp:
+            assert resp.status == 200, await resp.text()
+            expected.append(await resp.json())
+    start, end = expected
+    assert done["form"][0] == road
+    assert done["status"].startswith(f"Tronçon choisi : {road} du PR {start['pr']} + "), done["status"]
+
+    async with client.get("/api/v1/road-conditions") as resp:
+        features = [f for f in (await resp.json())["features"] if f["properties"]["level"] == "C3"]
+    assert [f["properties"]["road"] for f in features] == [road]
+    async with client.get(f"/api/v1/events/{features[0]['id']}") as resp:
+        stored = (await resp.json())["versions"][-1]
+    refs = {r["at"]: r for r in stored["location_refs"]["pr"]}
+    assert stored["road"] == road
+    for at, want in (("from", start), ("to", end)):
+        assert refs[at]["road"] == road
+        assert refs[at]["pr"] == want["pr"], (refs, expected)
+        assert abs(refs[at]["abscissa"] - want["abscissa"]) <= 1.0, (refs, expected)
