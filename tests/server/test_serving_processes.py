@@ -124,15 +124,11 @@ def established_on(port: int, pids: list[int]) -> dict[int, int]:
     return counts
 
 
-async def test_processes_serve_the_same_versions(storage: Storage, db_url: str, tmp_path: Path):
-    await storage.ensure_source("cd34", "datex2", "http://127.0.0.1:9/cd34")
-    await storage.upsert_events(
-        "cd34", [event(f"e{i}", ("roadworks", "accident")[i % 2]) for i in range(6)], seen_at=datetime.now(UTC)
-    )
-    port = free_port()
+async def start_serve(db_url: str, tmp_path: Path, port: int) -> asyncio.subprocess.Process:
+    """`roadfeed serve` with two processes on `port`, its output captured."""
     config = tmp_path / "roadfeed.toml"
     config.write_text(f"[server]\nport = {port}\nworkers = 2\n")
-    proc = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "feed.cli",
@@ -143,6 +139,15 @@ async def test_processes_serve_the_same_versions(storage: Storage, db_url: str, 
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
+
+
+async def test_processes_serve_the_same_versions(storage: Storage, db_url: str, tmp_path: Path):
+    await storage.ensure_source("cd34", "datex2", "http://127.0.0.1:9/cd34")
+    await storage.upsert_events(
+        "cd34", [event(f"e{i}", ("roadworks", "accident")[i % 2]) for i in range(6)], seen_at=datetime.now(UTC)
+    )
+    port = free_port()
+    proc = await start_serve(db_url, tmp_path, port)
     connections: list[Connection] = []
     followers: list[int] = []
     try:
@@ -220,19 +225,7 @@ async def test_a_follower_listens_only_once_every_feed_is_rendered(storage: Stor
     await storage.ensure_source("cd34", "datex2", "http://127.0.0.1:9/cd34")
     await storage.upsert_events("cd34", [event(f"e{i}") for i in range(1500)], seen_at=datetime.now(UTC))
     port = free_port()
-    config = tmp_path / "roadfeed.toml"
-    config.write_text(f"[server]\nport = {port}\nworkers = 2\n")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "feed.cli",
-        "serve",
-        "--config",
-        str(config),
-        env={**os.environ, "ROADFEED_DATABASE_URL": db_url},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    proc = await start_serve(db_url, tmp_path, port)
     try:
 
         async def serving() -> bool:
