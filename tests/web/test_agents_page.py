@@ -116,6 +116,16 @@ def open_agents(driver: Any, url: str) -> None:
     until(driver, "document.body.dataset.ready === 'true'", "the log-in")
 
 
+def consumer_preview(driver: Any) -> list[list[str]]:
+    """Asks for the consumers' preview and reads it: (consumer, accepted, reason) per row."""
+    click(driver, "#ev-preview")
+    until(driver, "document.querySelectorAll('#consumers tbody tr').length === 5", "the consumers' preview")
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#consumers tbody tr')].map(r => [r.dataset.consumer, "
+        "r.cells[1].textContent, r.cells[2].textContent]);"
+    )
+
+
 def log_in_and_enter(driver: Any, url: str) -> dict[str, Any]:
     open_agents(driver, url)
     fill(
@@ -133,13 +143,8 @@ def log_in_and_enter(driver: Any, url: str) -> dict[str, Any]:
         },
     )
     click(driver, "#ev-nights")
-    click(driver, "#ev-preview")
-    until(driver, "document.querySelectorAll('#consumers tbody tr').length === 5", "the consumers' preview")
+    preview = consumer_preview(driver)
     until(driver, "document.querySelectorAll('#preview-map polyline').length === 1", "the line drawn")
-    preview = driver.execute_script(
-        "return [...document.querySelectorAll('#consumers tbody tr')].map(r => [r.dataset.consumer, "
-        "r.cells[1].textContent, r.cells[2].textContent]);"
-    )
     shot(driver, "agents-preview.png")
     click(driver, "#ev-publish")
     event_id = until(driver, "document.querySelector('#published tbody tr')?.dataset.id", "the publication")
@@ -372,13 +377,8 @@ def draw_and_publish(driver: Any, url: str, clicks: list[tuple[float, float]]) -
     click(driver, "#dr-undo")
     until(driver, f"document.querySelectorAll('#draw-map circle.vertex').length === {len(clicks)}", "the undo")
     status = driver.find_element("id", "draw-status").text
-    click(driver, "#ev-preview")
-    until(driver, "document.querySelectorAll('#consumers tbody tr').length === 5", "the consumers' preview")
+    preview = consumer_preview(driver)
     until(driver, "document.querySelectorAll('#preview-map polyline').length === 1", "the preview's line")
-    preview = driver.execute_script(
-        "return [...document.querySelectorAll('#consumers tbody tr')].map(r => [r.dataset.consumer, "
-        "r.cells[1].textContent, r.cells[2].textContent]);"
-    )
     shot(driver, "agents-drawn.png")
     click(driver, "#ev-publish")
     event_id = until(driver, "document.querySelector('#published tbody tr')?.dataset.id", "the publication")
@@ -403,12 +403,7 @@ def type_short_closure(driver: Any, url: str, points: list[tuple[float, float]])
         fill(driver, {"dr-lon": str(lon), "dr-lat": str(lat)})
         driver.find_element("id", "dr-lat").send_keys(Keys.ENTER)
         until(driver, f"document.querySelectorAll('#draw-map circle.vertex').length === {n}", f"point {n}")
-    click(driver, "#ev-preview")
-    until(driver, "document.querySelectorAll('#consumers tbody tr').length === 5", "the consumers' preview")
-    return driver.execute_script(
-        "return [...document.querySelectorAll('#consumers tbody tr')].map(r => [r.dataset.consumer, "
-        "r.cells[1].textContent, r.cells[2].textContent]);"
-    )
+    return consumer_preview(driver)
 
 
 async def test_an_event_line_drawn_on_the_map(browser: Any, site: tuple[str, int, TestClient]) -> None:
