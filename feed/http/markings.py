@@ -16,7 +16,7 @@ from feed.errors import BadParameter
 from feed.http.params import parse_instant
 from feed.store.markings import MarkingFields
 
-__all__ = ["MARKING_KINDS", "MAX_COMMENT", "ROAD", "bad_parameter", "echo", "marking_fields"]
+__all__ = ["MARKING_KINDS", "MAX_COMMENT", "ROAD", "bad_parameter", "marking_fields"]
 
 MARKING_KINDS = ("road_closed", "counter_faulty")
 MAX_COMMENT = 2000
@@ -24,10 +24,10 @@ ROAD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._/-]{0,63}$")
 
 
 def bad_parameter(parameter: str, value: Any, expected: str, detail: str) -> BadParameter:
-    return BadParameter(parameter, value if isinstance(value, str) else echo(value), expected, detail)
+    return BadParameter(parameter, value if isinstance(value, str) else _echo(value), expected, detail)
 
 
-def echo(value: Any) -> str:
+def _echo(value: Any) -> str:
     try:
         return json.dumps(value)
     except (ValueError, RecursionError):  # a value json cannot write back; the detail says what is wrong
